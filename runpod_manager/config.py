@@ -1,0 +1,711 @@
+"""pod_config.toml → frozen dataclasses, with strict validation and environment overrides.
+
+Every table and key is declared once, in the dataclasses below; the loader walks those declarations,
+so an unknown key, a wrong type or an impossible value is an error that names the file, the table and
+the key, and says what is allowed. `RPM_<TABLE>_<KEY>` environment variables override single keys;
+`RUNPOD_API_KEY` supplies the RunPod key and `RUNPOD_API_URL` the base URL (that is how the emulator
+is selected).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import json
+import os
+import re
+import stat
+import tomllib
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import time as dt_time
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from runpod_manager.errors import ConfigError
+from runpod_manager.paths import CONFIG_FILENAME, Paths
+
+CONFIG_VERSION = 1
+DEFAULT_POD_URL_TEMPLATE = "https://{pod_id}-{port}.proxy.runpod.net"
+DEFAULT_API_BASE_URL = "https://api.runpod.io"
+_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,39}$")
+_CUTOFF_RE = re.compile(r"^(\d{1,2}):(\d{2})(?::(\d{2}))?$")
+_CUDA_RE = re.compile(r"^\d+\.\d+$")
+_PORT_RE = re.compile(r"^\d{1,5}/(http|tcp)$")
+
+
+def _meta(doc: str, **rules: Any) -> dict[str, Any]:
+    return {"doc": doc, **rules}
+
+
+@dataclass(frozen=True)
+class PodConfig:
+    name: str = field(default="default", metadata=_meta(
+        "Config name: pods are named rpm-<name>-<random>; the rpm- prefix marks pods rpm owns."))
+    model: str = field(default="Qwen/Qwen2.5-Coder-1.5B-Instruct", metadata=_meta(
+        "Model the pod serves (passed to vLLM as --model)."))
+    gpu_types: tuple[str, ...] = field(default=("NVIDIA GeForce RTX 4090",), metadata=_meta(
+        "GPU type ids in order of preference (see `rpm refresh-catalog`).", non_empty=True))
+    gpu_count: int = field(default=1, metadata=_meta("GPUs per pod.", minimum=1, maximum=16))
+    cloud: str = field(default="SECURE", metadata=_meta(
+        "SECURE or COMMUNITY.", choices=("SECURE", "COMMUNITY")))
+    image: str = field(default="vllm/vllm-openai:latest", metadata=_meta(
+        "Container image; leave empty when template_id gives one."))
+    template_id: str = field(default="", metadata=_meta("RunPod template id (optional)."))
+    container_disk_gb: int = field(default=50, metadata=_meta("Container disk (wiped on stop).", minimum=1))
+    volume_gb: int = field(default=0, metadata=_meta(
+        "Persistent volume on the pod's host, kept across stop/start; 0 for none.", minimum=0))
+    volume_mount_path: str = field(default="/workspace", metadata=_meta("Mount path of the volume."))
+    network_volume_id: str = field(default="", metadata=_meta(
+        "Network volume id (replaces volume_gb and pins the data center)."))
+    port: int = field(default=8000, metadata=_meta("HTTP port the model server listens on.",
+                                                   minimum=1, maximum=65535))
+    env: Mapping[str, str] = field(default_factory=dict, repr=False, metadata=_meta(
+        "Environment of the pod (e.g. HF_TOKEN); kept out of logs and output."))
+    extra_args: str = field(default="", metadata=_meta(
+        "Extra vLLM arguments appended after the ones rpm builds."))
+    args: str = field(default="", metadata=_meta(
+        "Full container arguments; overrides the vLLM arguments rpm builds (then {upstream_key}, "
+        "{model} and {port} are substituted)."))
+    max_model_len: int = field(default=0, metadata=_meta("vLLM --max-model-len; 0 = model default.",
+                                                         minimum=0))
+    data_centers: tuple[str, ...] = field(default=(), metadata=_meta(
+        "Preferred data center ids, in order; empty lets RunPod choose."))
+    allowed_cuda_versions: tuple[str, ...] = field(default=(), metadata=_meta(
+        "Host CUDA versions the image works with, e.g. [\"12.8\"]; empty accepts any.",
+        pattern=_CUDA_RE))
+    max_price_per_hour: float = field(default=0.0, metadata=_meta(
+        "Highest price in USD/hour for the whole pod; 0 = no limit.", minimum=0))
+
+
+@dataclass(frozen=True)
+class LimitsConfig:
+    runtime_seconds: int = field(default=4 * 3600, metadata=_meta(
+        "Longest a lease may last; the pod is ended when it runs out.", minimum=1))
+    daily_cutoff: str = field(default="00:00", metadata=_meta(
+        "Local time (HH:MM or HH:MM:SS) at which every open lease ends; empty disables it."))
+    timezone: str = field(default="local", metadata=_meta(
+        "IANA time zone for daily_cutoff and the spend day, or \"local\"."))
+    cutoff_action: str = field(default="terminate", metadata=_meta(
+        "What the cutoff and runtime limit do: terminate or stop.", choices=("terminate", "stop")))
+    idle_timeout_seconds: int = field(default=15 * 60, metadata=_meta(
+        "Idle time (no proxied request) before idle_action; 0 disables idle stop.", minimum=0))
+    idle_action: str = field(default="stop", metadata=_meta(
+        "stop (fast resume, disk kept and billed) or terminate (frees everything).",
+        choices=("stop", "terminate")))
+    max_daily_spend_usd: float = field(default=20.0, metadata=_meta(
+        "Spend cap per day in USD; reaching it terminates the pod; 0 disables.", minimum=0))
+    on_resume_failure: str = field(default="replace", metadata=_meta(
+        "When a stopped pod cannot resume (host GPU taken): replace it with a new pod, or fail.",
+        choices=("replace", "fail")))
+    pod_guard: bool = field(default=False, metadata=_meta(
+        "Add an in-pod guard that removes the pod at the lease deadline (shell-command images)."))
+    billing_check_seconds: float = field(default=1800.0, metadata=_meta(
+        "How often a pass reads RunPod billing to correct the spend estimate (always near the cap).",
+        minimum=0))
+    sweep_orphans: bool = field(default=True, metadata=_meta(
+        "Terminate rpm-<name>-… pods that state does not own."))
+
+
+@dataclass(frozen=True)
+class StartupConfig:
+    initial_wait_seconds: float = field(default=5.0, metadata=_meta(
+        "Wait before the first readiness poll.", minimum=0))
+    poll_interval_seconds: float = field(default=5.0, metadata=_meta(
+        "Seconds between readiness polls.", minimum=0.01))
+    ready_timeout_seconds: float = field(default=1200.0, metadata=_meta(
+        "Give up waiting for readiness after this long.", minimum=1))
+    max_startup_attempts: int = field(default=3, metadata=_meta(
+        "Create attempts per GPU type / data center before moving on.", minimum=1))
+
+
+@dataclass(frozen=True)
+class ProxyConfig:
+    host: str = field(default="127.0.0.1", metadata=_meta("Address the proxy binds."))
+    port: int = field(default=8080, metadata=_meta("Port the proxy listens on.", minimum=1, maximum=65535))
+    use_https: bool = field(default=False, metadata=_meta("Serve TLS with ssl_cert and ssl_key."))
+    ssl_cert: str = field(default="", metadata=_meta("PEM certificate path (use_https)."))
+    ssl_key: str = field(default="", metadata=_meta("PEM private key path (use_https)."))
+    api_keys: tuple[str, ...] = field(default=(), repr=False, metadata=_meta(
+        "Keys clients must send as Bearer tokens; empty allows anyone on a loopback bind.", sensitive=True))
+    wake_on_request: bool = field(default=True, metadata=_meta("Start the pod when a request arrives."))
+    max_queue_size: int = field(default=64, metadata=_meta(
+        "Requests that may wait for a wake at once.", minimum=1))
+    queue_timeout_seconds: float = field(default=900.0, metadata=_meta(
+        "Longest a request waits for the pod to wake.", minimum=1))
+    max_retries: int = field(default=3, metadata=_meta(
+        "Upstream retries before the first byte reached the client.", minimum=0))
+    retry_delay_seconds: float = field(default=1.0, metadata=_meta("Delay between retries.", minimum=0))
+    max_body_bytes: int = field(default=8 * 1024 * 1024, metadata=_meta(
+        "Largest request body accepted.", minimum=1024))
+    fim_template: str = field(default="", metadata=_meta(
+        "Prompt template for `suffix` completions, e.g. \"<|fim_prefix|>{prefix}<|fim_suffix|>"
+        "{suffix}<|fim_middle|>\"; empty answers 400."))
+    reconcile_interval_seconds: float = field(default=5.0, metadata=_meta(
+        "How often the running proxy enforces limits and idle stop.", minimum=0.1))
+    enable_profiling: bool = field(default=False, metadata=_meta("Serve /debug/cache."))
+
+
+@dataclass(frozen=True)
+class CacheConfig:
+    enabled: bool = field(default=True, metadata=_meta("Cache deterministic responses."))
+    dir: str = field(default="", metadata=_meta("Cache directory; empty = rpm's cache dir."))
+    max_entries: int = field(default=2000, metadata=_meta("Most entries kept.", minimum=1))
+    max_bytes: int = field(default=256 * 1024 * 1024, metadata=_meta("Most bytes kept.", minimum=1024))
+    ttl_seconds: int = field(default=24 * 3600, metadata=_meta("Entry lifetime.", minimum=1))
+
+
+@dataclass(frozen=True)
+class ApiConfig:
+    base_url: str = field(default=DEFAULT_API_BASE_URL, metadata=_meta(
+        "RunPod API base URL (RUNPOD_API_URL overrides it)."))
+    api_key: str = field(default="", repr=False, metadata=_meta(
+        "RunPod API key; prefer the RUNPOD_API_KEY variable. A file holding it must be mode 0600.",
+        secret=True))
+    pod_url_template: str = field(default=DEFAULT_POD_URL_TEMPLATE, metadata=_meta(
+        "URL of the pod's HTTP port, with {pod_id} and {port}."))
+    connect_timeout_seconds: float = field(default=5.0, metadata=_meta("Connect timeout.", minimum=0.1))
+    read_timeout_seconds: float = field(default=30.0, metadata=_meta("Read timeout.", minimum=0.1))
+    max_retries: int = field(default=4, metadata=_meta("Retries of idempotent calls.", minimum=0))
+
+
+@dataclass(frozen=True)
+class Config:
+    pod: PodConfig = field(default_factory=PodConfig)
+    limits: LimitsConfig = field(default_factory=LimitsConfig)
+    startup: StartupConfig = field(default_factory=StartupConfig)
+    proxy: ProxyConfig = field(default_factory=ProxyConfig)
+    cache: CacheConfig = field(default_factory=CacheConfig)
+    api: ApiConfig = field(default_factory=ApiConfig)
+    version: int = CONFIG_VERSION
+    source: Path | None = None
+
+    @property
+    def pod_name_prefix(self) -> str:
+        return f"rpm-{self.pod.name}-"
+
+    @property
+    def zone(self) -> ZoneInfo | None:
+        """The configured zone; None means the machine's local zone."""
+        return None if self.limits.timezone == "local" else ZoneInfo(self.limits.timezone)
+
+    @property
+    def cutoff_time(self) -> dt_time | None:
+        return parse_cutoff(self.limits.daily_cutoff) if self.limits.daily_cutoff else None
+
+    def pod_url(self, pod_id: str) -> str:
+        return self.api.pod_url_template.format(pod_id=pod_id, port=self.pod.port).rstrip("/")
+
+    def require_api_key(self) -> str:
+        if not self.api.api_key:
+            raise ConfigError(
+                "no RunPod API key: set RUNPOD_API_KEY (or [api] api_key in a 0600 config file)",
+                hint="for the emulator, run `rpm sandbox` and export the variables it prints",
+            )
+        return self.api.api_key
+
+
+TABLES: dict[str, type] = {
+    "pod": PodConfig,
+    "limits": LimitsConfig,
+    "startup": StartupConfig,
+    "proxy": ProxyConfig,
+    "cache": CacheConfig,
+    "api": ApiConfig,
+}
+
+
+def parse_cutoff(text: str) -> dt_time:
+    match = _CUTOFF_RE.match(text.strip())
+    if not match:
+        raise ValueError("expected HH:MM or HH:MM:SS")
+    hour, minute, second = int(match[1]), int(match[2]), int(match[3] or 0)
+    if hour > 23 or minute > 59 or second > 59:
+        raise ValueError("hour must be 0-23, minutes and seconds 0-59")
+    return dt_time(hour, minute, second)
+
+
+# ---------------------------------------------------------------------------------------------- loading
+
+
+def find_config_file(explicit: Path | None, env: Mapping[str, str], paths: Paths) -> Path | None:
+    """--config, then RPM_CONFIG, then ./pod_config.toml, then the user config dir."""
+    if explicit is not None:
+        if not explicit.is_file():
+            raise ConfigError(f"{explicit}: no such config file (given with --config)")
+        return explicit
+    from_env = env.get("RPM_CONFIG")
+    if from_env:
+        path = Path(from_env).expanduser()
+        if not path.is_file():
+            raise ConfigError(f"{path}: no such config file (named by RPM_CONFIG)")
+        return path
+    for candidate in (Path.cwd() / CONFIG_FILENAME, paths.user_config_file):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def load_config(
+    explicit: Path | None = None, env: Mapping[str, str] | None = None, paths: Paths | None = None,
+    *, required: bool = True,
+) -> Config:
+    """Find, read, override and validate the config. Raises ConfigError naming file/table/key."""
+    from runpod_manager.paths import resolve_paths
+
+    env = os.environ if env is None else env
+    paths = paths or resolve_paths(env)
+    path = find_config_file(explicit, env, paths)
+    if path is None:
+        if required:
+            raise ConfigError(
+                f"no {CONFIG_FILENAME} found (looked in --config, RPM_CONFIG, ./{CONFIG_FILENAME} "
+                f"and {paths.user_config_file})",
+                hint="run `rpm init` to write a commented one",
+            )
+        document: dict[str, Any] = {"version": CONFIG_VERSION}
+    else:
+        document = read_toml(path)
+    return build_config(document, source=path, env=env)
+
+
+def read_toml(path: Path) -> dict[str, Any]:
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read config file ({exc.strerror})") from None
+    try:
+        return tomllib.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not UTF-8 text") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: invalid TOML: {exc}") from None
+
+
+def build_config(document: Mapping[str, Any], *, source: Path | None, env: Mapping[str, str]) -> Config:
+    where = str(source) if source else "built-in defaults"
+    unknown_top = [k for k in document if k not in TABLES and k != "version"]
+    for key in unknown_top:
+        raise ConfigError(f"{where}: unknown table or key '{key}'{_did_you_mean(key, [*TABLES, 'version'])}",
+                          hint=f"allowed tables: {', '.join(TABLES)}")
+    version = document.get("version", CONFIG_VERSION)
+    if not isinstance(version, int) or isinstance(version, bool):
+        raise ConfigError(f"{where}: 'version' must be an integer, got {_value_name(version)}")
+    if version != CONFIG_VERSION:
+        raise ConfigError(f"{where}: config version {version} is not supported (this rpm reads version "
+                          f"{CONFIG_VERSION})")
+    secret_in_file = False
+    sections: dict[str, Any] = {}
+    # Which keys came from the environment, so a bad value is blamed on the variable, not the file.
+    from_env: dict[tuple[str, str], str] = {}
+    for table, cls in TABLES.items():
+        raw_table = document.get(table, {})
+        if not isinstance(raw_table, Mapping):
+            raise ConfigError(f"{where}: [{table}] must be a table, got {_kind_name(raw_table)}")
+        values = dict(raw_table)
+        secret_in_file |= _holds_secret(cls, values)
+        overrides = _env_overrides(table, cls, env)
+        from_env.update({(table, key): value.variable for key, value in overrides.items()})
+        values.update(overrides)
+        sections[table] = _build_table(where, table, cls, values)
+    api: ApiConfig = sections["api"]
+    if env.get("RUNPOD_API_KEY"):
+        api = dataclasses.replace(api, api_key=env["RUNPOD_API_KEY"])
+    if env.get("RUNPOD_API_URL"):
+        api = dataclasses.replace(api, base_url=_check_url("RUNPOD_API_URL", env["RUNPOD_API_URL"]))
+        from_env[("api", "base_url")] = "RUNPOD_API_URL"
+    sections["api"] = api
+    if secret_in_file and source is not None:
+        _refuse_readable_secret(source)
+    config = Config(version=version, source=source, **sections)
+    _cross_checks(where, config, from_env)
+    return config
+
+
+def _holds_secret(cls: type, values: Mapping[str, Any]) -> bool:
+    secret_keys = {f.name for f in dataclasses.fields(cls) if f.metadata.get("secret")}
+    if cls is ProxyConfig:
+        secret_keys.add("api_keys")
+    return any(values.get(key) for key in secret_keys)
+
+
+def _refuse_readable_secret(path: Path) -> None:
+    mode = path.stat().st_mode
+    if mode & (stat.S_IRGRP | stat.S_IROTH | stat.S_IWGRP | stat.S_IWOTH):
+        raise ConfigError(
+            f"{path}: holds an API key but is readable by others (mode {stat.S_IMODE(mode):04o})",
+            hint=f"run `chmod 600 {path}` or move the key to RUNPOD_API_KEY",
+        )
+
+
+def _env_overrides(table: str, cls: type, env: Mapping[str, str]) -> dict[str, Any]:
+    prefix = f"RPM_{table.upper()}_"
+    names = {f.name.upper(): f.name for f in dataclasses.fields(cls)}
+    overrides: dict[str, Any] = {}
+    for var, value in env.items():
+        if not var.startswith(prefix):
+            continue
+        suffix = var[len(prefix):]
+        if suffix not in names:
+            raise ConfigError(f"environment variable {var}: [{table}] has no key "
+                              f"'{suffix.lower()}'{_did_you_mean(suffix.lower(), [n.lower() for n in names])}")
+        overrides[names[suffix]] = _EnvValue(var, value)
+    return overrides
+
+
+@dataclass(frozen=True)
+class _EnvValue:
+    """A string from the environment, coerced to the declared type of its key."""
+
+    variable: str
+    text: str
+
+
+def _build_table(where: str, table: str, cls: type, values: Mapping[str, Any]) -> Any:
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    hints = typing.get_type_hints(cls)
+    kwargs: dict[str, Any] = {}
+    for key, value in values.items():
+        if key not in fields:
+            raise ConfigError(
+                f"{where}: [{table}] unknown key '{key}'{_did_you_mean(key, list(fields))}",
+                hint=f"allowed keys: {', '.join(fields)}",
+            )
+        origin = f"{value.variable}" if isinstance(value, _EnvValue) else f"{where}: [{table}] {key}"
+        kwargs[key] = _coerce(origin, hints[key], fields[key], value)
+    return cls(**kwargs)
+
+
+def _coerce(origin: str, hint: Any, spec: dataclasses.Field[Any], value: Any) -> Any:
+    rules = spec.metadata
+    secret = bool(rules.get("secret") or rules.get("sensitive"))
+    if isinstance(value, _EnvValue):
+        value = _parse_env_text(origin, hint, value.text, secret=secret)
+    # A key given with the wrong type must not be echoed back in the error.
+    describe = _kind_name if secret else _value_name
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{origin} must be true or false, got {describe(value)}")
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{origin} must be a whole number, got {describe(value)}")
+        _check_range(origin, value, rules)
+        return value
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ConfigError(f"{origin} must be a number, got {describe(value)}")
+        _check_range(origin, value, rules)
+        return float(value)
+    if hint is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{origin} must be a string, got {describe(value)}")
+        choices = rules.get("choices")
+        if choices and value not in choices:
+            normalized = value.upper() if choices[0].isupper() else value.lower()
+            if normalized in choices:
+                return normalized
+            raise ConfigError(f"{origin} must be one of {', '.join(choices)}, got {value!r}")
+        return value
+    if typing.get_origin(hint) is tuple:
+        if not isinstance(value, list | tuple) or not all(isinstance(item, str) for item in value):
+            raise ConfigError(f"{origin} must be a list of strings, got {describe(value)}")
+        items = tuple(item.strip() for item in value)
+        if rules.get("non_empty") and not items:
+            raise ConfigError(f"{origin} must list at least one entry")
+        if any(not item for item in items):
+            raise ConfigError(f"{origin} must not contain empty strings")
+        pattern = rules.get("pattern")
+        for item in items:
+            if pattern is not None and not pattern.match(item):
+                raise ConfigError(f"{origin}: {item!r} is not of the form {pattern.pattern}")
+        return items
+    if typing.get_origin(hint) in (Mapping, dict) or hint is Mapping:
+        if not isinstance(value, Mapping) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in value.items()
+        ):
+            raise ConfigError(f"{origin} must be a table of string values")
+        return types.MappingProxyType(dict(value))
+    raise AssertionError(f"unhandled config type {hint!r}")  # a programming error, not user input
+
+
+def _parse_env_text(origin: str, hint: Any, text: str, *, secret: bool = False) -> Any:
+    try:
+        if hint is str:
+            return text
+        if hint is bool:
+            lowered = text.strip().lower()
+            if lowered in ("1", "true", "yes", "on"):
+                return True
+            if lowered in ("0", "false", "no", "off"):
+                return False
+            raise ValueError
+        if hint is int:
+            return int(text.strip())
+        if hint is float:
+            return float(text.strip())
+        if typing.get_origin(hint) is tuple:
+            stripped = text.strip()
+            if stripped.startswith("["):
+                return json.loads(stripped)
+            return [part for part in (p.strip() for p in stripped.split(",")) if part]
+        parsed = json.loads(text)
+        if not isinstance(parsed, dict):
+            raise ValueError
+        return parsed
+    except ValueError:
+        kind = {bool: "true or false", int: "a whole number", float: "a number"}.get(hint, "valid JSON")
+        raise ConfigError(f"{origin} must be {kind}" + ("" if secret else f", got {text!r}")) from None
+
+
+def _check_range(origin: str, value: float, rules: Mapping[str, Any]) -> None:
+    minimum, maximum = rules.get("minimum"), rules.get("maximum")
+    if minimum is not None and value < minimum:
+        what = "negative" if value < 0 <= minimum else f"below {minimum}"
+        raise ConfigError(f"{origin} must be at least {minimum}, got {value} ({what})")
+    if maximum is not None and value > maximum:
+        raise ConfigError(f"{origin} must be at most {maximum}, got {value}")
+
+
+def _check_url(origin: str, value: str) -> str:
+    if not re.match(r"^https?://[^\s/]+", value):
+        raise ConfigError(f"{origin} must be an http(s) URL, got {value!r}")
+    return value.rstrip("/")
+
+
+def _cross_checks(where: str, config: Config, from_env: Mapping[tuple[str, str], str]) -> None:
+    pod, limits, proxy, api = config.pod, config.limits, config.proxy, config.api
+
+    def at(table: str, key: str) -> str:
+        return from_env.get((table, key)) or f"{where}: [{table}] {key}"
+
+    if not _NAME_RE.match(pod.name):
+        raise ConfigError(f"{at('pod', 'name')} must be 1-40 lowercase letters, digits or dashes, "
+                          f"got {pod.name!r}")
+    if not pod.image and not pod.template_id:
+        raise ConfigError(f"{where}: [pod] needs image or template_id")
+    if pod.volume_gb and pod.network_volume_id:
+        raise ConfigError(f"{where}: [pod] volume_gb and network_volume_id cannot both be set",
+                          hint="a network volume replaces the pod volume")
+    if 0 < pod.volume_gb < 10:
+        raise ConfigError(f"{where}: [pod] volume_gb must be 0 or at least 10 (RunPod's floor), "
+                          f"got {pod.volume_gb}")
+    if limits.daily_cutoff:
+        try:
+            parse_cutoff(limits.daily_cutoff)
+        except ValueError as exc:
+            raise ConfigError(f"{at('limits', 'daily_cutoff')} {limits.daily_cutoff!r} is not a time of day "
+                              f"({exc})", hint='use e.g. "00:00" or "" to disable') from None
+    if limits.timezone != "local":
+        try:
+            ZoneInfo(limits.timezone)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ConfigError(f"{at('limits', 'timezone')} {limits.timezone!r} is not an IANA time zone",
+                              hint='use e.g. "Europe/Berlin", "UTC" or "local"') from None
+    if proxy.use_https and not (proxy.ssl_cert and proxy.ssl_key):
+        raise ConfigError(f"{where}: [proxy] use_https needs ssl_cert and ssl_key")
+    if "{prefix}" not in proxy.fim_template and proxy.fim_template:
+        raise ConfigError(f"{at('proxy', 'fim_template')} must contain {{prefix}} (and usually {{suffix}})")
+    _check_url(at("api", "base_url"), api.base_url)
+    template = api.pod_url_template
+    if "{pod_id}" not in template or not template.startswith(("http://", "https://")):
+        raise ConfigError(f"{at('api', 'pod_url_template')} must be an http(s) URL containing {{pod_id}}, "
+                          f"got {template!r}")
+    try:
+        template.format(pod_id="x", port=1)
+    except (KeyError, IndexError, ValueError):
+        raise ConfigError(f"{at('api', 'pod_url_template')} may only use {{pod_id}} and {{port}}, "
+                          f"got {template!r}") from None
+
+
+def _did_you_mean(word: str, candidates: list[str]) -> str:
+    close = difflib.get_close_matches(word, candidates, n=1, cutoff=0.6)
+    return f" (did you mean '{close[0]}'?)" if close else ""
+
+
+_KIND_NAMES = {bool: "a boolean", int: "an integer", float: "a number", str: "a string",
+               list: "a list", dict: "a table"}
+
+
+def _kind_name(value: Any) -> str:
+    return _KIND_NAMES.get(type(value), type(value).__name__)
+
+
+def _value_name(value: Any) -> str:
+    name = _kind_name(value)
+    return f"{name} ({value!r})" if type(value) in (bool, int, float, str) else name
+
+
+# -------------------------------------------------------------------------------------------- templates
+
+
+def render_template(config: Config | None = None) -> str:
+    """The commented pod_config.toml that `rpm init` writes, generated from the declarations above."""
+    config = config or Config()
+    lines = [
+        "# rpm configuration. Every key is optional; the values shown are the defaults.",
+        "# Environment variables RPM_<TABLE>_<KEY> override single keys (e.g. RPM_LIMITS_RUNTIME_SECONDS).",
+        "# The RunPod API key comes from RUNPOD_API_KEY; keep it out of this file.",
+        f"version = {CONFIG_VERSION}",
+    ]
+    for table, cls in TABLES.items():
+        lines.append("")
+        lines.append(f"[{table}]")
+        section = getattr(config, table)
+        for spec in dataclasses.fields(cls):
+            if spec.metadata.get("secret"):
+                lines.append(f"# {spec.metadata['doc']}")
+                lines.append(f"# {spec.name} = \"\"")
+                continue
+            lines.append(f"# {spec.metadata['doc']}")
+            lines.append(f"{spec.name} = {_toml_value(getattr(section, spec.name))}")
+    return "\n".join(lines) + "\n"
+
+
+def _toml_value(value: Any) -> str:
+    import tomli_w
+
+    if isinstance(value, Mapping):
+        inner = ", ".join(f"{json.dumps(k)} = {_toml_value(v)}" for k, v in value.items())
+        return "{ " + inner + " }" if inner else "{}"
+    if isinstance(value, tuple):
+        value = list(value)
+    rendered = tomli_w.dumps({"v": value})
+    return rendered.split("=", 1)[1].strip()
+
+
+def to_document(config: Config) -> dict[str, Any]:
+    """The config as a TOML-ready dict (secrets omitted)."""
+    document: dict[str, Any] = {"version": config.version}
+    for table, cls in TABLES.items():
+        section = getattr(config, table)
+        values: dict[str, Any] = {}
+        for spec in dataclasses.fields(cls):
+            if spec.metadata.get("secret"):
+                continue
+            value = getattr(section, spec.name)
+            values[spec.name] = dict(value) if isinstance(value, Mapping) else (
+                list(value) if isinstance(value, tuple) else value)
+        document[table] = values
+    return document
+
+
+# Keys of the older flat pod_config.json, mapped to (table, key). Values pass the same validation.
+LEGACY_JSON_KEYS: dict[str, tuple[str, str]] = {
+    "model": ("pod", "model"),
+    "model_name": ("pod", "model"),
+    "gpu_type_id": ("pod", "gpu_types"),
+    "gpu_type_ids": ("pod", "gpu_types"),
+    "gpu_types": ("pod", "gpu_types"),
+    "gpu_count": ("pod", "gpu_count"),
+    "cloud_type": ("pod", "cloud"),
+    "template_id": ("pod", "template_id"),
+    "image": ("pod", "image"),
+    "image_name": ("pod", "image"),
+    "container_disk_in_gb": ("pod", "container_disk_gb"),
+    "container_disk_gb": ("pod", "container_disk_gb"),
+    "volume_in_gb": ("pod", "volume_gb"),
+    "volume_gb": ("pod", "volume_gb"),
+    "volume_mount_path": ("pod", "volume_mount_path"),
+    "network_volume_id": ("pod", "network_volume_id"),
+    "port": ("pod", "port"),
+    "vllm_port": ("pod", "port"),
+    "env": ("pod", "env"),
+    "data_center_ids": ("pod", "data_centers"),
+    "data_centers": ("pod", "data_centers"),
+    "max_price_per_hour": ("pod", "max_price_per_hour"),
+    "runtime_seconds": ("limits", "runtime_seconds"),
+    "max_runtime_seconds": ("limits", "runtime_seconds"),
+    "daily_cutoff": ("limits", "daily_cutoff"),
+    "timezone": ("limits", "timezone"),
+    "idle_timeout_seconds": ("limits", "idle_timeout_seconds"),
+    "idle_action": ("limits", "idle_action"),
+    "max_daily_spend": ("limits", "max_daily_spend_usd"),
+    "initial_wait_seconds": ("startup", "initial_wait_seconds"),
+    "poll_interval_seconds": ("startup", "poll_interval_seconds"),
+    "max_startup_attempts": ("startup", "max_startup_attempts"),
+    "ready_timeout_seconds": ("startup", "ready_timeout_seconds"),
+    "proxy_host": ("proxy", "host"),
+    "proxy_port": ("proxy", "port"),
+    "use_https": ("proxy", "use_https"),
+    "ssl_cert": ("proxy", "ssl_cert"),
+    "ssl_key": ("proxy", "ssl_key"),
+    "api_keys": ("proxy", "api_keys"),
+    "max_queue_size": ("proxy", "max_queue_size"),
+    "max_retries": ("proxy", "max_retries"),
+    "retry_delay": ("proxy", "retry_delay_seconds"),
+    "enable_profiling": ("proxy", "enable_profiling"),
+    "cache_dir": ("cache", "dir"),
+    "max_cache_size": ("cache", "max_entries"),
+    "max_cache_bytes": ("cache", "max_bytes"),
+    "cache_ttl_seconds": ("cache", "ttl_seconds"),
+    "api_base_url": ("api", "base_url"),
+    "pod_url_template": ("api", "pod_url_template"),
+}
+# Legacy keys that carried secrets or are superseded; reported, not copied.
+LEGACY_DROPPED = {"api_key", "runpod_api_key"}
+
+
+def convert_legacy_json(path: Path) -> tuple[dict[str, Any], list[str]]:
+    """Read an older flat pod_config.json; return (TOML document, notes about dropped keys)."""
+    try:
+        legacy = json.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read ({exc.strerror})") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: not valid JSON ({exc})") from None
+    if not isinstance(legacy, dict):
+        raise ConfigError(f"{path}: expected a JSON object at the top level")
+    document: dict[str, Any] = {"version": CONFIG_VERSION}
+    notes: list[str] = []
+    for key, value in legacy.items():
+        if key in LEGACY_DROPPED:
+            notes.append(f"'{key}' was not copied: set RUNPOD_API_KEY instead")
+            continue
+        if key not in LEGACY_JSON_KEYS:
+            raise ConfigError(f"{path}: unknown key '{key}'{_did_you_mean(key, list(LEGACY_JSON_KEYS))}")
+        table, new_key = LEGACY_JSON_KEYS[key]
+        if new_key == "gpu_types" and isinstance(value, str):
+            value = [value]
+        if new_key == "data_centers" and isinstance(value, str):
+            value = [value]
+        if new_key == "cloud" and value == "ALL":
+            notes.append("cloud_type ALL has no REST v2 equivalent; using SECURE")
+            value = "SECURE"
+        if new_key == "env" and isinstance(value, list):
+            value = dict(str(item).split("=", 1) for item in value if "=" in str(item))
+        if new_key in ("retry_delay_seconds", "max_price_per_hour", "max_daily_spend_usd") and isinstance(
+                value, int):
+            value = float(value)
+        document.setdefault(table, {})[new_key] = value
+    build_config(document, source=path, env={})  # validate with the same rules, naming the JSON file
+    return document, notes
+
+
+def write_config(path: Path, *, force: bool = False, from_json: Path | None = None) -> tuple[Path, list[str]]:
+    """`rpm init`: write the commented template, or the converted legacy JSON. Never overwrites without force."""
+    import tomli_w
+
+    if path.exists() and not force:
+        raise ConfigError(f"{path} already exists", hint="pass --force to overwrite it")
+    notes: list[str] = []
+    if from_json is not None:
+        document, notes = convert_legacy_json(from_json)
+        text = (f"# Converted from {from_json.name} by `rpm init --from`. Keys not listed take their defaults;\n"
+                f"# run `rpm init --path example.toml` to see every key with its explanation.\n"
+                + tomli_w.dumps(document))
+    else:
+        text = render_template()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+        os.replace(tmp, path)
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot write ({exc.strerror})") from None
+    return path, notes

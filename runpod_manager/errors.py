@@ -1,0 +1,144 @@
+"""The one error tree: every expected failure is an RpmError with a message written for the user.
+
+The CLI maps each class to an ExitCode in one place (cli.main); nothing else decides exit codes.
+Messages say what happened, which file/key/pod, and what to do. They never carry secrets.
+"""
+
+from __future__ import annotations
+
+from enum import IntEnum
+
+
+class ExitCode(IntEnum):
+    """Stable exit codes, documented in the README."""
+
+    OK = 0
+    FAILED = 1
+    USAGE = 2
+    AUTH = 3
+    API = 4
+    CAPACITY = 5
+    BUSY = 6
+    INTERRUPTED = 130
+
+
+class RpmError(Exception):
+    """Base of every expected failure. `hint` is an optional 'what to do' sentence."""
+
+    exit_code: ExitCode = ExitCode.FAILED
+
+    def __init__(self, message: str, *, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+    def __str__(self) -> str:
+        return self.message if not self.hint else f"{self.message} ({self.hint})"
+
+
+class ConfigError(RpmError):
+    """pod_config.toml is missing, malformed or holds an impossible value."""
+
+    exit_code = ExitCode.USAGE
+
+
+class UsageError(RpmError):
+    """A command was called with options that cannot work together."""
+
+    exit_code = ExitCode.USAGE
+
+
+class StateError(RpmError):
+    """pod_state.json is corrupt, unreadable or from a newer rpm."""
+
+    exit_code = ExitCode.FAILED
+
+
+class LockBusy(RpmError):
+    """Another rpm process holds the state lock."""
+
+    exit_code = ExitCode.BUSY
+
+    def __init__(self, message: str, *, holder_pid: int | None = None, hint: str | None = None) -> None:
+        super().__init__(message, hint=hint)
+        self.holder_pid = holder_pid
+
+
+class LimitRefused(RpmError):
+    """A limit (spend cap, daily cutoff) forbids starting or waking the pod right now."""
+
+    exit_code = ExitCode.FAILED
+
+
+class NotReady(RpmError):
+    """The pod did not become ready (RUNNING and the model server answering) in time."""
+
+    exit_code = ExitCode.FAILED
+
+
+class ApiError(RpmError):
+    """RunPod (or the emulator) answered with an error, or could not be reached."""
+
+    exit_code = ExitCode.API
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int | None = None,
+        detail: str | None = None,
+        field_errors: tuple[str, ...] = (),
+        hint: str | None = None,
+    ) -> None:
+        super().__init__(message, hint=hint)
+        self.status = status
+        self.detail = detail
+        self.field_errors = field_errors
+
+
+class AuthError(ApiError):
+    """401 (missing/bad key) or 403 (key lacks permission)."""
+
+    exit_code = ExitCode.AUTH
+
+
+class NotFound(ApiError):
+    """404: the pod (or resource) does not exist."""
+
+
+class Conflict(ApiError):
+    """409: the action is not allowed in the pod's current status."""
+
+
+class InvalidRequest(ApiError):
+    """422 or a rule-breaking 400: the request rpm built from the config was rejected."""
+
+    exit_code = ExitCode.USAGE
+
+
+class NoCapacity(ApiError):
+    """No machine can take the pod right now (RunPod's 'no longer any instances available')."""
+
+    exit_code = ExitCode.CAPACITY
+
+
+class ResumeRefused(NoCapacity):
+    """Start of a stopped pod refused: its host's GPU was rented meanwhile."""
+
+
+class InsufficientBalance(ApiError):
+    """402: the account balance is too low to rent a pod."""
+
+    exit_code = ExitCode.CAPACITY
+
+
+class RateLimited(ApiError):
+    """429 after our retries ran out."""
+
+    def __init__(self, message: str, *, retry_after_seconds: float | None = None, **kwargs: object) -> None:
+        super().__init__(message, **kwargs)  # type: ignore[arg-type]
+        self.retry_after_seconds = retry_after_seconds
+
+
+class ApiUnavailable(ApiError):
+    """5xx, timeout or connection failure after our retries ran out."""

@@ -1,0 +1,78 @@
+"""The event log: one JSON line per action with its reason, in the state directory, rotated.
+
+Secrets never reach it: callers pass ids, names, statuses and reasons, and `redact()` masks anything that
+looks like a bearer token or an API key as a last line of defence.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from runpod_manager.paths import ensure_private_dir
+
+MAX_LOG_BYTES = 2 * 1024 * 1024
+KEEP_ROTATED = 3
+_SECRET_RE = re.compile(r"(?i)(bearer\s+|api[_-]?key[\"'=:\s]+)([A-Za-z0-9._~+/=-]{8,})")
+
+
+def redact(text: str, secrets: tuple[str, ...] = ()) -> str:
+    for secret in secrets:
+        if secret:
+            text = text.replace(secret, "***")
+    return _SECRET_RE.sub(lambda m: m.group(1) + "***", text)
+
+
+def _json_value(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return value.isoformat().replace("+00:00", "Z")
+    return str(value)
+
+
+class EventLog:
+    def __init__(self, path: Path, *, clock: Callable[[], datetime] | None = None,
+                 secrets: tuple[str, ...] = ()) -> None:
+        self.path = path
+        self._clock = clock or (lambda: datetime.now(UTC))
+        self._secrets = secrets
+
+    def write(self, event: str, **fields: Any) -> None:
+        record = {"time": self._clock().isoformat().replace("+00:00", "Z"), "event": event, "pid": os.getpid()}
+        record.update({k: v for k, v in fields.items() if v is not None})
+        line = redact(json.dumps(record, default=_json_value, sort_keys=False), self._secrets)
+        with contextlib.suppress(OSError):  # logging must never break enforcement
+            ensure_private_dir(self.path.parent)
+            self._rotate_if_needed()
+            fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+            with os.fdopen(fd, "a", encoding="utf-8") as handle:
+                handle.write(line + "\n")
+
+    def _rotate_if_needed(self) -> None:
+        try:
+            size = self.path.stat().st_size
+        except FileNotFoundError:
+            return
+        if size < MAX_LOG_BYTES:
+            return
+        for index in range(KEEP_ROTATED - 1, 0, -1):
+            older = self.path.with_name(f"{self.path.name}.{index}")
+            if older.exists():
+                os.replace(older, self.path.with_name(f"{self.path.name}.{index + 1}"))
+        os.replace(self.path, self.path.with_name(f"{self.path.name}.1"))
+
+    def tail(self, limit: int = 20) -> list[dict[str, Any]]:
+        try:
+            lines = self.path.read_text(encoding="utf-8").splitlines()[-limit:]
+        except OSError:
+            return []
+        events = []
+        for line in lines:
+            with contextlib.suppress(json.JSONDecodeError):
+                events.append(json.loads(line))
+        return events

@@ -1,0 +1,351 @@
+"""The pure planner: (now, config, record, observation, activity) → Plan(actions, each with a reason).
+
+No I/O and no clock: every input is a plain value, so the rules can be tested exhaustively. The
+executor (`lifecycle.py`) observes, calls `plan()`, and applies the actions in order.
+
+Rules, highest priority first (DESIGN.md): spend cap → daily cutoff → runtime limit → idle → recovery →
+pending intent → orphans → proxy. A lease is rpm's permission for a pod to run; the limits close it, and
+a closed lease never produces a start.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import date, datetime, timedelta, tzinfo
+from enum import StrEnum
+
+from runpod_manager.config import Config
+from runpod_manager.runpod.models import Pod, PodStatus
+from runpod_manager.state import PodRecord
+
+# Statuses in which a pod holds (and bills) a GPU.
+ACTIVE_STATUSES = frozenset({PodStatus.PROVISIONING, PodStatus.STARTING, PodStatus.RUNNING})
+
+
+class ActionKind(StrEnum):
+    CREATE = "create"  # create a new pod for the open lease
+    RESUME = "resume"  # start the stopped pod
+    REPLACE = "replace"  # create a new pod; keep the old one until the new one is ready
+    STOP = "stop"
+    TERMINATE = "terminate"
+    CLOSE_LEASE = "close_lease"
+    FORGET_POD = "forget_pod"  # the pod is gone: drop it from the record
+    ADOPT = "adopt"  # a create whose result was not saved: take the pod found by name
+    FORGET_INTENT = "forget_intent"  # ... or forget the intent when no such pod exists
+    TERMINATE_ORPHAN = "terminate_orphan"
+    REPORT_ORPHAN = "report_orphan"
+    RESTART_PROXY = "restart_proxy"
+    ALARM = "alarm"  # a limit or a wanted pod could not be handled: cron should mail this
+
+
+# Actions that change something at RunPod (a dry run prints them and calls nothing).
+MUTATING = frozenset({ActionKind.CREATE, ActionKind.RESUME, ActionKind.REPLACE, ActionKind.STOP,
+                      ActionKind.TERMINATE, ActionKind.TERMINATE_ORPHAN})
+STARTS = frozenset({ActionKind.CREATE, ActionKind.RESUME, ActionKind.REPLACE})
+ENDS = frozenset({ActionKind.STOP, ActionKind.TERMINATE})
+
+
+@dataclass(frozen=True)
+class Action:
+    kind: ActionKind
+    reason: str
+    pod_id: str | None = None
+    pod_name: str | None = None
+    # For CLOSE_LEASE: which limit ended it ("spend_cap", "cutoff", "runtime", "idle", "shutdown").
+    limit: str | None = None
+
+    def describe(self) -> str:
+        target = f" {self.pod_id}" if self.pod_id else (f" {self.pod_name}" if self.pod_name else "")
+        return f"{self.kind.value}{target}: {self.reason}"
+
+
+@dataclass(frozen=True)
+class Plan:
+    actions: tuple[Action, ...] = ()
+
+    @property
+    def empty(self) -> bool:
+        return not self.actions
+
+    def kinds(self) -> list[ActionKind]:
+        return [action.kind for action in self.actions]
+
+
+@dataclass(frozen=True)
+class Observation:
+    """What the executor saw. `pod` is the record's pod, None when RunPod says it does not exist."""
+
+    pod: Pod | None = None
+    # False when the pod could not be observed (API down): absence must not be acted upon then.
+    pod_observed: bool = True
+    spend_today_usd: float = 0.0
+    # Pods whose names start with this config's prefix; None when not listed this pass.
+    named_pods: tuple[Pod, ...] | None = None
+    # The pod kept while its replacement starts (record.replacing_pod_id), None when gone or not asked.
+    replaced_pod: Pod | None = None
+    resume_refused: bool = False
+    pod_ready: bool = False  # RUNNING and the model server answered through the pod URL
+    proxy_running: bool | None = None  # None: not checked / not wanted
+
+
+@dataclass(frozen=True)
+class Activity:
+    last_request_at: datetime | None = None
+    # Last time the API reported GPU utilisation above 0; None when it never reported any.
+    last_gpu_busy_at: datetime | None = None
+    proxy_wanted: bool = False
+
+
+@dataclass(frozen=True)
+class Options:
+    report_orphans_only: bool = False
+    # How an open lease ends on shutdown when the record says nothing else.
+    shutdown_action: str = "terminate"
+
+
+def local_day(now: datetime, zone: tzinfo | None) -> date:
+    return now.astimezone(zone).date()
+
+
+def next_cutoff(after: datetime, config: Config) -> datetime | None:
+    """The first daily cutoff strictly after `after`, in the configured zone (DST-safe)."""
+    cutoff = config.cutoff_time
+    if cutoff is None:
+        return None
+    zone = config.zone
+    local = after.astimezone(zone)
+    day = local.date()
+    for offset in range(3):
+        candidate_day = day + timedelta(days=offset)
+        naive = datetime.combine(candidate_day, cutoff)
+        # A wall time that does not exist (spring forward) resolves forward; an ambiguous one (fall back)
+        # takes its first occurrence, so the lease ends no later than the user meant.
+        candidate = _localize(naive, zone)
+        if candidate > after:
+            return candidate
+    raise AssertionError("a cutoff occurs every day")  # pragma: no cover
+
+
+def _localize(naive: datetime, zone: tzinfo | None) -> datetime:
+    if zone is None:
+        return naive.astimezone()  # the machine's local zone
+    first = naive.replace(tzinfo=zone, fold=0)
+    # Round-trip through UTC: if the wall time is skipped, the result differs from the input.
+    roundtrip = first.astimezone(zone)
+    if roundtrip.replace(tzinfo=None) != naive:
+        return roundtrip  # skipped hour (spring forward): the moment the clocks jumped past it
+    return first
+
+
+def lease_deadline(opened_at: datetime, config: Config) -> datetime:
+    """min(opened + runtime, next cutoff)."""
+    by_runtime = opened_at + timedelta(seconds=config.limits.runtime_seconds)
+    cutoff = next_cutoff(opened_at, config)
+    return min(by_runtime, cutoff) if cutoff else by_runtime
+
+
+def start_refusal(now: datetime, config: Config, record: PodRecord, spend_today_usd: float) -> str | None:
+    """Why a lease may not be opened now, or None. Used by `rpm start` and by the proxy's wake."""
+    cap = config.limits.max_daily_spend_usd
+    today = local_day(now, config.zone).isoformat()
+    if cap and (record.spend_cap_day == today or spend_today_usd >= cap):
+        return (f"spend cap reached: ${spend_today_usd:.2f} of ${cap:.2f} today; starting is refused until "
+                f"the day rolls over (or raise [limits] max_daily_spend_usd)")
+    return None
+
+
+def plan(
+    now: datetime,
+    config: Config,
+    record: PodRecord,
+    observed: Observation,
+    activity: Activity,
+    options: Options | None = None,
+) -> Plan:
+    options = options or Options()
+    actions: list[Action] = []
+    pod = observed.pod if observed.pod_observed else None
+    pod_exists = observed.pod_observed and pod is not None and pod.status != PodStatus.TERMINATED
+    pod_id = record.pod_id
+    lease = record.lease
+
+    def end_pod(limit: str, reason: str, action: str) -> None:
+        """Close the lease and end the pod (stop or terminate), once."""
+        if lease is not None:
+            actions.append(Action(ActionKind.CLOSE_LEASE, reason, limit=limit))
+        kind = ActionKind.STOP if action == "stop" else ActionKind.TERMINATE
+        if pod_exists and pod is not None:
+            if kind is ActionKind.STOP and pod.status in (PodStatus.EXITED,):
+                pass  # already stopped
+            elif kind is ActionKind.STOP and pod.status == PodStatus.ERROR:
+                actions.append(Action(ActionKind.TERMINATE, reason + " (pod in ERROR cannot be stopped)",
+                                      pod_id=pod.id))
+            else:
+                actions.append(Action(kind, reason, pod_id=pod.id))
+        if observed.replaced_pod is not None:
+            actions.append(Action(ActionKind.TERMINATE, reason + " (pod being replaced)",
+                                  pod_id=observed.replaced_pod.id))
+
+    # 1. Spend cap: terminate whatever runs or is kept, and refuse starts for the rest of the day.
+    cap = config.limits.max_daily_spend_usd
+    if cap and observed.spend_today_usd >= cap and (lease is not None or pod_exists):
+        end_pod("spend_cap", f"spend cap reached: ${observed.spend_today_usd:.2f} of ${cap:.2f} today",
+                "terminate")
+        return _finish(actions, now, config, record, observed, options, activity)
+
+    if lease is not None:
+        # 2. Daily cutoff: a lease open when the cutoff passed ends, however late this run happens.
+        cutoff_at = next_cutoff(min(lease.opened_at, now), config)
+        if cutoff_at is not None and now >= cutoff_at:
+            local = cutoff_at.astimezone(config.zone).strftime("%H:%M")
+            end_pod("cutoff", f"daily cutoff {local} passed", config.limits.cutoff_action)
+            return _finish(actions, now, config, record, observed, options, activity)
+        # 3. Runtime limit: the lease deadline (or the current runtime_seconds, if it was lowered).
+        by_runtime = lease.opened_at + timedelta(seconds=config.limits.runtime_seconds)
+        if now >= lease.deadline or now >= by_runtime:
+            end_pod("runtime", f"runtime limit {config.limits.runtime_seconds} s reached",
+                    config.limits.cutoff_action)
+            return _finish(actions, now, config, record, observed, options, activity)
+        # 4. Idle: no proxied request (and no GPU work, when reported) for idle_timeout_seconds.
+        idle_timeout = config.limits.idle_timeout_seconds
+        if idle_timeout and pod_exists and pod is not None and pod.status == PodStatus.RUNNING:
+            last_active = max(t for t in (lease.opened_at, activity.last_request_at, activity.last_gpu_busy_at)
+                              if t is not None)
+            last_active = min(last_active, now)  # clock skew: a future time counts as now
+            idle_seconds = (now - last_active).total_seconds()
+            if idle_seconds >= idle_timeout:
+                end_pod("idle", f"idle for {int(idle_seconds)} s (idle_timeout_seconds {idle_timeout})",
+                        config.limits.idle_action)
+                return _finish(actions, now, config, record, observed, options, activity)
+        # 5. Recovery while the lease is open and the limits allow.
+        if observed.pod_observed:
+            if pod_id is None and record.intent is None:
+                actions.append(Action(ActionKind.CREATE, "lease open and no pod"))
+            elif pod_id is not None and not pod_exists:
+                actions.append(Action(ActionKind.FORGET_POD, "pod no longer exists at RunPod", pod_id=pod_id))
+                actions.append(Action(ActionKind.CREATE, "pod vanished while its lease is open"))
+            elif pod is not None and pod.status == PodStatus.ERROR:
+                actions.append(Action(ActionKind.TERMINATE, "pod is in ERROR", pod_id=pod.id))
+                actions.append(Action(ActionKind.FORGET_POD, "replaced after ERROR", pod_id=pod.id))
+                actions.append(Action(ActionKind.CREATE, "pod was in ERROR while its lease is open"))
+            elif pod is not None and pod.status == PodStatus.EXITED:
+                if observed.resume_refused:
+                    if config.limits.on_resume_failure == "replace":
+                        actions.append(Action(ActionKind.REPLACE,
+                                              "resume refused: the host's GPU is taken; creating a replacement",
+                                              pod_id=pod.id))
+                    else:
+                        actions.append(Action(ActionKind.ALARM, "resume refused: the host's GPU is taken "
+                                              "(on_resume_failure = \"fail\")", pod_id=pod.id))
+                else:
+                    actions.append(Action(ActionKind.RESUME, "pod stopped while its lease is open",
+                                          pod_id=pod.id))
+            elif (observed.replaced_pod is not None and pod is not None and observed.pod_ready):
+                actions.append(Action(ActionKind.TERMINATE, "replacement is ready; removing the old pod",
+                                      pod_id=observed.replaced_pod.id))
+    else:
+        # No lease: nothing of this config may run. A pod left running (shutdown interrupted, lease
+        # closed by a limit whose action failed) is ended the way the lease ended.
+        if pod_exists and pod is not None:
+            end_action = _lease_end_action(record, options)
+            if end_action == "terminate" or pod.status in ACTIVE_STATUSES or pod.status == PodStatus.ERROR:
+                reason = record.last_lease_end_reason or "no open lease"
+                kind = ActionKind.STOP if end_action == "stop" and pod.status != PodStatus.ERROR else (
+                    ActionKind.TERMINATE)
+                if not (kind is ActionKind.STOP and pod.status == PodStatus.EXITED):
+                    actions.append(Action(kind, f"{reason}", pod_id=pod.id))
+        if observed.replaced_pod is not None:
+            actions.append(Action(ActionKind.TERMINATE, "no open lease (pod being replaced)",
+                                  pod_id=observed.replaced_pod.id))
+    return _finish(actions, now, config, record, observed, options, activity)
+
+
+def _lease_end_action(record: PodRecord, options: Options) -> str:
+    """How the last lease ended (stop keeps the pod for a fast resume); terminate when unknown."""
+    if record.lease_end_action in ("stop", "terminate"):
+        return record.lease_end_action
+    return options.shutdown_action
+
+
+def _finish(
+    actions: list[Action], now: datetime, config: Config, record: PodRecord, observed: Observation,
+    options: Options, activity: Activity,
+) -> Plan:
+    # 6. Pending intent: a create whose result was not saved.
+    if record.intent is not None and observed.named_pods is not None:
+        match = [p for p in observed.named_pods if p.name == record.intent.pod_name]
+        if match:
+            actions.append(Action(ActionKind.ADOPT, f"found pod {match[0].id} of an interrupted create by name",
+                                  pod_id=match[0].id, pod_name=record.intent.pod_name))
+            if record.lease is None and match[0].status != PodStatus.TERMINATED:
+                actions.append(Action(ActionKind.TERMINATE, "adopted pod of an interrupted create has no "
+                                      "open lease", pod_id=match[0].id))
+        else:
+            actions.append(Action(ActionKind.FORGET_INTENT,
+                                  f"no pod named {record.intent.pod_name} exists", pod_name=record.intent.pod_name))
+            if record.lease is not None and not any(a.kind in ENDS or a.kind == ActionKind.CLOSE_LEASE
+                                                    for a in actions):
+                actions.append(Action(ActionKind.CREATE, "interrupted create left no pod; creating it again"))
+    # 7. Orphans: pods with this config's prefix that state does not own. Never touch other pods.
+    if observed.named_pods is not None and config.limits.sweep_orphans:
+        owned = {record.pod_id, record.replacing_pod_id}
+        adopted = {a.pod_id for a in actions if a.kind == ActionKind.ADOPT}
+        for other in observed.named_pods:
+            if (other.id in owned or other.id in adopted or other.status == PodStatus.TERMINATED
+                    or not other.name.startswith(config.pod_name_prefix)):
+                continue
+            if record.intent is not None and other.name == record.intent.pod_name:
+                continue
+            if options.report_orphans_only:
+                actions.append(Action(ActionKind.REPORT_ORPHAN, "pod named like this config's but not in state",
+                                      pod_id=other.id, pod_name=other.name))
+            else:
+                actions.append(Action(ActionKind.TERMINATE_ORPHAN, "pod named like this config's but not in "
+                                      "state (orphan)", pod_id=other.id, pod_name=other.name))
+    # 8. The proxy: wanted while a lease is open.
+    if (record.lease is not None and activity.proxy_wanted and observed.proxy_running is False
+            and not any(a.kind == ActionKind.CLOSE_LEASE for a in actions)):
+        actions.append(Action(ActionKind.RESTART_PROXY, "the proxy should run for the open lease and does not"))
+    return Plan(tuple(_dedupe(actions)))
+
+
+def _dedupe(actions: list[Action]) -> list[Action]:
+    """Drop repeated ends of the same pod (an end may be reached by two rules)."""
+    seen: set[tuple[ActionKind, str | None]] = set()
+    result = []
+    for action in actions:
+        key = (action.kind, action.pod_id)
+        if action.kind in ENDS and key in seen:
+            continue
+        if action.kind in ENDS and (ActionKind.TERMINATE, action.pod_id) in seen:
+            continue
+        seen.add(key)
+        result.append(action)
+    # A pod that is terminated is not also stopped.
+    terminated = {a.pod_id for a in result if a.kind == ActionKind.TERMINATE}
+    return [a for a in result if not (a.kind == ActionKind.STOP and a.pod_id in terminated)]
+
+
+@dataclass(frozen=True)
+class LimitView:
+    """When each limit will end the current lease (for `rpm status` and the dashboard)."""
+
+    deadline: datetime | None = None
+    runtime_ends_at: datetime | None = None
+    cutoff_at: datetime | None = None
+    idle_ends_at: datetime | None = None
+    extra: dict[str, str] = field(default_factory=dict)
+
+
+def limit_view(now: datetime, config: Config, record: PodRecord, activity: Activity) -> LimitView:
+    lease = record.lease
+    if lease is None:
+        return LimitView()
+    runtime_end = lease.opened_at + timedelta(seconds=config.limits.runtime_seconds)
+    cutoff = next_cutoff(min(lease.opened_at, now), config)
+    idle_end = None
+    if config.limits.idle_timeout_seconds:
+        last = max(t for t in (lease.opened_at, activity.last_request_at) if t is not None)
+        idle_end = min(last, now) + timedelta(seconds=config.limits.idle_timeout_seconds)
+    deadline = min(t for t in (lease.deadline, runtime_end, cutoff) if t is not None)
+    return LimitView(deadline=deadline, runtime_ends_at=runtime_end, cutoff_at=cutoff, idle_ends_at=idle_end)

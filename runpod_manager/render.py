@@ -1,0 +1,309 @@
+"""Rich tables/progress and the --json envelope: the only place that prints.
+
+Core functions return dataclasses; each `show_*` function turns one into Rich output or, with --json,
+into the versioned envelope `{"rpm": 1, "command": ..., "ok": ..., "data" | "error": ...}` (pinned by a
+contract test). Secrets (upstream keys, API keys) are never part of what is shown.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from runpod_manager.errors import RpmError
+
+ENVELOPE_VERSION = 1
+
+
+@dataclass
+class Renderer:
+    command: str
+    as_json: bool = False
+    verbose: bool = False
+
+    def __post_init__(self) -> None:
+        self.out = Console(soft_wrap=True, highlight=False)
+        self.err = Console(stderr=True, soft_wrap=True, highlight=False)
+
+    # ------------------------------------------------------------------------------------ envelope
+
+    def emit(self, data: dict[str, Any], *, ok: bool = True) -> None:
+        envelope = {"rpm": ENVELOPE_VERSION, "command": self.command, "ok": ok, "data": data}
+        sys.stdout.write(json.dumps(envelope, default=_json_default, sort_keys=True) + "\n")
+        sys.stdout.flush()
+
+    def error(self, exc: RpmError | BaseException, exit_code: int) -> None:
+        message = exc.message if isinstance(exc, RpmError) else str(exc)
+        hint = exc.hint if isinstance(exc, RpmError) else None
+        if self.as_json:
+            envelope = {"rpm": ENVELOPE_VERSION, "command": self.command, "ok": False,
+                        "error": {"type": type(exc).__name__, "message": message, "hint": hint,
+                                  "exit_code": exit_code}}
+            sys.stdout.write(json.dumps(envelope, sort_keys=True) + "\n")
+            sys.stdout.flush()
+            return
+        line = f"[bold red]error:[/] {escape(message)}"
+        if hint:
+            line += f" [dim]({escape(hint)})[/]"
+        self.err.print(line)
+
+    def line(self, text: str, *, style: str | None = None) -> None:
+        if not self.as_json:
+            self.out.print(text, style=style)
+
+    def note(self, text: str) -> None:
+        """A side remark (notices, warnings) on stderr, so --json stdout stays one document."""
+        self.err.print(f"[yellow]note:[/] {escape(text)}")
+
+    @contextmanager
+    def progress(self, label: str) -> Iterator[Callable[[Any], None]]:
+        """A one-line live progress display (or plain lines when not a terminal / --json)."""
+        last: list[str] = [""]
+
+        def plain(update: Any) -> None:
+            text = _progress_text(update)
+            key = f"{update.status}:{update.detail}"
+            if key != last[0] and not self.as_json:
+                self.err.print(f"  {text}")
+                last[0] = key
+
+        if self.as_json or not self.err.is_terminal:
+            yield plain
+            return
+        with self.err.status(label) as status:
+            def live(update: Any) -> None:
+                status.update(_progress_text(update))
+            yield live
+
+
+def _progress_text(update: Any) -> str:
+    detail = f" · {update.detail}" if update.detail else ""
+    pod = update.pod_id or "pod"
+    return f"{pod}: {update.status} · {int(update.elapsed_seconds)} s · poll {update.attempt}{detail}"
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return value.isoformat().replace("+00:00", "Z")
+    if hasattr(value, "value"):
+        return value.value
+    return str(value)
+
+
+def money(value: float | None) -> str:
+    return "-" if value is None else f"${value:.2f}"
+
+
+def duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    seconds = int(max(0, seconds))
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    if hours:
+        return f"{hours}h{minutes:02d}m"
+    if minutes:
+        return f"{minutes}m{secs:02d}s"
+    return f"{secs}s"
+
+
+def when(moment: datetime | None, now: datetime) -> str:
+    if moment is None:
+        return "-"
+    local = moment.astimezone()
+    left = (moment - now).total_seconds()
+    rel = f"in {duration(left)}" if left >= 0 else f"{duration(-left)} ago"
+    return f"{local:%H:%M:%S} ({rel})"
+
+
+def table(title: str | None, columns: list[str]) -> Table:
+    result = Table(title=title, title_justify="left", show_edge=False, header_style="bold")
+    for column in columns:
+        result.add_column(column)
+    return result
+
+
+# ------------------------------------------------------------------------------------- per command
+
+
+def pod_json(pod: Any) -> dict[str, Any] | None:
+    if pod is None:
+        return None
+    return {"id": pod.id, "name": pod.name, "status": pod.status_text, "gpu": pod.gpu_type_id,
+            "gpu_count": pod.gpu_count, "cost_per_hour": pod.cost_per_hour,
+            "data_center": pod.data_center_id,
+            "uptime_seconds": pod.runtime.uptime_seconds if pod.runtime else None}
+
+
+def lease_json(record: Any) -> dict[str, Any] | None:
+    lease = record.lease
+    if lease is None:
+        return None
+    return {"opened_at": lease.opened_at, "deadline": lease.deadline, "opened_by": lease.opened_by}
+
+
+def show_start(r: Renderer, result: Any) -> None:
+    if r.as_json:
+        r.emit({"dry_run": result.dry_run, "pod": pod_json(result.pod), "created": result.created,
+                "resumed": result.resumed, "already_running": result.already_running, "ready": result.ready,
+                "base_url": result.base_url, "proxy_url": result.proxy_url, "lease": lease_json(result.record),
+                "plan": [a.describe() for a in result.plan.actions]})
+        return
+    if result.dry_run:
+        r.line("[bold]dry run[/]: nothing was changed. The plan:")
+        for action in result.plan.actions:
+            r.line(f"  • {escape(action.describe())}")
+        if not result.plan.actions:
+            r.line("  (nothing to do: the pod is already there)")
+        return
+    pod = result.pod
+    verb = "created" if result.created else "resumed" if result.resumed else (
+        "already running" if result.already_running else "ready")
+    pod_text = f"{pod.id} ({pod.gpu_type_id}, {money(pod.cost_per_hour)}/h)" if pod else result.record.pod_id
+    r.line(f"[green]●[/] pod {escape(str(pod_text))} {verb}" + ("" if result.ready else " (not waiting)"))
+    if result.record.lease:
+        r.line(f"  lease ends by {result.record.lease.deadline.astimezone():%Y-%m-%d %H:%M:%S %Z}")
+    if result.proxy_url:
+        r.line(f"  OpenAI base URL: [bold]{result.proxy_url}[/]")
+    elif result.base_url:
+        r.line(f"  pod URL: {result.base_url}  (start the proxy with `rpm proxy` for wake/idle handling)")
+
+
+def show_status(r: Renderer, result: Any) -> None:
+    record, pod, now = result.record, result.pod, result.now
+    limits = result.limits
+    if r.as_json:
+        r.emit({
+            "config": result.config_name, "pod": pod_json(pod), "pod_id": record.pod_id,
+            "observed": result.pod_observed, "observe_error": result.observe_error,
+            "lease": lease_json(record), "spend_today_usd": round(result.spend_today_usd, 4),
+            "max_daily_spend_usd": result.max_daily_spend_usd,
+            "deadline": limits.deadline, "runtime_ends_at": limits.runtime_ends_at, "cutoff_at": limits.cutoff_at,
+            "idle_ends_at": limits.idle_ends_at, "idle_seconds": result.idle_seconds,
+            "proxy": {"pid": result.proxy_pid, "url": result.proxy_url},
+            "pod_url": result.pod_url,
+            "ready": record.ready_pod_id is not None and record.ready_pod_id == record.pod_id,
+            "last_action": record.last_action, "last_reason": record.last_reason,
+            "last_lease_end_reason": record.last_lease_end_reason,
+        })
+        return
+    if record.pod_id is None and record.lease is None:
+        r.line(f"no pod for config '{result.config_name}'"
+               + (f" (last: {record.last_lease_end_reason})" if record.last_lease_end_reason else "")
+               + ". Start one with `rpm start`.")
+        if result.spend_today_usd:
+            r.line(f"spend today: {money(result.spend_today_usd)} of {money(result.max_daily_spend_usd)}")
+        return
+    grid = table(f"rpm · {result.config_name}", ["", ""])
+    grid.show_header = False
+    status = pod.status_text if pod else ("unknown" if not result.pod_observed else "gone")
+    ready = record.ready_pod_id == record.pod_id and pod is not None and pod.status_text == "RUNNING"
+    grid.add_row("pod", f"{record.pod_id or '-'} ({record.pod_name or '-'})")
+    grid.add_row("status", f"{status}{' · ready' if ready else ''}"
+                 + (f" [dim]({escape(result.observe_error)})[/]" if result.observe_error else ""))
+    grid.add_row("GPU", f"{(pod.gpu_type_id if pod else record.gpu_type_id) or '-'}"
+                 + (f" × {pod.gpu_count}" if pod and pod.gpu_count > 1 else ""))
+    grid.add_row("$/h", money(pod.cost_per_hour if pod else None))
+    grid.add_row("uptime", duration(pod.runtime.uptime_seconds if pod and pod.runtime else None))
+    grid.add_row("spend today", f"{money(result.spend_today_usd)}"
+                 + (f" of {money(result.max_daily_spend_usd)}" if result.max_daily_spend_usd else ""))
+    grid.add_row("lease", "open" if record.lease else f"closed ({record.last_lease_end_reason or '-'})")
+    grid.add_row("deadline", when(limits.deadline, now))
+    grid.add_row("idle", f"{duration(result.idle_seconds)}"
+                 + (f" (stops {when(limits.idle_ends_at, now)})" if limits.idle_ends_at else ""))
+    grid.add_row("proxy", f"pid {result.proxy_pid} · {result.proxy_url}" if result.proxy_pid else "not running")
+    if result.pod_url:
+        grid.add_row("pod URL", result.pod_url)
+    if record.last_action:
+        grid.add_row("last action", f"{record.last_action}: {escape(record.last_reason or '')}")
+    r.out.print(grid)
+
+
+def show_shutdown(r: Renderer, result: Any) -> None:
+    if r.as_json:
+        r.emit({"dry_run": result.dry_run, "ended": [a.action.describe() for a in result.ended],
+                "orphans_terminated": result.orphans_terminated, "proxy_stopped": result.proxy_stopped})
+        return
+    prefix = "[bold]dry run[/]: would " if result.dry_run else ""
+    for applied in result.ended:
+        action = applied.action
+        r.line(f"{prefix}{'stop' if action.kind.value == 'stop' else 'terminate'} pod {action.pod_id}"
+               + ("" if result.dry_run else " ✓"))
+    for orphan in result.orphans_terminated:
+        r.line(f"{prefix}terminate unknown rpm pod {escape(orphan)}" + ("" if result.dry_run else " ✓"))
+    if result.proxy_stopped:
+        r.line("proxy stopped ✓")
+    if not result.ended and not result.orphans_terminated:
+        r.line("nothing running; lease closed")
+
+
+def show_watchdog(r: Renderer, result: Any) -> None:
+    """Silent when there is nothing to do (cron mails nothing); one line per action otherwise."""
+    if r.as_json:
+        r.emit({"busy": result.busy, "dry_run": result.dry_run, "api_calls": result.api_calls,
+                "spend_today_usd": round(result.spend_today_usd, 4),
+                "plan": [{"kind": a.kind.value, "reason": a.reason, "pod_id": a.pod_id} for a in result.plan.actions],
+                "applied": [{"kind": a.action.kind.value, "pod_id": a.action.pod_id, "ok": a.ok,
+                             "error": str(a.error) if a.error else None} for a in result.applied]},
+               ok=not result.enforcement_failed)
+        return
+    for notice in result.notices:
+        r.note(notice)
+    if result.busy:
+        r.line("watchdog: another rpm process holds the state lock; skipping this pass")
+        return
+    if result.dry_run:
+        if result.plan.actions or r.verbose:
+            r.line("[bold]dry run[/]: nothing was changed. The plan:")
+        for action in result.plan.actions:
+            r.line(f"  • {escape(action.describe())}")
+    else:
+        for applied in result.applied:
+            mark = "✓" if applied.ok else f"[red]failed: {escape(str(applied.error))}[/]"
+            r.line(f"{escape(applied.action.describe())} {mark}")
+    if r.verbose and result.record is not None:
+        record = result.record
+        pod = result.pod
+        lease = (f"open until {record.lease.deadline.astimezone():%H:%M:%S}" if record.lease
+                 else f"closed ({record.last_lease_end_reason or '-'})")
+        r.line(f"state: pod {record.pod_id or '-'} "
+               f"({pod.status_text if pod else record.last_status or 'none'}), lease {lease}, "
+               f"spend today {money(result.spend_today_usd)}, {result.api_calls} API call(s)")
+
+
+def show_catalog(r: Renderer, result: Any) -> None:
+    if r.as_json:
+        r.emit({"cloud": result.cloud, "gpu_count": result.gpu_count, "problems": result.problems,
+                "gpus": [row.__dict__ for row in result.rows]}, ok=result.ok)
+        return
+    grid = table(f"GPU types · {result.cloud} · {result.gpu_count} GPU(s)",
+                 ["", "id", "VRAM", "secure $/h", "community $/h", "pod $/h", "availability", "data centers"])
+    for row in result.rows:
+        mark = f"[bold]{row.rank}[/]" if row.rank else ""
+        grid.add_row(mark, row.id, f"{row.memory_gb} GB", money(row.price_secure), money(row.price_community),
+                     money(row.pod_price_per_hour), row.availability or "-", ", ".join(row.data_centers[:4]))
+    r.out.print(grid)
+    r.line(f"[dim]cached in {result.cache_path}[/]")
+    if result.problems:
+        for problem in result.problems:
+            r.line(f"[yellow]![/] {escape(problem)}")
+    else:
+        r.line("[green]✓[/] the configured GPU types can be started")
+
+
+def show_init(r: Renderer, path: Any, notes: list[str]) -> None:
+    if r.as_json:
+        r.emit({"written": str(path), "notes": notes})
+        return
+    r.line(f"wrote {path}")
+    for note in notes:
+        r.note(note)

@@ -1,0 +1,337 @@
+"""pod_state.json: the versioned record of the pods rpm owns, written so it cannot be half-written.
+
+Layout: `{"version": N, "pods": {config_name: record}}`. The file is 0600 in a 0700 directory, written to
+a temp file in the same directory, fsynced and renamed. Every read-modify-write holds the file lock
+(`StateStore.transaction`). A corrupt file is moved aside as `.corrupt-<time>` and reported; a file from
+a newer rpm is refused; older versions are upgraded by the named steps in `UPGRADES`.
+
+The record holds the upstream key (the pod's vLLM key), which is why the file is private.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import os
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import filelock
+
+from runpod_manager.errors import LockBusy, StateError
+from runpod_manager.paths import Paths, ensure_private_dir
+
+STATE_VERSION = 2
+
+
+def _iso(value: datetime | None) -> str | None:
+    return None if value is None else value.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+def _parse(value: Any, what: str) -> datetime | None:
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise ValueError(f"{what} must be a timestamp string")
+    parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
+@dataclass
+class Lease:
+    """Permission for a pod to exist and run: opened by `rpm start` or a wake, closed by a limit or shutdown."""
+
+    opened_at: datetime
+    deadline: datetime
+    opened_by: str = "start"  # start | wake | recovery
+
+    def to_json(self) -> dict[str, Any]:
+        return {"opened_at": _iso(self.opened_at), "deadline": _iso(self.deadline), "opened_by": self.opened_by}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Lease:
+        opened, deadline = _parse(data["opened_at"], "opened_at"), _parse(data["deadline"], "deadline")
+        assert opened is not None and deadline is not None  # noqa: S101 - required keys, checked by _parse
+        return cls(opened_at=opened, deadline=deadline, opened_by=str(data.get("opened_by", "start")))
+
+
+@dataclass
+class Intent:
+    """A create about to be sent: saved before the call so a crash can be recovered by name."""
+
+    pod_name: str
+    created_at: datetime
+    purpose: str = "create"  # create | replace
+
+    def to_json(self) -> dict[str, Any]:
+        return {"pod_name": self.pod_name, "created_at": _iso(self.created_at), "purpose": self.purpose}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Intent:
+        created = _parse(data["created_at"], "created_at")
+        assert created is not None  # noqa: S101
+        return cls(pod_name=str(data["pod_name"]), created_at=created, purpose=str(data.get("purpose", "create")))
+
+
+_TIME_KEYS = ("last_activity_at", "last_observed_at", "last_gpu_busy_at", "spend_accounted_at",
+              "billing_checked_at")
+
+
+@dataclass
+class PodRecord:
+    """What rpm knows about the pod of one config."""
+
+    config_name: str
+    pod_id: str | None = None
+    pod_name: str | None = None
+    upstream_key: str | None = field(default=None, repr=False)
+    lease: Lease | None = None
+    intent: Intent | None = None
+    last_activity_at: datetime | None = None
+    gpu_type_id: str | None = None
+    data_center_id: str | None = None
+    cost_per_hour: float = 0.0
+    last_status: str | None = None
+    last_observed_at: datetime | None = None
+    spend_day: str | None = None  # the local date (YYYY-MM-DD) spend_usd belongs to
+    spend_usd: float = 0.0  # spend of the day by pods of this config that are gone (billing of live pods adds)
+    spend_cap_day: str | None = None  # the day the cap was hit; start/wake refused until it changes
+    replacing_pod_id: str | None = None  # old pod kept until its replacement is ready
+    last_action: str | None = None
+    last_reason: str | None = None
+    last_lease_end_reason: str | None = None
+    lease_end_action: str | None = None  # stop | terminate: what ending the last lease did to the pod
+    proxy_wanted: bool = False  # `rpm start` launched the proxy; it should run while the lease is open
+    last_gpu_busy_at: datetime | None = None
+    ready_pod_id: str | None = None  # the pod verified ready (RUNNING and /v1/models answering)
+    last_sweep_at_epoch: float | None = None  # last time the pods were listed for intents and orphans
+    spend_accounted_at: datetime | None = None  # spend_usd counts cost × time up to here
+    spend_of_ended_pods_usd: float = 0.0  # part of spend_usd from pods before the current one
+    billed_usd: float = 0.0  # billing's figure for the current pod today
+    billing_checked_at: datetime | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        data["lease"] = self.lease.to_json() if self.lease else None
+        data["intent"] = self.intent.to_json() if self.intent else None
+        for key in _TIME_KEYS:
+            data[key] = _iso(getattr(self, key))
+        return data
+
+    @classmethod
+    def from_json(cls, name: str, data: dict[str, Any]) -> PodRecord:
+        known = {f.name for f in dataclasses.fields(cls)}
+        values = {k: v for k, v in data.items() if k in known}
+        values["config_name"] = name
+        values["lease"] = Lease.from_json(data["lease"]) if data.get("lease") else None
+        values["intent"] = Intent.from_json(data["intent"]) if data.get("intent") else None
+        for key in _TIME_KEYS:
+            values[key] = _parse(data.get(key), key)
+        values["cost_per_hour"] = float(values.get("cost_per_hour") or 0.0)
+        for key in ("spend_usd", "spend_of_ended_pods_usd", "billed_usd"):
+            values[key] = float(values.get(key) or 0.0)
+        return cls(**values)
+
+    @property
+    def owns_pod(self) -> bool:
+        return self.pod_id is not None
+
+
+@dataclass
+class State:
+    pods: dict[str, PodRecord] = field(default_factory=dict)
+
+    def record(self, config_name: str) -> PodRecord:
+        """The record of a config, created empty when absent."""
+        if config_name not in self.pods:
+            self.pods[config_name] = PodRecord(config_name=config_name)
+        return self.pods[config_name]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"version": STATE_VERSION, "pods": {name: rec.to_json() for name, rec in self.pods.items()}}
+
+
+# --------------------------------------------------------------------------------------------- upgrades
+
+
+def _upgrade_1_to_2(document: dict[str, Any]) -> dict[str, Any]:
+    """v1 kept one flat record per config with `pod_id`, `started_at` and `runtime_seconds`.
+
+    v2 expresses the same as a lease with an explicit deadline.
+    """
+    for record in document.get("pods", {}).values():
+        started, runtime = record.pop("started_at", None), record.pop("runtime_seconds", None)
+        if started and runtime and not record.get("lease"):
+            opened = _parse(started, "started_at")
+            assert opened is not None  # noqa: S101
+            deadline = datetime.fromtimestamp(opened.timestamp() + float(runtime), UTC)
+            record["lease"] = {"opened_at": _iso(opened), "deadline": _iso(deadline), "opened_by": "start"}
+    document["version"] = 2
+    return document
+
+
+UPGRADES: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {1: _upgrade_1_to_2}
+
+
+def decode_state(text: str) -> State:
+    """Parse and upgrade a state document. ValueError (with a reason) when it is not a valid state."""
+    document = json.loads(text)
+    if not isinstance(document, dict) or not isinstance(document.get("pods", {}), dict):
+        raise ValueError("expected {\"version\": N, \"pods\": {...}}")
+    version = document.get("version")
+    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+        raise ValueError("missing or invalid 'version'")
+    if version > STATE_VERSION:
+        raise _NewerVersion(version)
+    while version < STATE_VERSION:
+        step = UPGRADES[version]
+        try:
+            document = step(document)
+        except (AttributeError, KeyError, TypeError) as exc:  # a malformed old record, not a bug of ours
+            raise ValueError(f"cannot upgrade from version {version} ({exc})") from None
+        version = document["version"]
+    pods = {}
+    for name, data in document.get("pods", {}).items():
+        if not isinstance(data, dict):
+            raise ValueError(f"record {name!r} is not an object")
+        try:
+            pods[name] = PodRecord.from_json(name, data)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ValueError(f"record {name!r} is invalid ({exc})") from None
+    return State(pods=pods)
+
+
+class _NewerVersion(Exception):
+    def __init__(self, version: int) -> None:
+        super().__init__(version)
+        self.version = version
+
+
+# ------------------------------------------------------------------------------------------------ store
+
+
+class StateStore:
+    """Reads and writes pod_state.json under the lock."""
+
+    def __init__(self, paths: Paths, *, clock: Callable[[], float] = time.time) -> None:
+        self.paths = paths
+        self._clock = clock
+        self._lock = filelock.FileLock(str(paths.lock_file), mode=0o600)
+        self.notices: list[str] = []  # one-line reports (e.g. a corrupt file moved aside) for the renderer
+
+    @property
+    def path(self) -> Path:
+        return self.paths.state_file
+
+    @contextlib.contextmanager
+    def lock(self, *, wait_seconds: float | None = 10.0) -> Iterator[None]:
+        """Hold the state lock. wait_seconds=0 tries once (cron); None waits forever."""
+        ensure_private_dir(self.paths.state_dir)
+        timeout = -1 if wait_seconds is None else wait_seconds
+        try:
+            self._lock.acquire(timeout=timeout, blocking=wait_seconds != 0)
+        except filelock.Timeout:
+            holder = self._holder_pid()
+            who = f"process {holder}" if holder else "another rpm process"
+            raise LockBusy(f"state is locked by {who} ({self.paths.lock_file})", holder_pid=holder,
+                           hint="wait for it to finish, or stop it") from None
+        try:
+            self._write_holder_pid()
+            yield
+        finally:
+            self._clear_holder_pid()
+            self._lock.release()
+
+    @contextlib.contextmanager
+    def transaction(self, *, wait_seconds: float | None = 10.0) -> Iterator[State]:
+        """Lock, load, yield the state for modification, save on success."""
+        with self.lock(wait_seconds=wait_seconds):
+            state = self.load()
+            yield state
+            self.save(state)
+
+    def load(self) -> State:
+        path = self.path
+        try:
+            raw = path.read_bytes()
+        except FileNotFoundError:
+            return State()
+        except OSError as exc:
+            raise StateError(f"{path}: cannot read state ({exc.strerror})",
+                             hint="check the file's owner and permissions") from None
+        try:
+            # Decoded here, not by read_text, so bytes that are not UTF-8 count as corrupt.
+            return decode_state(raw.decode("utf-8"))
+        except _NewerVersion as newer:
+            raise StateError(f"{path}: written by a newer rpm (state version {newer.version}, this rpm reads "
+                             f"up to {STATE_VERSION})", hint="upgrade rpm; the file was left as it is") from None
+        except (ValueError, UnicodeDecodeError) as exc:
+            aside = self._move_aside(path)
+            self.notices.append(f"{path} was corrupt ({_short(exc)}); moved aside to {aside.name}, "
+                                f"starting from an empty state")
+            return State()
+
+    def save(self, state: State) -> None:
+        directory = ensure_private_dir(self.paths.state_dir)
+        payload = json.dumps(state.to_json(), indent=2, sort_keys=True).encode("utf-8")
+        fd, tmp_name = tempfile.mkstemp(prefix=".pod_state.", suffix=".tmp", dir=directory)
+        try:
+            os.fchmod(fd, 0o600)
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(payload)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(tmp_name, self.path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp_name)
+            raise
+        _fsync_dir(directory)
+
+    def _move_aside(self, path: Path) -> Path:
+        stamp = datetime.fromtimestamp(self._clock(), UTC).strftime("%Y%m%dT%H%M%SZ")
+        target = path.with_name(f"{path.name}.corrupt-{stamp}")
+        counter = 1
+        while target.exists():
+            target = path.with_name(f"{path.name}.corrupt-{stamp}-{counter}")
+            counter += 1
+        os.replace(path, target)
+        return target
+
+    @property
+    def _holder_file(self) -> Path:
+        return self.paths.state_dir / "lock.pid"
+
+    def _write_holder_pid(self) -> None:
+        with contextlib.suppress(OSError):
+            self._holder_file.write_text(str(os.getpid()), encoding="ascii")
+
+    def _clear_holder_pid(self) -> None:
+        with contextlib.suppress(OSError):
+            self._holder_file.unlink()
+
+    def _holder_pid(self) -> int | None:
+        try:
+            return int(self._holder_file.read_text(encoding="ascii").strip())
+        except (OSError, ValueError):
+            return None
+
+
+def _fsync_dir(directory: Path) -> None:
+    with contextlib.suppress(OSError):
+        fd = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def _short(exc: BaseException) -> str:
+    text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    return text[:120]
