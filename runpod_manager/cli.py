@@ -198,6 +198,8 @@ def refresh_catalog(config: ConfigOpt = None, as_json: JsonOpt = False, verbose:
         lifecycle = _lifecycle(config)
         result = catalog.refresh(lifecycle.client, lifecycle.paths, lifecycle.config)
         show_catalog(renderer, result)
+        if not result.ok:
+            raise typer.Exit(int(ExitCode.FAILED))
 
     _run(renderer, body)
 

@@ -120,6 +120,8 @@ class StartupConfig:
         "Give up waiting for readiness after this long.", minimum=1))
     max_startup_attempts: int = field(default=3, metadata=_meta(
         "Create attempts per GPU type / data center before moving on.", minimum=1))
+    lock_wait_seconds: float = field(default=10.0, metadata=_meta(
+        "How long interactive commands wait for another rpm process's state lock.", minimum=0))
 
 
 @dataclass(frozen=True)

@@ -578,9 +578,14 @@ class Lifecycle:
 
     # ---------------------------------------------------------------------------------------- start
 
-    def start(self, *, wait: bool = True, dry_run: bool = False, wait_seconds: float | None = 10.0,
+    def start(self, *, wait: bool = True, dry_run: bool = False, wait_seconds: float | None = -1.0,
               progress: Callable[[Progress], None] | None = None, opened_by: str = "start") -> StartResult:
-        """Open a lease (if none), create or resume the pod, and wait until it is ready."""
+        """Open a lease (if none), create or resume the pod, and wait until it is ready.
+
+        wait_seconds: how long to wait for the state lock (-1: the configured lock_wait_seconds).
+        """
+        if wait_seconds is not None and wait_seconds < 0:
+            wait_seconds = self.config.startup.lock_wait_seconds
         with self._locked_state(wait_seconds) as state:
             record = state.record(self.name)
             now = self.clock()
@@ -739,8 +744,10 @@ class Lifecycle:
     # ------------------------------------------------------------------------------------- shutdown
 
     def shutdown(self, *, stop: bool = False, all_pods: bool = False, dry_run: bool = False,
-                 wait_seconds: float | None = 10.0) -> ShutdownResult:
+                 wait_seconds: float | None = -1.0) -> ShutdownResult:
         """Close the lease and end the pod (terminate, or stop with stop=True); idempotent."""
+        if wait_seconds is not None and wait_seconds < 0:
+            wait_seconds = self.config.startup.lock_wait_seconds
         end_action = "stop" if stop else "terminate"
         with self._locked_state(wait_seconds) as state:
             if dry_run:

@@ -1,0 +1,192 @@
+"""`rpm demo`: the whole flow against an embedded RunPod emulator, narrated, in well under a minute.
+
+Everything is real except RunPod: the emulator answers over HTTP on a free port, the proxy runs as the
+same background subprocess `rpm start` launches, and limits are enforced by the same reconcile pass.
+It runs in a temporary RPM_HOME and leaves no process behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import socket
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import requests
+
+from runpod_manager.render import Renderer, money, show_shutdown, show_status
+
+IDLE_TIMEOUT_SECONDS = 5
+DEMO_CONFIG = """\
+version = 1
+
+[pod]
+name = "demo"
+model = "Qwen/Qwen2.5-Coder-1.5B-Instruct"
+gpu_types = ["NVIDIA GeForce RTX 4090", "NVIDIA L40S"]
+max_price_per_hour = 1.5
+
+[limits]
+runtime_seconds = 300
+idle_timeout_seconds = {idle}
+idle_action = "stop"
+max_daily_spend_usd = 5.0
+
+[startup]
+initial_wait_seconds = 0.3
+poll_interval_seconds = 0.3
+ready_timeout_seconds = 60
+
+[proxy]
+port = {proxy_port}
+reconcile_interval_seconds = 0.5
+
+[cache]
+dir = "{cache_dir}"
+"""
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@contextlib.contextmanager
+def _environment(values: dict[str, str]) -> Iterator[None]:
+    saved = {key: os.environ.get(key) for key in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def run_demo(r: Renderer, *, keep_home: bool = False) -> None:
+    from runpod_manager.config import load_config
+    from runpod_manager.lifecycle import Lifecycle
+    from runpod_manager.paths import resolve_paths
+    from runpod_manager.proxy import process
+    from runpod_manager.sandbox.server import EmbeddedSandbox, SandboxOptions
+
+    home = Path(tempfile.mkdtemp(prefix="rpm-demo-"))
+    options = SandboxOptions(port=0, provision_seconds=0.8, start_seconds=0.8, model_load_seconds=1.2,
+                             token_delay_seconds=0.03, bill_speed=120.0, quiet=True)
+    sandbox = EmbeddedSandbox(options).start()
+    lifecycle = None
+    try:
+        config_path = home / "pod_config.toml"
+        config_path.write_text(DEMO_CONFIG.format(idle=IDLE_TIMEOUT_SECONDS, proxy_port=_free_port(),
+                                                  cache_dir=home / "cache"), encoding="utf-8")
+        env = {"RPM_HOME": str(home), "RUNPOD_API_URL": sandbox.url, "RUNPOD_API_KEY": sandbox.api_key,
+               "RPM_API_POD_URL_TEMPLATE": sandbox.pod_url_template, "RPM_CONFIG": str(config_path)}
+        with _environment(env):
+            paths = resolve_paths()
+            config = load_config(config_path, paths=paths)
+            lifecycle = Lifecycle(config, paths, proxy_alive=lambda: process.running_pid(paths))
+            _story(r, lifecycle, sandbox.url)
+    finally:
+        with contextlib.suppress(Exception), _environment({"RPM_HOME": str(home)}):
+            process.stop_proxy_process(resolve_paths(), grace_seconds=5)
+        if lifecycle is not None:
+            lifecycle.close()
+        sandbox.close()
+        if keep_home:
+            r.line(f"[dim]demo home kept at {home}[/]")
+        else:
+            shutil.rmtree(home, ignore_errors=True)
+
+
+def _step(r: Renderer, number: int, text: str) -> None:
+    r.line("")
+    r.line(f"[bold cyan]{number}.[/] [bold]{text}[/]")
+
+
+def _story(r: Renderer, lifecycle: object, sandbox_url: str) -> None:
+    from runpod_manager.lifecycle import Lifecycle
+
+    assert isinstance(lifecycle, Lifecycle)  # noqa: S101 - narrowing for the type checker
+    r.line(f"[bold]rpm demo[/]: a RunPod emulator is listening on {sandbox_url} (no account, no card).")
+    r.line("Everything below is the real rpm talking to it over HTTP; only RunPod is simulated, "
+           "and its clock bills 120× faster so the cost shows.")
+
+    _step(r, 1, "rpm start: open a lease, create the pod, wait until the model answers")
+    with r.progress("starting pod…") as progress:
+        started = lifecycle.start(progress=progress)
+    pod = started.pod
+    r.line(f"   pod {started.record.pod_id} on {pod.gpu_type_id if pod else '?'} at "
+           f"{money(pod.cost_per_hour if pod else None)}/h, ready in {started.wait_seconds:.1f} s "
+           "(RUNNING and GET /v1/models answered)")
+    base_url = lifecycle.ensure_proxy()
+    r.line(f"   proxy running: point your editor at [bold]{base_url}[/]")
+
+    _step(r, 2, "a streamed chat completion through the proxy")
+    text, cold = _chat(base_url, "Write a haiku about GPUs that sleep when idle.")
+    r.line(f"   [green]{text.strip()}[/]")
+
+    _step(r, 3, "rpm status")
+    show_status(r, lifecycle.status())
+
+    _step(r, 4, f"no requests for {IDLE_TIMEOUT_SECONDS} s: the proxy's reconcile stops the idle pod")
+    stopped = _wait_for(lambda: lifecycle.store.load().record(lifecycle.name).last_status == "EXITED", 30)
+    record = lifecycle.store.load().record(lifecycle.name)
+    r.line(f"   pod {record.pod_id}: {record.last_status if stopped else 'still ' + str(record.last_status)} "
+           f"— {record.last_reason or ''}")
+
+    _step(r, 5, "the next request wakes it (resume) and waits instead of failing")
+    text, cold = _chat(base_url, "Say hello.")
+    r.line(f"   answered after a cold start of {cold or '?'} s: [green]{text.strip()}[/]")
+
+    _step(r, 6, "rpm shutdown: terminate the pod, close the lease, stop the proxy")
+    pod_id = lifecycle.store.load().record(lifecycle.name).pod_id
+    result = lifecycle.shutdown()
+    show_shutdown(r, result)
+    if pod_id:
+        from datetime import UTC, datetime, timedelta
+
+        spent = lifecycle.client.pod_spend_usd(pod_id, since=datetime.now(UTC) - timedelta(days=1))
+        r.line(f"   billed for this pod (emulator clock): {money(spent)}")
+    tail = lifecycle.events.tail(50)
+    r.line("")
+    r.line(f"Every action was logged with its reason ({len(tail)} events in {lifecycle.paths.event_log.name}):")
+    for event in tail:
+        if event.get("reason"):
+            r.line(f"   [dim]{event['event']}: {event['reason']}[/]")
+    r.line("")
+    r.line("[bold green]done.[/] Next: `rpm init`, set RUNPOD_API_KEY, `rpm start`.")
+
+
+def _chat(base_url: str, prompt: str) -> tuple[str, str | None]:
+    body = {"model": "Qwen/Qwen2.5-Coder-1.5B-Instruct", "stream": True, "max_tokens": 24,
+            "messages": [{"role": "user", "content": prompt}]}
+    pieces: list[str] = []
+    with requests.post(f"{base_url}/chat/completions", json=body, stream=True, timeout=60) as response:
+        response.raise_for_status()
+        cold = response.headers.get("X-RPM-Cold-Start")
+        for line in response.iter_lines(decode_unicode=True):
+            if not line or not line.startswith("data: ") or line == "data: [DONE]":
+                continue
+            event = json.loads(line[len("data: "):])
+            if "error" in event:
+                raise RuntimeError(event["error"].get("message", "error from the proxy"))
+            for choice in event.get("choices", []):
+                pieces.append(choice.get("delta", {}).get("content") or "")
+    return "".join(pieces), cold
+
+
+def _wait_for(predicate: object, timeout_seconds: float) -> bool:
+    deadline = time.monotonic() + timeout_seconds
+    while time.monotonic() < deadline:
+        if predicate():  # type: ignore[operator]
+            return True
+        time.sleep(0.25)
+    return False

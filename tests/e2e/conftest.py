@@ -1,0 +1,31 @@
+"""End-to-end fixtures: a sandbox subprocess and the rpm CLI pointed at it."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.support.rpm import Rpm, Sandbox, run_sandbox
+
+
+@pytest.fixture
+def sandbox_flags() -> list[str]:
+    """Override in a module (or with pytest.mark.parametrize indirect) for fault flags."""
+    return []
+
+
+@pytest.fixture
+def sandbox(sandbox_flags: list[str]) -> Iterator[Sandbox]:
+    with run_sandbox(*sandbox_flags) as running:
+        yield running
+
+
+@pytest.fixture
+def rpm(sandbox: Sandbox, isolated_home: Path, tmp_path: Path) -> Iterator[Rpm]:
+    cli = Rpm(home=isolated_home, sandbox=sandbox, config_path=tmp_path / "pod_config.toml")
+    cli.write_config()
+    yield cli
+    # Never leave a proxy behind, whatever the test did.
+    cli.run("shutdown", timeout=30)

@@ -1,0 +1,43 @@
+"""The README's command reference cannot drift: docs/commands.md is generated from `rpm --help`.
+
+Regenerate with: UPDATE_RPM_DOCS=1 python -m pytest tests/test_docs.py
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from typer.testing import CliRunner
+
+from runpod_manager.cli import app
+
+DOC = Path(__file__).resolve().parents[1] / "docs" / "commands.md"
+COMMANDS = ["init", "start", "status", "shutdown", "refresh-catalog", "watchdog", "proxy", "sandbox", "demo"]
+
+
+def render_reference() -> str:
+    runner = CliRunner()
+    env = {"COLUMNS": "100", "TERM": "dumb", "NO_COLOR": "1"}
+    parts = ["# rpm command reference", "",
+             "Generated from `rpm --help` by `UPDATE_RPM_DOCS=1 python -m pytest tests/test_docs.py`; "
+             "a test fails when it is stale.", ""]
+    for args in ([], *([c] for c in COMMANDS)):
+        result = runner.invoke(app, [*args, "--help"], env=env, prog_name="rpm")
+        assert result.exit_code == 0, result.output
+        title = "rpm " + " ".join(args) if args else "rpm"
+        parts += [f"## `{title.strip()}`", "", "```", result.output.rstrip(), "```", ""]
+    return "\n".join(parts)
+
+
+def test_command_reference_is_current() -> None:
+    expected = render_reference()
+    if os.environ.get("UPDATE_RPM_DOCS") == "1":
+        DOC.write_text(expected, encoding="utf-8")
+    assert DOC.is_file() and DOC.read_text(encoding="utf-8") == expected, (
+        "docs/commands.md is stale: run UPDATE_RPM_DOCS=1 python -m pytest tests/test_docs.py")
+
+
+def test_every_command_is_documented() -> None:
+    names = {command.name or command.callback.__name__ for command in app.registered_commands if command.callback}
+    assert names == set(COMMANDS), "add new commands to COMMANDS so the reference covers them"
