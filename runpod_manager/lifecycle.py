@@ -612,7 +612,14 @@ class Lifecycle:
             result = self._pass(state, dry_run=dry_run, check_ready=True)
             created = any(a.action.kind in (ActionKind.CREATE, ActionKind.REPLACE) and a.ok for a in result.applied)
             resumed = any(a.action.kind == ActionKind.RESUME and a.ok for a in result.applied)
-            failures = [a for a in result.applied if not a.ok and a.action.kind in policy.STARTS]
+            # A refused resume is not a failure when the pass went on to create a replacement.
+            replaced = any(a.ok and a.action.kind == ActionKind.REPLACE for a in result.applied)
+            failures = [a for a in result.applied if not a.ok and a.action.kind in policy.STARTS
+                        and not (replaced and isinstance(a.error, _ResumeRefusedMarker))]
+            alarms = [a for a in result.applied if a.action.kind == ActionKind.ALARM]
+            if alarms and not dry_run and record.pod_id is not None and not replaced:
+                raise ResumeRefused(f"could not start the pod: {alarms[0].action.reason}",
+                                    hint="set [limits] on_resume_failure = \"replace\" or `rpm shutdown` and start again")
             if self.observe_errors and record.pod_id is None and not dry_run:
                 self._close_failed_lease(state, record, self.observe_errors[0].message)
                 raise self.observe_errors[0]
