@@ -619,7 +619,7 @@ class Lifecycle:
             alarms = [a for a in result.applied if a.action.kind == ActionKind.ALARM]
             if alarms and not dry_run and record.pod_id is not None and not replaced:
                 raise ResumeRefused(f"could not start the pod: {alarms[0].action.reason}",
-                                    hint="set [limits] on_resume_failure = \"replace\" or `rpm shutdown` and start again")
+                                    hint='set [limits] on_resume_failure = "replace", or `rpm shutdown` and start')
             if self.observe_errors and record.pod_id is None and not dry_run:
                 self._close_failed_lease(state, record, self.observe_errors[0].message)
                 raise self.observe_errors[0]

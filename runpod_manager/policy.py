@@ -11,7 +11,7 @@ a closed lease never produces a start.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import date, datetime, timedelta, tzinfo
+from datetime import UTC, date, datetime, timedelta, tzinfo
 from enum import StrEnum
 
 from runpod_manager.config import Config
@@ -43,6 +43,10 @@ MUTATING = frozenset({ActionKind.CREATE, ActionKind.RESUME, ActionKind.REPLACE, 
                       ActionKind.TERMINATE, ActionKind.TERMINATE_ORPHAN})
 STARTS = frozenset({ActionKind.CREATE, ActionKind.RESUME, ActionKind.REPLACE})
 ENDS = frozenset({ActionKind.STOP, ActionKind.TERMINATE})
+# Pod statuses in which the idle limit is checked. A booting pod (PROVISIONING, STARTING) and one whose
+# status rpm does not know are left alone; a stopped, failed or vanished pod is not recovered for a
+# lease nobody used for idle_timeout_seconds (it would be started only to be stopped again).
+IDLE_CHECKED_STATUSES = frozenset({PodStatus.RUNNING, PodStatus.EXITED, PodStatus.ERROR, PodStatus.TERMINATED})
 
 
 @dataclass(frozen=True)
@@ -108,7 +112,11 @@ def local_day(now: datetime, zone: tzinfo | None) -> date:
 
 
 def next_cutoff(after: datetime, config: Config) -> datetime | None:
-    """The first daily cutoff strictly after `after`, in the configured zone (DST-safe)."""
+    """The first daily cutoff strictly after `after`, in the configured zone (DST-safe), as a UTC instant.
+
+    UTC because Python compares two datetimes of the same zone by wall time, ignoring the DST fold: a
+    cutoff in the zone compared with a `now` in the zone would be wrong during the repeated hour.
+    """
     cutoff = config.cutoff_time
     if cutoff is None:
         return None
@@ -120,7 +128,7 @@ def next_cutoff(after: datetime, config: Config) -> datetime | None:
         naive = datetime.combine(candidate_day, cutoff)
         # A wall time that does not exist (spring forward) resolves forward; an ambiguous one (fall back)
         # takes its first occurrence, so the lease ends no later than the user meant.
-        candidate = _localize(naive, zone)
+        candidate = _localize(naive, zone).astimezone(UTC)
         if candidate > after:
             return candidate
     raise AssertionError("a cutoff occurs every day")  # pragma: no cover
@@ -130,10 +138,13 @@ def _localize(naive: datetime, zone: tzinfo | None) -> datetime:
     if zone is None:
         return naive.astimezone()  # the machine's local zone
     first = naive.replace(tzinfo=zone, fold=0)
-    # Round-trip through UTC: if the wall time is skipped, the result differs from the input.
-    roundtrip = first.astimezone(zone)
+    # Round-trip through UTC: if the wall time is skipped, the result differs from the input. (Through
+    # UTC, not straight to `zone`: astimezone() to a datetime's own tzinfo returns it unchanged.)
+    roundtrip = first.astimezone(UTC).astimezone(zone)
     if roundtrip.replace(tzinfo=None) != naive:
-        return roundtrip  # skipped hour (spring forward): the moment the clocks jumped past it
+        # Skipped hour (spring forward): the wall time read with the offset before the jump, shown as
+        # the wall time that exists (02:30 → 03:30 after a one-hour jump).
+        return roundtrip
     return first
 
 
@@ -208,7 +219,7 @@ def plan(
             return _finish(actions, now, config, record, observed, options, activity)
         # 4. Idle: no proxied request (and no GPU work, when reported) for idle_timeout_seconds.
         idle_timeout = config.limits.idle_timeout_seconds
-        if idle_timeout and pod_exists and pod is not None and pod.status == PodStatus.RUNNING:
+        if idle_timeout and observed.pod_observed and (pod is None or pod.status in IDLE_CHECKED_STATUSES):
             last_active = max(t for t in (lease.opened_at, activity.last_request_at, activity.last_gpu_busy_at)
                               if t is not None)
             last_active = min(last_active, now)  # clock skew: a future time counts as now

@@ -199,10 +199,10 @@ def test_dry_run_changes_nothing(rpm: Rpm) -> None:
     rpm.write_config(runtime_seconds=2)
     pod_id = _start(rpm)
     _wait_past_deadline(rpm)
-    before = {k: v for k, v in rpm.sandbox.calls().items() if k != "getPod" and k != "listPods"}
+    before = {k: v for k, v in rpm.sandbox.calls().items() if k not in {"getPod", "listPods"}}
     dry = rpm.run("watchdog", "--dry-run")
     assert f"terminate {pod_id}: runtime limit" in dry.stdout
-    after = {k: v for k, v in rpm.sandbox.calls().items() if k != "getPod" and k != "listPods"}
+    after = {k: v for k, v in rpm.sandbox.calls().items() if k not in {"getPod", "listPods"}}
     assert before == after and len(_live(rpm)) == 1
     assert rpm.record()["lease"] is not None
     assert os.environ.get("RPM_HOME")
