@@ -13,6 +13,7 @@ rewrites the pod's args (PATCH) so the guard follows the new lease's deadline.
 
 from __future__ import annotations
 
+import math
 import shlex
 from datetime import datetime
 
@@ -21,7 +22,9 @@ VLLM_COMMAND = "python3 -m vllm.entrypoints.openai.api_server"
 
 
 def guard_command(deadline: datetime, api_base_url: str) -> str:
-    epoch = int(deadline.timestamp())
+    # Rounded up: a guard that fires before the lease deadline would look like a lost pod to rpm, which
+    # would then create a replacement for the last fraction of a second.
+    epoch = math.ceil(deadline.timestamp())
     script = (
         "import os,time,urllib.request as u\n"
         f"time.sleep(max(0.0,{epoch}-time.time()))\n"

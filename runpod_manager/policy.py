@@ -283,19 +283,27 @@ def _finish(
     options: Options, activity: Activity,
 ) -> Plan:
     # 6. Pending intent: a create whose result was not saved.
+    lease_ends = record.lease is None or any(a.kind == ActionKind.CLOSE_LEASE for a in actions)
     if record.intent is not None and observed.named_pods is not None:
-        match = [p for p in observed.named_pods if p.name == record.intent.pod_name]
+        # A terminated pod cannot serve the lease: nothing to adopt.
+        match = [p for p in observed.named_pods
+                 if p.name == record.intent.pod_name and p.status != PodStatus.TERMINATED]
         if match:
+            if not lease_ends:
+                # The found pod serves the lease: a start planned by recovery would make a second pod.
+                actions[:] = [a for a in actions if a.kind not in STARTS]
             actions.append(Action(ActionKind.ADOPT, f"found pod {match[0].id} of an interrupted create by name",
                                   pod_id=match[0].id, pod_name=record.intent.pod_name))
-            if record.lease is None and match[0].status != PodStatus.TERMINATED:
+            if lease_ends:
                 actions.append(Action(ActionKind.TERMINATE, "adopted pod of an interrupted create has no "
                                       "open lease", pod_id=match[0].id))
         else:
             actions.append(Action(ActionKind.FORGET_INTENT,
                                   f"no pod named {record.intent.pod_name} exists", pod_name=record.intent.pod_name))
-            if record.lease is not None and not any(a.kind in ENDS or a.kind == ActionKind.CLOSE_LEASE
-                                                    for a in actions):
+            # Create again only when nothing else gives the lease a pod: not when recovery already starts
+            # one, nor when the record's pod exists or could not be observed.
+            if (not lease_ends and observed.pod_observed and record.pod_id is None
+                    and not any(a.kind in ENDS or a.kind in STARTS for a in actions)):
                 actions.append(Action(ActionKind.CREATE, "interrupted create left no pod; creating it again"))
     # 7. Orphans: pods with this config's prefix that state does not own. Never touch other pods.
     if observed.named_pods is not None and config.limits.sweep_orphans:
@@ -303,7 +311,7 @@ def _finish(
         adopted = {a.pod_id for a in actions if a.kind == ActionKind.ADOPT}
         for other in observed.named_pods:
             if (other.id in owned or other.id in adopted or other.status == PodStatus.TERMINATED
-                    or not other.name.startswith(config.pod_name_prefix)):
+                    or not _named_for(other.name, config)):
                 continue
             if record.intent is not None and other.name == record.intent.pod_name:
                 continue
@@ -318,6 +326,14 @@ def _finish(
             and not any(a.kind == ActionKind.CLOSE_LEASE for a in actions)):
         actions.append(Action(ActionKind.RESTART_PROXY, "the proxy should run for the open lease and does not"))
     return Plan(tuple(_dedupe(actions)))
+
+
+def _named_for(pod_name: str, config: Config) -> bool:
+    """Whether a pod is named rpm-<this config's name>-<random>. Config names may contain dashes, so
+    rpm-llm-big-3f2a1c belongs to config "llm-big", not to "llm": the random part has no dash."""
+    prefix = config.pod_name_prefix
+    suffix = pod_name[len(prefix):]
+    return pod_name.startswith(prefix) and bool(suffix) and "-" not in suffix
 
 
 def _dedupe(actions: list[Action]) -> list[Action]:
