@@ -1,0 +1,704 @@
+"""The proxy's aiohttp application: routes, the one middleware, startup and shutdown.
+
+Routes: `/v1/*` is forwarded to the pod (through the cache and the wake gate); `/health`, `/ready`,
+`/metrics`, `/dashboard` and (with `enable_profiling`) `/debug/cache` are the proxy's own. Everything
+else is a 404 in the OpenAI error shape.
+
+A request to a known pod takes no thread hop: the target is a cached attribute of the gate (refreshed
+by the reconcile loop, wakes and the slow path), the body is parsed once and forwarded as received,
+and the upstream ClientSession is shared. Blocking controller calls run in worker threads.
+
+Run the app with `handler_cancellation=True` (server.run_proxy does; aiohttp's TestServer does by
+default): a client that disconnects then cancels its handler at once, which closes the upstream
+connection and makes vLLM stop generating. Without it the upstream is closed at the next event write.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import json
+import logging
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+
+from runpod_manager import __version__
+from runpod_manager.config import Config
+from runpod_manager.errors import RpmError
+from runpod_manager.paths import Paths
+from runpod_manager.proxy import dashboard
+from runpod_manager.proxy.cache import CachedResponse, CacheStats, ResponseCache, cache_key, is_cacheable
+from runpod_manager.proxy.controller import PodView, ProxyController, UpstreamTarget
+from runpod_manager.proxy.forward import (
+    FIM_MISSING_MESSAGE,
+    JSON_ROUTES,
+    NO_BODY,
+    SSE_DONE,
+    ProxyError,
+    RequestFacts,
+    Upstream,
+    UpstreamUnreachable,
+    apply_fim_template,
+    client_response_headers,
+    inspect_json_body,
+    is_json_content_type,
+    normalize_upstream_error,
+    relay_events,
+    upstream_request_headers,
+)
+from runpod_manager.proxy.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from runpod_manager.proxy.metrics import ProxyMetrics, RecentRequest
+from runpod_manager.proxy.wake import WakeGate
+
+log = logging.getLogger("runpod_manager.proxy")
+
+SHUTDOWN_GRACE_SECONDS = 10.0  # in-flight streams get this long to finish when the proxy stops
+_KNOWN_ROUTES = frozenset({"/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/models",
+                           "/health", "/ready", "/metrics", "/dashboard", "/debug/cache"})
+_PROTECTED_PREFIXES = ("/v1/", "/dashboard", "/metrics", "/debug")
+_BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
+_CLIENT_GONE = 499  # nginx's convention for "client closed the request", used in logs and metrics only
+_SSE_HEADERS = {"Content-Type": "text/event-stream; charset=utf-8", "Cache-Control": "no-cache",
+                "X-Accel-Buffering": "no"}
+
+
+class Exchange:
+    """What one request did, for its log line and metrics (set by handlers, read by the middleware)."""
+
+    __slots__ = ("cache", "cold_start_seconds", "error_code", "upstream_wait_seconds")
+
+    def __init__(self) -> None:
+        self.cache = "-"
+        self.cold_start_seconds: float | None = None
+        self.upstream_wait_seconds = 0.0
+        self.error_code: str | None = None
+
+
+EXCHANGE = web.RequestKey("rpm_exchange", Exchange)
+
+
+class ProxyState:
+    """Everything the handlers share; one per application."""
+
+    def __init__(
+        self,
+        config: Config,
+        controller: ProxyController,
+        paths: Paths,
+        *,
+        keepalive_interval_seconds: float,
+        body_read_timeout_seconds: float,
+        queue_full_retry_after_seconds: float,
+        cache_clock: Callable[[], float],
+    ) -> None:
+        proxy = config.proxy
+        self.config = config
+        self.controller = controller
+        self.paths = paths
+        self.metrics = ProxyMetrics()
+        self.gate = WakeGate(
+            controller, wake_on_request=proxy.wake_on_request, max_queue_size=proxy.max_queue_size,
+            queue_timeout_seconds=proxy.queue_timeout_seconds,
+            keepalive_interval_seconds=keepalive_interval_seconds,
+            queue_full_retry_after_seconds=queue_full_retry_after_seconds, metrics=self.metrics)
+        self.body_read_timeout_seconds = body_read_timeout_seconds
+        self.api_keys = tuple(key.encode() for key in proxy.api_keys)
+        self.cache: ResponseCache | None = None
+        if config.cache.enabled:
+            directory = Path(config.cache.dir).expanduser() if config.cache.dir else paths.response_cache_dir
+            self.cache = ResponseCache(directory, max_entries=config.cache.max_entries,
+                                       max_bytes=config.cache.max_bytes,
+                                       ttl_seconds=config.cache.ttl_seconds, clock=cache_clock,
+                                       on_stats=self._publish_cache_stats)
+        self.cache_stats = CacheStats(0, 0)
+        self.session: aiohttp.ClientSession | None = None
+        self.upstream: Upstream | None = None
+        self.view = PodView()
+        self.last_request_at: float | None = None  # unix time of the last authenticated /v1 request
+        self.reconcile_task: asyncio.Task[None] | None = None
+        self.closing = False
+        self.in_flight = 0  # read by the in-flight gauge at scrape time (no lock per request)
+        self.metrics.in_flight.set_function(lambda: self.in_flight)
+
+    def _publish_cache_stats(self, stats: CacheStats) -> None:
+        # Called on the cache's writer thread; gauges are thread-safe and the tuple swap is atomic.
+        self.cache_stats = stats
+        self.metrics.cache_entries.set(stats.entries)
+        self.metrics.cache_bytes.set(stats.bytes)
+
+    # ---------------------------------------------------------------------------- controller calls
+
+    async def fresh_view(self) -> PodView:
+        try:
+            view = await asyncio.to_thread(self.controller.view)
+        except Exception as exc:  # a status page must answer even when the state cannot be read
+            log.warning("could not read the pod view: %s", exc)
+            return self.view
+        self.view = view
+        self.metrics.update_pod(view)
+        return view
+
+    async def reconcile_once(self) -> None:
+        """Record activity and let the lifecycle enforce limits; refresh the cached target."""
+        last = None if self.last_request_at is None else datetime.fromtimestamp(self.last_request_at, UTC)
+        try:
+            view = await asyncio.to_thread(self.controller.reconcile, last)
+        except RpmError as exc:
+            log.warning("reconcile failed: %s", exc)
+        except Exception:
+            log.exception("reconcile failed unexpectedly")
+        else:
+            self.view = view
+            self.metrics.update_pod(view)
+        try:
+            self.gate.set_target(await asyncio.to_thread(self.controller.current_target))
+        except Exception as exc:
+            log.warning("could not read the current pod: %s", exc)
+
+    async def mark_unreachable(self, target: UpstreamTarget) -> None:
+        self.gate.forget(target.pod_id)
+        try:
+            await asyncio.to_thread(self.controller.mark_unreachable, target.pod_id)
+        except Exception as exc:
+            log.warning("could not mark pod %s unreachable: %s", target.pod_id, exc)
+
+
+STATE = web.AppKey("rpm_proxy_state", ProxyState)
+
+
+# ------------------------------------------------------------------------------------- middleware
+
+
+def _route_label(path: str) -> str:
+    if path in _KNOWN_ROUTES:
+        return path
+    return "/v1/other" if path.startswith("/v1/") else "other"
+
+
+def _authorized(header: str | None, keys: tuple[bytes, ...]) -> bool:
+    if not header or header[:7].lower() != "bearer ":
+        return False
+    token = header[7:].strip().encode()
+    matched = False
+    for key in keys:  # every key is compared, so timing does not tell which one nearly matched
+        matched |= hmac.compare_digest(token, key)
+    return matched
+
+
+def _http_exception_error(exc: web.HTTPException, request: web.Request, state: ProxyState) -> ProxyError:
+    status = exc.status
+    if status == 404:
+        path = request.path
+        hint = f"; did you mean /v1{path}?" if ("/v1" + path) in _KNOWN_ROUTES else ""
+        return ProxyError(404, f"no route {path}: the proxy serves /v1/*, /health, /ready, /metrics and "
+                          f"/dashboard{hint}", code="not_found")
+    if status == 413:
+        return ProxyError(413, f"the request body is larger than [proxy] max_body_bytes = "
+                          f"{state.config.proxy.max_body_bytes}", code="body_too_large", should_retry=False)
+    if status == 405:
+        return ProxyError(405, f"method {request.method} is not allowed on {request.path}",
+                          code="method_not_allowed")
+    return ProxyError(status, exc.reason or f"HTTP {status}", code=f"http_{status}")
+
+
+def _make_middleware(state: ProxyState) -> Callable[..., Awaitable[web.StreamResponse]]:
+    @web.middleware
+    async def middleware(request: web.Request,
+                         handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> web.StreamResponse:
+        started = time.perf_counter()
+        exchange = Exchange()
+        request[EXCHANGE] = exchange
+        path = request.path
+        status = 500
+        state.in_flight += 1
+        try:
+            if state.api_keys and path.startswith(_PROTECTED_PREFIXES) and not _authorized(
+                    request.headers.get("Authorization"), state.api_keys):
+                raise ProxyError(401, "missing or invalid API key: send one of the keys in [proxy] api_keys "
+                                 "as `Authorization: Bearer <key>`", code="invalid_api_key",
+                                 should_retry=False)
+            response = await handler(request)
+        except ProxyError as exc:
+            exchange.error_code = exc.code
+            response = exc.response()
+        except web.HTTPException as exc:
+            if exc.status < 400:
+                raise
+            error = _http_exception_error(exc, request, state)
+            exchange.error_code = error.code
+            response = error.response()
+        except asyncio.CancelledError:
+            status = _CLIENT_GONE
+            raise
+        except ConnectionResetError:
+            status = _CLIENT_GONE
+            exchange.error_code = "client_gone"
+            raise
+        except Exception:
+            log.exception("unexpected error answering %s %s", request.method, path)
+            exchange.error_code = "internal_error"
+            response = ProxyError(500, "the proxy failed unexpectedly; see the proxy log",
+                                  code="internal_error").response()
+        finally:
+            state.in_flight -= 1
+            if status == _CLIENT_GONE:
+                _finish(state, request, exchange, status, started)
+        status = response.status
+        _finish(state, request, exchange, status, started)
+        return response
+
+    return middleware
+
+
+def _finish(state: ProxyState, request: web.Request, exchange: Exchange, status: int, started: float) -> None:
+    duration = time.perf_counter() - started
+    path = request.path
+    route = _route_label(path)
+    is_v1 = path.startswith("/v1/")
+    overhead = None
+    if is_v1 and exchange.cache != "hit":
+        overhead = duration - exchange.upstream_wait_seconds - (exchange.cold_start_seconds or 0.0)
+    elif is_v1:
+        overhead = duration
+    state.metrics.observe_request(route, status, duration, overhead)
+    if not is_v1:
+        return
+    cold = exchange.cold_start_seconds
+    duration_ms = duration * 1000
+    state.metrics.remember(RecentRequest(time.time(), request.method, path, status, duration_ms,
+                                         exchange.cache, None if cold is None else round(cold, 3)))
+    # One line per request; the path only (a query string could carry a key), never headers or bodies.
+    log.info("%s %s %d %.1fms cache=%s cold=%s%s", request.method, path, status, duration_ms,
+             exchange.cache, "-" if cold is None else f"{cold:.1f}s",
+             "" if exchange.error_code is None else f" error={exchange.error_code}")
+
+
+# ----------------------------------------------------------------------------------------- /v1/*
+
+
+async def _read_body(request: web.Request, state: ProxyState) -> bytes:
+    length = request.content_length
+    if length is not None and length > state.config.proxy.max_body_bytes:
+        raise web.HTTPRequestEntityTooLarge(max_size=state.config.proxy.max_body_bytes, actual_size=length)
+    if request.content.is_eof():  # the whole body came with the headers: nothing to time out
+        return await request.read()
+    try:
+        async with asyncio.timeout(state.body_read_timeout_seconds):
+            return await request.read()
+    except TimeoutError:
+        raise ProxyError(408, f"the request body did not arrive within {state.body_read_timeout_seconds:g} s",
+                         code="request_timeout", should_retry=False) from None
+
+
+async def handle_v1(request: web.Request) -> web.StreamResponse:
+    state = request.app[STATE]
+    exchange = request[EXCHANGE]
+    method = request.method
+    path = request.path
+    state.last_request_at = time.time()
+    body: bytes | None = None
+    facts: RequestFacts = NO_BODY
+    if method in _BODY_METHODS:
+        body = await _read_body(request, state)
+        content_type = request.headers.get("Content-Type", "")
+        if body and is_json_content_type(content_type):
+            facts = inspect_json_body(body)
+        elif path in JSON_ROUTES:
+            if not body:
+                raise ProxyError(400, f"{path} needs a JSON body", code="missing_body")
+            raise ProxyError(415, f"{path} takes a JSON body: send Content-Type: application/json "
+                             f"(got {content_type or 'none'!r})", code="unsupported_media_type")
+    elif request.body_exists:
+        body = await _read_body(request, state)
+    if facts.has_suffix and path == "/v1/completions":
+        template = state.config.proxy.fim_template
+        if not template:
+            raise ProxyError(400, FIM_MISSING_MESSAGE, code="fim_template_missing", param="suffix")
+        body = apply_fim_template(facts.document or {}, template)  # has_suffix implies a document
+
+    key: str | None = None
+    cache = state.cache
+    if (cache is not None and cache.available and facts.document is not None
+            and is_cacheable(method, facts, request.headers)):
+        key = cache_key(method, request.raw_path, facts.document)
+        hit = await cache.lookup(key)
+        if hit is not None:
+            exchange.cache = "hit"
+            state.metrics.count_cache("hit", hit.size)
+            return await _serve_hit(request, hit)
+        exchange.cache = "miss"
+        state.metrics.count_cache("miss")
+    else:
+        exchange.cache = "bypass"
+        state.metrics.count_cache("bypass")
+
+    target = state.gate.target
+    committed: web.StreamResponse | None = None
+    if target is None:
+        if facts.stream:
+            wait = await _wait_streaming(request, state, exchange)
+            if isinstance(wait, web.StreamResponse):
+                return wait  # the wake failed after the stream had started; the error event went out
+            target, committed = wait
+        else:
+            target, waited = await state.gate.wait_for_target()
+            exchange.cold_start_seconds = waited
+    return await _forward(request, state, exchange, target, body, facts, key, committed)
+
+
+def _extra_headers(exchange: Exchange) -> dict[str, str]:
+    headers = {"X-RPM-Cache": exchange.cache}
+    if exchange.cold_start_seconds is not None:
+        headers["X-RPM-Cold-Start"] = f"{exchange.cold_start_seconds:.3f}"
+    return headers
+
+
+async def _serve_hit(request: web.Request, hit: CachedResponse) -> web.StreamResponse:
+    if hit.events is None:
+        return web.Response(body=hit.body, headers={"Content-Type": hit.content_type, "X-RPM-Cache": "hit"})
+    response = web.StreamResponse(status=200, headers={**_SSE_HEADERS, "X-RPM-Cache": "hit"})
+    await response.prepare(request)
+    for event in hit.events:  # replayed as the same events, one write each, like a live stream
+        await response.write(event)
+    await response.write_eof()
+    return response
+
+
+async def _wait_streaming(
+    request: web.Request, state: ProxyState, exchange: Exchange,
+) -> tuple[UpstreamTarget, web.StreamResponse | None] | web.StreamResponse:
+    """Wait for a wake on behalf of a streaming request, sending SSE comments while it lasts.
+
+    The 200 and the event-stream headers go out at the first keep-alive (so a wake that ends quickly,
+    or fails at once, still gets a plain HTTP answer). From then on errors travel as an error event
+    followed by [DONE], and the wait is reported as a comment instead of X-RPM-Cold-Start.
+    """
+    committed: web.StreamResponse | None = None
+
+    async def keep_alive(elapsed_seconds: float) -> None:
+        nonlocal committed
+        if committed is None:
+            committed = web.StreamResponse(status=200, headers={**_SSE_HEADERS, "X-RPM-Cache": exchange.cache})
+            await committed.prepare(request)
+        await committed.write(f": waking pod ({elapsed_seconds:.0f} s)\n\n".encode())
+
+    try:
+        target, waited = await state.gate.wait_for_target(keep_alive)
+    except ProxyError as exc:
+        if committed is None:
+            raise
+        exchange.error_code = exc.code
+        await committed.write(exc.sse_event() + SSE_DONE)
+        await committed.write_eof()
+        return committed
+    exchange.cold_start_seconds = waited
+    if committed is not None and waited is not None:
+        await committed.write(f": pod ready after {waited:.1f} s\n\n".encode())
+    return target, committed
+
+
+async def _end_committed(committed: web.StreamResponse, error_document_bytes: bytes) -> web.StreamResponse:
+    # SSE data must be one line: re-serialise compactly whatever the pod sent.
+    try:
+        compact = json.dumps(json.loads(error_document_bytes), separators=(",", ":")).encode()
+    except ValueError:
+        compact = error_document_bytes.replace(b"\n", b" ")
+    await committed.write(b"data: " + compact + b"\n\n" + SSE_DONE)
+    await committed.write_eof()
+    return committed
+
+
+async def _forward(
+    request: web.Request,
+    state: ProxyState,
+    exchange: Exchange,
+    target: UpstreamTarget,
+    body: bytes | None,
+    facts: RequestFacts,
+    key: str | None,
+    committed: web.StreamResponse | None,
+) -> web.StreamResponse:
+    upstream = state.upstream
+    if upstream is None:  # only between shutdown and cleanup
+        raise ProxyError(503, "the proxy is shutting down", code="shutting_down", should_retry=True)
+    metrics = state.metrics
+    headers = upstream_request_headers(request.headers.items(), target.upstream_key)
+    try:
+        reply = await upstream.open(target, request.method, request.raw_path, headers, body,
+                                    on_retry=lambda attempt, why: metrics.upstream_retries.inc())
+    except UpstreamUnreachable as exc:
+        exchange.error_code = exc.code
+        await state.mark_unreachable(target)
+        if committed is not None:
+            return await _end_committed(committed, json.dumps(exc.document()).encode())
+        return exc.response(_extra_headers(exchange))
+    exchange.upstream_wait_seconds += reply.upstream_wait_seconds
+    metrics.upstream_ttfb.observe(reply.ttfb_seconds)
+    response = reply.response
+    finished = False
+    try:
+        status = response.status
+        if status == 502 and reply.attempts > upstream.max_retries:
+            await state.mark_unreachable(target)  # 502s outlasted the retries: nothing listens there
+        content_type = response.headers.get("Content-Type", "")
+        if status == 200 and facts.stream and content_type.startswith("text/event-stream"):
+            result, finished = await _relay_stream(request, state, exchange, response, key, committed)
+            return result
+        read_started = time.perf_counter()
+        try:
+            data = await response.read()
+        except (TimeoutError, aiohttp.ClientPayloadError, aiohttp.ClientConnectionError) as exc:
+            raise ProxyError(502, f"the pod's response broke off ({type(exc).__name__})",
+                             code="upstream_response_broken", should_retry=True) from None
+        finally:
+            exchange.upstream_wait_seconds += time.perf_counter() - read_started
+        finished = True
+        if status >= 400:
+            data = normalize_upstream_error(status, data)
+            content_type = "application/json"
+            exchange.error_code = f"upstream_{status}"
+        if committed is not None:
+            if status >= 400:
+                return await _end_committed(committed, data)
+            await committed.write(b"data: " + data.replace(b"\n", b" ") + b"\n\n" + SSE_DONE)
+            await committed.write_eof()
+            return committed
+        out_headers = client_response_headers(response.headers.items())
+        if content_type:
+            out_headers["Content-Type"] = content_type
+        out_headers.update(_extra_headers(exchange))
+        if key is not None and status == 200 and is_json_content_type(content_type) and state.cache:
+            state.cache.put_later(key, CachedResponse(content_type=content_type, body=data))
+        return web.Response(status=status, body=data, headers=out_headers)
+    finally:
+        if finished:
+            response.release()
+        else:
+            # Not read to the end (client gone, error, cancellation): drop the connection so the pod
+            # sees the disconnect and stops generating, instead of returning it to the pool.
+            response.close()
+
+
+async def _relay_stream(
+    request: web.Request,
+    state: ProxyState,
+    exchange: Exchange,
+    upstream_response: aiohttp.ClientResponse,
+    key: str | None,
+    committed: web.StreamResponse | None,
+) -> tuple[web.StreamResponse, bool]:
+    """Relay an event stream; returns the client response and whether the upstream ended cleanly."""
+    if committed is None:
+        out_headers = client_response_headers(upstream_response.headers.items())
+        out_headers.update(_SSE_HEADERS)
+        out_headers["Content-Type"] = upstream_response.headers.get("Content-Type", _SSE_HEADERS["Content-Type"])
+        out_headers.update(_extra_headers(exchange))
+        client = web.StreamResponse(status=200, headers=out_headers)
+        await client.prepare(request)
+    else:
+        client = committed
+    cache = state.cache
+    outcome = await relay_events(
+        upstream_response, client, keep_events=key is not None and cache is not None,
+        max_kept_bytes=cache.max_bytes if cache is not None else 0,
+        on_event=state.metrics.stream_events.inc)
+    exchange.upstream_wait_seconds += outcome.upstream_wait_seconds
+    if outcome.client_gone:
+        exchange.error_code = "client_gone"
+        return client, False
+    if outcome.upstream_broken:
+        exchange.error_code = "upstream_stream_broken"
+    elif outcome.saw_error:
+        exchange.error_code = "upstream_error_event"
+    if key is not None and cache is not None and outcome.cacheable and outcome.events is not None:
+        cache.put_later(key, CachedResponse(content_type=client.headers.get("Content-Type", ""),
+                                            events=tuple(outcome.events)))
+    with contextlib.suppress(ConnectionResetError):
+        await client.write_eof()
+    return client, not outcome.upstream_broken
+
+
+# --------------------------------------------------------------------------------- own endpoints
+
+
+def _json(document: Any, status: int = 200) -> web.Response:
+    return web.Response(status=status, body=json.dumps(document).encode(), content_type="application/json")
+
+
+async def handle_health(request: web.Request) -> web.Response:
+    state = request.app[STATE]
+    view = await state.fresh_view()
+    gate = state.gate
+    return _json({
+        "status": "ok",
+        "version": __version__,
+        "proxy": {"queue_depth": gate.waiting, "waking": gate.waking, "target_known": gate.target is not None,
+                  "wake_on_request": gate.wake_on_request, "last_wake_error": gate.last_wake_error},
+        "pod": {"pod_id": view.pod_id, "status": view.status, "ready": view.ready,
+                "lease_open": view.lease_open},
+    })
+
+
+async def handle_ready(request: web.Request) -> web.Response:
+    state = request.app[STATE]
+    target = state.gate.target or await state.gate.refresh()
+    if target is None:
+        return _json({"ready": False, "reason": "no ready pod; the next /v1 request "
+                      + ("wakes it" if state.gate.wake_on_request else "fails until `rpm start`")}, 503)
+    return _json({"ready": True, "pod_id": target.pod_id})
+
+
+async def _refresh_cache_stats(state: ProxyState) -> CacheStats:
+    if state.cache is None or not state.cache.available:
+        return CacheStats(0, 0)
+    try:
+        stats = await asyncio.to_thread(state.cache.stats)
+    except Exception as exc:
+        log.warning("could not read cache statistics: %s", exc)
+        return state.cache_stats
+    state._publish_cache_stats(stats)
+    return stats
+
+
+async def handle_metrics(request: web.Request) -> web.Response:
+    state = request.app[STATE]
+    await state.fresh_view()
+    await _refresh_cache_stats(state)
+    return web.Response(body=state.metrics.render(), headers={"Content-Type": METRICS_CONTENT_TYPE})
+
+
+async def handle_dashboard(request: web.Request) -> web.Response:
+    state = request.app[STATE]
+    view = await state.fresh_view()
+    stats = await _refresh_cache_stats(state)
+    gate = state.gate
+    document = dashboard.dashboard_document(
+        view=view, metrics=state.metrics, queue_depth=gate.waiting, waking=gate.waking,
+        target_known=gate.target is not None, last_wake_error=gate.last_wake_error,
+        cache_enabled=state.cache is not None and state.cache.available,
+        cache_entries=stats.entries, cache_bytes=stats.bytes, now=datetime.now(UTC))
+    if dashboard.wants_html(request.headers.get("Accept", "")):
+        return web.Response(text=dashboard.render_html(document), content_type="text/html")
+    return _json(document)
+
+
+async def handle_debug_cache(request: web.Request) -> web.Response:
+    state = request.app[STATE]
+    if not state.config.proxy.enable_profiling:
+        raise web.HTTPNotFound()
+    stats = await _refresh_cache_stats(state)
+    entries = await asyncio.to_thread(state.cache.describe) if state.cache is not None else []
+    return _json({
+        "enabled": state.cache is not None and state.cache.available,
+        "path": None if state.cache is None else str(state.cache.path),
+        "entries": stats.entries, "bytes": stats.bytes,
+        "max_entries": state.config.cache.max_entries, "max_bytes": state.config.cache.max_bytes,
+        "ttl_seconds": state.config.cache.ttl_seconds,
+        "hits": state.metrics.hits, "misses": state.metrics.misses, "bypasses": state.metrics.bypasses,
+        "recent": entries,
+    })
+
+
+# ---------------------------------------------------------------------------------- lifecycle
+
+
+def _connector() -> aiohttp.TCPConnector:
+    return aiohttp.TCPConnector(
+        limit=512,  # long-lived streams hold connections; aiohttp's default 100 would queue requests
+        limit_per_host=0,
+        ttl_dns_cache=300,
+        keepalive_timeout=60,  # reuse pod connections across an editor's typing pauses
+        # Closed TLS transports leak on Pythons without cpython#118960; aiohttp warns when set needlessly.
+        enable_cleanup_closed=sys.version_info < (3, 12, 8),
+    )
+
+
+async def _on_startup(app: web.Application) -> None:
+    state = app[STATE]
+    state.session = aiohttp.ClientSession(
+        connector=_connector(),
+        # No total timeout: streams last as long as generation does. RunPod's proxy cuts a silent
+        # request at 100 s (524), so a read that stalls 10 minutes means the connection is dead.
+        timeout=aiohttp.ClientTimeout(total=None, connect=30, sock_connect=10, sock_read=600),
+        cookie_jar=aiohttp.DummyCookieJar(),  # never carry one client's cookies to another's request
+        trust_env=False,  # HTTP(S)_PROXY and .netrc must not redirect or re-authenticate pod traffic
+        auto_decompress=True,
+    )
+    state.upstream = Upstream(state.session, max_retries=state.config.proxy.max_retries,
+                              retry_delay_seconds=state.config.proxy.retry_delay_seconds)
+    if state.cache is not None:
+        await asyncio.to_thread(state.cache.open)
+    await state.gate.refresh()  # so the first request already finds a running pod on the hot path
+    state.reconcile_task = asyncio.create_task(_reconcile_loop(state), name="rpm-proxy-reconcile")
+
+
+async def _reconcile_loop(state: ProxyState) -> None:
+    interval = state.config.proxy.reconcile_interval_seconds
+    while True:
+        await asyncio.sleep(interval)
+        try:
+            await state.reconcile_once()
+        except Exception:  # reconcile_once reports its own failures; this keeps the loop alive regardless
+            log.exception("reconcile loop iteration failed")
+
+
+async def _on_shutdown(app: web.Application) -> None:
+    # Runs before in-flight requests get their grace period; they keep the session until cleanup.
+    state = app[STATE]
+    state.closing = True
+    task = state.reconcile_task
+    if task is not None:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        state.reconcile_task = None
+
+
+async def _on_cleanup(app: web.Application) -> None:
+    state = app[STATE]
+    if state.session is not None:
+        await state.session.close()
+        state.session = None
+        state.upstream = None
+    if state.cache is not None:
+        await asyncio.to_thread(state.cache.close)
+
+
+def build_app(
+    config: Config,
+    controller: ProxyController,
+    *,
+    paths: Paths,
+    keepalive_interval_seconds: float = 5.0,
+    body_read_timeout_seconds: float = 30.0,
+    queue_full_retry_after_seconds: float = 5.0,
+    cache_clock: Callable[[], float] = time.time,
+) -> web.Application:
+    """The proxy application. Serve it with handler_cancellation=True (see the module docstring).
+
+    The keyword arguments after `paths` exist for tests: the SSE keep-alive interval during a wake, how
+    long a client may take to send its body, the Retry-After of a full wake queue, and the cache clock.
+    """
+    state = ProxyState(config, controller, paths, keepalive_interval_seconds=keepalive_interval_seconds,
+                       body_read_timeout_seconds=body_read_timeout_seconds,
+                       queue_full_retry_after_seconds=queue_full_retry_after_seconds, cache_clock=cache_clock)
+    app = web.Application(client_max_size=config.proxy.max_body_bytes, middlewares=[_make_middleware(state)])
+    app[STATE] = state
+    app.router.add_route("*", "/v1/{tail:.*}", handle_v1)
+    app.router.add_get("/health", handle_health)
+    app.router.add_get("/ready", handle_ready)
+    app.router.add_get("/metrics", handle_metrics)
+    app.router.add_get("/dashboard", handle_dashboard)
+    app.router.add_get("/debug/cache", handle_debug_cache)
+    app.on_startup.append(_on_startup)
+    app.on_shutdown.append(_on_shutdown)
+    app.on_cleanup.append(_on_cleanup)
+    return app

@@ -1,0 +1,498 @@
+"""Pass-through to the pod: header hygiene, request inspection, OpenAI-shaped errors, retries before the
+first byte, and the event-by-event SSE relay with cancellation.
+
+The pure helpers (`upstream_request_headers`, `client_response_headers`, `inspect_json_body`,
+`apply_fim_template`, `normalize_upstream_error`, `SSESplitter`) carry no state and are unit-tested
+directly; `Upstream` and `relay_events` do the I/O.
+
+Bodies are forwarded as the client sent them: a body is parsed only to read `stream`, `temperature`,
+`n` and `suffix`, and re-serialised only when the `suffix` rewrite changes it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+from multidict import CIMultiDict
+from yarl import URL
+
+from runpod_manager.proxy.controller import UpstreamTarget
+
+# RFC 9110 §7.6.1 hop-by-hop headers; they describe one connection, never the end-to-end message.
+HOP_BY_HOP = frozenset({
+    "connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "proxy-connection",
+    "te", "trailer", "trailers", "transfer-encoding", "upgrade",
+})
+# Recomputed by aiohttp (host, content-length), replaced by us (authorization, accept-encoding), handled by
+# our own server (expect) or meant for the proxy only (x-rpm-cache).
+_REQUEST_DROP = HOP_BY_HOP | {"host", "content-length", "authorization", "accept-encoding", "expect",
+                              "x-rpm-cache"}
+# The body may be re-framed (chunked) or was decompressed by the client session; our server sets its own
+# date/server.
+_RESPONSE_DROP = HOP_BY_HOP | {"content-length", "content-encoding", "date", "server"}
+
+# Retried before the first byte: the pod's proxy answers 502 until vLLM listens, 524 after 100 s silent.
+RETRYABLE_STATUSES = frozenset({502, 503, 504, 524})
+# Routes whose POST body must be a JSON object (vLLM rejects anything else; we say why, earlier).
+JSON_ROUTES = frozenset({"/v1/chat/completions", "/v1/completions", "/v1/embeddings"})
+
+SSE_DONE = b"data: [DONE]\n\n"
+# Most of an event we hold while waiting for its terminator before passing it on anyway (non-SSE bytes).
+_MAX_PENDING_EVENT_BYTES = 1024 * 1024
+_EVENT_END = re.compile(rb"\r\n\r\n|\n\n|\r\r")
+_FIM_FIELDS = re.compile(r"\{prefix\}|\{suffix\}")
+
+_TYPE_BY_STATUS = {
+    400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
+    404: "not_found_error", 405: "invalid_request_error", 408: "timeout_error", 409: "conflict_error",
+    413: "invalid_request_error", 415: "invalid_request_error", 422: "invalid_request_error",
+    429: "rate_limit_error",
+}
+
+
+def error_type_for_status(status: int) -> str:
+    """The OpenAI `error.type` that best names an HTTP status."""
+    return _TYPE_BY_STATUS.get(status, "server_error" if status >= 500 else "invalid_request_error")
+
+
+def openai_error_document(message: str, *, error_type: str, code: str | int | None,
+                          param: str | None = None) -> dict[str, Any]:
+    return {"error": {"message": message, "type": error_type, "param": param, "code": code}}
+
+
+class ProxyError(Exception):
+    """An answer the proxy gives itself, always in the OpenAI error shape.
+
+    `retry_after_seconds` sets Retry-After (and retry-after-ms, which the openai SDK prefers);
+    `should_retry` sets x-should-retry, which the SDK obeys over its own status rules.
+    """
+
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        code: str,
+        error_type: str | None = None,
+        param: str | None = None,
+        retry_after_seconds: float | None = None,
+        should_retry: bool | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.code = code
+        self.error_type = error_type or error_type_for_status(status)
+        self.param = param
+        self.retry_after_seconds = retry_after_seconds
+        self.should_retry = should_retry
+
+    def document(self) -> dict[str, Any]:
+        return openai_error_document(self.message, error_type=self.error_type, code=self.code,
+                                     param=self.param)
+
+    def headers(self) -> dict[str, str]:
+        headers: dict[str, str] = {}
+        if self.retry_after_seconds is not None:
+            # Retry-After is whole seconds by RFC; retry-after-ms keeps sub-second precision for the SDK.
+            headers["Retry-After"] = str(max(1, round(self.retry_after_seconds + 0.4999)))
+            headers["retry-after-ms"] = str(int(self.retry_after_seconds * 1000))
+        if self.should_retry is not None:
+            headers["x-should-retry"] = "true" if self.should_retry else "false"
+        if self.status == 401:
+            headers["WWW-Authenticate"] = "Bearer"
+        return headers
+
+    def response(self, extra_headers: Mapping[str, str] | None = None) -> web.Response:
+        headers = self.headers()
+        if extra_headers:
+            headers.update(extra_headers)
+        return web.Response(status=self.status, body=json.dumps(self.document()).encode(),
+                            content_type="application/json", headers=headers)
+
+    def sse_event(self) -> bytes:
+        """The error as a stream event, for streams whose 200 status already went out."""
+        return b"data: " + json.dumps(self.document()).encode() + b"\n\n"
+
+
+def upstream_request_headers(headers: Iterable[tuple[str, str]], upstream_key: str | None) -> CIMultiDict[str]:
+    """Client headers minus hop-by-hop and proxy-only ones, with the pod's key as the only credential."""
+    out: CIMultiDict[str] = CIMultiDict()
+    # Headers named in Connection are hop-by-hop too (RFC 9110 §7.6.1); rare, so checked lazily.
+    extra_drop: set[str] = set()
+    for name, value in headers:
+        lowered = name.lower()
+        if lowered == "connection":
+            extra_drop.update(token.strip().lower() for token in value.split(","))
+        if lowered in _REQUEST_DROP:
+            continue
+        out.add(name, value)
+    for name in extra_drop:
+        out.popall(name, None)
+    # Compressed upstream bytes would have to be inflated to split events; the pod is a fast link anyway.
+    out["Accept-Encoding"] = "identity"
+    if upstream_key is not None:
+        out["Authorization"] = f"Bearer {upstream_key}"
+    return out
+
+
+def client_response_headers(headers: Iterable[tuple[str, str]]) -> CIMultiDict[str]:
+    """Upstream response headers safe to pass to the client (hop-by-hop and framing removed)."""
+    out: CIMultiDict[str] = CIMultiDict()
+    for name, value in headers:
+        if name.lower() not in _RESPONSE_DROP:
+            out.add(name, value)
+    return out
+
+
+@dataclass(frozen=True, slots=True)
+class RequestFacts:
+    """What the proxy needs to know about a request body, read once."""
+
+    document: dict[str, Any] | None = None
+    stream: bool = False
+
+    @property
+    def temperature(self) -> Any:
+        return None if self.document is None else self.document.get("temperature")
+
+    @property
+    def n(self) -> Any:
+        return None if self.document is None else self.document.get("n")
+
+    @property
+    def has_suffix(self) -> bool:
+        return self.document is not None and self.document.get("suffix") is not None
+
+
+NO_BODY = RequestFacts()
+
+
+def is_json_content_type(content_type: str) -> bool:
+    # application/json, application/json; charset=utf-8, application/vnd.foo+json
+    main = content_type.split(";", 1)[0].strip().lower()
+    return main == "application/json" or main.endswith("+json")
+
+
+def inspect_json_body(body: bytes) -> RequestFacts:
+    """Parse a JSON request body; raise ProxyError(400) for anything that is not a JSON object."""
+    try:
+        document = json.loads(body)
+    except UnicodeDecodeError:
+        raise ProxyError(400, "the request body is not UTF-8 encoded JSON", code="invalid_json") from None
+    except json.JSONDecodeError as exc:
+        raise ProxyError(400, f"the request body is not valid JSON ({exc.msg} at line {exc.lineno} "
+                         f"column {exc.colno})", code="invalid_json") from None
+    if not isinstance(document, dict):
+        raise ProxyError(400, "the request body must be a JSON object", code="invalid_json")
+    return RequestFacts(document=document, stream=document.get("stream") is True)
+
+
+def apply_fim_template(document: dict[str, Any], template: str) -> bytes:
+    """Turn a `suffix` completion into a plain prompt with the configured FIM template.
+
+    CodeGPT and similar editors send `suffix`; vLLM's OpenAI server rejects it. Substitution is one pass
+    over the template (never str.format: code is full of braces), so a prefix containing the literal
+    text "{suffix}" is not substituted twice.
+    """
+    suffix = document.get("suffix")
+    prompt = document.get("prompt", "")
+    if not isinstance(suffix, str):
+        raise ProxyError(400, "suffix must be a string", code="invalid_suffix", param="suffix")
+
+    def fill(prefix: Any) -> str:
+        if not isinstance(prefix, str):
+            raise ProxyError(400, "with suffix, prompt must be a string or a list of strings "
+                             "(token ids cannot be combined with [proxy] fim_template)",
+                             code="invalid_prompt", param="prompt")
+        values = {"{prefix}": prefix, "{suffix}": suffix}
+        return _FIM_FIELDS.sub(lambda match: values[match.group(0)], template)
+
+    rewritten = dict(document)
+    del rewritten["suffix"]
+    rewritten["prompt"] = [fill(item) for item in prompt] if isinstance(prompt, list) else fill(prompt)
+    return json.dumps(rewritten, ensure_ascii=False).encode()
+
+
+FIM_MISSING_MESSAGE = (
+    "this request has `suffix` (fill-in-the-middle), which vLLM's OpenAI server does not accept; "
+    "set [proxy] fim_template in pod_config.toml to the model's FIM prompt, e.g. "
+    "\"<|fim_prefix|>{prefix}<|fim_suffix|>{suffix}<|fim_middle|>\" for Qwen2.5-Coder, "
+    "and the proxy will rewrite such requests into plain prompts"
+)
+
+
+def normalize_upstream_error(status: int, body: bytes) -> bytes:
+    """Any upstream error body → the OpenAI shape `{"error": {"message","type","param","code"}}`.
+
+    Already-conforming bodies are returned byte for byte. vLLM's bare `{"error": "Unauthorized"}` (its
+    --api-key check), its older flat ErrorResponse, FastAPI's `{"detail": …}` and non-JSON pages from
+    the pod's HTTP proxy (502/524 HTML) are rewritten with a message that says what happened.
+    """
+    try:
+        document = json.loads(body) if body else None
+    except (ValueError, UnicodeDecodeError):
+        document = None
+    error_type = error_type_for_status(status)
+    code: Any = status
+    param: Any = None
+    if isinstance(document, dict):
+        error = document.get("error")
+        if isinstance(error, dict) and isinstance(error.get("message"), str):
+            if all(key in error for key in ("type", "param", "code")):
+                return body
+            return json.dumps(openai_error_document(
+                error["message"], error_type=str(error.get("type") or error_type),
+                code=error.get("code", status), param=error.get("param"))).encode()
+        if isinstance(error, str):
+            if status == 401:
+                message = (f"the pod rejected the upstream key (its model server answered 401 "
+                           f"{error!r}): the key rpm holds for this pod does not match the pod's "
+                           "--api-key; run `rpm shutdown` and `rpm start` to recreate it")
+                code = "upstream_unauthorized"
+            else:
+                message = f"the pod's model server answered HTTP {status}: {error}"
+        elif isinstance(document.get("message"), str):  # vLLM's older flat ErrorResponse
+            message = document["message"]
+            error_type = str(document.get("type") or error_type)
+            code = document.get("code", status)
+            param = document.get("param")
+        elif "detail" in document:  # FastAPI (unknown route, validation errors)
+            detail = document["detail"]
+            message = detail if isinstance(detail, str) else json.dumps(detail, ensure_ascii=False)
+            message = f"the pod's model server answered HTTP {status}: {message}"
+        else:
+            message = f"the pod's model server answered HTTP {status}"
+    else:
+        message = _describe_non_json(status, body)
+    return json.dumps(openai_error_document(message, error_type=error_type, code=code,
+                                            param=param)).encode()
+
+
+def _describe_non_json(status: int, body: bytes) -> str:
+    if status == 524:
+        return ("the pod's HTTP proxy gave up after 100 s without a response byte (HTTP 524); "
+                "long non-streaming generations should use stream=true")
+    if status == 502:
+        return ("the pod's HTTP proxy could not reach the model server (HTTP 502): it is not "
+                "listening yet, or the pod is stopped or has no GPU")
+    text = body[:300].decode("utf-8", "replace").strip()
+    if not text or text.lstrip().startswith("<"):  # an HTML error page says nothing useful here
+        return f"the pod answered HTTP {status}"
+    return f"the pod answered HTTP {status}: {text}"
+
+
+class SSESplitter:
+    """Cuts a byte stream into complete server-sent events (each ends with a blank line).
+
+    Holding back an incomplete event costs the client nothing (its parser cannot dispatch it either)
+    and lets each event go out as one write. Bytes that never form an event (a non-SSE body) are
+    passed on once _MAX_PENDING_EVENT_BYTES have gathered, and by `flush` at the end.
+    """
+
+    __slots__ = ("_pending",)
+
+    def __init__(self) -> None:
+        self._pending = b""
+
+    def feed(self, chunk: bytes) -> list[bytes]:
+        data = self._pending + chunk if self._pending else chunk
+        events: list[bytes] = []
+        start = 0
+        for match in _EVENT_END.finditer(data):
+            events.append(data[start:match.end()])
+            start = match.end()
+        self._pending = data[start:]
+        if len(self._pending) > _MAX_PENDING_EVENT_BYTES:
+            events.append(self._pending)
+            self._pending = b""
+        return events
+
+    def flush(self) -> bytes:
+        rest, self._pending = self._pending, b""
+        return rest
+
+
+def is_done_event(event: bytes) -> bool:
+    return event.startswith(b"data: [DONE]") or event.startswith(b"data:[DONE]")
+
+
+def is_error_event(event: bytes) -> bool:
+    # vLLM reports failures mid-stream as `data: {"error": …}`; chunks start with {"id": …}.
+    return b'"error"' in event[:48]
+
+
+# ------------------------------------------------------------------------------------------- upstream
+
+
+class UpstreamUnreachable(ProxyError):
+    """Connection errors (or 502s) outlasted the retries: the pod is not serving."""
+
+
+@dataclass(slots=True)
+class UpstreamReply:
+    """An upstream response whose headers arrived, with what it took to get it."""
+
+    response: aiohttp.ClientResponse
+    attempts: int
+    upstream_wait_seconds: float  # time spent waiting on the pod so far (connect, headers, retry delays)
+    ttfb_seconds: float  # last attempt: request sent → status line and headers received
+
+
+@dataclass(slots=True)
+class StreamOutcome:
+    """How a relayed event stream ended."""
+
+    events: list[bytes] | None  # kept for the cache when asked for and the stream stayed cacheable
+    event_count: int = 0
+    bytes_sent: int = 0
+    saw_done: bool = False
+    saw_error: bool = False
+    upstream_broken: bool = False
+    client_gone: bool = False
+    upstream_wait_seconds: float = 0.0
+
+    @property
+    def cacheable(self) -> bool:
+        return (self.events is not None and self.saw_done and not self.saw_error
+                and not self.upstream_broken and not self.client_gone)
+
+
+@dataclass
+class Upstream:
+    """Sends requests to the pod over one shared ClientSession, retrying only before the first byte."""
+
+    session: aiohttp.ClientSession
+    max_retries: int
+    retry_delay_seconds: float
+
+    @staticmethod
+    def url_for(target: UpstreamTarget, raw_path: str) -> URL:
+        # raw_path keeps the client's percent-encoding and query string exactly; encoded=True stops yarl
+        # from requoting it.
+        return URL(target.base_url + raw_path, encoded=True)
+
+    async def open(
+        self,
+        target: UpstreamTarget,
+        method: str,
+        raw_path: str,
+        headers: CIMultiDict[str],
+        body: bytes | None,
+        *,
+        on_retry: Callable[[int, str], None] | None = None,
+    ) -> UpstreamReply:
+        """Send the request; retry connection errors and 502/503/504/524 up to max_retries times.
+
+        Returns the last response (even a retryable status once retries ran out). Raises
+        UpstreamUnreachable when every attempt failed to connect. Nothing has reached the client yet
+        when this runs, so a retry can never duplicate or corrupt output.
+        """
+        url = self.url_for(target, raw_path)
+        attempt = 0
+        waited = 0.0
+        last_failure = ""
+        while True:
+            started = time.perf_counter()
+            try:
+                response = await self.session.request(
+                    method, url, headers=headers, data=body, allow_redirects=False)
+            except (TimeoutError, aiohttp.ClientConnectionError) as exc:
+                waited += time.perf_counter() - started
+                last_failure = _describe_connection_error(exc)
+            else:
+                ttfb = time.perf_counter() - started
+                waited += ttfb
+                if response.status not in RETRYABLE_STATUSES or attempt >= self.max_retries:
+                    return UpstreamReply(response, attempt + 1, waited, ttfb)
+                last_failure = f"HTTP {response.status}"
+                response.close()  # its body is an error page; do not keep the connection for it
+            if attempt >= self.max_retries:
+                raise UpstreamUnreachable(
+                    502,
+                    f"the pod at {target.base_url} could not be reached after {attempt + 1} attempt(s) "
+                    f"({last_failure}); the next request will check the pod again and wake it if needed",
+                    code="upstream_unreachable", retry_after_seconds=max(self.retry_delay_seconds, 1.0),
+                    should_retry=True)
+            attempt += 1
+            if on_retry is not None:
+                on_retry(attempt, last_failure)
+            delay_started = time.perf_counter()
+            await asyncio.sleep(self.retry_delay_seconds)
+            waited += time.perf_counter() - delay_started
+
+
+def _describe_connection_error(exc: BaseException) -> str:
+    if isinstance(exc, asyncio.TimeoutError):
+        return "timed out"
+    # aiohttp's messages name host and port, never headers, so they carry no key.
+    text = str(exc) or type(exc).__name__
+    return f"{type(exc).__name__}: {text}"
+
+
+async def relay_events(
+    upstream: aiohttp.ClientResponse,
+    client: web.StreamResponse,
+    *,
+    keep_events: bool,
+    max_kept_bytes: int,
+    on_event: Callable[[], None] | None = None,
+) -> StreamOutcome:
+    """Copy server-sent events from the pod to the client, each written as soon as it is complete.
+
+    Stops at once when the client goes away (the caller closes the upstream connection, which is what
+    makes vLLM abort the generation). A stream the pod breaks off ends with an OpenAI-shaped error event
+    and `[DONE]`, so clients report an error instead of a silently short answer.
+    """
+    outcome = StreamOutcome(events=[] if keep_events else None)
+    splitter = SSESplitter()
+    kept_bytes = 0
+    content = upstream.content
+    try:
+        while True:
+            wait_started = time.perf_counter()
+            try:
+                chunk = await content.readany()
+            except (TimeoutError, aiohttp.ClientPayloadError, aiohttp.ClientConnectionError) as exc:
+                outcome.upstream_wait_seconds += time.perf_counter() - wait_started
+                outcome.upstream_broken = True
+                await client.write(ProxyError(
+                    502, f"the pod's stream broke off ({_describe_connection_error(exc)})",
+                    code="upstream_stream_broken").sse_event() + SSE_DONE)
+                return outcome
+            outcome.upstream_wait_seconds += time.perf_counter() - wait_started
+            if not chunk:
+                break
+            for event in splitter.feed(chunk):
+                await client.write(event)
+                outcome.event_count += 1
+                outcome.bytes_sent += len(event)
+                if on_event is not None:
+                    on_event()
+                if is_done_event(event):
+                    outcome.saw_done = True
+                elif is_error_event(event):
+                    outcome.saw_error = True
+                if outcome.events is not None:
+                    kept_bytes += len(event)
+                    if kept_bytes > max_kept_bytes:
+                        outcome.events = None  # too big to cache; stop holding it in memory
+                    else:
+                        outcome.events.append(event)
+        rest = splitter.flush()
+        if rest:
+            await client.write(rest)
+            outcome.bytes_sent += len(rest)
+            if outcome.events is not None:
+                outcome.events.append(rest)
+    except ConnectionResetError:  # the client went away (aiohttp raises it on writes to a closed socket)
+        outcome.client_gone = True
+    return outcome

@@ -1,0 +1,210 @@
+"""Serving the proxy: bind checks, TLS, the runner, signals and graceful shutdown.
+
+`run_proxy` blocks until SIGTERM/SIGINT (or `ProxyReady.stop()`), so `rpm proxy` can call it in the
+foreground and a supervisor can run it as a subprocess. On stop it closes the listening socket, gives
+in-flight requests (streams included) up to SHUTDOWN_GRACE_SECONDS to finish, then cancels the rest.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import logging
+import logging.handlers
+import queue
+import signal
+import ssl
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+from runpod_manager.config import Config, ProxyConfig
+from runpod_manager.errors import ConfigError
+from runpod_manager.paths import Paths, ensure_private_dir
+from runpod_manager.proxy.app import SHUTDOWN_GRACE_SECONDS, build_app
+from runpod_manager.proxy.controller import ProxyController
+
+log = logging.getLogger("runpod_manager.proxy")
+
+
+@dataclass(frozen=True)
+class ProxyReady:
+    """Given to `ready_callback` once the proxy listens. `stop()` may be called from any thread."""
+
+    url: str
+    host: str
+    port: int
+    _stop: Callable[[], None] = field(repr=False)
+
+    def stop(self) -> None:
+        self._stop()
+
+
+def is_loopback_host(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False  # a host name could resolve anywhere; treat it as reachable from outside
+
+
+def check_bind(proxy: ProxyConfig) -> None:
+    """Refuse to serve an open proxy: a non-loopback bind needs client keys."""
+    if not is_loopback_host(proxy.host) and not proxy.api_keys:
+        raise ConfigError(
+            f"[proxy] host = {proxy.host!r} listens beyond this machine but [proxy] api_keys is empty, "
+            "so anyone who can reach it could use (and pay for) the pod",
+            hint="set [proxy] api_keys, or bind [proxy] host = \"127.0.0.1\"")
+
+
+def build_ssl_context(proxy: ProxyConfig) -> ssl.SSLContext | None:
+    """The server TLS context when use_https is on; a ConfigError naming the key when it cannot load."""
+    if not proxy.use_https:
+        return None
+    if not proxy.ssl_cert or not proxy.ssl_key:
+        raise ConfigError("[proxy] use_https needs ssl_cert and ssl_key")
+    cert, key = Path(proxy.ssl_cert).expanduser(), Path(proxy.ssl_key).expanduser()
+    if not cert.is_file():
+        raise ConfigError(f"[proxy] ssl_cert {str(cert)!r}: no such file")
+    if not key.is_file():
+        raise ConfigError(f"[proxy] ssl_key {str(key)!r}: no such file")
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    try:
+        context.load_cert_chain(cert, key)
+    except ssl.SSLError as exc:
+        raise ConfigError(f"[proxy] ssl_cert {str(cert)!r} / ssl_key {str(key)!r}: cannot load the "
+                          f"certificate and key ({exc.reason or exc})",
+                          hint="both must be PEM files, and the key must belong to the certificate") from None
+    except OSError as exc:
+        raise ConfigError(f"[proxy] ssl_cert {str(cert)!r} / ssl_key {str(key)!r}: cannot read "
+                          f"({exc.strerror})") from None
+    return context
+
+
+def configure_proxy_logging(paths: Paths, *, level: int = logging.INFO) -> Callable[[], None]:
+    """Send the proxy's log lines to paths.proxy_log (rotated, 0600, in the private log directory).
+
+    The request path only formats a record and puts it on a queue; a listener thread does the file
+    writes, so a slow disk never shows up in request latency. Returns a function that flushes and
+    detaches the handlers (call it after run_proxy returns).
+    """
+    ensure_private_dir(paths.log_dir)
+    file_handler = logging.handlers.RotatingFileHandler(paths.proxy_log, maxBytes=5 * 1024 * 1024,
+                                                        backupCount=3, encoding="utf-8")
+    paths.proxy_log.chmod(0o600)
+    file_handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    records: queue.SimpleQueue[logging.LogRecord] = queue.SimpleQueue()
+    queue_handler = logging.handlers.QueueHandler(records)
+    listener = logging.handlers.QueueListener(records, file_handler)
+    logger = logging.getLogger("runpod_manager.proxy")
+    logger.addHandler(queue_handler)
+    logger.setLevel(level)
+    listener.start()
+
+    def close() -> None:
+        logger.removeHandler(queue_handler)
+        listener.stop()
+        file_handler.close()
+
+    return close
+
+
+async def serve(
+    config: Config,
+    controller: ProxyController,
+    paths: Paths,
+    *,
+    ready_callback: Callable[[ProxyReady], None] | None = None,
+    handle_signals: bool = True,
+    ssl_context: ssl.SSLContext | None = None,
+    **app_options: Any,
+) -> None:
+    """Serve until stopped (signal or ProxyReady.stop()); the async core of run_proxy."""
+    proxy = config.proxy
+    loop = asyncio.get_running_loop()
+    stopping = asyncio.Event()
+    app = build_app(config, controller, paths=paths, **app_options)
+    # handler_cancellation: a client that goes away cancels its handler at once, which closes the
+    # upstream request (the pod stops generating). access_log=None: we log one line per request ourselves.
+    runner = web.AppRunner(app, handler_cancellation=True, shutdown_timeout=SHUTDOWN_GRACE_SECONDS,
+                           access_log=None)
+    await runner.setup()
+    installed: list[signal.Signals] = []
+    try:
+        site = web.TCPSite(runner, proxy.host, proxy.port, ssl_context=ssl_context, reuse_address=True)
+        try:
+            await site.start()
+        except OSError as exc:
+            raise ConfigError(f"cannot listen on {proxy.host}:{proxy.port} ([proxy] host / port): "
+                              f"{exc.strerror or exc}",
+                              hint="another process (maybe another `rpm proxy`) uses the port; "
+                                   "stop it or choose another [proxy] port") from None
+        port = _bound_port(runner, proxy.port)
+        scheme = "https" if ssl_context is not None else "http"
+        shown_host = "127.0.0.1" if proxy.host in ("0.0.0.0", "") else proxy.host  # noqa: S104 - display only
+        if ":" in shown_host:
+            shown_host = f"[{shown_host}]"
+        url = f"{scheme}://{shown_host}:{port}"
+
+        def request_stop() -> None:
+            if stopping.is_set():
+                # A second signal: stop waiting for in-flight requests.
+                log.warning("second stop request: cancelling in-flight requests")
+                for task in asyncio.all_tasks(loop):
+                    if task is not asyncio.current_task(loop):
+                        task.cancel()
+                return
+            log.info("stopping: no new connections; in-flight requests get %.0f s", SHUTDOWN_GRACE_SECONDS)
+            stopping.set()
+
+        if handle_signals and threading.current_thread() is threading.main_thread():
+            for signum in (signal.SIGTERM, signal.SIGINT):
+                with contextlib.suppress(NotImplementedError):  # Windows event loops
+                    loop.add_signal_handler(signum, request_stop)
+                    installed.append(signum)
+        log.info("proxy listening on %s", url)
+        def stop_from_any_thread() -> None:
+            loop.call_soon_threadsafe(request_stop)
+
+        if ready_callback is not None:
+            ready_callback(ProxyReady(url=url, host=proxy.host, port=port, _stop=stop_from_any_thread))
+        await stopping.wait()
+    finally:
+        for signum in installed:
+            loop.remove_signal_handler(signum)
+        await runner.cleanup()
+        log.info("proxy stopped")
+
+
+def _bound_port(runner: web.AppRunner, configured: int) -> int:
+    for address in runner.addresses:
+        if isinstance(address, tuple) and len(address) >= 2:
+            return int(address[1])
+    return configured
+
+
+def run_proxy(
+    config: Config,
+    controller: ProxyController,
+    paths: Paths,
+    *,
+    ready_callback: Callable[[ProxyReady], None] | None = None,
+    **app_options: Any,
+) -> None:
+    """Serve the proxy on [proxy] host/port until SIGTERM/SIGINT or ProxyReady.stop(); blocks.
+
+    Raises ConfigError before binding when the bind would be open to others without api_keys, when the
+    TLS files cannot be loaded, or when the port is taken. `ready_callback` runs on the proxy's loop
+    once it listens (keep it short: write a pid file, print the URL). `app_options` go to build_app
+    (test knobs). Signal handlers are installed only when called from the main thread.
+    """
+    check_bind(config.proxy)
+    ssl_context = build_ssl_context(config.proxy)
+    asyncio.run(serve(config, controller, paths, ready_callback=ready_callback, ssl_context=ssl_context,
+                      **app_options))

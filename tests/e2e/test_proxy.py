@@ -1,0 +1,748 @@
+"""The proxy over real HTTP: the real `run_proxy` on a thread (or a subprocess where signals matter) in
+front of the scriptable FakeUpstream, with a FakeController standing in for the lifecycle.
+
+Nothing here asserts timings. Where order matters (events arrive one by one, keep-alives before the pod
+answers) the upstream or the wake is held until the test releases it, and a read that would only
+complete if the proxy buffered fails by its read timeout instead.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+
+from runpod_manager.errors import ConfigError, LimitRefused, RpmError
+from runpod_manager.paths import Paths, resolve_paths
+from runpod_manager.proxy.controller import UpstreamTarget
+from runpod_manager.proxy.server import run_proxy
+from tests.support.proxy_fakes import (
+    MODEL,
+    TOKENS,
+    UPSTREAM_KEY,
+    FakeController,
+    FakeUpstream,
+    free_port,
+    make_config,
+    running_proxy,
+    wait_until,
+)
+
+pytestmark = pytest.mark.e2e
+
+CLIENT_KEY = "client-key-7d2e"
+READ_TIMEOUT = 5  # seconds a single read may block before the test fails (never an assertion on speed)
+
+
+@pytest.fixture(scope="module")
+def upstream_server() -> Iterator[FakeUpstream]:
+    server = FakeUpstream().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def upstream(upstream_server: FakeUpstream) -> Iterator[FakeUpstream]:
+    upstream_server.reset()
+    yield upstream_server
+    upstream_server.hold_streams = False
+    upstream_server.release(50)  # never leave a held stream behind for the next test
+
+
+@pytest.fixture
+def paths(isolated_home: Path) -> Paths:
+    return resolve_paths()
+
+
+def chat(**extra: Any) -> dict[str, Any]:
+    return {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], **extra}
+
+
+def error_of(response: requests.Response) -> dict[str, Any]:
+    """The OpenAI-shaped error of a response; fails when the shape is wrong."""
+    document = response.json()
+    assert set(document) == {"error"}, document
+    assert set(document["error"]) == {"message", "type", "param", "code"}, document
+    return dict(document["error"])
+
+
+def sse_chunks(response: requests.Response) -> Iterator[bytes]:
+    """The HTTP chunks of a streamed response, as they arrive."""
+    yield from response.iter_content(chunk_size=None)
+
+
+def stream_then_hang_up(base_url: str, path: str, body: dict[str, Any]) -> None:
+    """Start a streaming request on a raw socket, wait for the first event, then close the connection."""
+    host, port = base_url.split("//", 1)[1].rsplit(":", 1)
+    payload = json.dumps(body).encode()
+    with socket.create_connection((host, int(port)), timeout=READ_TIMEOUT) as connection:
+        connection.sendall(f"POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
+                           f"Content-Length: {len(payload)}\r\n\r\n".encode() + payload)
+        received = b""
+        while b"data:" not in received:
+            chunk = connection.recv(65536)
+            assert chunk, "the proxy closed the stream before the first event"
+            received += chunk
+        assert received.startswith(b"HTTP/1.1 200")
+
+
+class CacheProbe:
+    """Repeats a request until it is a cache hit (stores are written behind the response), counting misses."""
+
+    def __init__(self) -> None:
+        self.misses = 0
+
+    def hit(self, url: str, body: dict[str, Any]) -> bool:
+        state = requests.post(url, json=body, timeout=READ_TIMEOUT).headers["X-RPM-Cache"]
+        self.misses += state == "miss"
+        return state == "hit"
+
+
+def events_of(chunks: list[bytes]) -> list[bytes]:
+    return [part + b"\n\n" for part in b"".join(chunks).split(b"\n\n") if part]
+
+
+# ---------------------------------------------------------------------------------------- forwarding
+
+
+def test_forwarding_keeps_method_path_query_and_body_and_swaps_the_key(upstream: FakeUpstream,
+                                                                       paths: Paths) -> None:
+    body = b'{"weird":   "spacing",\n "kept": [1,2]}'
+    with running_proxy(make_config(), FakeController(upstream.target()), paths) as proxy:
+        response = requests.put(f"{proxy.url}/v1/echo?a=1&b=%20x", data=body, timeout=READ_TIMEOUT, headers={
+            "Content-Type": "application/json", "Authorization": "Bearer whatever-the-client-sent",
+            "X-Custom": "kept", "X-RPM-Cache": "force", "Connection": "keep-alive, X-Hop", "X-Hop": "dropped"})
+        assert response.status_code == 200
+        seen = response.json()
+        assert seen["method"] == "PUT"
+        assert seen["path_qs"] == "/v1/echo?a=1&b=%20x"
+        assert seen["body"] == body.decode()
+        headers = {name.lower(): value for name, value in seen["headers"].items()}
+        assert headers["authorization"] == f"Bearer {UPSTREAM_KEY}"
+        assert headers["x-custom"] == "kept"
+        assert "x-rpm-cache" not in headers and "x-hop" not in headers
+        assert headers["content-length"] == str(len(body))
+        assert response.headers["X-RPM-Cache"] == "bypass"
+
+        models = requests.get(f"{proxy.url}/v1/models", timeout=READ_TIMEOUT)
+        assert models.json()["data"][0]["id"] == MODEL
+
+
+def test_no_upstream_key_means_no_authorization_upstream(upstream: FakeUpstream, paths: Paths) -> None:
+    upstream.expected_key = None
+    try:
+        target = UpstreamTarget("pod-open", upstream.url, None)
+        with running_proxy(make_config(), FakeController(target), paths) as proxy:
+            seen = requests.get(f"{proxy.url}/v1/echo", headers={"Authorization": "Bearer c"},
+                                timeout=READ_TIMEOUT).json()
+        assert "authorization" not in {name.lower() for name in seen["headers"]}
+    finally:
+        upstream.expected_key = UPSTREAM_KEY
+
+
+def test_sse_events_arrive_one_by_one(upstream: FakeUpstream, paths: Paths) -> None:
+    upstream.hold_streams = True
+    with running_proxy(make_config(), FakeController(upstream.target()), paths) as proxy:
+        response = requests.post(f"{proxy.url}/v1/chat/completions", json=chat(stream=True), stream=True,
+                                 timeout=READ_TIMEOUT, headers={"Accept": "application/json"})
+        assert response.status_code == 200
+        assert response.headers["Content-Type"].startswith("text/event-stream")
+        assert response.headers["Cache-Control"] == "no-cache"
+        assert response.headers["X-Accel-Buffering"] == "no"
+        assert "Content-Encoding" not in response.headers
+        chunks = sse_chunks(response)
+        received = [next(chunks)]  # the upstream holds everything after its first event
+        assert upstream.events_sent <= 1
+        while not received[-1].startswith(b"data: [DONE]"):
+            upstream.release()
+            received.append(next(chunks))  # only arrives if the proxy passed it on by itself
+        # One HTTP chunk per event: nothing coalesced, nothing split.
+        assert all(chunk.endswith(b"\n\n") and chunk.count(b"\n\n") == 1 for chunk in received)
+        assert len(received) == len(TOKENS) + 1
+        text = "".join(json.loads(chunk[6:])["choices"][0]["delta"]["content"] for chunk in received[:-1])
+        assert text == "".join(TOKENS)
+
+
+def test_client_disconnect_stops_the_upstream_at_once(upstream: FakeUpstream, paths: Paths) -> None:
+    upstream.hold_streams = True
+    with running_proxy(make_config(), FakeController(upstream.target()), paths) as proxy:
+        stream_then_hang_up(proxy.url, "/v1/chat/completions", chat(stream=True))
+        # The upstream is still held (nothing released): only a closed upstream connection ends it.
+        assert upstream.disconnected.wait(READ_TIMEOUT)
+        assert wait_until(lambda: upstream.running == 0)
+        # The proxy is unaffected.
+        assert requests.get(f"{proxy.url}/v1/models", timeout=READ_TIMEOUT).status_code == 200
+
+
+# -------------------------------------------------------------------------------------------- retries
+
+
+def test_retries_502_before_the_first_byte(upstream: FakeUpstream, paths: Paths) -> None:
+    upstream.fail_next(2, 502)
+    controller = FakeController(upstream.target())
+    with running_proxy(make_config(max_retries=3), controller, paths) as proxy:
+        response = requests.post(f"{proxy.url}/v1/chat/completions", json=chat(), timeout=READ_TIMEOUT)
+        assert response.status_code == 200
+        assert len(upstream.requests) == 3
+        upstream.fail_next(1, 524, body=b"<html>A timeout occurred</html>")
+        upstream.fail_next(1, 503)
+        assert requests.post(f"{proxy.url}/v1/chat/completions", json=chat(stream=True),
+                             timeout=READ_TIMEOUT).status_code == 200
+        assert len(upstream.requests) == 6
+    assert controller.unreachable == []
+
+
+def test_4xx_is_never_retried(upstream: FakeUpstream, paths: Paths) -> None:
+    upstream.fail_next(1, 400)
+    with running_proxy(make_config(max_retries=3), FakeController(upstream.target()), paths) as proxy:
+        response = requests.post(f"{proxy.url}/v1/chat/completions", json=chat(), timeout=READ_TIMEOUT)
+    assert response.status_code == 400
+    assert error_of(response)["message"] == "scripted 400"
+    assert len(upstream.requests) == 1
+
+
+def test_exhausted_503_passes_status_and_retry_after_through(upstream: FakeUpstream, paths: Paths) -> None:
+    upstream.fail_next(3, 503, headers={"Retry-After": "7"})
+    with running_proxy(make_config(max_retries=2), FakeController(upstream.target()), paths) as proxy:
+        response = requests.post(f"{proxy.url}/v1/chat/completions", json=chat(), timeout=READ_TIMEOUT)
+    assert response.status_code == 503
+    assert response.headers["Retry-After"] == "7"
+    error_of(response)
+
+
+def test_exhausted_502_marks_the_pod_unreachable_and_the_next_request_wakes(upstream: FakeUpstream,
+                                                                             paths: Paths) -> None:
+    upstream.fail_next(3, 502)
+    controller = FakeController(upstream.target())
+    with running_proxy(make_config(max_retries=2), controller, paths) as proxy:
+        failed = requests.post(f"{proxy.url}/v1/chat/completions", json=chat(), timeout=READ_TIMEOUT)
+        assert failed.status_code == 502
+        assert "not listening yet" in error_of(failed)["message"]
+        assert controller.unreachable == ["pod-fake"]
+        served = requests.post(f"{proxy.url}/v1/chat/completions", json=chat(), timeout=READ_TIMEOUT)
+        assert served.status_code == 200
+        assert controller.wake_calls == 1
+        assert "X-RPM-Cold-Start" in served.headers
+
+
+def test_connection_refused_is_a_502_in_openai_shape(paths: Paths) -> None:
+    dead = UpstreamTarget("pod-dead", f"http://127.0.0.1:{free_port()}", "k")
+    controller = FakeController(dead, wake_error=RpmError("still down"))
+    with running_proxy(make_config(max_retries=1), controller, paths) as proxy:
+        response = requests.post(f"{proxy.url}/v1/completions", json={"model": MODEL, "prompt": "x"},
+                                 timeout=READ_TIMEOUT)
+        assert response.status_code == 502
+        error = error_of(response)
+        assert error["code"] == "upstream_unreachable"
+        assert "2 attempt" in error["message"]
+        assert controller.unreachable == ["pod-dead"]
+
+
+def test_vllm_bare_401_reaches_the_client_in_openai_shape(upstream: FakeUpstream, paths: Paths) -> None:
+    wrong = UpstreamTarget("pod-fake", upstream.url, "not-the-pods-key")
+    with running_proxy(make_config(), FakeController(wrong), paths) as proxy:
+        response = requests.post(f"{proxy.url}/v1/chat/completions", json=chat(), timeout=READ_TIMEOUT)
+    assert response.status_code == 401
+    error = error_of(response)
+    assert "rejected the upstream key" in error["message"]
+    assert "not-the-pods-key" not in response.text
+
+
+# ------------------------------------------------------------------------------------------------ wake
+
+
+def _queue_depth(url: str) -> int:
+    return int(requests.get(f"{url}/health", timeout=READ_TIMEOUT).json()["proxy"]["queue_depth"])
+
+
+def test_twenty_concurrent_requests_share_one_wake(upstream: FakeUpstream, paths: Paths) -> None:
+    controller = FakeController(None, wake_target=upstream.target(), hold_wake=True)
+    with running_proxy(make_config(), controller, paths) as proxy:
+        with ThreadPoolExecutor(20) as pool:
+            futures = [pool.submit(requests.post, f"{proxy.url}/v1/chat/completions", json=chat(), timeout=30)
+                       for _ in range(20)]
+            assert wait_until(lambda: _queue_depth(proxy.url) == 20)
+            assert requests.get(f"{proxy.url}/ready", timeout=READ_TIMEOUT).status_code == 503
+            controller.release_wake.set()
+            responses = [future.result() for future in futures]
+        assert [response.status_code for response in responses] == [200] * 20
+        assert all(float(response.headers["X-RPM-Cold-Start"]) >= 0 for response in responses)
+        assert controller.wake_calls == 1
+        assert requests.get(f"{proxy.url}/ready", timeout=READ_TIMEOUT).status_code == 200
+        metrics = requests.get(f"{proxy.url}/metrics", timeout=READ_TIMEOUT).text
+        assert 'rpm_proxy_wakes_total{outcome="ok"} 1.0' in metrics
+
+
+def test_full_queue_answers_503_with_retry_after(upstream: FakeUpstream, paths: Paths) -> None:
+    controller = FakeController(None, wake_target=upstream.target(), hold_wake=True)
+    with running_proxy(make_config(max_queue_size=2), controller, paths,
+                       queue_full_retry_after_seconds=3) as proxy, ThreadPoolExecutor(2) as pool:
+        waiting = [pool.submit(requests.post, f"{proxy.url}/v1/chat/completions", json=chat(), timeout=30)
+                   for _ in range(2)]
+        assert wait_until(lambda: _queue_depth(proxy.url) == 2)
+        rejected = requests.post(f"{proxy.url}/v1/chat/completions", json=chat(), timeout=READ_TIMEOUT)
+        assert rejected.status_code == 503
+        assert rejected.headers["Retry-After"] == "3"
+        assert rejected.headers["x-should-retry"] == "true"
+        assert error_of(rejected)["code"] == "queue_full"
+        controller.release_wake.set()
+        assert [future.result().status_code for future in waiting] == [200, 200]
+
+
+def test_queue_timeout_answers_504(upstream: FakeUpstream, paths: Paths) -> None:
+    controller = FakeController(None, wake_target=upstream.target(), hold_wake=True)
+    try:
+        with running_proxy(make_config(queue_timeout_seconds=0.3), controller, paths) as proxy:
+            response = requests.post(f"{proxy.url}/v1/chat/completions", json=chat(), timeout=READ_TIMEOUT)
+            assert response.status_code == 504
+            assert error_of(response)["code"] == "queue_timeout"
+            assert "[proxy] queue_timeout_seconds" in error_of(response)["message"]
+    finally:
+        controller.release_wake.set()
+
+
+def test_limit_refused_wake_is_a_503_with_the_reason(upstream: FakeUpstream, paths: Paths) -> None:
+    controller = FakeController(None, wake_error=LimitRefused("daily spend cap of $20.00 reached"))
+    with running_proxy(make_config(), controller, paths) as proxy:
+        response = requests.post(f"{proxy.url}/v1/chat/completions", json=chat(), timeout=READ_TIMEOUT)
+        assert response.status_code == 503
+        error = error_of(response)
+        assert error["code"] == "limit_refused"
+        assert "daily spend cap of $20.00 reached" in error["message"]
+        assert response.headers["x-should-retry"] == "false"
+        health = requests.get(f"{proxy.url}/health", timeout=READ_TIMEOUT).json()
+        assert "daily spend cap" in health["proxy"]["last_wake_error"]
+
+
+def test_wake_off_and_no_pod_says_run_rpm_start(upstream: FakeUpstream, paths: Paths) -> None:
+    controller = FakeController(None, wake_target=upstream.target())
+    with running_proxy(make_config(wake_on_request=False), controller, paths) as proxy:
+        response = requests.post(f"{proxy.url}/v1/chat/completions", json=chat(), timeout=READ_TIMEOUT)
+        assert response.status_code == 503
+        assert "rpm start" in error_of(response)["message"]
+        assert controller.wake_calls == 0
+        # Started by hand (`rpm start`): the next request finds it without a wake.
+        controller.target = upstream.target()
+        assert requests.post(f"{proxy.url}/v1/chat/completions", json=chat(),
+                             timeout=READ_TIMEOUT).status_code == 200
+
+
+def test_streaming_wake_sends_keepalives_then_data(upstream: FakeUpstream, paths: Paths) -> None:
+    controller = FakeController(None, wake_target=upstream.target(), hold_wake=True)
+    with running_proxy(make_config(), controller, paths, keepalive_interval_seconds=0.05) as proxy:
+        response = requests.post(f"{proxy.url}/v1/chat/completions", json=chat(stream=True), stream=True,
+                                 timeout=READ_TIMEOUT)
+        assert response.status_code == 200  # sent before the pod exists
+        assert response.headers["Content-Type"].startswith("text/event-stream")
+        chunks = sse_chunks(response)
+        first = next(chunks)
+        assert first.startswith(b": waking pod")
+        assert controller.wake_calls == 1 and upstream.requests == []
+        controller.release_wake.set()
+        rest = list(chunks)
+    events = events_of(rest)
+    data = [event for event in events if event.startswith(b"data:")]
+    assert data[-1] == b"data: [DONE]\n\n"
+    assert len(data) == len(TOKENS) + 1
+    assert any(event.startswith(b": pod ready after") for event in events)
+
+
+def test_streaming_wake_failure_ends_with_error_event_and_done(upstream: FakeUpstream, paths: Paths) -> None:
+    controller = FakeController(None, hold_wake=True, wake_error=RpmError("no GPU available in EU-RO-1"))
+    with running_proxy(make_config(), controller, paths, keepalive_interval_seconds=0.05) as proxy:
+        response = requests.post(f"{proxy.url}/v1/chat/completions", json=chat(stream=True), stream=True,
+                                 timeout=READ_TIMEOUT)
+        chunks = sse_chunks(response)
+        assert next(chunks).startswith(b": waking pod")
+        controller.release_wake.set()
+        events = [event for event in events_of(list(chunks)) if event.startswith(b"data:")]
+    assert response.status_code == 200
+    assert events[-1] == b"data: [DONE]\n\n"
+    error = json.loads(events[-2][len(b"data: "):])["error"]
+    assert "no GPU available in EU-RO-1" in error["message"]
+    assert set(error) == {"message", "type", "param", "code"}
+
+
+def test_streaming_wake_then_upstream_error_becomes_error_event(upstream: FakeUpstream, paths: Paths) -> None:
+    controller = FakeController(None, wake_target=upstream.target(), hold_wake=True)
+    with running_proxy(make_config(), controller, paths, keepalive_interval_seconds=0.05) as proxy:
+        response = requests.post(f"{proxy.url}/v1/chat/completions",
+                                 json={**chat(stream=True), "model": "no/such-model"}, stream=True,
+                                 timeout=READ_TIMEOUT)
+        chunks = sse_chunks(response)
+        next(chunks)
+        controller.release_wake.set()
+        events = [event for event in events_of(list(chunks)) if event.startswith(b"data:")]
+    assert events[-1] == b"data: [DONE]\n\n"
+    assert "does not exist" in json.loads(events[-2][len(b"data: "):])["error"]["message"]
+
+
+def test_quick_wake_for_a_stream_answers_plain_http_errors(paths: Paths) -> None:
+    controller = FakeController(None, wake_error=LimitRefused("daily cutoff 23:00 passed"))
+    with running_proxy(make_config(), controller, paths, keepalive_interval_seconds=5) as proxy:
+        response = requests.post(f"{proxy.url}/v1/chat/completions", json=chat(stream=True),
+                                 timeout=READ_TIMEOUT)
+    assert response.status_code == 503
+    assert "daily cutoff" in error_of(response)["message"]
+
+
+# ----------------------------------------------------------------------------------------------- cache
+
+
+def test_cache_miss_then_hit_and_bypass(upstream: FakeUpstream, paths: Paths) -> None:
+    with running_proxy(make_config(cache=True), FakeController(upstream.target()), paths) as proxy:
+        url = f"{proxy.url}/v1/chat/completions"
+        first = requests.post(url, json=chat(temperature=0), timeout=READ_TIMEOUT)
+        assert first.headers["X-RPM-Cache"] == "miss"
+        probe = CacheProbe()
+        assert wait_until(lambda: probe.hit(url, chat(temperature=0, user="someone-else")))  # user is not keyed
+        hit = requests.post(url, json=chat(temperature=0), timeout=READ_TIMEOUT)
+        assert hit.headers["X-RPM-Cache"] == "hit"
+        assert hit.content == first.content
+        assert hit.headers["Content-Type"] == first.headers["Content-Type"]
+        assert len(upstream.requests) == 1 + probe.misses
+        assert requests.post(url, json=chat(temperature=0.7), timeout=READ_TIMEOUT).headers["X-RPM-Cache"] \
+            == "bypass"
+        assert requests.post(url, json=chat(temperature=0), headers={"Cache-Control": "no-cache"},
+                             timeout=READ_TIMEOUT).headers["X-RPM-Cache"] == "bypass"
+        debug = requests.get(f"{proxy.url}/debug/cache", timeout=READ_TIMEOUT)
+        assert debug.status_code == 404  # profiling is off
+        metrics = requests.get(f"{proxy.url}/metrics", timeout=READ_TIMEOUT).text
+        assert "rpm_proxy_cache_hits_total 2.0" in metrics
+        assert "rpm_proxy_cache_entries 1.0" in metrics
+
+
+def test_streamed_answers_replay_as_the_same_events(upstream: FakeUpstream, paths: Paths) -> None:
+    body = chat(stream=True, temperature=0, stream_options={"include_usage": True})
+    with running_proxy(make_config(cache=True), FakeController(upstream.target()), paths) as proxy:
+        url = f"{proxy.url}/v1/chat/completions"
+        live = requests.post(url, json=body, stream=True, timeout=READ_TIMEOUT)
+        live_chunks = list(sse_chunks(live))
+        probe = CacheProbe()
+        assert wait_until(lambda: probe.hit(url, body))
+        replay = requests.post(url, json=body, stream=True, timeout=READ_TIMEOUT)
+        assert replay.headers["Content-Type"].startswith("text/event-stream")
+        assert list(sse_chunks(replay)) == live_chunks
+        assert len(upstream.requests) == 1 + probe.misses
+
+
+def test_cache_hit_does_not_wake_the_pod(upstream: FakeUpstream, paths: Paths) -> None:
+    controller = FakeController(upstream.target(), wake_error=RpmError("must not wake"))
+    with running_proxy(make_config(cache=True), controller, paths) as proxy:
+        url = f"{proxy.url}/v1/completions"
+        body = {"model": MODEL, "prompt": "def f():", "temperature": 0}
+        assert requests.post(url, json=body, timeout=READ_TIMEOUT).status_code == 200
+        assert wait_until(lambda: CacheProbe().hit(url, body))
+        controller.target = None  # the pod went to sleep (idle stop); the reconcile loop notices
+        assert wait_until(lambda: requests.get(f"{proxy.url}/ready", timeout=READ_TIMEOUT).status_code == 503)
+        hit = requests.post(url, json=body, timeout=READ_TIMEOUT)
+        assert hit.status_code == 200 and hit.headers["X-RPM-Cache"] == "hit"
+        assert controller.wake_calls == 0
+
+
+def test_errors_and_aborted_streams_are_never_cached(upstream: FakeUpstream, paths: Paths) -> None:
+    with running_proxy(make_config(cache=True), FakeController(upstream.target()), paths) as proxy:
+        url = f"{proxy.url}/v1/chat/completions"
+        for _ in range(2):
+            failed = requests.post(url, json=chat(temperature=0, max_tokens=0), timeout=READ_TIMEOUT)
+            assert failed.status_code == 400 and failed.headers["X-RPM-Cache"] == "miss"
+        upstream.hold_streams = True
+        body = chat(temperature=0, stream=True)
+        stream_then_hang_up(proxy.url, "/v1/chat/completions", body)
+        assert upstream.disconnected.wait(READ_TIMEOUT)
+        upstream.hold_streams = False
+        again = requests.post(url, json=body, timeout=READ_TIMEOUT)
+        assert again.headers["X-RPM-Cache"] == "miss"
+        assert b"data: [DONE]" in again.content
+    assert len(upstream.requests) == 4
+
+
+def test_cache_survives_a_restart(upstream: FakeUpstream, paths: Paths, tmp_path: Path) -> None:
+    config = make_config(cache=True, cache_dir=tmp_path / "responses")
+    body = chat(temperature=0)
+    with running_proxy(config, FakeController(upstream.target()), paths) as proxy:
+        assert requests.post(f"{proxy.url}/v1/chat/completions", json=body,
+                             timeout=READ_TIMEOUT).headers["X-RPM-Cache"] == "miss"
+    with running_proxy(config, FakeController(upstream.target()), paths) as proxy:
+        assert requests.post(f"{proxy.url}/v1/chat/completions", json=body,
+                             timeout=READ_TIMEOUT).headers["X-RPM-Cache"] == "hit"
+    assert len(upstream.requests) == 1
+
+
+# ------------------------------------------------------------------------------------------ FIM rewrite
+
+
+def test_suffix_is_rewritten_with_the_fim_template(upstream: FakeUpstream, paths: Paths) -> None:
+    template = "<|fim_prefix|>{prefix}<|fim_suffix|>{suffix}<|fim_middle|>"
+    body = {"model": MODEL, "prompt": "def add(a, b):\n    ", "suffix": "\n\nprint(add(1, 2))", "max_tokens": 8}
+    with running_proxy(make_config(fim_template=template), FakeController(upstream.target()), paths) as proxy:
+        response = requests.post(f"{proxy.url}/v1/completions", json=body, timeout=READ_TIMEOUT)
+    assert response.status_code == 200
+    sent = upstream.requests[-1].json()
+    assert "suffix" not in sent
+    assert sent["prompt"] == "<|fim_prefix|>def add(a, b):\n    <|fim_suffix|>\n\nprint(add(1, 2))<|fim_middle|>"
+
+
+def test_suffix_without_template_is_a_400_naming_the_setting(upstream: FakeUpstream, paths: Paths) -> None:
+    with running_proxy(make_config(), FakeController(upstream.target()), paths) as proxy:
+        response = requests.post(f"{proxy.url}/v1/completions",
+                                 json={"model": MODEL, "prompt": "a", "suffix": "b"}, timeout=READ_TIMEOUT)
+    assert response.status_code == 400
+    error = error_of(response)
+    assert "[proxy] fim_template" in error["message"] and error["param"] == "suffix"
+    assert upstream.requests == []
+
+
+# ------------------------------------------------------------------------------------------------ auth
+
+
+def test_local_keys_guard_v1_metrics_and_dashboard_but_not_health(upstream: FakeUpstream, paths: Paths) -> None:
+    config = make_config(api_keys=("other-key", CLIENT_KEY))
+    with running_proxy(config, FakeController(upstream.target()), paths) as proxy:
+        for path in ("/v1/models", "/metrics", "/dashboard"):
+            for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": CLIENT_KEY}):
+                response = requests.get(f"{proxy.url}{path}", headers=headers, timeout=READ_TIMEOUT)
+                assert response.status_code == 401, (path, headers)
+                assert response.headers["WWW-Authenticate"] == "Bearer"
+                assert error_of(response)["type"] == "authentication_error"
+        good = {"Authorization": f"Bearer {CLIENT_KEY}"}
+        for path in ("/v1/models", "/metrics", "/dashboard"):
+            assert requests.get(f"{proxy.url}{path}", headers=good, timeout=READ_TIMEOUT).status_code == 200
+        for path in ("/health", "/ready"):
+            assert requests.get(f"{proxy.url}{path}", timeout=READ_TIMEOUT).status_code == 200
+        seen = requests.get(f"{proxy.url}/v1/echo", headers=good, timeout=READ_TIMEOUT).json()
+        assert seen["headers"]["Authorization"] == f"Bearer {UPSTREAM_KEY}"
+
+
+def test_tls_with_a_self_signed_certificate(upstream: FakeUpstream, paths: Paths, tmp_path: Path) -> None:
+    cert, key = _self_signed(tmp_path)
+    config = make_config(use_https=True, ssl_cert=str(cert), ssl_key=str(key))
+    with running_proxy(config, FakeController(upstream.target()), paths) as proxy:
+        assert proxy.url.startswith("https://")
+        response = requests.get(f"{proxy.url}/v1/models", verify=str(cert), timeout=READ_TIMEOUT)
+        assert response.status_code == 200
+        with pytest.raises(requests.exceptions.ConnectionError):
+            requests.get(proxy.url.replace("https://", "http://") + "/health", timeout=READ_TIMEOUT)
+
+
+def _self_signed(directory: Path) -> tuple[Path, Path]:
+    cryptography = pytest.importorskip("cryptography", reason="needs the cryptography package")
+    del cryptography
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    private_key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = dt.datetime.now(dt.UTC)
+    import ipaddress
+
+    certificate = (
+        x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(private_key.public_key())
+        .serial_number(x509.random_serial_number()).not_valid_before(now - dt.timedelta(minutes=1))
+        .not_valid_after(now + dt.timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+                       critical=False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(private_key, hashes.SHA256())
+    )
+    cert_path, key_path = directory / "cert.pem", directory / "key.pem"
+    cert_path.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(private_key.private_bytes(serialization.Encoding.PEM,
+                                                   serialization.PrivateFormat.PKCS8,
+                                                   serialization.NoEncryption()))
+    return cert_path, key_path
+
+
+def test_refusals_before_binding(paths: Paths, tmp_path: Path) -> None:
+    controller = FakeController(None)
+    with pytest.raises(ConfigError, match=r"\[proxy\] api_keys"):
+        run_proxy(make_config(host="0.0.0.0"), controller, paths)  # noqa: S104 - must be refused
+    with pytest.raises(ConfigError, match=r"\[proxy\] ssl_cert"):
+        run_proxy(make_config(use_https=True, ssl_cert=str(tmp_path / "missing.pem"),
+                              ssl_key=str(tmp_path / "missing.key")), controller, paths)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        with pytest.raises(ConfigError, match=r"\[proxy\] host / port"):
+            run_proxy(make_config(port=taken.getsockname()[1]), controller, paths)
+
+
+# ----------------------------------------------------------------------------------------- bad input
+
+
+def test_bad_input_gets_4xx_in_openai_shape_and_the_proxy_keeps_serving(upstream: FakeUpstream,
+                                                                       paths: Paths) -> None:
+    config = make_config(max_body_bytes=2048)
+    with running_proxy(config, FakeController(upstream.target()), paths, body_read_timeout_seconds=0.3) as proxy:
+        url = f"{proxy.url}/v1/chat/completions"
+        cases = [
+            (requests.post(url, data=b'{"model": ', headers={"Content-Type": "application/json"},
+                           timeout=READ_TIMEOUT), 400, "invalid_json"),
+            (requests.post(url, data=b"[1]", headers={"Content-Type": "application/json"},
+                           timeout=READ_TIMEOUT), 400, "invalid_json"),
+            (requests.post(url, data=b'{"model": "m"}', headers={"Content-Type": "text/plain"},
+                           timeout=READ_TIMEOUT), 415, "unsupported_media_type"),
+            (requests.post(url, timeout=READ_TIMEOUT), 400, "missing_body"),
+            (requests.post(url, json={"model": MODEL, "messages": [], "pad": "x" * 4096},
+                           timeout=READ_TIMEOUT), 413, "body_too_large"),
+            (requests.get(f"{proxy.url}/nope", timeout=READ_TIMEOUT), 404, "not_found"),
+            (requests.post(f"{proxy.url}/chat/completions", json=chat(), timeout=READ_TIMEOUT), 404,
+             "not_found"),
+            (requests.delete(f"{proxy.url}/health", timeout=READ_TIMEOUT), 405, "method_not_allowed"),
+        ]
+        for response, status, code in cases:
+            assert response.status_code == status, (response.status_code, response.text)
+            assert error_of(response)["code"] == code
+        assert "did you mean /v1/chat/completions" in cases[6][0].text
+
+        # A client that announces a body and never sends it gets a 408, not a stuck connection.
+        port = int(proxy.url.rsplit(":", 1)[1])
+        with socket.create_connection(("127.0.0.1", port), timeout=READ_TIMEOUT) as slow:
+            slow.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                         b"Content-Length: 100\r\n\r\n{\"model\":")
+            answer = slow.recv(65536)
+        assert answer.startswith(b"HTTP/1.1 408")
+        assert b'"request_timeout"' in answer
+
+        assert upstream.requests == []
+        assert requests.post(url, json=chat(), timeout=READ_TIMEOUT).status_code == 200
+
+
+# ----------------------------------------------------------------------------------- observability
+
+
+def test_health_ready_metrics_dashboard_and_no_secrets(upstream: FakeUpstream, paths: Paths,
+                                                       caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="runpod_manager.proxy")
+    controller = FakeController(upstream.target())
+    config = make_config(api_keys=(CLIENT_KEY,), enable_profiling=True, cache=True)
+    good = {"Authorization": f"Bearer {CLIENT_KEY}"}
+    with running_proxy(config, controller, paths) as proxy:
+        requests.post(f"{proxy.url}/v1/chat/completions", json=chat(temperature=0), headers=good,
+                      timeout=READ_TIMEOUT)
+        requests.post(f"{proxy.url}/v1/chat/completions?api_key=leak", json=chat(stream=True), headers=good,
+                      timeout=READ_TIMEOUT)
+        requests.get(f"{proxy.url}/v1/models", headers={"Authorization": "Bearer wrong-key-abc"},
+                     timeout=READ_TIMEOUT)
+        health = requests.get(f"{proxy.url}/health", timeout=READ_TIMEOUT)
+        assert health.status_code == 200
+        assert health.json()["pod"] == {"pod_id": "pod-fake", "status": "RUNNING", "ready": True,
+                                        "lease_open": True}
+        assert requests.get(f"{proxy.url}/ready", timeout=READ_TIMEOUT).json()["ready"] is True
+
+        metrics = requests.get(f"{proxy.url}/metrics", headers=good, timeout=READ_TIMEOUT)
+        assert metrics.headers["Content-Type"].startswith("text/plain")
+        for family in ("rpm_proxy_requests_total", "rpm_proxy_request_duration_seconds_bucket",
+                       "rpm_proxy_overhead_seconds_bucket", "rpm_proxy_upstream_ttfb_seconds_bucket",
+                       "rpm_proxy_stream_events_total", "rpm_proxy_cache_hits_total",
+                       "rpm_proxy_cache_misses_total", "rpm_proxy_cache_bytes", "rpm_proxy_queue_depth",
+                       "rpm_proxy_wakes_total", "rpm_proxy_wake_duration_seconds", "rpm_pod_up",
+                       "rpm_pod_cost_per_hour_usd", "rpm_spend_today_usd"):
+            assert family in metrics.text, family
+        assert 'le="0.0001"' in metrics.text  # sub-millisecond buckets
+        assert "rpm_pod_cost_per_hour_usd 0.69" in metrics.text
+        assert 'rpm_proxy_stream_events_total 7.0' in metrics.text
+
+        page = requests.get(f"{proxy.url}/dashboard", headers={**good, "Accept": "text/html"},
+                            timeout=READ_TIMEOUT)
+        assert page.headers["Content-Type"].startswith("text/html")
+        assert "<svg" in page.text and "pod-fake" in page.text
+        assert "<script" not in page.text and "src=" not in page.text and "href=" not in page.text
+        document = requests.get(f"{proxy.url}/dashboard", headers=good, timeout=READ_TIMEOUT).json()
+        assert document["pod"]["pod_id"] == "pod-fake"
+        assert document["spend"]["today_usd"] == 1.25
+        assert {row["name"] for row in document["limits"]} == {"runtime", "idle"}
+        assert [row["path"] for row in document["recent_requests"]][-1] == "/v1/chat/completions"
+        debug = requests.get(f"{proxy.url}/debug/cache", headers=good, timeout=READ_TIMEOUT)
+        assert debug.status_code == 200 and debug.json()["enabled"] is True
+
+        shown = health.text + metrics.text + page.text + json.dumps(document) + debug.text
+    logged = caplog.text
+    assert "POST /v1/chat/completions 200" in logged and "cache=miss" in logged
+    for secret in (UPSTREAM_KEY, CLIENT_KEY, "wrong-key-abc", "leak"):
+        assert secret not in shown, secret
+        assert secret not in logged, secret
+
+
+def test_reconcile_runs_with_the_last_request_time_and_survives_errors(upstream: FakeUpstream,
+                                                                        paths: Paths) -> None:
+    controller = FakeController(upstream.target())
+    with running_proxy(make_config(reconcile_interval_seconds=0.05), controller, paths) as proxy:
+        assert wait_until(lambda: len(controller.reconcile_calls) >= 1)
+        assert controller.reconcile_calls[0] is None  # no request yet
+        requests.get(f"{proxy.url}/v1/models", timeout=READ_TIMEOUT)
+        assert wait_until(lambda: controller.reconcile_calls[-1] is not None)
+        last = controller.reconcile_calls[-1]
+        assert last is not None and last.tzinfo is not None
+        controller.reconcile_error = RuntimeError("boom")
+        calls = len(controller.reconcile_calls)
+        assert wait_until(lambda: len(controller.reconcile_calls) >= calls + 3)
+        controller.reconcile_error = None
+        assert requests.get(f"{proxy.url}/v1/models", timeout=READ_TIMEOUT).status_code == 200
+
+
+# ------------------------------------------------------------------------------ shutdown (subprocess)
+
+
+def _start_subprocess(upstream: FakeUpstream, home: Path) -> tuple[subprocess.Popen[str], str]:
+    env = {key: value for key, value in os.environ.items() if not key.startswith(("RPM_", "RUNPOD_"))}
+    env["RPM_HOME"] = str(home)
+    env["PYTHONPATH"] = str(Path(__file__).resolve().parents[2])
+    process = subprocess.Popen([sys.executable, "-m", "tests.support.proxy_fakes", "--upstream", upstream.url],
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+                               cwd=env["PYTHONPATH"])
+    assert process.stdout is not None
+    line = ""
+    for line in process.stdout:
+        if line.startswith("READY "):
+            return process, line.split()[1]
+    process.kill()
+    raise AssertionError(f"proxy subprocess did not start: {line}")
+
+
+def _refuses_connections(url: str) -> bool:
+    try:
+        requests.get(f"{url}/health", timeout=READ_TIMEOUT)
+    except requests.exceptions.ConnectionError:
+        return True
+    return False
+
+
+def test_sigterm_lets_an_inflight_stream_finish(upstream: FakeUpstream, isolated_home: Path) -> None:
+    upstream.hold_streams = True
+    process, url = _start_subprocess(upstream, isolated_home)
+    try:
+        response = requests.post(f"{url}/v1/chat/completions", json=chat(stream=True), stream=True,
+                                 timeout=READ_TIMEOUT)
+        chunks = sse_chunks(response)
+        received = [next(chunks)]
+        process.send_signal(signal.SIGTERM)
+        assert wait_until(lambda: _refuses_connections(url))  # closed to new connections...
+        upstream.release(len(TOKENS))  # ...while the stream in flight carries on to its end
+        received.extend(chunks)
+        assert received[-1] == b"data: [DONE]\n\n"
+        assert len(received) == len(TOKENS) + 1
+        assert process.wait(timeout=15) == 0
+        output = process.stdout.read() if process.stdout else ""
+        assert "STOPPED" in output
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    log_text = (isolated_home / "state" / "logs" / "proxy.log").read_text()
+    assert "POST /v1/chat/completions 200" in log_text
+    assert UPSTREAM_KEY not in log_text

@@ -1,0 +1,444 @@
+"""Fakes for the proxy's tests: a controller, a scriptable vLLM-like upstream, and proxy runners.
+
+- `FakeController` implements ProxyController with counters and knobs (wake delay or a gate to hold
+  the wake, wake errors, a target to return).
+- `FakeUpstream` is a small aiohttp server on its own thread and loop that answers like vLLM's
+  OpenAI server and lets a test fail the next N requests, hold a stream between events until the
+  test releases it, observe client disconnects, and read back every request it received.
+- `ProxyThread` runs the real `run_proxy` on a thread (real sockets, real runner); `python -m
+  tests.support.proxy_fakes` runs it as a subprocess with a FakeController aimed at an upstream.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import logging
+import socket
+import sys
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field, replace
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+from runpod_manager.config import CacheConfig, Config, ProxyConfig
+from runpod_manager.errors import RpmError
+from runpod_manager.paths import Paths
+from runpod_manager.proxy.controller import PodView, UpstreamTarget
+
+UPSTREAM_KEY = "upstream-secret-key-4f9a1c"
+MODEL = "fake/model"
+TOKENS = ("Hello", " from", " the", " fake", " pod", ".")
+
+
+# ------------------------------------------------------------------------------------------- controller
+
+
+class FakeController:
+    """A ProxyController whose answers and wake behaviour tests set directly (thread-safe counters)."""
+
+    def __init__(
+        self,
+        target: UpstreamTarget | None = None,
+        *,
+        wake_target: UpstreamTarget | None = None,
+        wake_delay_seconds: float = 0.0,
+        wake_error: BaseException | None = None,
+        hold_wake: bool = False,
+        view: PodView | None = None,
+    ) -> None:
+        self.target = target
+        self.wake_target = wake_target if wake_target is not None else target
+        self.wake_delay_seconds = wake_delay_seconds
+        self.wake_error = wake_error
+        self.release_wake = threading.Event()
+        if not hold_wake:
+            self.release_wake.set()
+        self.wake_started = threading.Event()
+        self.wake_calls = 0
+        self.current_target_calls = 0
+        self.reconcile_calls: list[datetime | None] = []
+        self.unreachable: list[str] = []
+        self.pod_view = view or PodView(pod_id="pod-fake", status="RUNNING", ready=True, lease_open=True,
+                                        gpu_type_id="NVIDIA GeForce RTX 4090", cost_per_hour=0.69,
+                                        spend_today_usd=1.25, max_daily_spend_usd=20.0,
+                                        limits={"runtime": "2099-01-01T00:00:00Z", "idle": "not idle"})
+        self.reconcile_error: BaseException | None = None
+        self._lock = threading.Lock()
+
+    def current_target(self) -> UpstreamTarget | None:
+        with self._lock:
+            self.current_target_calls += 1
+        return self.target
+
+    def wake(self) -> UpstreamTarget:
+        with self._lock:
+            self.wake_calls += 1
+        self.wake_started.set()
+        if not self.release_wake.wait(timeout=30):
+            raise RpmError("the fake wake was never released")
+        time.sleep(self.wake_delay_seconds)
+        if self.wake_error is not None:
+            raise self.wake_error
+        assert self.wake_target is not None
+        self.target = self.wake_target
+        return self.wake_target
+
+    def reconcile(self, last_request_at: datetime | None) -> PodView:
+        with self._lock:
+            self.reconcile_calls.append(last_request_at)
+        if self.reconcile_error is not None:
+            raise self.reconcile_error
+        return self.pod_view
+
+    def view(self) -> PodView:
+        return self.pod_view
+
+    def mark_unreachable(self, pod_id: str) -> None:
+        with self._lock:
+            self.unreachable.append(pod_id)
+        self.target = None
+
+
+# --------------------------------------------------------------------------------------------- upstream
+
+
+@dataclass
+class RecordedRequest:
+    method: str
+    path_qs: str
+    headers: dict[str, str]
+    body: bytes
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+
+@dataclass
+class Scripted:
+    """One canned answer for the next request (status, body, headers)."""
+
+    status: int
+    body: bytes
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+class FakeUpstream:
+    """A vLLM-like OpenAI server on its own thread; see the module docstring for the knobs."""
+
+    def __init__(self, *, expected_key: str | None = UPSTREAM_KEY) -> None:
+        self.expected_key = expected_key
+        self.requests: list[RecordedRequest] = []
+        self.script: deque[Scripted] = deque()
+        self.hold_streams = False  # when True, each event after the first waits for release()
+        self.events_sent = 0
+        self.running = 0  # like vllm:num_requests_running
+        self.disconnected = threading.Event()
+        self.stream_started = threading.Event()
+        self.token_delay_seconds = 0.0
+        self.response_delay_seconds = 0.0
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._releases: asyncio.Semaphore | None = None
+        self._runner: web.AppRunner | None = None
+        self._thread: threading.Thread | None = None
+        self.url = ""
+        self._lock = threading.Lock()
+
+    # -- control (from the test thread)
+
+    def fail_next(self, count: int, status: int = 502, body: bytes | None = None,
+                  headers: dict[str, str] | None = None) -> None:
+        default = (b"<html><head><title>502 Bad Gateway</title></head><body>502</body></html>"
+                   if status == 502 else json.dumps({"error": {"message": f"scripted {status}",
+                                                               "type": "BadRequestError", "param": None,
+                                                               "code": status}}).encode())
+        for _ in range(count):
+            self.script.append(Scripted(status, default if body is None else body, headers or {}))
+
+    def release(self, count: int = 1) -> None:
+        """Let a held stream send `count` more events."""
+        assert self._loop is not None and self._releases is not None
+        releases = self._releases
+        for _ in range(count):
+            self._loop.call_soon_threadsafe(releases.release)
+
+    def target(self, pod_id: str = "pod-fake") -> UpstreamTarget:
+        return UpstreamTarget(pod_id=pod_id, base_url=self.url, upstream_key=self.expected_key)
+
+    def paths_seen(self) -> list[str]:
+        with self._lock:
+            return [request.path_qs for request in self.requests]
+
+    def reset(self) -> None:
+        with self._lock:
+            self.requests.clear()
+        self.script.clear()
+        self.hold_streams = False
+        self.events_sent = 0
+        self.disconnected.clear()
+        self.stream_started.clear()
+        self.token_delay_seconds = 0.0
+        self.response_delay_seconds = 0.0
+        self.expected_key = UPSTREAM_KEY
+        # Fresh permits: releases left over from an earlier test must not let this one's stream run on.
+        self._releases = asyncio.Semaphore(0)
+
+    # -- lifecycle
+
+    def start(self) -> FakeUpstream:
+        ready = threading.Event()
+
+        def run() -> None:
+            loop = asyncio.new_event_loop()
+            self._loop = loop
+            asyncio.set_event_loop(loop)
+            self._releases = asyncio.Semaphore(0)
+            app = web.Application(client_max_size=64 * 1024 * 1024)
+            app.router.add_route("*", "/{tail:.*}", self._handle)
+            self._runner = web.AppRunner(app, handler_cancellation=True, access_log=None)
+            loop.run_until_complete(self._runner.setup())
+            site = web.TCPSite(self._runner, "127.0.0.1", 0)
+            loop.run_until_complete(site.start())
+            port = self._runner.addresses[0][1]
+            self.url = f"http://127.0.0.1:{port}"
+            ready.set()
+            loop.run_forever()
+            loop.run_until_complete(self._runner.cleanup())
+            loop.close()
+
+        self._thread = threading.Thread(target=run, name="fake-upstream", daemon=True)
+        self._thread.start()
+        if not ready.wait(10):
+            raise RuntimeError("fake upstream did not start")
+        return self
+
+    def stop(self) -> None:
+        if self._loop is not None and self._thread is not None:
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(timeout=10)
+
+    # -- serving (on the upstream's loop)
+
+    async def _handle(self, request: web.Request) -> web.StreamResponse:
+        body = await request.read()
+        with self._lock:
+            self.requests.append(RecordedRequest(request.method, request.path_qs, dict(request.headers), body))
+        if self.response_delay_seconds:
+            await asyncio.sleep(self.response_delay_seconds)
+        if self.script:
+            scripted = self.script.popleft()
+            return web.Response(status=scripted.status, body=scripted.body, headers={
+                "Content-Type": "text/html" if scripted.body.startswith(b"<") else "application/json",
+                **scripted.headers})
+        if self.expected_key is not None and request.headers.get("Authorization") != f"Bearer {self.expected_key}":
+            return web.json_response({"error": "Unauthorized"}, status=401)  # vLLM's --api-key answer
+        path = request.path
+        if path == "/v1/models":
+            return web.json_response({"object": "list", "data": [
+                {"id": MODEL, "object": "model", "created": 0, "owned_by": "vllm"}]})
+        if path == "/v1/echo":
+            return web.json_response({"method": request.method, "path_qs": request.path_qs,
+                                      "headers": dict(request.headers), "body": body.decode()})
+        if path in ("/v1/chat/completions", "/v1/completions", "/v1/embeddings"):
+            try:
+                document = json.loads(body)
+            except ValueError:
+                return web.json_response({"error": {"message": "bad json", "type": "BadRequestError",
+                                                    "param": None, "code": 400}}, status=400)
+            if document.get("model") != MODEL:
+                return web.json_response({"error": {
+                    "message": f"The model `{document.get('model')}` does not exist.",
+                    "type": "NotFoundError", "param": "model", "code": 404}}, status=404)
+            if isinstance(document.get("max_tokens"), int) and document["max_tokens"] < 1:
+                return web.json_response({"error": {"message": "max_tokens must be at least 1",
+                                                    "type": "BadRequestError", "param": "max_tokens",
+                                                    "code": 400}}, status=400)
+            if path == "/v1/embeddings":
+                return web.json_response({"object": "list", "model": MODEL, "data": [
+                    {"object": "embedding", "index": 0, "embedding": [0.1, 0.2, 0.3]}],
+                    "usage": {"prompt_tokens": 3, "total_tokens": 3}})
+            chat = path == "/v1/chat/completions"
+            if document.get("stream") is True:
+                return await self._stream(request, document, chat=chat)
+            return web.json_response(_completion(document, chat=chat))
+        return web.json_response({"detail": "Not Found"}, status=404)
+
+    async def _stream(self, request: web.Request, document: dict[str, Any], *, chat: bool) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream; charset=utf-8"})
+        await response.prepare(request)
+        self.running += 1
+        self.stream_started.set()
+        include_usage = bool((document.get("stream_options") or {}).get("include_usage"))
+        try:
+            for index, event in enumerate(_stream_events(document, chat=chat, include_usage=include_usage)):
+                if index > 0 and self.hold_streams:
+                    assert self._releases is not None
+                    await self._releases.acquire()
+                elif self.token_delay_seconds:
+                    await asyncio.sleep(self.token_delay_seconds)
+                await response.write(event)
+                self.events_sent += 1
+            await response.write_eof()
+        except (asyncio.CancelledError, ConnectionResetError):
+            self.disconnected.set()
+            raise
+        finally:
+            self.running -= 1
+        return response
+
+
+def _completion(document: dict[str, Any], *, chat: bool) -> dict[str, Any]:
+    text = "".join(TOKENS)
+    usage = {"prompt_tokens": 5, "completion_tokens": len(TOKENS), "total_tokens": 5 + len(TOKENS)}
+    if chat:
+        return {"id": "chatcmpl-fake", "object": "chat.completion", "created": 1, "model": MODEL,
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
+                             "finish_reason": "stop"}], "usage": usage}
+    return {"id": "cmpl-fake", "object": "text_completion", "created": 1, "model": MODEL,
+            "choices": [{"index": 0, "text": text, "finish_reason": "stop", "logprobs": None}], "usage": usage}
+
+
+def _stream_events(document: dict[str, Any], *, chat: bool, include_usage: bool) -> Iterator[bytes]:
+    def event(payload: dict[str, Any]) -> bytes:
+        return b"data: " + json.dumps(payload).encode() + b"\n\n"
+
+    kind = "chat.completion.chunk" if chat else "text_completion"
+    base = {"id": "chatcmpl-fake" if chat else "cmpl-fake", "object": kind, "created": 1, "model": MODEL}
+    for index, token in enumerate(TOKENS):
+        last = index == len(TOKENS) - 1
+        if chat:
+            delta = {"role": "assistant", "content": token} if index == 0 else {"content": token}
+            choice = {"index": 0, "delta": delta, "finish_reason": "stop" if last else None}
+        else:
+            choice = {"index": 0, "text": token, "finish_reason": "stop" if last else None, "logprobs": None}
+        yield event({**base, "choices": [choice]})
+    if include_usage:
+        yield event({**base, "choices": [], "usage": {"prompt_tokens": 5, "completion_tokens": len(TOKENS),
+                                                      "total_tokens": 5 + len(TOKENS)}})
+    yield b"data: [DONE]\n\n"
+
+
+# ------------------------------------------------------------------------------------------ proxy runners
+
+
+def make_config(port: int = 0, *, cache: bool = False, cache_dir: Path | None = None, **proxy: Any) -> Config:
+    """A Config for tests: free port, fast retries and reconcile, cache off unless asked."""
+    proxy_defaults: dict[str, Any] = {"host": "127.0.0.1", "port": port, "retry_delay_seconds": 0.01,
+                                      "max_retries": 2, "reconcile_interval_seconds": 0.2,
+                                      "queue_timeout_seconds": 10.0}
+    proxy_defaults.update(proxy)
+    cache_config = CacheConfig(enabled=cache, dir=str(cache_dir) if cache_dir else "")
+    return Config(proxy=ProxyConfig(**proxy_defaults), cache=cache_config)
+
+
+def with_cache(config: Config, **cache: Any) -> Config:
+    return replace(config, cache=replace(config.cache, **cache))
+
+
+class ProxyThread:
+    """The real run_proxy on a background thread; `.url` once ready, `.stop()` to end it gracefully."""
+
+    def __init__(self, config: Config, controller: Any, paths: Paths, **app_options: Any) -> None:
+        from runpod_manager.proxy.server import ProxyReady, run_proxy
+
+        self.ready: ProxyReady | None = None
+        self.error: BaseException | None = None
+        started = threading.Event()
+
+        def on_ready(ready: ProxyReady) -> None:
+            self.ready = ready
+            started.set()
+
+        def run() -> None:
+            try:
+                run_proxy(config, controller, paths, ready_callback=on_ready, **app_options)
+            except BaseException as exc:
+                self.error = exc
+                started.set()
+
+        self._thread = threading.Thread(target=run, name="proxy-under-test", daemon=True)
+        self._thread.start()
+        if not started.wait(15):
+            raise RuntimeError("proxy did not start within 15 s")
+        if self.error is not None:
+            raise self.error
+
+    @property
+    def url(self) -> str:
+        assert self.ready is not None
+        return self.ready.url
+
+    def stop(self, timeout: float = 20.0) -> None:
+        if self.ready is not None and self._thread.is_alive():
+            self.ready.stop()
+        self._thread.join(timeout)
+        if self._thread.is_alive():
+            raise RuntimeError("proxy did not stop")
+
+    def join(self, timeout: float) -> bool:
+        self._thread.join(timeout)
+        return not self._thread.is_alive()
+
+
+@contextlib.contextmanager
+def running_proxy(config: Config, controller: Any, paths: Paths, **app_options: Any) -> Iterator[ProxyThread]:
+    proxy = ProxyThread(config, controller, paths, **app_options)
+    try:
+        yield proxy
+    finally:
+        proxy.stop()
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float = 10.0, interval: float = 0.01) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(interval)
+    return predicate()
+
+
+# ----------------------------------------------------------------------------------- subprocess entry
+
+
+def _subprocess_main(argv: list[str]) -> None:
+    """Run the proxy in this process against an upstream URL: prints `READY <url>` when listening."""
+    from runpod_manager.paths import resolve_paths
+    from runpod_manager.proxy.server import ProxyReady, configure_proxy_logging, run_proxy
+
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--upstream", required=True)
+    parser.add_argument("--upstream-key", default=UPSTREAM_KEY)
+    parser.add_argument("--api-key", action="append", default=[])
+    args = parser.parse_args(argv)
+    paths = resolve_paths()
+    close_log = configure_proxy_logging(paths, level=logging.INFO)
+    controller = FakeController(UpstreamTarget("pod-sub", args.upstream, args.upstream_key))
+    config = make_config(api_keys=tuple(args.api_key))
+
+    def ready(info: ProxyReady) -> None:
+        print(f"READY {info.url}", flush=True)
+
+    try:
+        run_proxy(config, controller, paths, ready_callback=ready)
+    finally:
+        close_log()
+    print("STOPPED", flush=True)
+
+
+if __name__ == "__main__":
+    _subprocess_main(sys.argv[1:])
