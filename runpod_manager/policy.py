@@ -16,7 +16,7 @@ from enum import StrEnum
 
 from runpod_manager.config import Config
 from runpod_manager.runpod.models import Pod, PodStatus
-from runpod_manager.state import PodRecord
+from runpod_manager.state import Lease, PodRecord
 
 # Statuses in which a pod holds (and bills) a GPU.
 ACTIVE_STATUSES = frozenset({PodStatus.PROVISIONING, PodStatus.STARTING, PodStatus.RUNNING})
@@ -249,8 +249,7 @@ def plan(
                         actions.append(Action(ActionKind.ALARM, "resume refused: the host's GPU is taken "
                                               "(on_resume_failure = \"fail\")", pod_id=pod.id))
                 else:
-                    actions.append(Action(ActionKind.RESUME, "pod stopped while its lease is open",
-                                          pod_id=pod.id))
+                    actions.append(Action(ActionKind.RESUME, _resume_reason(pod, lease), pod_id=pod.id))
             elif (observed.replaced_pod is not None and pod is not None and observed.pod_ready):
                 actions.append(Action(ActionKind.TERMINATE, "replacement is ready; removing the old pod",
                                       pod_id=observed.replaced_pod.id))
@@ -269,6 +268,14 @@ def plan(
             actions.append(Action(ActionKind.TERMINATE, "no open lease (pod being replaced)",
                                   pod_id=observed.replaced_pod.id))
     return _finish(actions, now, config, record, observed, options, activity)
+
+
+def _resume_reason(pod: Pod, lease: Lease) -> str:
+    """Say whether this resume is the lease's normal start (the pod was kept stopped by an earlier lease) or a
+    recovery (the pod stopped on its own, e.g. a spot or host interruption, after running in this lease)."""
+    if pod.started_at is None or pod.started_at < lease.opened_at:
+        return f"lease opened by {lease.opened_by}; resuming the stopped pod"
+    return "pod stopped on its own while its lease is open (spot or host interruption); resuming it"
 
 
 def _lease_end_action(record: PodRecord, options: Options) -> str:

@@ -452,3 +452,19 @@ def test_a_config_name_with_dashes_does_not_claim_the_pods_of_a_shorter_name() -
     # "llm"'s pod rpm-llm-aaaaaa is not.
     assert summary(result) == ["create", f"terminate_orphan:{ORPHAN}", "terminate_orphan:pod-other-config"]
     assert summary(big.plan()) == []  # from "llm"'s side, rpm-llm-big-… is not an orphan
+
+
+@pytest.mark.parametrize(("started_ago", "expected"), [
+    (None, "lease opened by wake; resuming the stopped pod"),  # never ran
+    (timedelta(hours=2), "lease opened by wake; resuming the stopped pod"),  # ran in an earlier lease
+    (timedelta(minutes=5), "pod stopped on its own"),  # ran in this lease, then stopped: an interruption
+])
+def test_resume_reason_tells_a_wake_from_an_interruption(started_ago: timedelta | None, expected: str) -> None:
+    config, record, observation, activity = Scenario(pod_status=PodStatus.EXITED).inputs()
+    assert record.lease is not None and observation.pod is not None
+    record = replace(record, lease=replace(record.lease, opened_by="wake"))
+    started = None if started_ago is None else NOW - started_ago
+    observation = replace(observation, pod=replace(observation.pod, started_at=started))
+    result = plan(NOW, config, record, observation, activity, Options())
+    [resume] = [a for a in result.actions if a.kind == ActionKind.RESUME]
+    assert resume.reason.startswith(expected)
