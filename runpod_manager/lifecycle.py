@@ -23,6 +23,7 @@ from runpod_manager import policy
 from runpod_manager.config import Config
 from runpod_manager.errors import (
     ApiError,
+    Conflict,
     InsufficientBalance,
     LimitRefused,
     LockBusy,
@@ -419,12 +420,19 @@ class Lifecycle:
             record.spend_accounted_at = now
         elif kind == ActionKind.STOP:
             assert action.pod_id is not None  # noqa: S101
-            pod = self.client.stop_pod(action.pod_id)
-            record.last_status = pod.status.value
+            try:
+                record.last_status = self.client.stop_pod(action.pod_id).status.value
+            except Conflict:
+                # RunPod refuses stop only for a pod that is not running (EXITED or ERROR): the goal, a pod
+                # that bills no GPU time, holds. (Reached when the pod could not be observed first.)
+                record.last_status = PodStatus.EXITED.value
+            except NotFound:
+                self._forget(record, action.pod_id)
             record.ready_pod_id = None
         elif kind in (ActionKind.TERMINATE, ActionKind.TERMINATE_ORPHAN):
             assert action.pod_id is not None  # noqa: S101
-            self.client.terminate_pod(action.pod_id)
+            with contextlib.suppress(NotFound):  # already gone is what terminate wants
+                self.client.terminate_pod(action.pod_id)
             self._forget(record, action.pod_id)
         elif kind == ActionKind.FORGET_POD:
             assert action.pod_id is not None  # noqa: S101

@@ -193,6 +193,10 @@ def plan(
                                       pod_id=pod.id))
             else:
                 actions.append(Action(kind, reason, pod_id=pod.id))
+        elif not observed.pod_observed and pod_id is not None:
+            # RunPod did not answer the GET: end the pod by id anyway. Waiting for the next pass would let
+            # it run a whole cron period past its limit; a failure here is the alarm cron must mail.
+            actions.append(Action(kind, reason + " (pod status unknown)", pod_id=pod_id))
         if observed.replaced_pod is not None:
             actions.append(Action(ActionKind.TERMINATE, reason + " (pod being replaced)",
                                   pod_id=observed.replaced_pod.id))

@@ -208,3 +208,32 @@ def test_dry_run_changes_nothing(rpm: Rpm) -> None:
     assert os.environ.get("RPM_HOME")
     subprocess.run(rpm.command("watchdog"), env=rpm.env(), check=True, capture_output=True)
     assert _live(rpm) == []
+
+
+def test_a_limit_that_cannot_be_enforced_is_an_alarm(rpm: Rpm) -> None:
+    rpm.write_config(runtime_seconds=2, api_max_retries=0)
+    pod_id = _start(rpm)
+    _wait_past_deadline(rpm)
+    rpm.sandbox.control("faults", {"error_rate": 1.0})
+    failed = rpm.run("watchdog")
+    # cron mails only on a non-zero exit: this is the one case that must reach the owner.
+    assert failed.returncode != 0, failed.stdout + failed.stderr
+    assert "runtime limit" in failed.stdout + failed.stderr and "Traceback" not in failed.stderr
+    assert [p["id"] for p in _live(rpm)] == [pod_id]
+    rpm.sandbox.control("faults", {"error_rate": 0.0})
+    recovered = rpm.run("watchdog")
+    assert recovered.returncode == 0, recovered.stdout + recovered.stderr
+    assert _live(rpm) == []
+
+
+def test_an_api_outage_with_nothing_due_stays_quiet(rpm: Rpm) -> None:
+    rpm.write_config(api_max_retries=0)
+    _start(rpm)
+    rpm.run("watchdog")
+    rpm.sandbox.control("faults", {"error_rate": 1.0})
+    result = rpm.run("watchdog")
+    rpm.sandbox.control("faults", {"error_rate": 0.0})
+    # Nothing was due, so a RunPod blip must not mail the owner every five minutes; it is logged instead.
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout == ""
+    assert any(e["event"] in ("observe_failed", "api_error", "error") for e in rpm.events()), rpm.events()
