@@ -763,7 +763,14 @@ class Lifecycle:
         """Close the lease and end the pod (terminate, or stop with stop=True); idempotent."""
         if wait_seconds is not None and wait_seconds < 0:
             wait_seconds = self.config.startup.lock_wait_seconds
+        from runpod_manager.proxy import process
+
         end_action = "stop" if stop else "terminate"
+        proxy_stopped = False
+        if not dry_run:
+            # The proxy goes first: its in-flight streams finish on a pod that still runs, and it cannot
+            # wake the pod again (a new lease) between the end of the pod below and its own end.
+            proxy_stopped = process.stop_proxy_process(self.paths)
         with self._locked_state(wait_seconds) as state:
             if dry_run:
                 state = _copy_state(state)
@@ -779,11 +786,9 @@ class Lifecycle:
             orphans: list[str] = []
             if all_pods:
                 orphans = self._sweep_all_rpm_pods(record, dry_run=dry_run)
-        proxy_stopped = False
         if not dry_run:
-            from runpod_manager.proxy import process
-
-            proxy_stopped = process.stop_proxy_process(self.paths)
+            # A watchdog may have restarted it (lease open, proxy wanted) before the lock was ours.
+            proxy_stopped = process.stop_proxy_process(self.paths) or proxy_stopped
         failed = [a for a in result.applied if not a.ok and a.action.kind in policy.ENDS]
         if failed:
             raise ApiError("could not end the pod: " + "; ".join(str(a.error) for a in failed),

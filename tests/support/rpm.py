@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -94,6 +95,8 @@ def run_sandbox(*flags: str, api_key: str = "sk-e2e-sandbox-SECRET-4f1c") -> Ite
                 values[key] = value.strip("'")
         if len(values) < 3:
             raise RuntimeError(f"sandbox did not start (exit {process.poll()})")
+        # Keep reading its request log: a full pipe would block the emulator's event loop mid-test.
+        threading.Thread(target=_drain, args=(process.stdout,), name="sandbox-output", daemon=True).start()
         yield Sandbox(process, values["RUNPOD_API_URL"], values["RUNPOD_API_KEY"], values["RPM_API_POD_URL_TEMPLATE"])
     finally:
         with contextlib.suppress(ProcessLookupError):
@@ -103,6 +106,12 @@ def run_sandbox(*flags: str, api_key: str = "sk-e2e-sandbox-SECRET-4f1c") -> Ite
         except subprocess.TimeoutExpired:
             os.killpg(process.pid, signal.SIGKILL)
             process.wait()
+
+
+def _drain(stream: Any) -> None:
+    with contextlib.suppress(OSError, ValueError):
+        for _line in stream:
+            pass
 
 
 @dataclass
@@ -156,14 +165,20 @@ class Rpm:
             return []
         return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
-    def write_config(self, **overrides: Any) -> None:
+    def write_config(self, *, tables: Mapping[str, Mapping[str, Any]] | None = None, **overrides: Any) -> None:
+        """The base config with `overrides` of its keys; `tables` adds tables it lacks ([proxy], [cache])."""
         values: dict[str, Any] = {
             "name": "e2e", "gpu_types": '["NVIDIA GeForce RTX 4090", "NVIDIA L40S"]', "runtime_seconds": 3600,
             "daily_cutoff": "", "timezone": "UTC", "idle_timeout_seconds": 0, "idle_action": "stop",
             "max_daily_spend_usd": 0, "billing_check_seconds": 1800, "pod_guard": "false", "api_max_retries": 2,
         }
         values.update(overrides)
-        self.config_path.write_text(BASE_CONFIG.format(**values), encoding="utf-8")
+        text = BASE_CONFIG.format(**values)
+        if tables:
+            import tomli_w
+
+            text += "\n" + tomli_w.dumps({name: dict(keys) for name, keys in tables.items()})
+        self.config_path.write_text(text, encoding="utf-8")
 
 
 def wait_until(predicate: Any, timeout_seconds: float = 20.0, interval: float = 0.1) -> bool:
