@@ -122,7 +122,8 @@ class ProxyState:
         self.session: aiohttp.ClientSession | None = None
         self.upstream: Upstream | None = None
         self.view = PodView()
-        self.last_request_at: float | None = None  # unix time of the last authenticated /v1 request
+        self.last_request_at: float | None = None  # unix time of the last authenticated /v1 request (not model lists)
+        self.models_body: bytes | None = None  # the pod's last GET /v1/models answer
         self.reconcile_task: asyncio.Task[None] | None = None
         self.closing = False
         self.in_flight = 0  # read by the in-flight gauge at scrape time (no lock per request)
@@ -172,6 +173,7 @@ class ProxyState:
 
 
 STATE = web.AppKey("rpm_proxy_state", ProxyState)
+MODELS_PATH = "/v1/models"
 
 
 # ------------------------------------------------------------------------------------- middleware
@@ -303,7 +305,13 @@ async def handle_v1(request: web.Request) -> web.StreamResponse:
     exchange = request[EXCHANGE]
     method = request.method
     path = request.path
-    state.last_request_at = time.time()
+    if method == "GET" and path == MODELS_PATH:
+        # Editors list models on start-up and on a timer: that is neither work (it must not hold off idle
+        # stop) nor a reason to boot a GPU, so while the pod sleeps the proxy answers it itself.
+        if state.gate.target is None:
+            return _local_models(state, exchange)
+    else:
+        state.last_request_at = time.time()
     body: bytes | None = None
     facts: RequestFacts = NO_BODY
     if method in _BODY_METHODS:
@@ -352,6 +360,20 @@ async def handle_v1(request: web.Request) -> web.StreamResponse:
             target, waited = await state.gate.wait_for_target()
             exchange.cold_start_seconds = waited
     return await _forward(request, state, exchange, target, body, facts, key, committed)
+
+
+def _local_models(state: ProxyState, exchange: Exchange) -> web.Response:
+    """GET /v1/models without the pod: the pod's last answer, else the configured model in vLLM's shape."""
+    exchange.cache = "local"
+    if state.models_body is not None:
+        body, source = state.models_body, "remembered"
+    else:
+        model = state.config.pod.model
+        entry = {"id": model, "object": "model", "created": int(time.time()), "owned_by": "vllm", "root": model,
+                 "parent": None, "max_model_len": state.config.pod.max_model_len or None, "permission": []}
+        body, source = json.dumps({"object": "list", "data": [entry]}).encode(), "config"
+    return web.Response(body=body, content_type="application/json",
+                        headers={"X-RPM-Cache": "bypass", "X-RPM-Models": source})
 
 
 def _extra_headers(exchange: Exchange) -> dict[str, str]:
@@ -475,6 +497,8 @@ async def _forward(
         if content_type:
             out_headers["Content-Type"] = content_type
         out_headers.update(_extra_headers(exchange))
+        if status == 200 and request.method == "GET" and request.path == MODELS_PATH:
+            state.models_body = data  # what to answer while the pod sleeps
         if key is not None and status == 200 and is_json_content_type(content_type) and state.cache:
             state.cache.put_later(key, CachedResponse(content_type=content_type, body=data))
         return web.Response(status=status, body=data, headers=out_headers)

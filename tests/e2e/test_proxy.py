@@ -452,6 +452,29 @@ def test_cache_hit_does_not_wake_the_pod(upstream: FakeUpstream, paths: Paths) -
         assert controller.wake_calls == 0
 
 
+def test_model_list_while_the_pod_sleeps_is_answered_without_waking_it(upstream: FakeUpstream,
+                                                                       paths: Paths) -> None:
+    controller = FakeController(None, wake_target=upstream.target())
+    with running_proxy(make_config(), controller, paths) as proxy:
+        url = f"{proxy.url}/v1/models"
+        before = requests.get(url, timeout=READ_TIMEOUT)  # a fresh proxy, never seen the pod: the config's model
+        assert before.status_code == 200 and before.headers["X-RPM-Models"] == "config"
+        [entry] = before.json()["data"]
+        assert entry["id"] == make_config().pod.model and entry["object"] == "model"
+        assert controller.wake_calls == 0 and upstream.paths_seen() == []
+
+        assert requests.post(f"{proxy.url}/v1/chat/completions", json=chat(), timeout=READ_TIMEOUT).ok  # wakes
+        awake = requests.get(url, timeout=READ_TIMEOUT)  # the pod answers while it is up
+        assert "X-RPM-Models" not in awake.headers and upstream.paths_seen()[-1] == "/v1/models"
+
+        controller.target = None  # idle stop; the reconcile loop notices
+        assert wait_until(lambda: requests.get(f"{proxy.url}/ready", timeout=READ_TIMEOUT).status_code == 503)
+        asleep = requests.get(url, timeout=READ_TIMEOUT)
+        assert asleep.status_code == 200 and asleep.headers["X-RPM-Models"] == "remembered"
+        assert asleep.json() == awake.json()  # the pod's own answer, max_model_len and all
+        assert controller.wake_calls == 1
+
+
 def test_errors_and_aborted_streams_are_never_cached(upstream: FakeUpstream, paths: Paths) -> None:
     with running_proxy(make_config(cache=True), FakeController(upstream.target()), paths) as proxy:
         url = f"{proxy.url}/v1/chat/completions"
@@ -684,7 +707,11 @@ def test_reconcile_runs_with_the_last_request_time_and_survives_errors(upstream:
     with running_proxy(make_config(reconcile_interval_seconds=0.05), controller, paths) as proxy:
         assert wait_until(lambda: len(controller.reconcile_calls) >= 1)
         assert controller.reconcile_calls[0] is None  # no request yet
-        requests.get(f"{proxy.url}/v1/models", timeout=READ_TIMEOUT)
+        assert requests.get(f"{proxy.url}/v1/models", timeout=READ_TIMEOUT).status_code == 200
+        seen = len(controller.reconcile_calls)
+        assert wait_until(lambda: len(controller.reconcile_calls) >= seen + 3)
+        assert controller.reconcile_calls[-1] is None  # listing models is not activity: idle stop still comes
+        requests.post(f"{proxy.url}/v1/chat/completions", json=chat(), timeout=READ_TIMEOUT)
         assert wait_until(lambda: controller.reconcile_calls[-1] is not None)
         last = controller.reconcile_calls[-1]
         assert last is not None and last.tzinfo is not None
