@@ -172,13 +172,14 @@ def test_sdk_retries_a_full_queue_as_told_by_retry_after(pod: EmulatedPod, paths
     controller = FakeController(None, wake_target=pod.target, hold_wake=True)
     config = make_config(max_queue_size=1)
     with running_proxy(config, controller, paths, queue_full_retry_after_seconds=0.2) as running:
-        waiting = threading.Thread(target=requests.get, args=(f"{running.url}/v1/models",),
-                                   kwargs={"timeout": 30})
+        waiting = threading.Thread(target=requests.post, args=(f"{running.url}/v1/chat/completions",),
+                                   kwargs={"json": {"model": MODEL, "messages": MESSAGES, "max_tokens": 2},
+                                           "timeout": 30})
         waiting.start()
         assert wait_until(lambda: requests.get(f"{running.url}/health", timeout=5)
                           .json()["proxy"]["queue_depth"] == 1)
         with pytest.raises(openai.InternalServerError) as full:
-            client(running.url, max_retries=2).models.list()
+            client(running.url, max_retries=2).chat.completions.create(model=MODEL, messages=MESSAGES, max_tokens=2)
         assert full.value.status_code == 503
         assert full.value.response.headers["retry-after-ms"] == "200"
         recent = requests.get(f"{running.url}/dashboard", timeout=5).json()["recent_requests"]
