@@ -1,0 +1,466 @@
+"""Benchmark: what rpm's proxy adds, against going direct and against a FastAPI + httpx proxy.
+
+Every server runs in its own process on loopback: a minimal fast upstream (fixed JSON answers, SSE
+streams stamped with their send time), rpm's real proxy (`run_proxy`, request logging on, cache off,
+a fixed pod target so no RunPod is involved) and the reference FastAPI + httpx proxy
+(`bench/reference_proxy.py`). The load client runs in this process. The wake measurement uses the
+embedded emulator and the real `rpm start` / idle stop / wake path.
+
+Reported:
+- latency p50/p99 direct, through rpm and through the reference at 1 and 16 concurrent connections,
+  rpm's added latency (through minus direct), and throughput;
+- per-event forwarding delay on streams (receive time minus the upstream's send time, minus direct);
+- cache-hit latency (rpm with the cache on, a temperature-0 request already stored);
+- wake time: request arrival → response, minus the pod's own boot (the emulator's start + model load);
+- proxy RSS idle and with 200 open streams (rpm and the reference).
+
+Run:  pip install -e '.[bench]' && python bench/proxy.py [--requests 4000] [--quick]
+(2 cores here: the client, the proxy and the upstream share them, so absolute numbers are pessimistic;
+the comparisons run under the same conditions.)
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+HERE = Path(__file__).resolve().parent
+MODEL = "bench/model"
+CHAT = {"model": MODEL, "messages": [{"role": "user", "content": "hello"}], "max_tokens": 8}
+ANSWER = json.dumps({
+    "id": "chatcmpl-bench", "object": "chat.completion", "created": 1, "model": MODEL,
+    "choices": [{"index": 0, "message": {"role": "assistant", "content": "Hello from the bench upstream."},
+                 "finish_reason": "stop"}],
+    "usage": {"prompt_tokens": 5, "completion_tokens": 7, "total_tokens": 12},
+}).encode()
+
+
+# ------------------------------------------------------------------------------------------- servers
+
+
+def run_upstream(port: int) -> None:
+    """The fast upstream: fixed answers; streams of `bench_events` events `bench_interval_ms` apart."""
+    from aiohttp import web
+
+    async def chat(request: web.Request) -> web.StreamResponse:
+        document = await request.json()
+        if not document.get("stream"):
+            return web.Response(body=ANSWER, content_type="application/json")
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
+        await response.prepare(request)
+        interval = float(document.get("bench_interval_ms", 0)) / 1000
+        with contextlib.suppress(ConnectionResetError):  # the memory run hangs up on purpose
+            for index in range(int(document.get("bench_events", 20))):
+                if interval:
+                    await asyncio.sleep(interval)
+                event = {"id": "chatcmpl-bench", "object": "chat.completion.chunk", "sent_at": time.time(),
+                         "choices": [{"index": 0, "delta": {"content": f"t{index} "}, "finish_reason": None}]}
+                await response.write(b"data: " + json.dumps(event).encode() + b"\n\n")
+            await response.write(b"data: [DONE]\n\n")
+            await response.write_eof()
+        return response
+
+    async def models(request: web.Request) -> web.Response:
+        return web.json_response({"object": "list", "data": [{"id": MODEL, "object": "model"}]})
+
+    app = web.Application()
+    app.router.add_post("/v1/chat/completions", chat)
+    app.router.add_get("/v1/models", models)
+    web.run_app(app, host="127.0.0.1", port=port, print=None, access_log=None, handle_signals=True)
+
+
+def run_rpm_proxy(port: int, upstream: str, cache_dir: str) -> None:
+    """rpm's real proxy in front of a fixed target, logging each request as `rpm proxy` does."""
+    import logging
+
+    from runpod_manager.config import CacheConfig, Config, ProxyConfig
+    from runpod_manager.paths import resolve_paths
+    from runpod_manager.proxy.controller import PodView, UpstreamTarget
+    from runpod_manager.proxy.server import configure_proxy_logging, run_proxy
+
+    target = UpstreamTarget("pod-bench", upstream, "bench-upstream-key")
+
+    class FixedPod:
+        def current_target(self) -> UpstreamTarget:
+            return target
+
+        def wake(self) -> UpstreamTarget:
+            return target
+
+        def reconcile(self, last_request_at: Any) -> PodView:
+            return PodView(pod_id="pod-bench", status="RUNNING", ready=True, lease_open=True)
+
+        def view(self) -> PodView:
+            return PodView(pod_id="pod-bench", status="RUNNING", ready=True, lease_open=True)
+
+        def mark_unreachable(self, pod_id: str) -> None:
+            pass
+
+    config = Config(proxy=ProxyConfig(host="127.0.0.1", port=port),
+                    cache=CacheConfig(enabled=bool(cache_dir), dir=cache_dir))
+    paths = resolve_paths()
+    close_log = configure_proxy_logging(paths, level=logging.INFO)
+    try:
+        run_proxy(config, FixedPod(), paths)
+    finally:
+        close_log()
+
+
+# ------------------------------------------------------------------------------------------- helpers
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_listening(port: int, process: subprocess.Popen[bytes], timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"server on port {port} exited with {process.returncode}")
+        with socket.socket() as sock:
+            if sock.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.05)
+    raise RuntimeError(f"nothing listens on port {port} after {timeout} s")
+
+
+@contextlib.contextmanager
+def server(args: list[str], port: int, env: dict[str, str] | None = None) -> Iterator[subprocess.Popen[bytes]]:
+    process = subprocess.Popen([sys.executable, *args], env=env, stdout=subprocess.DEVNULL)
+    try:
+        wait_listening(port, process)
+        yield process
+    finally:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError("no VmRSS")
+
+
+def overhead_histogram(port: int) -> dict[float, float]:
+    """rpm's own `rpm_proxy_overhead_seconds` buckets (le -> cumulative count) from /metrics."""
+    import requests
+
+    buckets: dict[float, float] = {}
+    for line in requests.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text.splitlines():
+        if line.startswith("rpm_proxy_overhead_seconds_bucket{"):
+            le = line.split('le="', 1)[1].split('"', 1)[0]
+            buckets[float("inf") if le == "+Inf" else float(le)] = float(line.rsplit(" ", 1)[1])
+    return buckets
+
+
+def bucket_quantile(before: dict[float, float], after: dict[float, float], fraction: float) -> str:
+    """The upper bound of the bucket holding the quantile of the requests between two scrapes."""
+    counts = {le: after[le] - before.get(le, 0.0) for le in sorted(after)}
+    total = counts[float("inf")]
+    for le, cumulative in counts.items():
+        if cumulative >= fraction * total:
+            return "> 100 ms" if le == float("inf") else f"≤ {le * 1000:g} ms"
+    return "?"
+
+
+def pct(values: list[float], fraction: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(fraction * (len(ordered) - 1)))]
+
+
+def ms(seconds: float) -> str:
+    return f"{seconds * 1000:.3f} ms"
+
+
+# ---------------------------------------------------------------------------------------- measurements
+
+
+async def load(url: str, connections: int, total: int, body: dict[str, Any] = CHAT) -> tuple[list[float], float]:
+    """`total` POSTs over `connections` keep-alive connections; per-request latency and the wall time."""
+    payload = json.dumps(body).encode()
+    headers = {"Content-Type": "application/json", "Authorization": "Bearer bench-client"}
+    latencies: list[float] = []
+    remaining = total
+    connector = aiohttp.TCPConnector(limit=connections, force_close=False)
+    async with aiohttp.ClientSession(connector=connector) as session:
+        for _ in range(min(50, total)):  # warm the connections and both sides' code paths
+            async with session.post(url, data=payload, headers=headers) as reply:
+                await reply.read()
+
+        async def worker() -> None:
+            nonlocal remaining
+            while remaining > 0:
+                remaining -= 1
+                started = time.perf_counter()
+                async with session.post(url, data=payload, headers=headers) as reply:
+                    await reply.read()
+                    if reply.status != 200:
+                        raise RuntimeError(f"{url} answered {reply.status}")
+                latencies.append(time.perf_counter() - started)
+
+        began = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(connections)))
+        wall = time.perf_counter() - began
+    return latencies, wall
+
+
+async def stream_delays(url: str, streams: int, events: int, interval_ms: float) -> list[float]:
+    """Receive time minus the upstream's send time for every event of `streams` sequential streams."""
+    body = json.dumps({**CHAT, "stream": True, "bench_events": events, "bench_interval_ms": interval_ms}).encode()
+    delays: list[float] = []
+    async with aiohttp.ClientSession() as session:
+        for _ in range(streams):
+            async with session.post(url, data=body, headers={"Content-Type": "application/json"}) as reply:
+                buffer = b""
+                async for chunk in reply.content.iter_any():
+                    now = time.time()
+                    buffer += chunk
+                    while b"\n\n" in buffer:
+                        event, buffer = buffer.split(b"\n\n", 1)
+                        if event.startswith(b"data: {"):
+                            delays.append(now - json.loads(event[6:])["sent_at"])
+    return delays
+
+
+async def hold_streams(url: str, count: int, pid: int) -> float:
+    """Open `count` slow streams at once; once each has its first event, the proxy's RSS in MiB."""
+    body = json.dumps({**CHAT, "stream": True, "bench_events": 30, "bench_interval_ms": 500}).encode()
+    first = asyncio.Event()
+    opened = 0
+    connector = aiohttp.TCPConnector(limit=count + 10)
+    async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=120)) as session:
+
+        async def one() -> None:
+            nonlocal opened
+            async with session.post(url, data=body, headers={"Content-Type": "application/json"}) as reply:
+                await reply.content.readuntil(b"\n\n")
+                opened += 1
+                if opened == count:
+                    first.set()
+                await first.wait()
+                await asyncio.sleep(1.0)
+
+        tasks = [asyncio.create_task(one()) for _ in range(count)]
+        await asyncio.wait_for(first.wait(), 60)
+        rss = rss_mib(pid)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+    return rss
+
+
+async def cache_hits(url: str, count: int) -> list[float]:
+    body = json.dumps({**CHAT, "temperature": 0}).encode()
+    headers = {"Content-Type": "application/json"}
+    latencies: list[float] = []
+    async with aiohttp.ClientSession() as session:
+        for _ in range(200):  # until the write-behind cache has stored it
+            async with session.post(url, data=body, headers=headers) as reply:
+                await reply.read()
+                if reply.headers.get("X-RPM-Cache") == "hit":
+                    break
+            await asyncio.sleep(0.02)
+        else:
+            raise RuntimeError("the cache never hit")
+        for _ in range(count):
+            started = time.perf_counter()
+            async with session.post(url, data=body, headers=headers) as reply:
+                await reply.read()
+                if reply.headers.get("X-RPM-Cache") != "hit":
+                    raise RuntimeError("expected a cache hit")
+            latencies.append(time.perf_counter() - started)
+    return latencies
+
+
+def measure_wake(cycles: int) -> list[tuple[float, float]]:
+    """(response time, cold start header) per wake through the real `rpm start` → idle stop → wake path."""
+    import requests
+
+    from runpod_manager.config import PodConfig
+    from runpod_manager.sandbox.server import EmbeddedSandbox, SandboxOptions
+
+    home = Path(tempfile.mkdtemp(prefix="rpm-bench-wake-"))
+    port = free_port()
+    (home / "pod_config.toml").write_text(f"""\
+version = 1
+[pod]
+name = "bench"
+gpu_types = ["NVIDIA GeForce RTX 4090"]
+[limits]
+runtime_seconds = 3600
+daily_cutoff = ""
+idle_timeout_seconds = 1
+idle_action = "stop"
+[startup]
+initial_wait_seconds = 0.05
+poll_interval_seconds = 0.05
+[proxy]
+port = {port}
+reconcile_interval_seconds = 0.2
+""", encoding="utf-8")
+    options = SandboxOptions(port=0, provision_seconds=0.2, start_seconds=BOOT_START, model_load_seconds=BOOT_LOAD,
+                             quiet=True)
+    results: list[tuple[float, float]] = []
+    with EmbeddedSandbox(options) as sandbox:
+        env = {**os.environ, "RPM_HOME": str(home), "RUNPOD_API_URL": sandbox.url,
+               "RUNPOD_API_KEY": sandbox.api_key, "RPM_API_POD_URL_TEMPLATE": sandbox.pod_url_template,
+               "RPM_CONFIG": str(home / "pod_config.toml")}
+        rpm = [sys.executable, "-m", "runpod_manager"]
+        subprocess.run([*rpm, "start", "--json"], env=env, check=True, capture_output=True, timeout=120)
+        try:
+            for _ in range(cycles):
+                deadline = time.monotonic() + 30
+                while time.monotonic() < deadline:  # the proxy's reconcile loop stops the idle pod
+                    statuses = [pod.status for pod in list(sandbox.world.pods.values())]
+                    if statuses and all(status == "EXITED" for status in statuses):
+                        break
+                    time.sleep(0.1)
+                else:
+                    raise RuntimeError("the pod was not stopped for idleness")
+                started = time.perf_counter()
+                reply = requests.post(f"http://127.0.0.1:{port}/v1/chat/completions",
+                                      json={**CHAT, "model": PodConfig().model}, timeout=120)
+                elapsed = time.perf_counter() - started
+                if reply.status_code != 200:
+                    raise RuntimeError(f"wake answered {reply.status_code}: {reply.text[:200]}")
+                results.append((elapsed, float(reply.headers.get("X-RPM-Cold-Start", "nan"))))
+        finally:
+            subprocess.run([*rpm, "shutdown"], env=env, capture_output=True, timeout=120, check=False)
+    return results
+
+
+BOOT_START = 0.5
+BOOT_LOAD = 0.5
+
+
+# ---------------------------------------------------------------------------------------------- main
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--requests", type=int, default=4000, help="requests per latency run")
+    parser.add_argument("--quick", action="store_true", help="small counts, to check the script works")
+    parser.add_argument("--role", choices=["upstream", "rpm-proxy"], help=argparse.SUPPRESS)
+    parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--upstream", help=argparse.SUPPRESS)
+    parser.add_argument("--cache-dir", default="", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.role == "upstream":
+        run_upstream(args.port)
+        return
+    if args.role == "rpm-proxy":
+        run_rpm_proxy(args.port, args.upstream, args.cache_dir)
+        return
+
+    total = 300 if args.quick else args.requests
+    streams, events = (3, 50) if args.quick else (20, 100)
+    held = 50 if args.quick else 200
+    me = str(Path(__file__).resolve())
+    home = tempfile.mkdtemp(prefix="rpm-bench-proxy-")
+    env = {**os.environ, "RPM_HOME": home}
+    up_port, rpm_port, ref_port, cached_port = free_port(), free_port(), free_port(), free_port()
+    upstream = f"http://127.0.0.1:{up_port}"
+    print(f"# python bench/proxy.py --requests {total}{' --quick' if args.quick else ''}")
+
+    with (server([me, "--role", "upstream", "--port", str(up_port)], up_port),
+          server([me, "--role", "rpm-proxy", "--port", str(rpm_port), "--upstream", upstream], rpm_port, env) as rpm,
+          server([str(HERE / "reference_proxy.py"), "--upstream", upstream, "--port", str(ref_port)], ref_port) as ref):
+        idle_rss = {"rpm": rss_mib(rpm.pid), "reference": rss_mib(ref.pid)}
+        targets = {"direct": up_port, "rpm": rpm_port, "reference": ref_port}
+        results: dict[tuple[str, int], tuple[list[float], float]] = {}
+        own: dict[int, tuple[str, str]] = {}
+        for connections in (1, 16):
+            for name, port in targets.items():
+                before = overhead_histogram(rpm_port)
+                results[(name, connections)] = asyncio.run(
+                    load(f"http://127.0.0.1:{port}/v1/chat/completions", connections, total))
+                if name == "rpm":
+                    after = overhead_histogram(rpm_port)
+                    own[connections] = (bucket_quantile(before, after, .5), bucket_quantile(before, after, .99))
+        print("\n## Latency and throughput (non-streaming chat, fixed upstream answer)\n")
+        print("| path | connections | p50 | p99 | requests/s |")
+        print("|---|---|---|---|---|")
+        for (name, connections), (latencies, wall) in results.items():
+            print(f"| {name} | {connections} | {ms(pct(latencies, .5))} | {ms(pct(latencies, .99))} "
+                  f"| {len(latencies) / wall:,.0f} |")
+        print("\n| added by | connections | p50 | p99 | throughput vs reference |")
+        print("|---|---|---|---|---|")
+        for name in ("rpm", "reference"):
+            for connections in (1, 16):
+                through, wall = results[(name, connections)]
+                direct, _ = results[("direct", connections)]
+                ratio = (len(through) / wall) / (len(results[("reference", connections)][0])
+                                                  / results[("reference", connections)][1])
+                print(f"| {name} | {connections} | {ms(pct(through, .5) - pct(direct, .5))} "
+                      f"| {ms(pct(through, .99) - pct(direct, .99))} | {ratio:.2f}× |")
+
+        print("\nrpm's own measure (its `rpm_proxy_overhead_seconds` histogram: time in the proxy minus time "
+              "waiting on the upstream, so without the client's and upstream's share of the CPU):\n")
+        print("| connections | overhead p50 | overhead p99 |\n|---|---|---|")
+        for connections, (p50, p99) in own.items():
+            print(f"| {connections} | {p50} | {p99} |")
+
+        delays = {name: asyncio.run(stream_delays(f"http://127.0.0.1:{port}/v1/chat/completions", streams,
+                                                  events, 2.0))
+                  for name, port in targets.items()}
+        print(f"\n## Streams: per-event delay ({streams} streams × {events} events, 2 ms apart)\n")
+        print("| path | events | p50 delay | p99 delay | added p50 | added p99 |")
+        print("|---|---|---|---|---|---|")
+        base = delays["direct"]
+        for name, values in delays.items():
+            print(f"| {name} | {len(values)} | {ms(pct(values, .5))} | {ms(pct(values, .99))} "
+                  f"| {ms(pct(values, .5) - pct(base, .5))} | {ms(pct(values, .99) - pct(base, .99))} |")
+
+        held_rss = {"rpm": asyncio.run(hold_streams(f"http://127.0.0.1:{rpm_port}/v1/chat/completions", held,
+                                                     rpm.pid)),
+                    "reference": asyncio.run(hold_streams(f"http://127.0.0.1:{ref_port}/v1/chat/completions",
+                                                           held, ref.pid))}
+        print(f"\n## Memory (RSS of the proxy process)\n\n| proxy | idle | {held} open streams |\n|---|---|---|")
+        for name in ("rpm", "reference"):
+            print(f"| {name} | {idle_rss[name]:.1f} MiB | {held_rss[name]:.1f} MiB |")
+
+        cache_dir = tempfile.mkdtemp(prefix="rpm-bench-cache-")
+        with server([me, "--role", "rpm-proxy", "--port", str(cached_port), "--upstream", upstream,
+                     "--cache-dir", cache_dir], cached_port, env):
+            hits = asyncio.run(cache_hits(f"http://127.0.0.1:{cached_port}/v1/chat/completions",
+                                          200 if args.quick else 2000))
+        print("\n## Cache hits (temperature 0, stored answer, 1 connection)\n")
+        print(f"| hits | p50 | p99 |\n|---|---|---|\n| {len(hits)} | {ms(pct(hits, .5))} | {ms(pct(hits, .99))} |")
+
+    wakes = measure_wake(2 if args.quick else 5)
+    boot = BOOT_START + BOOT_LOAD
+    print(f"\n## Wake (emulator: resume {BOOT_START} s + model load {BOOT_LOAD} s = boot {boot} s)\n")
+    print("Response = arrival → whole answer (includes the emulated model's 8 tokens × 20 ms); the wait for")
+    print("the pod is X-RPM-Cold-Start; what the wake path adds is that wait minus the boot.\n")
+    print("| wakes | response p50 | cold start p50 | cold start max | wake overhead p50 | wake overhead max |")
+    print("|---|---|---|---|---|---|")
+    elapsed, cold = [w[0] for w in wakes], [w[1] for w in wakes]
+    print(f"| {len(wakes)} | {statistics.median(elapsed):.3f} s | {statistics.median(cold):.3f} s "
+          f"| {max(cold):.3f} s | {statistics.median(cold) - boot:.3f} s | {max(cold) - boot:.3f} s |")
+
+
+if __name__ == "__main__":
+    main()
