@@ -124,6 +124,7 @@ class ProxyState:
         self.view = PodView()
         self.last_request_at: float | None = None  # unix time of the last authenticated /v1 request (not model lists)
         self.models_body: bytes | None = None  # the pod's last GET /v1/models answer
+        self.active_requests = 0  # /v1 requests under way that count as activity (waiting, streaming)
         self.reconcile_task: asyncio.Task[None] | None = None
         self.closing = False
         self.in_flight = 0  # read by the in-flight gauge at scrape time (no lock per request)
@@ -149,7 +150,8 @@ class ProxyState:
 
     async def reconcile_once(self) -> None:
         """Record activity and let the lifecycle enforce limits; refresh the cached target."""
-        last = None if self.last_request_at is None else datetime.fromtimestamp(self.last_request_at, UTC)
+        last_at = time.time() if self.active_requests else self.last_request_at
+        last = None if last_at is None else datetime.fromtimestamp(last_at, UTC)
         try:
             view = await asyncio.to_thread(self.controller.reconcile, last)
         except RpmError as exc:
@@ -302,16 +304,27 @@ async def _read_body(request: web.Request, state: ProxyState) -> bytes:
 
 async def handle_v1(request: web.Request) -> web.StreamResponse:
     state = request.app[STATE]
-    exchange = request[EXCHANGE]
-    method = request.method
-    path = request.path
-    if method == "GET" and path == MODELS_PATH:
+    if request.method == "GET" and request.path == MODELS_PATH:
         # Editors list models on start-up and on a timer: that is neither work (it must not hold off idle
         # stop) nor a reason to boot a GPU, so while the pod sleeps the proxy answers it itself.
         if state.gate.target is None:
-            return _local_models(state, exchange)
-    else:
+            return _local_models(state, request[EXCHANGE])
+        return await _handle_v1(request, state)
+    # A request is activity from its arrival to its end: one waiting for a wake, or a stream longer
+    # than idle_timeout_seconds, must not let the idle rule stop the pod under it.
+    state.active_requests += 1
+    state.last_request_at = time.time()
+    try:
+        return await _handle_v1(request, state)
+    finally:
+        state.active_requests -= 1
         state.last_request_at = time.time()
+
+
+async def _handle_v1(request: web.Request, state: ProxyState) -> web.StreamResponse:
+    exchange = request[EXCHANGE]
+    method = request.method
+    path = request.path
     body: bytes | None = None
     facts: RequestFacts = NO_BODY
     if method in _BODY_METHODS:

@@ -475,6 +475,23 @@ def test_model_list_while_the_pod_sleeps_is_answered_without_waking_it(upstream:
         assert controller.wake_calls == 1
 
 
+def test_a_request_waiting_for_a_wake_counts_as_activity(upstream: FakeUpstream, paths: Paths) -> None:
+    controller = FakeController(None, wake_target=upstream.target(), hold_wake=True)
+    with running_proxy(make_config(reconcile_interval_seconds=0.05), controller, paths) as proxy, \
+            ThreadPoolExecutor(1) as pool:
+        waiting = pool.submit(requests.post, f"{proxy.url}/v1/chat/completions", json=chat(), timeout=30)
+        assert controller.wake_started.wait(10)
+        arrived = dt.datetime.now(dt.UTC)
+        seen = len(controller.reconcile_calls)
+        assert wait_until(lambda: len(controller.reconcile_calls) >= seen + 4)
+        # While the request waits, every reconcile reports activity "now", not the arrival time: a pod
+        # whose boot outlasts idle_timeout_seconds is not stopped for idleness under the request.
+        latest = controller.reconcile_calls[-1]
+        assert latest is not None and (latest - arrived).total_seconds() > 0.1
+        controller.release_wake.set()
+        assert waiting.result(timeout=30).status_code == 200
+
+
 def test_errors_and_aborted_streams_are_never_cached(upstream: FakeUpstream, paths: Paths) -> None:
     with running_proxy(make_config(cache=True), FakeController(upstream.target()), paths) as proxy:
         url = f"{proxy.url}/v1/chat/completions"

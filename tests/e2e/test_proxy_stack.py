@@ -178,6 +178,17 @@ def test_idle_stop_by_the_proxy_then_twenty_requests_share_one_resume(rpm: Rpm, 
     assert "x-rpm-cold-start" not in warm.headers
 
 
+@pytest.mark.parametrize("sandbox_flags", [["--start-seconds", "1.5", "--model-load-seconds", "1"]])
+def test_a_wake_longer_than_the_idle_timeout_is_not_stopped_for_idleness(rpm: Rpm, proxy_port: int) -> None:
+    configure(rpm, proxy_port, idle_timeout_seconds=1, idle_action="stop")
+    pod_id = _start(rpm, proxy_port)["pod"]["id"]
+    assert wait_until(lambda: [p["status"] for p in _live(rpm)] == ["EXITED"], 15), _live(rpm)
+    # The resume takes 2.5 s, the idle timeout is 1 s: the waiting request is activity all along.
+    reply = sdk(proxy_port).chat.completions.with_raw_response.create(model=MODEL, messages=chat(), max_tokens=4)
+    assert reply.status_code == 200 and float(reply.headers["x-rpm-cold-start"]) >= 2.5
+    assert [(p["id"], p["status"]) for p in _live(rpm)] == [(pod_id, "RUNNING")]
+
+
 @pytest.mark.parametrize("sandbox_flags", [["--bill-speed", "100000"]])
 def test_spend_cap_refuses_the_wake_with_its_reason(rpm: Rpm, proxy_port: int) -> None:
     configure(rpm, proxy_port, max_daily_spend_usd=1.0, billing_check_seconds=0)
