@@ -383,7 +383,9 @@ def limit_view(now: datetime, config: Config, record: PodRecord, activity: Activ
     cutoff = next_cutoff(min(lease.opened_at, now), config)
     idle_end = None
     if config.limits.idle_timeout_seconds:
-        last = max(t for t in (lease.opened_at, activity.last_request_at) if t is not None)
+        # The same activity as the idle rule in plan(), GPU work included.
+        last = max(t for t in (lease.opened_at, activity.last_request_at, activity.last_gpu_busy_at)
+                   if t is not None)
         idle_end = min(last, now) + timedelta(seconds=config.limits.idle_timeout_seconds)
     deadline = min(t for t in (lease.deadline, runtime_end, cutoff) if t is not None)
     return LimitView(deadline=deadline, runtime_ends_at=runtime_end, cutoff_at=cutoff, idle_ends_at=idle_end)
