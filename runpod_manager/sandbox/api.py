@@ -24,6 +24,7 @@ from aiohttp import web
 
 from runpod_manager.sandbox.model import ModelServer
 from runpod_manager.sandbox.validate import (
+    VALIDATION_DETAIL,
     RequestInvalidError,
     parse_billing_query,
     parse_bool_param,
@@ -73,6 +74,8 @@ _POD_KEY_OPERATIONS = frozenset({"getPod", "podAction", "deletePod"})
 
 WORLD_KEY: web.AppKey[World] = web.AppKey("world", World)
 RUNNER_KEY: web.AppKey[ContainerRunner] = web.AppKey("runner", ContainerRunner)
+# The RateLimit headers of an authenticated request, added when its response is prepared (streams too).
+RATELIMIT_KEY: web.RequestKey[dict[str, str]] = web.RequestKey("ratelimit_headers", dict)
 
 
 def problem(status: int, detail: str, *, errors: list[str] | None = None,
@@ -184,7 +187,7 @@ class SandboxApi:
                 return problem(401, "invalid bearer token")
 
         exceeded = self.limiter.hit()
-        request["ratelimit_headers"] = self.limiter.headers()
+        request[RATELIMIT_KEY] = self.limiter.headers()
         if faults.take("rate_limit"):
             exceeded = ("minute", max(0, int(faults.retry_after_seconds)))
         if exceeded is not None:
@@ -308,8 +311,17 @@ class SandboxApi:
             start = _buckets_back(current, size, query.last_n - 1)
             end = bucket_next(current, size)
         else:
-            start = bucket_floor(query.start if query.start is not None else now - 30 * 86400, size)
-            end = bucket_ceil(query.end if query.end is not None else now, size)
+            # Snapping a date-time near year 1 or 9999 to its bucket leaves what datetime can represent.
+            try:
+                start = bucket_floor(query.start if query.start is not None else now - 30 * 86400, size)
+            except (OverflowError, ValueError):
+                raise RequestInvalidError(422, VALIDATION_DETAIL, [
+                    f"$.query.startTime: out of range for bucketSize={size}"]) from None
+            try:
+                end = bucket_ceil(query.end if query.end is not None else now, size)
+            except (OverflowError, ValueError):
+                raise RequestInvalidError(422, VALIDATION_DETAIL, [
+                    f"$.query.endTime: out of range for bucketSize={size}"]) from None
         return web.json_response(self.world.pod_billing(bucket_size=size, start=start.timestamp(),
                                                         end=end.timestamp(), pod_id=query.pod_id))
 
@@ -426,7 +438,7 @@ async def guard_middleware(request: web.Request, handler: Handler) -> web.Stream
 
 
 async def _add_rate_limit_headers(request: web.Request, response: web.StreamResponse) -> None:
-    headers = request.get("ratelimit_headers")
+    headers = request.get(RATELIMIT_KEY)
     if headers:
         response.headers.update(headers)
 

@@ -119,16 +119,17 @@ class ModelServer:
             "/v1/completions": ("POST", self._completions),
             "/v1/embeddings": ("POST", self._embeddings),
         }
+        api_key = self.world.model_api_key(pod)
+        authorized = request.headers.get("Authorization", "") == f"Bearer {api_key}"
+        if path.startswith("/v1") and request.method != "OPTIONS" and api_key is not None and not authorized:
+            # vLLM's exact answer, which clients (and our proxy) recognise. Its middleware runs before
+            # routing, so an unknown /v1 path without the key is a 401 too, not a 404.
+            return web.json_response({"error": "Unauthorized"}, status=401)
         if path not in routes:
             return web.json_response({"detail": "Not Found"}, status=404)
         method, handler = routes[path]
         if request.method != method:
             return web.json_response({"detail": "Method Not Allowed"}, status=405, headers={"Allow": method})
-        api_key = self.world.model_api_key(pod)
-        authorized = request.headers.get("Authorization", "") == f"Bearer {api_key}"
-        if path.startswith("/v1/") and api_key is not None and not authorized:
-            # vLLM's exact answer, which clients (and our proxy) recognise.
-            return web.json_response({"error": "Unauthorized"}, status=401)
         try:
             return await handler(request, pod)
         except _BadRequestError as exc:
@@ -194,6 +195,8 @@ class ModelServer:
             body = json.loads(bytes(raw))
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise _BadRequestError(400, f"JSON decode error: {exc}") from None
+        except RecursionError:
+            raise _BadRequestError(400, "JSON decode error: nested too deeply") from None
         if not isinstance(body, dict):
             raise _BadRequestError(400, "Input should be a valid dictionary or object to extract fields from")
         return body

@@ -110,8 +110,10 @@ def build_world(options: SandboxOptions, clock: Clock = time.time) -> World:
     if options.state_file is not None:
         try:
             world.load(options.state_file)
-        except (OSError, ValueError, KeyError, TypeError) as exc:
-            raise SandboxStartError(f"cannot load sandbox state from {options.state_file}: {exc}") from None
+        except (OSError, ValueError) as exc:  # ValueError covers bad JSON, bad UTF-8 and bad shapes
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
+            raise SandboxStartError(f"cannot load sandbox state from {options.state_file}: {reason} "
+                                    "(fix the file or move it aside to start an empty world)") from None
     return world
 
 

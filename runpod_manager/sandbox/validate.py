@@ -218,6 +218,9 @@ def parse_json(raw: bytes) -> Any:
         return json.loads(raw)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise RequestInvalidError(400, f"request body is not valid JSON: {exc}") from None
+    except RecursionError:
+        # `[[[[...` a few thousand deep fits in the size limit and exhausts the decoder's stack.
+        raise RequestInvalidError(400, "request body is not valid JSON: nested too deeply") from None
 
 
 def _check_ports(ports: list[str] | None) -> None:

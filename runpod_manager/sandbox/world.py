@@ -363,6 +363,35 @@ class Pod:
         return cls(**values)
 
 
+def _json_kind(value: Any) -> str:
+    kinds = {dict: "object", list: "array", str: "string", bool: "boolean", int: "number", float: "number"}
+    return "null" if value is None else kinds.get(type(value), type(value).__name__)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _check_loaded_pod(pod: Pod) -> None:
+    """A pod read from a state file has the types and ids every later computation relies on."""
+    problem = None
+    if not isinstance(pod.id, str) or not pod.id:
+        problem = "an empty or non-string id"
+    elif pod.gpu_id not in GPU_BY_ID or pod.data_center_id not in DC_BY_ID:
+        problem = f"an unknown GPU type {pod.gpu_id!r} or data center {pod.data_center_id!r}"
+    elif not all(_is_number(n) for n in (pod.created_at, pod.phase_started_at)) or not all(
+            n is None or _is_number(n) for n in (pod.started_at, pod.running_since, pod.model_ready_at)):
+        problem = "non-numeric timestamps"
+    elif not isinstance(pod.gpu_count, int) or isinstance(pod.gpu_count, bool) or pod.gpu_count < 1:
+        problem = "an invalid gpu_count"
+    elif not (isinstance(pod.ports, list) and all(isinstance(p, str) for p in pod.ports)):
+        problem = "ports that are not a list of strings"
+    elif not (isinstance(pod.env, dict) and isinstance(pod.args, str) and isinstance(pod.pod_key, str)):
+        problem = "env, args or pod_key of the wrong type"
+    if problem is not None:
+        raise ValueError(f"not a sandbox state file (pod {pod.id!r} has {problem})")
+
+
 def _split_args(args: str) -> list[str]:
     try:
         return shlex.split(args)
@@ -372,7 +401,9 @@ def _split_args(args: str) -> list[str]:
 
 def rfc3339(epoch_seconds: float) -> str:
     """UTC timestamp to RFC 3339 with a Z, whole seconds like RunPod's examples."""
-    return datetime.fromtimestamp(math.floor(epoch_seconds), UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    # Not strftime: its %Y drops the leading zeros of years before 1000 on glibc ("1-01-01T...").
+    moment = datetime.fromtimestamp(math.floor(epoch_seconds), UTC)
+    return moment.replace(tzinfo=None).isoformat(timespec="seconds") + "Z"
 
 
 def _digest(text: str) -> int:
@@ -969,14 +1000,37 @@ class World:
             "logSeq": self._log_seq,
         }
 
-    def load_dict(self, data: Mapping[str, Any]) -> None:
+    def load_dict(self, data: Any) -> None:
+        """Replace the state with a saved one; ValueError saying what is wrong when it is not one.
+
+        Checked up front (shapes, ids, numbers) so that a damaged file fails at start with one line
+        instead of as 500s on the first request that touches the bad pod.
+        """
+        if not isinstance(data, dict):
+            raise ValueError(f"not a sandbox state file (expected a JSON object, got {_json_kind(data)})")
         if data.get("version") != STATE_VERSION:
             raise ValueError(f"unsupported sandbox state version {data.get('version')!r}")
-        self.pods = {pod.id: pod for pod in (Pod.from_dict(p) for p in data["pods"])}
-        self.billing = [BillingSegment(**segment) for segment in data["billing"]]
-        self.stock = {(g, d, c): int(n) for g, d, c, n in data["stock"]}
-        self.settings.balance_usd = float(data.get("balanceUsd", self.settings.balance_usd))
-        self._log_seq = int(data.get("logSeq", 0))
+        try:
+            pods = {pod.id: pod for pod in (Pod.from_dict(p) for p in data["pods"])}
+            billing = [BillingSegment(**segment) for segment in data["billing"]]
+            stock = {(str(g), str(d), str(c)): int(n) for g, d, c, n in data["stock"]}
+            balance_usd = float(data.get("balanceUsd", self.settings.balance_usd))
+            log_seq = int(data.get("logSeq", 0))
+        except KeyError as exc:
+            raise ValueError(f"not a sandbox state file (missing {exc.args[0]!r})") from None
+        except (AttributeError, TypeError, ValueError) as exc:
+            raise ValueError(f"not a sandbox state file ({exc})") from None
+        for pod in pods.values():
+            _check_loaded_pod(pod)
+        for segment in billing:
+            numbers = (segment.start, segment.usd_per_hour, segment.bill_speed,
+                       segment.start if segment.end is None else segment.end)
+            if segment.pod_id is None or not all(_is_number(n) for n in numbers):
+                raise ValueError(f"not a sandbox state file (billing segment of pod {segment.pod_id!r} "
+                                 "has a non-numeric field)")
+        self.pods, self.billing, self.stock = pods, billing, stock
+        self.settings.balance_usd = balance_usd
+        self._log_seq = log_seq
         self.dirty = False
 
     def save(self, path: Path) -> None:
@@ -1002,7 +1056,11 @@ class World:
             text = path.read_text(encoding="utf-8")
         except FileNotFoundError:
             return False
-        self.load_dict(json.loads(text))
+        try:
+            data = json.loads(text)
+        except RecursionError:  # `[[[[...` deep enough exhausts the decoder's stack: not a state file either
+            raise ValueError("not a sandbox state file (JSON nested too deeply)") from None
+        self.load_dict(data)
         return True
 
 
