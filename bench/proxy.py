@@ -359,10 +359,88 @@ BOOT_LOAD = 0.5
 # ---------------------------------------------------------------------------------------------- main
 
 
+NGINX_CONF = """
+daemon off; master_process on; worker_processes 1; user root; pid {home}/nginx.pid; error_log {home}/error.log;
+events {{ worker_connections 1024; }}
+http {{
+  access_log off; client_body_temp_path {home}; proxy_temp_path {home}; fastcgi_temp_path {home};
+  uwsgi_temp_path {home}; scgi_temp_path {home}; keepalive_requests 1000000;
+  server {{
+    listen 127.0.0.1:{port};
+    location / {{ default_type application/json; return 200 '{answer}'; }}
+  }}
+}}
+"""
+WRK_SCRIPT = """
+wrk.method = "POST"
+wrk.body = '{body}'
+wrk.headers["Content-Type"] = "application/json"
+"""
+
+
+def wrk_run(url: str, connections: int, seconds: int, script: str) -> tuple[float, float, float]:
+    """(p50 s, p99 s, requests/s) from one `wrk --latency` run (one thread: it needs little CPU)."""
+    out = subprocess.run(["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency", "-s", script, url],
+                         capture_output=True, text=True, check=True).stdout
+    units = {"us": 1e-6, "ms": 1e-3, "s": 1.0}
+
+    def seconds_of(text: str) -> float:
+        number = text.rstrip("usm")
+        return float(number) * units[text[len(number):]]
+
+    percentiles = {}
+    for line in out.splitlines():
+        parts = line.split()
+        if len(parts) == 2 and parts[0] in ("50%", "99%"):
+            percentiles[parts[0]] = seconds_of(parts[1])
+        if line.startswith("Requests/sec:"):
+            rate = float(line.split()[1])
+    return percentiles["50%"], percentiles["99%"], rate
+
+
+def wrk_section(me: str, env: dict[str, str], seconds: int) -> None:
+    """The same latency table with a C load generator (wrk) and a C upstream (nginx), when installed: the
+    bench's Python client and upstream no longer take the CPU the proxy needs on a 2-core machine."""
+    import shutil
+
+    if not (shutil.which("wrk") and shutil.which("nginx")):
+        print("\n(wrk and nginx not installed: `apt-get install wrk nginx-light` adds the table measured with them)")
+        return
+    home = tempfile.mkdtemp(prefix="rpm-bench-nginx-")
+    up_port, rpm_port, ref_port = free_port(), free_port(), free_port()
+    conf = Path(home, "nginx.conf")
+    conf.write_text(NGINX_CONF.format(home=home, port=up_port, answer=ANSWER.decode()))
+    script = Path(home, "post.lua")
+    script.write_text(WRK_SCRIPT.format(body=json.dumps(CHAT)))
+    upstream = f"http://127.0.0.1:{up_port}"
+    nginx = subprocess.Popen(["nginx", "-c", str(conf), "-p", home], stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL)
+    try:
+        wait_listening(up_port, nginx)
+        with (server([me, "--role", "rpm-proxy", "--port", str(rpm_port), "--upstream", upstream], rpm_port, env),
+              server([str(HERE / "reference_proxy.py"), "--upstream", upstream, "--port", str(ref_port)],
+                     ref_port)):
+            targets = {"direct": up_port, "rpm": rpm_port, "reference": ref_port}
+            rows = {(name, c): wrk_run(f"http://127.0.0.1:{port}/v1/chat/completions", c, seconds, str(script))
+                    for c in (1, 16) for name, port in targets.items()}
+    finally:
+        nginx.send_signal(signal.SIGQUIT)
+        nginx.wait(15)
+    print(f"\n## Latency and throughput with wrk and nginx ({seconds} s per run, `wrk -t1 --latency`)\n")
+    print("| path | connections | p50 | p99 | requests/s | added p50 | added p99 | vs reference |")
+    print("|---|---|---|---|---|---|---|---|")
+    for (name, c), (p50, p99, rate) in rows.items():
+        d50, d99, _ = rows[("direct", c)]
+        ratio = rate / rows[("reference", c)][2]
+        print(f"| {name} | {c} | {ms(p50)} | {ms(p99)} | {rate:,.0f} | {ms(p50 - d50)} | {ms(p99 - d99)} "
+              f"| {ratio:.2f}× |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--requests", type=int, default=4000, help="requests per latency run")
     parser.add_argument("--quick", action="store_true", help="small counts, to check the script works")
+    parser.add_argument("--only-wrk", action="store_true", help="only the wrk + nginx table")
     parser.add_argument("--role", choices=["upstream", "rpm-proxy"], help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--upstream", help=argparse.SUPPRESS)
@@ -384,6 +462,9 @@ def main() -> None:
     up_port, rpm_port, ref_port, cached_port = free_port(), free_port(), free_port(), free_port()
     upstream = f"http://127.0.0.1:{up_port}"
     print(f"# python bench/proxy.py --requests {total}{' --quick' if args.quick else ''}")
+    if args.only_wrk:
+        wrk_section(me, env, 2 if args.quick else 10)
+        return
 
     with (server([me, "--role", "upstream", "--port", str(up_port)], up_port),
           server([me, "--role", "rpm-proxy", "--port", str(rpm_port), "--upstream", upstream], rpm_port, env) as rpm,
@@ -449,6 +530,8 @@ def main() -> None:
                                           200 if args.quick else 2000))
         print("\n## Cache hits (temperature 0, stored answer, 1 connection)\n")
         print(f"| hits | p50 | p99 |\n|---|---|---|\n| {len(hits)} | {ms(pct(hits, .5))} | {ms(pct(hits, .99))} |")
+
+    wrk_section(me, env, 2 if args.quick else 10)
 
     wakes = measure_wake(2 if args.quick else 5)
     boot = BOOT_START + BOOT_LOAD
