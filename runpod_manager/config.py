@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import json
+import math
 import os
 import re
 import stat
@@ -400,6 +401,9 @@ def _coerce(origin: str, hint: Any, spec: dataclasses.Field[Any], value: Any) ->
     if hint is float:
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise ConfigError(f"{origin} must be a number, got {describe(value)}")
+        if not math.isfinite(value):
+            # TOML and float() accept nan and inf; a nan spend cap would compare false and never fire.
+            raise ConfigError(f"{origin} must be a finite number, got {describe(value)}")
         _check_range(origin, value, rules)
         return float(value)
     if hint is str:
