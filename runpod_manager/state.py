@@ -271,7 +271,7 @@ class StateStore:
         except _NewerVersion as newer:
             raise StateError(f"{path}: written by a newer rpm (state version {newer.version}, this rpm reads "
                              f"up to {STATE_VERSION})", hint="upgrade rpm; the file was left as it is") from None
-        except (ValueError, UnicodeDecodeError) as exc:
+        except (ValueError, UnicodeDecodeError, RecursionError) as exc:  # Recursion: `[[[[…` thousands deep
             aside = self._move_aside(path)
             self.notices.append(f"{path} was corrupt ({_short(exc)}); moved aside to {aside.name}, "
                                 f"starting from an empty state")
