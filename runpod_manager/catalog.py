@@ -146,7 +146,7 @@ def cached_prices(paths: Paths, config: Config, *, max_age_seconds: float = CACH
             return None
         return {gpu_id: (None if price is None else float(price) * config.pod.gpu_count)
                 for gpu_id, price in document["prices"].items()}
-    except (OSError, ValueError, KeyError, TypeError):
+    except (OSError, ValueError, KeyError, TypeError, RecursionError):
         return None  # a missing or damaged cache is only a cache
 
 

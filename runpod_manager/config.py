@@ -462,7 +462,7 @@ def _parse_env_text(origin: str, hint: Any, text: str, *, secret: bool = False) 
         if not isinstance(parsed, dict):
             raise ValueError
         return parsed
-    except ValueError:
+    except (ValueError, RecursionError):
         kind = {bool: "true or false", int: "a whole number", float: "a number"}.get(hint, "valid JSON")
         raise ConfigError(f"{origin} must be {kind}" + ("" if secret else f", got {text!r}")) from None
 
@@ -663,6 +663,8 @@ def convert_legacy_json(path: Path) -> tuple[dict[str, Any], list[str]]:
         raise ConfigError(f"{path}: cannot read ({exc.strerror})") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path}: not valid JSON ({exc})") from None
+    except RecursionError:
+        raise ConfigError(f"{path}: not valid JSON (nested too deeply)") from None
     if not isinstance(legacy, dict):
         raise ConfigError(f"{path}: expected a JSON object at the top level")
     document: dict[str, Any] = {"version": CONFIG_VERSION}

@@ -73,6 +73,6 @@ class EventLog:
             return []
         events = []
         for line in lines:
-            with contextlib.suppress(json.JSONDecodeError):
+            with contextlib.suppress(json.JSONDecodeError, RecursionError):
                 events.append(json.loads(line))
         return events

@@ -191,6 +191,8 @@ def inspect_json_body(body: bytes) -> RequestFacts:
     except json.JSONDecodeError as exc:
         raise ProxyError(400, f"the request body is not valid JSON ({exc.msg} at line {exc.lineno} "
                          f"column {exc.colno})", code="invalid_json") from None
+    except RecursionError:  # `[[[[…` a few thousand deep fits any body limit and exhausts the decoder
+        raise ProxyError(400, "the request body is not valid JSON (nested too deeply)", code="invalid_json") from None
     if not isinstance(document, dict):
         raise ProxyError(400, "the request body must be a JSON object", code="invalid_json")
     return RequestFacts(document=document, stream=document.get("stream") is True)
@@ -239,7 +241,7 @@ def normalize_upstream_error(status: int, body: bytes) -> bytes:
     """
     try:
         document = json.loads(body) if body else None
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):
         document = None
     error_type = error_type_for_status(status)
     code: Any = status

@@ -136,7 +136,7 @@ def _write_pid_file(path: Path, pid: int, url: str) -> None:
 def _read_pid_file(path: Path) -> dict[str, object] | None:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):
         return None
     return data if isinstance(data, dict) else None
 

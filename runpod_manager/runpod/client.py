@@ -467,7 +467,7 @@ class RunPodClient:
             raise ApiError(f"RunPod answered with an empty body when asked to {what}")
         try:
             return json.loads(text)
-        except ValueError:
+        except (ValueError, RecursionError):
             pass
         raise ApiError(f"RunPod answered with a body that is not JSON when asked to {what}")
 
@@ -728,7 +728,7 @@ def _parse_problem(response: requests.Response) -> _Problem:
         return _Problem(None, ())
     try:
         body = json.loads(text)
-    except ValueError:
+    except (ValueError, RecursionError):
         body = _UNSET
     if isinstance(body, dict):
         detail = None
@@ -800,7 +800,7 @@ def _sse_data_lines(response: requests.Response) -> Iterator[str]:
         payload = line[len("data:") :].strip()
         try:
             event = json.loads(payload)
-        except ValueError:
+        except (ValueError, RecursionError):
             yield payload
             continue
         if isinstance(event, dict) and isinstance(event.get("line"), str):

@@ -634,6 +634,8 @@ def test_bad_input_gets_4xx_in_openai_shape_and_the_proxy_keeps_serving(upstream
                            timeout=READ_TIMEOUT), 400, "invalid_json"),
             (requests.post(url, data=b"[1]", headers={"Content-Type": "application/json"},
                            timeout=READ_TIMEOUT), 400, "invalid_json"),
+            (requests.post(url, data=b"[" * 2000, headers={"Content-Type": "application/json"},
+                           timeout=READ_TIMEOUT), 400, "invalid_json"),
             (requests.post(url, data=b'{"model": "m"}', headers={"Content-Type": "text/plain"},
                            timeout=READ_TIMEOUT), 415, "unsupported_media_type"),
             (requests.post(url, timeout=READ_TIMEOUT), 400, "missing_body"),
@@ -647,7 +649,7 @@ def test_bad_input_gets_4xx_in_openai_shape_and_the_proxy_keeps_serving(upstream
         for response, status, code in cases:
             assert response.status_code == status, (response.status_code, response.text)
             assert error_of(response)["code"] == code
-        assert "did you mean /v1/chat/completions" in cases[6][0].text
+        assert "did you mean /v1/chat/completions" in cases[7][0].text
 
         # A client that announces a body and never sends it gets a 408, not a stuck connection.
         port = int(proxy.url.rsplit(":", 1)[1])

@@ -212,8 +212,9 @@ def test_malformed_pod_in_a_list_names_the_field(client: RunPodClient, api: resp
         client.list_pods()
 
 
-def test_non_json_success_body_is_an_api_error(client: RunPodClient, api: responses.RequestsMock) -> None:
-    api.get(POD, body="<html>hello</html>", status=200)
+@pytest.mark.parametrize("body", ["<html>hello</html>", "[" * 100_000], ids=["html", "deep"])
+def test_non_json_success_body_is_an_api_error(client: RunPodClient, api: responses.RequestsMock, body: str) -> None:
+    api.get(POD, body=body, status=200)
     with pytest.raises(ApiError, match="not JSON"):
         client.get_pod("pod1")
 

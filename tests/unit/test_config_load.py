@@ -282,7 +282,8 @@ def test_the_older_json_converts_to_toml_that_loads_back_to_the_same_values(tmp_
     ("[1, 2]", "expected a JSON object at the top level"),
     ('{"gpu_typeid": "x"}', "unknown key 'gpu_typeid' (did you mean 'gpu_type_id'?)"),
     ('{"runtime_seconds": "long"}', "[limits] runtime_seconds must be a whole number"),
-])
+    ("[" * 100_000, "not valid JSON (nested too deeply)"),
+], ids=["syntax", "array", "unknown", "type", "deep"])
 def test_bad_old_json_is_one_line_naming_the_file_and_writes_nothing(tmp_path: Path, content: str,
                                                                    expected: str) -> None:
     old = tmp_path / "pod_config.json"

@@ -84,7 +84,8 @@ def test_inspect_reads_stream_and_sampling_fields() -> None:
     assert inspect_json_body(b'{"stream": "true"}').stream is False  # only the JSON boolean streams
 
 
-@pytest.mark.parametrize("body", [b"{not json", b"[1, 2]", b'"text"', b"\xff\xfe{}", b""])
+@pytest.mark.parametrize("body", [b"{not json", b"[1, 2]", b'"text"', b"\xff\xfe{}", b"", b"[" * 100_000],
+                         ids=["syntax", "array", "string", "utf8", "empty", "deep"])
 def test_inspect_rejects_non_objects_with_400(body: bytes) -> None:
     with pytest.raises(ProxyError) as caught:
         inspect_json_body(body)
