@@ -382,8 +382,15 @@ def _build_table(where: str, table: str, cls: type, values: Mapping[str, Any]) -
     return cls(**kwargs)
 
 
+# No duration may pass a year (366 days): timedelta overflows past 999,999,999 days, and no limit, timeout or
+# interval of rpm's means anything beyond this.
+_MAX_SECONDS = 366 * 86400
+
+
 def _coerce(origin: str, hint: Any, spec: dataclasses.Field[Any], value: Any) -> Any:
-    rules = spec.metadata
+    rules: Mapping[str, Any] = spec.metadata
+    if spec.name.endswith("_seconds") and "maximum" not in rules:
+        rules = {**rules, "maximum": _MAX_SECONDS}
     secret = bool(rules.get("secret") or rules.get("sensitive"))
     if isinstance(value, _EnvValue):
         value = _parse_env_text(origin, hint, value.text, secret=secret)

@@ -179,6 +179,8 @@ def test_env_overrides_single_keys_with_their_types(tmp_path: Path) -> None:
     ({"RPM_LIMITS_RUNTIME_SECONDS": "4h"}, "RPM_LIMITS_RUNTIME_SECONDS must be a whole number, got '4h'"),
     ({"RPM_LIMITS_RUNTIME_SECONDS": "-1"}, "RPM_LIMITS_RUNTIME_SECONDS must be at least 1"),
     ({"RPM_LIMITS_MAX_DAILY_SPEND_USD": "nan"}, "RPM_LIMITS_MAX_DAILY_SPEND_USD must be a finite number"),
+    ({"RPM_LIMITS_RUNTIME_SECONDS": "99999999999999"}, "RPM_LIMITS_RUNTIME_SECONDS must be at most 31622400"),
+    ({"RPM_PROXY_QUEUE_TIMEOUT_SECONDS": "1e300"}, "RPM_PROXY_QUEUE_TIMEOUT_SECONDS must be at most 31622400"),
     ({"RPM_LIMITS_DAILY_CUTOFF": "24:00"}, "RPM_LIMITS_DAILY_CUTOFF '24:00' is not a time of day"),
     ({"RPM_LIMITS_RUNTIME": "5"}, "environment variable RPM_LIMITS_RUNTIME: [limits] has no key 'runtime'"),
     ({"RPM_PROXY_USE_HTTPS": "maybe"}, "RPM_PROXY_USE_HTTPS must be true or false"),
