@@ -361,6 +361,21 @@ async def _handle_v1(request: web.Request, state: ProxyState) -> web.StreamRespo
         exchange.cache = "bypass"
         state.metrics.count_cache("bypass")
 
+    try:
+        return await _wait_and_forward(request, state, exchange, body, facts, key, rewake=True)
+    except _PodWentAway:
+        # rpm (idle stop, a limit) or RunPod ended the pod while this request was on its way to it. The
+        # request had not reached the client yet, so it waits for a wake like one that came a moment later.
+        log.info("the pod went away under a %s request; it waits for a wake", path)
+        return await _wait_and_forward(request, state, exchange, body, facts, key, rewake=False)
+
+
+class _PodWentAway(Exception):
+    """The upstream failed because the pod is no longer running, before anything reached the client."""
+
+
+async def _wait_and_forward(request: web.Request, state: ProxyState, exchange: Exchange, body: bytes | None,
+                            facts: RequestFacts, key: str | None, *, rewake: bool) -> web.StreamResponse:
     target = state.gate.target
     committed: web.StreamResponse | None = None
     if target is None:
@@ -372,7 +387,20 @@ async def _handle_v1(request: web.Request, state: ProxyState) -> web.StreamRespo
         else:
             target, waited = await state.gate.wait_for_target()
             exchange.cold_start_seconds = waited
-    return await _forward(request, state, exchange, target, body, facts, key, committed)
+    return await _forward(request, state, exchange, target, body, facts, key, committed,
+                          rewake=rewake and committed is None)
+
+
+async def _pod_went_away(state: ProxyState) -> bool:
+    """After an upstream failure: is the pod no longer running (so a wake, not an error, is the answer)?"""
+    if not state.gate.wake_on_request:
+        return False
+    try:
+        view = await asyncio.to_thread(state.controller.view)
+    except Exception as exc:
+        log.warning("could not read the pod's state after an upstream failure: %s", exc)
+        return False
+    return not view.lease_open or view.status != "RUNNING"
 
 
 def _local_models(state: ProxyState, exchange: Exchange) -> web.Response:
@@ -460,7 +488,11 @@ async def _forward(
     facts: RequestFacts,
     key: str | None,
     committed: web.StreamResponse | None,
+    *,
+    rewake: bool = False,
 ) -> web.StreamResponse:
+    """Send to the pod and relay its answer. With `rewake`, a failure because the pod is no longer running
+    raises _PodWentAway instead of answering (nothing has reached the client yet)."""
     upstream = state.upstream
     if upstream is None:  # only between shutdown and cleanup
         raise ProxyError(503, "the proxy is shutting down", code="shutting_down", should_retry=True)
@@ -472,6 +504,8 @@ async def _forward(
     except UpstreamUnreachable as exc:
         exchange.error_code = exc.code
         await state.mark_unreachable(target)
+        if rewake and await _pod_went_away(state):
+            raise _PodWentAway from None
         if committed is not None:
             return await _end_committed(committed, json.dumps(exc.document()).encode())
         return exc.response(_extra_headers(exchange))
@@ -483,6 +517,8 @@ async def _forward(
         status = response.status
         if status == 502 and reply.attempts > upstream.max_retries:
             await state.mark_unreachable(target)  # 502s outlasted the retries: nothing listens there
+            if rewake and await _pod_went_away(state):
+                raise _PodWentAway
         content_type = response.headers.get("Content-Type", "")
         if status == 200 and facts.stream and content_type.startswith("text/event-stream"):
             result, finished = await _relay_stream(request, state, exchange, response, key, committed)

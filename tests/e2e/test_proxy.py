@@ -26,7 +26,7 @@ import requests
 
 from runpod_manager.errors import ConfigError, LimitRefused, RpmError
 from runpod_manager.paths import Paths, resolve_paths
-from runpod_manager.proxy.controller import UpstreamTarget
+from runpod_manager.proxy.controller import PodView, UpstreamTarget
 from runpod_manager.proxy.server import run_proxy
 from tests.support.proxy_fakes import (
     MODEL,
@@ -248,6 +248,51 @@ def test_connection_refused_is_a_502_in_openai_shape(paths: Paths) -> None:
         assert error["code"] == "upstream_unreachable"
         assert "2 attempt" in error["message"]
         assert controller.unreachable == ["pod-dead"]
+
+
+def test_a_pod_stopped_under_a_request_is_woken_and_the_request_served(upstream: FakeUpstream,
+                                                                      paths: Paths) -> None:
+    """Idle stop (or a limit) ends the pod between the proxy's choice of target and the upstream's answer:
+    the request has sent nothing to the client yet, so it waits for a wake instead of failing with 502."""
+    stopped = PodView(pod_id="pod-fake", status="EXITED", ready=False, lease_open=False)
+    dead = UpstreamTarget("pod-fake", f"http://127.0.0.1:{free_port()}", "k")
+    for stream in (False, True):
+        upstream.fail_next(3, 502)  # what RunPod's proxy answers for a stopped pod
+        controller = FakeController(upstream.target(), wake_target=upstream.target(), view=stopped)
+        with running_proxy(make_config(max_retries=2), controller, paths) as proxy:
+            response = requests.post(f"{proxy.url}/v1/chat/completions", json=chat(stream=stream),
+                                     timeout=READ_TIMEOUT)
+            assert response.status_code == 200, response.text
+            assert controller.unreachable == ["pod-fake"] and controller.wake_calls == 1
+            if stream:
+                assert response.text.rstrip().endswith("data: [DONE]")
+            else:
+                assert "X-RPM-Cold-Start" in response.headers
+    # Connection refused (the pod's port gone) is the same case.
+    controller = FakeController(dead, wake_target=upstream.target(), view=stopped)
+    with running_proxy(make_config(max_retries=1), controller, paths) as proxy:
+        response = requests.post(f"{proxy.url}/v1/completions", json={"model": MODEL, "prompt": "x"},
+                                 timeout=READ_TIMEOUT)
+        assert response.status_code == 200 and controller.wake_calls == 1
+
+
+def test_a_running_pod_whose_model_fails_is_not_woken_again(upstream: FakeUpstream, paths: Paths) -> None:
+    """The lease is open and RunPod says RUNNING: a 502 is the model's failure and reaches the client."""
+    upstream.fail_next(3, 502)
+    controller = FakeController(upstream.target())  # view: RUNNING, lease open
+    with running_proxy(make_config(max_retries=2), controller, paths) as proxy:
+        response = requests.post(f"{proxy.url}/v1/chat/completions", json=chat(), timeout=READ_TIMEOUT)
+    assert response.status_code == 502 and controller.wake_calls == 0
+
+
+def test_a_second_failure_after_the_wake_is_answered_not_looped(upstream: FakeUpstream, paths: Paths) -> None:
+    stopped = PodView(pod_id="pod-fake", status="EXITED", ready=False, lease_open=False)
+    upstream.fail_next(6, 502)
+    controller = FakeController(upstream.target(), view=stopped)
+    with running_proxy(make_config(max_retries=2), controller, paths) as proxy:
+        response = requests.post(f"{proxy.url}/v1/chat/completions", json=chat(), timeout=READ_TIMEOUT)
+    assert response.status_code == 502 and controller.wake_calls == 1
+    assert len(upstream.requests) == 6
 
 
 def test_vllm_bare_401_reaches_the_client_in_openai_shape(upstream: FakeUpstream, paths: Paths) -> None:
