@@ -65,7 +65,7 @@ class PodConfig:
     port: int = field(default=8000, metadata=_meta("HTTP port the model server listens on.",
                                                    minimum=1, maximum=65535))
     env: Mapping[str, str] = field(default_factory=dict, repr=False, metadata=_meta(
-        "Environment of the pod (e.g. HF_TOKEN); kept out of logs and output."))
+        "Environment of the pod (e.g. HF_TOKEN); kept out of logs and output.", sensitive=True))
     extra_args: str = field(default="", metadata=_meta(
         "Extra vLLM arguments appended after the ones rpm builds."))
     args: str = field(default="", metadata=_meta(
@@ -504,7 +504,7 @@ def _cross_checks(where: str, config: Config, from_env: Mapping[tuple[str, str],
         raise ConfigError(f"{where}: [pod] volume_gb and network_volume_id cannot both be set",
                           hint="a network volume replaces the pod volume")
     if 0 < pod.volume_gb < 10:
-        raise ConfigError(f"{where}: [pod] volume_gb must be 0 or at least 10 (RunPod's floor), "
+        raise ConfigError(f"{at('pod', 'volume_gb')} must be 0 or at least 10 (RunPod's floor), "
                           f"got {pod.volume_gb}")
     if limits.daily_cutoff:
         try:
@@ -515,7 +515,7 @@ def _cross_checks(where: str, config: Config, from_env: Mapping[tuple[str, str],
     if limits.timezone != "local":
         try:
             ZoneInfo(limits.timezone)
-        except (ZoneInfoNotFoundError, ValueError):
+        except (ZoneInfoNotFoundError, ValueError, OSError):  # OSError: an area such as "America" is a folder
             raise ConfigError(f"{at('limits', 'timezone')} {limits.timezone!r} is not an IANA time zone",
                               hint='use e.g. "Europe/Berlin", "UTC" or "local"') from None
     if proxy.use_https and not (proxy.ssl_cert and proxy.ssl_key):

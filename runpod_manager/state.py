@@ -16,6 +16,7 @@ import json
 import os
 import tempfile
 import time
+import typing
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -57,7 +58,8 @@ class Lease:
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Lease:
         opened, deadline = _parse(data["opened_at"], "opened_at"), _parse(data["deadline"], "deadline")
-        assert opened is not None and deadline is not None  # noqa: S101 - required keys, checked by _parse
+        if opened is None or deadline is None:
+            raise ValueError("a lease needs opened_at and deadline")
         return cls(opened_at=opened, deadline=deadline, opened_by=str(data.get("opened_by", "start")))
 
 
@@ -75,7 +77,8 @@ class Intent:
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Intent:
         created = _parse(data["created_at"], "created_at")
-        assert created is not None  # noqa: S101
+        if created is None:
+            raise ValueError("an intent needs created_at")
         return cls(pod_name=str(data["pod_name"]), created_at=created, purpose=str(data.get("purpose", "create")))
 
 
@@ -133,14 +136,30 @@ class PodRecord:
         values["intent"] = Intent.from_json(data["intent"]) if data.get("intent") else None
         for key in _TIME_KEYS:
             values[key] = _parse(data.get(key), key)
-        values["cost_per_hour"] = float(values.get("cost_per_hour") or 0.0)
-        for key in ("spend_usd", "spend_of_ended_pods_usd", "billed_usd"):
+        for key in ("cost_per_hour", "spend_usd", "spend_of_ended_pods_usd", "billed_usd"):
             values[key] = float(values.get(key) or 0.0)
+        _check_record_types(values)
         return cls(**values)
 
     @property
     def owns_pod(self) -> bool:
         return self.pod_id is not None
+
+
+# The JSON types of the plain fields (the rest are parsed above): a record of the right names but the wrong
+# types (`"pod_id": ["x"]`, `"proxy_wanted": "no"`) is corrupt, not something to act on.
+_OPTIONAL_TEXT = frozenset(name for name, hint in typing.get_type_hints(PodRecord).items() if hint == str | None)
+
+
+def _check_record_types(values: dict[str, Any]) -> None:
+    for key in _OPTIONAL_TEXT & values.keys():
+        if values[key] is not None and not isinstance(values[key], str):
+            raise ValueError(f"{key} must be a string or null")
+    if not isinstance(values.get("proxy_wanted", False), bool):
+        raise ValueError("proxy_wanted must be true or false")
+    sweep = values.get("last_sweep_at_epoch")
+    if sweep is not None and (isinstance(sweep, bool) or not isinstance(sweep, int | float)):
+        raise ValueError("last_sweep_at_epoch must be a number or null")
 
 
 @dataclass
@@ -182,18 +201,18 @@ UPGRADES: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {1: _upgrade_1
 def decode_state(text: str) -> State:
     """Parse and upgrade a state document. ValueError (with a reason) when it is not a valid state."""
     document = json.loads(text)
+    version = document.get("version") if isinstance(document, dict) else None
+    if isinstance(version, int) and not isinstance(version, bool) and version > STATE_VERSION:
+        raise _NewerVersion(version)  # before the layout: a newer rpm may have changed it
     if not isinstance(document, dict) or not isinstance(document.get("pods", {}), dict):
         raise ValueError("expected {\"version\": N, \"pods\": {...}}")
-    version = document.get("version")
     if not isinstance(version, int) or isinstance(version, bool) or version < 1:
         raise ValueError("missing or invalid 'version'")
-    if version > STATE_VERSION:
-        raise _NewerVersion(version)
     while version < STATE_VERSION:
         step = UPGRADES[version]
         try:
             document = step(document)
-        except (AttributeError, KeyError, TypeError) as exc:  # a malformed old record, not a bug of ours
+        except (AttributeError, KeyError, TypeError, ValueError, OverflowError) as exc:  # a malformed old record
             raise ValueError(f"cannot upgrade from version {version} ({exc})") from None
         version = document["version"]
     pods = {}
@@ -223,6 +242,7 @@ class StateStore:
         self.paths = paths
         self._clock = clock
         self._lock = filelock.FileLock(str(paths.lock_file), mode=0o600)
+        self._depth = 0  # nesting of lock() in this process
         self.notices: list[str] = []  # one-line reports (e.g. a corrupt file moved aside) for the renderer
 
     @property
@@ -241,11 +261,15 @@ class StateStore:
             who = f"process {holder}" if holder else "another rpm process"
             raise LockBusy(f"state is locked by {who} ({self.paths.lock_file})", holder_pid=holder,
                            hint="wait for it to finish, or stop it") from None
+        self._depth += 1
         try:
-            self._write_holder_pid()
+            if self._depth == 1:
+                self._write_holder_pid()
             yield
         finally:
-            self._clear_holder_pid()
+            self._depth -= 1
+            if self._depth == 0:  # a nested lock() (filelock is reentrant) must not clear the outer's pid
+                self._clear_holder_pid()
             self._lock.release()
 
     @contextlib.contextmanager

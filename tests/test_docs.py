@@ -1,4 +1,4 @@
-"""The README's command reference cannot drift: docs/commands.md is generated from `rpm --help`.
+"""Generated files cannot drift: docs/commands.md from `rpm --help`, pod_config.toml from `rpm init`.
 
 Regenerate with: UPDATE_RPM_DOCS=1 python -m pytest tests/test_docs.py
 """
@@ -41,3 +41,17 @@ def test_command_reference_is_current() -> None:
 def test_every_command_is_documented() -> None:
     names = {command.name or command.callback.__name__ for command in app.registered_commands if command.callback}
     assert names == set(COMMANDS), "add new commands to COMMANDS so the reference covers them"
+
+
+EXAMPLE = Path(__file__).resolve().parents[1] / "pod_config.toml"
+
+
+def test_the_shipped_example_config_is_the_init_template() -> None:
+    """pod_config.toml says 'the values shown are the defaults': it is `rpm init`'s output, regenerated."""
+    from runpod_manager.config import render_template
+
+    expected = render_template()
+    if os.environ.get("UPDATE_RPM_DOCS") == "1":
+        EXAMPLE.write_text(expected, encoding="utf-8")
+    assert EXAMPLE.read_text(encoding="utf-8") == expected, (
+        "pod_config.toml is stale: run UPDATE_RPM_DOCS=1 python -m pytest tests/test_docs.py")
