@@ -540,7 +540,7 @@ def _did_you_mean(word: str, candidates: list[str]) -> str:
 
 
 _KIND_NAMES = {bool: "a boolean", int: "an integer", float: "a number", str: "a string",
-               list: "a list", dict: "a table"}
+               list: "a list", dict: "a table", type(None): "null"}
 
 
 def _kind_name(value: Any) -> str:

@@ -750,8 +750,9 @@ def test_cloud_all_becomes_secure_with_a_note(tmp_path: Path) -> None:
     (b'{"proxy_port": "8080"}', "[proxy] port must be a whole number, got a string ('8080')"),
     (b'{"model": "caf\xe9"}', "not valid JSON ("),
     (b"[" * 100_000, "not valid JSON (nested too deeply)"),
+    (b'{"runtime_seconds": null}', "[limits] runtime_seconds must be a whole number, got null"),
 ], ids=["trailing-comma", "truncated", "empty", "string", "array", "typo", "unknown", "negative", "type", "latin1",
-        "deep"])
+        "deep", "null"])
 def test_bad_old_json_is_a_one_line_error_naming_the_file(tmp_path: Path, content: bytes, expected: str) -> None:
     old = tmp_path / "pod_config.json"
     old.write_bytes(content)
