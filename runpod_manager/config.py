@@ -65,7 +65,8 @@ class PodConfig:
     port: int = field(default=8000, metadata=_meta("HTTP port the model server listens on.",
                                                    minimum=1, maximum=65535))
     env: Mapping[str, str] = field(default_factory=dict, repr=False, metadata=_meta(
-        "Environment of the pod (e.g. HF_TOKEN); kept out of logs and output.", sensitive=True))
+        "Environment of the pod (e.g. HF_TOKEN); kept out of logs and output. A token here makes the file "
+        "need mode 0600.", sensitive=True))
     extra_args: str = field(default="", metadata=_meta(
         "Extra vLLM arguments appended after the ones rpm builds."))
     args: str = field(default="", metadata=_meta(
@@ -288,7 +289,8 @@ def read_toml(path: Path) -> dict[str, Any]:
         raise ConfigError(f"{path}: invalid TOML: {exc}") from None
 
 
-def build_config(document: Mapping[str, Any], *, source: Path | None, env: Mapping[str, str]) -> Config:
+def build_config(document: Mapping[str, Any], *, source: Path | None, env: Mapping[str, str],
+                 check_file_mode: bool = True) -> Config:
     where = str(source) if source else "built-in defaults"
     unknown_top = [k for k in document if k not in TABLES and k != "version"]
     for key in unknown_top:
@@ -321,17 +323,24 @@ def build_config(document: Mapping[str, Any], *, source: Path | None, env: Mappi
         api = dataclasses.replace(api, base_url=_check_url("RUNPOD_API_URL", env["RUNPOD_API_URL"]))
         from_env[("api", "base_url")] = "RUNPOD_API_URL"
     sections["api"] = api
-    if secret_in_file and source is not None:
+    if secret_in_file and source is not None and check_file_mode:
         _refuse_readable_secret(source)
     config = Config(version=version, source=source, **sections)
     _cross_checks(where, config, from_env)
     return config
 
 
+# Names of [pod] env variables that carry credentials (HF_TOKEN, WANDB_API_KEY, AWS_SECRET_ACCESS_KEY, …).
+_SECRET_ENV_NAME = re.compile(r"TOKEN|KEY|SECRET|PASSWORD|PASSWD|CREDENTIAL", re.IGNORECASE)
+
+
 def _holds_secret(cls: type, values: Mapping[str, Any]) -> bool:
     secret_keys = {f.name for f in dataclasses.fields(cls) if f.metadata.get("secret")}
     if cls is ProxyConfig:
         secret_keys.add("api_keys")
+    env = values.get("env") if cls is PodConfig else None
+    if isinstance(env, Mapping) and any(value and _SECRET_ENV_NAME.search(str(name)) for name, value in env.items()):
+        return True
     return any(values.get(key) for key in secret_keys)
 
 
@@ -339,8 +348,8 @@ def _refuse_readable_secret(path: Path) -> None:
     mode = path.stat().st_mode
     if mode & (stat.S_IRGRP | stat.S_IROTH | stat.S_IWGRP | stat.S_IWOTH):
         raise ConfigError(
-            f"{path}: holds an API key but is readable by others (mode {stat.S_IMODE(mode):04o})",
-            hint=f"run `chmod 600 {path}` or move the key to RUNPOD_API_KEY",
+            f"{path}: holds an API key or token but is readable by others (mode {stat.S_IMODE(mode):04o})",
+            hint=f"run `chmod 600 {path}`, or move the key to RUNPOD_API_KEY (tokens in [pod] env: RPM_POD_ENV)",
         )
 
 
@@ -519,7 +528,7 @@ def _cross_checks(where: str, config: Config, from_env: Mapping[tuple[str, str],
             raise ConfigError(f"{at('limits', 'timezone')} {limits.timezone!r} is not an IANA time zone",
                               hint='use e.g. "Europe/Berlin", "UTC" or "local"') from None
     if proxy.use_https and not (proxy.ssl_cert and proxy.ssl_key):
-        raise ConfigError(f"{where}: [proxy] use_https needs ssl_cert and ssl_key")
+        raise ConfigError(f"{at('proxy', 'use_https')} needs [proxy] ssl_cert and ssl_key")
     if "{prefix}" not in proxy.fim_template and proxy.fim_template:
         raise ConfigError(f"{at('proxy', 'fim_template')} must contain {{prefix}} (and usually {{suffix}})")
     _check_url(at("api", "base_url"), api.base_url)
@@ -696,7 +705,11 @@ def convert_legacy_json(path: Path) -> tuple[dict[str, Any], list[str]]:
                 value, int):
             value = float(value)
         document.setdefault(table, {})[new_key] = value
-    build_config(document, source=path, env={})  # validate with the same rules, naming the JSON file
+    # Validate with the same rules, naming the JSON file. Its mode is not held against it: the converted
+    # file is written 0600, and the note below says what to do with the old one.
+    build_config(document, source=path, env={}, check_file_mode=False)
+    if _holds_secret(PodConfig, document.get("pod", {})) and path.stat().st_mode & 0o077:
+        notes.append(f"{path.name} holds tokens in env and others can read it: delete it or chmod 600 it")
     return document, notes
 
 

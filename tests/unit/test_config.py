@@ -330,8 +330,9 @@ def test_the_key_comes_from_runpod_api_key_and_beats_the_file(config_file: Path,
 def test_a_file_holding_a_key_that_others_can_read_or_write_is_refused(config_file: Path, paths: Paths,
                                                                        mode: int) -> None:
     error = error_of(config_file, paths, f"[api]\napi_key = \"{API_KEY}\"\n", mode=mode)
-    assert error.message == f"{config_file}: holds an API key but is readable by others (mode {mode:04o})"
-    assert error.hint == f"run `chmod 600 {config_file}` or move the key to RUNPOD_API_KEY"
+    assert error.message == f"{config_file}: holds an API key or token but is readable by others (mode {mode:04o})"
+    assert error.hint == (f"run `chmod 600 {config_file}`, or move the key to RUNPOD_API_KEY "
+                          "(tokens in [pod] env: RPM_POD_ENV)")
     assert API_KEY not in repr(error) + str(error)
 
 
@@ -343,8 +344,22 @@ def test_a_private_file_may_hold_the_key(config_file: Path, paths: Paths, mode: 
 
 def test_client_keys_of_the_proxy_count_as_secrets_too(config_file: Path, paths: Paths) -> None:
     error = error_of(config_file, paths, "[proxy]\napi_keys = [\"client-SECRET\"]\n", mode=0o644)
-    assert "holds an API key but is readable by others (mode 0644)" in error.message
+    assert "holds an API key or token but is readable by others (mode 0644)" in error.message
     assert "client-SECRET" not in str(error)
+
+
+@pytest.mark.parametrize("name", ["HF_TOKEN", "WANDB_API_KEY", "aws_secret_access_key", "DB_PASSWORD"])
+def test_a_token_in_the_pods_env_counts_as_a_secret(config_file: Path, paths: Paths, name: str) -> None:
+    error = error_of(config_file, paths, f"[pod]\nenv = {{ {name} = \"hf_SECRET_x\" }}\n", mode=0o644)
+    assert "holds an API key or token but is readable by others" in error.message
+    assert "hf_SECRET_x" not in str(error) + (error.hint or "")
+    write_file(config_file, f"version = 1\n[pod]\nenv = {{ {name} = \"hf_SECRET_x\" }}\n", 0o600)
+    assert dict(load(config_file, paths).pod.env) == {name: "hf_SECRET_x"}
+
+
+def test_plain_env_settings_in_a_readable_file_are_fine(config_file: Path, paths: Paths) -> None:
+    write_file(config_file, "version = 1\n[pod]\nenv = { VLLM_LOGGING_LEVEL = \"INFO\", HF_TOKEN = \"\" }\n", 0o644)
+    assert load(config_file, paths).pod.env["VLLM_LOGGING_LEVEL"] == "INFO"
 
 
 def test_a_readable_file_without_secrets_is_fine(config_file: Path, paths: Paths) -> None:
@@ -714,10 +729,14 @@ def test_the_converted_document_is_what_gets_written(tmp_path: Path) -> None:
     assert document == {"version": 1, "pod": {"model": "m", "gpu_types": ["A", "B"], "cloud": "COMMUNITY",
                                                "env": {"HF_TOKEN": "abc"}},
                         "proxy": {"retry_delay_seconds": 2.0}}
-    assert notes == []
+    # The old file is world-readable and holds a token: converting still works, and a note says so.
+    assert notes == ["pod_config.json holds tokens in env and others can read it: delete it or chmod 600 it"]
     target = tmp_path / CONFIG_FILENAME
     write_config(target, from_json=old)
     assert tomllib.loads(target.read_text()) == document
+    assert stat.S_IMODE(target.stat().st_mode) == 0o600
+    old.chmod(0o600)
+    assert convert_legacy_json(old)[1] == []
 
 
 def test_an_old_api_key_is_reported_and_not_copied(tmp_path: Path, paths: Paths) -> None:
