@@ -242,7 +242,6 @@ class StateStore:
         self.paths = paths
         self._clock = clock
         self._lock = filelock.FileLock(str(paths.lock_file), mode=0o600)
-        self._depth = 0  # nesting of lock() in this process
         self.notices: list[str] = []  # one-line reports (e.g. a corrupt file moved aside) for the renderer
 
     @property
@@ -261,14 +260,14 @@ class StateStore:
             who = f"process {holder}" if holder else "another rpm process"
             raise LockBusy(f"state is locked by {who} ({self.paths.lock_file})", holder_pid=holder,
                            hint="wait for it to finish, or stop it") from None
-        self._depth += 1
+        # filelock is reentrant: only the outermost lock() of this process writes and clears the pid.
+        outermost = self._lock.lock_counter == 1
         try:
-            if self._depth == 1:
+            if outermost:
                 self._write_holder_pid()
             yield
         finally:
-            self._depth -= 1
-            if self._depth == 0:  # a nested lock() (filelock is reentrant) must not clear the outer's pid
+            if outermost:
                 self._clear_holder_pid()
             self._lock.release()
 

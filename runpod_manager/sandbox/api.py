@@ -311,17 +311,9 @@ class SandboxApi:
             start = _buckets_back(current, size, query.last_n - 1)
             end = bucket_next(current, size)
         else:
-            # Snapping a date-time near year 1 or 9999 to its bucket leaves what datetime can represent.
-            try:
-                start = bucket_floor(query.start if query.start is not None else now - 30 * 86400, size)
-            except (OverflowError, ValueError):
-                raise RequestInvalidError(422, VALIDATION_DETAIL, [
-                    f"$.query.startTime: out of range for bucketSize={size}"]) from None
-            try:
-                end = bucket_ceil(query.end if query.end is not None else now, size)
-            except (OverflowError, ValueError):
-                raise RequestInvalidError(422, VALIDATION_DETAIL, [
-                    f"$.query.endTime: out of range for bucketSize={size}"]) from None
+            start = _snap(bucket_floor, query.start if query.start is not None else now - 30 * 86400, size,
+                          "startTime")
+            end = _snap(bucket_ceil, query.end if query.end is not None else now, size, "endTime")
         return web.json_response(self.world.pod_billing(bucket_size=size, start=start.timestamp(),
                                                         end=end.timestamp(), pod_id=query.pod_id))
 
@@ -395,6 +387,16 @@ class SandboxApi:
             return problem(exc.status, exc.detail, errors=exc.errors or None)
         except WorldError as exc:
             return problem(exc.status, exc.detail)
+
+
+def _snap(snap: Callable[[float, str], datetime], epoch_seconds: float, size: str, name: str) -> datetime:
+    """A billing bound snapped to its bucket; 422 naming the parameter when that leaves datetime's range
+    (a date-time near year 1 or 9999)."""
+    try:
+        return snap(epoch_seconds, size)
+    except (OverflowError, ValueError):
+        raise RequestInvalidError(422, VALIDATION_DETAIL, [
+            f"$.query.{name}: out of range for bucketSize={size}"]) from None
 
 
 def _buckets_back(start: datetime, size: str, count: int) -> datetime:

@@ -44,6 +44,11 @@ def pod_url(sandbox: EmbeddedSandbox, pod_id: str, port: int = 8000) -> str:
     return sandbox.pod_url_template.format(pod_id=pod_id, port=port)
 
 
+def pod_id_of(url: str) -> str:
+    """The pod id in a sandbox pod URL (`…/pods/<id>-<port>`)."""
+    return urlsplit(url).path.split("/")[-1].rsplit("-", 1)[0]
+
+
 def wait_ready(url: str) -> None:
     deadline = time.monotonic() + 10
     while requests.get(url + "/health", timeout=5).status_code != 200:
@@ -86,14 +91,14 @@ def test_the_pod_url_is_502_until_the_model_loads_then_200(sandbox: EmbeddedSand
 
 
 def test_unknown_pods_and_ports_not_exposed_over_http_are_404(sandbox: EmbeddedSandbox, pod: str) -> None:
-    pod_id = urlsplit(pod).path.split("/")[-1].rsplit("-", 1)[0]
+    pod_id = pod_id_of(pod)
     assert requests.get(pod_url(sandbox, "nosuchpod") + "/health", timeout=5).status_code == 404
     assert requests.get(pod_url(sandbox, pod_id, 22) + "/health", timeout=5).status_code == 404
     assert requests.get(pod_url(sandbox, pod_id, 9000) + "/health", timeout=5).status_code == 404
 
 
 def test_a_crashed_model_answers_502_while_runpod_still_says_running(sandbox: EmbeddedSandbox, pod: str) -> None:
-    pod_id = urlsplit(pod).path.split("/")[-1].rsplit("-", 1)[0]
+    pod_id = pod_id_of(pod)
     sandbox.call(lambda world: world.crash_model(pod_id))
     assert requests.get(pod + "/health", timeout=5).status_code == 502
     assert sandbox.call(lambda world: str(world.get_pod(pod_id).status)) == "RUNNING"
@@ -225,7 +230,7 @@ def test_a_client_that_disconnects_mid_stream_stops_generation() -> None:
         while metric(url, "num_requests_running") != 0.0:
             assert time.monotonic() < deadline, "generation went on after the client left"
             time.sleep(0.05)
-        pod_id = target.path.split("/")[-1].rsplit("-", 1)[0]
+        pod_id = pod_id_of(url)
         stats = sandbox.call(lambda world: world.model_stats[pod_id])
         assert stats.finished == {"abort": 1}
         assert stats.generation_tokens < 8  # far from the 8..40 a full answer would have produced

@@ -167,18 +167,23 @@ class Rpm:
 
     def write_config(self, *, tables: Mapping[str, Mapping[str, Any]] | None = None, **overrides: Any) -> None:
         """The base config with `overrides` of its keys; `tables` adds tables it lacks ([proxy], [cache])."""
-        values: dict[str, Any] = {
-            "name": "e2e", "gpu_types": '["NVIDIA GeForce RTX 4090", "NVIDIA L40S"]', "runtime_seconds": 3600,
-            "daily_cutoff": "", "timezone": "UTC", "idle_timeout_seconds": 0, "idle_action": "stop",
-            "max_daily_spend_usd": 0, "billing_check_seconds": 1800, "pod_guard": "false", "api_max_retries": 2,
-        }
-        values.update(overrides)
-        text = BASE_CONFIG.format(**values)
-        if tables:
-            import tomli_w
+        self.config_path.write_text(config_text(tables=tables, **overrides), encoding="utf-8")
 
-            text += "\n" + tomli_w.dumps({name: dict(keys) for name, keys in tables.items()})
-        self.config_path.write_text(text, encoding="utf-8")
+
+def config_text(*, tables: Mapping[str, Mapping[str, Any]] | None = None, **overrides: Any) -> str:
+    """BASE_CONFIG with test defaults, `overrides` of its keys and extra `tables` ([proxy], [cache])."""
+    values: dict[str, Any] = {
+        "name": "e2e", "gpu_types": '["NVIDIA GeForce RTX 4090", "NVIDIA L40S"]', "runtime_seconds": 3600,
+        "daily_cutoff": "", "timezone": "UTC", "idle_timeout_seconds": 0, "idle_action": "stop",
+        "max_daily_spend_usd": 0, "billing_check_seconds": 1800, "pod_guard": "false", "api_max_retries": 2,
+    }
+    values.update(overrides)
+    text = BASE_CONFIG.format(**values)
+    if tables:
+        import tomli_w
+
+        text += "\n" + tomli_w.dumps({name: dict(keys) for name, keys in tables.items()})
+    return text
 
 
 def wait_until(predicate: Any, timeout_seconds: float = 20.0, interval: float = 0.1) -> bool:

@@ -19,7 +19,7 @@ from runpod_manager import __version__, errors
 from runpod_manager.cli import app
 from runpod_manager.lifecycle import Lifecycle
 from runpod_manager.sandbox.server import EmbeddedSandbox
-from tests.support.rpm import BASE_CONFIG
+from tests.support.rpm import config_text
 
 KEY = "sk-cli-SECRET-6b2e"
 GPU = "NVIDIA GeForce RTX 4090"
@@ -52,12 +52,8 @@ class Cli:
         self.write_config()
 
     def write_config(self, extra: str = "", **overrides: Any) -> None:
-        values: dict[str, Any] = {
-            "name": "cli", "gpu_types": f'["{GPU}"]', "runtime_seconds": 3600, "daily_cutoff": "",
-            "timezone": "UTC", "idle_timeout_seconds": 0, "idle_action": "stop", "max_daily_spend_usd": 0,
-            "billing_check_seconds": 1800, "pod_guard": "false", "api_max_retries": 0, **overrides,
-        }
-        self.config.write_text(BASE_CONFIG.format(**values) + extra, encoding="utf-8")
+        text = config_text(**{"name": "cli", "gpu_types": f'["{GPU}"]', "api_max_retries": 0, **overrides})
+        self.config.write_text(text + extra, encoding="utf-8")
 
     def run(self, *args: str, **env: str | None) -> Result:
         result = CliRunner().invoke(app, list(args), env={**self.env, **env})
