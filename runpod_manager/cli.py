@@ -129,18 +129,29 @@ def start(
     as_json: JsonOpt = False,
     verbose: VerboseOpt = False,
 ) -> None:
-    """Open a lease and start the pod (create or resume); wait until the model answers."""
+    """Open a lease and start the pod (create or resume); wait until the model answers.
+
+    The proxy's port and bind are checked and the key is read before a lease opens. On a non-zero exit the
+    lease is closed and nothing runs, unless the message says the pod is still coming up (not ready in
+    time, exit 1; Ctrl-C, 130): then it keeps to its limits and `rpm shutdown` ends it.
+    """
     renderer = Renderer("start", as_json, verbose)
 
     def body() -> None:
         from runpod_manager.render import show_start
 
         lifecycle = _lifecycle(config)
-        with renderer.progress("starting pod…") as progress:
+        own_proxy = None
+        if proxy and not dry_run:
+            from runpod_manager.proxy import process
+
+            # Before any lease opens: a port held by something else, or a bind that is refused, fails here.
+            own_proxy = process.claim_port(lifecycle.config, lifecycle.paths)
+        with renderer.progress("opening the lease…") as progress:
             result = lifecycle.start(wait=not no_wait, dry_run=dry_run, progress=progress)
         _notices(renderer, lifecycle)
         if proxy and not dry_run:
-            result.proxy_url = lifecycle.ensure_proxy()
+            result.proxy_url = lifecycle.ensure_proxy(own_proxy)
         show_start(renderer, result)
 
     _run(renderer, body)
@@ -172,7 +183,11 @@ def shutdown(
     as_json: JsonOpt = False,
     verbose: VerboseOpt = False,
 ) -> None:
-    """End everything: close the lease, terminate (or stop) the pod, stop the proxy."""
+    """End everything: stop every proxy of this config, close the lease, terminate (or stop) the pod.
+
+    Exit 0 only when RunPod confirmed it. A non-zero exit (4: RunPod unreachable, 3: the key) means a pod
+    may still bill: the message names it; run shutdown again (the watchdog retries too).
+    """
     renderer = Renderer("shutdown", as_json, verbose)
 
     def body() -> None:
@@ -218,7 +233,11 @@ def watchdog(
     as_json: JsonOpt = False,
     verbose: VerboseOpt = False,
 ) -> None:
-    """One enforcement pass (for cron): limits, idle stop, recovery, orphans. Silent when nothing to do."""
+    """One enforcement pass (for cron): limits, idle stop, recovery, orphans. Silent when nothing to do.
+
+    Exit 1: a limit could not be enforced, so a pod may run past it; 3: the key no longer works, so
+    nothing can be enforced (every pass says so); 0 also when another rpm holds the lock (pass skipped).
+    """
     renderer = Renderer("watchdog", as_json, verbose)
 
     def body() -> None:
@@ -228,6 +247,12 @@ def watchdog(
         result = lifecycle.reconcile(wait_seconds=30.0 if wait else 0, dry_run=dry_run,
                                      report_orphans_only=report_orphans_only, sweep=sweep)
         show_watchdog(renderer, result)
+        auth_error = result.auth_error
+        if auth_error is not None:
+            # A key that stopped working is an alarm on every pass: nothing can be enforced with it.
+            if as_json:
+                raise typer.Exit(int(auth_error.exit_code))  # the envelope already carries the error
+            raise auth_error
         if result.enforcement_failed:
             raise typer.Exit(int(ExitCode.FAILED))
 
@@ -235,17 +260,36 @@ def watchdog(
 
 
 @app.command()
-def proxy(config: ConfigOpt = None, verbose: VerboseOpt = False) -> None:
-    """Run the local OpenAI-compatible proxy in the foreground."""
-    renderer = Renderer("proxy", False, verbose)
+def proxy(config: ConfigOpt = None, as_json: JsonOpt = False, verbose: VerboseOpt = False) -> None:
+    """Run the local OpenAI-compatible proxy in the foreground until Ctrl-C or SIGTERM.
+
+    A pod the proxy woke is ended with it (idle_action); a pod `rpm start` started keeps running under its
+    lease, and the exit message says until when. Exit 130 after Ctrl-C, 0 after SIGTERM, 1 when the pod it
+    woke could not be ended (it may still bill: run `rpm shutdown`).
+    """
+    renderer = Renderer("proxy", as_json, verbose)
 
     def body() -> None:
         from runpod_manager.lifecycle import LifecycleProxyController
+        from runpod_manager.proxy import process
         from runpod_manager.proxy.server import run_proxy
+        from runpod_manager.render import show_proxy_stopped
 
         lifecycle = _lifecycle(config)
+        _ = lifecycle.client  # no key: refuse now, not a warning every reconcile forever
+        own = process.claim_port(lifecycle.config, lifecycle.paths)
+        if own is not None:
+            raise UsageError(f"this config's proxy (pid {own}) already serves {process.proxy_url(lifecycle.config)}",
+                             hint="use it, or stop it with `rpm shutdown`")
         _configure_logging(verbose)
-        run_proxy(lifecycle.config, LifecycleProxyController(lifecycle), lifecycle.paths)
+        with process.registered(lifecycle.paths, process.proxy_url(lifecycle.config)):
+            stopped_by = run_proxy(lifecycle.config, LifecycleProxyController(lifecycle), lifecycle.paths)
+        outcome = lifecycle.proxy_stopped()
+        show_proxy_stopped(renderer, outcome, process.proxy_url(lifecycle.config))
+        if outcome.failed:
+            raise typer.Exit(int(ExitCode.FAILED))
+        if stopped_by == "SIGINT":
+            raise typer.Exit(int(ExitCode.INTERRUPTED))
 
     _run(renderer, body)
 
@@ -254,15 +298,18 @@ def proxy(config: ConfigOpt = None, verbose: VerboseOpt = False) -> None:
 def demo(
     keep_home: Annotated[bool, typer.Option("--keep-home", help="Keep the temporary RPM_HOME for inspection.")
                          ] = False,
+    as_json: JsonOpt = False,
     verbose: VerboseOpt = False,
 ) -> None:
-    """Walk through the whole flow on a built-in RunPod emulator (no account needed)."""
-    renderer = Renderer("demo", False, verbose)
+    """Walk through the whole flow on a built-in RunPod emulator (no account needed; no config read)."""
+    renderer = Renderer("demo", as_json, verbose)
 
     def body() -> None:
         from runpod_manager.demo import run_demo
 
-        run_demo(renderer, keep_home=keep_home)
+        summary = run_demo(renderer, keep_home=keep_home)
+        if as_json:
+            renderer.emit(summary)
 
     _run(renderer, body)
 

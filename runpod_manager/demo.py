@@ -71,7 +71,8 @@ def _environment(values: dict[str, str]) -> Iterator[None]:
                 os.environ[key] = value
 
 
-def run_demo(r: Renderer, *, keep_home: bool = False) -> None:
+def run_demo(r: Renderer, *, keep_home: bool = False) -> dict[str, object]:
+    """Run the story; returns what it showed (for --json)."""
     from runpod_manager.config import load_config
     from runpod_manager.lifecycle import Lifecycle
     from runpod_manager.paths import resolve_paths
@@ -93,7 +94,7 @@ def run_demo(r: Renderer, *, keep_home: bool = False) -> None:
             paths = resolve_paths()
             config = load_config(config_path, paths=paths)
             lifecycle = Lifecycle(config, paths, proxy_alive=lambda: process.running_pid(paths))
-            _story(r, lifecycle, sandbox.url)
+            return _story(r, lifecycle, sandbox.url)
     finally:
         with contextlib.suppress(Exception), _environment({"RPM_HOME": str(home)}):
             process.stop_proxy_process(resolve_paths(), grace_seconds=5)
@@ -111,7 +112,7 @@ def _step(r: Renderer, number: int, text: str) -> None:
     r.line(f"[bold cyan]{number}.[/] [bold]{text}[/]")
 
 
-def _story(r: Renderer, lifecycle: object, sandbox_url: str) -> None:
+def _story(r: Renderer, lifecycle: object, sandbox_url: str) -> dict[str, object]:
     from runpod_manager.lifecycle import Lifecycle
 
     assert isinstance(lifecycle, Lifecycle)  # noqa: S101 - narrowing for the type checker
@@ -150,19 +151,23 @@ def _story(r: Renderer, lifecycle: object, sandbox_url: str) -> None:
     pod_id = lifecycle.store.load().record(lifecycle.name).pod_id
     result = lifecycle.shutdown()
     show_shutdown(r, result)
+    spent = None
     if pod_id:
         from datetime import UTC, datetime, timedelta
 
         spent = lifecycle.client.pod_spend_usd(pod_id, since=datetime.now(UTC) - timedelta(days=1))
         r.line(f"   billed for this pod (emulator clock): {money(spent)}")
-    tail = lifecycle.events.tail(50)
+    actions = [event for event in lifecycle.events.tail(200) if event.get("reason")]
     r.line("")
-    r.line(f"Every action was logged with its reason ({len(tail)} events in {lifecycle.paths.event_log.name}):")
-    for event in tail:
-        if event.get("reason"):
-            r.line(f"   [dim]{event['event']}: {event['reason']}[/]")
+    r.line(f"Every action was logged with its reason in {lifecycle.paths.event_log.name}; "
+           f"these {len(actions)} did something to the pod:")
+    for event in actions:
+        r.line(f"   [dim]{event['event']}: {event['reason']}[/]")
     r.line("")
     r.line("[bold green]done.[/] Next: `rpm init`, set RUNPOD_API_KEY, `rpm start`.")
+    return {"pod_id": pod_id, "base_url": base_url, "ready_seconds": round(started.wait_seconds, 3),
+            "wake_cold_start_seconds": None if cold is None else float(cold),
+            "billed_usd": spent, "actions": [{"event": e["event"], "reason": e["reason"]} for e in actions]}
 
 
 def _chat(base_url: str, prompt: str) -> tuple[str, str | None]:

@@ -9,13 +9,14 @@ logging one JSON line per action with its reason.
 from __future__ import annotations
 
 import contextlib
+import copy
 import secrets
 import shlex
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NoReturn
 
 import requests
 
@@ -23,6 +24,8 @@ from runpod_manager import policy
 from runpod_manager.config import Config
 from runpod_manager.errors import (
     ApiError,
+    AuthError,
+    ConfigError,
     Conflict,
     InsufficientBalance,
     LimitRefused,
@@ -64,7 +67,7 @@ class Progress:
 class AppliedAction:
     action: Action
     ok: bool = True
-    error: str | None = None
+    error: RpmError | None = None  # the typed failure: callers decide by its class, never by its text
 
 
 @dataclass
@@ -80,6 +83,13 @@ class PassResult:
     spend_today_usd: float = 0.0
     api_calls: int = 0
     notices: list[str] = field(default_factory=list)
+    observe_errors: list[ApiError] = field(default_factory=list)  # what the pass could not see
+
+    @property
+    def auth_error(self) -> AuthError | None:
+        """The key stopped working (revoked, wrong, lacking permission): an alarm on every pass."""
+        errors: list[RpmError] = [*self.observe_errors, *(a.error for a in self.applied if a.error)]
+        return next((e for e in errors if isinstance(e, AuthError)), None)
 
     @property
     def failed(self) -> list[AppliedAction]:
@@ -111,12 +121,27 @@ class StartResult:
 
 @dataclass
 class ShutdownResult:
-    ended: list[AppliedAction]
+    ended: list[AppliedAction]  # the record's pods stopped or terminated, and orphans of this config
     orphans_terminated: list[str]
-    proxy_stopped: bool
+    proxies_stopped: list[int]  # pids of every proxy of this config that was stopped
     record: PodRecord
     dry_run: bool = False
     plan: Plan = field(default_factory=Plan)
+
+    @property
+    def proxy_stopped(self) -> bool:
+        return bool(self.proxies_stopped)
+
+
+@dataclass
+class ProxyStopResult:
+    """What a stopped proxy leaves behind: the pod it ended, or the pod that keeps running and until when."""
+
+    pod_id: str | None
+    ended: list[AppliedAction]
+    failed: list[AppliedAction]
+    kept_until: datetime | None  # the lease's deadline, when the pod keeps running
+    idle_ends_at: datetime | None  # when the watchdog stops it for idleness, if idle stop is on
 
 
 @dataclass
@@ -300,9 +325,7 @@ class Lifecycle:
                 billed = self.client.pod_spend_usd(pod.id, since=day_start)
                 record.billing_checked_at = now
                 record.billed_usd = billed
-        # Pods ended earlier today are counted by the estimate; the current pod by whichever is higher.
-        current_estimate = record.spend_usd - record.spend_of_ended_pods_usd
-        return record.spend_of_ended_pods_usd + max(current_estimate, record.billed_usd)
+        return policy.spend_today_usd(record, policy.local_day(now, self.config.zone))
 
     # ------------------------------------------------------------------------------------ reconcile
 
@@ -334,6 +357,7 @@ class Lifecycle:
         calls_before = self._calls()
         self.observe_errors = []
         record = state.record(self.name)
+        self._check_world(record)
         now = self.clock()
         if activity_at is not None and (record.last_activity_at is None or activity_at > record.last_activity_at):
             record.last_activity_at = activity_at
@@ -362,7 +386,7 @@ class Lifecycle:
                 applied = self._apply(state, record, action, observation, now)
                 result.applied.append(applied)
                 self.store.save(state)
-                if isinstance(applied.error, _ResumeRefusedMarker):
+                if isinstance(applied.error, ResumeRefused):
                     resume_refused, retry = True, True
                     break
             if not retry:
@@ -370,7 +394,21 @@ class Lifecycle:
             sweep_due = False
         result.record = record
         result.api_calls = self._calls() - calls_before
+        result.observe_errors = list(self.observe_errors)
         return result
+
+    def _check_world(self, record: PodRecord) -> None:
+        """State belongs to one RunPod API (account): a record holding a pod, an intent or a lease of another
+        is refused, never acted upon, where a 404 from the wrong API would silently drop its pod."""
+        base = self.config.api.base_url
+        if record.api_base_url and record.api_base_url != base and record.holds_something:
+            held = f"pod {record.pod_id}" if record.pod_id else "an open lease"
+            raise ConfigError(
+                f"the state of config '{self.name}' ({self.store.path}) holds {held} at RunPod API "
+                f"{record.api_base_url}, but this run talks to {base}; nothing was changed",
+                hint=f"run rpm with RUNPOD_API_URL={record.api_base_url} (e.g. `rpm shutdown`) first, or use "
+                     "another RPM_HOME for the other API")
+        record.api_base_url = base
 
     # ---------------------------------------------------------------------------------------- apply
 
@@ -379,15 +417,12 @@ class Lifecycle:
         applied = AppliedAction(action)
         try:
             self._apply_one(record, action, observation, now)
-        except ResumeRefused as exc:
-            applied.ok = False
-            applied.error = _ResumeRefusedMarker(exc.message)
         except RpmError as exc:
             applied.ok = False
-            applied.error = exc.message
+            applied.error = exc
         self.events.write(
             action.kind.value, config=self.name, pod_id=action.pod_id, pod_name=action.pod_name,
-            reason=action.reason, ok=applied.ok, error=str(applied.error) if applied.error else None,
+            reason=action.reason, ok=applied.ok, error=applied.error.message if applied.error else None,
         )
         if applied.ok and action.kind not in (ActionKind.REPORT_ORPHAN,):
             record.last_action = action.kind.value
@@ -590,12 +625,18 @@ class Lifecycle:
               progress: Callable[[Progress], None] | None = None, opened_by: str = "start") -> StartResult:
         """Open a lease (if none), create or resume the pod, and wait until it is ready.
 
+        A lease opens only for a start that has what it needs (the key here; the caller checks the proxy's
+        port and bind first), and a start that fails closes its lease unless its own pod is verifiably still
+        coming up: a later watchdog pass must never create or resume a pod for a start that gave up.
         wait_seconds: how long to wait for the state lock (-1: the configured lock_wait_seconds).
         """
         if wait_seconds is not None and wait_seconds < 0:
             wait_seconds = self.config.startup.lock_wait_seconds
+        _ = self.client  # no key, no lease (ConfigError before anything is written)
+        started = time.monotonic()
         with self._locked_state(wait_seconds) as state:
             record = state.record(self.name)
+            self._check_world(record)
             now = self.clock()
             # Observe first, so the refusal sees today's spend.
             had_lease = record.lease is not None
@@ -617,22 +658,17 @@ class Lifecycle:
                     self.store.save(state)
                     self.events.write("lease_opened", config=self.name, deadline=lease_candidate.deadline,
                                       opened_by=opened_by)
-            result = self._pass(state, dry_run=dry_run, check_ready=True)
+            try:
+                result = self._pass(state, dry_run=dry_run, check_ready=True)
+            except RpmError as exc:
+                if not dry_run:
+                    self._fail_start(state, record, None, exc)
+                raise
             created = any(a.action.kind in (ActionKind.CREATE, ActionKind.REPLACE) and a.ok for a in result.applied)
             resumed = any(a.action.kind == ActionKind.RESUME and a.ok for a in result.applied)
-            # A refused resume is not a failure when the pass went on to create a replacement.
-            replaced = any(a.ok and a.action.kind == ActionKind.REPLACE for a in result.applied)
-            failures = [a for a in result.applied if not a.ok and a.action.kind in policy.STARTS
-                        and not (replaced and isinstance(a.error, _ResumeRefusedMarker))]
-            alarms = [a for a in result.applied if a.action.kind == ActionKind.ALARM]
-            if alarms and not dry_run and record.pod_id is not None and not replaced:
-                raise ResumeRefused(f"could not start the pod: {alarms[0].action.reason}",
-                                    hint='set [limits] on_resume_failure = "replace", or `rpm shutdown` and start')
-            if self.observe_errors and record.pod_id is None and not dry_run:
-                self._close_failed_lease(state, record, self.observe_errors[0].message)
-                raise self.observe_errors[0]
-            if failures and not dry_run:
-                self._raise_start_failure(record, failures)
+            failure = None if dry_run else self._start_failure(record, result)
+            if failure is not None:
+                self._fail_start(state, record, result.pod, failure)
             pod = result.pod
         if dry_run:
             return StartResult(pod=pod, record=record, created=False, resumed=False,
@@ -641,7 +677,11 @@ class Lifecycle:
         already = had_lease and not created and not resumed and pod is not None
         if record.pod_id is None:
             raise NotReady("no pod exists for the open lease", hint="see `rpm status` and the event log")
-        ready = record.ready_pod_id == record.pod_id
+        if progress:
+            progress(Progress(record.pod_id, pod.status.value if pod else record.last_status or "unknown",
+                              time.monotonic() - started, 0,
+                              "created" if created else "resumed" if resumed else ""))
+        ready = record.ready
         waited = 0.0
         if wait and not ready:
             pod, waited = self.wait_ready(progress=progress)
@@ -662,30 +702,47 @@ class Lifecycle:
                 pod = self.client.get_pod(record.pod_id)
         return self._spend_today(record, pod, now)
 
-    def _close_failed_lease(self, state: State, record: PodRecord, reason: str) -> None:
-        """Nothing runs for a lease this start just opened: close it so nothing retries a doomed start."""
-        if record.pod_id is None and record.intent is None and record.lease is not None:
-            record.lease = None
-            record.last_lease_end_reason = f"start failed: {reason}"
-            self.store.save(state)
+    def _start_failure(self, record: PodRecord, result: PassResult) -> RpmError | None:
+        """Why this start's pass did not give the lease a pod, as the typed error, or None."""
+        replaced = any(a.ok and a.action.kind == ActionKind.REPLACE for a in result.applied)
+        alarms = [a for a in result.applied if a.action.kind == ActionKind.ALARM]
+        if alarms and record.pod_id is not None and not replaced:
+            return ResumeRefused(f"could not start the pod: {alarms[0].action.reason}",
+                                 hint='set [limits] on_resume_failure = "replace", or `rpm shutdown` and start')
+        if result.observe_errors and record.pod_id is None:
+            return result.observe_errors[0]
+        for applied in result.applied:
+            # A refused resume is not a failure when the pass went on to create a replacement.
+            if (not applied.ok and applied.action.kind in policy.STARTS and applied.error is not None
+                    and not (replaced and isinstance(applied.error, ResumeRefused))):
+                return applied.error
+        return None
 
-    def _raise_start_failure(self, record: PodRecord, failures: list[AppliedAction]) -> None:
-        message = "; ".join(str(f.error) for f in failures)
-        # Nothing runs for this lease: close it so the watchdog does not keep retrying a doomed create.
-        with self.store.lock(wait_seconds=None):
-            state = self.store.load()
-            current = state.record(self.name)
-            if current.pod_id is None and current.intent is None:
-                current.lease = None
-                current.last_lease_end_reason = f"start failed: {message}"
+    def _fail_start(self, state: State, record: PodRecord, pod: Pod | None, error: RpmError) -> NoReturn:
+        """Close the lease of a failed start unless its own pod is verifiably coming up; raise the error
+        (its own type, so its exit code) saying what still runs."""
+        coming_up = (pod is not None and record.pod_id == pod.id and pod.status in policy.ACTIVE_STATUSES)
+        if coming_up:
+            still = f"pod {record.pod_id} is still coming up under its lease; `rpm shutdown` ends it"
+        else:
+            if record.lease is not None:
+                record.lease = None
+                record.last_lease_end_reason = f"start failed: {error.message}"
+                # A stopped pod stays stopped (a fast resume later); a pod that a lost create may have made
+                # is terminated when a later pass finds it by name.
+                record.lease_end_action = "stop" if record.pod_id is not None else "terminate"
+                record.proxy_wanted = False
                 self.store.save(state)
-        lowered = message.lower()
-        if "balance" in lowered:
-            raise InsufficientBalance(f"could not start the pod: {message}")
-        if "capacity" in lowered or "gpu" in lowered:
-            raise NoCapacity(f"could not start the pod: {message}",
-                             hint="add GPU types or data centers to the config, or try again later")
-        raise ApiError(f"could not start the pod: {message}")
+                self.events.write("lease_closed", config=self.name, reason=record.last_lease_end_reason)
+            if record.pod_id is not None:
+                still = f"the lease is closed; pod {record.pod_id} stays {record.last_status or 'as it is'}"
+            elif record.intent is not None:
+                still = ("the lease is closed; a pod this start may have created is found by name and "
+                         "terminated by the next `rpm watchdog` or `rpm shutdown`")
+            else:
+                still = "the lease is closed and nothing of this config runs"
+        error.hint = f"{error.hint}; {still}" if error.hint else still
+        raise error
 
     def wait_ready(self, *, progress: Callable[[Progress], None] | None = None) -> tuple[Pod, float]:
         """Poll until RunPod says RUNNING and GET /v1/models answers through the pod URL.
@@ -760,21 +817,26 @@ class Lifecycle:
 
     def shutdown(self, *, stop: bool = False, all_pods: bool = False, dry_run: bool = False,
                  wait_seconds: float | None = -1.0) -> ShutdownResult:
-        """Close the lease and end the pod (terminate, or stop with stop=True); idempotent."""
+        """Close the lease, end the pod (terminate, or stop with stop=True) and stop every proxy; idempotent.
+
+        Raises (with the failure's own type and exit code) when a pod could not be ended, or when RunPod
+        could not be asked at all: "nothing running" is said only when it was verified.
+        """
         if wait_seconds is not None and wait_seconds < 0:
             wait_seconds = self.config.startup.lock_wait_seconds
         from runpod_manager.proxy import process
 
         end_action = "stop" if stop else "terminate"
-        proxy_stopped = False
+        stopped: list[int] = []
         if not dry_run:
-            # The proxy goes first: its in-flight streams finish on a pod that still runs, and it cannot
-            # wake the pod again (a new lease) between the end of the pod below and its own end.
-            proxy_stopped = process.stop_proxy_process(self.paths)
+            # The proxies go first: their in-flight streams finish on a pod that still runs, and they cannot
+            # wake the pod again (a new lease) between the end of the pod below and their own end.
+            stopped += [proxy.pid for proxy in process.stop_proxies(self.paths)]
         with self._locked_state(wait_seconds) as state:
             if dry_run:
                 state = _copy_state(state)
             record = state.record(self.name)
+            self._check_world(record)
             record.lease = None
             record.last_lease_end_reason = "shutdown"
             record.lease_end_action = end_action
@@ -782,20 +844,31 @@ class Lifecycle:
             if not dry_run:
                 self.store.save(state)
             result = self._pass(state, dry_run=dry_run, shutdown_action=end_action, sweep=True)
-            ended = [a for a in result.applied if a.action.kind in policy.ENDS]
             orphans: list[str] = []
             if all_pods:
                 orphans = self._sweep_all_rpm_pods(record, dry_run=dry_run)
         if not dry_run:
-            # A watchdog may have restarted it (lease open, proxy wanted) before the lock was ours.
-            proxy_stopped = process.stop_proxy_process(self.paths) or proxy_stopped
-        failed = [a for a in result.applied if not a.ok and a.action.kind in policy.ENDS]
-        if failed:
-            raise ApiError("could not end the pod: " + "; ".join(str(a.error) for a in failed),
-                           hint="run `rpm shutdown` again; the watchdog will also retry")
+            # A watchdog may have restarted one (lease open, proxy wanted) before the lock was ours.
+            stopped += [proxy.pid for proxy in process.stop_proxies(self.paths) if proxy.pid not in stopped]
+        ending = (*policy.ENDS, ActionKind.TERMINATE_ORPHAN)
         if dry_run:
-            ended = [AppliedAction(a) for a in result.plan.actions if a.kind in policy.ENDS]
-        return ShutdownResult(ended=ended, orphans_terminated=orphans, proxy_stopped=proxy_stopped,
+            ended = [AppliedAction(a) for a in result.plan.actions if a.kind in ending]
+        else:
+            ended = [a for a in result.applied if a.action.kind in ending and a.ok]
+        failed = [a for a in result.applied if not a.ok and a.action.kind in ending and a.error is not None]
+        if failed and failed[0].error is not None:
+            done = "; ".join(f"{a.action.kind.value} {a.action.pod_id} done" for a in ended)
+            raise _retold(failed[0].error, "could not end pod " + ", ".join(
+                f"{a.action.pod_id} ({a.error.message if a.error else '?'})" for a in failed)
+                + (f"; {done}" if done else ""),
+                hint="it may still bill: run `rpm shutdown` again; the watchdog also retries")
+        if result.observe_errors and not dry_run:
+            known = f"state last saw pod {record.pod_id} {record.last_status or ''}".strip() if record.pod_id \
+                else "state knows no pod"
+            raise _retold(result.observe_errors[0], f"could not verify that nothing of config '{self.name}' runs: "
+                          f"{result.observe_errors[0].message} ({known})",
+                          hint="the lease is closed; run `rpm shutdown` again when RunPod answers")
+        return ShutdownResult(ended=ended, orphans_terminated=orphans, proxies_stopped=stopped,
                               record=record, dry_run=dry_run, plan=result.plan)
 
     def _sweep_all_rpm_pods(self, record: PodRecord, *, dry_run: bool) -> list[str]:
@@ -814,24 +887,66 @@ class Lifecycle:
 
     # ---------------------------------------------------------------------------------------- proxy
 
-    def ensure_proxy(self) -> str:
-        """Run the proxy in the background for the open lease (restarted by reconcile if it dies)."""
+    def ensure_proxy(self, running_pid: int | None = None) -> str:
+        """Run the proxy in the background for the open lease (restarted by reconcile if it dies); return the
+        OpenAI base URL. `running_pid`: this config's own proxy already serves the port (process.claim_port),
+        so none is started and none is marked wanted (it is not ours to restart)."""
         from runpod_manager.proxy import process
 
-        process.start_proxy_process(self.config, self.paths)
-        with self.store.lock(wait_seconds=None):
-            state = self.store.load()
-            record = state.record(self.name)
-            if record.lease is not None:
+        if running_pid is None:
+            with self.store.lock(wait_seconds=None):
+                state = self.store.load()
+                record = state.record(self.name)
+                if record.lease is None:
+                    raise NotReady("the lease was closed before the proxy started (shutdown or a limit)",
+                                   hint="nothing of this config runs; see `rpm status`")
                 record.proxy_wanted = True
                 self.store.save(state)
-        return f"{process.proxy_url(self.config)}/v1"
+            try:
+                process.start_proxy_process(self.config, self.paths)
+            except RpmError as exc:
+                record = self.store.load().record(self.name)
+                still = (f"pod {record.pod_id} keeps running under its lease (until "
+                         f"{record.lease.deadline.astimezone():%Y-%m-%d %H:%M %Z}); `rpm proxy` serves it, "
+                         "`rpm shutdown` ends it") if record.pod_id and record.lease else "nothing else runs"
+                exc.hint = f"{exc.hint}; {still}" if exc.hint else still
+                raise
+        return proxy_base_url(self.config)
+
+    def proxy_stopped(self) -> ProxyStopResult:
+        """A proxy of this config stopped: what that means for the pod (README, "Stopping the proxy").
+
+        A lease the proxy opened by waking the pod ends with the idle action, because the proxy was what
+        would have noticed the pod going idle. A lease `rpm start` opened stays: the pod keeps to its limits
+        (the watchdog from cron enforces idle stop and the deadline), and the result says until when.
+        """
+        with self._locked_state(self.config.startup.lock_wait_seconds) as state:
+            record = state.record(self.name)
+            self._check_world(record)
+            lease = record.lease
+            if lease is not None and lease.opened_by == "wake" and record.pod_id is not None:
+                record.lease = None
+                record.last_lease_end_reason = "the proxy that woke the pod stopped"
+                record.lease_end_action = self.config.limits.idle_action
+                self.store.save(state)
+                result = self._pass(state, dry_run=False)
+                ended = [a for a in result.applied if a.action.kind in policy.ENDS]
+                failed = [a for a in ended if not a.ok]
+                return ProxyStopResult(pod_id=record.pod_id or (ended[0].action.pod_id if ended else None),
+                                       ended=[a for a in ended if a.ok], failed=failed, kept_until=None,
+                                       idle_ends_at=None)
+            if lease is not None and record.pod_id is not None:
+                view = policy.limit_view(self.clock(), self.config, record, policy.activity_of(record))
+                return ProxyStopResult(pod_id=record.pod_id, ended=[], failed=[], kept_until=view.deadline,
+                                       idle_ends_at=view.idle_ends_at)
+        return ProxyStopResult(pod_id=None, ended=[], failed=[], kept_until=None, idle_ends_at=None)
 
     # --------------------------------------------------------------------------------------- status
 
     def status(self) -> StatusResult:
         state = self.store.load()
         record = state.pods.get(self.name) or PodRecord(config_name=self.name)
+        self._check_world(replace(record))
         now = self.clock()
         pod = None
         observed = True
@@ -844,27 +959,34 @@ class Lifecycle:
             except ApiError as exc:
                 observed, error = False, exc.message
         spend = self._spend_today(replace(record), pod, now) if (pod or record.spend_usd) else 0.0
-        activity = Activity(last_request_at=record.last_activity_at)
+        activity = policy.activity_of(record)
         idle = None
         if record.lease is not None:
-            last = max(t for t in (record.lease.opened_at, record.last_activity_at) if t is not None)
-            idle = max(0.0, (now - last).total_seconds())
+            idle = (now - policy.last_active_at(now, record.lease, activity)).total_seconds()
         proxy_pid = self.proxy_pid()
         return StatusResult(
             config_name=self.name, record=record, pod=pod, pod_observed=observed, observe_error=error,
             spend_today_usd=spend, limits=policy.limit_view(now, self.config, record, activity), now=now,
-            proxy_pid=proxy_pid,
-            proxy_url=(f"{'https' if self.config.proxy.use_https else 'http'}://{self.config.proxy.host}:"
-                       f"{self.config.proxy.port}/v1") if proxy_pid else None,
+            proxy_pid=proxy_pid, proxy_url=proxy_base_url(self.config) if proxy_pid else None,
             pod_url=self.pod_url(record.pod_id) if record.pod_id else None,
             max_daily_spend_usd=self.config.limits.max_daily_spend_usd, idle_seconds=idle,
         )
 
 
-class _ResumeRefusedMarker(str):
-    """An AppliedAction error that asks the pass to plan again with resume_refused=True."""
+def proxy_base_url(config: Config) -> str:
+    """The OpenAI base URL clients on this machine use: the one derivation shown by start, status and demo."""
+    from runpod_manager.proxy import process
 
-    __slots__ = ()
+    return f"{process.proxy_url(config)}/v1"
+
+
+def _retold(error: RpmError, message: str, *, hint: str | None) -> RpmError:
+    """The same failure (same class, so the same exit code) told in the words of the command that met it."""
+    retold = copy.copy(error)
+    retold.message = message
+    retold.args = (message,)
+    retold.hint = hint
+    return retold
 
 
 def _copy_state(state: State) -> State:
@@ -901,7 +1023,7 @@ class LifecycleProxyController:
         from runpod_manager.proxy.controller import UpstreamTarget
 
         record = self._record()
-        if record is None or record.lease is None or record.pod_id is None or record.ready_pod_id != record.pod_id:
+        if record is None or record.lease is None or not record.ready or record.pod_id is None:
             return None
         return UpstreamTarget(record.pod_id, self._lifecycle.pod_url(record.pod_id), record.upstream_key)
 
@@ -928,13 +1050,14 @@ class LifecycleProxyController:
         lifecycle = self._lifecycle
         record = self._record() or PodRecord(config_name=lifecycle.name)
         now = lifecycle.clock()
-        limits = policy.limit_view(now, lifecycle.config, record, Activity(last_request_at=record.last_activity_at))
+        limits = policy.limit_view(now, lifecycle.config, record, policy.activity_of(record))
         return PodView(
             pod_id=record.pod_id, status=record.last_status if record.pod_id else None,
-            ready=record.pod_id is not None and record.ready_pod_id == record.pod_id and record.lease is not None,
+            ready=record.ready and record.lease is not None,
             lease_open=record.lease is not None, gpu_type_id=record.gpu_type_id,
             cost_per_hour=record.cost_per_hour if record.pod_id else 0.0,
-            spend_today_usd=record.spend_usd, max_daily_spend_usd=lifecycle.config.limits.max_daily_spend_usd,
+            spend_today_usd=policy.spend_today_usd(record, policy.local_day(now, lifecycle.config.zone)),
+            max_daily_spend_usd=lifecycle.config.limits.max_daily_spend_usd,
             deadline=limits.deadline,
             limits={"runtime": limits.runtime_ends_at, "cutoff": limits.cutoff_at, "idle": limits.idle_ends_at},
             last_action=record.last_action, last_reason=record.last_reason,

@@ -51,6 +51,11 @@ class Paths:
         return self.state_dir / "proxy.pid"
 
     @property
+    def proxy_registry_dir(self) -> Path:
+        """One file per running proxy (background or foreground), written by the proxy itself."""
+        return self.state_dir / "proxies"
+
+    @property
     def proxy_log(self) -> Path:
         return self.log_dir / "proxy.log"
 

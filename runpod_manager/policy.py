@@ -224,10 +224,7 @@ def plan(
         # 4. Idle: no proxied request (and no GPU work, when reported) for idle_timeout_seconds.
         idle_timeout = config.limits.idle_timeout_seconds
         if idle_timeout and observed.pod_observed and (pod is None or pod.status in IDLE_CHECKED_STATUSES):
-            last_active = max(t for t in (lease.opened_at, activity.last_request_at, activity.last_gpu_busy_at)
-                              if t is not None)
-            last_active = min(last_active, now)  # clock skew: a future time counts as now
-            idle_seconds = (now - last_active).total_seconds()
+            idle_seconds = (now - last_active_at(now, lease, activity)).total_seconds()
             if idle_seconds >= idle_timeout:
                 end_pod("idle", f"idle for {int(idle_seconds)} s (idle_timeout_seconds {idle_timeout})",
                         config.limits.idle_action)
@@ -268,6 +265,14 @@ def plan(
                     ActionKind.TERMINATE)
                 if not (kind is ActionKind.STOP and pod.status == PodStatus.EXITED):
                     actions.append(Action(kind, f"{reason}", pod_id=pod.id))
+        elif not observed.pod_observed and pod_id is not None:
+            # RunPod did not answer: end the pod by id unless state knows it is already stopped the way the
+            # lease ended. A failure is then an error to report, never a silent "nothing running".
+            end_action = _lease_end_action(record, options)
+            if end_action == "terminate" or record.last_status != PodStatus.EXITED.value:
+                kind = ActionKind.STOP if end_action == "stop" else ActionKind.TERMINATE
+                reason = record.last_lease_end_reason or "no open lease"
+                actions.append(Action(kind, f"{reason} (pod status unknown)", pod_id=pod_id))
         if observed.replaced_pod is not None:
             actions.append(Action(ActionKind.TERMINATE, "no open lease (pod being replaced)",
                                   pod_id=observed.replaced_pod.id))
@@ -375,6 +380,29 @@ class LimitView:
     extra: dict[str, str] = field(default_factory=dict)
 
 
+def last_active_at(now: datetime, lease: Lease, activity: Activity) -> datetime:
+    """The last sign of use the idle rule counts: the lease's opening, a proxied request or GPU work.
+
+    The one derivation of "idle since" for the planner, `rpm status` and the proxy's views alike."""
+    last = max(t for t in (lease.opened_at, activity.last_request_at, activity.last_gpu_busy_at) if t is not None)
+    return min(last, now)  # clock skew: a future time counts as now
+
+
+def activity_of(record: PodRecord) -> Activity:
+    """The activity state keeps for a record (what every reader passes to the planner's derivations)."""
+    return Activity(last_request_at=record.last_activity_at, last_gpu_busy_at=record.last_gpu_busy_at,
+                    proxy_wanted=record.proxy_wanted)
+
+
+def spend_today_usd(record: PodRecord, today: date) -> float:
+    """Today's spend from the record's ledger: pods ended earlier today as estimated, the current pod by
+    whichever of the estimate and billing is higher. The one derivation shown and enforced alike."""
+    if record.spend_day != today.isoformat():
+        return 0.0
+    current_estimate = record.spend_usd - record.spend_of_ended_pods_usd
+    return record.spend_of_ended_pods_usd + max(current_estimate, record.billed_usd)
+
+
 def limit_view(now: datetime, config: Config, record: PodRecord, activity: Activity) -> LimitView:
     lease = record.lease
     if lease is None:
@@ -383,9 +411,6 @@ def limit_view(now: datetime, config: Config, record: PodRecord, activity: Activ
     cutoff = next_cutoff(min(lease.opened_at, now), config)
     idle_end = None
     if config.limits.idle_timeout_seconds:
-        # The same activity as the idle rule in plan(), GPU work included.
-        last = max(t for t in (lease.opened_at, activity.last_request_at, activity.last_gpu_busy_at)
-                   if t is not None)
-        idle_end = min(last, now) + timedelta(seconds=config.limits.idle_timeout_seconds)
+        idle_end = last_active_at(now, lease, activity) + timedelta(seconds=config.limits.idle_timeout_seconds)
     deadline = min(t for t in (lease.deadline, runtime_end, cutoff) if t is not None)
     return LimitView(deadline=deadline, runtime_ends_at=runtime_end, cutoff_at=cutoff, idle_ends_at=idle_end)

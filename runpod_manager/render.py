@@ -116,13 +116,14 @@ def duration(seconds: float | None) -> str:
     return f"{secs}s"
 
 
-def when(moment: datetime | None, now: datetime) -> str:
+def when(moment: datetime | None, now: datetime, *, bare: bool = False) -> str:
+    """`08:32:39 (in 4s)`; with `bare`, `08:32:39, in 4s` for use inside parentheses."""
     if moment is None:
         return "-"
     local = moment.astimezone()
     left = (moment - now).total_seconds()
     rel = f"in {duration(left)}" if left >= 0 else f"{duration(-left)} ago"
-    return f"{local:%H:%M:%S} ({rel})"
+    return f"{local:%H:%M:%S}, {rel}" if bare else f"{local:%H:%M:%S} ({rel})"
 
 
 def table(title: str | None, columns: list[str]) -> Table:
@@ -218,8 +219,12 @@ def show_status(r: Renderer, result: Any) -> None:
                  + (f" of {money(result.max_daily_spend_usd)}" if result.max_daily_spend_usd else ""))
     grid.add_row("lease", "open" if record.lease else f"closed ({record.last_lease_end_reason or '-'})")
     grid.add_row("deadline", when(limits.deadline, now))
-    grid.add_row("idle", f"{duration(result.idle_seconds)}"
-                 + (f" (stops {when(limits.idle_ends_at, now)})" if limits.idle_ends_at else ""))
+    idle_seconds = result.idle_seconds
+    if idle_seconds is not None and pod is not None and pod.runtime and pod.runtime.uptime_seconds is not None:
+        # Idle counts from the lease's opening; a pod resumed since then has not been up that long.
+        idle_seconds = min(idle_seconds, pod.runtime.uptime_seconds)
+    grid.add_row("idle", f"{duration(idle_seconds)}"
+                 + (f" (stops at {when(limits.idle_ends_at, now, bare=True)})" if limits.idle_ends_at else ""))
     grid.add_row("proxy", f"pid {result.proxy_pid} · {result.proxy_url}" if result.proxy_pid else "not running")
     if result.pod_url:
         grid.add_row("pod URL", result.pod_url)
@@ -231,53 +236,95 @@ def show_status(r: Renderer, result: Any) -> None:
 def show_shutdown(r: Renderer, result: Any) -> None:
     if r.as_json:
         r.emit({"dry_run": result.dry_run, "ended": [a.action.describe() for a in result.ended],
-                "orphans_terminated": result.orphans_terminated, "proxy_stopped": result.proxy_stopped})
+                "orphans_terminated": result.orphans_terminated, "proxy_stopped": result.proxy_stopped,
+                "proxies_stopped": result.proxies_stopped})
         return
     prefix = "[bold]dry run[/]: would " if result.dry_run else ""
+    done = "" if result.dry_run else " ✓"
+    for pid in result.proxies_stopped:
+        r.line(f"proxy {pid} stopped{done}")
     for applied in result.ended:
         action = applied.action
-        r.line(f"{prefix}{'stop' if action.kind.value == 'stop' else 'terminate'} pod {action.pod_id}"
-               + ("" if result.dry_run else " ✓"))
+        if action.kind.value == "terminate_orphan":
+            r.line(f"{prefix}terminate pod {action.pod_id} ({escape(action.pod_name or '-')}): "
+                   f"{escape(action.reason)}{done}")
+        else:
+            r.line(f"{prefix}{'stop' if action.kind.value == 'stop' else 'terminate'} pod {action.pod_id}{done}")
     for orphan in result.orphans_terminated:
-        r.line(f"{prefix}terminate unknown rpm pod {escape(orphan)}" + ("" if result.dry_run else " ✓"))
-    if result.proxy_stopped:
-        r.line("proxy stopped ✓")
+        r.line(f"{prefix}terminate unknown rpm pod {escape(orphan)}{done}")
     if not result.ended and not result.orphans_terminated:
         r.line("nothing running; lease closed")
 
 
+def show_proxy_stopped(r: Renderer, result: Any, url: str) -> None:
+    """The proxy's last words: what it ended, and what still runs and until when (on stderr: the proxy's
+    stdout may be a log)."""
+    ended = [f"{a.action.kind.value} {a.action.pod_id}" for a in result.ended]
+    failed = [f"{a.action.kind.value} {a.action.pod_id}: {a.error}" for a in result.failed]
+    if result.ended:
+        words = f"pod {result.pod_id} {'stopped' if result.ended[0].action.kind.value == 'stop' else 'terminated'}: " \
+                "this proxy had woken it"
+    elif result.failed:
+        words = (f"could not end pod {result.pod_id}, which this proxy had woken ({'; '.join(failed)}); "
+                 "run `rpm shutdown`")
+    elif result.kept_until is not None:
+        idle = (f"; the watchdog stops it idle at {result.idle_ends_at.astimezone():%H:%M:%S}"
+                if result.idle_ends_at else "")
+        words = (f"pod {result.pod_id} keeps running under the lease `rpm start` opened, until "
+                 f"{result.kept_until.astimezone():%Y-%m-%d %H:%M:%S %Z} at the latest{idle}; "
+                 "`rpm shutdown` ends it now")
+    else:
+        words = "nothing of this config runs"
+    if r.as_json:
+        r.emit({"url": url, "ended": ended, "failed": failed, "pod_id": result.pod_id,
+                "kept_until": result.kept_until, "idle_ends_at": result.idle_ends_at, "message": words},
+               ok=not result.failed)
+        return
+    r.err.print(f"proxy {url} stopped; {escape(words)}")
+
+
 def show_watchdog(r: Renderer, result: Any) -> None:
-    """Silent when there is nothing to do (cron mails nothing); one line per action otherwise."""
+    """Silent when there is nothing to do or the lock is busy (cron mails nothing); one line per action
+    otherwise. A dry run always prints its plan, empty or not."""
+    auth_error = result.auth_error
     if r.as_json:
         r.emit({"busy": result.busy, "dry_run": result.dry_run, "api_calls": result.api_calls,
                 "spend_today_usd": round(result.spend_today_usd, 4),
                 "plan": [{"kind": a.kind.value, "reason": a.reason, "pod_id": a.pod_id} for a in result.plan.actions],
                 "applied": [{"kind": a.action.kind.value, "pod_id": a.action.pod_id, "ok": a.ok,
-                             "error": str(a.error) if a.error else None} for a in result.applied]},
-               ok=not result.enforcement_failed)
+                             "error": str(a.error) if a.error else None} for a in result.applied],
+                "auth_error": str(auth_error) if auth_error else None},
+               ok=not result.enforcement_failed and auth_error is None)
         return
     for notice in result.notices:
         r.note(notice)
     if result.busy:
-        r.line("watchdog: another rpm process holds the state lock; skipping this pass")
+        if r.verbose:
+            r.note("another rpm process holds the state lock; skipping this pass")
         return
     if result.dry_run:
-        if result.plan.actions or r.verbose:
-            r.line("[bold]dry run[/]: nothing was changed. The plan:")
+        r.line("[bold]dry run[/]: nothing was changed. The plan:")
         for action in result.plan.actions:
             r.line(f"  • {escape(action.describe())}")
+        if not result.plan.actions:
+            r.line(f"  (nothing to do: {escape(_record_summary(result))})")
     else:
         for applied in result.applied:
             mark = "✓" if applied.ok else f"[red]failed: {escape(str(applied.error))}[/]"
             r.line(f"{escape(applied.action.describe())} {mark}")
     if r.verbose and result.record is not None:
-        record = result.record
-        pod = result.pod
-        lease = (f"open until {record.lease.deadline.astimezone():%H:%M:%S}" if record.lease
-                 else f"closed ({record.last_lease_end_reason or '-'})")
-        r.line(f"state: pod {record.pod_id or '-'} "
-               f"({pod.status_text if pod else record.last_status or 'none'}), lease {lease}, "
-               f"spend today {money(result.spend_today_usd)}, {result.api_calls} API call(s)")
+        r.line(f"state: {escape(_record_summary(result))}, spend today {money(result.spend_today_usd)}, "
+               f"{result.api_calls} API call(s)")
+
+
+def _record_summary(result: Any) -> str:
+    record, pod = result.record, result.pod
+    if record is None:
+        return "no record"
+    lease = (f"open until {record.lease.deadline.astimezone():%H:%M:%S}" if record.lease
+             else f"closed, {record.last_lease_end_reason or '-'}")
+    return (f"pod {record.pod_id or '-'} {pod.status_text if pod else record.last_status or 'none'}, "
+            f"lease {lease}")
 
 
 def show_catalog(r: Renderer, result: Any) -> None:
@@ -300,10 +347,21 @@ def show_catalog(r: Renderer, result: Any) -> None:
         r.line("[green]✓[/] the configured GPU types can be started")
 
 
+INIT_NEXT_STEPS = (
+    "edit [pod] model and gpu_types, and the [limits] you want",
+    "export RUNPOD_API_KEY=…   (a key with Pods read/write; or try `rpm demo` / `rpm sandbox` first)",
+    "rpm refresh-catalog       (checks your GPU types and prices)",
+    "rpm start                 (starts the pod and the proxy; prints the base URL for your editor)",
+)
+
+
 def show_init(r: Renderer, path: Any, notes: list[str]) -> None:
     if r.as_json:
-        r.emit({"written": str(path), "notes": notes})
+        r.emit({"written": str(path), "notes": notes, "next": list(INIT_NEXT_STEPS)})
         return
     r.line(f"wrote {path}")
     for note in notes:
         r.note(note)
+    r.line("next:")
+    for number, step in enumerate(INIT_NEXT_STEPS, 1):
+        r.line(f"  {number}. {escape(step)}")

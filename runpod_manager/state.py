@@ -118,6 +118,7 @@ class PodRecord:
     spend_of_ended_pods_usd: float = 0.0  # part of spend_usd from pods before the current one
     billed_usd: float = 0.0  # billing's figure for the current pod today
     billing_checked_at: datetime | None = None
+    api_base_url: str | None = None  # the RunPod API (account) the pod, lease and intent belong to
 
     def to_json(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
@@ -142,8 +143,14 @@ class PodRecord:
         return cls(**values)
 
     @property
-    def owns_pod(self) -> bool:
-        return self.pod_id is not None
+    def ready(self) -> bool:
+        """The record's pod was verified ready (RUNNING and its model server answering) and still is."""
+        return self.pod_id is not None and self.ready_pod_id == self.pod_id
+
+    @property
+    def holds_something(self) -> bool:
+        """A pod, a pending create or an open lease: what ties the record to one RunPod account."""
+        return bool(self.pod_id or self.intent or self.replacing_pod_id or self.lease)
 
 
 # The JSON types of the plain fields (the rest are parsed above): a record of the right names but the wrong

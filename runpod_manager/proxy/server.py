@@ -125,8 +125,9 @@ async def serve(
     handle_signals: bool = True,
     ssl_context: ssl.SSLContext | None = None,
     **app_options: Any,
-) -> None:
-    """Serve until stopped (signal or ProxyReady.stop()); the async core of run_proxy."""
+) -> str | None:
+    """Serve until stopped (signal or ProxyReady.stop()); the async core of run_proxy. Returns the name of
+    the signal that stopped it ("SIGINT", "SIGTERM"), or None when stopped through ProxyReady.stop()."""
     proxy = config.proxy
     loop = asyncio.get_running_loop()
     stopping = asyncio.Event()
@@ -137,6 +138,7 @@ async def serve(
                            access_log=None)
     await runner.setup()
     installed: list[signal.Signals] = []
+    stopped_by: list[str] = []
     try:
         site = web.TCPSite(runner, proxy.host, proxy.port, ssl_context=ssl_context, reuse_address=True)
         try:
@@ -153,7 +155,9 @@ async def serve(
             shown_host = f"[{shown_host}]"
         url = f"{scheme}://{shown_host}:{port}"
 
-        def request_stop() -> None:
+        def request_stop(signal_name: str | None = None) -> None:
+            if signal_name is not None and not stopped_by:
+                stopped_by.append(signal_name)
             if stopping.is_set():
                 # A second signal: stop waiting for in-flight requests.
                 log.warning("second stop request: cancelling in-flight requests")
@@ -167,7 +171,7 @@ async def serve(
         if handle_signals and threading.current_thread() is threading.main_thread():
             for signum in (signal.SIGTERM, signal.SIGINT):
                 with contextlib.suppress(NotImplementedError):  # Windows event loops
-                    loop.add_signal_handler(signum, request_stop)
+                    loop.add_signal_handler(signum, request_stop, signum.name)
                     installed.append(signum)
         log.info("proxy listening on %s", url)
         def stop_from_any_thread() -> None:
@@ -181,6 +185,7 @@ async def serve(
             loop.remove_signal_handler(signum)
         await runner.cleanup()
         log.info("proxy stopped")
+    return stopped_by[0] if stopped_by else None
 
 
 def _bound_port(runner: web.AppRunner, configured: int) -> int:
@@ -197,8 +202,9 @@ def run_proxy(
     *,
     ready_callback: Callable[[ProxyReady], None] | None = None,
     **app_options: Any,
-) -> None:
-    """Serve the proxy on [proxy] host/port until SIGTERM/SIGINT or ProxyReady.stop(); blocks.
+) -> str | None:
+    """Serve the proxy on [proxy] host/port until SIGTERM/SIGINT or ProxyReady.stop(); blocks. Returns the
+    name of the signal that stopped it, or None.
 
     Raises ConfigError before binding when the bind would be open to others without api_keys, when the
     TLS files cannot be loaded, or when the port is taken. `ready_callback` runs on the proxy's loop
@@ -212,5 +218,5 @@ def run_proxy(
     # second, which was most of the proxy's p99 (BENCHMARKS.md, "GC").
     gc.collect()
     gc.freeze()
-    asyncio.run(serve(config, controller, paths, ready_callback=ready_callback, ssl_context=ssl_context,
-                      **app_options))
+    return asyncio.run(serve(config, controller, paths, ready_callback=ready_callback, ssl_context=ssl_context,
+                             **app_options))

@@ -180,8 +180,8 @@ def test_busy_lock_exits_6_naming_the_holder(rpm: Rpm) -> None:
         result = rpm.run("start", "--no-proxy", env={"RPM_STARTUP_LOCK_WAIT_SECONDS": "0.3"}, timeout=60)
         assert result.returncode == 6, (result.stdout, result.stderr)
         assert str(holder.pid) in result.stderr
-        quiet = rpm.run("watchdog")
-        assert quiet.returncode == 0 and "lock" in quiet.stdout
+        quiet = rpm.run("watchdog")  # cron: a busy pass is skipped quietly (test_trust has the details)
+        assert quiet.returncode == 0 and quiet.stdout == ""
     finally:
         holder.kill()
         holder.wait()

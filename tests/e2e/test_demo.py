@@ -38,7 +38,7 @@ def test_demo_tells_the_whole_story_and_leaves_nothing_behind(tmp_path: Path) ->
     assert "Traceback" not in output
     # Every step of the flow happened, in order.
     steps = ["pod ", "streamed chat completion through the proxy", "rpm status", "stops the idle pod",
-             "wakes it", "rpm shutdown", "terminate pod", "proxy stopped"]
+             "wakes it", "rpm shutdown", "stopped ✓", "terminate pod"]  # the proxy goes first
     positions = [output.find(step) for step in steps]
     assert all(p >= 0 for p in positions), dict(zip(steps, positions, strict=True))
     assert positions == sorted(positions)

@@ -75,6 +75,7 @@ class Scenario:
     proxy_wanted: bool = False
     proxy_running: bool | None = None
     lease_end_action: str | None = None
+    last_status: str | None = None  # what state last saw of the pod
     options: Options = field(default_factory=Options)
 
     def merged(self, trigger: dict[str, Any]) -> Scenario:
@@ -103,7 +104,7 @@ class Scenario:
             config_name=CONFIG_NAME, pod_id=self.pod_id, pod_name="rpm-llm-aaaaaa" if self.pod_id else None,
             lease=lease, intent=Intent(self.intent, NOW - timedelta(minutes=2)) if self.intent else None,
             replacing_pod_id=OLD if self.replacing else None, lease_end_action=self.lease_end_action,
-            proxy_wanted=self.proxy_wanted,
+            proxy_wanted=self.proxy_wanted, last_status=self.last_status,
         )
         pod = None
         if self.pod_id is not None and self.pod_status is not None:
@@ -293,7 +294,14 @@ SINGLE_ROWS = [
     ("no lease: shutdown --stop", [{"opened_at": None, "options": Options(shutdown_action="stop")}],
      [f"stop:{MAIN}"]),
     ("no lease: pod vanished", [{"opened_at": None, "pod_status": None}], []),
-    ("no lease: pod not observed", [{"opened_at": None, "pod_observed": False}], []),
+    # RunPod did not answer: a pod not known to be ended the way its lease ended is ended by id, so that a
+    # failure is reported instead of a silent "nothing running".
+    ("no lease: pod not observed", [{"opened_at": None, "pod_observed": False}], [f"terminate:{MAIN}"]),
+    ("no lease: pod not observed, last seen running, lease ended by stop",
+     [{"opened_at": None, "pod_observed": False, "lease_end_action": "stop", "last_status": "RUNNING"}],
+     [f"stop:{MAIN}"]),
+    ("no lease: pod not observed, already stopped as its lease ended",
+     [{"opened_at": None, "pod_observed": False, "lease_end_action": "stop", "last_status": "EXITED"}], []),
 ]
 
 

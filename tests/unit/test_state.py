@@ -81,7 +81,7 @@ def full_record(name: str = "main") -> PodRecord:
         lease_end_action="stop", proxy_wanted=True, last_gpu_busy_at=T0 - timedelta(minutes=1),
         ready_pod_id="pod-abc", last_sweep_at_epoch=T0.timestamp() + 0.5,
         spend_accounted_at=T0 + timedelta(minutes=5), spend_of_ended_pods_usd=0.5, billed_usd=0.75,
-        billing_checked_at=T0 + timedelta(minutes=6),
+        billing_checked_at=T0 + timedelta(minutes=6), api_base_url="https://api.runpod.io",
     )
 
 
@@ -146,7 +146,7 @@ def test_record_creates_an_empty_record_once() -> None:
     first = state.record("main")
     first.pod_id = "p1"
     assert state.record("main") is first and state.pods == {"main": PodRecord(config_name="main", pod_id="p1")}
-    assert first.owns_pod and not state.record("other").owns_pod
+    assert first.holds_something and not state.record("other").holds_something
 
 
 def test_the_upstream_key_is_kept_out_of_the_repr() -> None:
