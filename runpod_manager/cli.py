@@ -147,8 +147,11 @@ def start(
 
             # Before any lease opens: a port held by something else, or a bind that is refused, fails here.
             own_proxy = process.claim_port(lifecycle.config, lifecycle.paths)
-        with renderer.progress("opening the lease…") as progress:
-            result = lifecycle.start(wait=not no_wait, dry_run=dry_run, progress=progress)
+        try:
+            with renderer.progress("opening the lease…") as progress:
+                result = lifecycle.start(wait=not no_wait, dry_run=dry_run, progress=progress)
+        except KeyboardInterrupt:
+            raise lifecycle.interrupted_start() from None
         _notices(renderer, lifecycle)
         if proxy and not dry_run:
             result.proxy_url = lifecycle.ensure_proxy(own_proxy)

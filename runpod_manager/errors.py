@@ -64,6 +64,12 @@ class LockBusy(RpmError):
         self.holder_pid = holder_pid
 
 
+class Interrupted(RpmError):
+    """Ctrl-C (SIGINT): the message says what still runs."""
+
+    exit_code = ExitCode.INTERRUPTED
+
+
 class LimitRefused(RpmError):
     """A limit (spend cap, daily cutoff) forbids starting or waking the pod right now."""
 

@@ -28,6 +28,7 @@ from runpod_manager.errors import (
     ConfigError,
     Conflict,
     InsufficientBalance,
+    Interrupted,
     LimitRefused,
     LockBusy,
     NoCapacity,
@@ -694,6 +695,26 @@ class Lifecycle:
         return StartResult(pod=pod, record=record, created=created, resumed=resumed, already_running=already,
                            ready=ready, base_url=f"{pod_url}/v1" if pod_url else None, pod_url=pod_url,
                            plan=result.plan, wait_seconds=waited)
+
+    def interrupted_start(self) -> Interrupted:
+        """Ctrl-C during a start: the pod it asked for keeps to its limits; say which and until when."""
+        with self._locked_state(self.config.startup.lock_wait_seconds) as state:
+            record = state.record(self.name)
+            if record.lease is not None and record.pod_id is None:
+                # No pod of its own yet: like any failed start, it leaves no lease for cron to act on. A pod
+                # that a create in flight made is found by name and terminated by the next pass.
+                record.lease = None
+                record.last_lease_end_reason = "start interrupted"
+                record.lease_end_action = "terminate"
+                self.store.save(state)
+                self.events.write("lease_closed", config=self.name, reason=record.last_lease_end_reason)
+        if record.lease is None:
+            return Interrupted("interrupted; the lease is closed and nothing of this config runs"
+                               + (" (a pod being created is terminated by the next `rpm watchdog` or "
+                                  "`rpm shutdown`)" if record.intent else ""))
+        until = f"until {record.lease.deadline.astimezone():%Y-%m-%d %H:%M %Z} at the latest"
+        return Interrupted(f"interrupted; pod {record.pod_id} keeps coming up under its lease {until} "
+                           "(idle stop applies)", hint="`rpm shutdown` ends it now")
 
     def _peek_spend(self, state: State, record: PodRecord, now: datetime) -> float:
         pod = None

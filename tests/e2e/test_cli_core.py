@@ -198,6 +198,8 @@ def test_interrupted_start_exits_130(rpm: Rpm) -> None:
     _out, err = process.communicate(timeout=20)
     assert process.returncode == 130
     assert "interrupted" in err and "Traceback" not in err
+    # The pod it asked for is coming up: it keeps its lease, and the message says so and until when.
+    assert rpm.record()["pod_id"] in err and "until" in err and rpm.record().get("lease") is not None
 
 
 def test_python_dash_m_and_version(rpm: Rpm) -> None:

@@ -387,3 +387,18 @@ def test_status_never_nests_parentheses(rpm: Rpm) -> None:
         for char in line:
             depth += {"(": 1, ")": -1}.get(char, 0)
             assert depth <= 1, line
+
+
+@pytest.mark.parametrize("sandbox_flags", [["--latency", "1.5"]])
+def test_ctrl_c_before_the_pod_exists_closes_the_lease(rpm: Rpm) -> None:
+    process = subprocess.Popen(rpm.command("start", "--no-proxy"), env=rpm.env(), stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    assert wait_until(lambda: rpm.record().get("lease") is not None, 20)
+    process.send_signal(signal.SIGINT)
+    _out, err = process.communicate(timeout=30)
+    assert process.returncode == 130, err
+    assert "nothing of this config runs" in err
+    assert rpm.record().get("lease") is None
+    rpm.sandbox.control("faults", {"latency_seconds": 0.0})
+    assert rpm.run("watchdog", "--sweep").returncode == 0
+    assert _running(rpm) == []
