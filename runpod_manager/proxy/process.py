@@ -61,18 +61,18 @@ def find_proxies(paths: Paths, *, scan: bool = False) -> list[ProxyProcess]:
     """Live proxies of this state directory: registered ones and the pid file's; with `scan`, also every
     `rpm proxy` process in the process table whose environment resolves to this state directory."""
     found: dict[int, ProxyProcess] = {}
-    for entry in _registry_entries(paths):
-        pid = entry["pid"]
-        if _alive(pid) and _start_ticks(pid) in (None, entry.get("start_ticks")):
-            found.setdefault(pid, ProxyProcess(pid, entry.get("url"), "registry"))
+    for pid, url, start_ticks in _registry_entries(paths):
+        if _alive(pid) and _start_ticks(pid) in (None, start_ticks):
+            found.setdefault(pid, ProxyProcess(pid, url, "registry"))
         else:
             _unregister(paths, pid)
     info = _read_pid_file(paths.proxy_pid_file)
     if info is not None:
         pid = _as_pid(info.get("pid"))
         if pid and _alive(pid):
-            url = info.get("url")
-            found.setdefault(pid, ProxyProcess(pid, url if isinstance(url, str) else None, "pid file"))
+            written_url = info.get("url")
+            found.setdefault(pid, ProxyProcess(pid, written_url if isinstance(written_url, str) else None,
+                                               "pid file"))
         else:
             with contextlib.suppress(OSError):
                 paths.proxy_pid_file.unlink()
@@ -104,17 +104,19 @@ def registered(paths: Paths, url: str) -> Iterator[None]:
         _unregister(paths, os.getpid())
 
 
-def _registry_entries(paths: Paths) -> list[dict[str, object]]:
+def _registry_entries(paths: Paths) -> list[tuple[int, str | None, int | None]]:
+    """(pid, url, start ticks) of each registry file; malformed files are removed."""
     entries = []
     with contextlib.suppress(OSError):
         for path in paths.proxy_registry_dir.glob("*.json"):
-            data = _read_pid_file(path)
-            pid = _as_pid(data.get("pid")) if data else None
+            data = _read_pid_file(path) or {}
+            pid = _as_pid(data.get("pid"))
             if pid is None or path.stem != str(pid):
                 with contextlib.suppress(OSError):
                     path.unlink()
                 continue
-            entries.append({**(data or {}), "pid": pid})
+            url, ticks = data.get("url"), data.get("start_ticks")
+            entries.append((pid, url if isinstance(url, str) else None, ticks if isinstance(ticks, int) else None))
     return entries
 
 
