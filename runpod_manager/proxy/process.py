@@ -68,11 +68,10 @@ def find_proxies(paths: Paths, *, scan: bool = False) -> list[ProxyProcess]:
             _unregister(paths, pid)
     info = _read_pid_file(paths.proxy_pid_file)
     if info is not None:
-        pid = _as_pid(info.get("pid"))
-        if pid and _alive(pid):
-            written_url = info.get("url")
-            found.setdefault(pid, ProxyProcess(pid, written_url if isinstance(written_url, str) else None,
-                                               "pid file"))
+        written_pid, written_url = _as_pid(info.get("pid")), info.get("url")
+        if written_pid and _alive(written_pid):
+            found.setdefault(written_pid, ProxyProcess(
+                written_pid, written_url if isinstance(written_url, str) else None, "pid file"))
         else:
             with contextlib.suppress(OSError):
                 paths.proxy_pid_file.unlink()
