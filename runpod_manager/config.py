@@ -27,9 +27,10 @@ from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from runpod_manager.errors import ConfigError
-from runpod_manager.paths import CONFIG_FILENAME, Paths
+from runpod_manager.paths import CONFIG_FILENAME, Paths, read_regular_file
 
 CONFIG_VERSION = 1
+MAX_CONFIG_BYTES = 1024 * 1024  # the commented template is ~10 KB; a config past a megabyte is not one
 DEFAULT_POD_URL_TEMPLATE = "https://{pod_id}-{port}.proxy.runpod.net"
 DEFAULT_API_BASE_URL = "https://api.runpod.io"
 _NAME_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,39}$")
@@ -278,7 +279,7 @@ def load_config(
 
 def read_toml(path: Path) -> dict[str, Any]:
     try:
-        raw = path.read_bytes()
+        raw = read_regular_file(path, max_bytes=MAX_CONFIG_BYTES)
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read config file ({exc.strerror})") from None
     try:
@@ -287,6 +288,8 @@ def read_toml(path: Path) -> dict[str, Any]:
         raise ConfigError(f"{path}: not UTF-8 text") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: invalid TOML: {exc}") from None
+    except RecursionError:  # tomllib recurses per level of `[[[…` or `{a = {a = …`
+        raise ConfigError(f"{path}: invalid TOML: nested too deeply") from None
 
 
 def build_config(document: Mapping[str, Any], *, source: Path | None, env: Mapping[str, str],
@@ -674,7 +677,7 @@ LEGACY_DROPPED = {"api_key", "runpod_api_key"}
 def convert_legacy_json(path: Path) -> tuple[dict[str, Any], list[str]]:
     """Read an older flat pod_config.json; return (TOML document, notes about dropped keys)."""
     try:
-        legacy = json.loads(path.read_text(encoding="utf-8"))
+        legacy = json.loads(read_regular_file(path, max_bytes=MAX_CONFIG_BYTES).decode("utf-8"))
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read ({exc.strerror})") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:

@@ -285,6 +285,43 @@ def test_invalid_toml_names_the_file_and_the_line(config_file: Path, paths: Path
     assert "\n" not in message and caught.value.__cause__ is None
 
 
+@pytest.mark.parametrize("body", [
+    "x = " + "[" * 5000 + "]" * 5000,
+    "[pod]\ngpu_types = " + "[" * 1000 + "]" * 1000,
+    "[pod]\nenv = " + "{a = " * 400 + "1" + "}" * 400,
+], ids=["top-level-array", "gpu-types-array", "env-inline-tables"])
+def test_deeply_nested_toml_is_a_config_error_naming_the_file(config_file: Path, paths: Paths, body: str) -> None:
+    """It was "unexpected RecursionError" with exit 1."""
+    error = error_of(config_file, paths, body)
+    assert error.message == f"{config_file}: invalid TOML: nested too deeply", error.message
+
+
+def test_deeply_nested_toml_exits_2_through_the_cli(config_file: Path) -> None:
+    from typer.testing import CliRunner
+
+    from runpod_manager.cli import app
+
+    write_file(config_file, "version = 1\nx = " + "[" * 5000 + "]" * 5000 + "\n")
+    result = CliRunner().invoke(app, ["status", "--config", str(config_file)], env={"RPM_DEBUG": None})
+    assert result.exit_code == 2, result.output
+    assert "nested too deeply" in result.stderr and str(config_file) in result.stderr
+    assert "unexpected" not in result.stderr and "Traceback" not in result.output
+
+
+def test_a_config_path_that_is_not_a_small_regular_file_is_refused(config_file: Path, paths: Paths) -> None:
+    from runpod_manager.config import MAX_CONFIG_BYTES
+
+    write_file(config_file, "version = 1\n# " + "x" * MAX_CONFIG_BYTES + "\n")
+    with pytest.raises(ConfigError) as caught:
+        load(config_file, paths)
+    assert caught.value.message == f"{config_file}: cannot read config file (larger than {MAX_CONFIG_BYTES} bytes)"
+    legacy = config_file.with_name("pod_config.json")
+    legacy.symlink_to("/dev/zero")  # is_file() is false for it, but `rpm init --from` reads what it is given
+    with pytest.raises(ConfigError) as caught:
+        convert_legacy_json(legacy)
+    assert caught.value.message == f"{legacy}: cannot read (not a regular file)"
+
+
 def test_bytes_that_are_not_utf8_name_the_file(config_file: Path, paths: Paths) -> None:
     config_file.parent.mkdir(parents=True)
     config_file.write_bytes(b"version = 1\n[pod]\nmodel = \"caf\xe9\"\n")
