@@ -27,7 +27,7 @@ from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from runpod_manager.errors import ConfigError
-from runpod_manager.paths import CONFIG_FILENAME, Paths, read_regular_file
+from runpod_manager.paths import CONFIG_FILENAME, Paths, make_dirs, read_regular_file, write_private_file
 
 CONFIG_VERSION = 1
 MAX_CONFIG_BYTES = 1024 * 1024  # the commented template is ~10 KB; a config past a megabyte is not one
@@ -731,12 +731,8 @@ def write_config(path: Path, *, force: bool = False, from_json: Path | None = No
     else:
         text = render_template()
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-        os.replace(tmp, path)
+        make_dirs(path.parent)  # the missing ones 0700; existing ones are the user's and left alone
+        write_private_file(path, text.encode("utf-8"))
     except OSError as exc:
         raise ConfigError(f"{path}: cannot write ({exc.strerror})") from None
     return path, notes

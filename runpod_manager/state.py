@@ -27,7 +27,14 @@ from typing import Any
 import filelock
 
 from runpod_manager.errors import LockBusy, StateError
-from runpod_manager.paths import FileTooLarge, NotRegularFile, Paths, ensure_private_dir, read_regular_file
+from runpod_manager.paths import (
+    FileTooLarge,
+    NotRegularFile,
+    Paths,
+    ensure_private_dir,
+    read_regular_file,
+    write_private_file,
+)
 
 STATE_VERSION = 2
 
@@ -420,7 +427,7 @@ class StateStore:
 
     def _write_holder_pid(self) -> None:
         with contextlib.suppress(OSError):
-            self._holder_file.write_text(str(os.getpid()), encoding="ascii")
+            write_private_file(self._holder_file, str(os.getpid()).encode("ascii"))
 
     def _clear_holder_pid(self) -> None:
         with contextlib.suppress(OSError):
@@ -428,8 +435,8 @@ class StateStore:
 
     def _holder_pid(self) -> int | None:
         try:
-            return int(self._holder_file.read_text(encoding="ascii").strip())
-        except (OSError, ValueError):
+            return int(read_regular_file(self._holder_file, max_bytes=64).decode("ascii").strip())
+        except (OSError, ValueError):  # UnicodeDecodeError is a ValueError
             return None
 
 

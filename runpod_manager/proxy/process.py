@@ -20,7 +20,7 @@ import requests
 
 from runpod_manager.config import Config
 from runpod_manager.errors import RpmError
-from runpod_manager.paths import Paths, ensure_private_dir
+from runpod_manager.paths import Paths, ensure_private_dir, write_private_file
 
 READY_DEADLINE_SECONDS = 20.0
 STOP_GRACE_SECONDS = 12.0
@@ -128,9 +128,8 @@ def _is_zombie(pid: int) -> bool:
 
 def _write_pid_file(path: Path, pid: int, url: str) -> None:
     ensure_private_dir(path.parent)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"pid": pid, "url": url, "started_at": time.time()}), encoding="utf-8")
-    os.replace(tmp, path)
+    # 0600 whatever the umask, like every file rpm writes (write_text made it 0644).
+    write_private_file(path, json.dumps({"pid": pid, "url": url, "started_at": time.time()}).encode("utf-8"))
 
 
 def _read_pid_file(path: Path) -> dict[str, object] | None:

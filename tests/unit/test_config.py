@@ -683,6 +683,25 @@ def test_the_init_template_loads_back_to_the_defaults_and_is_private(tmp_path: P
     assert sorted(p.name for p in target.parent.iterdir()) == [CONFIG_FILENAME]  # no temp file left
 
 
+def test_init_makes_missing_directories_0700_and_the_file_0600_under_umask_000(tmp_path: Path) -> None:
+    import os
+
+    existing = tmp_path / "existing"
+    existing.mkdir()
+    existing.chmod(0o755)
+    fresh = tmp_path / "new" / "deeper" / CONFIG_FILENAME
+    previous = os.umask(0)
+    try:
+        write_config(existing / CONFIG_FILENAME)
+        write_config(fresh)
+    finally:
+        os.umask(previous)
+    assert stat.S_IMODE((existing / CONFIG_FILENAME).stat().st_mode) == 0o600
+    assert stat.S_IMODE(existing.stat().st_mode) == 0o755  # not created by rpm: not rpm's to change
+    assert [stat.S_IMODE(path.stat().st_mode) for path in (fresh, fresh.parent, fresh.parent.parent)] == [
+        0o600, 0o700, 0o700]
+
+
 def test_the_template_documents_every_key_and_leaves_the_api_key_commented() -> None:
     text = render_template()
     document = tomllib.loads(text)
