@@ -204,6 +204,23 @@ def test_the_default_loopback_bind_prints_no_warning() -> None:
     assert "warning" not in stderr
 
 
+def test_an_unexpected_failure_is_one_line_without_the_key_or_a_traceback(monkeypatch: pytest.MonkeyPatch,
+                                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    key = "sk-unexpected-SECRET-77"
+
+    def explode(*_args: object) -> None:
+        raise RuntimeError(f"boom while using {key}\nsecond line")
+
+    monkeypatch.delenv("RPM_DEBUG", raising=False)
+    monkeypatch.setattr(server, "serve_forever", explode)
+    code = server.run_command(server.SandboxOptions(port=0, quiet=True, api_key=key))
+    captured = capsys.readouterr()
+    assert code == 1
+    assert captured.err.strip() == ("error: unexpected RuntimeError: boom while using *** "
+                                    "(set RPM_DEBUG=1 for the traceback)")
+    assert key not in captured.err + captured.out
+
+
 def test_the_commands_defaults_match_the_servers() -> None:
     # command.py repeats them so that `rpm` does not import aiohttp for every command.
     assert (command.DEFAULT_PORT, command.DEFAULT_API_KEY) == (server.DEFAULT_PORT, server.DEFAULT_API_KEY)
