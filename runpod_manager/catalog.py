@@ -7,6 +7,7 @@ call on every create; `rpm refresh-catalog` renews it and says what in the confi
 from __future__ import annotations
 
 import json
+import math
 import os
 import tempfile
 import time
@@ -14,13 +15,14 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from runpod_manager.config import Config
-from runpod_manager.paths import Paths, ensure_private_dir
+from runpod_manager.paths import Paths, ensure_private_dir, read_regular_file
 from runpod_manager.runpod.models import GpuType
 
 if TYPE_CHECKING:
     from runpod_manager.runpod.client import RunPodClient
 
 CACHE_MAX_AGE_SECONDS = 3600.0
+MAX_CACHE_BYTES = 4 * 1024 * 1024  # RunPod's whole catalog is tens of kilobytes
 
 
 @dataclass(frozen=True)
@@ -137,17 +139,35 @@ def _gpu_json(gpu: GpuType) -> dict[str, Any]:
 
 def cached_prices(paths: Paths, config: Config, *, max_age_seconds: float = CACHE_MAX_AGE_SECONDS
                   ) -> dict[str, float | None] | None:
-    """Per-pod prices from a fresh cache for the configured cloud and count, or None."""
+    """Per-pod prices from a fresh cache for the configured cloud and count, or None.
+
+    None too for a cache holding what rpm never writes: a price that is not a finite, non-negative number
+    (NaN compares false with the max price) or a fetch time that is not a number of the past hour."""
     try:
-        document = json.loads(paths.catalog_cache.read_text(encoding="utf-8"))
-        fresh = time.time() - float(document["fetched_at"]) <= max_age_seconds
+        document = json.loads(read_regular_file(paths.catalog_cache, max_bytes=MAX_CACHE_BYTES).decode("utf-8"))
+        fetched_at = document["fetched_at"]
+        if not _is_amount(fetched_at) or not 0 <= time.time() - fetched_at <= max_age_seconds:
+            return None
         same = document.get("cloud") == config.pod.cloud and document.get("gpu_count") == config.pod.gpu_count
-        if not (fresh and same):
+        prices = document["prices"]
+        if not same or not isinstance(prices, dict):
+            return None
+        if not all(price is None or _is_amount(price) for price in prices.values()):
             return None
         return {gpu_id: (None if price is None else float(price) * config.pod.gpu_count)
-                for gpu_id, price in document["prices"].items()}
+                for gpu_id, price in prices.items()}
     except (OSError, ValueError, KeyError, TypeError, RecursionError):
         return None  # a missing or damaged cache is only a cache
+
+
+def _is_amount(value: object) -> bool:
+    """A finite, non-negative JSON number (json.loads gives NaN, Infinity, and 1e400 as inf)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return False
+    try:
+        return math.isfinite(float(value)) and value >= 0
+    except OverflowError:  # an integer of hundreds of digits
+        return False
 
 
 def fetch_prices(client: RunPodClient, paths: Paths, config: Config) -> dict[str, float | None]:

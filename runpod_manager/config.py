@@ -27,9 +27,10 @@ from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from runpod_manager.errors import ConfigError
-from runpod_manager.paths import CONFIG_FILENAME, Paths
+from runpod_manager.paths import CONFIG_FILENAME, Paths, make_dirs, read_regular_file, write_private_file
 
 CONFIG_VERSION = 1
+MAX_CONFIG_BYTES = 1024 * 1024  # the commented template is ~10 KB; a config past a megabyte is not one
 DEFAULT_POD_URL_TEMPLATE = "https://{pod_id}-{port}.proxy.runpod.net"
 DEFAULT_API_BASE_URL = "https://api.runpod.io"
 _NAME_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,39}$")
@@ -278,7 +279,7 @@ def load_config(
 
 def read_toml(path: Path) -> dict[str, Any]:
     try:
-        raw = path.read_bytes()
+        raw = read_regular_file(path, max_bytes=MAX_CONFIG_BYTES)
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read config file ({exc.strerror})") from None
     try:
@@ -287,6 +288,8 @@ def read_toml(path: Path) -> dict[str, Any]:
         raise ConfigError(f"{path}: not UTF-8 text") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: invalid TOML: {exc}") from None
+    except RecursionError:  # tomllib recurses per level of `[[[…` or `{a = {a = …`
+        raise ConfigError(f"{path}: invalid TOML: nested too deeply") from None
 
 
 def build_config(document: Mapping[str, Any], *, source: Path | None, env: Mapping[str, str],
@@ -674,7 +677,7 @@ LEGACY_DROPPED = {"api_key", "runpod_api_key"}
 def convert_legacy_json(path: Path) -> tuple[dict[str, Any], list[str]]:
     """Read an older flat pod_config.json; return (TOML document, notes about dropped keys)."""
     try:
-        legacy = json.loads(path.read_text(encoding="utf-8"))
+        legacy = json.loads(read_regular_file(path, max_bytes=MAX_CONFIG_BYTES).decode("utf-8"))
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read ({exc.strerror})") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
@@ -728,12 +731,8 @@ def write_config(path: Path, *, force: bool = False, from_json: Path | None = No
     else:
         text = render_template()
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-        os.replace(tmp, path)
+        make_dirs(path.parent)  # the missing ones 0700; existing ones are the user's and left alone
+        write_private_file(path, text.encode("utf-8"))
     except OSError as exc:
         raise ConfigError(f"{path}: cannot write ({exc.strerror})") from None
     return path, notes

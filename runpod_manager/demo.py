@@ -75,7 +75,7 @@ def run_demo(r: Renderer, *, keep_home: bool = False) -> dict[str, object]:
     """Run the story; returns what it showed (for --json)."""
     from runpod_manager.config import load_config
     from runpod_manager.lifecycle import Lifecycle
-    from runpod_manager.paths import resolve_paths
+    from runpod_manager.paths import resolve_paths, write_private_file
     from runpod_manager.proxy import process
     from runpod_manager.sandbox.server import EmbeddedSandbox, SandboxOptions
 
@@ -86,8 +86,8 @@ def run_demo(r: Renderer, *, keep_home: bool = False) -> dict[str, object]:
     lifecycle = None
     try:
         config_path = home / "pod_config.toml"
-        config_path.write_text(DEMO_CONFIG.format(idle=IDLE_TIMEOUT_SECONDS, proxy_port=_free_port(),
-                                                  cache_dir=home / "cache"), encoding="utf-8")
+        write_private_file(config_path, DEMO_CONFIG.format(idle=IDLE_TIMEOUT_SECONDS, proxy_port=_free_port(),
+                                                           cache_dir=home / "cache").encode("utf-8"))
         env = {"RPM_HOME": str(home), "RUNPOD_API_URL": sandbox.url, "RUNPOD_API_KEY": sandbox.api_key,
                "RPM_API_POD_URL_TEMPLATE": sandbox.pod_url_template, "RPM_CONFIG": str(config_path)}
         with _environment(env):

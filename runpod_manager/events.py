@@ -10,6 +10,7 @@ import contextlib
 import json
 import os
 import re
+import stat
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -19,6 +20,7 @@ from runpod_manager.paths import ensure_private_dir
 
 MAX_LOG_BYTES = 2 * 1024 * 1024
 KEEP_ROTATED = 3
+TAIL_BYTES = 256 * 1024  # far more than the events `status` shows
 _SECRET_RE = re.compile(r"(?i)(bearer\s+|api[_-]?key[\"'=:\s]+)([A-Za-z0-9._~+/=-]{8,})")
 
 
@@ -51,6 +53,8 @@ class EventLog:
             self._rotate_if_needed()
             fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
             with os.fdopen(fd, "a", encoding="utf-8") as handle:
+                if os.fstat(fd).st_mode & 0o077:  # left looser by an older rpm or by hand
+                    os.fchmod(fd, 0o600)
                 handle.write(line + "\n")
 
     def _rotate_if_needed(self) -> None:
@@ -67,10 +71,22 @@ class EventLog:
         os.replace(self.path, self.path.with_name(f"{self.path.name}.1"))
 
     def tail(self, limit: int = 20) -> list[dict[str, Any]]:
+        """The last `limit` events. Reads only the end of the file: it is bounded by rotation only when rpm
+        wrote it, and a symlink to /dev/zero must not fill the memory."""
         try:
-            lines = self.path.read_text(encoding="utf-8").splitlines()[-limit:]
+            fd = os.open(self.path, os.O_RDONLY | os.O_NONBLOCK)
         except OSError:
             return []
+        with os.fdopen(fd, "rb") as handle:
+            try:
+                info = os.fstat(fd)
+                if not stat.S_ISREG(info.st_mode):
+                    return []
+                handle.seek(max(0, info.st_size - TAIL_BYTES))
+                text = handle.read(TAIL_BYTES).decode("utf-8", errors="replace")
+            except OSError:
+                return []
+        lines = text.splitlines()[-limit:]
         events = []
         for line in lines:
             with contextlib.suppress(json.JSONDecodeError, RecursionError):

@@ -1,12 +1,21 @@
-"""Where config, state, cache and logs live: the one override point.
+"""Where config, state, cache and logs live: the one override point, and how rpm's files are made and read.
 
 `RPM_HOME` puts everything under one directory (tests point it at tmp_path). Otherwise the XDG base
 directories are used (`XDG_CONFIG_HOME`, `XDG_STATE_HOME`, `XDG_CACHE_HOME`).
+
+Files and directories: rpm creates its files 0600 and its directories 0700 whatever the umask (state holds
+upstream keys, logs hold request details). It tightens only directories it owns by construction — the
+state, log and cache directories named here — and never one a user names (`[cache] dir`): see
+proxy/cache.py for that case. Files rpm reads back are read through `read_regular_file`, which refuses what
+is not a regular file and bounds the read (`ln -s /dev/zero pod_state.json` must not fill the memory).
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import os
+import stat
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -78,8 +87,77 @@ def resolve_paths(env: Mapping[str, str] | None = None) -> Paths:
 
 
 def ensure_private_dir(path: Path) -> Path:
-    """Create `path` (and parents) with mode 0700 for the leaf; tighten it if it already exists."""
-    path.mkdir(parents=True, exist_ok=True)
+    """An rpm-owned directory (state, logs, its default cache): created 0700 with any missing parents 0700,
+    whatever the umask, and tightened to 0700 if it exists looser. Never call it on a user-named directory."""
+    make_dirs(path)
     if path.stat().st_mode & 0o077:
         path.chmod(0o700)
     return path
+
+
+def make_dirs(path: Path) -> list[Path]:
+    """Create `path` and its missing parents 0700 whatever the umask (as the XDG spec asks for directories it
+    creates); return the ones created, outermost first. Existing directories are left as they are."""
+    missing: list[Path] = []
+    current = path
+    while not current.exists() and current != current.parent:
+        missing.append(current)
+        current = current.parent
+    created = []
+    for directory in reversed(missing):
+        try:
+            directory.mkdir(mode=0o700)
+        except FileExistsError:  # made meanwhile by another process: not ours to change
+            continue
+        directory.chmod(0o700)  # mkdir's mode passes through the umask, which may take bits away
+        created.append(directory)
+    if not path.is_dir():
+        raise NotADirectoryError(errno.ENOTDIR, "not a directory", str(path))
+    return created
+
+
+class NotRegularFile(OSError):
+    """A path rpm reads is a device, FIFO, socket or directory."""
+
+
+class FileTooLarge(OSError):
+    """A file rpm reads is larger than any it writes."""
+
+
+def read_regular_file(path: Path, *, max_bytes: int) -> bytes:
+    """The bytes of a regular file of at most `max_bytes`. FileNotFoundError when absent; NotRegularFile or
+    FileTooLarge (both OSError, with a strerror for messages) otherwise; other OSErrors as they come."""
+    # O_NONBLOCK: opening a FIFO for reading would otherwise wait for a writer forever.
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise NotRegularFile(errno.EINVAL, "not a regular file", str(path))
+        chunks = []
+        remaining = max_bytes + 1
+        while remaining > 0:
+            chunk = os.read(fd, min(remaining, 1 << 20))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            remaining -= len(chunk)
+    finally:
+        os.close(fd)
+    data = b"".join(chunks)
+    if len(data) > max_bytes:
+        raise FileTooLarge(errno.EFBIG, f"larger than {max_bytes} bytes", str(path))
+    return data
+
+
+def write_private_file(path: Path, data: bytes) -> None:
+    """Replace `path` with `data` atomically (temp file in the same directory, then rename), mode 0600."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_NOFOLLOW", 0), 0o600)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            os.fchmod(handle.fileno(), 0o600)  # a temp file left behind by an older rpm may be looser
+            handle.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise

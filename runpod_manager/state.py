@@ -13,22 +13,43 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import math
 import os
 import tempfile
 import time
 import typing
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import filelock
 
 from runpod_manager.errors import LockBusy, StateError
-from runpod_manager.paths import Paths, ensure_private_dir
+from runpod_manager.paths import (
+    FileTooLarge,
+    NotRegularFile,
+    Paths,
+    ensure_private_dir,
+    read_regular_file,
+    write_private_file,
+)
 
 STATE_VERSION = 2
+
+# The range of what rpm ever writes. A value outside it is a hand edit, a broken clock or another program:
+# acting on it would disable a limit (every comparison with NaN is false, so a NaN spend never reaches the
+# cap) or crash every command (a date at datetime's edge overflows when a limit or a time zone is applied).
+# Between EARLIEST and LATEST, adding any duration rpm allows (a year at most) or any zone offset stays
+# inside datetime's range.
+EARLIEST = datetime(2000, 1, 1, tzinfo=UTC)
+LATEST = datetime(2100, 1, 1, tzinfo=UTC)
+MAX_USD = 1e9  # no pod, nor a day of pods, costs a billion dollars; above this a figure is garbage
+# A lease ends at opened + runtime_seconds or the next daily cutoff; the config caps durations at 366 days.
+MAX_LEASE = timedelta(days=366)
+# A record is about 1.5 KB; a file past this many bytes is not one rpm wrote.
+MAX_STATE_BYTES = 16 * 1024 * 1024
 
 
 def _iso(value: datetime | None) -> str | None:
@@ -41,7 +62,40 @@ def _parse(value: Any, what: str) -> datetime | None:
     if not isinstance(value, str):
         raise ValueError(f"{what} must be a timestamp string")
     parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+    parsed = parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+    if not EARLIEST <= parsed < LATEST:
+        raise ValueError(f"{what} {value!r} is out of range ({EARLIEST.year} to {LATEST.year - 1})")
+    return parsed
+
+
+def _parse_day(value: Any, what: str) -> str | None:
+    """A local date as rpm writes it (YYYY-MM-DD), in range."""
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise ValueError(f"{what} must be a date string or null")
+    try:
+        day = date.fromisoformat(value)
+    except ValueError:
+        raise ValueError(f"{what} {value!r} is not a date (YYYY-MM-DD)") from None
+    if not EARLIEST.date() <= day < LATEST.date() or day.isoformat() != value:
+        raise ValueError(f"{what} {value!r} is out of range ({EARLIEST.year} to {LATEST.year - 1})")
+    return value
+
+
+def _number(value: Any, what: str, *, low: float, high: float) -> float:
+    """A finite JSON number within [low, high]. Strings and booleans are the wrong type, not numbers."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError(f"{what} must be a number")
+    try:
+        number = float(value)
+    except OverflowError:  # an integer of hundreds of digits
+        raise ValueError(f"{what} is out of range") from None
+    if not math.isfinite(number):
+        raise ValueError(f"{what} is {number}, not a finite number")
+    if not low <= number <= high:
+        raise ValueError(f"{what} {number:g} is out of range ({low:g} to {high:g})")
+    return number
 
 
 @dataclass
@@ -60,6 +114,9 @@ class Lease:
         opened, deadline = _parse(data["opened_at"], "opened_at"), _parse(data["deadline"], "deadline")
         if opened is None or deadline is None:
             raise ValueError("a lease needs opened_at and deadline")
+        if not opened <= deadline <= opened + MAX_LEASE:
+            # Such a lease would outlive every limit (or end before it began): no rpm opened it.
+            raise ValueError(f"the lease's deadline must fall within {MAX_LEASE.days} days after opened_at")
         return cls(opened_at=opened, deadline=deadline, opened_by=str(data.get("opened_by", "start")))
 
 
@@ -84,6 +141,8 @@ class Intent:
 
 _TIME_KEYS = ("last_activity_at", "last_observed_at", "last_gpu_busy_at", "spend_accounted_at",
               "billing_checked_at")
+_USD_KEYS = ("cost_per_hour", "spend_usd", "spend_of_ended_pods_usd", "billed_usd")
+_DAY_KEYS = ("spend_day", "spend_cap_day")
 
 
 @dataclass
@@ -137,8 +196,11 @@ class PodRecord:
         values["intent"] = Intent.from_json(data["intent"]) if data.get("intent") else None
         for key in _TIME_KEYS:
             values[key] = _parse(data.get(key), key)
-        for key in ("cost_per_hour", "spend_usd", "spend_of_ended_pods_usd", "billed_usd"):
-            values[key] = float(values.get(key) or 0.0)
+        for key in _USD_KEYS:
+            value = data.get(key)
+            values[key] = 0.0 if value is None else _number(value, key, low=0.0, high=MAX_USD)
+        for key in _DAY_KEYS:
+            values[key] = _parse_day(data.get(key), key)
         _check_record_types(values)
         return cls(**values)
 
@@ -165,8 +227,9 @@ def _check_record_types(values: dict[str, Any]) -> None:
     if not isinstance(values.get("proxy_wanted", False), bool):
         raise ValueError("proxy_wanted must be true or false")
     sweep = values.get("last_sweep_at_epoch")
-    if sweep is not None and (isinstance(sweep, bool) or not isinstance(sweep, int | float)):
-        raise ValueError("last_sweep_at_epoch must be a number or null")
+    if sweep is not None:
+        values["last_sweep_at_epoch"] = _number(sweep, "last_sweep_at_epoch", low=EARLIEST.timestamp(),
+                                                high=LATEST.timestamp())
 
 
 @dataclass
@@ -230,7 +293,25 @@ def decode_state(text: str) -> State:
             pods[name] = PodRecord.from_json(name, data)
         except (KeyError, TypeError, ValueError) as exc:
             raise ValueError(f"record {name!r} is invalid ({exc})") from None
+    where = _non_finite(document)  # in fields this rpm does not know (json.loads accepts NaN and Infinity)
+    if where is not None:
+        raise ValueError(f"{where} is not a finite number")
     return State(pods=pods)
+
+
+def _non_finite(document: Any) -> str | None:
+    """The path of the first NaN or ±Infinity in a parsed JSON document, or None. Iterative: the document may
+    be as deep as json.loads allows."""
+    stack: list[tuple[str, Any]] = [("$", document)]
+    while stack:
+        where, value = stack.pop()
+        if isinstance(value, float) and not math.isfinite(value):
+            return where
+        if isinstance(value, dict):
+            stack.extend((f"{where}.{key}", item) for key, item in value.items())
+        elif isinstance(value, list):
+            stack.extend((f"{where}[{index}]", item) for index, item in enumerate(value))
+    return None
 
 
 class _NewerVersion(Exception):
@@ -289,9 +370,13 @@ class StateStore:
     def load(self) -> State:
         path = self.path
         try:
-            raw = path.read_bytes()
+            raw = read_regular_file(path, max_bytes=MAX_STATE_BYTES)
         except FileNotFoundError:
             return State()
+        except (NotRegularFile, FileTooLarge) as exc:
+            # Not something rpm wrote (it writes small regular files): left in place for the user to look at.
+            raise StateError(f"{path}: cannot read state ({exc.strerror})",
+                             hint="rpm writes it as a small regular file; move this one away") from None
         except OSError as exc:
             raise StateError(f"{path}: cannot read state ({exc.strerror})",
                              hint="check the file's owner and permissions") from None
@@ -308,8 +393,17 @@ class StateStore:
             return State()
 
     def save(self, state: State) -> None:
+        """Write the state atomically, 0600. Refuses (StateError, the file left as it was) a state that the next
+        load would find corrupt: moving it aside then would forget the pods it names."""
+        document = state.to_json()
+        try:
+            payload = json.dumps(document, indent=2, sort_keys=True).encode("utf-8")
+            decode_state(payload.decode("utf-8"))  # names the field of a NaN, a negative amount, a year 9999
+        except ValueError as exc:
+            raise StateError(f"{self.path}: not saved: {_short(exc)}",
+                             hint="the file on disk was left as it was; this is a bug in rpm, please report it"
+                             ) from None
         directory = ensure_private_dir(self.paths.state_dir)
-        payload = json.dumps(state.to_json(), indent=2, sort_keys=True).encode("utf-8")
         fd, tmp_name = tempfile.mkstemp(prefix=".pod_state.", suffix=".tmp", dir=directory)
         try:
             os.fchmod(fd, 0o600)
@@ -340,7 +434,7 @@ class StateStore:
 
     def _write_holder_pid(self) -> None:
         with contextlib.suppress(OSError):
-            self._holder_file.write_text(str(os.getpid()), encoding="ascii")
+            write_private_file(self._holder_file, str(os.getpid()).encode("ascii"))
 
     def _clear_holder_pid(self) -> None:
         with contextlib.suppress(OSError):
@@ -348,8 +442,8 @@ class StateStore:
 
     def _holder_pid(self) -> int | None:
         try:
-            return int(self._holder_file.read_text(encoding="ascii").strip())
-        except (OSError, ValueError):
+            return int(read_regular_file(self._holder_file, max_bytes=64).decode("ascii").strip())
+        except (OSError, ValueError):  # UnicodeDecodeError is a ValueError
             return None
 
 

@@ -55,3 +55,29 @@ def test_the_shipped_example_config_is_the_init_template() -> None:
         EXAMPLE.write_text(expected, encoding="utf-8")
     assert EXAMPLE.read_text(encoding="utf-8") == expected, (
         "pod_config.toml is stale: run UPDATE_RPM_DOCS=1 python -m pytest tests/test_docs.py")
+
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+
+def _section(text: str, title: str) -> str:
+    """From `title` to the next heading of level 2 or 3 (a `# comment` inside a code block is not one)."""
+    import re
+
+    start = text.index(title)
+    following = re.compile(r"^#{2,3} ", re.MULTILINE).search(text, start + len(title))
+    return text[start:following.start() if following else None]
+
+
+def test_the_readme_runs_the_emulator_in_its_own_rpm_home() -> None:
+    """Pasting the sandbox's exports into a shell that uses the real RPM_HOME would mix the emulator's pods
+    into the real pod_state.json: the section sets its own RPM_HOME before the first rpm command."""
+    section = _section(README.read_text(encoding="utf-8"), "### Trying it against the emulator by hand")
+    assert 'export RPM_HOME="$(mktemp -d)"' in section
+    assert section.index("export RPM_HOME") < section.index("rpm init")
+    assert "Authorization: Bearer $RUNPOD_API_KEY" in section  # the control endpoints need the key
+
+
+def test_ci_writes_its_chromium_log_to_a_per_run_temp_file() -> None:
+    script = (Path(__file__).resolve().parents[1] / ".ci" / "run").read_text(encoding="utf-8")
+    assert "mktemp" in script and "/tmp/rpm-ci-chromium.log" not in script

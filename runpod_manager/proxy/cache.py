@@ -11,7 +11,14 @@ keys, no whitespace). The `user` field is left out of the key: it only labels th
 tracking and never changes the output, and editors put per-user values in it. The client's key is
 not part of the key either (one developer's proxy; `api_keys` are access control, not tenancy).
 
-Storage is one sqlite file in the cache directory (0700): WAL mode so readers never wait for writers,
+Files: the sqlite file (and its -wal and -shm) are 0600 and a directory rpm creates is 0700, whatever the
+umask: answers may hold anything a prompt or a model produced. The directory is rpm's default cache
+directory or a user-named `[cache] dir`, which rpm never chmods: one that only its owner (this user) may
+write is used as it is; one that others may write (group/world-writable, like /tmp, or owned by someone
+else) gets a private subdirectory `rpm-cache-<uid>` that rpm creates 0700. If someone else made that
+subdirectory first, the cache is disabled with a warning naming it (a cache is never fatal).
+
+Storage is one sqlite file in the cache directory: WAL mode so readers never wait for writers,
 a busy timeout and short transactions so several proxy processes can share it, and it survives
 restarts. No sqlite call runs on the event loop: a primary-key read measured 10-25 µs median on the
 development machine, but stalled up to ~90 ms while another connection wrote and checkpointed, which
@@ -23,10 +30,14 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
+import errno
 import hashlib
 import json
 import logging
+import os
 import sqlite3
+import stat
 import struct
 import threading
 import time
@@ -35,7 +46,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from runpod_manager.paths import ensure_private_dir
+from runpod_manager.paths import make_dirs
 from runpod_manager.proxy.forward import RequestFacts
 
 log = logging.getLogger("runpod_manager.proxy")
@@ -154,7 +165,11 @@ class ResponseCache:
     def open(self) -> None:
         """Create the directory and schema. A cache that cannot open is disabled, never fatal."""
         try:
-            ensure_private_dir(self.directory)
+            self.path = private_cache_dir(self.directory) / DB_FILENAME
+        except OSError as exc:
+            log.warning("response cache disabled: cannot use %s: %s", self.directory, exc.strerror or exc)
+            return
+        try:
             try:
                 self._create()
             except sqlite3.DatabaseError as exc:
@@ -204,6 +219,7 @@ class ResponseCache:
         return connection
 
     def _create(self) -> None:
+        _private_files(self.path)
         connection = self._connect(busy_timeout_ms=5000)
         try:
             self._migrate(connection)
@@ -353,6 +369,46 @@ class ResponseCache:
         except RuntimeError:  # shut down meanwhile
             return
         future.add_done_callback(_log_failure)
+
+
+def private_cache_dir(directory: Path) -> Path:
+    """The directory the cache's files go in, per the module docstring; OSError (with a strerror naming the
+    directory) when it cannot be made private. Never changes the mode of a directory rpm did not create."""
+    if make_dirs(directory):
+        return directory  # rpm created it just now, 0700
+    if _private_to_me(directory):
+        return directory
+    private = directory / f"rpm-cache-{os.geteuid()}"
+    if make_dirs(private):
+        return private
+    info = private.lstat()
+    if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.geteuid():
+        raise OSError(errno.EPERM, f"{private} is owned by another user or is not a directory; remove it or "
+                                   f"set [cache] dir to a directory only you may write")
+    if info.st_mode & 0o077:
+        private.chmod(0o700)  # rpm's own subdirectory (its name, this user's): safe to tighten
+    return private
+
+
+def _private_to_me(directory: Path) -> bool:
+    """Owned by this user and writable by no one else, so nobody else can plant or swap files in it."""
+    info = directory.stat()
+    return info.st_uid == os.geteuid() and not info.st_mode & 0o022
+
+
+def _private_files(db_path: Path) -> None:
+    """Create the database file 0600 before sqlite does (sqlite uses 0644 minus the umask, and gives -wal and
+    -shm the database file's mode), and tighten files of these names an older rpm left looser."""
+    fd = os.open(db_path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o600)
+    try:
+        os.fchmod(fd, 0o600)
+    finally:
+        os.close(fd)
+    for suffix in ("-wal", "-shm"):
+        with contextlib.suppress(FileNotFoundError):
+            companion = db_path.with_name(db_path.name + suffix)
+            if companion.lstat().st_mode & 0o077 and not companion.is_symlink():
+                companion.chmod(0o600)
 
 
 def _log_failure(future: concurrent.futures.Future[None]) -> None:

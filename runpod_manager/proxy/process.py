@@ -28,7 +28,13 @@ import requests
 
 from runpod_manager.config import Config
 from runpod_manager.errors import ConfigError, RpmError
-from runpod_manager.paths import Paths, ensure_private_dir, resolve_paths
+from runpod_manager.paths import (
+    Paths,
+    ensure_private_dir,
+    read_regular_file,
+    resolve_paths,
+    write_private_file,
+)
 
 READY_DEADLINE_SECONDS = 20.0
 STOP_GRACE_SECONDS = 12.0
@@ -92,11 +98,8 @@ def registered(paths: Paths, url: str) -> Iterator[None]:
     """Register the current process as a proxy of `paths` while the block runs."""
     directory = ensure_private_dir(paths.proxy_registry_dir)
     path = directory / f"{os.getpid()}.json"
-    payload = json.dumps({"pid": os.getpid(), "url": url, "start_ticks": _start_ticks(os.getpid()),
-                          "started_at": time.time()})
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as handle:
-        handle.write(payload)
+    write_private_file(path, json.dumps({"pid": os.getpid(), "url": url, "start_ticks": _start_ticks(os.getpid()),
+                                         "started_at": time.time()}).encode("utf-8"))
     try:
         yield
     finally:
@@ -318,14 +321,13 @@ def _is_zombie(pid: int) -> bool:
 
 def _write_pid_file(path: Path, pid: int, url: str) -> None:
     ensure_private_dir(path.parent)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"pid": pid, "url": url, "started_at": time.time()}), encoding="utf-8")
-    os.replace(tmp, path)
+    # 0600 whatever the umask, like every file rpm writes (write_text made it 0644).
+    write_private_file(path, json.dumps({"pid": pid, "url": url, "started_at": time.time()}).encode("utf-8"))
 
 
 def _read_pid_file(path: Path) -> dict[str, object] | None:
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(read_regular_file(path, max_bytes=64 * 1024).decode("utf-8"))
     except (OSError, ValueError, RecursionError):
         return None
     return data if isinstance(data, dict) else None

@@ -13,6 +13,7 @@ import gc
 import ipaddress
 import logging
 import logging.handlers
+import os
 import queue
 import signal
 import ssl
@@ -88,6 +89,25 @@ def build_ssl_context(proxy: ProxyConfig) -> ssl.SSLContext | None:
     return context
 
 
+PROXY_LOG_MAX_BYTES = 5 * 1024 * 1024
+
+
+class PrivateRotatingFileHandler(logging.handlers.RotatingFileHandler):
+    """A RotatingFileHandler whose file is 0600 whatever the umask, including each file it reopens after a
+    rollover (the stock handler opens them 0666 minus the umask: request lines name models, keys' labels and
+    client addresses). A file left looser by an older rpm is tightened when opened."""
+
+    def _open(self) -> Any:
+        flags = os.O_WRONLY | os.O_CREAT | (os.O_APPEND if "a" in self.mode else os.O_TRUNC)
+        fd = os.open(self.baseFilename, flags, 0o600)
+        try:
+            os.fchmod(fd, 0o600)
+        except OSError:
+            os.close(fd)
+            raise
+        return open(fd, self.mode.replace("b", ""), encoding=self.encoding, errors=self.errors)
+
+
 def configure_proxy_logging(paths: Paths, *, level: int = logging.INFO) -> Callable[[], None]:
     """Send the proxy's log lines to paths.proxy_log (rotated, 0600, in the private log directory).
 
@@ -96,9 +116,8 @@ def configure_proxy_logging(paths: Paths, *, level: int = logging.INFO) -> Calla
     detaches the handlers (call it after run_proxy returns).
     """
     ensure_private_dir(paths.log_dir)
-    file_handler = logging.handlers.RotatingFileHandler(paths.proxy_log, maxBytes=5 * 1024 * 1024,
-                                                        backupCount=3, encoding="utf-8")
-    paths.proxy_log.chmod(0o600)
+    file_handler = PrivateRotatingFileHandler(paths.proxy_log, maxBytes=PROXY_LOG_MAX_BYTES, backupCount=3,
+                                              encoding="utf-8")
     file_handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
     records: queue.SimpleQueue[logging.LogRecord] = queue.SimpleQueue()
     queue_handler = logging.handlers.QueueHandler(records)

@@ -14,6 +14,7 @@ show only the env keys and the length of args.
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -98,7 +99,10 @@ def parse_timestamp(text: str) -> datetime:
     # into the next second).
     fraction = (match["fraction"] or "")[:6].ljust(6, "0")
     naive = datetime.fromisoformat(f"{match['date']}T{match['time']}.{fraction}")
-    return naive.replace(tzinfo=_parse_offset(match["offset"])).astimezone(UTC)
+    try:
+        return naive.replace(tzinfo=_parse_offset(match["offset"])).astimezone(UTC)
+    except OverflowError:  # year 1 ahead of UTC or year 9999 behind it
+        raise ValueError(f"timestamp out of range: {text!r}") from None
 
 
 def _parse_offset(offset: str | None) -> timezone:
@@ -138,18 +142,23 @@ def _opt_str(value: object) -> str | None:
 
 
 def _opt_number(value: object) -> float | None:
+    """A finite number, or None. NaN and ±Infinity (json.loads accepts them, and 1e400 becomes inf) are not
+    numbers to act on: every comparison with NaN is false, so a NaN price or spend would pass every limit."""
     # bool is an int subclass; `true` is never a price.
-    if isinstance(value, bool):
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
         return None
-    if isinstance(value, int | float):
-        return float(value)
-    if isinstance(value, str):
+    try:
         # The v1 spec example sent cost as the string "0.74"; accept numeric strings.
-        try:
-            return float(value)
-        except ValueError:
-            return None
-    return None
+        number = float(value)
+    except (ValueError, OverflowError):  # OverflowError: an integer of hundreds of digits
+        return None
+    return number if math.isfinite(number) else None
+
+
+def _opt_amount(value: object) -> float | None:
+    """A price or amount in USD: finite and not negative, or None."""
+    number = _opt_number(value)
+    return number if number is not None and number >= 0 else None
 
 
 def _opt_int(value: object) -> int | None:
@@ -299,9 +308,9 @@ class Pod:
         gpu_type_id = _opt_str(gpu.get("id")) if isinstance(gpu, Mapping) else None
         # GpuConfig.count defaults to 1 in the spec; a pod without `gpu` is a CPU pod (0 GPUs).
         gpu_count = (_opt_int(gpu.get("count")) or 1) if isinstance(gpu, Mapping) else 0
-        cost = _opt_number(pod.get("cost"))
+        cost = _opt_amount(pod.get("cost"))
         if cost is None:
-            cost = _opt_number(pod.get("costPerHr"))  # v1 field name, for an older emulator
+            cost = _opt_amount(pod.get("costPerHr"))  # v1 field name, for an older emulator
         return cls(
             id=pod_id,
             name=name,
@@ -377,8 +386,8 @@ class GpuType:
             memory_gb=_opt_int(gpu.get("memory")) or 0,
             secure=gpu.get("secure") is True,
             community=gpu.get("community") is True,
-            price_secure=_opt_number(price.get("secure")),
-            price_community=_opt_number(price.get("community")),
+            price_secure=_opt_amount(price.get("secure")),
+            price_community=_opt_amount(price.get("community")),
             max_count_secure=_opt_int(max_count.get("secure")) or 0,
             max_count_community=_opt_int(max_count.get("community")) or 0,
             availability=_availability(gpu.get("availability")),
@@ -410,10 +419,11 @@ class BillingRecord:
     @classmethod
     def from_api(cls, data: object) -> BillingRecord:
         record = _require_object(data, "a billing record")
-        total = _opt_number(record.get("totalAmount"))
+        total = _opt_amount(record.get("totalAmount"))
         if total is None:
             # Summing a record we cannot read as zero would under-report spend against a cap.
-            raise ApiError("RunPod returned a billing record without a numeric 'totalAmount'")
+            raise ApiError("RunPod returned a billing record without a numeric 'totalAmount' (a finite amount, "
+                           "not negative)")
         return cls(
             pod_id=_opt_str(record.get("podId")),
             start=_opt_timestamp(record.get("startTime")),

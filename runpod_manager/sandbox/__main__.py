@@ -11,10 +11,10 @@ from runpod_manager.sandbox.server import DEFAULT_API_KEY, DEFAULT_PORT, Sandbox
 
 
 class _OneLineParser(argparse.ArgumentParser):
-    """Bad flags get one line on stderr and exit 2, like bad values do."""
+    """Bad flags get one line on stderr and exit 2, like bad values do and like every rpm command's errors."""
 
     def error(self, message: str) -> NoReturn:
-        self.exit(2, f"rpm sandbox: error: {message}\n")
+        self.exit(2, f"error: {message} (run with --help for the flags)\n")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -6,8 +6,10 @@ bodies (`application/problem+json`) for every error including unknown routes (40
 integer `Retry-After`. A middleware turns any unexpected exception into a 500 problem without internals,
 so the emulator never crashes and never sends a traceback.
 
-The control endpoints (unauthenticated, not part of v2) let tests and demos steer the world: faults,
-reset, platform stops, a taken host, stock and balance.
+The control endpoints (not part of v2) let tests and demos steer the world: faults, reset, platform
+stops, a taken host, stock and balance. They need the account key, the same `Authorization: Bearer` as
+/v2 (a pod-scoped key is not enough): `/_sandbox/state` returns every pod's key, and the emulator may
+listen beyond loopback. The fake pod URLs (`/pods/...`, the model servers) check the pod's own key.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import asyncio
 import json
 import logging
 import math
+import secrets
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -381,6 +384,9 @@ class SandboxApi:
     async def control_middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         if not request.path.startswith("/_sandbox/"):
             return await handler(request)
+        scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not secrets.compare_digest(token.strip().encode(), self.api_key.encode()):
+            return problem(401, "the control endpoints need the account's API key as a bearer token")
         try:
             return await handler(request)
         except RequestInvalidError as exc:

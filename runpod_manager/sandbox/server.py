@@ -13,7 +13,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import ipaddress
 import logging
+import os
 import random
 import signal
 import socket
@@ -29,6 +31,8 @@ from typing import IO, Any, TypeVar
 
 from aiohttp import web
 
+from runpod_manager.errors import ExitCode, RpmError, UsageError
+from runpod_manager.events import redact
 from runpod_manager.sandbox.api import create_app
 from runpod_manager.sandbox.world import Clock, ContainerRunner, Faults, Settings, World
 
@@ -42,8 +46,12 @@ SAVE_EVERY_SECONDS = 0.5
 T = TypeVar("T")
 
 
-class SandboxStartError(Exception):
-    """The sandbox could not start (port in use, unreadable state file); the message is one line."""
+class Interrupted(RpmError):
+    exit_code = ExitCode.INTERRUPTED
+
+
+class SandboxStartError(RpmError):
+    """The sandbox could not start (port in use, unreadable state file): one line and a hint, exit 1."""
 
 
 @dataclass
@@ -69,7 +77,9 @@ class SandboxOptions:
     extra_faults: dict[str, Any] = field(default_factory=dict)
 
     def validate(self) -> None:
-        """Raise ValueError with a one-line message naming the flag of the first impossible value."""
+        """Raise ValueError with a one-line message naming the flag of the first impossible value.
+
+        Messages never echo --api-key's value: it is the account's secret."""
         if not 0 <= self.port <= 65535:
             raise ValueError(f"--port must be between 0 and 65535, got {self.port}")
         if not self.api_key.strip() or any(c.isspace() for c in self.api_key):
@@ -112,8 +122,8 @@ def build_world(options: SandboxOptions, clock: Clock = time.time) -> World:
             world.load(options.state_file)
         except (OSError, ValueError) as exc:  # ValueError covers bad JSON, bad UTF-8 and bad shapes
             reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
-            raise SandboxStartError(f"cannot load sandbox state from {options.state_file}: {reason} "
-                                    "(fix the file or move it aside to start an empty world)") from None
+            raise SandboxStartError(f"cannot load sandbox state from {options.state_file}: {reason}",
+                                    hint="fix the file or move it aside to start an empty world") from None
     return world
 
 
@@ -131,7 +141,8 @@ def _bind(host: str, port: int) -> socket.socket:
     try:
         family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
     except socket.gaierror as exc:
-        raise SandboxStartError(f"cannot resolve --host {host}: {exc.strerror}") from None
+        raise SandboxStartError(f"cannot resolve --host {host}: {exc.strerror}",
+                                hint="give an address such as 127.0.0.1") from None
     sock = socket.socket(family, kind, proto)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
@@ -140,11 +151,35 @@ def _bind(host: str, port: int) -> socket.socket:
     except OSError as exc:
         sock.close()
         if exc.errno == errno.EADDRINUSE:
-            raise SandboxStartError(f"port {port} on {host} is already in use; pick another with --port "
-                                    "(0 picks a free one)") from None
-        raise SandboxStartError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
+            raise SandboxStartError(f"port {port} on {host} is already in use",
+                                    hint="pick another with --port; 0 picks a free one") from None
+        raise SandboxStartError(f"cannot listen on {host}:{port}: {exc.strerror}",
+                                hint="check --host and --port") from None
     sock.setblocking(False)
     return sock
+
+
+def reachable_base_url(sock: socket.socket) -> str:
+    """The URL of the bound socket that reaches it from this machine: the bound address itself (not a host
+    name, which may resolve to an address not bound), or loopback of its family for a wildcard bind."""
+    host, port = sock.getsockname()[:2]
+    address = ipaddress.ip_address(host)
+    if address.is_unspecified:
+        address = ipaddress.ip_address("::1" if address.version == 6 else "127.0.0.1")
+    shown = f"[{address}]" if address.version == 6 else str(address)
+    return f"http://{shown}:{port}"
+
+
+def beyond_loopback_warning(sock: socket.socket, api_key: str) -> str | None:
+    """A one-line warning when the bound address is reachable from other machines, else None."""
+    host, port = sock.getsockname()[:2]
+    if ipaddress.ip_address(host).is_loopback:
+        return None
+    shown = f"[{host}]" if ":" in host else host
+    default_key = " The API key is the default one, which anyone can guess: pass --api-key." if (
+        api_key == DEFAULT_API_KEY) else ""
+    return (f"listening on {shown}:{port}, which other machines can reach: anyone who can reach it and has the "
+            f"API key can create, stop and read pods and their keys.{default_key}")
 
 
 class RunningSandbox:
@@ -157,6 +192,7 @@ class RunningSandbox:
         self.app_runner = app_runner
         self.containers = containers
         self.base_url = base_url
+        self.warning: str | None = None  # set when the bind reaches beyond this machine
         self._tick_task: asyncio.Task[None] | None = None
 
     @property
@@ -196,11 +232,8 @@ async def start_sandbox(options: SandboxOptions, world: World | None = None) -> 
     """Bind, start serving and return; raises SandboxStartError for a one-line reason."""
     world = world or build_world(options)
     sock = _bind(options.host, options.port)
-    port = sock.getsockname()[1]
-    shown_host = "127.0.0.1" if options.host in ("0.0.0.0", "") else options.host  # noqa: S104
-    if ":" in shown_host:
-        shown_host = f"[{shown_host}]"
-    base_url = f"http://{shown_host}:{port}"
+    base_url = reachable_base_url(sock)
+    warning = beyond_loopback_warning(sock, options.api_key)
     containers = ContainerRunner(api_url=base_url)
     app = create_app(world, api_key=options.api_key, token_delay_seconds=options.token_delay_seconds,
                      runner=containers)
@@ -210,12 +243,15 @@ async def start_sandbox(options: SandboxOptions, world: World | None = None) -> 
     site = web.SockSite(app_runner, sock)
     await site.start()
     running = RunningSandbox(options, world, app_runner, containers, base_url)
+    running.warning = warning
     running._start_tick()
     return running
 
 
-def serve_forever(options: SandboxOptions, on_ready: Callable[[list[str]], None]) -> None:
-    """Serve until SIGINT or SIGTERM; `on_ready` receives the ready lines once the port listens."""
+def serve_forever(options: SandboxOptions, on_ready: Callable[[list[str]], None],
+                  on_warning: Callable[[str], None] | None = None) -> None:
+    """Serve until SIGINT or SIGTERM; `on_ready` receives the ready lines once the port listens, after
+    `on_warning` got the warning of a bind beyond loopback, if any."""
 
     async def main() -> None:
         running = await start_sandbox(options)
@@ -224,6 +260,8 @@ def serve_forever(options: SandboxOptions, on_ready: Callable[[list[str]], None]
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
         try:
+            if running.warning is not None and on_warning is not None:
+                on_warning(running.warning)
             on_ready(ready_lines(running.base_url, options.api_key))
             await stop.wait()
         finally:
@@ -233,27 +271,54 @@ def serve_forever(options: SandboxOptions, on_ready: Callable[[list[str]], None]
 
 
 def run_command(options: SandboxOptions, stdout: IO[str] | None = None, stderr: IO[str] | None = None) -> int:
-    """The `rpm sandbox` command: 0 after a clean stop, 2 for a bad flag value, 1 when it cannot start."""
+    """The `rpm sandbox` command: 0 after a clean stop, 2 for a bad flag value, 1 when it cannot start.
+
+    Errors look like every other rpm command's (`error: <message> (<hint>)` on stderr, through the
+    renderer) and exit with the RpmError's ExitCode; nothing unexpected ends in a traceback unless
+    RPM_DEBUG=1, and no message carries the API key.
+    """
+    from rich.console import Console
+
+    from runpod_manager.render import Renderer
+
     out = stdout or sys.stdout
     err = stderr or sys.stderr
+    renderer = Renderer("sandbox")
+    if stderr is not None:
+        renderer.err = Console(file=stderr, soft_wrap=True, highlight=False)
+
+    def fail(exc: RpmError) -> int:
+        renderer.error(exc, int(exc.exit_code))
+        return int(exc.exit_code)
+
     try:
         options.validate()
         options.faults()
     except ValueError as exc:
-        err.write(f"rpm sandbox: error: {exc}\n")
-        return 2
+        return fail(UsageError(str(exc), hint="see rpm sandbox --help"))
     if not options.quiet:
         logging.basicConfig(level=logging.INFO, stream=err, format="%(asctime)s %(name)s %(message)s")
+
+    def warn(text: str) -> None:
+        err.write(f"warning: {text}\n")
+        err.flush()
 
     def announce(lines: list[str]) -> None:
         out.write("\n".join(lines) + "\n")
         out.flush()
 
     try:
-        serve_forever(options, announce)
-    except SandboxStartError as exc:
-        err.write(f"rpm sandbox: error: {exc}\n")
-        return 1
+        serve_forever(options, announce, warn)
+    except RpmError as exc:
+        return fail(exc)
+    except KeyboardInterrupt:
+        return fail(Interrupted("interrupted"))
+    except Exception as exc:
+        if os.environ.get("RPM_DEBUG") == "1":
+            raise
+        text = str(exc).splitlines()[0][:200] if str(exc) else ""
+        return fail(RpmError(f"unexpected {type(exc).__name__}: {redact(text, (options.api_key,))}",
+                             hint="set RPM_DEBUG=1 for the traceback"))
     return 0
 
 
@@ -308,6 +373,8 @@ class EmbeddedSandbox:
         if not self._ready.wait(self._start_timeout_seconds):
             seconds = self._start_timeout_seconds
             raise SandboxStartError(f"the embedded sandbox did not start within {seconds} s")
+        if isinstance(self._error, RpmError):
+            raise self._error
         if self._error is not None:
             raise SandboxStartError(str(self._error)) from self._error
         return self

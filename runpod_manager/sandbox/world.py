@@ -32,9 +32,12 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any, ClassVar
 
+from runpod_manager.paths import make_dirs, read_regular_file
+
 Clock = Callable[[], float]
 
 STATE_VERSION = 1
+MAX_STATE_BYTES = 256 * 1024 * 1024  # a world of thousands of pods with their logs is a few megabytes
 
 # The sentences RunPod itself sends (runpod-api.md section 6); clients match on them.
 NO_CAPACITY_DETAIL = (
@@ -1014,12 +1017,14 @@ class World:
             pods = {pod.id: pod for pod in (Pod.from_dict(p) for p in data["pods"])}
             billing = [BillingSegment(**segment) for segment in data["billing"]]
             stock = {(str(g), str(d), str(c)): int(n) for g, d, c, n in data["stock"]}
-            balance_usd = float(data.get("balanceUsd", self.settings.balance_usd))
+            balance_usd = data.get("balanceUsd", self.settings.balance_usd)
             log_seq = int(data.get("logSeq", 0))
         except KeyError as exc:
             raise ValueError(f"not a sandbox state file (missing {exc.args[0]!r})") from None
         except (AttributeError, TypeError, ValueError) as exc:
             raise ValueError(f"not a sandbox state file ({exc})") from None
+        if not _is_number(balance_usd):  # a NaN balance compares false with any spend: never exhausted
+            raise ValueError(f"not a sandbox state file (balanceUsd must be a finite number, got {balance_usd!r})")
         for pod in pods.values():
             _check_loaded_pod(pod)
         for segment in billing:
@@ -1029,13 +1034,13 @@ class World:
                 raise ValueError(f"not a sandbox state file (billing segment of pod {segment.pod_id!r} "
                                  "has a non-numeric field)")
         self.pods, self.billing, self.stock = pods, billing, stock
-        self.settings.balance_usd = balance_usd
+        self.settings.balance_usd = float(balance_usd)
         self._log_seq = log_seq
         self.dirty = False
 
     def save(self, path: Path) -> None:
         """Write the state atomically (temp file in the same directory, fsync, rename)."""
-        path.parent.mkdir(parents=True, exist_ok=True)
+        make_dirs(path.parent)  # missing ones 0700 whatever the umask; existing ones are the user's
         fd, temp_name = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
         try:
             with os.fdopen(fd, "w", encoding="utf-8") as handle:
@@ -1053,7 +1058,7 @@ class World:
     def load(self, path: Path) -> bool:
         """Load a saved world; False when the file does not exist yet."""
         try:
-            text = path.read_text(encoding="utf-8")
+            text = read_regular_file(path, max_bytes=MAX_STATE_BYTES).decode("utf-8")
         except FileNotFoundError:
             return False
         try:

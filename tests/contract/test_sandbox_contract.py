@@ -47,7 +47,8 @@ class Client:
         return response
 
     def control(self, path: str, body: dict[str, Any]) -> Any:
-        response = self.session.post(f"{self.base}/_sandbox/{path}", json=body, timeout=10)
+        response = self.session.post(f"{self.base}/_sandbox/{path}", json=body, timeout=10,
+                                     headers={"Authorization": f"Bearer {self.key}"})
         assert response.status_code == 200, response.text
         return response.json()
 

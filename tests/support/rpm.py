@@ -57,9 +57,11 @@ class Sandbox:
     pod_url_template: str
 
     def control(self, path: str, body: Mapping[str, Any] | None = None) -> Any:
-        """POST (with a body) or GET the emulator's /_sandbox/ control endpoints."""
+        """POST (with a body) or GET the emulator's /_sandbox/ control endpoints (they need the account key)."""
         url = f"{self.url}/_sandbox/{path.lstrip('/')}"
-        response = requests.post(url, json=body, timeout=10) if body is not None else requests.get(url, timeout=10)
+        headers = {"Authorization": f"Bearer {self.api_key}"}
+        response = (requests.post(url, json=body, headers=headers, timeout=10) if body is not None
+                    else requests.get(url, headers=headers, timeout=10))
         response.raise_for_status()
         return response.json() if response.content else None
 

@@ -285,6 +285,43 @@ def test_invalid_toml_names_the_file_and_the_line(config_file: Path, paths: Path
     assert "\n" not in message and caught.value.__cause__ is None
 
 
+@pytest.mark.parametrize("body", [
+    "x = " + "[" * 5000 + "]" * 5000,
+    "[pod]\ngpu_types = " + "[" * 1000 + "]" * 1000,
+    "[pod]\nenv = " + "{a = " * 400 + "1" + "}" * 400,
+], ids=["top-level-array", "gpu-types-array", "env-inline-tables"])
+def test_deeply_nested_toml_is_a_config_error_naming_the_file(config_file: Path, paths: Paths, body: str) -> None:
+    """It was "unexpected RecursionError" with exit 1."""
+    error = error_of(config_file, paths, body)
+    assert error.message == f"{config_file}: invalid TOML: nested too deeply", error.message
+
+
+def test_deeply_nested_toml_exits_2_through_the_cli(config_file: Path) -> None:
+    from typer.testing import CliRunner
+
+    from runpod_manager.cli import app
+
+    write_file(config_file, "version = 1\nx = " + "[" * 5000 + "]" * 5000 + "\n")
+    result = CliRunner().invoke(app, ["status", "--config", str(config_file)], env={"RPM_DEBUG": None})
+    assert result.exit_code == 2, result.output
+    assert "nested too deeply" in result.stderr and str(config_file) in result.stderr
+    assert "unexpected" not in result.stderr and "Traceback" not in result.output
+
+
+def test_a_config_path_that_is_not_a_small_regular_file_is_refused(config_file: Path, paths: Paths) -> None:
+    from runpod_manager.config import MAX_CONFIG_BYTES
+
+    write_file(config_file, "version = 1\n# " + "x" * MAX_CONFIG_BYTES + "\n")
+    with pytest.raises(ConfigError) as caught:
+        load(config_file, paths)
+    assert caught.value.message == f"{config_file}: cannot read config file (larger than {MAX_CONFIG_BYTES} bytes)"
+    legacy = config_file.with_name("pod_config.json")
+    legacy.symlink_to("/dev/zero")  # is_file() is false for it, but `rpm init --from` reads what it is given
+    with pytest.raises(ConfigError) as caught:
+        convert_legacy_json(legacy)
+    assert caught.value.message == f"{legacy}: cannot read (not a regular file)"
+
+
 def test_bytes_that_are_not_utf8_name_the_file(config_file: Path, paths: Paths) -> None:
     config_file.parent.mkdir(parents=True)
     config_file.write_bytes(b"version = 1\n[pod]\nmodel = \"caf\xe9\"\n")
@@ -644,6 +681,25 @@ def test_the_init_template_loads_back_to_the_defaults_and_is_private(tmp_path: P
     assert target.read_text(encoding="utf-8") == render_template()
     assert load(target, paths) == Config(source=target)
     assert sorted(p.name for p in target.parent.iterdir()) == [CONFIG_FILENAME]  # no temp file left
+
+
+def test_init_makes_missing_directories_0700_and_the_file_0600_under_umask_000(tmp_path: Path) -> None:
+    import os
+
+    existing = tmp_path / "existing"
+    existing.mkdir()
+    existing.chmod(0o755)
+    fresh = tmp_path / "new" / "deeper" / CONFIG_FILENAME
+    previous = os.umask(0)
+    try:
+        write_config(existing / CONFIG_FILENAME)
+        write_config(fresh)
+    finally:
+        os.umask(previous)
+    assert stat.S_IMODE((existing / CONFIG_FILENAME).stat().st_mode) == 0o600
+    assert stat.S_IMODE(existing.stat().st_mode) == 0o755  # not created by rpm: not rpm's to change
+    assert [stat.S_IMODE(path.stat().st_mode) for path in (fresh, fresh.parent, fresh.parent.parent)] == [
+        0o600, 0o700, 0o700]
 
 
 def test_the_template_documents_every_key_and_leaves_the_api_key_commented() -> None:

@@ -311,6 +311,49 @@ def test_billing_record_parses_and_requires_total() -> None:
         BillingRecord.from_api({"podId": "p", "totalAmount": "lots"})
 
 
+# --- numbers and dates no API means -------------------------------------------------------------
+# JSON from RunPod (or a proxy in between) may carry NaN, Infinity, 1e400 or a 400-digit integer: a NaN cost
+# or price compares false with every limit (a NaN-priced GPU passes max_price_per_hour), and a NaN spend
+# never reaches the cap. Such a value is unknown, never a number to act on, and never a crash.
+
+HUGE_INT = 10**400
+IMPOSSIBLE_AMOUNTS = [float("nan"), float("inf"), float("-inf"), "nan", "inf", "1e400", HUGE_INT, -0.5, "-2"]
+AMOUNT_IDS = ["nan", "inf", "-inf", "nan-text", "inf-text", "1e400-text", "400-digits", "negative", "negative-text"]
+
+
+@pytest.mark.parametrize("cost", IMPOSSIBLE_AMOUNTS, ids=AMOUNT_IDS)
+def test_a_pod_cost_that_is_not_a_finite_price_is_unknown(cost: object) -> None:
+    pod = Pod.from_api(full_pod(cost=cost))
+    assert pod.cost_per_hour == 0.0
+
+
+@pytest.mark.parametrize("price", IMPOSSIBLE_AMOUNTS, ids=AMOUNT_IDS)
+def test_a_gpu_price_that_is_not_a_finite_price_is_absent(price: object) -> None:
+    gpu = GpuType.from_api({**GPU_EXAMPLE, "price": {"secure": price, "community": price}})
+    assert (gpu.price_secure, gpu.price_community) == (None, None)
+
+
+@pytest.mark.parametrize("total", IMPOSSIBLE_AMOUNTS, ids=AMOUNT_IDS)
+def test_a_billing_total_that_is_not_a_finite_amount_is_an_api_error(total: object) -> None:
+    with pytest.raises(ApiError, match="totalAmount"):
+        BillingRecord.from_api({"podId": "p", "totalAmount": total})
+
+
+@pytest.mark.parametrize("count", [HUGE_INT, float("nan"), float("inf"), 1e400],
+                         ids=["400-digits", "nan", "inf", "1e400"])
+def test_an_impossible_integer_is_absent_not_a_crash(count: object) -> None:
+    pod = Pod.from_api(full_pod(gpu={"id": "NVIDIA L40S", "count": count}))
+    assert pod.gpu_count == 1  # the spec's default
+
+
+@pytest.mark.parametrize("stamp", ["9999-12-31T23:00:00-05:00", "0001-01-01T00:00:00+05:00",
+                                   "9999-12-31 23:00:00 -0500 UTC"])
+def test_a_timestamp_beyond_datetimes_range_is_absent_not_a_crash(stamp: str) -> None:
+    with pytest.raises(ValueError, match="out of range"):
+        parse_timestamp(stamp)
+    assert Pod.from_api(full_pod(createdAt=stamp)).created_at is None
+
+
 # --- PodSpec ----------------------------------------------------------------------------------
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
@@ -202,3 +203,106 @@ def test_describe_shows_no_bodies(cache: ResponseCache) -> None:
     described = cache.describe()
     assert described[0]["key"] == "0123456789abcdef"
     assert "SSSS" not in repr(described)
+
+
+# ------------------------------------------------------------------------------------- files and modes
+# rpm creates its files 0600 and directories 0700 whatever the umask, and never changes the mode of a
+# directory it did not create: a user-named `[cache] dir` that others may write (like /tmp) gets a private
+# subdirectory rpm creates, `rpm-cache-<uid>`.
+
+
+def open_cache(directory: Path, clock: Clock) -> ResponseCache:
+    instance = ResponseCache(directory, max_entries=10, max_bytes=10_000, ttl_seconds=60, clock=clock)
+    instance.open()
+    return instance
+
+
+def mode_of(path: Path) -> int:
+    return path.stat().st_mode & 0o7777
+
+
+def test_a_new_cache_is_private_even_with_umask_000(tmp_path: Path, clock: Clock) -> None:
+    directory = tmp_path / "cache" / "responses"  # like RPM_HOME/cache/responses: neither exists yet
+    previous = os.umask(0)
+    try:
+        instance = open_cache(directory, clock)
+        instance.put("k", body())  # a write creates -wal and -shm
+    finally:
+        os.umask(previous)
+    try:
+        assert instance.available and instance.path == directory / DB_FILENAME
+        assert mode_of(directory) == 0o700 and mode_of(directory.parent) == 0o700
+        files = sorted(directory.iterdir())
+        assert {path.name for path in files} >= {DB_FILENAME, f"{DB_FILENAME}-wal", f"{DB_FILENAME}-shm"}
+        assert {path.name: mode_of(path) for path in files} == {path.name: 0o600 for path in files}
+    finally:
+        instance.close()
+
+
+def test_loose_files_left_by_an_older_rpm_are_tightened(tmp_path: Path, clock: Clock) -> None:
+    directory = tmp_path / "c"
+    open_cache(directory, clock).close()
+    for name in (DB_FILENAME, f"{DB_FILENAME}-wal", f"{DB_FILENAME}-shm"):
+        (directory / name).touch()
+        (directory / name).chmod(0o644)
+    instance = open_cache(directory, clock)
+    try:
+        assert instance.available
+        assert {path.name: mode_of(path) for path in directory.iterdir()} == {
+            path.name: 0o600 for path in directory.iterdir()}
+    finally:
+        instance.close()
+
+
+@pytest.mark.parametrize("mode", [0o1777, 0o777, 0o775], ids=["1777", "0777", "0775"])
+def test_a_directory_others_may_write_is_left_alone_and_gets_a_private_subdirectory(
+        tmp_path: Path, clock: Clock, mode: int) -> None:
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(mode)  # like /tmp (1777) named as [cache] dir
+    instance = open_cache(shared, clock)
+    try:
+        assert instance.available
+        assert mode_of(shared) == mode  # never chmod-ed
+        private = shared / f"rpm-cache-{os.geteuid()}"
+        assert instance.path == private / DB_FILENAME
+        assert mode_of(private) == 0o700 and mode_of(instance.path) == 0o600
+        assert [path.name for path in shared.iterdir()] == [private.name]
+    finally:
+        instance.close()
+    again = open_cache(shared, clock)  # the same subdirectory next time: the cache survives restarts
+    try:
+        assert again.path == instance.path
+    finally:
+        again.close()
+
+
+def test_a_users_own_directory_that_only_they_may_write_is_used_as_it_is(tmp_path: Path, clock: Clock) -> None:
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    mine.chmod(0o755)
+    instance = open_cache(mine, clock)
+    try:
+        assert instance.path == mine / DB_FILENAME and mode_of(mine) == 0o755
+        assert mode_of(instance.path) == 0o600
+    finally:
+        instance.close()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="making a directory owned by someone else needs root")
+def test_a_private_subdirectory_someone_else_made_first_disables_the_cache(
+        tmp_path: Path, clock: Clock, caplog: pytest.LogCaptureFixture) -> None:
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o1777)
+    squatted = shared / f"rpm-cache-{os.geteuid()}"
+    squatted.mkdir()
+    squatted.chmod(0o777)
+    os.chown(squatted, 65534, 65534)  # nobody got there first
+    instance = open_cache(shared, clock)
+    try:
+        assert not instance.available
+        assert f"response cache disabled: cannot use {shared}: {squatted} is owned by another user" in caplog.text
+        assert list(squatted.iterdir()) == [] and mode_of(squatted) & 0o777 == 0o777
+    finally:
+        instance.close()

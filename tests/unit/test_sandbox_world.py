@@ -451,6 +451,33 @@ def test_save_and_load_keep_pods_billing_stock_balance_and_keys(world: World, cl
     assert again.load(tmp_path / "absent.json") is False
 
 
+def test_a_saved_world_makes_missing_directories_0700_under_umask_000(world: World, tmp_path: Path) -> None:
+    import os
+
+    path = tmp_path / "new" / "deeper" / "world.json"
+    previous = os.umask(0)
+    try:
+        world.save(path)
+    finally:
+        os.umask(previous)
+    assert [path.stat().st_mode & 0o777 for path in (path, path.parent, path.parent.parent)] == [0o600, 0o700, 0o700]
+
+
+@pytest.mark.parametrize("kind", ["dev-zero", "too-large"])
+def test_a_state_path_that_is_not_a_small_regular_file_is_refused_unread(world: World, tmp_path: Path,
+                                                                         kind: str) -> None:
+    from runpod_manager.sandbox.world import MAX_STATE_BYTES
+
+    path = tmp_path / "world.json"
+    if kind == "dev-zero":
+        path.symlink_to("/dev/zero")  # reading it whole would never end
+    else:
+        with path.open("wb") as handle:
+            handle.truncate(MAX_STATE_BYTES + 1)
+    with pytest.raises(OSError, match="not a regular file" if kind == "dev-zero" else "larger than"):
+        world.load(path)
+
+
 def _saved(world: World, clock: Clock) -> dict[str, Any]:
     world.create_pod(request())
     clock.tick(1.0)
@@ -467,6 +494,9 @@ def _saved(world: World, clock: Clock) -> dict[str, Any]:
     (lambda d: {**d, "pods": [{**d["pods"][0], "gpu_count": 0}]}, "an invalid gpu_count"),
     (lambda d: {**d, "billing": [{**d["billing"][0], "start": None}]}, "has a non-numeric field"),
     (lambda d: {**d, "stock": [["a", "b"]]}, "not a sandbox state file"),
+    (lambda d: {**d, "balanceUsd": float("nan")}, "balanceUsd must be a finite number"),
+    (lambda d: {**d, "balanceUsd": float("inf")}, "balanceUsd must be a finite number"),
+    (lambda d: {**d, "balanceUsd": "lots"}, "balanceUsd must be a finite number"),
 ])
 def test_a_damaged_state_is_refused_with_one_line_and_the_world_is_unchanged(
         world: World, clock: Clock, damage: Any, message: str) -> None:

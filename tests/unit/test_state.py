@@ -518,8 +518,31 @@ def test_an_unreadable_file_is_an_error_and_is_left_where_it_is(store: StateStor
     with pytest.raises(StateError) as caught:
         store.load()
     assert caught.value.message.startswith(f"{paths.state_file}: cannot read state (")
-    assert caught.value.hint == "check the file's owner and permissions"
+    assert caught.value.hint == "rpm writes it as a small regular file; move this one away"
     assert paths.state_file.is_dir() and list(paths.state_dir.glob("*.corrupt-*")) == []
+
+
+@pytest.mark.parametrize("kind", ["dev-zero", "fifo", "too-large"])
+def test_a_state_path_rpm_never_wrote_is_refused_without_reading_it_whole(store: StateStore, paths: Paths,
+                                                                       kind: str) -> None:
+    """`ln -s /dev/zero pod_state.json` took 8.8 GB before; a FIFO would block the open forever."""
+    from runpod_manager.state import MAX_STATE_BYTES
+
+    paths.state_dir.mkdir(parents=True)
+    if kind == "dev-zero":
+        paths.state_file.symlink_to("/dev/zero")
+    elif kind == "fifo":
+        os.mkfifo(paths.state_file)
+    else:
+        with paths.state_file.open("wb") as handle:
+            handle.truncate(MAX_STATE_BYTES + 1)  # sparse: no disk used
+    with pytest.raises(StateError) as caught:
+        store.load()
+    assert caught.value.message.startswith(f"{paths.state_file}: cannot read state (")
+    expected = "larger than" if kind == "too-large" else "not a regular file"
+    assert expected in caught.value.message
+    assert caught.value.hint == "rpm writes it as a small regular file; move this one away"
+    assert os.path.lexists(paths.state_file) and list(paths.state_dir.glob("*.corrupt-*")) == []
 
 
 def test_no_file_is_an_empty_state_and_no_notice(store: StateStore, paths: Paths) -> None:
@@ -546,6 +569,119 @@ def test_a_record_field_of_the_wrong_type_is_corrupt(store: StateStore, paths: P
     put(paths, {"version": 2, "pods": {"main": record}})
     assert store.load() == State()
     assert len(store.notices) == 1
+
+
+# Values no rpm writes: acting on them would disable a limit (every comparison with NaN is false, so a NaN
+# spend never reaches the cap) or crash every command (dates at datetime's edges overflow in arithmetic).
+IMPOSSIBLE_VALUES = {
+    "spend-nan": '{"spend_usd": NaN, "spend_day": "2026-11-23"}',
+    "spend-infinity": '{"spend_usd": Infinity}',
+    "spend-minus-infinity": '{"spend_usd": -Infinity}',
+    "spend-overflows-to-inf": '{"spend_usd": 1e400}',
+    "spend-nan-string": '{"spend_usd": "nan"}',
+    "spend-number-string": '{"spend_usd": "1.5"}',
+    "spend-bool": '{"spend_usd": true}',
+    "spend-negative": '{"spend_usd": -3.5}',
+    "spend-absurd": '{"spend_usd": 1e300}',
+    "cost-nan": '{"cost_per_hour": NaN}',
+    "cost-negative": '{"cost_per_hour": -0.5}',
+    "ended-spend-infinity": '{"spend_of_ended_pods_usd": Infinity}',
+    "billed-negative": '{"billed_usd": -1}',
+    "billed-huge-int": '{"billed_usd": ' + "9" * 400 + "}",
+    "sweep-nan": '{"last_sweep_at_epoch": NaN}',
+    "sweep-negative": '{"last_sweep_at_epoch": -1}',
+    "sweep-past-9999": '{"last_sweep_at_epoch": 1e12}',
+    "nan-in-an-unknown-field": '{"from_a_later_patch": NaN}',
+    "year-9999": '{"last_activity_at": "9999-12-31T23:59:59Z"}',
+    "year-9999-behind-utc": '{"last_observed_at": "9999-12-31T23:00:00-05:00"}',
+    "year-1-ahead-of-utc": '{"last_observed_at": "0001-01-01T00:00:00+01:00"}',
+    "year-1": '{"spend_accounted_at": "0001-01-01T00:00:00Z"}',
+    "lease-deadline-9999": '{"lease": {"opened_at": "2026-11-23T09:30:00Z", "deadline": "9999-12-31T23:59:59Z"}}',
+    "lease-ends-before-it-opens": '{"lease": {"opened_at": "2026-11-23T09:30:00Z", '
+                                  '"deadline": "2026-11-23T08:30:00Z"}}',
+    "lease-longer-than-any-limit": '{"lease": {"opened_at": "2026-11-23T09:30:00Z", '
+                                   '"deadline": "2028-11-23T09:30:00Z"}}',
+    "intent-year-1": '{"intent": {"pod_name": "rpm-main-k3", "created_at": "0001-01-01T00:00:00Z"}}',
+    "spend-day-not-a-date": '{"spend_day": "today"}',
+    "spend-day-year-9999": '{"spend_day": "9999-12-31"}',
+    "cap-day-month-13": '{"spend_cap_day": "2026-13-01"}',
+}
+
+
+@pytest.mark.parametrize("record", list(IMPOSSIBLE_VALUES.values()), ids=list(IMPOSSIBLE_VALUES))
+def test_an_impossible_value_makes_the_record_corrupt_moved_aside_and_reported(store: StateStore, paths: Paths,
+                                                                               record: str) -> None:
+    content = put(paths, '{"version": 2, "pods": {"main": ' + record + "}}")
+    assert store.load() == State()
+    assert (paths.state_dir / f"pod_state.json.corrupt-{STAMP}").read_bytes() == content
+    assert not paths.state_file.exists()
+    (notice,) = store.notices
+    assert notice.startswith(f"{paths.state_file} was corrupt (") and "\n" not in notice
+
+
+def test_the_corrupt_notice_names_the_record_and_field(store: StateStore, paths: Paths) -> None:
+    put(paths, '{"version": 2, "pods": {"main": {"pod_id": "pod-abc", "spend_usd": NaN}}}')
+    store.load()
+    (notice,) = store.notices
+    assert "'main'" in notice and "spend_usd" in notice and "finite" in notice, notice
+
+
+@pytest.mark.parametrize("record", [
+    {"spend_usd": 0, "cost_per_hour": 0, "billed_usd": 0, "spend_of_ended_pods_usd": 0},
+    {"spend_usd": 123456.78, "cost_per_hour": 31.92, "last_sweep_at_epoch": 1_795_000_000},
+    {"lease": {"opened_at": "2026-11-23T09:30:00Z", "deadline": "2026-11-23T09:30:00Z"}},
+    {"lease": {"opened_at": "2026-11-23T09:30:00Z", "deadline": "2027-11-23T09:30:00Z"}},
+    {"spend_day": "2026-11-23", "spend_cap_day": "2026-11-22", "last_activity_at": "2026-11-23T09:30:00+09:00"},
+], ids=["zeros", "large-but-real", "lease-of-no-time", "lease-of-a-year", "days-and-zones"])
+def test_values_rpm_can_write_are_accepted(store: StateStore, paths: Paths, record: dict[str, Any]) -> None:
+    put(paths, {"version": 2, "pods": {"main": record}})
+    assert "main" in store.load().pods and store.notices == []
+
+
+@pytest.mark.parametrize("command", ["watchdog", "status"])
+def test_a_command_never_acts_on_an_impossible_state(tmp_path: Path, command: str) -> None:
+    """Through the CLI: an out-of-range date broke every command with "unexpected OverflowError", and a NaN
+    spend showed "spend today $nan" with the cap silently off."""
+    from typer.testing import CliRunner
+
+    from runpod_manager.cli import app
+
+    home = tmp_path / "cli-home"
+    (home / "state").mkdir(parents=True)
+    (home / "pod_config.toml").write_text('version = 1\n[pod]\nname = "main"\ngpu_types = ["NVIDIA L40S"]\n'
+                                          "[limits]\nmax_daily_spend_usd = 5\n", encoding="utf-8")
+    env = {"RPM_HOME": str(home), "RPM_CONFIG": str(home / "pod_config.toml"), "RUNPOD_API_KEY": "sk-x",
+           "RUNPOD_API_URL": "http://127.0.0.1:9", "RPM_API_MAX_RETRIES": "0", "RPM_DEBUG": None}
+    for record in ('{"pod_id": "p1", "last_observed_at": "9999-12-31T23:00:00-05:00"}',
+                   '{"pod_id": "p1", "spend_usd": NaN, "spend_day": "2026-11-23"}'):
+        (home / "state" / "pod_state.json").write_text('{"version": 2, "pods": {"main": ' + record + "}}")
+        result = CliRunner().invoke(app, [command], env=env)
+        output = result.stdout + result.stderr
+        assert "unexpected" not in output and "$nan" not in output and "Traceback" not in output, output
+        assert "was corrupt" in output and "moved aside" in output, output
+        asides = list((home / "state").glob("pod_state.json.corrupt-*"))
+        assert [path.read_text() for path in asides] == ['{"version": 2, "pods": {"main": ' + record + "}}"]
+        asides[0].unlink()
+
+
+@pytest.mark.parametrize("change", [
+    {"spend_usd": float("nan")}, {"billed_usd": -1.0}, {"last_sweep_at_epoch": float("inf")},
+    {"last_activity_at": datetime(9999, 12, 31, tzinfo=UTC)},
+    {"lease": Lease(opened_at=T0, deadline=T0 + timedelta(days=800))},
+], ids=["nan-spend", "negative-billed", "infinite-sweep", "year-9999", "endless-lease"])
+def test_rpm_never_writes_a_state_it_would_refuse_to_read(store: StateStore, paths: Paths,
+                                                          change: dict[str, Any]) -> None:
+    """The next load would move such a file aside and forget the pod: the save fails instead, naming the field,
+    and the file on disk stays as it was."""
+    store.save(State(pods={"main": full_record()}))
+    before = paths.state_file.read_bytes()
+    with pytest.raises(StateError) as caught:
+        store.save(State(pods={"main": dataclasses.replace(full_record(), **change)}))
+    assert caught.value.message.startswith(f"{paths.state_file}: not saved: ")
+    field_name = next(iter(change))
+    assert field_name in caught.value.message or "deadline" in caught.value.message
+    assert UPSTREAM_KEY not in str(caught.value)
+    assert paths.state_file.read_bytes() == before and leftovers(paths) == []
 
 
 # --- newer and older versions ---------------------------------------------------------------------------
