@@ -15,11 +15,12 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from runpod_manager.config import Config
+from runpod_manager.errors import ExitCode
 from runpod_manager.paths import Paths, ensure_private_dir, read_regular_file
 from runpod_manager.runpod.models import GpuType
 
 if TYPE_CHECKING:
-    from runpod_manager.runpod.client import RunPodClient
+    from runpod_manager.ports import RunPodPort
 
 CACHE_MAX_AGE_SECONDS = 3600.0
 MAX_CACHE_BYTES = 4 * 1024 * 1024  # RunPod's whole catalog is tens of kilobytes
@@ -51,8 +52,12 @@ class CatalogResult:
     def ok(self) -> bool:
         return not self.problems
 
+    @property
+    def exit_code(self) -> ExitCode:
+        return ExitCode.OK if self.ok else ExitCode.FAILED
 
-def refresh(client: RunPodClient, paths: Paths, config: Config) -> CatalogResult:
+
+def refresh(client: RunPodPort, paths: Paths, config: Config) -> CatalogResult:
     gpus = client.list_gpu_types(gpu_count=config.pod.gpu_count, cloud=config.pod.cloud,
                                  include_availability=True)
     _save_cache(paths, config, gpus)
@@ -77,16 +82,16 @@ def evaluate(gpus: list[GpuType], config: Config, *, cache_path: str = "") -> Ca
     problems = []
     usable = 0
     for gpu_id in pod.gpu_types:
-        gpu = by_id.get(gpu_id)
-        if gpu is None:
+        configured = by_id.get(gpu_id)
+        if configured is None:
             from difflib import get_close_matches
 
             close = get_close_matches(gpu_id, list(by_id), n=1, cutoff=0.5)
             hint = f" (did you mean '{close[0]}'?)" if close else ""
             problems.append(f"[pod] gpu_types: unknown GPU id '{gpu_id}'{hint}")
             continue
-        offered = gpu.secure if pod.cloud == "SECURE" else gpu.community
-        unit = gpu.price_for(pod.cloud)
+        offered = configured.secure if pod.cloud == "SECURE" else configured.community
+        unit = configured.price_for(pod.cloud)
         if not offered or unit is None:
             problems.append(f"[pod] gpu_types: '{gpu_id}' is not offered in the {pod.cloud} cloud; "
                             f"set [pod] cloud or pick another type")
@@ -95,12 +100,12 @@ def evaluate(gpus: list[GpuType], config: Config, *, cache_path: str = "") -> Ca
             problems.append(f"[pod] gpu_types: '{gpu_id}' costs ${unit * pod.gpu_count:.2f}/h, above "
                             f"[pod] max_price_per_hour ${pod.max_price_per_hour:.2f}")
             continue
-        if gpu.availability == "NONE":
+        if configured.availability == "NONE":
             problems.append(f"[pod] gpu_types: '{gpu_id}' has no availability for {pod.gpu_count} GPU(s) in "
                             f"{pod.cloud} right now; add a fallback type")
             continue
-        if pod.data_centers and gpu.data_centers:
-            stocked = {dc.id for dc in gpu.data_centers if dc.availability not in (None, "NONE")}
+        if pod.data_centers and configured.data_centers:
+            stocked = {dc.id for dc in configured.data_centers if dc.availability not in (None, "NONE")}
             if not stocked & set(pod.data_centers):
                 problems.append(f"[pod] data_centers: none of {', '.join(pod.data_centers)} has '{gpu_id}' "
                                 f"in stock; it is available in {', '.join(sorted(stocked)) or 'none'}")
@@ -170,7 +175,7 @@ def _is_amount(value: object) -> bool:
         return False
 
 
-def fetch_prices(client: RunPodClient, paths: Paths, config: Config) -> dict[str, float | None]:
+def fetch_prices(client: RunPodPort, paths: Paths, config: Config) -> dict[str, float | None]:
     gpus = client.list_gpu_types(gpu_count=config.pod.gpu_count, cloud=config.pod.cloud,
                                  include_availability=False)
     _save_cache(paths, config, gpus)

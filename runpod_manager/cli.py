@@ -7,17 +7,22 @@ Rich's traceback-with-locals is disabled: locals may hold keys.
 
 from __future__ import annotations
 
+import functools
+import inspect
 import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 
 from runpod_manager import __version__
 from runpod_manager.errors import ExitCode, RpmError, UsageError
 from runpod_manager.render import Renderer
+
+if TYPE_CHECKING:
+    from runpod_manager.lifecycle import Lifecycle
 
 app = typer.Typer(
     name="rpm",
@@ -41,6 +46,7 @@ ConfigOpt = Annotated[
 
 
 def _run(renderer: Renderer, body: Callable[[], T]) -> T:
+    """The one place errors become exit codes: an RpmError exits with its class's code and one line."""
     try:
         return body()
     except RpmError as exc:
@@ -59,6 +65,30 @@ def _run(renderer: Renderer, body: Callable[[], T]) -> T:
         raise typer.Exit(int(ExitCode.FAILED)) from None
 
 
+def command(name: str | None = None) -> Callable[[Callable[..., int]], Callable[..., None]]:
+    """Register `fn(renderer, **options) -> exit code` as a command. The renderer comes from the command's
+    --json/-v; errors and exit codes are mapped by `_run`, in one place, for every command."""
+
+    def register(fn: Callable[..., int]) -> Callable[..., None]:
+        signature = inspect.signature(fn, eval_str=True)
+        command_name = name or fn.__name__
+
+        @functools.wraps(fn)
+        def run(**options: Any) -> None:
+            renderer = Renderer(command_name, bool(options.get("as_json")), bool(options.get("verbose")))
+            code = _run(renderer, lambda: fn(renderer, **options))
+            if code:
+                raise typer.Exit(int(code))
+
+        # Typer reads the options from the signature: everything but the renderer.
+        run.__signature__ = signature.replace(  # type: ignore[attr-defined]
+            parameters=list(signature.parameters.values())[1:])
+        app.command(command_name)(run)
+        return run
+
+    return register
+
+
 def _short(exc: BaseException) -> str:
     from runpod_manager.events import redact
 
@@ -66,20 +96,13 @@ def _short(exc: BaseException) -> str:
     return redact(text[:200], (os.environ.get("RUNPOD_API_KEY", ""),))
 
 
-def _lifecycle(config_path: Path | None) -> Any:
+def _lifecycle(config_path: Path | None) -> Lifecycle:
     from runpod_manager.config import load_config
     from runpod_manager.lifecycle import Lifecycle
     from runpod_manager.paths import resolve_paths
-    from runpod_manager.proxy import process
 
     paths = resolve_paths()
-    config = load_config(config_path, paths=paths)
-    return Lifecycle(config, paths, proxy_alive=lambda: process.running_pid(paths))
-
-
-def _notices(renderer: Renderer, lifecycle: Any) -> None:
-    for notice in lifecycle.store.notices:
-        renderer.note(notice)
+    return Lifecycle(load_config(config_path, paths=paths), paths)
 
 
 def _version_callback(value: bool) -> None:
@@ -96,31 +119,28 @@ def _root(
     """Keep a RunPod GPU pod available when you need it and stopped when you don't."""
 
 
-@app.command()
+@command()
 def init(
+    r: Renderer,
     force: Annotated[bool, typer.Option("--force", help="Overwrite an existing file.")] = False,
     from_json: Annotated[Path | None, typer.Option("--from", help="Convert an older pod_config.json.",
                                                    dir_okay=False)] = None,
     path: Annotated[Path, typer.Option("--path", help="Where to write.", dir_okay=False)] = Path("pod_config.toml"),
     as_json: JsonOpt = False,
     verbose: VerboseOpt = False,
-) -> None:
+) -> int:
     """Write a commented pod_config.toml (or convert pod_config.json with --from)."""
-    renderer = Renderer("init", as_json, verbose)
+    from runpod_manager.config import write_config
+    from runpod_manager.render import show_init
 
-    def body() -> None:
-        from runpod_manager.config import write_config
-
-        written, notes = write_config(path, force=force, from_json=from_json)
-        from runpod_manager.render import show_init
-
-        show_init(renderer, written, notes)
-
-    _run(renderer, body)
+    written, notes = write_config(path, force=force, from_json=from_json)
+    show_init(r, written, notes)
+    return ExitCode.OK
 
 
-@app.command()
+@command()
 def start(
+    r: Renderer,
     no_wait: Annotated[bool, typer.Option("--no-wait", help="Return once the pod is created or resumed.")] = False,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Show what would be done; change nothing.")] = False,
     proxy: Annotated[bool, typer.Option("--proxy/--no-proxy",
@@ -128,56 +148,45 @@ def start(
     config: ConfigOpt = None,
     as_json: JsonOpt = False,
     verbose: VerboseOpt = False,
-) -> None:
+) -> int:
     """Open a lease and start the pod (create or resume); wait until the model answers.
 
     The proxy's port and bind are checked and the key is read before a lease opens. On a non-zero exit the
     lease is closed and nothing runs, unless the message says the pod is still coming up (not ready in
     time, exit 1; Ctrl-C, 130): then it keeps to its limits and `rpm shutdown` ends it.
     """
-    renderer = Renderer("start", as_json, verbose)
+    from runpod_manager.render import show_start
 
-    def body() -> None:
-        from runpod_manager.render import show_start
+    lifecycle = _lifecycle(config)
+    own_proxy = None
+    if proxy and not dry_run:
+        from runpod_manager.proxy import process
 
-        lifecycle = _lifecycle(config)
-        own_proxy = None
-        if proxy and not dry_run:
-            from runpod_manager.proxy import process
-
-            # Before any lease opens: a port held by something else, or a bind that is refused, fails here.
-            own_proxy = process.claim_port(lifecycle.config, lifecycle.paths)
-        try:
-            with renderer.progress("opening the lease…") as progress:
-                result = lifecycle.start(wait=not no_wait, dry_run=dry_run, progress=progress)
-        except KeyboardInterrupt:
-            raise lifecycle.interrupted_start() from None
-        _notices(renderer, lifecycle)
-        if proxy and not dry_run:
-            result.proxy_url = lifecycle.ensure_proxy(own_proxy)
-        show_start(renderer, result)
-
-    _run(renderer, body)
+        # Before any lease opens: a port held by something else, or a bind that is refused, fails here.
+        own_proxy = process.claim_port(lifecycle.config, lifecycle.paths)
+    try:
+        with r.progress("opening the lease…") as progress:
+            result = lifecycle.start(wait=not no_wait, dry_run=dry_run, progress=progress)
+    except KeyboardInterrupt:
+        raise lifecycle.interrupted_start() from None
+    if proxy and not dry_run:
+        result.proxy_url = lifecycle.ensure_proxy(own_proxy)
+    show_start(r, result)
+    return ExitCode.OK
 
 
-@app.command()
-def status(config: ConfigOpt = None, as_json: JsonOpt = False, verbose: VerboseOpt = False) -> None:
+@command()
+def status(r: Renderer, config: ConfigOpt = None, as_json: JsonOpt = False, verbose: VerboseOpt = False) -> int:
     """Show the pod, its lease, limits, spend and the proxy."""
-    renderer = Renderer("status", as_json, verbose)
+    from runpod_manager.render import show_status
 
-    def body() -> None:
-        from runpod_manager.render import show_status
-
-        lifecycle = _lifecycle(config)
-        result = lifecycle.status()
-        _notices(renderer, lifecycle)
-        show_status(renderer, result)
-
-    _run(renderer, body)
+    show_status(r, _lifecycle(config).status())
+    return ExitCode.OK
 
 
-@app.command()
+@command()
 def shutdown(
+    r: Renderer,
     stop: Annotated[bool, typer.Option("--stop", help="Stop the pod (keep its disk) instead of terminating.")] = False,
     all_pods: Annotated[bool, typer.Option("--all", help="Also terminate every rpm- pod that state does not know.")
                         ] = False,
@@ -185,45 +194,34 @@ def shutdown(
     config: ConfigOpt = None,
     as_json: JsonOpt = False,
     verbose: VerboseOpt = False,
-) -> None:
+) -> int:
     """End everything: stop every proxy of this config, close the lease, terminate (or stop) the pod.
 
     Exit 0 only when RunPod confirmed it. A non-zero exit (4: RunPod unreachable, 3: the key) means a pod
     may still bill: the message names it; run shutdown again (the watchdog retries too).
     """
-    renderer = Renderer("shutdown", as_json, verbose)
+    from runpod_manager.render import show_shutdown
 
-    def body() -> None:
-        from runpod_manager.render import show_shutdown
-
-        lifecycle = _lifecycle(config)
-        result = lifecycle.shutdown(stop=stop, all_pods=all_pods, dry_run=dry_run)
-        _notices(renderer, lifecycle)
-        show_shutdown(renderer, result)
-
-    _run(renderer, body)
+    show_shutdown(r, _lifecycle(config).shutdown(stop=stop, all_pods=all_pods, dry_run=dry_run))
+    return ExitCode.OK
 
 
-@app.command("refresh-catalog")
-def refresh_catalog(config: ConfigOpt = None, as_json: JsonOpt = False, verbose: VerboseOpt = False) -> None:
+@command("refresh-catalog")
+def refresh_catalog(r: Renderer, config: ConfigOpt = None, as_json: JsonOpt = False, verbose: VerboseOpt = False
+                    ) -> int:
     """List GPU types with prices and availability; check the config against them."""
-    renderer = Renderer("refresh-catalog", as_json, verbose)
+    from runpod_manager import catalog
+    from runpod_manager.render import show_catalog
 
-    def body() -> None:
-        from runpod_manager import catalog
-        from runpod_manager.render import show_catalog
-
-        lifecycle = _lifecycle(config)
-        result = catalog.refresh(lifecycle.client, lifecycle.paths, lifecycle.config)
-        show_catalog(renderer, result)
-        if not result.ok:
-            raise typer.Exit(int(ExitCode.FAILED))
-
-    _run(renderer, body)
+    lifecycle = _lifecycle(config)
+    result = catalog.refresh(lifecycle.client, lifecycle.paths, lifecycle.config)
+    show_catalog(r, result)
+    return result.exit_code
 
 
-@app.command()
+@command()
 def watchdog(
+    r: Renderer,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the plan; call nothing that changes anything.")
                        ] = False,
     report_orphans_only: Annotated[bool, typer.Option("--report-orphans-only",
@@ -235,86 +233,62 @@ def watchdog(
     config: ConfigOpt = None,
     as_json: JsonOpt = False,
     verbose: VerboseOpt = False,
-) -> None:
+) -> int:
     """One enforcement pass (for cron): limits, idle stop, recovery, orphans. Silent when nothing to do.
 
     Exit 1: a limit could not be enforced, so a pod may run past it; 3: the key no longer works, so
     nothing can be enforced (every pass says so); 0 also when another rpm holds the lock (pass skipped).
     """
-    renderer = Renderer("watchdog", as_json, verbose)
+    from runpod_manager.render import show_watchdog
 
-    def body() -> None:
-        from runpod_manager.render import show_watchdog
-
-        lifecycle = _lifecycle(config)
-        result = lifecycle.reconcile(wait_seconds=30.0 if wait else 0, dry_run=dry_run,
-                                     report_orphans_only=report_orphans_only, sweep=sweep)
-        show_watchdog(renderer, result)
-        auth_error = result.auth_error
-        if auth_error is not None:
-            # A key that stopped working is an alarm on every pass: nothing can be enforced with it.
-            if as_json:
-                raise typer.Exit(int(auth_error.exit_code))  # the envelope already carries the error
-            raise auth_error
-        if result.enforcement_failed:
-            raise typer.Exit(int(ExitCode.FAILED))
-
-    _run(renderer, body)
+    result = _lifecycle(config).reconcile(wait_seconds=30.0 if wait else 0, dry_run=dry_run,
+                                          report_orphans_only=report_orphans_only, sweep=sweep)
+    show_watchdog(r, result)
+    return result.exit_code
 
 
-@app.command()
-def proxy(config: ConfigOpt = None, as_json: JsonOpt = False, verbose: VerboseOpt = False) -> None:
+@command()
+def proxy(r: Renderer, config: ConfigOpt = None, as_json: JsonOpt = False, verbose: VerboseOpt = False) -> int:
     """Run the local OpenAI-compatible proxy in the foreground until Ctrl-C or SIGTERM.
 
     A pod the proxy woke is ended with it (idle_action); a pod `rpm start` started keeps running under its
     lease, and the exit message says until when. Exit 130 after Ctrl-C, 0 after SIGTERM, 1 when the pod it
     woke could not be ended (it may still bill: run `rpm shutdown`).
     """
-    renderer = Renderer("proxy", as_json, verbose)
+    from runpod_manager.proxy import process
+    from runpod_manager.proxy.bridge import LifecycleProxyController
+    from runpod_manager.proxy.server import run_proxy
+    from runpod_manager.render import show_proxy_stopped
 
-    def body() -> None:
-        from runpod_manager.lifecycle import LifecycleProxyController
-        from runpod_manager.proxy import process
-        from runpod_manager.proxy.server import run_proxy
-        from runpod_manager.render import show_proxy_stopped
-
-        lifecycle = _lifecycle(config)
-        _ = lifecycle.client  # no key: refuse now, not a warning every reconcile forever
-        own = process.claim_port(lifecycle.config, lifecycle.paths)
-        if own is not None:
-            raise UsageError(f"this config's proxy (pid {own}) already serves {process.proxy_url(lifecycle.config)}",
-                             hint="use it, or stop it with `rpm shutdown`")
-        _configure_logging(verbose)
-        with process.registered(lifecycle.paths, process.proxy_url(lifecycle.config)):
-            stopped_by = run_proxy(lifecycle.config, LifecycleProxyController(lifecycle), lifecycle.paths)
-        outcome = lifecycle.proxy_stopped()
-        show_proxy_stopped(renderer, outcome, process.proxy_url(lifecycle.config))
-        if outcome.failed:
-            raise typer.Exit(int(ExitCode.FAILED))
-        if stopped_by == "SIGINT":
-            raise typer.Exit(int(ExitCode.INTERRUPTED))
-
-    _run(renderer, body)
+    lifecycle = _lifecycle(config)
+    _ = lifecycle.client  # no key: refuse now, not a warning every reconcile forever
+    own = process.claim_port(lifecycle.config, lifecycle.paths)
+    if own is not None:
+        raise UsageError(f"this config's proxy (pid {own}) already serves {process.proxy_url(lifecycle.config)}",
+                         hint="use it, or stop it with `rpm shutdown`")
+    _configure_logging(verbose)
+    with process.registered(lifecycle.paths, process.proxy_url(lifecycle.config)):
+        stopped_by = run_proxy(lifecycle.config, LifecycleProxyController(lifecycle), lifecycle.paths)
+    outcome = lifecycle.proxy_stopped(stopped_by)
+    show_proxy_stopped(r, outcome, process.proxy_url(lifecycle.config))
+    return outcome.exit_code
 
 
-@app.command()
+@command()
 def demo(
+    r: Renderer,
     keep_home: Annotated[bool, typer.Option("--keep-home", help="Keep the temporary RPM_HOME for inspection.")
                          ] = False,
     as_json: JsonOpt = False,
     verbose: VerboseOpt = False,
-) -> None:
+) -> int:
     """Walk through the whole flow on a built-in RunPod emulator (no account needed; no config read)."""
-    renderer = Renderer("demo", as_json, verbose)
+    from runpod_manager.demo import run_demo
 
-    def body() -> None:
-        from runpod_manager.demo import run_demo
-
-        summary = run_demo(renderer, keep_home=keep_home)
-        if as_json:
-            renderer.emit(summary)
-
-    _run(renderer, body)
+    summary = run_demo(r, keep_home=keep_home)
+    if as_json:
+        r.emit(summary)
+    return ExitCode.OK
 
 
 def _configure_logging(verbose: bool) -> None:

@@ -38,9 +38,6 @@ class ActionKind(StrEnum):
     ALARM = "alarm"  # a limit or a wanted pod could not be handled: cron should mail this
 
 
-# Actions that change something at RunPod (a dry run prints them and calls nothing).
-MUTATING = frozenset({ActionKind.CREATE, ActionKind.RESUME, ActionKind.REPLACE, ActionKind.STOP,
-                      ActionKind.TERMINATE, ActionKind.TERMINATE_ORPHAN})
 STARTS = frozenset({ActionKind.CREATE, ActionKind.RESUME, ActionKind.REPLACE})
 ENDS = frozenset({ActionKind.STOP, ActionKind.TERMINATE})
 # Pod statuses in which the idle limit is checked. A booting pod (PROVISIONING, STARTING) and one whose
@@ -132,6 +129,11 @@ def next_cutoff(after: datetime, config: Config) -> datetime | None:
         if candidate > after:
             return candidate
     raise AssertionError("a cutoff occurs every day")  # pragma: no cover
+
+
+def local_day_start(day: date, zone: tzinfo | None) -> datetime:
+    """The first instant of a local day (DST-safe), where the spend ledger's day begins."""
+    return _localize(datetime.combine(day, datetime.min.time()), zone)
 
 
 def _localize(naive: datetime, zone: tzinfo | None) -> datetime:
@@ -392,15 +394,6 @@ def activity_of(record: PodRecord) -> Activity:
     """The activity state keeps for a record (what every reader passes to the planner's derivations)."""
     return Activity(last_request_at=record.last_activity_at, last_gpu_busy_at=record.last_gpu_busy_at,
                     proxy_wanted=record.proxy_wanted)
-
-
-def spend_today_usd(record: PodRecord, today: date) -> float:
-    """Today's spend from the record's ledger: pods ended earlier today as estimated, the current pod by
-    whichever of the estimate and billing is higher. The one derivation shown and enforced alike."""
-    if record.spend_day != today.isoformat():
-        return 0.0
-    current_estimate = record.spend_usd - record.spend_of_ended_pods_usd
-    return record.spend_of_ended_pods_usd + max(current_estimate, record.billed_usd)
 
 
 def limit_view(now: datetime, config: Config, record: PodRecord, activity: Activity) -> LimitView:

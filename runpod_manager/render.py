@@ -13,13 +13,20 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
 from runpod_manager.errors import RpmError
+
+if TYPE_CHECKING:  # the results are imported by the commands that make them, not by `rpm --help`
+    from runpod_manager.catalog import CatalogResult
+    from runpod_manager.outcomes import PassOutcome, ProxyStopResult, ShutdownResult, StartResult, StatusResult
+    from runpod_manager.runpod.models import Pod
+    from runpod_manager.state import PodRecord
 
 ENVELOPE_VERSION = 1
 
@@ -136,7 +143,7 @@ def table(title: str | None, columns: list[str]) -> Table:
 # ------------------------------------------------------------------------------------- per command
 
 
-def pod_json(pod: Any) -> dict[str, Any] | None:
+def pod_json(pod: Pod | None) -> dict[str, Any] | None:
     if pod is None:
         return None
     return {"id": pod.id, "name": pod.name, "status": pod.status_text, "gpu": pod.gpu_type_id,
@@ -145,14 +152,20 @@ def pod_json(pod: Any) -> dict[str, Any] | None:
             "uptime_seconds": pod.runtime.uptime_seconds if pod.runtime else None}
 
 
-def lease_json(record: Any) -> dict[str, Any] | None:
+def lease_json(record: PodRecord) -> dict[str, Any] | None:
     lease = record.lease
     if lease is None:
         return None
     return {"opened_at": lease.opened_at, "deadline": lease.deadline, "opened_by": lease.opened_by}
 
 
-def show_start(r: Renderer, result: Any) -> None:
+def notes(r: Renderer, notices: list[str]) -> None:
+    for notice in notices:
+        r.note(notice)
+
+
+def show_start(r: Renderer, result: StartResult) -> None:
+    notes(r, result.notices)
     if r.as_json:
         r.emit({"dry_run": result.dry_run, "pod": pod_json(result.pod), "created": result.created,
                 "resumed": result.resumed, "already_running": result.already_running, "ready": result.ready,
@@ -179,7 +192,8 @@ def show_start(r: Renderer, result: Any) -> None:
         r.line(f"  pod URL: {result.base_url}  (start the proxy with `rpm proxy` for wake/idle handling)")
 
 
-def show_status(r: Renderer, result: Any) -> None:
+def show_status(r: Renderer, result: StatusResult) -> None:
+    notes(r, result.notices)
     record, pod, now = result.record, result.pod, result.now
     limits = result.limits
     if r.as_json:
@@ -192,7 +206,7 @@ def show_status(r: Renderer, result: Any) -> None:
             "idle_ends_at": limits.idle_ends_at, "idle_seconds": result.idle_seconds,
             "proxy": {"pid": result.proxy_pid, "url": result.proxy_url},
             "pod_url": result.pod_url,
-            "ready": record.ready_pod_id is not None and record.ready_pod_id == record.pod_id,
+            "ready": result.ready,
             "last_action": record.last_action, "last_reason": record.last_reason,
             "last_lease_end_reason": record.last_lease_end_reason,
         })
@@ -207,7 +221,7 @@ def show_status(r: Renderer, result: Any) -> None:
     grid = table(f"rpm · {result.config_name}", ["", ""])
     grid.show_header = False
     status = pod.status_text if pod else ("unknown" if not result.pod_observed else "gone")
-    ready = record.ready_pod_id == record.pod_id and pod is not None and pod.status_text == "RUNNING"
+    ready = result.ready and pod is not None
     grid.add_row("pod", f"{record.pod_id or '-'} ({record.pod_name or '-'})")
     grid.add_row("status", f"{status}{' · ready' if ready else ''}"
                  + (f" [dim]({escape(result.observe_error)})[/]" if result.observe_error else ""))
@@ -233,7 +247,8 @@ def show_status(r: Renderer, result: Any) -> None:
     r.out.print(grid)
 
 
-def show_shutdown(r: Renderer, result: Any) -> None:
+def show_shutdown(r: Renderer, result: ShutdownResult) -> None:
+    notes(r, result.notices)
     if r.as_json:
         r.emit({"dry_run": result.dry_run, "ended": [a.action.describe() for a in result.ended],
                 "orphans_terminated": result.orphans_terminated, "proxy_stopped": result.proxy_stopped,
@@ -256,7 +271,7 @@ def show_shutdown(r: Renderer, result: Any) -> None:
         r.line("nothing running; lease closed")
 
 
-def show_proxy_stopped(r: Renderer, result: Any, url: str) -> None:
+def show_proxy_stopped(r: Renderer, result: ProxyStopResult, url: str) -> None:
     """The proxy's last words: what it ended, and what still runs and until when (on stderr: the proxy's
     stdout may be a log)."""
     ended = [f"{a.action.kind.value} {a.action.pod_id}" for a in result.ended]
@@ -283,7 +298,7 @@ def show_proxy_stopped(r: Renderer, result: Any, url: str) -> None:
     r.err.print(f"proxy {url} stopped; {escape(words)}")
 
 
-def show_watchdog(r: Renderer, result: Any) -> None:
+def show_watchdog(r: Renderer, result: PassOutcome) -> None:
     """Silent when there is nothing to do or the lock is busy (cron mails nothing); one line per action
     otherwise. A dry run always prints its plan, empty or not."""
     auth_error = result.auth_error
@@ -296,8 +311,7 @@ def show_watchdog(r: Renderer, result: Any) -> None:
                 "auth_error": str(auth_error) if auth_error else None},
                ok=not result.enforcement_failed and auth_error is None)
         return
-    for notice in result.notices:
-        r.note(notice)
+    notes(r, result.notices)
     if result.busy:
         if r.verbose:
             r.note("another rpm process holds the state lock; skipping this pass")
@@ -312,12 +326,14 @@ def show_watchdog(r: Renderer, result: Any) -> None:
         for applied in result.applied:
             mark = "✓" if applied.ok else f"[red]failed: {escape(str(applied.error))}[/]"
             r.line(f"{escape(applied.action.describe())} {mark}")
+    if auth_error is not None:
+        r.error(auth_error, int(auth_error.exit_code))
     if r.verbose and result.record is not None:
         r.line(f"state: {escape(_record_summary(result))}, spend today {money(result.spend_today_usd)}, "
                f"{result.api_calls} API call(s)")
 
 
-def _record_summary(result: Any) -> str:
+def _record_summary(result: PassOutcome) -> str:
     record, pod = result.record, result.pod
     if record is None:
         return "no record"
@@ -327,7 +343,7 @@ def _record_summary(result: Any) -> str:
             f"lease {lease}")
 
 
-def show_catalog(r: Renderer, result: Any) -> None:
+def show_catalog(r: Renderer, result: CatalogResult) -> None:
     if r.as_json:
         r.emit({"cloud": result.cloud, "gpu_count": result.gpu_count, "problems": result.problems,
                 "gpus": [row.__dict__ for row in result.rows]}, ok=result.ok)
@@ -355,13 +371,12 @@ INIT_NEXT_STEPS = (
 )
 
 
-def show_init(r: Renderer, path: Any, notes: list[str]) -> None:
+def show_init(r: Renderer, path: Path, init_notes: list[str]) -> None:
     if r.as_json:
-        r.emit({"written": str(path), "notes": notes, "next": list(INIT_NEXT_STEPS)})
+        r.emit({"written": str(path), "notes": init_notes, "next": list(INIT_NEXT_STEPS)})
         return
     r.line(f"wrote {path}")
-    for note in notes:
-        r.note(note)
+    notes(r, init_notes)
     r.line("next:")
     for number, step in enumerate(INIT_NEXT_STEPS, 1):
         r.line(f"  {number}. {escape(step)}")

@@ -233,9 +233,10 @@ def _health_instance(config: Config) -> Mapping[str, object] | None:
 # ------------------------------------------------------------------------------------- start / stop
 
 
-def start_proxy_process(config: Config, paths: Paths, *, ready_deadline_seconds: float = READY_DEADLINE_SECONDS
-                        ) -> int:
-    """Start the proxy in the background unless one runs; return its pid once /health answers as it."""
+def start_proxy_process(config: Config, paths: Paths, *, ready_deadline_seconds: float = READY_DEADLINE_SECONDS,
+                        wait: bool = True) -> int:
+    """Start the proxy in the background unless one runs; return its pid once /health answers as it (at once
+    with wait=False: a reconcile pass restarting it under the state lock checks it on the next pass)."""
     existing = running_pid(paths)
     if existing:
         return existing
@@ -254,6 +255,8 @@ def start_proxy_process(config: Config, paths: Paths, *, ready_deadline_seconds:
     finally:
         os.close(log_fd)
     _write_pid_file(paths.proxy_pid_file, process.pid, proxy_url(config))
+    if not wait:
+        return process.pid
     deadline = time.monotonic() + ready_deadline_seconds
     while time.monotonic() < deadline:
         if process.poll() is not None:

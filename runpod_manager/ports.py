@@ -1,0 +1,89 @@
+"""The control plane's seams to the outside world: RunPod and the proxy process.
+
+`Lifecycle` talks to RunPod only through `RunPodPort` (the client methods it uses; `RunPodClient` is the
+real one, `tests/support/fake_runpod.FakeRunPod` the in-memory one) and to the background proxy only through
+`ProxyPort` (`ProcessProxy` is the real one). Clocks and sleep are injected beside them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import datetime
+from typing import Protocol
+
+from runpod_manager.config import Config
+from runpod_manager.paths import Paths
+from runpod_manager.runpod.models import GpuType, Pod, PodSpec
+
+
+class RunPodPort(Protocol):
+    """The RunPod calls the lifecycle makes. `calls` counts requests made (for the one-call-per-pass test)."""
+
+    calls: int
+
+    def get_pod(self, pod_id: str) -> Pod: ...
+    def list_pods_with_prefix(self, prefix: str) -> list[Pod]: ...
+    def create_pod(self, spec: PodSpec) -> Pod: ...
+    def start_pod(self, pod_id: str) -> Pod: ...
+    def stop_pod(self, pod_id: str) -> Pod: ...
+    def terminate_pod(self, pod_id: str) -> bool: ...
+    def update_pod(self, pod_id: str, *, args: str | None = None) -> Pod: ...
+    def pod_spend_usd(self, pod_id: str, *, since: datetime) -> float: ...
+    def list_gpu_types(self, *, gpu_count: int = 1, cloud: str = "SECURE",
+                       include_availability: bool = True) -> list[GpuType]: ...
+    def close(self) -> None: ...
+
+
+class ProxyPort(Protocol):
+    """The background proxy of this config, as the lifecycle sees it."""
+
+    def running_pid(self) -> int | None:
+        """The pid of a live proxy of this config (background or foreground), or None."""
+
+    def spawn(self) -> int:
+        """Start the background proxy without waiting for it to answer (safe under the state lock)."""
+
+    def start(self) -> int:
+        """Start the background proxy unless one runs; return once its /health answers as it."""
+
+    def stop_all(self) -> list[int]:
+        """Stop every proxy of this config; the pids that were running."""
+
+
+class ProcessProxy:
+    """The real ProxyPort: `proxy/process.py`'s subprocess, registry and process-table search."""
+
+    def __init__(self, config: Config, paths: Paths) -> None:
+        self.config = config
+        self.paths = paths
+
+    def running_pid(self) -> int | None:
+        from runpod_manager.proxy import process
+
+        return process.running_pid(self.paths)
+
+    def spawn(self) -> int:
+        from runpod_manager.proxy import process
+
+        return process.start_proxy_process(self.config, self.paths, wait=False)
+
+    def start(self) -> int:
+        from runpod_manager.proxy import process
+
+        return process.start_proxy_process(self.config, self.paths)
+
+    def stop_all(self) -> list[int]:
+        from runpod_manager.proxy import process
+
+        return [proxy.pid for proxy in process.stop_proxies(self.paths)]
+
+
+class WatchedProxy(ProcessProxy):
+    """A ProcessProxy whose liveness check is a given function (callers that already know how to look)."""
+
+    def __init__(self, config: Config, paths: Paths, alive: Callable[[], int | None]) -> None:
+        super().__init__(config, paths)
+        self._alive = alive
+
+    def running_pid(self) -> int | None:
+        return self._alive()

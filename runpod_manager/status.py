@@ -1,0 +1,55 @@
+"""`rpm status`: what rpm knows and RunPod says about a config's pod, with the derived facts the planner uses.
+
+Read-only: no lock, no save. Every derived fact comes from its one function: idle since from
+`policy.last_active_at`, the limits from `policy.limit_view`, spend today from `spend.today_usd` (after
+accruing this observation on a copy of the record), ready from `PodRecord.ready`, the proxy URL from
+`lifecycle.proxy_base_url`.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import TYPE_CHECKING
+
+from runpod_manager import policy
+from runpod_manager.errors import ApiError, NotFound
+from runpod_manager.outcomes import StatusResult
+from runpod_manager.runpod.models import Pod
+from runpod_manager.state import PodRecord
+
+if TYPE_CHECKING:
+    from runpod_manager.lifecycle import Lifecycle
+
+
+def build_status(lifecycle: Lifecycle) -> StatusResult:
+    from runpod_manager.lifecycle import proxy_base_url
+
+    config = lifecycle.config
+    record = lifecycle.store.load().pods.get(lifecycle.name) or PodRecord(config_name=lifecycle.name)
+    lifecycle.check_world(copy.deepcopy(record))  # the same refusal as every command
+    now = lifecycle.clock()
+    pod: Pod | None = None
+    observed, error = True, None
+    if record.pod_id:
+        try:
+            pod = lifecycle.client.get_pod(record.pod_id)
+        except NotFound:
+            pod = None
+        except ApiError as exc:
+            observed, error = False, exc.message
+    # The planner's own accrual, on a copy: status shows what the next pass would enforce, and saves nothing.
+    spend_today = lifecycle.spend_today(copy.deepcopy(record), pod, now)
+    activity = policy.activity_of(record)
+    idle = None
+    if record.lease is not None:
+        idle = (now - policy.last_active_at(now, record.lease, activity)).total_seconds()
+    proxy_pid = lifecycle.proxy.running_pid()
+    return StatusResult(
+        config_name=lifecycle.name, record=record, pod=pod, pod_observed=observed, observe_error=error,
+        spend_today_usd=spend_today, limits=policy.limit_view(now, config, record, activity), now=now,
+        proxy_pid=proxy_pid, proxy_url=proxy_base_url(config) if proxy_pid else None,
+        pod_url=lifecycle.pod_url(record.pod_id) if record.pod_id else None,
+        max_daily_spend_usd=config.limits.max_daily_spend_usd, idle_seconds=idle,
+        ready=record.ready and (pod is None or pod.status_text == "RUNNING"),
+        notices=lifecycle.take_notices(),
+    )
