@@ -1,0 +1,528 @@
+"""Lifecycle (start, shutdown, reconcile, wait_ready, status, the proxy's controller) against FakeRunPod.
+
+These pin what the control plane does today, so a refactor that changes it fails here: each test asserts
+the RunPod calls made (in order where it matters) and the record saved, read back through a fresh
+`StateStore(paths).load()`. The clock is a settable fake and `sleep` only advances it, so nothing waits.
+No test starts or signals a process: `proxy.process` is stubbed (see `proxy_stops`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from runpod_manager.config import Config
+from runpod_manager.errors import (
+    ApiError,
+    ApiUnavailable,
+    AuthError,
+    Conflict,
+    ExitCode,
+    InsufficientBalance,
+    InvalidRequest,
+    NoCapacity,
+    NotFound,
+    NotReady,
+    ResumeRefused,
+)
+from runpod_manager.events import EventLog
+from runpod_manager.lifecycle import Lifecycle
+from runpod_manager.paths import Paths, resolve_paths
+from runpod_manager.policy import Action, ActionKind
+from runpod_manager.runpod.models import PodSpec, PodStatus
+from runpod_manager.state import PodRecord, StateStore
+from tests.support.fake_runpod import FakeRunPod
+
+T0 = datetime(2026, 6, 10, 9, 0, tzinfo=UTC)  # a Wednesday morning, in UTC (the configured zone)
+CONFIG_NAME = "llm"  # pods are rpm-llm-<random>
+PREFIX = "rpm-llm-"
+RTX_4090 = "NVIDIA GeForce RTX 4090"  # $0.69/h in the fake's catalog
+L40S = "NVIDIA L40S"  # $0.86/h
+READ_VERBS = {"get", "list", "spend", "gpu_types"}
+
+
+# ------------------------------------------------------------------------------------------- harness
+
+
+class FakeClock:
+    """`clock()` for Lifecycle; `sleep()` advances it instead of waiting and remembers each wait."""
+
+    def __init__(self, now: datetime = T0) -> None:
+        self.now = now
+        self.slept: list[float] = []
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    def set(self, now: datetime) -> None:
+        self.now = now
+
+    def sleep(self, seconds: float) -> None:
+        self.slept.append(seconds)
+        self.now += timedelta(seconds=seconds)
+
+
+class Probe:
+    """The readiness probe (GET /v1/models through the pod URL): False `not_ready_polls` times, then True."""
+
+    def __init__(self, not_ready_polls: int = 0, *, never: bool = False) -> None:
+        self.not_ready_polls = not_ready_polls
+        self.never = never
+        self.asked: list[tuple[str, str | None]] = []
+
+    def __call__(self, pod_url: str, upstream_key: str | None) -> bool:
+        self.asked.append((pod_url, upstream_key))
+        return not self.never and len(self.asked) > self.not_ready_polls
+
+
+@dataclass
+class Rig:
+    """One Lifecycle wired to a FakeRunPod, a fake clock and a probe, with its state in tmp_path."""
+
+    lifecycle: Lifecycle
+    fake: FakeRunPod
+    clock: FakeClock
+    probe: Probe
+    paths: Paths
+    config: Config
+
+    def saved(self) -> PodRecord:
+        """The record as a fresh process would read it."""
+        return StateStore(self.paths).load().pods[CONFIG_NAME]
+
+    def state_bytes(self) -> bytes | None:
+        path = self.paths.state_file
+        return path.read_bytes() if path.exists() else None
+
+    def events(self) -> list[str]:
+        return [event["event"] for event in EventLog(self.paths.event_log).tail(limit=10_000)]
+
+    def later(self, seconds: float) -> None:
+        """Set the clock to T0 + seconds (the start's readiness wait has already moved it a little)."""
+        self.clock.set(T0 + timedelta(seconds=seconds))
+
+    def started(self) -> str:
+        """Start (create, wait until ready) and return the pod id; forget the calls it made."""
+        result = self.lifecycle.start()
+        assert result.ready and result.record.pod_id is not None
+        self.fake.reset_history()
+        return result.record.pod_id
+
+
+def make_lifecycle(
+    tmp_path: Path,
+    *,
+    gpu_types: tuple[str, ...] = (RTX_4090, L40S),
+    pod: dict[str, Any] | None = None,
+    startup: dict[str, Any] | None = None,
+    api: dict[str, Any] | None = None,
+    fake: FakeRunPod | None = None,
+    probe: Probe | None = None,
+    **limits: Any,
+) -> Rig:
+    """A Lifecycle for config "llm" in UTC with no daily cutoff unless a test sets one; `limits` overrides
+    [limits] (runtime 4 h, idle stop after 15 min, $20 a day, replace on a refused resume by default)."""
+    base = Config()
+    config = replace(
+        base,
+        pod=replace(base.pod, name=CONFIG_NAME, gpu_types=gpu_types, **(pod or {})),
+        limits=replace(base.limits, **{
+            "timezone": "UTC", "daily_cutoff": "", "runtime_seconds": 4 * 3600, "idle_timeout_seconds": 900,
+            "idle_action": "stop", "cutoff_action": "terminate", "max_daily_spend_usd": 20.0,
+            "on_resume_failure": "replace", "sweep_orphans": True, **limits}),
+        startup=replace(base.startup, **{"initial_wait_seconds": 5.0, "poll_interval_seconds": 5.0,
+                                         **(startup or {})}),
+        api=replace(base.api, **(api or {})),
+    )
+    clock = FakeClock()
+    fake = fake or FakeRunPod(clock=clock)
+    fake.clock = clock
+    probe = probe or Probe()
+    paths = resolve_paths({"RPM_HOME": str(tmp_path / "home")})
+    lifecycle = Lifecycle(config, paths, client_factory=lambda: fake, clock=clock, sleep=clock.sleep,
+                          probe=probe, proxy_alive=lambda: None)
+    return Rig(lifecycle, fake, clock, probe, paths, config)
+
+
+@pytest.fixture
+def rig(tmp_path: Path) -> Rig:
+    return make_lifecycle(tmp_path)
+
+
+@pytest.fixture(autouse=True)
+def proxy_stops(monkeypatch: pytest.MonkeyPatch) -> list[Paths]:
+    """shutdown() stops every proxy of the state dir (signals, /proc scan): recorded here instead. Starting a
+    proxy process is never expected in these tests."""
+    from runpod_manager.proxy import process
+
+    stops: list[Paths] = []
+
+    def stop_proxies(paths: Paths, **_: Any) -> list[Any]:
+        stops.append(paths)
+        return []
+
+    def start_proxy_process(*_: Any, **__: Any) -> None:
+        raise AssertionError("a unit test of the lifecycle must not start a proxy process")
+
+    monkeypatch.setattr(process, "stop_proxies", stop_proxies)
+    monkeypatch.setattr(process, "start_proxy_process", start_proxy_process)
+    return stops
+
+
+def summary_of(actions: Iterable[Action]) -> list[str]:
+    """A plan's actions as short strings: `close_lease:<limit>` or the kind."""
+    return [f"close_lease:{action.limit}" if action.kind is ActionKind.CLOSE_LEASE else action.kind.value
+            for action in actions]
+
+
+# --------------------------------------------------------------------------------------------- start
+
+
+def test_start_creates_a_pod_and_waits_until_the_model_server_answers(tmp_path: Path) -> None:
+    rig = make_lifecycle(tmp_path, probe=Probe(not_ready_polls=2))
+
+    result = rig.lifecycle.start()
+
+    pod_id = result.record.pod_id
+    assert pod_id is not None
+    name = rig.fake.specs[0].name
+    assert name.startswith(PREFIX)
+    # One listing (intents and orphans), one create, then a GET per readiness poll.
+    assert rig.fake.history == [("list", PREFIX), ("create", name), ("get", pod_id), ("get", pod_id),
+                                ("get", pod_id)]
+    assert rig.clock.slept == [5.0, 5.0, 5.0]  # initial wait, then two polls that were not ready yet
+    assert (result.created, result.ready, result.resumed, result.already_running) == (True, True, False, False)
+    assert result.pod_url == rig.config.pod_url(pod_id)
+    assert result.base_url == f"{rig.config.pod_url(pod_id)}/v1"
+    record = rig.saved()
+    assert record.lease is not None
+    assert (record.lease.opened_at, record.lease.opened_by) == (T0, "start")
+    assert record.lease.deadline == T0 + timedelta(hours=4)
+    assert (record.pod_id, record.pod_name, record.intent) == (pod_id, name, None)
+    assert record.ready_pod_id == pod_id and record.ready
+    assert record.gpu_type_id == RTX_4090 and record.cost_per_hour == 0.69
+    assert record.upstream_key and len(record.upstream_key) >= 32
+    # The probe and vLLM's --api-key are the same key: the one saved.
+    assert rig.probe.asked == [(rig.config.pod_url(pod_id), record.upstream_key)] * 3
+    assert f"--api-key {record.upstream_key}" in rig.fake.pods[pod_id].args
+    assert rig.events() == ["lease_opened", "created", "create", "ready"]
+
+
+def test_the_intent_is_on_disk_before_the_create_call_and_the_pod_id_after_it(rig: Rig) -> None:
+    seen_at_create: list[PodRecord] = []
+    create = rig.fake.create_pod
+
+    def create_and_look(spec: Any) -> Any:
+        seen_at_create.append(rig.saved())
+        return create(spec)
+
+    rig.fake.create_pod = create_and_look  # type: ignore[method-assign]
+
+    rig.lifecycle.start()
+
+    [before] = seen_at_create
+    assert before.intent is not None and before.intent.pod_name == rig.fake.specs[0].name
+    assert before.intent.purpose == "create" and before.intent.created_at == T0
+    assert before.pod_id is None and before.lease is not None and before.upstream_key
+    after = rig.saved()
+    assert after.intent is None and after.pod_id == rig.fake.live_pods()[before.intent.pod_name]
+    assert after.upstream_key == before.upstream_key
+
+
+def test_start_again_is_already_running_and_creates_nothing(rig: Rig) -> None:
+    pod_id = rig.started()
+
+    again = rig.lifecycle.start()
+
+    assert (again.already_running, again.created, again.resumed, again.ready) == (True, False, False, True)
+    assert rig.fake.history == [("get", pod_id)]
+    assert again.record.pod_id == pod_id and again.record.lease == rig.saved().lease
+
+
+def test_a_pod_coming_up_is_polled_until_running_and_only_then_probed(tmp_path: Path) -> None:
+    rig = make_lifecycle(tmp_path, fake=FakeRunPod(create_status=PodStatus.PROVISIONING, auto_progress=True))
+
+    result = rig.lifecycle.start()
+
+    pod_id = result.record.pod_id
+    assert pod_id is not None and result.ready
+    # PROVISIONING at create; each GET moves it one step: STARTING, then RUNNING.
+    assert rig.fake.verbs() == ["list", "create", "get", "get"]
+    assert len(rig.probe.asked) == 1  # readiness is asked of a RUNNING pod only, and it answered
+    assert rig.saved().last_status == "RUNNING"
+
+
+def test_a_model_server_that_never_answers_is_not_ready_and_the_pod_keeps_its_lease(tmp_path: Path) -> None:
+    # The wait's deadline is time.monotonic() (not the injected clock), so a zero timeout is the only
+    # way to reach it without waiting for real.
+    rig = make_lifecycle(tmp_path, probe=Probe(never=True), startup={"ready_timeout_seconds": 0.0})
+
+    with pytest.raises(NotReady, match="not ready after") as raised:
+        rig.lifecycle.start()
+
+    assert raised.value.exit_code == ExitCode.FAILED
+    record = rig.saved()
+    assert record.lease is not None and record.pod_id is not None and not record.ready
+    assert rig.fake.status_of(record.pod_id) == PodStatus.RUNNING
+    assert rig.fake.mutations() == [("create", record.pod_name)]
+
+
+def test_a_pod_that_stops_while_waiting_is_resumed_by_the_wait(rig: Rig) -> None:
+    started = rig.lifecycle.start(wait=False)
+    pod_id = started.record.pod_id
+    assert pod_id is not None and started.created and not started.ready
+    rig.fake.advance(pod_id, PodStatus.EXITED)  # a host interruption while the model loads
+    rig.fake.reset_history()
+
+    pod, _ = rig.lifecycle.wait_ready()
+
+    assert pod.id == pod_id and pod.status == PodStatus.RUNNING
+    # The wait sees EXITED and runs a pass (GET, resume), then sees it RUNNING and answering.
+    assert rig.fake.history == [("get", pod_id), ("get", pod_id), ("start", pod_id), ("get", pod_id)]
+    assert rig.saved().ready_pod_id == pod_id
+    assert rig.events()[-2:] == ["resume", "ready"]
+
+
+def test_a_lease_closed_while_waiting_ends_the_wait(rig: Rig) -> None:
+    pod_id = rig.lifecycle.start(wait=False).record.pod_id
+    rig.lifecycle.shutdown(stop=True)
+    rig.fake.reset_history()
+
+    with pytest.raises(NotReady, match=r"the lease was closed while waiting \(shutdown\)"):
+        rig.lifecycle.wait_ready()
+
+    assert rig.fake.history == []
+    assert pod_id is not None and rig.fake.status_of(pod_id) == PodStatus.EXITED
+
+
+def test_start_resumes_a_stopped_pod(rig: Rig) -> None:
+    pod_id = rig.started()
+    rig.lifecycle.shutdown(stop=True)
+    assert rig.fake.status_of(pod_id) == PodStatus.EXITED
+    rig.fake.reset_history()
+
+    result = rig.lifecycle.start()
+
+    assert (result.resumed, result.created, result.ready) == (True, False, True)
+    assert result.record.pod_id == pod_id
+    # GET for the spend check before the lease opens, GET in the pass, start, GET while waiting.
+    assert rig.fake.history == [("get", pod_id), ("get", pod_id), ("start", pod_id), ("get", pod_id)]
+    assert rig.fake.status_of(pod_id) == PodStatus.RUNNING
+    record = rig.saved()
+    assert record.lease is not None
+    assert record.lease.opened_at == T0 + timedelta(seconds=5)  # after the first start's readiness wait
+    assert record.ready_pod_id == pod_id and record.last_action == "resume"
+
+
+def test_a_refused_resume_is_replaced_and_the_old_pod_terminated_once_the_new_one_is_ready(rig: Rig) -> None:
+    old = rig.started()
+    rig.lifecycle.shutdown(stop=True)
+    rig.fake.reset_history()
+    rig.fake.fail("start", ResumeRefused("There are not enough free GPUs on the host machine to start this pod."))
+    old_status_when_probed: list[PodStatus] = []
+
+    def probe(pod_url: str, upstream_key: str | None) -> bool:
+        old_status_when_probed.append(rig.fake.status_of(old))
+        return True
+
+    rig.lifecycle.probe = probe
+
+    result = rig.lifecycle.start()
+
+    new = result.record.pod_id
+    assert new is not None and new != old
+    assert (result.created, result.resumed, result.ready) == (True, False, True)
+    new_name = rig.fake.pods[new].name
+    assert rig.fake.mutations() == [("start", old), ("create", new_name), ("terminate", old)]
+    # The old pod was kept (stopped) until the replacement answered, and removed only then.
+    assert old_status_when_probed[0] == PodStatus.EXITED
+    assert rig.fake.status_of(old) == PodStatus.TERMINATED
+    record = rig.saved()
+    assert (record.pod_id, record.replacing_pod_id, record.ready_pod_id) == (new, None, new)
+    assert record.lease is not None
+    assert "replace" in rig.events() and "terminate" in rig.events()
+
+
+def test_a_refused_resume_with_on_resume_failure_fail_raises_and_leaves_the_pod_stopped(tmp_path: Path) -> None:
+    rig = make_lifecycle(tmp_path, on_resume_failure="fail")
+    pod_id = rig.started()
+    rig.lifecycle.shutdown(stop=True)
+    rig.fake.reset_history()
+    rig.fake.fail("start", ResumeRefused("There are not enough free GPUs on the host machine to start this pod."))
+
+    with pytest.raises(ResumeRefused, match="could not start the pod") as raised:
+        rig.lifecycle.start()
+
+    assert raised.value.exit_code == ExitCode.CAPACITY
+    assert raised.value.hint is not None and f"pod {pod_id} stays" in raised.value.hint
+    assert rig.fake.mutations() == [("start", pod_id)]  # no replacement, no terminate
+    assert rig.fake.status_of(pod_id) == PodStatus.EXITED
+    record = rig.saved()
+    assert record.lease is None and record.pod_id == pod_id
+    assert record.lease_end_action == "stop"
+    assert record.last_lease_end_reason is not None and record.last_lease_end_reason.startswith("start failed")
+
+
+def test_no_capacity_on_the_first_gpu_type_tries_the_next(rig: Rig) -> None:
+    rig.fake.no_capacity(RTX_4090)
+
+    result = rig.lifecycle.start()
+
+    assert [spec.gpu_type_id for spec in rig.fake.specs] == [RTX_4090, L40S]
+    name = rig.fake.specs[0].name
+    assert rig.fake.specs[1].name == name  # the same intent: one name, tried on each type
+    assert rig.fake.mutations() == [("create", name), ("create", name)]
+    assert result.created and result.record.gpu_type_id == L40S
+    assert rig.saved().cost_per_hour == 0.86
+
+
+def test_no_capacity_anywhere_raises_closes_the_lease_and_leaves_no_intent(rig: Rig) -> None:
+    rig.fake.no_capacity(RTX_4090)
+    rig.fake.no_capacity(L40S)
+
+    with pytest.raises(NoCapacity, match="no capacity for any configured GPU type") as raised:
+        rig.lifecycle.start()
+
+    assert type(raised.value) is NoCapacity and raised.value.exit_code == ExitCode.CAPACITY
+    assert raised.value.hint is not None and "nothing of this config runs" in raised.value.hint
+    assert [spec.gpu_type_id for spec in rig.fake.specs] == [RTX_4090, L40S]
+    assert rig.fake.live_pods() == {}
+    record = rig.saved()
+    assert (record.lease, record.intent, record.pod_id) == (None, None, None)
+    assert record.lease_end_action == "terminate"
+    assert rig.events()[-1] == "lease_closed"
+
+
+def test_gpu_types_above_max_price_are_skipped_using_the_catalog(tmp_path: Path) -> None:
+    rig = make_lifecycle(tmp_path, gpu_types=(L40S, RTX_4090), pod={"max_price_per_hour": 0.80})
+
+    result = rig.lifecycle.start()
+
+    assert [spec.gpu_type_id for spec in rig.fake.specs] == [RTX_4090]  # L40S costs $0.86/h
+    assert rig.fake.verbs()[:3] == ["list", "gpu_types", "create"]
+    assert result.record.gpu_type_id == RTX_4090
+    assert rig.paths.catalog_cache.exists()  # the next start reads prices from the cache
+
+
+def test_no_gpu_type_within_max_price_raises_no_capacity_without_a_create(tmp_path: Path) -> None:
+    rig = make_lifecycle(tmp_path, pod={"max_price_per_hour": 0.50})
+
+    with pytest.raises(NoCapacity, match="max_price_per_hour"):
+        rig.lifecycle.start()
+
+    assert rig.fake.specs == [] and rig.fake.mutations() == []
+    assert rig.saved().lease is None
+
+
+@pytest.mark.parametrize(("error_type", "exit_code", "setup"), [
+    pytest.param(InsufficientBalance, ExitCode.CAPACITY,
+                 lambda fake: fake.fail("create", InsufficientBalance(
+                     "Your account balance is too low to rent a pod.", status=402)), id="balance"),
+    pytest.param(AuthError, ExitCode.AUTH,
+                 lambda fake: fake.fail("create", AuthError("access denied", status=403)), id="auth"),
+    # A GPU id RunPod does not know: the fake answers 422 itself, as RunPod would.
+    pytest.param(InvalidRequest, ExitCode.USAGE,
+                 lambda fake: fake.gpu_prices.pop(RTX_4090), id="invalid-gpu-id"),
+])
+def test_a_create_refused_by_runpod_raises_its_own_type_and_closes_the_lease(
+    rig: Rig, error_type: type[ApiError], exit_code: ExitCode, setup: Callable[[FakeRunPod], object],
+) -> None:
+    setup(rig.fake)
+
+    with pytest.raises(ApiError) as raised:
+        rig.lifecycle.start()
+
+    assert type(raised.value) is error_type and raised.value.exit_code == exit_code
+    assert [spec.gpu_type_id for spec in rig.fake.specs] == [RTX_4090]  # no other GPU type is tried
+    assert rig.fake.live_pods() == {}
+    record = rig.saved()
+    assert record.lease is None and record.pod_id is None
+    assert record.last_lease_end_reason is not None and record.last_lease_end_reason.startswith("start failed")
+
+
+def test_a_crash_between_create_and_its_answer_is_adopted_by_name_and_terminated_by_the_next_sweep(
+    rig: Rig,
+) -> None:
+    rig.fake.create_then_raise()
+
+    with pytest.raises(ApiUnavailable) as raised:
+        rig.lifecycle.start()
+
+    assert raised.value.exit_code == ExitCode.API
+    assert raised.value.hint is not None and "found by name and terminated" in raised.value.hint
+    [(name, pod_id)] = rig.fake.live_pods().items()  # RunPod made it; rpm never learnt its id
+    record = rig.saved()
+    assert record.lease is None and record.pod_id is None
+    assert record.intent is not None and record.intent.pod_name == name
+    rig.fake.reset_history()
+
+    result = rig.lifecycle.reconcile(sweep=True)
+
+    assert summary_of(result.plan.actions) == ["adopt", "terminate"]
+    assert rig.fake.history == [("list", PREFIX), ("terminate", pod_id)]
+    assert rig.fake.status_of(pod_id) == PodStatus.TERMINATED
+    record = rig.saved()
+    assert (record.intent, record.pod_id, record.lease) == (None, None, None)
+    rig.fake.reset_history()
+    rig.lifecycle.reconcile(sweep=True)
+    assert rig.fake.mutations() == []  # and never a second pod
+
+
+def test_a_start_after_a_lost_create_adopts_that_pod_instead_of_making_a_second(rig: Rig) -> None:
+    rig.fake.create_then_raise()
+    with pytest.raises(ApiUnavailable):
+        rig.lifecycle.start()
+    [(name, pod_id)] = rig.fake.live_pods().items()
+    rig.fake.reset_history()
+
+    result = rig.lifecycle.start()
+
+    assert result.record.pod_id == pod_id and result.ready
+    assert rig.fake.mutations() == []
+    assert len(rig.fake.specs) == 1
+    record = rig.saved()
+    assert (record.pod_name, record.intent, record.ready_pod_id) == (name, None, pod_id)
+    assert record.lease is not None
+
+
+# ------------------------------------------------------------------------------------------ the fake
+# The tests above trust the fake to behave like RunPod (runpod-api.md); these keep it honest.
+
+
+def test_the_fake_refuses_actions_the_status_does_not_allow() -> None:
+    fake = FakeRunPod()
+    pod_id = fake.add_pod("rpm-llm-aaaaaa")
+    with pytest.raises(Conflict):
+        fake.start_pod(pod_id)  # RUNNING: start is not allowed
+    fake.stop_pod(pod_id)
+    with pytest.raises(Conflict):
+        fake.stop_pod(pod_id)  # EXITED: stop is not allowed
+    stopped = fake.get_pod(pod_id)
+    assert stopped.status == PodStatus.EXITED and stopped.cost_per_hour == 0.0 and stopped.runtime is None
+    assert stopped.actions == ("start", "terminate")
+    fake.terminate_pod(pod_id)
+    with pytest.raises(NotFound):
+        fake.get_pod(pod_id)
+    assert fake.list_pods_with_prefix("rpm-") == []
+    assert fake.verbs() == ["start", "stop", "stop", "get", "terminate", "get", "list"]
+
+
+def test_the_fake_injects_failures_per_subject_and_counts() -> None:
+    fake = FakeRunPod()
+    first, second = fake.add_pod("rpm-llm-aaaaaa"), fake.add_pod("rpm-llm-bbbbbb")
+    fake.fail("get", ApiUnavailable("down"), times=2, subject=first)
+    for _ in range(2):
+        with pytest.raises(ApiUnavailable):
+            fake.get_pod(first)
+    assert fake.get_pod(first).id == first and fake.get_pod(second).id == second
+    fake.create_then_raise()
+    spec = PodSpec(name="rpm-llm-cccccc", gpu_type_id=RTX_4090, image="vllm/vllm-openai:latest")
+    with pytest.raises(ApiUnavailable):
+        fake.create_pod(spec)
+    assert "rpm-llm-cccccc" in fake.live_pods()  # made at RunPod although the call raised
+    assert fake.calls == len(fake.history) == 5
