@@ -445,6 +445,23 @@ def test_a_create_refused_by_runpod_raises_its_own_type_and_closes_the_lease(
     assert record.last_lease_end_reason is not None and record.last_lease_end_reason.startswith("start failed")
 
 
+@pytest.mark.xfail(strict=True, reason="BUG: a create RunPod refused with a 4xx (401/403/422) leaves the intent "
+                   "in state and the error says a pod 'may have been created'; only InsufficientBalance and "
+                   "NoCapacity clear it (lifecycle._create)")
+@pytest.mark.parametrize("error", [
+    pytest.param(AuthError("access denied", status=403), id="auth"),
+    pytest.param(InvalidRequest("422 gpu.id: unknown", status=422), id="invalid"),
+])
+def test_a_create_refused_by_runpod_leaves_no_intent_and_says_nothing_runs(rig: Rig, error: ApiError) -> None:
+    rig.fake.fail("create", error)
+
+    with pytest.raises(type(error)) as raised:
+        rig.lifecycle.start()
+
+    assert rig.saved().intent is None
+    assert raised.value.hint is not None and "nothing of this config runs" in raised.value.hint
+
+
 def test_a_crash_between_create_and_its_answer_is_adopted_by_name_and_terminated_by_the_next_sweep(
     rig: Rig,
 ) -> None:
