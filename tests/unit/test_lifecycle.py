@@ -25,6 +25,7 @@ from runpod_manager.errors import (
     ExitCode,
     InsufficientBalance,
     InvalidRequest,
+    LimitRefused,
     NoCapacity,
     NotFound,
     NotReady,
@@ -505,6 +506,176 @@ def test_a_start_after_a_lost_create_adopts_that_pod_instead_of_making_a_second(
     record = rig.saved()
     assert (record.pod_name, record.intent, record.ready_pod_id) == (name, None, pod_id)
     assert record.lease is not None
+
+
+# --------------------------------------------------------------------------------- limits (reconcile)
+
+IDLE_REASON = "idle for 900 s (idle_timeout_seconds 900)"
+LIMIT_ROWS = [
+    # [limits] (each row turns the others off), seconds after T0 when the limit is due, the limit,
+    # the RunPod call that ends the pod, the reason saved, and the lease_end_action saved.
+    pytest.param({"runtime_seconds": 3600, "idle_timeout_seconds": 0}, 3600, "runtime", "terminate",
+                 "runtime limit 3600 s reached", id="runtime-terminate"),
+    pytest.param({"runtime_seconds": 3600, "idle_timeout_seconds": 0, "cutoff_action": "stop"}, 3600, "runtime",
+                 "stop", "runtime limit 3600 s reached", id="runtime-stop"),
+    pytest.param({"daily_cutoff": "10:00", "idle_timeout_seconds": 0}, 3600, "cutoff", "terminate",
+                 "daily cutoff 10:00 passed", id="cutoff-terminate"),
+    pytest.param({"daily_cutoff": "10:00", "idle_timeout_seconds": 0, "cutoff_action": "stop"}, 3600, "cutoff",
+                 "stop", "daily cutoff 10:00 passed", id="cutoff-stop"),
+    pytest.param({"idle_timeout_seconds": 900, "idle_action": "stop"}, 900, "idle", "stop", IDLE_REASON,
+                 id="idle-stop"),
+    pytest.param({"idle_timeout_seconds": 900, "idle_action": "terminate"}, 900, "idle", "terminate", IDLE_REASON,
+                 id="idle-terminate"),
+]
+
+
+@pytest.mark.parametrize(("limits", "due_seconds", "limit", "verb", "reason"), LIMIT_ROWS)
+def test_a_limit_that_is_due_ends_the_pod_through_reconcile(
+    tmp_path: Path, limits: dict[str, Any], due_seconds: int, limit: str, verb: str, reason: str,
+) -> None:
+    rig = make_lifecycle(tmp_path, **limits)
+    pod_id = rig.started()
+
+    rig.later(due_seconds - 1)
+    quiet = rig.lifecycle.reconcile()
+    assert quiet.plan.empty and rig.fake.mutations() == []
+    rig.later(due_seconds)
+    result = rig.lifecycle.reconcile()
+
+    assert summary_of(result.plan.actions) == [f"close_lease:{limit}", verb]
+    assert rig.fake.mutations() == [(verb, pod_id)]
+    assert not result.failed and not result.enforcement_failed
+    record = rig.saved()
+    assert record.lease is None and record.last_lease_end_reason == reason
+    assert record.lease_end_action == verb and record.last_action == verb
+    if verb == "stop":
+        assert rig.fake.status_of(pod_id) == PodStatus.EXITED
+        assert (record.pod_id, record.last_status, record.ready_pod_id) == (pod_id, "EXITED", None)
+    else:
+        assert rig.fake.status_of(pod_id) == PodStatus.TERMINATED
+        assert (record.pod_id, record.last_status) == (None, "TERMINATED")
+    rig.fake.reset_history()
+    rig.lifecycle.reconcile()
+    assert rig.fake.mutations() == []  # the next pass finds nothing to do
+
+
+def test_the_spend_cap_terminates_on_the_estimate_and_refuses_a_start_the_same_day(tmp_path: Path) -> None:
+    # $0.69/h against a $1.00 cap: below it after 1 h, over it after 1.5 h. Billing (the fake's 0) lags.
+    rig = make_lifecycle(tmp_path, max_daily_spend_usd=1.0, idle_timeout_seconds=0)
+    pod_id = rig.started()
+
+    rig.later(3600)
+    below = rig.lifecycle.reconcile()
+    assert below.plan.empty and below.spend_today_usd == pytest.approx(0.69)
+    rig.later(5400)
+    result = rig.lifecycle.reconcile()
+
+    assert summary_of(result.plan.actions) == ["close_lease:spend_cap", "terminate"]
+    assert result.spend_today_usd == pytest.approx(0.69 * 1.5)
+    assert rig.fake.mutations() == [("terminate", pod_id)]
+    record = rig.saved()
+    assert record.lease is None and record.pod_id is None
+    assert record.spend_cap_day == "2026-06-10" and record.spend_usd == pytest.approx(0.69 * 1.5)
+    rig.fake.reset_history()
+
+    with pytest.raises(LimitRefused, match="spend cap reached"):
+        rig.lifecycle.start()
+    assert rig.fake.mutations() == [] and rig.saved().lease is None
+
+    rig.clock.set(T0 + timedelta(days=1))  # the day rolls over: starting is allowed again
+    assert rig.lifecycle.start().created
+
+
+def test_billing_above_the_estimate_counts_against_the_spend_cap(tmp_path: Path) -> None:
+    rig = make_lifecycle(tmp_path, max_daily_spend_usd=2.0, idle_timeout_seconds=0, billing_check_seconds=1800)
+    pod_id = rig.started()
+    rig.fake.billed_usd[pod_id] = 5.0  # billing knows better than cost × time
+
+    rig.later(1799)
+    early = rig.lifecycle.reconcile()  # billing not due yet, the estimate is far below the cap
+    assert early.plan.empty and ("spend", pod_id) not in rig.fake.history
+    rig.later(1805)
+    result = rig.lifecycle.reconcile()
+
+    assert ("spend", pod_id) in rig.fake.history
+    assert summary_of(result.plan.actions) == ["close_lease:spend_cap", "terminate"]
+    assert result.spend_today_usd == pytest.approx(5.0)
+    assert rig.fake.status_of(pod_id) == PodStatus.TERMINATED
+
+
+def test_gpu_work_reported_by_runpod_keeps_a_pod_without_requests_from_idling(rig: Rig) -> None:
+    pod_id = rig.started()
+    rig.fake.set_gpu_util(pod_id, 85)
+
+    rig.later(1000)  # past idle_timeout_seconds (900) since the lease opened, no proxied request
+    result = rig.lifecycle.reconcile()
+
+    assert result.plan.empty and rig.fake.mutations() == []
+    assert rig.saved().last_gpu_busy_at == T0 + timedelta(seconds=1000)
+
+
+def test_a_request_seen_by_the_proxy_resets_the_idle_clock(rig: Rig) -> None:
+    pod_id = rig.started()
+
+    rig.later(1000)
+    kept = rig.lifecycle.reconcile(activity_at=T0 + timedelta(seconds=950))
+    assert kept.plan.empty
+    rig.later(950 + 900)
+    ended = rig.lifecycle.reconcile()
+
+    assert summary_of(ended.plan.actions) == ["close_lease:idle", "stop"]
+    assert rig.fake.mutations() == [("stop", pod_id)]
+
+
+def test_a_limit_due_while_get_pod_fails_still_ends_the_pod_by_id(tmp_path: Path) -> None:
+    rig = make_lifecycle(tmp_path, runtime_seconds=3600, idle_timeout_seconds=0)
+    pod_id = rig.started()
+    rig.fake.fail("get", ApiUnavailable("get pod: 503 Service Unavailable", status=503), times=None)
+
+    rig.later(3600)
+    result = rig.lifecycle.reconcile()
+
+    assert summary_of(result.plan.actions) == ["close_lease:runtime", "terminate"]
+    assert "status unknown" in result.plan.actions[1].reason
+    assert rig.fake.mutations() == [("terminate", pod_id)]
+    assert [type(error) for error in result.observe_errors] == [ApiUnavailable]
+    assert not result.enforcement_failed
+    record = rig.saved()
+    assert record.lease is None and record.pod_id is None
+
+
+def test_a_limit_that_cannot_be_enforced_is_an_alarm_and_is_retried_by_the_next_pass(tmp_path: Path) -> None:
+    rig = make_lifecycle(tmp_path, runtime_seconds=3600, idle_timeout_seconds=0)
+    pod_id = rig.started()
+    rig.fake.unreachable()
+
+    rig.later(3600)
+    failed = rig.lifecycle.reconcile()
+
+    assert failed.enforcement_failed
+    assert [(a.action.kind, type(a.error)) for a in failed.failed] == [(ActionKind.TERMINATE, ApiUnavailable)]
+    record = rig.saved()
+    assert record.lease is None and record.pod_id == pod_id  # kept, so the next pass ends it
+    rig.fake.heal()
+    rig.fake.reset_history()
+
+    retried = rig.lifecycle.reconcile()
+
+    assert summary_of(retried.plan.actions) == ["terminate"]
+    assert rig.fake.mutations() == [("terminate", pod_id)]
+    assert rig.saved().pod_id is None
+
+
+def test_a_pass_while_another_process_holds_the_lock_is_busy_and_calls_nothing(rig: Rig) -> None:
+    rig.started()
+    before = rig.state_bytes()
+
+    with StateStore(rig.paths).lock(wait_seconds=None):
+        result = rig.lifecycle.reconcile(wait_seconds=0)
+
+    assert result.busy and result.plan.empty
+    assert rig.fake.history == []
+    assert rig.state_bytes() == before
 
 
 # ------------------------------------------------------------------------------------------ the fake
