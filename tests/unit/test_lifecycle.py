@@ -678,6 +678,184 @@ def test_a_pass_while_another_process_holds_the_lock_is_busy_and_calls_nothing(r
     assert rig.state_bytes() == before
 
 
+# ------------------------------------------------------------------------------------------ shutdown
+
+
+def test_shutdown_stops_the_proxies_first_terminates_the_pod_and_closes_the_lease(
+    rig: Rig, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from runpod_manager.proxy import process
+
+    pod_id = rig.started()
+    mutations_when_proxies_stopped: list[list[tuple[str, str]]] = []
+    monkeypatch.setattr(process, "stop_proxies",
+                        lambda paths, **_: mutations_when_proxies_stopped.append(rig.fake.mutations()) or [])
+
+    result = rig.lifecycle.shutdown()
+
+    assert [(a.action.kind, a.action.pod_id) for a in result.ended] == [(ActionKind.TERMINATE, pod_id)]
+    assert rig.fake.history == [("get", pod_id), ("list", PREFIX), ("terminate", pod_id)]
+    # The proxies go before the pod (their streams finish on a live pod), and are looked for again after.
+    assert mutations_when_proxies_stopped[0] == []
+    assert len(mutations_when_proxies_stopped) == 2
+    record = rig.saved()
+    assert (record.lease, record.pod_id, record.proxy_wanted) == (None, None, False)
+    assert (record.last_lease_end_reason, record.lease_end_action) == ("shutdown", "terminate")
+    assert rig.fake.status_of(pod_id) == PodStatus.TERMINATED
+
+
+def test_shutdown_with_stop_keeps_the_pod_stopped_for_a_fast_resume(rig: Rig) -> None:
+    pod_id = rig.started()
+
+    result = rig.lifecycle.shutdown(stop=True)
+
+    assert [(a.action.kind, a.action.pod_id) for a in result.ended] == [(ActionKind.STOP, pod_id)]
+    assert rig.fake.mutations() == [("stop", pod_id)]
+    assert rig.fake.status_of(pod_id) == PodStatus.EXITED
+    record = rig.saved()
+    assert (record.lease, record.pod_id, record.last_status) == (None, pod_id, "EXITED")
+    assert record.lease_end_action == "stop"
+
+
+@pytest.mark.parametrize("stop", [False, True], ids=["terminate", "stop"])
+def test_a_second_shutdown_makes_no_mutating_call(rig: Rig, stop: bool) -> None:
+    rig.started()
+    rig.lifecycle.shutdown(stop=stop)
+    saved_after_first = rig.saved()
+    rig.fake.reset_history()
+
+    again = rig.lifecycle.shutdown(stop=stop)
+
+    assert again.ended == [] and again.orphans_terminated == []
+    assert rig.fake.mutations() == []
+    assert set(rig.fake.verbs()) <= READ_VERBS
+    assert rig.saved().pod_id == saved_after_first.pod_id and rig.saved().lease is None
+
+
+def test_shutdown_with_runpod_unreachable_raises_the_api_error_naming_the_pod(rig: Rig) -> None:
+    pod_id = rig.started()
+    rig.fake.unreachable()
+
+    with pytest.raises(ApiUnavailable) as raised:
+        rig.lifecycle.shutdown()
+
+    assert type(raised.value) is ApiUnavailable and raised.value.exit_code == ExitCode.API
+    assert raised.value.message.startswith(f"could not end pod {pod_id}")
+    assert rig.fake.history == [("get", pod_id), ("list", PREFIX), ("terminate", pod_id)]
+    record = rig.saved()
+    assert record.lease is None  # closed anyway: no pass may start it again
+    assert record.pod_id == pod_id  # kept, so the next shutdown or watchdog ends it
+
+
+def test_shutdown_that_ends_the_pod_but_cannot_list_says_it_could_not_verify(rig: Rig) -> None:
+    pod_id = rig.started()
+    rig.fake.fail("get", ApiUnavailable("get: timeout"), times=None)
+    rig.fake.fail("list", ApiUnavailable("list: timeout"), times=None)
+
+    with pytest.raises(ApiUnavailable, match="could not verify that nothing of config 'llm' runs"):
+        rig.lifecycle.shutdown()
+
+    assert rig.fake.mutations() == [("terminate", pod_id)]  # ended by id although unobserved
+    assert rig.fake.status_of(pod_id) == PodStatus.TERMINATED
+
+
+def _add_neighbours(fake: FakeRunPod) -> dict[str, str]:
+    return {
+        "orphan": fake.add_pod("rpm-llm-0a0a0a"),  # this config's name pattern, unknown to state
+        "other-config": fake.add_pod("rpm-other-1b1b1b"),
+        "other-config-stopped": fake.add_pod("rpm-big-2c2c2c", PodStatus.EXITED),
+        "longer-config": fake.add_pod("rpm-llm-big-3d3d3d"),  # config "llm-big" shares the "rpm-llm-" prefix
+        "notebook": fake.add_pod("my-notebook"),
+        "lookalike": fake.add_pod("rpmx-4e4e4e"),
+    }
+
+
+def test_shutdown_all_pods_terminates_unknown_rpm_pods_and_never_other_names(rig: Rig) -> None:
+    pod_id = rig.started()
+    pods = _add_neighbours(rig.fake)
+
+    result = rig.lifecycle.shutdown(all_pods=True)
+
+    terminated = {subject for verb, subject in rig.fake.mutations() if verb == "terminate"}
+    assert terminated == {pod_id, pods["orphan"], pods["other-config"], pods["other-config-stopped"],
+                          pods["longer-config"]}
+    assert len(rig.fake.mutations()) == len(terminated)  # each once
+    for untouched in ("notebook", "lookalike"):
+        assert rig.fake.status_of(pods[untouched]) == PodStatus.RUNNING
+    assert sorted(result.orphans_terminated) == sorted([
+        f"{pods['other-config']} (rpm-other-1b1b1b)", f"{pods['other-config-stopped']} (rpm-big-2c2c2c)",
+        f"{pods['longer-config']} (rpm-llm-big-3d3d3d)"])
+
+
+def test_shutdown_without_all_pods_ends_only_this_configs_pods(rig: Rig) -> None:
+    pod_id = rig.started()
+    pods = _add_neighbours(rig.fake)
+
+    rig.lifecycle.shutdown()
+
+    assert sorted(rig.fake.mutations()) == sorted([("terminate", pod_id), ("terminate", pods["orphan"])])
+    for other in ("other-config", "longer-config", "notebook", "lookalike"):
+        assert rig.fake.status_of(pods[other]) == PodStatus.RUNNING
+
+
+# ------------------------------------------------------------------------------------------ dry runs
+
+
+def _stopped(rig: Rig) -> None:
+    rig.started()
+    rig.lifecycle.shutdown(stop=True)
+
+
+def _past_runtime(rig: Rig) -> None:
+    rig.started()
+    rig.later(3600)
+
+
+DRY_RUNS: list[Any] = [
+    pytest.param(_stopped, lambda lifecycle: lifecycle.start(dry_run=True).plan, ["resume"], id="start-resumes"),
+    pytest.param(lambda rig: None, lambda lifecycle: lifecycle.start(dry_run=True).plan, ["create"],
+                 id="start-creates"),
+    pytest.param(_past_runtime, lambda lifecycle: lifecycle.reconcile(dry_run=True).plan,
+                 ["close_lease:runtime", "terminate"], id="reconcile-past-runtime"),
+    pytest.param(lambda rig: rig.started(), lambda lifecycle: lifecycle.shutdown(dry_run=True).plan,
+                 ["terminate"], id="shutdown"),
+]
+
+
+@pytest.mark.parametrize(("prepare", "act", "planned"), DRY_RUNS)
+def test_a_dry_run_plans_and_changes_nothing(
+    tmp_path: Path, proxy_stops: list[Paths], prepare: Callable[[Rig], object],
+    act: Callable[[Lifecycle], Any], planned: list[str],
+) -> None:
+    rig = make_lifecycle(tmp_path, runtime_seconds=3600, idle_timeout_seconds=0)
+    prepare(rig)
+    rig.fake.reset_history()
+    proxy_stops.clear()
+    state_before, events_before = rig.state_bytes(), rig.events()
+    statuses_before = {pod_id: rig.fake.status_of(pod_id) for pod_id in rig.fake.pods}
+    creates_before = len(rig.fake.specs)
+
+    plan = act(rig.lifecycle)
+
+    assert summary_of(plan.actions) == planned
+    assert rig.fake.mutations() == [] and len(rig.fake.specs) == creates_before
+    assert set(rig.fake.verbs()) <= READ_VERBS
+    assert {pod_id: rig.fake.status_of(pod_id) for pod_id in rig.fake.pods} == statuses_before
+    assert rig.state_bytes() == state_before  # byte-identical (None: still no state file at all)
+    assert rig.events() == events_before
+    assert proxy_stops == []
+
+
+def test_a_dry_run_shutdown_reports_what_it_would_end(rig: Rig) -> None:
+    pod_id = rig.started()
+
+    result = rig.lifecycle.shutdown(dry_run=True)
+
+    assert result.dry_run and [(a.action.kind, a.action.pod_id) for a in result.ended] == [
+        (ActionKind.TERMINATE, pod_id)]
+    assert rig.saved().lease is not None and rig.fake.status_of(pod_id) == PodStatus.RUNNING
+
+
 # ------------------------------------------------------------------------------------------ the fake
 # The tests above trust the fake to behave like RunPod (runpod-api.md); these keep it honest.
 
