@@ -9,6 +9,7 @@ No test starts or signals a process: `proxy.process` is stubbed (see `proxy_stop
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -32,11 +33,12 @@ from runpod_manager.errors import (
     ResumeRefused,
 )
 from runpod_manager.events import EventLog
-from runpod_manager.lifecycle import Lifecycle
+from runpod_manager.lifecycle import Lifecycle, LifecycleProxyController
 from runpod_manager.paths import Paths, resolve_paths
 from runpod_manager.policy import Action, ActionKind
+from runpod_manager.proxy.controller import UpstreamTarget
 from runpod_manager.runpod.models import PodSpec, PodStatus
-from runpod_manager.state import PodRecord, StateStore
+from runpod_manager.state import PodRecord, State, StateStore
 from tests.support.fake_runpod import FakeRunPod
 
 T0 = datetime(2026, 6, 10, 9, 0, tzinfo=UTC)  # a Wednesday morning, in UTC (the configured zone)
@@ -173,6 +175,36 @@ def proxy_stops(monkeypatch: pytest.MonkeyPatch) -> list[Paths]:
     monkeypatch.setattr(process, "stop_proxies", stop_proxies)
     monkeypatch.setattr(process, "start_proxy_process", start_proxy_process)
     return stops
+
+
+@dataclass
+class StoreUse:
+    locks: int = 0
+    loads: int = 0
+    saves: int = 0
+
+
+def count_store_use(store: StateStore) -> StoreUse:
+    """Wrap a store's lock/load/save with counters."""
+    use = StoreUse()
+    lock, load, save = store.lock, store.load, store.save
+
+    def counted_lock(*args: Any, **kwargs: Any) -> AbstractContextManager[None]:
+        use.locks += 1
+        return lock(*args, **kwargs)
+
+    def counted_load() -> State:
+        use.loads += 1
+        return load()
+
+    def counted_save(state: State) -> None:
+        use.saves += 1
+        save(state)
+
+    store.lock = counted_lock  # type: ignore[method-assign]
+    store.load = counted_load  # type: ignore[method-assign]
+    store.save = counted_save  # type: ignore[method-assign]
+    return use
 
 
 def summary_of(actions: Iterable[Action]) -> list[str]:
@@ -854,6 +886,204 @@ def test_a_dry_run_shutdown_reports_what_it_would_end(rig: Rig) -> None:
     assert result.dry_run and [(a.action.kind, a.action.pod_id) for a in result.ended] == [
         (ActionKind.TERMINATE, pod_id)]
     assert rig.saved().lease is not None and rig.fake.status_of(pod_id) == PodStatus.RUNNING
+
+
+# ------------------------------------------------------------------------------- what a pass costs
+
+
+def test_a_quiet_pass_costs_one_api_call_one_lock_one_load_one_save(rig: Rig) -> None:
+    pod_id = rig.started()
+    rig.later(60)  # inside every limit; no sweep (hourly) and no billing check (30 min) due
+    use = count_store_use(rig.lifecycle.store)
+
+    result = rig.lifecycle.reconcile(wait_seconds=0)
+
+    assert result.plan.empty and not result.busy
+    assert rig.fake.history == [("get", pod_id)]
+    assert result.api_calls == 1 and rig.fake.calls == 1
+    # Today: 1 lock, 1 load, 1 save (the save happens although nothing changed but the spend bookkeeping).
+    # Target after the refactor: one lock, one load, at most one save.
+    assert (use.locks, use.loads, use.saves) == (1, 1, 1)
+
+
+def test_a_start_that_creates_costs_three_api_calls_two_locks_five_loads_five_saves(rig: Rig) -> None:
+    use = count_store_use(rig.lifecycle.store)
+
+    result = rig.lifecycle.start()
+
+    assert result.created and result.ready
+    assert rig.fake.verbs() == ["list", "create", "get"]
+    assert rig.fake.calls == 3
+    # Today's numbers, where they come from:
+    #   locks: the start's pass, and _mark_ready after the wait.
+    #   loads: the pass; _create re-reads the file to write the intent (_state_of); wait_ready's poll;
+    #          _mark_ready; the final read for the result.
+    #   saves: the lease; the pass after observing; the intent; after the create action; ready.
+    assert (use.locks, use.loads, use.saves) == (2, 5, 5)
+
+
+# -------------------------------------------------------------------------------------------- status
+
+
+def test_status_observes_the_pod_with_one_call_and_writes_nothing(rig: Rig) -> None:
+    pod_id = rig.started()
+    rig.later(600)
+    before = rig.state_bytes()
+
+    status = rig.lifecycle.status()
+
+    assert rig.fake.history == [("get", pod_id)]
+    assert rig.state_bytes() == before
+    assert status.pod_observed and status.pod is not None and status.pod.status == PodStatus.RUNNING
+    assert status.pod_url == rig.config.pod_url(pod_id)
+    assert status.limits.deadline == T0 + timedelta(hours=4)
+    assert status.idle_seconds == 600
+    assert status.spend_today_usd == pytest.approx(0.69 * 600 / 3600)
+
+
+# ---------------------------------------------------------------------------- the proxy's controller
+
+
+def test_current_target_is_none_until_the_pod_is_ready_then_names_the_pod_url_and_key(rig: Rig) -> None:
+    controller = LifecycleProxyController(rig.lifecycle)
+    assert controller.current_target() is None
+
+    started = rig.lifecycle.start(wait=False)
+    pod_id = started.record.pod_id
+    assert pod_id is not None and not started.ready
+    assert controller.current_target() is None  # created, not yet answering
+
+    rig.lifecycle.wait_ready()
+    record = rig.saved()
+    # UpstreamTarget compares its upstream_key too (it is only kept out of the repr).
+    assert controller.current_target() == UpstreamTarget(pod_id, rig.config.pod_url(pod_id), record.upstream_key)
+
+    rig.lifecycle.shutdown(stop=True)
+    assert controller.current_target() is None
+
+
+def test_wake_opens_a_lease_opened_by_wake_and_returns_the_ready_target(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The controller builds its own Lifecycle for waking, without the injected client factory or sleep:
+    # it is reached through the class the real client comes from, and zero startup waits.
+    rig = make_lifecycle(tmp_path, api={"api_key": "rpa_test_key"},
+                         startup={"initial_wait_seconds": 0.0, "poll_interval_seconds": 0.0})
+    monkeypatch.setattr("runpod_manager.runpod.client.RunPodClient", lambda *_, **__: rig.fake)
+    controller = LifecycleProxyController(rig.lifecycle)
+
+    target = controller.wake()
+
+    record = rig.saved()
+    assert record.lease is not None and record.lease.opened_by == "wake"
+    assert record.pod_id is not None and record.ready
+    assert target == UpstreamTarget(record.pod_id, rig.config.pod_url(record.pod_id), record.upstream_key)
+    assert rig.fake.verbs() == ["list", "create", "get"]
+    rig.fake.reset_history()
+    assert controller.wake() == target  # ready already: no API call
+    assert rig.fake.history == []
+
+
+def test_a_wake_refused_by_the_spend_cap_raises_limit_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    rig = make_lifecycle(tmp_path, api={"api_key": "rpa_test_key"}, max_daily_spend_usd=1.0, idle_timeout_seconds=0)
+    monkeypatch.setattr("runpod_manager.runpod.client.RunPodClient", lambda *_, **__: rig.fake)
+    rig.started()
+    rig.later(2 * 3600)
+    rig.lifecycle.reconcile()  # the cap ends the pod
+    rig.fake.reset_history()
+
+    with pytest.raises(LimitRefused):
+        LifecycleProxyController(rig.lifecycle).wake()
+
+    assert rig.fake.mutations() == [] and rig.saved().lease is None
+
+
+def test_view_shows_readiness_lease_spend_and_deadline(rig: Rig) -> None:
+    controller = LifecycleProxyController(rig.lifecycle)
+    assert controller.view().pod_id is None and not controller.view().lease_open
+    pod_id = rig.started()
+    rig.later(600)
+    rig.lifecycle.reconcile(activity_at=T0 + timedelta(seconds=500))
+
+    view = controller.view()
+
+    assert (view.pod_id, view.status, view.gpu_type_id) == (pod_id, "RUNNING", RTX_4090)
+    assert view.ready and view.lease_open
+    assert view.cost_per_hour == 0.69 and view.max_daily_spend_usd == 20.0
+    assert view.spend_today_usd == pytest.approx(0.69 * 600 / 3600)
+    assert view.deadline == T0 + timedelta(hours=4)
+    assert view.limits == {"runtime": T0 + timedelta(hours=4), "cutoff": None,
+                           "idle": T0 + timedelta(seconds=500 + 900)}
+    assert view.last_action == "create"
+
+    rig.lifecycle.shutdown(stop=True)
+    stopped = controller.view()
+    assert (stopped.ready, stopped.lease_open, stopped.deadline, stopped.status) == (False, False, None, "EXITED")
+    assert stopped.last_action == "stop" and stopped.last_reason == "shutdown"
+
+
+def test_the_next_pass_corrects_the_hourly_cost_of_a_stopped_pod(rig: Rig) -> None:
+    rig.started()
+    rig.lifecycle.shutdown(stop=True)
+
+    rig.lifecycle.reconcile()
+
+    assert LifecycleProxyController(rig.lifecycle).view().cost_per_hour == 0.0
+
+
+def test_the_controllers_reconcile_records_the_last_request_and_returns_the_view(rig: Rig) -> None:
+    pod_id = rig.started()
+    controller = LifecycleProxyController(rig.lifecycle)
+
+    rig.later(1000)
+    view = controller.reconcile(T0 + timedelta(seconds=990))
+
+    assert view.lease_open and rig.fake.history == [("get", pod_id)]
+    assert rig.saved().last_activity_at == T0 + timedelta(seconds=990)
+
+
+# ------------------------------------------------------------------------------------- proxy_stopped
+
+
+@pytest.mark.parametrize(("idle_action", "verb", "status"), [
+    ("stop", "stop", PodStatus.EXITED), ("terminate", "terminate", PodStatus.TERMINATED)])
+def test_a_proxy_that_woke_the_pod_ends_it_with_the_idle_action_when_it_stops(
+    tmp_path: Path, idle_action: str, verb: str, status: PodStatus,
+) -> None:
+    rig = make_lifecycle(tmp_path, idle_action=idle_action)
+    pod_id = rig.lifecycle.start(opened_by="wake").record.pod_id
+    assert pod_id is not None
+    rig.fake.reset_history()
+
+    result = rig.lifecycle.proxy_stopped()
+
+    assert result.pod_id == pod_id and result.failed == [] and result.kept_until is None
+    assert [(a.action.kind.value, a.action.pod_id) for a in result.ended] == [(verb, pod_id)]
+    assert rig.fake.mutations() == [(verb, pod_id)]
+    assert rig.fake.status_of(pod_id) == status
+    record = rig.saved()
+    assert record.lease is None and record.lease_end_action == idle_action
+    assert record.last_lease_end_reason == "the proxy that woke the pod stopped"
+
+
+def test_a_lease_opened_by_start_outlives_its_proxy_and_says_until_when(rig: Rig) -> None:
+    pod_id = rig.started()
+    before = rig.state_bytes()
+
+    result = rig.lifecycle.proxy_stopped()
+
+    assert (result.pod_id, result.ended, result.failed) == (pod_id, [], [])
+    assert result.kept_until == T0 + timedelta(hours=4)
+    assert result.idle_ends_at == T0 + timedelta(seconds=900)
+    assert rig.fake.history == []
+    assert rig.state_bytes() == before and rig.saved().lease is not None
+
+
+def test_proxy_stopped_with_nothing_running_reports_no_pod(rig: Rig) -> None:
+    result = rig.lifecycle.proxy_stopped()
+
+    assert (result.pod_id, result.ended, result.kept_until) == (None, [], None)
+    assert rig.fake.history == []
 
 
 # ------------------------------------------------------------------------------------------ the fake
