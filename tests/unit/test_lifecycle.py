@@ -1022,6 +1022,18 @@ def test_view_shows_readiness_lease_spend_and_deadline(rig: Rig) -> None:
     assert stopped.last_action == "stop" and stopped.last_reason == "shutdown"
 
 
+@pytest.mark.xfail(strict=True, reason="BUG: stopping a pod leaves record.cost_per_hour at the running price, so "
+                   "the proxy's view (dashboard, /metrics) shows an EXITED pod billing its GPU price until the "
+                   "next pass observes it (lifecycle._apply_one STOP sets last_status only)")
+def test_the_view_of_a_pod_just_stopped_shows_no_hourly_cost(rig: Rig) -> None:
+    rig.started()
+    rig.lifecycle.shutdown(stop=True)
+
+    view = LifecycleProxyController(rig.lifecycle).view()
+
+    assert view.status == "EXITED" and view.cost_per_hour == 0.0
+
+
 def test_the_next_pass_corrects_the_hourly_cost_of_a_stopped_pod(rig: Rig) -> None:
     rig.started()
     rig.lifecycle.shutdown(stop=True)
