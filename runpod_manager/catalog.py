@@ -181,3 +181,19 @@ def fetch_prices(client: RunPodPort, paths: Paths, config: Config) -> dict[str, 
     _save_cache(paths, config, gpus)
     return {gpu.id: (None if gpu.price_for(config.pod.cloud) is None
                      else (gpu.price_for(config.pod.cloud) or 0.0) * config.pod.gpu_count) for gpu in gpus}
+
+
+def prices_for_max_price(client: RunPodPort, paths: Paths, config: Config) -> dict[str, float | None] | None:
+    """Per-pod prices for [pod] max_price_per_hour's filter: the cache, else one fetch; None when there is no
+    max price or the prices cannot be had (the create itself will tell: a start is not blocked on them)."""
+    if not config.pod.max_price_per_hour:
+        return None
+    prices = cached_prices(paths, config)
+    if prices is None:
+        from runpod_manager.errors import ApiError
+
+        try:
+            prices = fetch_prices(client, paths, config)
+        except ApiError:
+            return None
+    return prices

@@ -155,6 +155,7 @@ def start(
     lease is closed and nothing runs, unless the message says the pod is still coming up (not ready in
     time, exit 1; Ctrl-C, 130): then it keeps to its limits and `rpm shutdown` ends it.
     """
+    from runpod_manager import control
     from runpod_manager.render import show_start
 
     lifecycle = _lifecycle(config)
@@ -166,11 +167,11 @@ def start(
         own_proxy = process.claim_port(lifecycle.config, lifecycle.paths)
     try:
         with r.progress("opening the lease…") as progress:
-            result = lifecycle.start(wait=not no_wait, dry_run=dry_run, progress=progress)
+            result = control.start(lifecycle, wait=not no_wait, dry_run=dry_run, progress=progress)
     except KeyboardInterrupt:
-        raise lifecycle.interrupted_start() from None
+        raise control.interrupted_start(lifecycle) from None
     if proxy and not dry_run:
-        result.proxy_url = lifecycle.ensure_proxy(own_proxy)
+        result.proxy_url = control.ensure_proxy(lifecycle, own_proxy)
     show_start(r, result)
     return ExitCode.OK
 
@@ -179,8 +180,9 @@ def start(
 def status(r: Renderer, config: ConfigOpt = None, as_json: JsonOpt = False, verbose: VerboseOpt = False) -> int:
     """Show the pod, its lease, limits, spend and the proxy."""
     from runpod_manager.render import show_status
+    from runpod_manager.status import build_status
 
-    show_status(r, _lifecycle(config).status())
+    show_status(r, build_status(_lifecycle(config)))
     return ExitCode.OK
 
 
@@ -200,9 +202,10 @@ def shutdown(
     Exit 0 only when RunPod confirmed it. A non-zero exit (4: RunPod unreachable, 3: the key) means a pod
     may still bill: the message names it; run shutdown again (the watchdog retries too).
     """
+    from runpod_manager import control
     from runpod_manager.render import show_shutdown
 
-    show_shutdown(r, _lifecycle(config).shutdown(stop=stop, all_pods=all_pods, dry_run=dry_run))
+    show_shutdown(r, control.shutdown(_lifecycle(config), stop=stop, all_pods=all_pods, dry_run=dry_run))
     return ExitCode.OK
 
 
@@ -255,6 +258,7 @@ def proxy(r: Renderer, config: ConfigOpt = None, as_json: JsonOpt = False, verbo
     lease, and the exit message says until when. Exit 130 after Ctrl-C, 0 after SIGTERM, 1 when the pod it
     woke could not be ended (it may still bill: run `rpm shutdown`).
     """
+    from runpod_manager import control
     from runpod_manager.proxy import process
     from runpod_manager.proxy.bridge import LifecycleProxyController
     from runpod_manager.proxy.server import run_proxy
@@ -269,7 +273,7 @@ def proxy(r: Renderer, config: ConfigOpt = None, as_json: JsonOpt = False, verbo
     _configure_logging(verbose)
     with process.registered(lifecycle.paths, process.proxy_url(lifecycle.config)):
         stopped_by = run_proxy(lifecycle.config, LifecycleProxyController(lifecycle), lifecycle.paths)
-    outcome = lifecycle.proxy_stopped(stopped_by)
+    outcome = control.proxy_stopped(lifecycle, stopped_by)
     show_proxy_stopped(r, outcome, process.proxy_url(lifecycle.config))
     return outcome.exit_code
 

@@ -113,7 +113,9 @@ def _step(r: Renderer, number: int, text: str) -> None:
 
 
 def _story(r: Renderer, lifecycle: object, sandbox_url: str) -> dict[str, object]:
+    from runpod_manager import control
     from runpod_manager.lifecycle import Lifecycle
+    from runpod_manager.status import build_status
 
     assert isinstance(lifecycle, Lifecycle)  # noqa: S101 - narrowing for the type checker
     r.line(f"[bold]rpm demo[/]: a RunPod emulator is listening on {sandbox_url} (no account, no card).")
@@ -122,12 +124,12 @@ def _story(r: Renderer, lifecycle: object, sandbox_url: str) -> dict[str, object
 
     _step(r, 1, "rpm start: open a lease, create the pod, wait until the model answers")
     with r.progress("starting pod…") as progress:
-        started = lifecycle.start(progress=progress)
+        started = control.start(lifecycle, progress=progress)
     pod = started.pod
     r.line(f"   pod {started.record.pod_id} on {pod.gpu_type_id if pod else '?'} at "
            f"{money(pod.cost_per_hour if pod else None)}/h, ready in {started.wait_seconds:.1f} s "
            "(RUNNING and GET /v1/models answered)")
-    base_url = lifecycle.ensure_proxy()
+    base_url = control.ensure_proxy(lifecycle)
     r.line(f"   proxy running: point your editor at [bold]{base_url}[/]")
 
     _step(r, 2, "a streamed chat completion through the proxy")
@@ -135,7 +137,7 @@ def _story(r: Renderer, lifecycle: object, sandbox_url: str) -> dict[str, object
     r.line(f"   [green]{text.strip()}[/]")
 
     _step(r, 3, "rpm status")
-    show_status(r, lifecycle.status())
+    show_status(r, build_status(lifecycle))
 
     _step(r, 4, f"no requests for {IDLE_TIMEOUT_SECONDS} s: the proxy's reconcile stops the idle pod")
     stopped = _wait_for(lambda: lifecycle.store.load().record(lifecycle.name).last_status == "EXITED", 30)
@@ -149,7 +151,7 @@ def _story(r: Renderer, lifecycle: object, sandbox_url: str) -> dict[str, object
 
     _step(r, 6, "rpm shutdown: terminate the pod, close the lease, stop the proxy")
     pod_id = lifecycle.store.load().record(lifecycle.name).pod_id
-    result = lifecycle.shutdown()
+    result = control.shutdown(lifecycle)
     show_shutdown(r, result)
     spent = None
     if pod_id:

@@ -1,10 +1,8 @@
-"""start / shutdown / reconcile: observe → plan → apply for a config's pod, under the state lock; readiness wait.
+"""Observe → plan → apply for a config's pod, under the state lock; the readiness wait.
 
-Every change to a pod goes through one pass (`_pass`): `rpm start` opens a lease and runs it, `rpm shutdown`
-closes the lease and runs it, `rpm watchdog` and the running proxy just run it. The decision is
-`policy.plan()`; this module observes (through `RunPodPort`), acts and records. Spend is `spend.py`'s
-ledger, the create request `podspec.py`'s, `rpm status` `status.py`'s and the proxy's window
-`proxy/bridge.py`'s.
+Every change to a pod goes through one pass (`run_pass`), run by `control.py` (start, shutdown), by
+`rpm watchdog` and by the running proxy (`reconcile`). `policy.plan()` decides; this module observes
+(through `RunPodPort`), acts and records. The ledger is `spend.py`'s, the create request `podspec.py`'s.
 
 State is written ahead of RunPod: each pass loads the state once under the lock, saves it before every call
 that changes a pod (so an intent, a closed lease or an open one is on disk before RunPod acts on it) and
@@ -18,22 +16,16 @@ import copy
 import secrets
 import time
 from collections.abc import Callable, Iterator
-from datetime import UTC, datetime
-from typing import NoReturn
+from datetime import datetime
 
-import requests
-
-from runpod_manager import podspec, policy, spend
+from runpod_manager import catalog, podspec, policy, spend
 from runpod_manager.config import Config
 from runpod_manager.errors import (
     ApiError,
     AuthError,
-    ConfigError,
     Conflict,
     InsufficientBalance,
-    Interrupted,
     InvalidRequest,
-    LimitRefused,
     LockBusy,
     NoCapacity,
     NotFound,
@@ -42,38 +34,25 @@ from runpod_manager.errors import (
     RpmError,
 )
 from runpod_manager.events import EventLog
-from runpod_manager.outcomes import (
-    AppliedAction,
-    PassOutcome,
-    Progress,
-    ProxyStopResult,
-    ShutdownResult,
-    StartResult,
-    StatusResult,
-)
+from runpod_manager.outcomes import AppliedAction, PassOutcome, Progress
 from runpod_manager.paths import Paths
 from runpod_manager.policy import Action, ActionKind, Observation, Options
-from runpod_manager.ports import ProcessProxy, ProxyPort, RunPodPort, WatchedProxy
+from runpod_manager.ports import (
+    ProcessProxy,
+    ProxyPort,
+    RunPodPort,
+    WatchedProxy,
+    probe_model_server,
+    runpod_client,
+    utc_now,
+)
 from runpod_manager.runpod.models import Pod, PodStatus
-from runpod_manager.state import Intent, Lease, PodRecord, State, StateStore
+from runpod_manager.state import Intent, PodRecord, State, StateStore
 
 ORPHAN_SWEEP_SECONDS = 3600.0
-# Actions that call RunPod to change a pod: the state is saved before each (write-ahead).
-_WRITE_AHEAD = frozenset({*policy.STARTS, *policy.ENDS, ActionKind.TERMINATE_ORPHAN})
-
-
-def utc_now() -> datetime:
-    return datetime.now(UTC)
-
-
-def probe_model_server(pod_url: str, upstream_key: str | None, timeout_seconds: float = 5.0) -> bool:
-    """Readiness is never inferred from status alone: GET /v1/models through the pod URL must answer 200."""
-    headers = {"Authorization": f"Bearer {upstream_key}"} if upstream_key else {}
-    try:
-        response = requests.get(f"{pod_url}/v1/models", headers=headers, timeout=timeout_seconds)
-    except requests.RequestException:
-        return False
-    return response.status_code == 200
+# Actions that call RunPod to change a pod: the state is saved before each (write-ahead). A create saves
+# itself, with its intent.
+_WRITE_AHEAD = frozenset({ActionKind.RESUME, *policy.ENDS, ActionKind.TERMINATE_ORPHAN})
 
 
 class Lifecycle:
@@ -113,15 +92,7 @@ class Lifecycle:
     def client(self) -> RunPodPort:
         """The RunPod client, made on first use (a ConfigError without a key)."""
         if self._client is None:
-            if self._client_factory is not None:
-                self._client = self._client_factory()
-            else:
-                from runpod_manager.runpod.client import RunPodClient
-
-                api = self.config.api
-                self._client = RunPodClient(
-                    self.config.require_api_key(), api.base_url, connect_timeout_seconds=api.connect_timeout_seconds,
-                    read_timeout_seconds=api.read_timeout_seconds, max_retries=api.max_retries)
+            self._client = self._client_factory() if self._client_factory else runpod_client(self.config)
         return self._client
 
     def sibling(self) -> Lifecycle:
@@ -156,21 +127,12 @@ class Lifecycle:
             yield state
             self.store.save(state)
 
-    def _lock_wait(self, wait_seconds: float | None) -> float | None:
+    def lock_wait(self, wait_seconds: float | None) -> float | None:
         return self.config.startup.lock_wait_seconds if wait_seconds is not None and wait_seconds < 0 else wait_seconds
 
     def check_world(self, record: PodRecord) -> None:
-        """State belongs to one RunPod API (account): a record holding a pod, an intent or a lease of another
-        is refused, never acted upon, where a 404 from the wrong API would silently drop its pod."""
-        base = self.config.api.base_url
-        if record.api_base_url and record.api_base_url != base and record.holds_something:
-            held = f"pod {record.pod_id}" if record.pod_id else "an open lease"
-            raise ConfigError(
-                f"the state of config '{self.name}' ({self.store.path}) holds {held} at RunPod API "
-                f"{record.api_base_url}, but this run talks to {base}; nothing was changed",
-                hint=f"run rpm with RUNPOD_API_URL={record.api_base_url} (e.g. `rpm shutdown`) first, or use "
-                     "another RPM_HOME for the other API")
-        record.api_base_url = base
+        """The record belongs to this config's RunPod API, or ConfigError (state.PodRecord.bind_api)."""
+        record.bind_api(self.config.api.base_url, self.store.path)
 
     # ------------------------------------------------------------------------------------- observe
 
@@ -209,15 +171,12 @@ class Lifecycle:
 
     def _replaced_pod(self, record: PodRecord) -> Pod | None:
         """The old pod kept while its replacement starts; forgotten once it is gone."""
-        if not record.replacing_pod_id:
-            return None
         replaced: Pod | None = None
         with contextlib.suppress(ApiError):  # NotFound included: gone is gone
-            replaced = self.client.get_pod(record.replacing_pod_id)
+            replaced = self.client.get_pod(record.replacing_pod_id) if record.replacing_pod_id else None
         if replaced is None or replaced.status == PodStatus.TERMINATED:
             record.replacing_pod_id = None
-            return None
-        return replaced
+        return replaced if record.replacing_pod_id else None
 
     def spend_today(self, record: PodRecord, pod: Pod | None, now: datetime) -> float:
         """Accrue the ledger for this observation, ask billing when due, and return spend today."""
@@ -239,8 +198,8 @@ class Lifecycle:
         """One pass: lock, observe, plan, apply. wait_seconds=0 (cron) returns busy instead of waiting."""
         try:
             with self.transaction(wait_seconds, dry_run=dry_run) as state:
-                outcome = self._pass(state, Options(report_orphans_only=report_orphans_only), dry_run=dry_run,
-                                     sweep=sweep, activity_at=activity_at)
+                outcome = self.run_pass(state, Options(report_orphans_only=report_orphans_only), dry_run=dry_run,
+                                        sweep=sweep, activity_at=activity_at)
         except LockBusy:
             if wait_seconds == 0:
                 return PassOutcome(busy=True, notices=self.take_notices())
@@ -252,8 +211,8 @@ class Lifecycle:
         notices, self.store.notices = list(self.store.notices), []
         return notices
 
-    def _pass(self, state: State, options: Options, *, dry_run: bool, sweep: bool = False,
-              activity_at: datetime | None = None, check_ready: bool = False) -> PassOutcome:
+    def run_pass(self, state: State, options: Options, *, dry_run: bool, sweep: bool = False,
+                 activity_at: datetime | None = None, check_ready: bool = False) -> PassOutcome:
         calls_before = self._calls()
         record = state.record(self.name)
         self.check_world(record)
@@ -346,7 +305,7 @@ class Lifecycle:
                 record.last_status = PodStatus.EXITED.value
             except NotFound:
                 _forget(record, pod_id)
-            record.ready_pod_id = None
+            record.ready_pod_id, record.cost_per_hour = None, 0.0  # a stopped pod bills no GPU
         elif kind in (ActionKind.TERMINATE, ActionKind.TERMINATE_ORPHAN):
             with contextlib.suppress(NotFound):  # already gone is what terminate wants
                 self.client.terminate_pod(pod_id)
@@ -360,7 +319,8 @@ class Lifecycle:
         The intent (the name about to be created) is saved before the call; a crash between the call and the
         save is recovered by finding the pod by name.
         """
-        candidates = podspec.gpu_candidates(self.config, self._prices())
+        candidates = podspec.gpu_candidates(self.config, catalog.prices_for_max_price(self.client, self.paths,
+                                                                                        self.config))
         if not candidates:
             raise NoCapacity("no configured GPU type is within [pod] max_price_per_hour",
                              hint="run `rpm refresh-catalog` to see prices")
@@ -392,127 +352,6 @@ class Lifecycle:
         record.intent = None
         raise NoCapacity(f"no capacity for any configured GPU type ({'; '.join(refused)})",
                          hint="add GPU types to [pod] gpu_types, widen data_centers, or try later")
-
-    def _prices(self) -> dict[str, float | None] | None:
-        """Per-pod prices for the max-price filter: the catalog cache, else one fetch; None when unknown."""
-        if not self.config.pod.max_price_per_hour:
-            return None
-        from runpod_manager import catalog
-
-        prices = catalog.cached_prices(self.paths, self.config)
-        if prices is None:
-            with contextlib.suppress(ApiError):  # the create itself will tell; do not block a start on it
-                prices = catalog.fetch_prices(self.client, self.paths, self.config)
-        return prices
-
-    # ---------------------------------------------------------------------------------------- start
-
-    def start(self, *, wait: bool = True, dry_run: bool = False, wait_seconds: float | None = -1.0,
-              progress: Callable[[Progress], None] | None = None, opened_by: str = "start") -> StartResult:
-        """Open a lease (if none), create or resume the pod, and wait until it is ready.
-
-        A lease opens only for a start that has what it needs (the key here; the caller checks the proxy's
-        port and bind first), and a start that fails closes its lease unless its own pod is verifiably still
-        coming up: a later watchdog pass must never create or resume a pod for a start that gave up.
-        wait_seconds: how long to wait for the state lock (-1: the configured lock_wait_seconds).
-        """
-        _ = self.client  # no key, no lease (ConfigError before anything is written)
-        started = self.monotonic()
-        with self.transaction(self._lock_wait(wait_seconds), dry_run=dry_run) as state:
-            record = state.record(self.name)
-            self.check_world(record)
-            had_lease = record.lease is not None
-            if record.lease is None:
-                self._open_lease(record, opened_by, dry_run=dry_run)
-            try:
-                outcome = self._pass(state, Options(), dry_run=dry_run, check_ready=True)
-            except RpmError as exc:
-                if not dry_run:
-                    self._fail_start(state, record, None, exc)
-                raise
-            failure = None if dry_run else _start_failure(record, outcome)
-            if failure is not None:
-                self._fail_start(state, record, outcome.pod, failure)
-        pod = outcome.pod
-        if dry_run:
-            return StartResult(pod=pod, record=record, created=False, resumed=False, already_running=had_lease
-                               and pod is not None, ready=False, base_url=None, pod_url=None, plan=outcome.plan,
-                               dry_run=True, notices=self.take_notices())
-        if record.pod_id is None:
-            raise NotReady("no pod exists for the open lease", hint="see `rpm status` and the event log")
-        if progress:
-            progress(Progress(record.pod_id, pod.status.value if pod else record.last_status or "unknown",
-                              self.monotonic() - started, 0,
-                              "created" if outcome.created else "resumed" if outcome.resumed else ""))
-        ready, waited = record.ready, 0.0
-        if wait and not ready:
-            pod, waited = self.wait_ready(progress=progress)
-            ready = True
-            record = self.store.load().record(self.name)
-        pod_url = self.pod_url(record.pod_id) if record.pod_id else None
-        return StartResult(pod=pod, record=record, created=outcome.created, resumed=outcome.resumed,
-                           already_running=had_lease and not outcome.created and not outcome.resumed
-                           and pod is not None, ready=ready, base_url=f"{pod_url}/v1" if pod_url else None,
-                           pod_url=pod_url, plan=outcome.plan, wait_seconds=waited, notices=self.take_notices())
-
-    def _open_lease(self, record: PodRecord, opened_by: str, *, dry_run: bool) -> None:
-        now = self.clock()
-        # Observe first, so the refusal sees today's spend.
-        pod = None
-        if record.pod_id:
-            with contextlib.suppress(ApiError):
-                pod = self.client.get_pod(record.pod_id)
-        refusal = policy.start_refusal(now, self.config, record, self.spend_today(record, pod, now))
-        if refusal:
-            raise LimitRefused(refusal)
-        record.lease = Lease(opened_at=now, deadline=policy.lease_deadline(now, self.config), opened_by=opened_by)
-        record.last_activity_at = now
-        record.last_lease_end_reason = record.lease_end_action = None
-        if not dry_run:
-            self.events.write("lease_opened", config=self.name, deadline=record.lease.deadline, opened_by=opened_by)
-
-    def _fail_start(self, state: State, record: PodRecord, pod: Pod | None, error: RpmError) -> NoReturn:
-        """Close the lease of a failed start unless its own pod is verifiably coming up; raise the error
-        (its own type, so its exit code) saying what still runs."""
-        if pod is not None and record.pod_id == pod.id and pod.status in policy.ACTIVE_STATUSES:
-            still = f"pod {record.pod_id} is still coming up under its lease; `rpm shutdown` ends it"
-        else:
-            self._close_lease(state, record, f"start failed: {error.message}")
-            if record.pod_id is not None:
-                still = f"the lease is closed; pod {record.pod_id} stays {record.last_status or 'as it is'}"
-            elif record.intent is not None:
-                still = ("the lease is closed; a pod this start may have created is found by name and "
-                         "terminated by the next `rpm watchdog` or `rpm shutdown`")
-            else:
-                still = "the lease is closed and nothing of this config runs"
-        error.hint = f"{error.hint}; {still}" if error.hint else still
-        raise error
-
-    def _close_lease(self, state: State, record: PodRecord, reason: str) -> None:
-        """Close a lease no pod serves: a stopped pod stays stopped (a fast resume later); a pod that a lost
-        create may have made is terminated when a later pass finds it by name."""
-        if record.lease is None:
-            return
-        record.lease, record.last_lease_end_reason = None, reason
-        record.lease_end_action = "stop" if record.pod_id is not None else "terminate"
-        record.proxy_wanted = False
-        self.store.save(state)
-        self.events.write("lease_closed", config=self.name, reason=reason)
-
-    def interrupted_start(self) -> Interrupted:
-        """Ctrl-C during a start: the pod it asked for keeps to its limits; say which and until when."""
-        with self.transaction(self.config.startup.lock_wait_seconds) as state:
-            record = state.record(self.name)
-            if record.pod_id is None:
-                # No pod of its own yet: like any failed start, it leaves no lease for cron to act on.
-                self._close_lease(state, record, "start interrupted")
-        if record.lease is None:
-            return Interrupted("interrupted; the lease is closed and nothing of this config runs"
-                               + (" (a pod being created is terminated by the next `rpm watchdog` or "
-                                  "`rpm shutdown`)" if record.intent else ""))
-        until = f"until {record.lease.deadline.astimezone():%Y-%m-%d %H:%M %Z} at the latest"
-        return Interrupted(f"interrupted; pod {record.pod_id} keeps coming up under its lease {until} "
-                           "(idle stop applies)", hint="`rpm shutdown` ends it now")
 
     def wait_ready(self, *, progress: Callable[[Progress], None] | None = None) -> tuple[Pod, float]:
         """Poll until RunPod says RUNNING and GET /v1/models answers through the pod URL.
@@ -577,123 +416,6 @@ class Lifecycle:
         if record.replacing_pod_id:
             self.reconcile(wait_seconds=None)  # the replacement is ready: the old pod goes now
 
-    # ------------------------------------------------------------------------------------- shutdown
-
-    def shutdown(self, *, stop: bool = False, all_pods: bool = False, dry_run: bool = False,
-                 wait_seconds: float | None = -1.0) -> ShutdownResult:
-        """Close the lease, end the pod (terminate, or stop with stop=True) and stop every proxy; idempotent.
-
-        Raises (with the failure's own type and exit code) when a pod could not be ended, or when RunPod could
-        not be asked at all: "nothing running" is said only when it was verified.
-        """
-        end_action = "stop" if stop else "terminate"
-        # The proxies go first: their in-flight streams finish on a pod that still runs, and they cannot wake
-        # the pod again (a new lease) between the end of the pod below and their own end.
-        stopped = [] if dry_run else self.proxy.stop_all()
-        with self.transaction(self._lock_wait(wait_seconds), dry_run=dry_run) as state:
-            record = state.record(self.name)
-            self.check_world(record)
-            record.lease, record.last_lease_end_reason, record.lease_end_action = None, "shutdown", end_action
-            record.proxy_wanted = False
-            outcome = self._pass(state, Options(shutdown_action=end_action), dry_run=dry_run, sweep=True)
-            orphans = self._sweep_all_rpm_pods(record, dry_run=dry_run) if all_pods else []
-        if not dry_run:  # a watchdog may have restarted one (lease open, proxy wanted) before the lock was ours
-            stopped += [pid for pid in self.proxy.stop_all() if pid not in stopped]
-        ending = (*policy.ENDS, ActionKind.TERMINATE_ORPHAN)
-        ended = ([AppliedAction(a) for a in outcome.plan.actions if a.kind in ending] if dry_run
-                 else [a for a in outcome.applied if a.action.kind in ending and a.ok])
-        failed = [a for a in outcome.applied if a.action.kind in ending and a.error is not None]
-        if failed and failed[0].error is not None:
-            done = "; ".join(f"{a.action.kind.value} {a.action.pod_id} done" for a in ended)
-            raise _retold(failed[0].error, "could not end pod " + ", ".join(
-                f"{a.action.pod_id} ({a.error.message if a.error else '?'})" for a in failed)
-                + (f"; {done}" if done else ""),
-                hint="it may still bill: run `rpm shutdown` again; the watchdog also retries")
-        if outcome.observe_errors and not dry_run:
-            known = (f"state last saw pod {record.pod_id} {record.last_status or ''}".strip() if record.pod_id
-                     else "state knows no pod")
-            first = outcome.observe_errors[0]
-            raise _retold(first, f"could not verify that nothing of config '{self.name}' runs: {first.message} "
-                          f"({known})", hint="the lease is closed; run `rpm shutdown` again when RunPod answers")
-        return ShutdownResult(ended=ended, orphans_terminated=orphans, proxies_stopped=stopped, record=record,
-                              dry_run=dry_run, plan=outcome.plan, notices=self.take_notices())
-
-    def _sweep_all_rpm_pods(self, record: PodRecord, *, dry_run: bool) -> list[str]:
-        """--all: every rpm- pod of the account that state does not know."""
-        known = {record.pod_id, record.replacing_pod_id}
-        swept = []
-        for pod in self.client.list_pods_with_prefix("rpm-"):
-            if pod.id in known or pod.status == PodStatus.TERMINATED:
-                continue
-            if not dry_run:
-                self.client.terminate_pod(pod.id)
-                self.events.write("terminate_orphan", config=self.name, pod_id=pod.id, pod_name=pod.name,
-                                  reason="rpm shutdown --all")
-            swept.append(f"{pod.id} ({pod.name})")
-        return swept
-
-    # ---------------------------------------------------------------------------------------- proxy
-
-    def ensure_proxy(self, running_pid: int | None = None) -> str:
-        """Run the proxy in the background for the open lease (restarted by reconcile if it dies); return the
-        OpenAI base URL. `running_pid`: this config's own proxy already serves the port (process.claim_port),
-        so none is started and none is marked wanted (it is not ours to restart)."""
-        if running_pid is None:
-            with self.transaction(None) as state:
-                record = state.record(self.name)
-                if record.lease is None:
-                    raise NotReady("the lease was closed before the proxy started (shutdown or a limit)",
-                                   hint="nothing of this config runs; see `rpm status`")
-                record.proxy_wanted = True
-            try:
-                self.proxy.start()
-            except RpmError as exc:
-                record = self.store.load().record(self.name)
-                still = (f"pod {record.pod_id} keeps running under its lease (until "
-                         f"{record.lease.deadline.astimezone():%Y-%m-%d %H:%M %Z}); `rpm proxy` serves it, "
-                         "`rpm shutdown` ends it") if record.pod_id and record.lease else "nothing else runs"
-                exc.hint = f"{exc.hint}; {still}" if exc.hint else still
-                raise
-        return proxy_base_url(self.config)
-
-    def proxy_stopped(self, stopped_by: str | None = None) -> ProxyStopResult:
-        """A proxy of this config stopped: what that means for the pod (README, "Stopping the proxy").
-
-        A lease the proxy opened by waking the pod ends with the idle action, because the proxy was what would
-        have noticed the pod going idle. A lease `rpm start` opened stays: the pod keeps to its limits (the
-        watchdog from cron enforces idle stop and the deadline), and the result says until when.
-        """
-        with self.transaction(self.config.startup.lock_wait_seconds) as state:
-            record = state.record(self.name)
-            self.check_world(record)
-            lease, pod_id = record.lease, record.pod_id
-            if lease is not None and lease.opened_by == "wake" and pod_id is not None:
-                record.lease, record.last_lease_end_reason = None, "the proxy that woke the pod stopped"
-                record.lease_end_action = self.config.limits.idle_action
-                ends = [a for a in self._pass(state, Options(), dry_run=False).applied if a.action.kind in policy.ENDS]
-                return ProxyStopResult(pod_id=pod_id, ended=[a for a in ends if a.ok],
-                                       failed=[a for a in ends if not a.ok], kept_until=None, idle_ends_at=None,
-                                       stopped_by=stopped_by)
-        if lease is not None and pod_id is not None:
-            view = policy.limit_view(self.clock(), self.config, record, policy.activity_of(record))
-            return ProxyStopResult(pod_id=pod_id, ended=[], failed=[], kept_until=view.deadline,
-                                   idle_ends_at=view.idle_ends_at, stopped_by=stopped_by)
-        return ProxyStopResult(pod_id=None, ended=[], failed=[], kept_until=None, idle_ends_at=None,
-                               stopped_by=stopped_by)
-
-    def status(self) -> StatusResult:
-        """`rpm status` (status.py); kept here for callers of the lifecycle."""
-        from runpod_manager.status import build_status
-
-        return build_status(self)
-
-
-def proxy_base_url(config: Config) -> str:
-    """The OpenAI base URL clients on this machine use: the one derivation shown by start, status and demo."""
-    from runpod_manager.proxy import process
-
-    return f"{process.proxy_url(config)}/v1"
-
 
 def _note_pod(record: PodRecord, pod: Pod, now: datetime) -> None:
     record.gpu_type_id = pod.gpu_type_id or record.gpu_type_id
@@ -714,24 +436,3 @@ def _forget(record: PodRecord, pod_id: str) -> None:
         record.replacing_pod_id = None
 
 
-def _start_failure(record: PodRecord, outcome: PassOutcome) -> RpmError | None:
-    """Why a start's pass did not give the lease a pod, as the typed error, or None."""
-    alarms = [a for a in outcome.applied if a.action.kind == ActionKind.ALARM]
-    if alarms and record.pod_id is not None and not outcome.replaced:
-        return ResumeRefused(f"could not start the pod: {alarms[0].action.reason}",
-                             hint='set [limits] on_resume_failure = "replace", or `rpm shutdown` and start')
-    if outcome.observe_errors and record.pod_id is None:
-        return outcome.observe_errors[0]
-    for applied in outcome.failures:
-        # A refused resume is not a failure when the pass went on to create a replacement.
-        if (applied.action.kind in policy.STARTS and applied.error is not None
-                and not (outcome.replaced and isinstance(applied.error, ResumeRefused))):
-            return applied.error
-    return None
-
-
-def _retold(error: RpmError, message: str, *, hint: str | None) -> RpmError:
-    """The same failure (same class, so the same exit code) told in the words of the command that met it."""
-    retold = copy.copy(error)
-    retold.message, retold.args, retold.hint = message, (message,), hint
-    return retold

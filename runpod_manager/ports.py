@@ -8,12 +8,37 @@ real one, `tests/support/fake_runpod.FakeRunPod` the in-memory one) and to the b
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Protocol
+
+import requests
 
 from runpod_manager.config import Config
 from runpod_manager.paths import Paths
 from runpod_manager.runpod.models import GpuType, Pod, PodSpec
+
+
+def probe_model_server(pod_url: str, upstream_key: str | None, timeout_seconds: float = 5.0) -> bool:
+    """Readiness is never inferred from status alone: GET /v1/models through the pod URL must answer 200."""
+    headers = {"Authorization": f"Bearer {upstream_key}"} if upstream_key else {}
+    try:
+        response = requests.get(f"{pod_url}/v1/models", headers=headers, timeout=timeout_seconds)
+    except requests.RequestException:
+        return False
+    return response.status_code == 200
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+def runpod_client(config: Config) -> RunPodPort:
+    """The real RunPod client for a config (a ConfigError without a key)."""
+    from runpod_manager.runpod.client import RunPodClient
+
+    api = config.api
+    return RunPodClient(config.require_api_key(), api.base_url, connect_timeout_seconds=api.connect_timeout_seconds,
+                        read_timeout_seconds=api.read_timeout_seconds, max_retries=api.max_retries)
 
 
 class RunPodPort(Protocol):

@@ -26,7 +26,7 @@ from typing import Any
 
 import filelock
 
-from runpod_manager.errors import LockBusy, StateError
+from runpod_manager.errors import ConfigError, LockBusy, StateError
 from runpod_manager.paths import (
     FileTooLarge,
     NotRegularFile,
@@ -208,6 +208,19 @@ class PodRecord:
     def ready(self) -> bool:
         """The record's pod was verified ready (RUNNING and its model server answering) and still is."""
         return self.pod_id is not None and self.ready_pod_id == self.pod_id
+
+    def bind_api(self, base_url: str, state_path: Path) -> None:
+        """State belongs to one RunPod API (account): a record holding a pod, an intent or a lease of another
+        is refused (ConfigError, exit 2), never acted upon, where a 404 from the wrong API would silently
+        drop its pod. A record holding nothing takes the API it is used with."""
+        if self.api_base_url and self.api_base_url != base_url and self.holds_something:
+            held = f"pod {self.pod_id}" if self.pod_id else "an open lease"
+            raise ConfigError(
+                f"the state of config '{self.config_name}' ({state_path}) holds {held} at RunPod API "
+                f"{self.api_base_url}, but this run talks to {base_url}; nothing was changed",
+                hint=f"run rpm with RUNPOD_API_URL={self.api_base_url} (e.g. `rpm shutdown`) first, or use "
+                     "another RPM_HOME for the other API")
+        self.api_base_url = base_url
 
     @property
     def holds_something(self) -> bool:

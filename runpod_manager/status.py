@@ -22,7 +22,7 @@ if TYPE_CHECKING:
 
 
 def build_status(lifecycle: Lifecycle) -> StatusResult:
-    from runpod_manager.lifecycle import proxy_base_url
+    from runpod_manager.control import proxy_base_url
 
     config = lifecycle.config
     record = lifecycle.store.load().pods.get(lifecycle.name) or PodRecord(config_name=lifecycle.name)

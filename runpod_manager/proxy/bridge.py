@@ -11,7 +11,7 @@ from __future__ import annotations
 import threading
 from datetime import datetime
 
-from runpod_manager import policy, spend
+from runpod_manager import control, policy, spend
 from runpod_manager.errors import NotReady
 from runpod_manager.lifecycle import Lifecycle
 from runpod_manager.proxy.controller import PodView, UpstreamTarget
@@ -38,7 +38,7 @@ class LifecycleProxyController:
             target = self.current_target()
             if target is not None:
                 return target
-            record = self._waker.start(wait=True, opened_by="wake", wait_seconds=None).record
+            record = control.start(self._waker, wait=True, opened_by="wake", wait_seconds=None).record
             if record.pod_id is None:
                 raise NotReady("the pod did not start")
             return UpstreamTarget(record.pod_id, self._lifecycle.pod_url(record.pod_id), record.upstream_key)

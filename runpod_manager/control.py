@@ -1,0 +1,278 @@
+"""The control plane's operations on a config's pod: start, shutdown, the proxy's start and stop.
+
+Each opens or closes the lease (rpm's permission for the pod to run) and then runs the lifecycle's one
+pass (`Lifecycle.run_pass`: observe → plan → apply) inside one state transaction; the lifecycle decides
+nothing itself. This is the layer that will run passes for several pods at once.
+
+A lease opens only for a start that has what it needs (the key here; the caller checks the proxy's port and
+bind first), and a start that fails closes its lease unless its own pod is verifiably coming up.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+from collections.abc import Callable
+from typing import NoReturn
+
+from runpod_manager import policy
+from runpod_manager.config import Config
+from runpod_manager.errors import ApiError, Interrupted, LimitRefused, NotReady, ResumeRefused, RpmError
+from runpod_manager.lifecycle import Lifecycle
+from runpod_manager.outcomes import (
+    AppliedAction,
+    PassOutcome,
+    Progress,
+    ProxyStopResult,
+    ShutdownResult,
+    StartResult,
+)
+from runpod_manager.policy import ActionKind, Options
+from runpod_manager.runpod.models import Pod, PodStatus
+from runpod_manager.state import Lease, PodRecord, State
+
+
+def start(lc: Lifecycle, *, wait: bool = True, dry_run: bool = False, wait_seconds: float | None = -1.0,
+          progress: Callable[[Progress], None] | None = None, opened_by: str = "start") -> StartResult:
+    """Open a lease (if none), create or resume the pod, and wait until it is ready.
+
+    A lease opens only for a start that has what it needs (the key here; the caller checks the proxy's
+    port and bind first), and a start that fails closes its lease unless its own pod is verifiably still
+    coming up: a later watchdog pass must never create or resume a pod for a start that gave up.
+    wait_seconds: how long to wait for the state lock (-1: the configured lock_wait_seconds).
+    """
+    _ = lc.client  # no key, no lease (ConfigError before anything is written)
+    started = lc.monotonic()
+    with lc.transaction(lc.lock_wait(wait_seconds), dry_run=dry_run) as state:
+        record = state.record(lc.name)
+        lc.check_world(record)
+        had_lease = record.lease is not None
+        if record.lease is None:
+            _open_lease(lc, record, opened_by, dry_run=dry_run)
+        try:
+            outcome = lc.run_pass(state, Options(), dry_run=dry_run, check_ready=True)
+        except RpmError as exc:
+            if not dry_run:
+                _fail_start(lc, state, record, None, exc)
+            raise
+        failure = None if dry_run else _start_failure(record, outcome)
+        if failure is not None:
+            _fail_start(lc, state, record, outcome.pod, failure)
+    pod = outcome.pod
+    if dry_run:
+        return StartResult(pod=pod, record=record, created=False, resumed=False, already_running=had_lease
+                           and pod is not None, ready=False, base_url=None, pod_url=None, plan=outcome.plan,
+                           dry_run=True, notices=lc.take_notices())
+    if record.pod_id is None:
+        raise NotReady("no pod exists for the open lease", hint="see `rpm status` and the event log")
+    if progress:
+        progress(Progress(record.pod_id, pod.status.value if pod else record.last_status or "unknown",
+                          lc.monotonic() - started, 0,
+                          "created" if outcome.created else "resumed" if outcome.resumed else ""))
+    ready, waited = record.ready, 0.0
+    if wait and not ready:
+        pod, waited = lc.wait_ready(progress=progress)
+        ready = True
+        if pod.id == record.pod_id:
+            record.ready_pod_id = pod.id  # as wait_ready saved it
+        else:  # recovery replaced the pod while waiting
+            record = lc.store.load().record(lc.name)
+    pod_url = lc.pod_url(record.pod_id) if record.pod_id else None
+    return StartResult(pod=pod, record=record, created=outcome.created, resumed=outcome.resumed,
+                       already_running=had_lease and not outcome.created and not outcome.resumed
+                       and pod is not None, ready=ready, base_url=f"{pod_url}/v1" if pod_url else None,
+                       pod_url=pod_url, plan=outcome.plan, wait_seconds=waited, notices=lc.take_notices())
+
+def _open_lease(lc: Lifecycle, record: PodRecord, opened_by: str, *, dry_run: bool) -> None:
+    now = lc.clock()
+    # Observe first, so the refusal sees today's spend.
+    pod = None
+    if record.pod_id:
+        with contextlib.suppress(ApiError):
+            pod = lc.client.get_pod(record.pod_id)
+    refusal = policy.start_refusal(now, lc.config, record, lc.spend_today(record, pod, now))
+    if refusal:
+        raise LimitRefused(refusal)
+    record.lease = Lease(opened_at=now, deadline=policy.lease_deadline(now, lc.config), opened_by=opened_by)
+    record.last_activity_at = now
+    record.last_lease_end_reason = record.lease_end_action = None
+    if not dry_run:
+        lc.events.write("lease_opened", config=lc.name, deadline=record.lease.deadline, opened_by=opened_by)
+
+def _fail_start(lc: Lifecycle, state: State, record: PodRecord, pod: Pod | None, error: RpmError) -> NoReturn:
+    """Close the lease of a failed start unless its own pod is verifiably coming up; raise the error
+    (its own type, so its exit code) saying what still runs."""
+    if pod is not None and record.pod_id == pod.id and pod.status in policy.ACTIVE_STATUSES:
+        still = f"pod {record.pod_id} is still coming up under its lease; `rpm shutdown` ends it"
+    else:
+        _close_lease(lc, state, record, f"start failed: {error.message}")
+        if record.pod_id is not None:
+            still = f"the lease is closed; pod {record.pod_id} stays {record.last_status or 'as it is'}"
+        elif record.intent is not None:
+            still = ("the lease is closed; a pod this start may have created is found by name and "
+                     "terminated by the next `rpm watchdog` or `rpm shutdown`")
+        else:
+            still = "the lease is closed and nothing of this config runs"
+    error.hint = f"{error.hint}; {still}" if error.hint else still
+    raise error
+
+def _close_lease(lc: Lifecycle, state: State, record: PodRecord, reason: str) -> None:
+    """Close a lease no pod serves: a stopped pod stays stopped (a fast resume later); a pod that a lost
+    create may have made is terminated when a later pass finds it by name."""
+    if record.lease is None:
+        return
+    record.lease, record.last_lease_end_reason = None, reason
+    record.lease_end_action = "stop" if record.pod_id is not None else "terminate"
+    record.proxy_wanted = False
+    lc.store.save(state)
+    lc.events.write("lease_closed", config=lc.name, reason=reason)
+
+def interrupted_start(lc: Lifecycle) -> Interrupted:
+    """Ctrl-C during a start: the pod it asked for keeps to its limits; say which and until when."""
+    with lc.transaction(lc.config.startup.lock_wait_seconds) as state:
+        record = state.record(lc.name)
+        if record.pod_id is None:
+            # No pod of its own yet: like any failed start, it leaves no lease for cron to act on.
+            _close_lease(lc, state, record, "start interrupted")
+    if record.lease is None:
+        return Interrupted("interrupted; the lease is closed and nothing of this config runs"
+                           + (" (a pod being created is terminated by the next `rpm watchdog` or "
+                              "`rpm shutdown`)" if record.intent else ""))
+    until = f"until {record.lease.deadline.astimezone():%Y-%m-%d %H:%M %Z} at the latest"
+    return Interrupted(f"interrupted; pod {record.pod_id} keeps coming up under its lease {until} "
+                       "(idle stop applies)", hint="`rpm shutdown` ends it now")
+
+
+
+def shutdown(lc: Lifecycle, *, stop: bool = False, all_pods: bool = False, dry_run: bool = False,
+             wait_seconds: float | None = -1.0) -> ShutdownResult:
+    """Close the lease, end the pod (terminate, or stop with stop=True) and stop every proxy; idempotent.
+
+    Raises (with the failure's own type and exit code) when a pod could not be ended, or when RunPod could
+    not be asked at all: "nothing running" is said only when it was verified.
+    """
+    end_action = "stop" if stop else "terminate"
+    # The proxies go first: their in-flight streams finish on a pod that still runs, and they cannot wake
+    # the pod again (a new lease) between the end of the pod below and their own end.
+    stopped = [] if dry_run else lc.proxy.stop_all()
+    with lc.transaction(lc.lock_wait(wait_seconds), dry_run=dry_run) as state:
+        record = state.record(lc.name)
+        lc.check_world(record)
+        record.lease, record.last_lease_end_reason, record.lease_end_action = None, "shutdown", end_action
+        record.proxy_wanted = False
+        outcome = lc.run_pass(state, Options(shutdown_action=end_action), dry_run=dry_run, sweep=True)
+        orphans = _sweep_all_rpm_pods(lc, record, dry_run=dry_run) if all_pods else []
+    if not dry_run:  # a watchdog may have restarted one (lease open, proxy wanted) before the lock was ours
+        stopped += [pid for pid in lc.proxy.stop_all() if pid not in stopped]
+    ending = (*policy.ENDS, ActionKind.TERMINATE_ORPHAN)
+    ended = ([AppliedAction(a) for a in outcome.plan.actions if a.kind in ending] if dry_run
+             else [a for a in outcome.applied if a.action.kind in ending and a.ok])
+    failed = [a for a in outcome.applied if a.action.kind in ending and a.error is not None]
+    if failed and failed[0].error is not None:
+        done = "; ".join(f"{a.action.kind.value} {a.action.pod_id} done" for a in ended)
+        raise _retold(failed[0].error, "could not end pod " + ", ".join(
+            f"{a.action.pod_id} ({a.error.message if a.error else '?'})" for a in failed)
+            + (f"; {done}" if done else ""),
+            hint="it may still bill: run `rpm shutdown` again; the watchdog also retries")
+    if outcome.observe_errors and not dry_run:
+        known = (f"state last saw pod {record.pod_id} {record.last_status or ''}".strip() if record.pod_id
+                 else "state knows no pod")
+        first = outcome.observe_errors[0]
+        raise _retold(first, f"could not verify that nothing of config '{lc.name}' runs: {first.message} "
+                      f"({known})", hint="the lease is closed; run `rpm shutdown` again when RunPod answers")
+    return ShutdownResult(ended=ended, orphans_terminated=orphans, proxies_stopped=stopped, record=record,
+                          dry_run=dry_run, plan=outcome.plan, notices=lc.take_notices())
+
+def _sweep_all_rpm_pods(lc: Lifecycle, record: PodRecord, *, dry_run: bool) -> list[str]:
+    """--all: every rpm- pod of the account that state does not know."""
+    known = {record.pod_id, record.replacing_pod_id}
+    swept = []
+    for pod in lc.client.list_pods_with_prefix("rpm-"):
+        if pod.id in known or pod.status == PodStatus.TERMINATED:
+            continue
+        if not dry_run:
+            lc.client.terminate_pod(pod.id)
+            lc.events.write("terminate_orphan", config=lc.name, pod_id=pod.id, pod_name=pod.name,
+                              reason="rpm shutdown --all")
+        swept.append(f"{pod.id} ({pod.name})")
+    return swept
+
+
+def ensure_proxy(lc: Lifecycle, running_pid: int | None = None) -> str:
+    """Run the proxy in the background for the open lease (restarted by reconcile if it dies); return the
+    OpenAI base URL. `running_pid`: this config's own proxy already serves the port (process.claim_port),
+    so none is started and none is marked wanted (it is not ours to restart)."""
+    if running_pid is None:
+        with lc.transaction(None) as state:
+            record = state.record(lc.name)
+            if record.lease is None:
+                raise NotReady("the lease was closed before the proxy started (shutdown or a limit)",
+                               hint="nothing of this config runs; see `rpm status`")
+            record.proxy_wanted = True
+        try:
+            lc.proxy.start()
+        except RpmError as exc:
+            record = lc.store.load().record(lc.name)
+            still = (f"pod {record.pod_id} keeps running under its lease (until "
+                     f"{record.lease.deadline.astimezone():%Y-%m-%d %H:%M %Z}); `rpm proxy` serves it, "
+                     "`rpm shutdown` ends it") if record.pod_id and record.lease else "nothing else runs"
+            exc.hint = f"{exc.hint}; {still}" if exc.hint else still
+            raise
+    return proxy_base_url(lc.config)
+
+def proxy_stopped(lc: Lifecycle, stopped_by: str | None = None) -> ProxyStopResult:
+    """A proxy of this config stopped: what that means for the pod (README, "Stopping the proxy").
+
+    A lease the proxy opened by waking the pod ends with the idle action, because the proxy was what would
+    have noticed the pod going idle. A lease `rpm start` opened stays: the pod keeps to its limits (the
+    watchdog from cron enforces idle stop and the deadline), and the result says until when.
+    """
+    with lc.transaction(lc.config.startup.lock_wait_seconds) as state:
+        record = state.record(lc.name)
+        lc.check_world(record)
+        lease, pod_id = record.lease, record.pod_id
+        if lease is not None and lease.opened_by == "wake" and pod_id is not None:
+            record.lease, record.last_lease_end_reason = None, "the proxy that woke the pod stopped"
+            record.lease_end_action = lc.config.limits.idle_action
+            ends = [a for a in lc.run_pass(state, Options(), dry_run=False).applied if a.action.kind in policy.ENDS]
+            return ProxyStopResult(pod_id=pod_id, ended=[a for a in ends if a.ok],
+                                   failed=[a for a in ends if not a.ok], kept_until=None, idle_ends_at=None,
+                                   stopped_by=stopped_by)
+    if lease is not None and pod_id is not None:
+        view = policy.limit_view(lc.clock(), lc.config, record, policy.activity_of(record))
+        return ProxyStopResult(pod_id=pod_id, ended=[], failed=[], kept_until=view.deadline,
+                               idle_ends_at=view.idle_ends_at, stopped_by=stopped_by)
+    return ProxyStopResult(pod_id=None, ended=[], failed=[], kept_until=None, idle_ends_at=None,
+                           stopped_by=stopped_by)
+
+
+
+
+def proxy_base_url(config: Config) -> str:
+    """The OpenAI base URL clients on this machine use: the one derivation shown by start, status and demo."""
+    from runpod_manager.proxy import process
+
+    return f"{process.proxy_url(config)}/v1"
+
+
+def _start_failure(record: PodRecord, outcome: PassOutcome) -> RpmError | None:
+    """Why a start's pass did not give the lease a pod, as the typed error, or None."""
+    alarms = [a for a in outcome.applied if a.action.kind == ActionKind.ALARM]
+    if alarms and record.pod_id is not None and not outcome.replaced:
+        return ResumeRefused(f"could not start the pod: {alarms[0].action.reason}",
+                             hint='set [limits] on_resume_failure = "replace", or `rpm shutdown` and start')
+    if outcome.observe_errors and record.pod_id is None:
+        return outcome.observe_errors[0]
+    for applied in outcome.failures:
+        # A refused resume is not a failure when the pass went on to create a replacement.
+        if (applied.action.kind in policy.STARTS and applied.error is not None
+                and not (outcome.replaced and isinstance(applied.error, ResumeRefused))):
+            return applied.error
+    return None
+
+
+def _retold(error: RpmError, message: str, *, hint: str | None) -> RpmError:
+    """The same failure (same class, so the same exit code) told in the words of the command that met it."""
+    retold = copy.copy(error)
+    retold.message, retold.args, retold.hint = message, (message,), hint
+    return retold
