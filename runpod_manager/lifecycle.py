@@ -143,9 +143,7 @@ class Lifecycle:
         named: tuple[Pod, ...] | None = None
         if record.pod_id is not None:
             try:
-                pod = self.client.get_pod(record.pod_id)
-            except NotFound:
-                pod = None
+                pod = self._get_or_none(record.pod_id)
             except ApiError as exc:
                 observed = False
                 errors.append(exc)
@@ -373,9 +371,7 @@ class Lifecycle:
                 raise NotReady("the pod disappeared while waiting")
             elapsed = self.monotonic() - started
             try:
-                pod: Pod | None = self.client.get_pod(record.pod_id)
-            except NotFound:
-                pod = None
+                pod = self._get_or_none(record.pod_id)
             except ApiError as exc:
                 if progress:
                     progress(Progress(record.pod_id, "unknown", elapsed, attempt, exc.message))
@@ -395,9 +391,7 @@ class Lifecycle:
                 continue
             ready = pod.status == PodStatus.RUNNING and self.probe(self.pod_url(pod.id), record.upstream_key)
             if progress:
-                detail = "model server answering" if ready else (
-                    "waiting for the model server" if pod.status == PodStatus.RUNNING else "")
-                progress(Progress(pod.id, pod.status.value, elapsed, attempt, detail))
+                progress(Progress(pod.id, pod.status.value, elapsed, attempt, _ready_detail(pod, ready)))
             if ready:
                 self._mark_ready(pod)
                 return pod, elapsed
@@ -407,6 +401,13 @@ class Lifecycle:
                                     "`rpm shutdown`")
             self.sleep(startup.poll_interval_seconds)
 
+    def _get_or_none(self, pod_id: str) -> Pod | None:
+        """The pod, or None when RunPod says it does not exist (other API errors raise)."""
+        try:
+            return self.client.get_pod(pod_id)
+        except NotFound:
+            return None
+
     def _mark_ready(self, pod: Pod) -> None:
         with self.transaction(None) as state:
             record = state.record(self.name)
@@ -415,6 +416,12 @@ class Lifecycle:
         self.events.write("ready", config=self.name, pod_id=pod.id)
         if record.replacing_pod_id:
             self.reconcile(wait_seconds=None)  # the replacement is ready: the old pod goes now
+
+
+def _ready_detail(pod: Pod, ready: bool) -> str:
+    if ready:
+        return "model server answering"
+    return "waiting for the model server" if pod.status == PodStatus.RUNNING else ""
 
 
 def _note_pod(record: PodRecord, pod: Pod, now: datetime) -> None:

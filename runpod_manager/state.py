@@ -139,7 +139,7 @@ class Intent:
         return cls(pod_name=str(data["pod_name"]), created_at=created, purpose=str(data.get("purpose", "create")))
 
 
-_TIME_KEYS = ("last_activity_at", "last_observed_at", "last_gpu_busy_at", "spend_accounted_at",
+_TIME_KEYS = ("last_activity_at", "last_gpu_busy_at", "spend_accounted_at",
               "billing_checked_at")
 _USD_KEYS = ("cost_per_hour", "spend_usd", "spend_of_ended_pods_usd", "billed_usd")
 _DAY_KEYS = ("spend_day", "spend_cap_day")
@@ -160,7 +160,6 @@ class PodRecord:
     data_center_id: str | None = None
     cost_per_hour: float = 0.0
     last_status: str | None = None
-    last_observed_at: datetime | None = None
     spend_day: str | None = None  # the local date (YYYY-MM-DD) spend_usd belongs to
     spend_usd: float = 0.0  # spend of the day by pods of this config that are gone (billing of live pods adds)
     spend_cap_day: str | None = None  # the day the cap was hit; start/wake refused until it changes

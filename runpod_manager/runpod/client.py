@@ -271,10 +271,6 @@ class RunPodClient:
         """Stop a pod: the GPU is released, the volume is kept (and still billed)."""
         return self._pod_action(pod_id, "stop")
 
-    def restart_pod(self, pod_id: str) -> Pod:
-        """Restart a running pod's container in place."""
-        return self._pod_action(pod_id, "restart")
-
     def update_pod(
         self,
         pod_id: str,

@@ -227,7 +227,7 @@ def test_get_pod_quotes_the_id(client: RunPodClient, api: responses.RequestsMock
 
 
 @pytest.mark.parametrize(
-    ("method", "action"), [("start_pod", "start"), ("stop_pod", "stop"), ("restart_pod", "restart")]
+    ("method", "action"), [("start_pod", "start"), ("stop_pod", "stop")]
 )
 def test_actions_post_the_action_and_return_the_pod(
     method: str, action: str, client: RunPodClient, api: responses.RequestsMock

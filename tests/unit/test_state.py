@@ -75,7 +75,7 @@ def full_record(name: str = "main") -> PodRecord:
         lease=Lease(opened_at=T0, deadline=T0 + timedelta(hours=4), opened_by="wake"),
         intent=Intent(pod_name=f"rpm-{name}-q9r8", created_at=T0 + timedelta(seconds=1), purpose="replace"),
         last_activity_at=T0 + timedelta(minutes=3), gpu_type_id="NVIDIA L40S", data_center_id="EU-RO-1",
-        cost_per_hour=0.86, last_status="RUNNING", last_observed_at=T0 + timedelta(minutes=4),
+        cost_per_hour=0.86, last_status="RUNNING",
         spend_day="2026-11-23", spend_usd=1.25, spend_cap_day="2026-11-22", replacing_pod_id="pod-old",
         last_action="create", last_reason="wake on request", last_lease_end_reason="idle",
         lease_end_action="stop", proxy_wanted=True, last_gpu_busy_at=T0 - timedelta(minutes=1),
@@ -463,7 +463,7 @@ CORRUPT: dict[str, bytes] = {
     "lease-a-string": b'{"version": 2, "pods": {"main": {"lease": "yes"}}}',
     "lease-no-deadline": b'{"version": 2, "pods": {"main": {"lease": {"opened_at": "2026-11-23T09:30:00Z"}}}}',
     "bad-timestamp": b'{"version": 2, "pods": {"main": {"last_activity_at": "yesterday"}}}',
-    "timestamp-number": b'{"version": 2, "pods": {"main": {"last_observed_at": 1700000000}}}',
+    "timestamp-number": b'{"version": 2, "pods": {"main": {"last_gpu_busy_at": 1700000000}}}',
     "intent-no-name": b'{"version": 2, "pods": {"main": {"intent": {"created_at": "2026-11-23T09:30:00Z"}}}}',
     "bad-number": b'{"version": 2, "pods": {"main": {"cost_per_hour": "cheap"}}}',
     "number-a-list": b'{"version": 2, "pods": {"main": {"spend_usd": [1]}}}',
@@ -593,8 +593,8 @@ IMPOSSIBLE_VALUES = {
     "sweep-past-9999": '{"last_sweep_at_epoch": 1e12}',
     "nan-in-an-unknown-field": '{"from_a_later_patch": NaN}',
     "year-9999": '{"last_activity_at": "9999-12-31T23:59:59Z"}',
-    "year-9999-behind-utc": '{"last_observed_at": "9999-12-31T23:00:00-05:00"}',
-    "year-1-ahead-of-utc": '{"last_observed_at": "0001-01-01T00:00:00+01:00"}',
+    "year-9999-behind-utc": '{"last_gpu_busy_at": "9999-12-31T23:00:00-05:00"}',
+    "year-1-ahead-of-utc": '{"last_gpu_busy_at": "0001-01-01T00:00:00+01:00"}',
     "year-1": '{"spend_accounted_at": "0001-01-01T00:00:00Z"}',
     "lease-deadline-9999": '{"lease": {"opened_at": "2026-11-23T09:30:00Z", "deadline": "9999-12-31T23:59:59Z"}}',
     "lease-ends-before-it-opens": '{"lease": {"opened_at": "2026-11-23T09:30:00Z", '
@@ -652,7 +652,7 @@ def test_a_command_never_acts_on_an_impossible_state(tmp_path: Path, command: st
                                           "[limits]\nmax_daily_spend_usd = 5\n", encoding="utf-8")
     env = {"RPM_HOME": str(home), "RPM_CONFIG": str(home / "pod_config.toml"), "RUNPOD_API_KEY": "sk-x",
            "RUNPOD_API_URL": "http://127.0.0.1:9", "RPM_API_MAX_RETRIES": "0", "RPM_DEBUG": None}
-    for record in ('{"pod_id": "p1", "last_observed_at": "9999-12-31T23:00:00-05:00"}',
+    for record in ('{"pod_id": "p1", "last_gpu_busy_at": "9999-12-31T23:00:00-05:00"}',
                    '{"pod_id": "p1", "spend_usd": NaN, "spend_day": "2026-11-23"}'):
         (home / "state" / "pod_state.json").write_text('{"version": 2, "pods": {"main": ' + record + "}}")
         result = CliRunner().invoke(app, [command], env=env)
