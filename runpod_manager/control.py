@@ -10,7 +10,6 @@ bind first), and a start that fails closes its lease unless its own pod is verif
 
 from __future__ import annotations
 
-import contextlib
 import copy
 from collections.abc import Callable
 from typing import NoReturn
@@ -47,10 +46,11 @@ def start(lc: Lifecycle, *, wait: bool = True, dry_run: bool = False, wait_secon
         record = state.record(lc.name)
         lc.check_world(record)
         had_lease = record.lease is not None
+        prefetched: tuple[Pod | None] | None = None
         if record.lease is None:
-            _open_lease(lc, record, opened_by, dry_run=dry_run)
+            prefetched = _open_lease(lc, record, opened_by, dry_run=dry_run)
         try:
-            outcome = lc.run_pass(state, Options(), dry_run=dry_run, check_ready=True)
+            outcome = lc.run_pass(state, Options(), dry_run=dry_run, check_ready=True, prefetched=prefetched)
         except RpmError as exc:
             if not dry_run:
                 _fail_start(lc, state, record, None, exc)
@@ -62,7 +62,7 @@ def start(lc: Lifecycle, *, wait: bool = True, dry_run: bool = False, wait_secon
     if dry_run:
         return StartResult(pod=pod, record=record, created=False, resumed=False, already_running=had_lease
                            and pod is not None, ready=False, base_url=None, pod_url=None, plan=outcome.plan,
-                           dry_run=True, notices=lc.take_notices())
+                           dry_run=True, notices=lc.store.take_notices())
     if record.pod_id is None:
         raise NotReady("no pod exists for the open lease", hint="see `rpm status` and the event log")
     if progress:
@@ -81,15 +81,19 @@ def start(lc: Lifecycle, *, wait: bool = True, dry_run: bool = False, wait_secon
     return StartResult(pod=pod, record=record, created=outcome.created, resumed=outcome.resumed,
                        already_running=had_lease and not outcome.created and not outcome.resumed
                        and pod is not None, ready=ready, base_url=f"{pod_url}/v1" if pod_url else None,
-                       pod_url=pod_url, plan=outcome.plan, wait_seconds=waited, notices=lc.take_notices())
+                       pod_url=pod_url, plan=outcome.plan, wait_seconds=waited, notices=lc.store.take_notices())
 
-def _open_lease(lc: Lifecycle, record: PodRecord, opened_by: str, *, dry_run: bool) -> None:
+def _open_lease(lc: Lifecycle, record: PodRecord, opened_by: str, *, dry_run: bool) -> tuple[Pod | None] | None:
+    """Open a lease unless a limit refuses it. Observes the pod first, so the refusal sees today's spend; the
+    observation is returned for the pass that follows (one GET, not two)."""
     now = lc.clock()
-    # Observe first, so the refusal sees today's spend.
-    pod = None
+    pod, prefetched = None, None
     if record.pod_id:
-        with contextlib.suppress(ApiError):
-            pod = lc.client.get_pod(record.pod_id)
+        try:
+            pod = lc.get_or_none(record.pod_id)
+            prefetched = (pod,)
+        except ApiError:
+            pass  # the pass will try again and say so
     refusal = policy.start_refusal(now, lc.config, record, lc.spend_today(record, pod, now))
     if refusal:
         raise LimitRefused(refusal)
@@ -98,6 +102,7 @@ def _open_lease(lc: Lifecycle, record: PodRecord, opened_by: str, *, dry_run: bo
     record.last_lease_end_reason = record.lease_end_action = None
     if not dry_run:
         lc.events.write("lease_opened", config=lc.name, deadline=record.lease.deadline, opened_by=opened_by)
+    return prefetched
 
 def _fail_start(lc: Lifecycle, state: State, record: PodRecord, pod: Pod | None, error: RpmError) -> NoReturn:
     """Close the lease of a failed start unless its own pod is verifiably coming up; raise the error
@@ -181,7 +186,7 @@ def shutdown(lc: Lifecycle, *, stop: bool = False, all_pods: bool = False, dry_r
         raise _retold(first, f"could not verify that nothing of config '{lc.name}' runs: {first.message} "
                       f"({known})", hint="the lease is closed; run `rpm shutdown` again when RunPod answers")
     return ShutdownResult(ended=ended, orphans_terminated=orphans, proxies_stopped=stopped, record=record,
-                          dry_run=dry_run, plan=outcome.plan, notices=lc.take_notices())
+                          dry_run=dry_run, plan=outcome.plan, notices=lc.store.take_notices())
 
 def _sweep_all_rpm_pods(lc: Lifecycle, record: PodRecord, *, dry_run: bool) -> list[str]:
     """--all: every rpm- pod of the account that state does not know."""

@@ -137,13 +137,15 @@ class Lifecycle:
     # ------------------------------------------------------------------------------------- observe
 
     def _observe(self, record: PodRecord, now: datetime, *, list_named: bool, resume_refused: bool,
-                 check_ready: bool, errors: list[ApiError]) -> Observation:
+                 check_ready: bool, errors: list[ApiError], prefetched: tuple[Pod | None] | None) -> Observation:
         pod: Pod | None = None
         observed = True
         named: tuple[Pod, ...] | None = None
-        if record.pod_id is not None:
+        if prefetched is not None:
+            pod = prefetched[0]
+        elif record.pod_id is not None:
             try:
-                pod = self._get_or_none(record.pod_id)
+                pod = self.get_or_none(record.pod_id)
             except ApiError as exc:
                 observed = False
                 errors.append(exc)
@@ -200,17 +202,16 @@ class Lifecycle:
                                         sweep=sweep, activity_at=activity_at)
         except LockBusy:
             if wait_seconds == 0:
-                return PassOutcome(busy=True, notices=self.take_notices())
+                return PassOutcome(busy=True, notices=self.store.take_notices())
             raise
-        outcome.notices = self.take_notices()
+        outcome.notices = self.store.take_notices()
         return outcome
 
-    def take_notices(self) -> list[str]:
-        notices, self.store.notices = list(self.store.notices), []
-        return notices
-
     def run_pass(self, state: State, options: Options, *, dry_run: bool, sweep: bool = False,
-                 activity_at: datetime | None = None, check_ready: bool = False) -> PassOutcome:
+                 activity_at: datetime | None = None, check_ready: bool = False,
+                 prefetched: tuple[Pod | None] | None = None) -> PassOutcome:
+        """Observe, plan, apply (a refused resume is planned again as a replacement). `prefetched`: the
+        record's pod as the caller just got it (opening a lease), so the first look costs no second GET."""
         calls_before = self._calls()
         record = state.record(self.name)
         self.check_world(record)
@@ -226,7 +227,8 @@ class Lifecycle:
         for _attempt in range(3):
             observation = self._observe(record, now, list_named=sweep_due, resume_refused=resume_refused,
                                         check_ready=check_ready or record.replacing_pod_id is not None,
-                                        errors=outcome.observe_errors)
+                                        errors=outcome.observe_errors, prefetched=prefetched)
+            prefetched = None
             plan = policy.plan(now, self.config, record, observation, policy.activity_of(record), options)
             outcome.plan = policy.Plan(outcome.plan.actions + plan.actions)
             outcome.pod, outcome.spend_today_usd = observation.pod, observation.spend_today_usd
@@ -371,7 +373,7 @@ class Lifecycle:
                 raise NotReady("the pod disappeared while waiting")
             elapsed = self.monotonic() - started
             try:
-                pod = self._get_or_none(record.pod_id)
+                pod = self.get_or_none(record.pod_id)
             except ApiError as exc:
                 if progress:
                     progress(Progress(record.pod_id, "unknown", elapsed, attempt, exc.message))
@@ -391,7 +393,7 @@ class Lifecycle:
                 continue
             ready = pod.status == PodStatus.RUNNING and self.probe(self.pod_url(pod.id), record.upstream_key)
             if progress:
-                progress(Progress(pod.id, pod.status.value, elapsed, attempt, _ready_detail(pod, ready)))
+                progress(Progress.of_pod(pod, elapsed, attempt, ready=ready))
             if ready:
                 self._mark_ready(pod)
                 return pod, elapsed
@@ -401,7 +403,7 @@ class Lifecycle:
                                     "`rpm shutdown`")
             self.sleep(startup.poll_interval_seconds)
 
-    def _get_or_none(self, pod_id: str) -> Pod | None:
+    def get_or_none(self, pod_id: str) -> Pod | None:
         """The pod, or None when RunPod says it does not exist (other API errors raise)."""
         try:
             return self.client.get_pod(pod_id)
@@ -416,12 +418,6 @@ class Lifecycle:
         self.events.write("ready", config=self.name, pod_id=pod.id)
         if record.replacing_pod_id:
             self.reconcile(wait_seconds=None)  # the replacement is ready: the old pod goes now
-
-
-def _ready_detail(pod: Pod, ready: bool) -> str:
-    if ready:
-        return "model server answering"
-    return "waiting for the model server" if pod.status == PodStatus.RUNNING else ""
 
 
 def _note_pod(record: PodRecord, pod: Pod, now: datetime) -> None:

@@ -26,6 +26,12 @@ class Progress:
     attempt: int
     detail: str = ""
 
+    @classmethod
+    def of_pod(cls, pod: Pod, elapsed_seconds: float, attempt: int, *, ready: bool) -> Progress:
+        running = pod.status.value == "RUNNING"
+        detail = "model server answering" if ready else "waiting for the model server" if running else ""
+        return cls(pod.id, pod.status.value, elapsed_seconds, attempt, detail)
+
 
 @dataclass
 class AppliedAction:

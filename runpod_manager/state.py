@@ -348,6 +348,11 @@ class StateStore:
     def path(self) -> Path:
         return self.paths.state_file
 
+    def take_notices(self) -> list[str]:
+        """The notices gathered so far (a corrupt file moved aside...), handed over once to the renderer."""
+        notices, self.notices = self.notices, []
+        return notices
+
     @contextlib.contextmanager
     def lock(self, *, wait_seconds: float | None = 10.0) -> Iterator[None]:
         """Hold the state lock. wait_seconds=0 tries once (cron); None waits forever."""

@@ -51,5 +51,5 @@ def build_status(lifecycle: Lifecycle) -> StatusResult:
         pod_url=lifecycle.pod_url(record.pod_id) if record.pod_id else None,
         max_daily_spend_usd=config.limits.max_daily_spend_usd, idle_seconds=idle,
         ready=record.ready and (pod is None or pod.status_text == "RUNNING"),
-        notices=lifecycle.take_notices(),
+        notices=lifecycle.store.take_notices(),
     )
