@@ -902,8 +902,7 @@ def test_a_quiet_pass_costs_one_api_call_one_lock_one_load_one_save(rig: Rig) ->
     assert result.plan.empty and not result.busy
     assert rig.fake.history == [("get", pod_id)]
     assert result.api_calls == 1 and rig.fake.calls == 1
-    # Today: 1 lock, 1 load, 1 save (the save happens although nothing changed but the spend bookkeeping).
-    # Target after the refactor: one lock, one load, at most one save.
+    # One lock, one load, one save (the spend ledger's accounting time moves every pass).
     assert (use.locks, use.loads, use.saves) == (1, 1, 1)
 
 
@@ -920,6 +919,35 @@ def test_a_start_that_creates_costs_three_api_calls_two_locks_three_loads_three_
     #   loads: the transaction; wait_ready's poll; marking ready.
     #   saves: the intent before the create call (with the new lease); the transaction's end; ready.
     assert (use.locks, use.loads, use.saves) == (2, 3, 3)
+
+
+def test_a_start_that_resumes_costs_three_api_calls_two_locks_three_loads_four_saves(rig: Rig) -> None:
+    pod_id = rig.started()
+    control.shutdown(rig.lifecycle, stop=True)
+    rig.fake.reset_history()
+    use = count_store_use(rig.lifecycle.store)
+
+    result = control.start(rig.lifecycle)
+
+    assert result.resumed and result.ready
+    assert rig.fake.history == [("get", pod_id), ("start", pod_id), ("get", pod_id)]
+    #   saves: the write-ahead before the resume call; the transaction's end; ready.
+    assert (use.locks, use.loads, use.saves) == (2, 3, 3)
+
+
+def test_a_wake_costs_what_a_start_does_plus_one_look_at_the_target(rig: Rig) -> None:
+    rig.started()
+    control.shutdown(rig.lifecycle, stop=True)
+    rig.fake.reset_history()
+    controller = LifecycleProxyController(rig.lifecycle)
+    use = count_store_use(controller._waker.store)  # the bridge's own lifecycle does the wake
+    target_loads = count_store_use(rig.lifecycle.store)
+
+    controller.wake()
+
+    assert rig.fake.verbs() == ["get", "start", "get"]
+    assert (use.locks, use.loads, use.saves) == (2, 3, 3)
+    assert (target_loads.locks, target_loads.loads, target_loads.saves) == (0, 1, 0)
 
 
 # -------------------------------------------------------------------------------------------- status
