@@ -20,6 +20,7 @@ import contextlib
 import hmac
 import json
 import logging
+import os
 import sys
 import time
 from collections.abc import Awaitable, Callable
@@ -617,6 +618,10 @@ async def handle_health(request: web.Request) -> web.Response:
                   "wake_on_request": gate.wake_on_request, "last_wake_error": gate.last_wake_error},
         "pod": {"pod_id": view.pod_id, "status": view.status, "ready": view.ready,
                 "lease_open": view.lease_open},
+        # Who answers: `rpm start` tells its own proxy (same state directory and config) from a foreign
+        # program on the port. Served without a key like the rest of /health; none of it is a secret.
+        "instance": {"pid": os.getpid(), "state_dir": str(state.paths.state_dir),
+                     "config_name": state.config.pod.name},
     })
 
 

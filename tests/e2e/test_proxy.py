@@ -729,6 +729,9 @@ def test_health_ready_metrics_dashboard_and_no_secrets(upstream: FakeUpstream, p
         assert health.status_code == 200
         assert health.json()["pod"] == {"pod_id": "pod-fake", "status": "RUNNING", "ready": True,
                                         "lease_open": True}
+        # Who this proxy is, so `rpm start` can tell its own proxy from a foreign program on the port.
+        assert health.json()["instance"] == {"pid": os.getpid(), "state_dir": str(paths.state_dir),
+                                             "config_name": config.pod.name}
         assert requests.get(f"{proxy.url}/ready", timeout=READ_TIMEOUT).json()["ready"] is True
 
         metrics = requests.get(f"{proxy.url}/metrics", headers=good, timeout=READ_TIMEOUT)

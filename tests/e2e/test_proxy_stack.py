@@ -115,6 +115,7 @@ def test_start_serves_the_sdk_and_shutdown_stops_proxy_and_pod(rpm: Rpm, proxy_p
     health = requests.get(f"http://127.0.0.1:{proxy_port}/health", timeout=5)
     assert health.status_code == 200
     assert health.json()["pod"] == {"pod_id": pod_id, "status": "RUNNING", "ready": True, "lease_open": True}
+    assert health.json()["instance"] == {"pid": pid, "state_dir": str(rpm.home / "state"), "config_name": "e2e"}
 
     chunks = list(sdk(proxy_port).chat.completions.create(
         model=MODEL, messages=chat(), max_tokens=12, stream=True, stream_options={"include_usage": True}))
