@@ -36,6 +36,7 @@ _NAME_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,39}$")
 _CUTOFF_RE = re.compile(r"^(\d{1,2}):(\d{2})(?::(\d{2}))?$")
 _CUDA_RE = re.compile(r"^\d+\.\d+$")
 _PORT_RE = re.compile(r"^\d{1,5}/(http|tcp)$")
+_ORIGIN_RE = re.compile(r"^(\*|[a-z][a-z0-9+.-]*://[^/\s]+)$")  # scheme://host[:port], as browsers send it
 
 
 def _meta(doc: str, **rules: Any) -> dict[str, Any]:
@@ -135,6 +136,10 @@ class ProxyConfig:
     ssl_key: str = field(default="", metadata=_meta("PEM private key path (use_https)."))
     api_keys: tuple[str, ...] = field(default=(), repr=False, metadata=_meta(
         "Keys clients must send as Bearer tokens; empty allows anyone on a loopback bind.", sensitive=True))
+    cors_allow_origins: tuple[str, ...] = field(default=(), metadata=_meta(
+        "Web page origins (e.g. \"http://localhost:3000\", or \"*\" for any) allowed to call the proxy from a "
+        "browser; empty refuses every web page, so no site you visit can spend GPU time through it.",
+        pattern=_ORIGIN_RE))
     wake_on_request: bool = field(default=True, metadata=_meta("Start the pod when a request arrives."))
     max_queue_size: int = field(default=64, metadata=_meta(
         "Requests that may wait for a wake at once.", minimum=1))

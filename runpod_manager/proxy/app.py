@@ -2,7 +2,9 @@
 
 Routes: `/v1/*` is forwarded to the pod (through the cache and the wake gate); `/health`, `/ready`,
 `/metrics`, `/dashboard` and (with `enable_profiling`) `/debug/cache` are the proxy's own. Everything
-else is a 404 in the OpenAI error shape.
+else is a 404 in the OpenAI error shape. What the proxy can answer truthfully without the pod it answers
+itself, so nothing wakes a GPU for it: model lists, unknown model names, wrong methods, CORS preflights,
+and requests from web pages that [proxy] cors_allow_origins does not allow.
 
 A request to a known pod takes no thread hop: the target is a cached attribute of the gate (refreshed
 by the reconcile loop, wakes and the slow path), the body is parsed once and forwarded as received,
@@ -53,6 +55,7 @@ from runpod_manager.proxy.forward import (
     is_json_content_type,
     normalize_upstream_error,
     relay_events,
+    served_model_names,
     upstream_request_headers,
 )
 from runpod_manager.proxy.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
@@ -69,6 +72,10 @@ _BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
 _CLIENT_GONE = 499  # nginx's convention for "client closed the request", used in logs and metrics only
 _SSE_HEADERS = {"Content-Type": "text/event-stream; charset=utf-8", "Cache-Control": "no-cache",
                 "X-Accel-Buffering": "no"}
+_ALLOWED_METHODS = "GET, POST, OPTIONS"
+# Headers a page of an allowed origin may read: the SDKs' retry hints and what rpm adds.
+_EXPOSED_HEADERS = "Retry-After, retry-after-ms, x-should-retry, X-RPM-Cache, X-RPM-Cold-Start, X-RPM-Models"
+_OTHER_SITE = frozenset({"cross-site", "same-site"})  # Sec-Fetch-Site values of requests another page caused
 
 
 class Exchange:
@@ -125,11 +132,32 @@ class ProxyState:
         self.view = PodView()
         self.last_request_at: float | None = None  # unix time of the last authenticated /v1 request (not model lists)
         self.models_body: bytes | None = None  # the pod's last GET /v1/models answer
+        # Names a request may use without waking the pod for a 404: the config's (None: it cannot say)
+        # plus the ids of the pod's last model list (LoRA adapters loaded at run time).
+        pod = config.pod
+        self.served_models = served_model_names(pod.model, pod.args, pod.extra_args)
+        if pod.env.get("VLLM_ALLOW_RUNTIME_LORA_UPDATING", "").lower() in ("1", "true"):
+            self.served_models = None  # adapters come and go at run time: only the pod knows
+        self.pod_model_ids: frozenset[str] = frozenset()
+        self.cors_allow_origins = frozenset(origin.rstrip("/") for origin in proxy.cors_allow_origins)
         self.active_requests = 0  # /v1 requests under way that count as activity (waiting, streaming)
         self.reconcile_task: asyncio.Task[None] | None = None
         self.closing = False
         self.in_flight = 0  # read by the in-flight gauge at scrape time (no lock per request)
         self.metrics.in_flight.set_function(lambda: self.in_flight)
+
+    def origin_allowed(self, origin: str) -> bool:
+        return origin in self.cors_allow_origins or "*" in self.cors_allow_origins
+
+    def knows_model(self, name: str) -> bool:
+        return self.served_models is None or name in self.served_models or name in self.pod_model_ids
+
+    def remember_models(self, body: bytes) -> None:
+        """The pod's own GET /v1/models answer: what to list while it sleeps, and names it serves."""
+        self.models_body = body
+        with contextlib.suppress(ValueError, TypeError, AttributeError):
+            self.pod_model_ids = frozenset(entry["id"] for entry in json.loads(body)["data"]
+                                           if isinstance(entry.get("id"), str))
 
     def _publish_cache_stats(self, stats: CacheStats) -> None:
         # Called on the cache's writer thread; gauges are thread-safe and the tuple swap is atomic.
@@ -225,12 +253,19 @@ def _make_middleware(state: ProxyState) -> Callable[..., Awaitable[web.StreamRes
         status = 500
         state.in_flight += 1
         try:
-            if state.api_keys and path.startswith(_PROTECTED_PREFIXES) and not _authorized(
-                    request.headers.get("Authorization"), state.api_keys):
-                raise ProxyError(401, "missing or invalid API key: send one of the keys in [proxy] api_keys "
-                                 "as `Authorization: Bearer <key>`", code="invalid_api_key",
-                                 should_retry=False)
-            response = await handler(request)
+            headers = request.headers
+            local = None
+            if request.method == "OPTIONS" or "Origin" in headers or "Sec-Fetch-Site" in headers:
+                local = _cross_origin(request, state)  # raises ProxyError for a page that is refused
+            if local is not None:
+                response = local
+            else:
+                if state.api_keys and path.startswith(_PROTECTED_PREFIXES) and not _authorized(
+                        headers.get("Authorization"), state.api_keys):
+                    raise ProxyError(401, "missing or invalid API key: send one of the keys in [proxy] "
+                                     "api_keys as `Authorization: Bearer <key>`", code="invalid_api_key",
+                                     should_retry=False)
+                response = await handler(request)
         except ProxyError as exc:
             exchange.error_code = exc.code
             response = exc.response()
@@ -239,7 +274,8 @@ def _make_middleware(state: ProxyState) -> Callable[..., Awaitable[web.StreamRes
                 raise
             error = _http_exception_error(exc, request, state)
             exchange.error_code = error.code
-            response = error.response()
+            allow = exc.headers.get("Allow")
+            response = error.response(None if allow is None else {"Allow": allow})
         except asyncio.CancelledError:
             status = _CLIENT_GONE
             raise
@@ -261,6 +297,49 @@ def _make_middleware(state: ProxyState) -> Callable[..., Awaitable[web.StreamRes
         return response
 
     return middleware
+
+
+def _cross_origin(request: web.Request, state: ProxyState) -> web.Response | None:
+    """Preflights and requests caused by web pages: the preflight's answer, None to let the request
+    through, or ProxyError(403) for a page that may not use the proxy.
+
+    A page on any site can make the browser send requests to 127.0.0.1 — with CORS, or without asking
+    (a form, an image: `no-cors`), which the server still executes. So /v1 (what costs GPU time) refuses
+    every page whose origin is not in [proxy] cors_allow_origins, and preflights are answered here:
+    one never reaches, or wakes, the pod.
+    """
+    headers = request.headers
+    origin = headers.get("Origin")
+    allowed = origin is not None and state.origin_allowed(origin)
+    if request.method == "OPTIONS":
+        if origin is None:  # not a preflight: say what the proxy takes
+            return web.Response(status=204, headers={"Allow": _ALLOWED_METHODS})
+        if allowed:
+            answer = {"Access-Control-Allow-Origin": origin, "Vary": "Origin",
+                      "Access-Control-Allow-Methods": _ALLOWED_METHODS, "Access-Control-Max-Age": "600"}
+            wanted = headers.get("Access-Control-Request-Headers")
+            if wanted:
+                answer["Access-Control-Allow-Headers"] = wanted
+            if headers.get("Access-Control-Request-Private-Network") == "true":  # Chrome, page → localhost
+                answer["Access-Control-Allow-Private-Network"] = "true"
+            return web.Response(status=204, headers=answer)
+    elif allowed or not request.path.startswith("/v1/") or (
+            origin is None and headers.get("Sec-Fetch-Site") not in _OTHER_SITE):
+        return None
+    shown = origin if origin is not None else "another site (Sec-Fetch-Site: cross-site)"
+    raise ProxyError(403, f"requests from web pages of {shown} are refused: add the origin to [proxy] "
+                      "cors_allow_origins in pod_config.toml to let that page use the proxy",
+                      code="origin_not_allowed", should_retry=False)
+
+
+async def _add_cors_headers(request: web.Request, response: web.StreamResponse) -> None:
+    """on_response_prepare (registered only when cors_allow_origins is set): CORS headers for allowed pages."""
+    origin = request.headers.get("Origin")
+    if origin is not None and request.app[STATE].origin_allowed(origin):
+        headers = response.headers
+        headers["Access-Control-Allow-Origin"] = origin  # replaces the pod's own (vLLM allows "*")
+        headers["Access-Control-Expose-Headers"] = _EXPOSED_HEADERS
+        headers.add("Vary", "Origin")
 
 
 def _finish(state: ProxyState, request: web.Request, exchange: Exchange, status: int, started: float) -> None:
@@ -305,12 +384,13 @@ async def _read_body(request: web.Request, state: ProxyState) -> bytes:
 
 async def handle_v1(request: web.Request) -> web.StreamResponse:
     state = request.app[STATE]
-    if request.method == "GET" and request.path == MODELS_PATH:
-        # Editors list models on start-up and on a timer: that is neither work (it must not hold off idle
-        # stop) nor a reason to boot a GPU, so while the pod sleeps the proxy answers it itself.
-        if state.gate.target is None:
-            return _local_models(state, request[EXCHANGE])
-        return await _handle_v1(request, state)
+    method = request.method
+    if method in ("GET", "HEAD") and request.path.startswith(MODELS_PATH):
+        path = request.path
+        if path == MODELS_PATH:
+            return await _handle_models(request, state)
+        if path[len(MODELS_PATH)] == "/":
+            return _local_model(state, request[EXCHANGE], path[len(MODELS_PATH) + 1:])
     # A request is activity from its arrival to its end: one waiting for a wake, or a stream longer
     # than idle_timeout_seconds, must not let the idle rule stop the pod under it.
     state.active_requests += 1
@@ -326,6 +406,8 @@ async def _handle_v1(request: web.Request, state: ProxyState) -> web.StreamRespo
     exchange = request[EXCHANGE]
     method = request.method
     path = request.path
+    if method != "POST" and path in JSON_ROUTES:  # vLLM's answer too, but it would cost a wake to hear it
+        raise web.HTTPMethodNotAllowed(method, ["POST"])
     body: bytes | None = None
     facts: RequestFacts = NO_BODY
     if method in _BODY_METHODS:
@@ -340,6 +422,8 @@ async def _handle_v1(request: web.Request, state: ProxyState) -> web.StreamRespo
                              f"(got {content_type or 'none'!r})", code="unsupported_media_type")
     elif request.body_exists:
         body = await _read_body(request, state)
+    if facts.model is not None:
+        _refuse_unknown_model(state, facts)
     if facts.has_suffix and path == "/v1/completions":
         template = state.config.proxy.fim_template
         if not template:
@@ -404,18 +488,83 @@ async def _pod_went_away(state: ProxyState) -> bool:
     return not view.lease_open or view.status != "RUNNING"
 
 
-def _local_models(state: ProxyState, exchange: Exchange) -> web.Response:
-    """GET /v1/models without the pod: the pod's last answer, else the configured model in vLLM's shape."""
-    exchange.cache = "local"
+def _refuse_unknown_model(state: ProxyState, facts: RequestFacts) -> None:
+    """A model the pod does not serve is answered here, whether the pod runs or sleeps: waking a GPU to
+    hear vLLM's 404 is money for nothing, and a stream would get it inside a `data:` event after its 200."""
+    model = facts.model
+    if isinstance(model, str) and (not model or state.knows_model(model)):  # "": vLLM uses its default
+        return
+    if not isinstance(model, str):
+        raise ProxyError(400, "model must be a string", code="invalid_model", param="model")
+    served = ", ".join(dict.fromkeys([*(state.served_models or ()), *sorted(state.pod_model_ids)]))
+    # OpenAI's own shape for this case (type invalid_request_error, code model_not_found), as a plain HTTP
+    # answer: no wake has started, so even a stream has not committed its 200 yet.
+    raise ProxyError(404, f"the model {model!r} is not served here: the pod serves {served} ([pod] model in "
+                     "pod_config.toml); no pod was started for this request", code="model_not_found",
+                     error_type="invalid_request_error", param="model", should_retry=False)
+
+
+async def _handle_models(request: web.Request, state: ProxyState) -> web.StreamResponse:
+    """GET /v1/models: the pod's answer while it runs, else the proxy's own; never a wake, never activity.
+
+    Editors list models on start-up and on a timer: that is neither work (it must not hold off idle stop)
+    nor a reason to boot a GPU. A target can be stale (the pod stopped outside rpm since the last
+    reconcile): a pod that does not answer costs one attempt, then the local answer, which is as good.
+    """
+    exchange = request[EXCHANGE]
+    target = state.gate.target
+    if target is None:
+        return _local_models(state, exchange)
+    exchange.cache = "bypass"
+    state.metrics.count_cache("bypass")
+    try:
+        response = await _forward(request, state, exchange, target, None, NO_BODY, None, None, max_retries=0)
+    except ProxyError as exc:
+        response = exc.response()
+    if response.status < 300 or response.status in (401, 403):  # a wrong upstream key must still be told
+        return response
+    log.info("the pod did not list its models (HTTP %d); the proxy answers for it", response.status)
+    exchange.error_code = None
+    return _local_models(state, exchange)
+
+
+def _models_document(state: ProxyState) -> tuple[dict[str, Any], str]:
+    """The model list to answer with while the pod cannot: its last answer, else the config's names."""
     if state.models_body is not None:
+        with contextlib.suppress(ValueError):
+            document = json.loads(state.models_body)
+            if isinstance(document, dict) and isinstance(document.get("data"), list):
+                return document, "remembered"
+    pod = state.config.pod
+    names = state.served_models or (pod.model,)
+    created = int(time.time())
+    entries = [{"id": name, "object": "model", "created": created, "owned_by": "vllm", "root": pod.model,
+                "parent": None, "max_model_len": pod.max_model_len or None, "permission": []}
+               for name in names]
+    return {"object": "list", "data": entries}, "config"
+
+
+def _local_models(state: ProxyState, exchange: Exchange) -> web.Response:
+    exchange.cache = "local"
+    if state.models_body is not None:  # the pod's own bytes, exactly
         body, source = state.models_body, "remembered"
     else:
-        model = state.config.pod.model
-        entry = {"id": model, "object": "model", "created": int(time.time()), "owned_by": "vllm", "root": model,
-                 "parent": None, "max_model_len": state.config.pod.max_model_len or None, "permission": []}
-        body, source = json.dumps({"object": "list", "data": [entry]}).encode(), "config"
+        document, source = _models_document(state)
+        body = json.dumps(document).encode()
     return web.Response(body=body, content_type="application/json",
                         headers={"X-RPM-Cache": "bypass", "X-RPM-Models": source})
+
+
+def _local_model(state: ProxyState, exchange: Exchange, model_id: str) -> web.Response:
+    """GET /v1/models/{id} (the SDKs' models.retrieve), from the same list: vLLM has no such route."""
+    exchange.cache = "local"
+    document, source = _models_document(state)
+    for entry in document["data"]:
+        if isinstance(entry, dict) and entry.get("id") == model_id:
+            return web.Response(body=json.dumps(entry).encode(), content_type="application/json",
+                                headers={"X-RPM-Cache": "bypass", "X-RPM-Models": source})
+    raise ProxyError(404, f"the model {model_id!r} is not served here", code="model_not_found",
+                     error_type="invalid_request_error", param="model", should_retry=False)
 
 
 def _extra_headers(exchange: Exchange) -> dict[str, str]:
@@ -491,6 +640,7 @@ async def _forward(
     committed: web.StreamResponse | None,
     *,
     rewake: bool = False,
+    max_retries: int | None = None,
 ) -> web.StreamResponse:
     """Send to the pod and relay its answer. With `rewake`, a failure because the pod is no longer running
     raises _PodWentAway instead of answering (nothing has reached the client yet)."""
@@ -501,7 +651,8 @@ async def _forward(
     headers = upstream_request_headers(request.headers.items(), target.upstream_key)
     try:
         reply = await upstream.open(target, request.method, request.raw_path, headers, body,
-                                    on_retry=lambda attempt, why: metrics.upstream_retries.inc())
+                                    on_retry=lambda attempt, why: metrics.upstream_retries.inc(),
+                                    max_retries=max_retries)
     except UpstreamUnreachable as exc:
         exchange.error_code = exc.code
         await state.mark_unreachable(target)
@@ -548,7 +699,7 @@ async def _forward(
             out_headers["Content-Type"] = content_type
         out_headers.update(_extra_headers(exchange))
         if status == 200 and request.method == "GET" and request.path == MODELS_PATH:
-            state.models_body = data  # what to answer while the pod sleeps
+            state.remember_models(data)
         if key is not None and status == 200 and is_json_content_type(content_type) and state.cache:
             state.cache.put_later(key, CachedResponse(content_type=content_type, body=data))
         return web.Response(status=status, body=data, headers=out_headers)
@@ -770,6 +921,8 @@ def build_app(
                        queue_full_retry_after_seconds=queue_full_retry_after_seconds, cache_clock=cache_clock)
     app = web.Application(client_max_size=config.proxy.max_body_bytes, middlewares=[_make_middleware(state)])
     app[STATE] = state
+    if state.cors_allow_origins:  # no per-response hook at all unless pages are allowed
+        app.on_response_prepare.append(_add_cors_headers)
     app.router.add_route("*", "/v1/{tail:.*}", handle_v1)
     app.router.add_get("/health", handle_health)
     app.router.add_get("/ready", handle_ready)

@@ -18,6 +18,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -423,15 +424,14 @@ def test_streaming_wake_failure_ends_with_error_event_and_done(upstream: FakeUps
 def test_streaming_wake_then_upstream_error_becomes_error_event(upstream: FakeUpstream, paths: Paths) -> None:
     controller = FakeController(None, wake_target=upstream.target(), hold_wake=True)
     with running_proxy(make_config(), controller, paths, keepalive_interval_seconds=0.05) as proxy:
-        response = requests.post(f"{proxy.url}/v1/chat/completions",
-                                 json={**chat(stream=True), "model": "no/such-model"}, stream=True,
-                                 timeout=READ_TIMEOUT)
+        response = requests.post(f"{proxy.url}/v1/chat/completions", json=chat(stream=True, max_tokens=0),
+                                 stream=True, timeout=READ_TIMEOUT)
         chunks = sse_chunks(response)
         next(chunks)
         controller.release_wake.set()
         events = [event for event in events_of(list(chunks)) if event.startswith(b"data:")]
     assert events[-1] == b"data: [DONE]\n\n"
-    assert "does not exist" in json.loads(events[-2][len(b"data: "):])["error"]["message"]
+    assert "max_tokens must be at least 1" in json.loads(events[-2][len(b"data: "):])["error"]["message"]
 
 
 def test_quick_wake_for_a_stream_answers_plain_http_errors(paths: Paths) -> None:
@@ -441,6 +441,166 @@ def test_quick_wake_for_a_stream_answers_plain_http_errors(paths: Paths) -> None
                                  timeout=READ_TIMEOUT)
     assert response.status_code == 503
     assert "daily cutoff" in error_of(response)["message"]
+
+
+# ------------------------------------------------------------------------- answered without the pod
+
+
+def _must_not_wake(target: UpstreamTarget | None = None, **view: Any) -> FakeController:
+    """A controller whose wake fails the test's expectations loudly (and counts)."""
+    pod_view = PodView(**view) if view else None
+    return FakeController(target, wake_error=RpmError("this request must not wake the pod"), view=pod_view)
+
+
+def test_model_list_with_a_stale_target_is_answered_locally_and_never_wakes(upstream: FakeUpstream,
+                                                                            paths: Paths) -> None:
+    """The pod was stopped outside rpm between two reconciles: the proxy still holds its target. Listing
+    models must neither wake it nor fail: the proxy answers with the pod's last list."""
+    stopped = {"pod_id": "pod-fake", "status": "EXITED", "ready": False, "lease_open": False}
+    controller = _must_not_wake(upstream.target(), **stopped)
+    with running_proxy(make_config(reconcile_interval_seconds=3600), controller, paths) as proxy:
+        url = f"{proxy.url}/v1/models"
+        awake = requests.get(url, timeout=READ_TIMEOUT)
+        assert awake.status_code == 200 and "X-RPM-Models" not in awake.headers
+        upstream.fail_next(10, 502)  # what RunPod's proxy answers for a stopped pod
+        for _ in range(2):
+            stale = requests.get(url, timeout=READ_TIMEOUT)
+            assert stale.status_code == 200, stale.text
+            assert stale.headers["X-RPM-Models"] == "remembered"
+            assert stale.json() == awake.json()
+        assert len(upstream.requests) <= 3  # one attempt each, no retries: the local answer is as good
+    assert controller.wake_calls == 0
+
+    # Connection refused (nothing listens any more), and a proxy that never saw the pod's own list.
+    dead = UpstreamTarget("pod-dead", f"http://127.0.0.1:{free_port()}", "k")
+    controller = _must_not_wake(dead, **stopped)
+    with running_proxy(make_config(reconcile_interval_seconds=3600), controller, paths) as proxy:
+        listed = requests.get(f"{proxy.url}/v1/models", timeout=READ_TIMEOUT)
+        assert listed.status_code == 200 and listed.headers["X-RPM-Models"] == "config"
+        assert [entry["id"] for entry in listed.json()["data"]] == [MODEL]
+        one = requests.get(f"{proxy.url}/v1/models/{MODEL}", timeout=READ_TIMEOUT)
+        assert one.status_code == 200 and one.json()["id"] == MODEL
+        missing = requests.get(f"{proxy.url}/v1/models/gpt-4o", timeout=READ_TIMEOUT)
+        assert missing.status_code == 404 and error_of(missing)["code"] == "model_not_found"
+    assert controller.wake_calls == 0
+
+
+def test_unknown_model_is_a_plain_404_naming_the_served_model_and_never_wakes(upstream: FakeUpstream,
+                                                                             paths: Paths) -> None:
+    controller = _must_not_wake(None)
+    with running_proxy(make_config(), controller, paths, keepalive_interval_seconds=0.01) as proxy:
+        for path, body in (("/v1/chat/completions", chat(stream=True, model="gpt-4o")),
+                           ("/v1/chat/completions", chat(model="gpt-4o")),
+                           ("/v1/completions", {"model": "gpt-4o", "prompt": "x", "stream": True})):
+            response = requests.post(f"{proxy.url}{path}", json=body, timeout=READ_TIMEOUT)
+            assert response.status_code == 404, response.text  # plain HTTP, even for stream=true
+            assert response.headers["Content-Type"].startswith("application/json")
+            error = error_of(response)
+            assert error["code"] == "model_not_found" and error["param"] == "model"
+            assert error["type"] == "invalid_request_error"
+            assert "gpt-4o" in error["message"] and MODEL in error["message"]
+        wrong_type = requests.post(f"{proxy.url}/v1/chat/completions", json=chat(model=42), timeout=READ_TIMEOUT)
+        assert wrong_type.status_code == 400 and error_of(wrong_type)["param"] == "model"
+    assert controller.wake_calls == 0 and upstream.requests == []
+
+
+def test_served_model_name_in_extra_args_is_the_name_the_pod_answers_to(upstream: FakeUpstream,
+                                                                         paths: Paths) -> None:
+    controller = FakeController(None, wake_target=upstream.target())
+    config = make_config(model="org/weights-on-disk", extra_args=f"--served-model-name {MODEL} alias")
+    with running_proxy(config, controller, paths) as proxy:
+        listed = requests.get(f"{proxy.url}/v1/models", timeout=READ_TIMEOUT).json()
+        assert [entry["id"] for entry in listed["data"]] == [MODEL, "alias"]
+        refused = requests.post(f"{proxy.url}/v1/chat/completions", json=chat(model="org/weights-on-disk"),
+                                timeout=READ_TIMEOUT)
+        assert refused.status_code == 404 and controller.wake_calls == 0  # vLLM answers only to served names
+        served = requests.post(f"{proxy.url}/v1/chat/completions", json=chat(), timeout=READ_TIMEOUT)
+        assert served.status_code == 200 and controller.wake_calls == 1
+
+
+def test_names_the_pod_lists_are_served_and_custom_servers_decide_for_themselves(upstream: FakeUpstream,
+                                                                                 paths: Paths) -> None:
+    config = make_config(model="name-in-the-config")  # the pod lists MODEL (a LoRA adapter, say)
+    with running_proxy(config, FakeController(upstream.target()), paths) as proxy:
+        url = f"{proxy.url}/v1/chat/completions"
+        before = requests.post(url, json=chat(stream=True), timeout=READ_TIMEOUT)
+        assert before.status_code == 404 and error_of(before)["code"] == "model_not_found"
+        assert upstream.requests == []  # answered here, the pod running or not
+        assert requests.get(f"{proxy.url}/v1/models", timeout=READ_TIMEOUT).status_code == 200
+        assert requests.post(url, json=chat(stream=True), timeout=READ_TIMEOUT).status_code == 200
+    # Full custom [pod] args that name no model: whatever server runs there decides.
+    config = replace(make_config(), pod=replace(make_config().pod, args="python3 my_server.py --port {port}"))
+    with running_proxy(config, FakeController(upstream.target()), paths) as proxy:
+        custom = requests.post(f"{proxy.url}/v1/chat/completions", json=chat(model="gpt-4o"), timeout=READ_TIMEOUT)
+    assert custom.status_code == 404 and "does not exist" in error_of(custom)["message"]
+
+
+def test_wrong_methods_on_generation_routes_are_answered_locally(upstream: FakeUpstream, paths: Paths) -> None:
+    controller = _must_not_wake(None)
+    with running_proxy(make_config(), controller, paths) as proxy:
+        for method in ("GET", "PUT", "DELETE"):
+            response = requests.request(method, f"{proxy.url}/v1/chat/completions", timeout=READ_TIMEOUT)
+            assert response.status_code == 405, (method, response.text)
+            assert response.headers["Allow"] == "POST"
+            assert error_of(response)["code"] == "method_not_allowed"
+        assert requests.delete(f"{proxy.url}/health", timeout=READ_TIMEOUT).headers["Allow"] == "GET,HEAD"
+    assert controller.wake_calls == 0 and upstream.requests == []
+
+
+def test_preflights_are_answered_locally_and_pages_of_other_sites_are_refused(upstream: FakeUpstream,
+                                                                             paths: Paths) -> None:
+    """A CORS preflight never reaches (or wakes) the pod, and by default no web page may drive the proxy:
+    not with CORS, nor with the `no-cors` requests (forms, images) a page can send without asking."""
+    controller = _must_not_wake(None)
+    page = {"Origin": "https://some-site.example", "Access-Control-Request-Method": "POST",
+            "Access-Control-Request-Headers": "authorization, content-type"}
+    with running_proxy(make_config(), controller, paths) as proxy:
+        url = f"{proxy.url}/v1/chat/completions"
+        preflight = requests.options(url, headers=page, timeout=READ_TIMEOUT)
+        assert preflight.status_code == 403
+        assert "Access-Control-Allow-Origin" not in preflight.headers
+        error = error_of(preflight)
+        assert error["code"] == "origin_not_allowed" and "cors_allow_origins" in error["message"]
+        plain = requests.options(url, timeout=READ_TIMEOUT)  # not a preflight (no Origin): say what is allowed
+        assert plain.status_code == 204 and "POST" in plain.headers["Allow"]
+        from_page = requests.post(url, data="{}", timeout=READ_TIMEOUT,
+                                  headers={"Origin": "https://some-site.example", "Content-Type": "text/plain"})
+        assert from_page.status_code == 403
+        no_cors = requests.get(f"{proxy.url}/v1/anything", headers={"Sec-Fetch-Site": "cross-site"},
+                               timeout=READ_TIMEOUT)  # an <img src> or a link: no Origin header at all
+        assert no_cors.status_code == 403
+        typed = requests.get(f"{proxy.url}/v1/models", headers={"Sec-Fetch-Site": "none"}, timeout=READ_TIMEOUT)
+        assert typed.status_code == 200  # the user typed the address: not another site's doing
+        assert requests.get(f"{proxy.url}/dashboard", headers={"Sec-Fetch-Site": "cross-site"},
+                            timeout=READ_TIMEOUT).status_code == 200  # costs nothing; links may point at it
+    assert controller.wake_calls == 0 and upstream.requests == []
+
+
+def test_allowed_origins_get_cors_answers(upstream: FakeUpstream, paths: Paths) -> None:
+    origin = "http://localhost:3000"
+    config = make_config(cors_allow_origins=(origin,))
+    controller = FakeController(upstream.target())
+    with running_proxy(config, controller, paths) as proxy:
+        url = f"{proxy.url}/v1/chat/completions"
+        preflight = requests.options(url, timeout=READ_TIMEOUT, headers={
+            "Origin": origin, "Access-Control-Request-Method": "POST",
+            "Access-Control-Request-Headers": "authorization, content-type, x-stainless-os",
+            "Access-Control-Request-Private-Network": "true"})
+        assert preflight.status_code == 204
+        assert preflight.headers["Access-Control-Allow-Origin"] == origin
+        assert "POST" in preflight.headers["Access-Control-Allow-Methods"]
+        assert preflight.headers["Access-Control-Allow-Headers"] == "authorization, content-type, x-stainless-os"
+        assert preflight.headers["Access-Control-Allow-Private-Network"] == "true"
+        assert "Origin" in preflight.headers["Vary"]
+        for stream in (False, True):
+            response = requests.post(url, json=chat(stream=stream), headers={"Origin": origin}, timeout=READ_TIMEOUT)
+            assert response.status_code == 200
+            assert response.headers["Access-Control-Allow-Origin"] == origin
+            assert "retry-after-ms" in response.headers["Access-Control-Expose-Headers"]
+        other = requests.post(url, json=chat(), headers={"Origin": "http://localhost:3001"}, timeout=READ_TIMEOUT)
+        assert other.status_code == 403 and "Access-Control-Allow-Origin" not in other.headers
+    assert controller.wake_calls == 0
+    assert len(upstream.requests) == 2  # the preflight never reached the pod
 
 
 # ----------------------------------------------------------------------------------------------- cache
