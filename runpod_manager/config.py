@@ -145,6 +145,10 @@ class ProxyConfig:
         "Requests that may wait for a wake at once.", minimum=1))
     queue_timeout_seconds: float = field(default=900.0, metadata=_meta(
         "Longest a request waits for the pod to wake.", minimum=1))
+    wake_hold_seconds: float = field(default=240.0, metadata=_meta(
+        "Longest a non-streaming request is held while the pod wakes; then it gets 503 + Retry-After and its "
+        "retry joins the same wake. Keep it under 300: Node's fetch drops requests without headers by then.",
+        minimum=1))
     max_retries: int = field(default=3, metadata=_meta(
         "Upstream retries before the first byte reached the client.", minimum=0))
     retry_delay_seconds: float = field(default=1.0, metadata=_meta("Delay between retries.", minimum=0))

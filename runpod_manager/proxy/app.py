@@ -65,6 +65,7 @@ from runpod_manager.proxy.wake import WakeGate
 log = logging.getLogger("runpod_manager.proxy")
 
 SHUTDOWN_GRACE_SECONDS = 10.0  # in-flight streams get this long to finish when the proxy stops
+WAKE_RETRY_AFTER_SECONDS = 1.0  # Retry-After of a request answered 503 while the pod still wakes
 _KNOWN_ROUTES = frozenset({"/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/models",
                            "/health", "/ready", "/metrics", "/dashboard", "/debug/cache"})
 _PROTECTED_PREFIXES = ("/v1/", "/dashboard", "/metrics", "/debug")
@@ -81,9 +82,10 @@ _OTHER_SITE = frozenset({"cross-site", "same-site"})  # Sec-Fetch-Site values of
 class Exchange:
     """What one request did, for its log line and metrics (set by handlers, read by the middleware)."""
 
-    __slots__ = ("cache", "cold_start_seconds", "error_code", "upstream_wait_seconds")
+    __slots__ = ("cache", "cold_start_seconds", "error_code", "started", "upstream_wait_seconds")
 
-    def __init__(self) -> None:
+    def __init__(self, started: float) -> None:
+        self.started = started  # time.perf_counter() when the request reached the middleware
         self.cache = "-"
         self.cold_start_seconds: float | None = None
         self.upstream_wait_seconds = 0.0
@@ -105,6 +107,7 @@ class ProxyState:
         keepalive_interval_seconds: float,
         body_read_timeout_seconds: float,
         queue_full_retry_after_seconds: float,
+        wake_retry_after_seconds: float,
         cache_clock: Callable[[], float],
     ) -> None:
         proxy = config.proxy
@@ -116,7 +119,8 @@ class ProxyState:
             controller, wake_on_request=proxy.wake_on_request, max_queue_size=proxy.max_queue_size,
             queue_timeout_seconds=proxy.queue_timeout_seconds,
             keepalive_interval_seconds=keepalive_interval_seconds,
-            queue_full_retry_after_seconds=queue_full_retry_after_seconds, metrics=self.metrics)
+            queue_full_retry_after_seconds=queue_full_retry_after_seconds,
+            waking_retry_after_seconds=wake_retry_after_seconds, metrics=self.metrics)
         self.body_read_timeout_seconds = body_read_timeout_seconds
         self.api_keys = tuple(key.encode() for key in proxy.api_keys)
         self.cache: ResponseCache | None = None
@@ -247,7 +251,7 @@ def _make_middleware(state: ProxyState) -> Callable[..., Awaitable[web.StreamRes
     async def middleware(request: web.Request,
                          handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> web.StreamResponse:
         started = time.perf_counter()
-        exchange = Exchange()
+        exchange = Exchange(started)
         request[EXCHANGE] = exchange
         path = request.path
         status = 500
@@ -470,7 +474,11 @@ async def _wait_and_forward(request: web.Request, state: ProxyState, exchange: E
                 return wait  # the wake failed after the stream had started; the error event went out
             target, committed = wait
         else:
-            target, waited = await state.gate.wait_for_target()
+            # Answered by wake_hold_seconds after its arrival, whatever it waited on before (a first
+            # attempt at a pod that went away), so the client's 300 s limit is never reached.
+            held_seconds = time.perf_counter() - exchange.started
+            answer_by = asyncio.get_running_loop().time() + state.config.proxy.wake_hold_seconds - held_seconds
+            target, waited = await state.gate.wait_for_target(answer_by=answer_by)
             exchange.cold_start_seconds = waited
     return await _forward(request, state, exchange, target, body, facts, key, committed,
                           rewake=rewake and committed is None)
@@ -909,16 +917,19 @@ def build_app(
     keepalive_interval_seconds: float = 5.0,
     body_read_timeout_seconds: float = 30.0,
     queue_full_retry_after_seconds: float = 5.0,
+    wake_retry_after_seconds: float = WAKE_RETRY_AFTER_SECONDS,
     cache_clock: Callable[[], float] = time.time,
 ) -> web.Application:
     """The proxy application. Serve it with handler_cancellation=True (see the module docstring).
 
     The keyword arguments after `paths` exist for tests: the SSE keep-alive interval during a wake, how
-    long a client may take to send its body, the Retry-After of a full wake queue, and the cache clock.
+    long a client may take to send its body, the Retry-After of a full wake queue and of a request
+    answered while the pod still wakes, and the cache clock.
     """
     state = ProxyState(config, controller, paths, keepalive_interval_seconds=keepalive_interval_seconds,
                        body_read_timeout_seconds=body_read_timeout_seconds,
-                       queue_full_retry_after_seconds=queue_full_retry_after_seconds, cache_clock=cache_clock)
+                       queue_full_retry_after_seconds=queue_full_retry_after_seconds,
+                       wake_retry_after_seconds=wake_retry_after_seconds, cache_clock=cache_clock)
     app = web.Application(client_max_size=config.proxy.max_body_bytes, middlewares=[_make_middleware(state)])
     app[STATE] = state
     if state.cors_allow_origins:  # no per-response hook at all unless pages are allowed

@@ -359,6 +359,47 @@ def test_queue_timeout_answers_504(upstream: FakeUpstream, paths: Paths) -> None
         controller.release_wake.set()
 
 
+def test_a_long_wake_answers_a_plain_request_503_that_its_retry_turns_into_an_answer(upstream: FakeUpstream,
+                                                                                     paths: Paths) -> None:
+    """Node's fetch (openai-node, the ai SDK, Continue, Cline) drops a request whose headers take 300 s. A
+    plain request is answered 503 + Retry-After before that ([proxy] wake_hold_seconds); the wake goes on,
+    and the retry joins it."""
+    controller = FakeController(None, wake_target=upstream.target(), hold_wake=True)
+    config = make_config(wake_hold_seconds=0.3)
+    with running_proxy(config, controller, paths, wake_retry_after_seconds=0.05,
+                       keepalive_interval_seconds=0.05) as proxy:
+        url = f"{proxy.url}/v1/chat/completions"
+        for _ in range(2):
+            waiting = requests.post(url, json=chat(), timeout=READ_TIMEOUT)
+            assert waiting.status_code == 503, waiting.text
+            assert waiting.headers["x-should-retry"] == "true"
+            assert waiting.headers["retry-after-ms"] == "50" and waiting.headers["Retry-After"] == "1"
+            error = error_of(waiting)
+            assert error["code"] == "pod_waking" and "wake_hold_seconds" in error["message"]
+            health = requests.get(f"{proxy.url}/health", timeout=READ_TIMEOUT).json()
+            assert health["proxy"]["waking"] is True  # the wake goes on without the request
+        # A stream is held as long as the wake takes: its keep-alives already committed the headers.
+        stream = requests.post(url, json=chat(stream=True), stream=True, timeout=READ_TIMEOUT)
+        chunks = sse_chunks(stream)
+        assert next(chunks).startswith(b": waking pod")
+        controller.release_wake.set()
+        assert b"data: [DONE]" in b"".join(chunks)
+        served = requests.post(url, json=chat(), timeout=READ_TIMEOUT)
+        assert served.status_code == 200
+    assert controller.wake_calls == 1  # every retry joined the one wake
+
+
+def test_a_queue_timeout_shorter_than_the_hold_still_ends_the_wait(upstream: FakeUpstream, paths: Paths) -> None:
+    controller = FakeController(None, wake_target=upstream.target(), hold_wake=True)
+    try:
+        config = make_config(wake_hold_seconds=30, queue_timeout_seconds=0.3)
+        with running_proxy(config, controller, paths) as proxy:
+            response = requests.post(f"{proxy.url}/v1/chat/completions", json=chat(), timeout=READ_TIMEOUT)
+        assert response.status_code == 504 and error_of(response)["code"] == "queue_timeout"
+    finally:
+        controller.release_wake.set()
+
+
 def test_limit_refused_wake_is_a_503_with_the_reason(upstream: FakeUpstream, paths: Paths) -> None:
     controller = FakeController(None, wake_error=LimitRefused("daily spend cap of $20.00 reached"))
     with running_proxy(make_config(), controller, paths) as proxy:

@@ -209,6 +209,35 @@ def test_wake_on_request_serves_the_sdk_after_the_pod_wakes(pod: EmulatedPod, pa
     assert controller.wake_calls == 2
 
 
+def test_an_sdk_with_default_retries_is_served_after_a_wake_longer_than_the_hold(pod: EmulatedPod,
+                                                                                 paths: Paths) -> None:
+    """The SDK's defaults (2 retries, honouring retry-after-ms) carry a request across a wake longer than
+    [proxy] wake_hold_seconds: each answer is a 503 it retries, and the wake it joins is the same one."""
+    controller = FakeController(None, wake_target=pod.target, hold_wake=True)
+    config = make_config(model=MODEL, wake_hold_seconds=0.3)
+    with running_proxy(config, controller, paths, wake_retry_after_seconds=0.05) as running:
+
+        def statuses() -> list[int]:
+            return [row["status"] for row in requests.get(f"{running.url}/dashboard", timeout=5)
+                    .json()["recent_requests"] if row["path"] == "/v1/chat/completions"]
+
+        def release_after_two_holds() -> None:
+            wait_until(lambda: statuses().count(503) >= 2, timeout=20)
+            controller.release_wake.set()
+
+        releaser = threading.Thread(target=release_after_two_holds)
+        releaser.start()
+        sdk = openai.OpenAI(base_url=f"{running.url}/v1", api_key="unused", timeout=20)  # default retries
+        try:
+            reply = sdk.chat.completions.with_raw_response.create(model=MODEL, messages=MESSAGES, max_tokens=4)
+        finally:
+            controller.release_wake.set()
+            releaser.join(10)
+        assert reply.status_code == 200 and reply.parse().choices[0].message.content
+        assert statuses() == [200, 503, 503]  # newest first: two holds, then the answer
+    assert controller.wake_calls == 1
+
+
 def test_wake_failure_mid_stream_raises_in_the_sdk(paths: Paths) -> None:
     controller = FakeController(None, hold_wake=True, wake_error=RpmError("no capacity for RTX 4090"))
     with running_proxy(make_config(model=MODEL), controller, paths, keepalive_interval_seconds=0.05) as running:

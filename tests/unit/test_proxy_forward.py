@@ -269,3 +269,16 @@ def test_wake_errors_map_to_statuses_with_reasons(exc: BaseException, status: in
         assert exc.message in error.message
     else:
         assert "secret-ish" not in error.message  # unexpected errors show their type, never their text
+
+
+def test_the_default_hold_lets_default_sdk_retries_span_a_ten_minute_wake() -> None:
+    """openai-node, openai-python and the ai SDK retry twice by default and honour Retry-After; Node's
+    fetch drops a request whose headers take 300 s. With the defaults, a wake of 10 minutes loses nothing."""
+    from openai._constants import DEFAULT_MAX_RETRIES
+
+    from runpod_manager.proxy.app import WAKE_RETRY_AFTER_SECONDS
+
+    hold_seconds = ProxyConfig().wake_hold_seconds
+    assert hold_seconds < 300
+    attempts = DEFAULT_MAX_RETRIES + 1
+    assert attempts * hold_seconds + DEFAULT_MAX_RETRIES * WAKE_RETRY_AFTER_SECONDS >= 600
