@@ -47,6 +47,7 @@ from runpod_manager.proxy.forward import (
     SSE_DONE,
     ProxyError,
     RequestFacts,
+    StreamOutcome,
     Upstream,
     UpstreamUnreachable,
     apply_fim_template,
@@ -70,7 +71,9 @@ _KNOWN_ROUTES = frozenset({"/v1/chat/completions", "/v1/completions", "/v1/embed
                            "/health", "/ready", "/metrics", "/dashboard", "/debug/cache"})
 _PROTECTED_PREFIXES = ("/v1/", "/dashboard", "/metrics", "/debug")
 _BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
-_CLIENT_GONE = 499  # nginx's convention for "client closed the request", used in logs and metrics only
+# nginx's convention for "client closed the request", used in logs and metrics only: one status however the
+# client left (waiting for a wake or its body, mid-stream), never the 200 that had started.
+_CLIENT_GONE = 499
 _SSE_HEADERS = {"Content-Type": "text/event-stream; charset=utf-8", "Cache-Control": "no-cache",
                 "X-Accel-Buffering": "no"}
 _ALLOWED_METHODS = "GET, POST, OPTIONS"
@@ -80,15 +83,24 @@ _OTHER_SITE = frozenset({"cross-site", "same-site"})  # Sec-Fetch-Site values of
 
 
 class Exchange:
-    """What one request did, for its log line and metrics (set by handlers, read by the middleware)."""
+    """What one request did, for its log line and metrics (set by handlers, read by the middleware).
 
-    __slots__ = ("cache", "cold_start_seconds", "error_code", "started", "upstream_wait_seconds")
+    The proxy's overhead is the request's duration minus the time it waited on others: on the pod
+    (connect, headers, body, the gaps between streamed events), on a wake, and on the client's body.
+    Each wait is added as it ends, cancellation included, so a request cut short is measured right.
+    """
+
+    __slots__ = ("cache", "client_gone", "client_wait_seconds", "cold_start_seconds", "error_code", "started",
+                 "upstream_wait_seconds", "wake_wait_seconds")
 
     def __init__(self, started: float) -> None:
         self.started = started  # time.perf_counter() when the request reached the middleware
         self.cache = "-"
-        self.cold_start_seconds: float | None = None
+        self.cold_start_seconds: float | None = None  # told to the client (X-RPM-Cold-Start)
         self.upstream_wait_seconds = 0.0
+        self.wake_wait_seconds = 0.0
+        self.client_wait_seconds = 0.0
+        self.client_gone = False  # the client left before its answer ended (logged and counted as 499)
         self.error_code: str | None = None
 
 
@@ -254,7 +266,6 @@ def _make_middleware(state: ProxyState) -> Callable[..., Awaitable[web.StreamRes
         exchange = Exchange(started)
         request[EXCHANGE] = exchange
         path = request.path
-        status = 500
         state.in_flight += 1
         try:
             headers = request.headers
@@ -281,11 +292,15 @@ def _make_middleware(state: ProxyState) -> Callable[..., Awaitable[web.StreamRes
             allow = exc.headers.get("Allow")
             response = error.response(None if allow is None else {"Allow": allow})
         except asyncio.CancelledError:
-            status = _CLIENT_GONE
+            # handler_cancellation: the client's connection closed. Or the proxy stopped and cancelled what
+            # outlived the grace period, the connection still open: that is not the client's doing.
+            stopped = state.closing and request.transport is not None
+            exchange.error_code = "proxy_stopped" if stopped else "client_gone"
+            _finish(state, request, exchange, 503 if stopped else _CLIENT_GONE, started)
             raise
-        except ConnectionResetError:
-            status = _CLIENT_GONE
+        except ConnectionResetError:  # a write to a client that left
             exchange.error_code = "client_gone"
+            _finish(state, request, exchange, _CLIENT_GONE, started)
             raise
         except Exception:
             log.exception("unexpected error answering %s %s", request.method, path)
@@ -294,10 +309,7 @@ def _make_middleware(state: ProxyState) -> Callable[..., Awaitable[web.StreamRes
                                   code="internal_error").response()
         finally:
             state.in_flight -= 1
-            if status == _CLIENT_GONE:
-                _finish(state, request, exchange, status, started)
-        status = response.status
-        _finish(state, request, exchange, status, started)
+        _finish(state, request, exchange, _CLIENT_GONE if exchange.client_gone else response.status, started)
         return response
 
     return middleware
@@ -352,10 +364,9 @@ def _finish(state: ProxyState, request: web.Request, exchange: Exchange, status:
     route = _route_label(path)
     is_v1 = path.startswith("/v1/")
     overhead = None
-    if is_v1 and exchange.cache != "hit":
-        overhead = duration - exchange.upstream_wait_seconds - (exchange.cold_start_seconds or 0.0)
-    elif is_v1:
-        overhead = duration
+    if is_v1:
+        overhead = (duration - exchange.upstream_wait_seconds - exchange.wake_wait_seconds
+                    - exchange.client_wait_seconds)
     state.metrics.observe_request(route, status, duration, overhead)
     if not is_v1:
         return
@@ -378,12 +389,15 @@ async def _read_body(request: web.Request, state: ProxyState) -> bytes:
         raise web.HTTPRequestEntityTooLarge(max_size=state.config.proxy.max_body_bytes, actual_size=length)
     if request.content.is_eof():  # the whole body came with the headers: nothing to time out
         return await request.read()
+    waiting_since = time.perf_counter()
     try:
         async with asyncio.timeout(state.body_read_timeout_seconds):
             return await request.read()
     except TimeoutError:
         raise ProxyError(408, f"the request body did not arrive within {state.body_read_timeout_seconds:g} s",
                          code="request_timeout", should_retry=False) from None
+    finally:  # waiting for the client's bytes is not the proxy's time
+        request[EXCHANGE].client_wait_seconds += time.perf_counter() - waiting_since
 
 
 async def handle_v1(request: web.Request) -> web.StreamResponse:
@@ -468,18 +482,22 @@ async def _wait_and_forward(request: web.Request, state: ProxyState, exchange: E
     target = state.gate.target
     committed: web.StreamResponse | None = None
     if target is None:
-        if facts.stream:
-            wait = await _wait_streaming(request, state, exchange)
-            if isinstance(wait, web.StreamResponse):
-                return wait  # the wake failed after the stream had started; the error event went out
-            target, committed = wait
-        else:
-            # Answered by wake_hold_seconds after its arrival, whatever it waited on before (a first
-            # attempt at a pod that went away), so the client's 300 s limit is never reached.
-            held_seconds = time.perf_counter() - exchange.started
-            answer_by = asyncio.get_running_loop().time() + state.config.proxy.wake_hold_seconds - held_seconds
-            target, waited = await state.gate.wait_for_target(answer_by=answer_by)
-            exchange.cold_start_seconds = waited
+        waiting_since = time.perf_counter()
+        try:
+            if facts.stream:
+                wait = await _wait_streaming(request, state, exchange)
+                if isinstance(wait, web.StreamResponse):
+                    return wait  # the wake failed after the stream had started; the error event went out
+                target, committed = wait
+            else:
+                # Answered by wake_hold_seconds after its arrival, whatever it waited on before (a first
+                # attempt at a pod that went away), so the client's 300 s limit is never reached.
+                held_seconds = waiting_since - exchange.started
+                answer_by = asyncio.get_running_loop().time() + state.config.proxy.wake_hold_seconds - held_seconds
+                target, waited = await state.gate.wait_for_target(answer_by=answer_by)
+                exchange.cold_start_seconds = waited
+        finally:  # whatever the outcome (served, timed out, client gone), the wait was the wake's
+            exchange.wake_wait_seconds += time.perf_counter() - waiting_since
     return await _forward(request, state, exchange, target, body, facts, key, committed,
                           rewake=rewake and committed is None)
 
@@ -657,6 +675,7 @@ async def _forward(
         raise ProxyError(503, "the proxy is shutting down", code="shutting_down", should_retry=True)
     metrics = state.metrics
     headers = upstream_request_headers(request.headers.items(), target.upstream_key)
+    opened_at = time.perf_counter()
     try:
         reply = await upstream.open(target, request.method, request.raw_path, headers, body,
                                     on_retry=lambda attempt, why: metrics.upstream_retries.inc(),
@@ -669,7 +688,8 @@ async def _forward(
         if committed is not None:
             return await _end_committed(committed, json.dumps(exc.document()).encode())
         return exc.response(_extra_headers(exchange))
-    exchange.upstream_wait_seconds += reply.upstream_wait_seconds
+    finally:  # connecting, retrying, waiting for headers: the pod's time, also when it failed or we left
+        exchange.upstream_wait_seconds += time.perf_counter() - opened_at
     metrics.upstream_ttfb.observe(reply.ttfb_seconds)
     response = reply.response
     finished = False
@@ -739,12 +759,15 @@ async def _relay_stream(
     else:
         client = committed
     cache = state.cache
-    outcome = await relay_events(
-        upstream_response, client, keep_events=key is not None and cache is not None,
-        max_kept_bytes=cache.max_bytes if cache is not None else 0,
-        on_event=state.metrics.stream_events.inc)
-    exchange.upstream_wait_seconds += outcome.upstream_wait_seconds
+    outcome = StreamOutcome(events=[] if key is not None and cache is not None else None)
+    try:
+        await relay_events(upstream_response, client, outcome,
+                           max_kept_bytes=cache.max_bytes if cache is not None else 0,
+                           on_event=state.metrics.stream_events.inc)
+    finally:
+        exchange.upstream_wait_seconds += outcome.upstream_wait_seconds
     if outcome.client_gone:
+        exchange.client_gone = True
         exchange.error_code = "client_gone"
         return client, False
     if outcome.upstream_broken:
@@ -754,8 +777,11 @@ async def _relay_stream(
     if key is not None and cache is not None and outcome.cacheable and outcome.events is not None:
         cache.put_later(key, CachedResponse(content_type=client.headers.get("Content-Type", ""),
                                             events=tuple(outcome.events)))
-    with contextlib.suppress(ConnectionResetError):
+    try:
         await client.write_eof()
+    except ConnectionResetError:
+        exchange.client_gone = True
+        exchange.error_code = "client_gone"
     return client, not outcome.upstream_broken
 
 

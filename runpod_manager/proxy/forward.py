@@ -506,8 +506,8 @@ def _describe_connection_error(exc: BaseException) -> str:
 async def relay_events(
     upstream: aiohttp.ClientResponse,
     client: web.StreamResponse,
+    outcome: StreamOutcome,
     *,
-    keep_events: bool,
     max_kept_bytes: int,
     on_event: Callable[[], None] | None = None,
 ) -> StreamOutcome:
@@ -515,9 +515,10 @@ async def relay_events(
 
     Stops at once when the client goes away (the caller closes the upstream connection, which is what
     makes vLLM abort the generation). A stream the pod breaks off ends with an OpenAI-shaped error event
-    and `[DONE]`, so clients report an error instead of a silently short answer.
+    and `[DONE]`, so clients report an error instead of a silently short answer. `outcome` (events kept
+    when its `events` is a list) is filled as the stream goes, so a cancelled relay still tells the
+    caller how long it waited on the pod.
     """
-    outcome = StreamOutcome(events=[] if keep_events else None)
     splitter = SSESplitter()
     kept_bytes = 0
     content = upstream.content
@@ -527,13 +528,13 @@ async def relay_events(
             try:
                 chunk = await content.readany()
             except (TimeoutError, aiohttp.ClientPayloadError, aiohttp.ClientConnectionError) as exc:
-                outcome.upstream_wait_seconds += time.perf_counter() - wait_started
                 outcome.upstream_broken = True
                 await client.write(ProxyError(
                     502, f"the pod's stream broke off ({_describe_connection_error(exc)})",
                     code="upstream_stream_broken").sse_event() + SSE_DONE)
                 return outcome
-            outcome.upstream_wait_seconds += time.perf_counter() - wait_started
+            finally:  # also when cancelled (the client left): the time between events is the pod's
+                outcome.upstream_wait_seconds += time.perf_counter() - wait_started
             if not chunk:
                 break
             for event in splitter.feed(chunk):

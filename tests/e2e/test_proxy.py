@@ -8,6 +8,7 @@ complete if the proxy buffered fails by its read timeout instead.
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import json
 import logging
@@ -16,6 +17,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
@@ -24,9 +26,11 @@ from typing import Any
 
 import pytest
 import requests
+from aiohttp import web
 
 from runpod_manager.errors import ConfigError, LimitRefused, RpmError
 from runpod_manager.paths import Paths, resolve_paths
+from runpod_manager.proxy.app import STATE, build_app
 from runpod_manager.proxy.controller import PodView, UpstreamTarget
 from runpod_manager.proxy.server import run_proxy
 from tests.support.proxy_fakes import (
@@ -967,6 +971,109 @@ def test_health_ready_metrics_dashboard_and_no_secrets(upstream: FakeUpstream, p
     for secret in (UPSTREAM_KEY, CLIENT_KEY, "wrong-key-abc", "leak"):
         assert secret not in shown, secret
         assert secret not in logged, secret
+
+
+def _samples(metrics_text: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    return {(sample.name, frozenset(sample.labels.items())): sample.value
+            for family in text_string_to_metric_families(metrics_text) for sample in family.samples}
+
+
+def _time_not_counted_as_overhead(url: str) -> float:
+    """Seconds of /v1 request time the proxy did not count as its own (pod, wake or client waits)."""
+    samples = _samples(requests.get(f"{url}/metrics", timeout=READ_TIMEOUT).text)
+    duration = sum(value for (name, labels), value in samples.items()
+                   if name == "rpm_proxy_request_duration_seconds_sum" and dict(labels)["route"].startswith("/v1/"))
+    return duration - samples[("rpm_proxy_overhead_seconds_sum", frozenset())]
+
+
+def _statuses(url: str) -> dict[str, float]:
+    samples = _samples(requests.get(f"{url}/metrics", timeout=READ_TIMEOUT).text)
+    return {dict(labels)["status"]: value for (name, labels), value in samples.items()
+            if name == "rpm_proxy_requests_total" and dict(labels)["route"] == "/v1/chat/completions"}
+
+
+def _hang_up_after(url: str, raw: bytes, ready: Any, held_seconds: float) -> float:
+    """Send raw bytes, wait until `ready()`, keep the connection `held_seconds` longer, then close it.
+    Returns how long the proxy had the request from `ready()` on (a lower bound of what it waited)."""
+    host, port = url.split("//", 1)[1].rsplit(":", 1)
+    with socket.create_connection((host, int(port)), timeout=READ_TIMEOUT) as connection:
+        connection.sendall(raw)
+        assert wait_until(ready)
+        held_from = time.monotonic()
+        time.sleep(held_seconds)  # the wait whose length the proxy must not call its own overhead
+        return time.monotonic() - held_from
+
+
+def _raw_post(path: str, body: dict[str, Any], *, send_bytes: int | None = None) -> bytes:
+    payload = json.dumps(body).encode()
+    head = (f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(payload)}\r\n\r\n").encode()
+    return head + payload[:send_bytes]
+
+
+@pytest.mark.parametrize("leaves", ["mid-stream", "waiting-for-a-wake", "waiting-for-a-wake-streaming",
+                                    "before-its-body"])
+def test_a_client_that_leaves_is_499_client_gone_and_its_waits_are_not_proxy_overhead(
+        leaves: str, upstream: FakeUpstream, paths: Paths, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="runpod_manager.proxy")
+    held_seconds = 0.4
+    controller = FakeController(upstream.target())
+    raw = _raw_post("/v1/chat/completions", chat(stream=True))
+    ready: Any = lambda: True  # noqa: E731
+    if leaves == "mid-stream":  # the pod holds its next event
+        upstream.hold_streams = True
+        ready = lambda: upstream.events_sent >= 1  # noqa: E731
+    elif leaves.startswith("waiting-for-a-wake"):  # a streaming wait has already sent keep-alives
+        controller = FakeController(None, wake_target=upstream.target(), hold_wake=True)
+        raw = _raw_post("/v1/chat/completions", chat(stream=leaves.endswith("streaming")))
+        ready = controller.wake_started.is_set
+    else:
+        raw = _raw_post("/v1/chat/completions", chat(), send_bytes=5)
+    try:
+        with running_proxy(make_config(), controller, paths, keepalive_interval_seconds=0.05) as proxy:
+            held = _hang_up_after(proxy.url, raw, ready, held_seconds)
+            assert wait_until(lambda: _statuses(proxy.url) == {"499": 1.0})  # never a 200 that was cut
+            assert _time_not_counted_as_overhead(proxy.url) >= 0.8 * held
+    finally:
+        controller.release_wake.set()
+    [line] = [record.getMessage() for record in caplog.records if "POST /v1/chat/completions" in record.getMessage()]
+    assert " 499 " in line and "error=client_gone" in line
+    assert "Traceback" not in caplog.text
+
+
+def test_a_stream_whose_client_left_is_499_when_a_write_notices_it_first(upstream: FakeUpstream,
+                                                                          paths: Paths) -> None:
+    """A write can find the connection closed before the handler is cancelled (always so without
+    handler_cancellation): the relay ends quietly, and the request must still count as client_gone."""
+    upstream.hold_streams = True
+
+    async def scenario() -> str:
+        app = build_app(make_config(), FakeController(upstream.target()), paths=paths)
+        runner = web.AppRunner(app, handler_cancellation=False, access_log=None)
+        await runner.setup()
+        try:
+            site = web.TCPSite(runner, "127.0.0.1", 0)
+            await site.start()
+            reader, writer = await asyncio.open_connection("127.0.0.1", runner.addresses[0][1])
+            writer.write(_raw_post("/v1/chat/completions", chat(stream=True)))
+            await reader.readuntil(b"data:")
+            writer.close()
+            await writer.wait_closed()
+            upstream.release(len(TOKENS) + 1)  # the proxy writes on into the closed connection
+            metrics = app[STATE].metrics
+            for _ in range(500):  # until the proxy has finished (and counted) the request
+                if metrics.recent:
+                    break
+                await asyncio.sleep(0.01)
+            return metrics.render().decode()
+        finally:
+            await runner.cleanup()
+
+    metrics = asyncio.run(scenario())
+    assert 'rpm_proxy_requests_total{route="/v1/chat/completions",status="499"} 1.0' in metrics
+    assert 'status="200"' not in metrics
 
 
 def test_reconcile_runs_with_the_last_request_time_and_survives_errors(upstream: FakeUpstream,
