@@ -618,7 +618,9 @@ async def _wait_streaming(
 
     The 200 and the event-stream headers go out at the first keep-alive (so a wake that ends quickly,
     or fails at once, still gets a plain HTTP answer). From then on errors travel as an error event
-    followed by [DONE], and the wait is reported as a comment instead of X-RPM-Cold-Start.
+    followed by [DONE]. A stream reports its wait as a `: pod ready after N s` comment, never as
+    X-RPM-Cold-Start: its headers may be gone before the wait's length is known, and one place to look
+    is better than two (README, "Use it from your editor").
     """
     committed: web.StreamResponse | None = None
 
@@ -640,8 +642,12 @@ async def _wait_streaming(
         return committed
     exchange.cold_start_seconds = waited
     if committed is not None and waited is not None:
-        await committed.write(f": pod ready after {waited:.1f} s\n\n".encode())
+        await committed.write(_ready_comment(waited))
     return target, committed
+
+
+def _ready_comment(waited_seconds: float) -> bytes:
+    return f": pod ready after {waited_seconds:.1f} s\n\n".encode()
 
 
 async def _end_committed(committed: web.StreamResponse, error_document_bytes: bytes) -> web.StreamResponse:
@@ -753,9 +759,11 @@ async def _relay_stream(
         out_headers = client_response_headers(upstream_response.headers.items())
         out_headers.update(_SSE_HEADERS)
         out_headers["Content-Type"] = upstream_response.headers.get("Content-Type", _SSE_HEADERS["Content-Type"])
-        out_headers.update(_extra_headers(exchange))
+        out_headers["X-RPM-Cache"] = exchange.cache
         client = web.StreamResponse(status=200, headers=out_headers)
         await client.prepare(request)
+        if exchange.cold_start_seconds is not None:  # a wake shorter than the first keep-alive
+            await client.write(_ready_comment(exchange.cold_start_seconds))
     else:
         client = committed
     cache = state.cache

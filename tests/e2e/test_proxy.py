@@ -13,6 +13,7 @@ import datetime as dt
 import json
 import logging
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -448,6 +449,47 @@ def test_streaming_wake_sends_keepalives_then_data(upstream: FakeUpstream, paths
     assert data[-1] == b"data: [DONE]\n\n"
     assert len(data) == len(TOKENS) + 1
     assert any(event.startswith(b": pod ready after") for event in events)
+
+
+README = Path(__file__).resolve().parents[2] / "README.md"
+
+
+def test_the_readme_says_what_a_stream_that_waited_carries(upstream: FakeUpstream, paths: Paths) -> None:
+    """A stream's headers go out with its first keep-alive, before the wait is known: it can never carry
+    X-RPM-Cold-Start. The README must say what it carries instead, in the words the stream uses."""
+    lines = README.read_text(encoding="utf-8").splitlines()
+    spans = [span for line in lines for span in re.findall(r"`([^`]*)`", line)]
+    documented = [span for span in spans if span.startswith(": ")]  # the SSE comments shown; N is a number
+    assert len(documented) >= 2, documented
+    assert "streams never carry `x-rpm-cold-start`" in " ".join(" ".join(lines).split()).lower()
+    shapes = {pattern: re.escape(pattern).replace("N", r"[0-9]+(?:\.[0-9]+)?") for pattern in documented}
+
+    def comments_of(response: requests.Response, chunks: list[bytes]) -> list[str]:
+        assert response.status_code == 200
+        assert "X-RPM-Cold-Start" not in response.headers
+        assert events_of(chunks)[-1] == b"data: [DONE]\n\n"
+        return [event.decode().strip() for event in events_of(chunks) if event.startswith(b":")]
+
+    # A wake longer than the first keep-alive: every documented comment, in the stream's own words.
+    controller = FakeController(None, wake_target=upstream.target(), hold_wake=True)
+    with running_proxy(make_config(), controller, paths, keepalive_interval_seconds=0.05) as proxy:
+        response = requests.post(f"{proxy.url}/v1/chat/completions", json=chat(stream=True), stream=True,
+                                 timeout=READ_TIMEOUT)
+        chunks = sse_chunks(response)
+        first = next(chunks)
+        controller.release_wake.set()
+        comments = comments_of(response, [first, *chunks])
+    for pattern, shape in shapes.items():
+        assert any(re.fullmatch(shape, comment) for comment in comments), (pattern, comments)
+    # A wake over before the first keep-alive: no header either, the ready comment all the same.
+    controller = FakeController(None, wake_target=upstream.target())
+    with running_proxy(make_config(), controller, paths, keepalive_interval_seconds=5) as proxy:
+        response = requests.post(f"{proxy.url}/v1/chat/completions", json=chat(stream=True), stream=True,
+                                 timeout=READ_TIMEOUT)
+        comments = comments_of(response, list(sse_chunks(response)))
+    assert controller.wake_calls == 1
+    assert [comment for comment in comments if not comment.startswith(": waking pod")]
+    assert all(any(re.fullmatch(shape, comment) for shape in shapes.values()) for comment in comments), comments
 
 
 def test_streaming_wake_failure_ends_with_error_event_and_done(upstream: FakeUpstream, paths: Paths) -> None:
