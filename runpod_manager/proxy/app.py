@@ -409,15 +409,7 @@ async def handle_v1(request: web.Request) -> web.StreamResponse:
             return await _handle_models(request, state)
         if path[len(MODELS_PATH)] == "/":
             return _local_model(state, request[EXCHANGE], path[len(MODELS_PATH) + 1:])
-    # A request is activity from its arrival to its end: one waiting for a wake, or a stream longer
-    # than idle_timeout_seconds, must not let the idle rule stop the pod under it.
-    state.active_requests += 1
-    state.last_request_at = time.time()
-    try:
-        return await _handle_v1(request, state)
-    finally:
-        state.active_requests -= 1
-        state.last_request_at = time.time()
+    return await _handle_v1(request, state)
 
 
 async def _handle_v1(request: web.Request, state: ProxyState) -> web.StreamResponse:
@@ -447,7 +439,22 @@ async def _handle_v1(request: web.Request, state: ProxyState) -> web.StreamRespo
         if not template:
             raise ProxyError(400, FIM_MISSING_MESSAGE, code="fim_template_missing", param="suffix")
         body = apply_fim_template(facts.document or {}, template)  # has_suffix implies a document
+    # A request is activity from here (it passed every local check: one refused above, say a misconfigured
+    # editor's unknown model on a timer, must not keep a GPU up) to its end: one waiting for a wake, or a
+    # stream longer than idle_timeout_seconds, must not let the idle rule stop the pod under it.
+    state.active_requests += 1
+    state.last_request_at = time.time()
+    try:
+        return await _serve_v1(request, state, exchange, body, facts)
+    finally:
+        state.active_requests -= 1
+        state.last_request_at = time.time()
 
+
+async def _serve_v1(request: web.Request, state: ProxyState, exchange: Exchange, body: bytes | None,
+                    facts: RequestFacts) -> web.StreamResponse:
+    """From the cache, or from the pod (waking it when needed)."""
+    method = request.method
     key: str | None = None
     cache = state.cache
     if (cache is not None and cache.available and facts.document is not None
@@ -469,7 +476,7 @@ async def _handle_v1(request: web.Request, state: ProxyState) -> web.StreamRespo
     except _PodWentAway:
         # rpm (idle stop, a limit) or RunPod ended the pod while this request was on its way to it. The
         # request had not reached the client yet, so it waits for a wake like one that came a moment later.
-        log.info("the pod went away under a %s request; it waits for a wake", path)
+        log.info("the pod went away under a %s request; it waits for a wake", request.path)
         return await _wait_and_forward(request, state, exchange, body, facts, key, rewake=False)
 
 

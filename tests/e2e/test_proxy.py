@@ -575,7 +575,8 @@ def test_model_list_with_a_stale_target_is_answered_locally_and_never_wakes(upst
 def test_unknown_model_is_a_plain_404_naming_the_served_model_and_never_wakes(upstream: FakeUpstream,
                                                                              paths: Paths) -> None:
     controller = _must_not_wake(None)
-    with running_proxy(make_config(), controller, paths, keepalive_interval_seconds=0.01) as proxy:
+    config = make_config(reconcile_interval_seconds=0.05)
+    with running_proxy(config, controller, paths, keepalive_interval_seconds=0.01) as proxy:
         for path, body in (("/v1/chat/completions", chat(stream=True, model="gpt-4o")),
                            ("/v1/chat/completions", chat(model="gpt-4o")),
                            ("/v1/completions", {"model": "gpt-4o", "prompt": "x", "stream": True})):
@@ -588,6 +589,10 @@ def test_unknown_model_is_a_plain_404_naming_the_served_model_and_never_wakes(up
             assert "gpt-4o" in error["message"] and MODEL in error["message"]
         wrong_type = requests.post(f"{proxy.url}/v1/chat/completions", json=chat(model=42), timeout=READ_TIMEOUT)
         assert wrong_type.status_code == 400 and error_of(wrong_type)["param"] == "model"
+        # Refused requests are not activity: an editor polling with a wrong name keeps no GPU up.
+        seen = len(controller.reconcile_calls)
+        assert wait_until(lambda: len(controller.reconcile_calls) >= seen + 2)
+        assert controller.reconcile_calls[-1] is None
     assert controller.wake_calls == 0 and upstream.requests == []
 
 
