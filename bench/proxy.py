@@ -88,7 +88,7 @@ def run_rpm_proxy(port: int, upstream: str, cache_dir: str) -> None:
     """rpm's real proxy in front of a fixed target, logging each request as `rpm proxy` does."""
     import logging
 
-    from runpod_manager.config import CacheConfig, Config, ProxyConfig
+    from runpod_manager.config import CacheConfig, Config, PodConfig, ProxyConfig
     from runpod_manager.paths import resolve_paths
     from runpod_manager.proxy.controller import PodView, UpstreamTarget
     from runpod_manager.proxy.server import configure_proxy_logging, run_proxy
@@ -111,7 +111,8 @@ def run_rpm_proxy(port: int, upstream: str, cache_dir: str) -> None:
         def mark_unreachable(self, pod_id: str) -> None:
             pass
 
-    config = Config(proxy=ProxyConfig(host="127.0.0.1", port=port),
+    # [pod] model is the name the upstream serves: the proxy answers other names itself with a 404.
+    config = Config(pod=PodConfig(model=MODEL), proxy=ProxyConfig(host="127.0.0.1", port=port),
                     cache=CacheConfig(enabled=bool(cache_dir), dir=cache_dir))
     paths = resolve_paths()
     close_log = configure_proxy_logging(paths, level=logging.INFO)

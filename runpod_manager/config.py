@@ -37,6 +37,7 @@ _NAME_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,39}$")
 _CUTOFF_RE = re.compile(r"^(\d{1,2}):(\d{2})(?::(\d{2}))?$")
 _CUDA_RE = re.compile(r"^\d+\.\d+$")
 _PORT_RE = re.compile(r"^\d{1,5}/(http|tcp)$")
+_ORIGIN_RE = re.compile(r"^(\*|[a-z][a-z0-9+.-]*://[^/\s]+)$")  # scheme://host[:port], as browsers send it
 
 
 def _meta(doc: str, **rules: Any) -> dict[str, Any]:
@@ -136,11 +137,19 @@ class ProxyConfig:
     ssl_key: str = field(default="", metadata=_meta("PEM private key path (use_https)."))
     api_keys: tuple[str, ...] = field(default=(), repr=False, metadata=_meta(
         "Keys clients must send as Bearer tokens; empty allows anyone on a loopback bind.", sensitive=True))
+    cors_allow_origins: tuple[str, ...] = field(default=(), metadata=_meta(
+        "Web page origins (e.g. \"http://localhost:3000\", or \"*\" for any) allowed to call the proxy from a "
+        "browser; empty refuses every web page, so no site you visit can spend GPU time through it.",
+        pattern=_ORIGIN_RE))
     wake_on_request: bool = field(default=True, metadata=_meta("Start the pod when a request arrives."))
     max_queue_size: int = field(default=64, metadata=_meta(
         "Requests that may wait for a wake at once.", minimum=1))
     queue_timeout_seconds: float = field(default=900.0, metadata=_meta(
         "Longest a request waits for the pod to wake.", minimum=1))
+    wake_hold_seconds: float = field(default=240.0, metadata=_meta(
+        "Longest a non-streaming request is held while the pod wakes; then it gets 503 + Retry-After and its "
+        "retry joins the same wake. Keep it under 300: Node's fetch drops requests without headers by then.",
+        minimum=1))
     max_retries: int = field(default=3, metadata=_meta(
         "Upstream retries before the first byte reached the client.", minimum=0))
     retry_delay_seconds: float = field(default=1.0, metadata=_meta("Delay between retries.", minimum=0))

@@ -178,8 +178,10 @@ def _chat(base_url: str, prompt: str) -> tuple[str, str | None]:
     pieces: list[str] = []
     with requests.post(f"{base_url}/chat/completions", json=body, stream=True, timeout=60) as response:
         response.raise_for_status()
-        cold = response.headers.get("X-RPM-Cold-Start")
+        cold = None
         for line in response.iter_lines(decode_unicode=True):
+            if line.startswith(": pod ready after "):  # a stream reports its wake in a comment
+                cold = line[len(": pod ready after "):].removesuffix(" s")
             if not line or not line.startswith("data: ") or line == "data: [DONE]":
                 continue
             event = json.loads(line[len("data: "):])

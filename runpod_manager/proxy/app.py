@@ -2,7 +2,9 @@
 
 Routes: `/v1/*` is forwarded to the pod (through the cache and the wake gate); `/health`, `/ready`,
 `/metrics`, `/dashboard` and (with `enable_profiling`) `/debug/cache` are the proxy's own. Everything
-else is a 404 in the OpenAI error shape.
+else is a 404 in the OpenAI error shape. What the proxy can answer truthfully without the pod it answers
+itself, so nothing wakes a GPU for it: model lists, unknown model names, wrong methods, CORS preflights,
+and requests from web pages that [proxy] cors_allow_origins does not allow.
 
 A request to a known pod takes no thread hop: the target is a cached attribute of the gate (refreshed
 by the reconcile loop, wakes and the slow path), the body is parsed once and forwarded as received,
@@ -45,6 +47,7 @@ from runpod_manager.proxy.forward import (
     SSE_DONE,
     ProxyError,
     RequestFacts,
+    StreamOutcome,
     Upstream,
     UpstreamUnreachable,
     apply_fim_template,
@@ -53,6 +56,7 @@ from runpod_manager.proxy.forward import (
     is_json_content_type,
     normalize_upstream_error,
     relay_events,
+    served_model_names,
     upstream_request_headers,
 )
 from runpod_manager.proxy.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
@@ -62,24 +66,41 @@ from runpod_manager.proxy.wake import WakeGate
 log = logging.getLogger("runpod_manager.proxy")
 
 SHUTDOWN_GRACE_SECONDS = 10.0  # in-flight streams get this long to finish when the proxy stops
+WAKE_RETRY_AFTER_SECONDS = 1.0  # Retry-After of a request answered 503 while the pod still wakes
 _KNOWN_ROUTES = frozenset({"/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/models",
                            "/health", "/ready", "/metrics", "/dashboard", "/debug/cache"})
 _PROTECTED_PREFIXES = ("/v1/", "/dashboard", "/metrics", "/debug")
 _BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
-_CLIENT_GONE = 499  # nginx's convention for "client closed the request", used in logs and metrics only
+# nginx's convention for "client closed the request", used in logs and metrics only: one status however the
+# client left (waiting for a wake or its body, mid-stream), never the 200 that had started.
+_CLIENT_GONE = 499
 _SSE_HEADERS = {"Content-Type": "text/event-stream; charset=utf-8", "Cache-Control": "no-cache",
                 "X-Accel-Buffering": "no"}
+_ALLOWED_METHODS = "GET, POST, OPTIONS"
+# Headers a page of an allowed origin may read: the SDKs' retry hints and what rpm adds.
+_EXPOSED_HEADERS = "Retry-After, retry-after-ms, x-should-retry, X-RPM-Cache, X-RPM-Cold-Start, X-RPM-Models"
+_OTHER_SITE = frozenset({"cross-site", "same-site"})  # Sec-Fetch-Site values of requests another page caused
 
 
 class Exchange:
-    """What one request did, for its log line and metrics (set by handlers, read by the middleware)."""
+    """What one request did, for its log line and metrics (set by handlers, read by the middleware).
 
-    __slots__ = ("cache", "cold_start_seconds", "error_code", "upstream_wait_seconds")
+    The proxy's overhead is the request's duration minus the time it waited on others: on the pod
+    (connect, headers, body, the gaps between streamed events), on a wake, and on the client's body.
+    Each wait is added as it ends, cancellation included, so a request cut short is measured right.
+    """
 
-    def __init__(self) -> None:
+    __slots__ = ("cache", "client_gone", "client_wait_seconds", "cold_start_seconds", "error_code", "started",
+                 "upstream_wait_seconds", "wake_wait_seconds")
+
+    def __init__(self, started: float) -> None:
+        self.started = started  # time.perf_counter() when the request reached the middleware
         self.cache = "-"
-        self.cold_start_seconds: float | None = None
+        self.cold_start_seconds: float | None = None  # told to the client (X-RPM-Cold-Start)
         self.upstream_wait_seconds = 0.0
+        self.wake_wait_seconds = 0.0
+        self.client_wait_seconds = 0.0
+        self.client_gone = False  # the client left before its answer ended (logged and counted as 499)
         self.error_code: str | None = None
 
 
@@ -98,6 +119,7 @@ class ProxyState:
         keepalive_interval_seconds: float,
         body_read_timeout_seconds: float,
         queue_full_retry_after_seconds: float,
+        wake_retry_after_seconds: float,
         cache_clock: Callable[[], float],
     ) -> None:
         proxy = config.proxy
@@ -109,7 +131,8 @@ class ProxyState:
             controller, wake_on_request=proxy.wake_on_request, max_queue_size=proxy.max_queue_size,
             queue_timeout_seconds=proxy.queue_timeout_seconds,
             keepalive_interval_seconds=keepalive_interval_seconds,
-            queue_full_retry_after_seconds=queue_full_retry_after_seconds, metrics=self.metrics)
+            queue_full_retry_after_seconds=queue_full_retry_after_seconds,
+            waking_retry_after_seconds=wake_retry_after_seconds, metrics=self.metrics)
         self.body_read_timeout_seconds = body_read_timeout_seconds
         self.api_keys = tuple(key.encode() for key in proxy.api_keys)
         self.cache: ResponseCache | None = None
@@ -125,11 +148,32 @@ class ProxyState:
         self.view = PodView()
         self.last_request_at: float | None = None  # unix time of the last authenticated /v1 request (not model lists)
         self.models_body: bytes | None = None  # the pod's last GET /v1/models answer
+        # Names a request may use without waking the pod for a 404: the config's (None: it cannot say)
+        # plus the ids of the pod's last model list (LoRA adapters loaded at run time).
+        pod = config.pod
+        self.served_models = served_model_names(pod.model, pod.args, pod.extra_args)
+        if pod.env.get("VLLM_ALLOW_RUNTIME_LORA_UPDATING", "").lower() in ("1", "true"):
+            self.served_models = None  # adapters come and go at run time: only the pod knows
+        self.pod_model_ids: frozenset[str] = frozenset()
+        self.cors_allow_origins = frozenset(origin.rstrip("/") for origin in proxy.cors_allow_origins)
         self.active_requests = 0  # /v1 requests under way that count as activity (waiting, streaming)
         self.reconcile_task: asyncio.Task[None] | None = None
         self.closing = False
         self.in_flight = 0  # read by the in-flight gauge at scrape time (no lock per request)
         self.metrics.in_flight.set_function(lambda: self.in_flight)
+
+    def origin_allowed(self, origin: str) -> bool:
+        return origin in self.cors_allow_origins or "*" in self.cors_allow_origins
+
+    def knows_model(self, name: str) -> bool:
+        return self.served_models is None or name in self.served_models or name in self.pod_model_ids
+
+    def remember_models(self, body: bytes) -> None:
+        """The pod's own GET /v1/models answer: what to list while it sleeps, and names it serves."""
+        self.models_body = body
+        with contextlib.suppress(ValueError, TypeError, AttributeError):
+            self.pod_model_ids = frozenset(entry["id"] for entry in json.loads(body)["data"]
+                                           if isinstance(entry.get("id"), str))
 
     def _publish_cache_stats(self, stats: CacheStats) -> None:
         # Called on the cache's writer thread; gauges are thread-safe and the tuple swap is atomic.
@@ -219,18 +263,24 @@ def _make_middleware(state: ProxyState) -> Callable[..., Awaitable[web.StreamRes
     async def middleware(request: web.Request,
                          handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> web.StreamResponse:
         started = time.perf_counter()
-        exchange = Exchange()
+        exchange = Exchange(started)
         request[EXCHANGE] = exchange
         path = request.path
-        status = 500
         state.in_flight += 1
         try:
-            if state.api_keys and path.startswith(_PROTECTED_PREFIXES) and not _authorized(
-                    request.headers.get("Authorization"), state.api_keys):
-                raise ProxyError(401, "missing or invalid API key: send one of the keys in [proxy] api_keys "
-                                 "as `Authorization: Bearer <key>`", code="invalid_api_key",
-                                 should_retry=False)
-            response = await handler(request)
+            headers = request.headers
+            local = None
+            if request.method == "OPTIONS" or "Origin" in headers or "Sec-Fetch-Site" in headers:
+                local = _cross_origin(request, state)  # raises ProxyError for a page that is refused
+            if local is not None:
+                response = local
+            else:
+                if state.api_keys and path.startswith(_PROTECTED_PREFIXES) and not _authorized(
+                        headers.get("Authorization"), state.api_keys):
+                    raise ProxyError(401, "missing or invalid API key: send one of the keys in [proxy] "
+                                     "api_keys as `Authorization: Bearer <key>`", code="invalid_api_key",
+                                     should_retry=False)
+                response = await handler(request)
         except ProxyError as exc:
             exchange.error_code = exc.code
             response = exc.response()
@@ -239,13 +289,18 @@ def _make_middleware(state: ProxyState) -> Callable[..., Awaitable[web.StreamRes
                 raise
             error = _http_exception_error(exc, request, state)
             exchange.error_code = error.code
-            response = error.response()
+            allow = exc.headers.get("Allow")
+            response = error.response(None if allow is None else {"Allow": allow})
         except asyncio.CancelledError:
-            status = _CLIENT_GONE
+            # handler_cancellation: the client's connection closed. Or the proxy stopped and cancelled what
+            # outlived the grace period, the connection still open: that is not the client's doing.
+            stopped = state.closing and request.transport is not None
+            exchange.error_code = "proxy_stopped" if stopped else "client_gone"
+            _finish(state, request, exchange, 503 if stopped else _CLIENT_GONE, started)
             raise
-        except ConnectionResetError:
-            status = _CLIENT_GONE
+        except ConnectionResetError:  # a write to a client that left
             exchange.error_code = "client_gone"
+            _finish(state, request, exchange, _CLIENT_GONE, started)
             raise
         except Exception:
             log.exception("unexpected error answering %s %s", request.method, path)
@@ -254,13 +309,53 @@ def _make_middleware(state: ProxyState) -> Callable[..., Awaitable[web.StreamRes
                                   code="internal_error").response()
         finally:
             state.in_flight -= 1
-            if status == _CLIENT_GONE:
-                _finish(state, request, exchange, status, started)
-        status = response.status
-        _finish(state, request, exchange, status, started)
+        _finish(state, request, exchange, _CLIENT_GONE if exchange.client_gone else response.status, started)
         return response
 
     return middleware
+
+
+def _cross_origin(request: web.Request, state: ProxyState) -> web.Response | None:
+    """Preflights and requests caused by web pages: the preflight's answer, None to let the request
+    through, or ProxyError(403) for a page that may not use the proxy.
+
+    A page on any site can make the browser send requests to 127.0.0.1 — with CORS, or without asking
+    (a form, an image: `no-cors`), which the server still executes. So /v1 (what costs GPU time) refuses
+    every page whose origin is not in [proxy] cors_allow_origins, and preflights are answered here:
+    one never reaches, or wakes, the pod.
+    """
+    headers = request.headers
+    origin = headers.get("Origin")
+    allowed = origin is not None and state.origin_allowed(origin)
+    if request.method == "OPTIONS":
+        if origin is None:  # not a preflight: say what the proxy takes
+            return web.Response(status=204, headers={"Allow": _ALLOWED_METHODS})
+        if allowed:
+            answer = {"Access-Control-Allow-Origin": origin, "Vary": "Origin",
+                      "Access-Control-Allow-Methods": _ALLOWED_METHODS, "Access-Control-Max-Age": "600"}
+            wanted = headers.get("Access-Control-Request-Headers")
+            if wanted:
+                answer["Access-Control-Allow-Headers"] = wanted
+            if headers.get("Access-Control-Request-Private-Network") == "true":  # Chrome, page → localhost
+                answer["Access-Control-Allow-Private-Network"] = "true"
+            return web.Response(status=204, headers=answer)
+    elif allowed or not request.path.startswith("/v1/") or (
+            origin is None and headers.get("Sec-Fetch-Site") not in _OTHER_SITE):
+        return None
+    shown = origin if origin is not None else "another site (Sec-Fetch-Site: cross-site)"
+    raise ProxyError(403, f"requests from web pages of {shown} are refused: add the origin to [proxy] "
+                      "cors_allow_origins in pod_config.toml to let that page use the proxy",
+                      code="origin_not_allowed", should_retry=False)
+
+
+async def _add_cors_headers(request: web.Request, response: web.StreamResponse) -> None:
+    """on_response_prepare (registered only when cors_allow_origins is set): CORS headers for allowed pages."""
+    origin = request.headers.get("Origin")
+    if origin is not None and request.app[STATE].origin_allowed(origin):
+        headers = response.headers
+        headers["Access-Control-Allow-Origin"] = origin  # replaces the pod's own (vLLM allows "*")
+        headers["Access-Control-Expose-Headers"] = _EXPOSED_HEADERS
+        headers.add("Vary", "Origin")
 
 
 def _finish(state: ProxyState, request: web.Request, exchange: Exchange, status: int, started: float) -> None:
@@ -269,10 +364,9 @@ def _finish(state: ProxyState, request: web.Request, exchange: Exchange, status:
     route = _route_label(path)
     is_v1 = path.startswith("/v1/")
     overhead = None
-    if is_v1 and exchange.cache != "hit":
-        overhead = duration - exchange.upstream_wait_seconds - (exchange.cold_start_seconds or 0.0)
-    elif is_v1:
-        overhead = duration
+    if is_v1:
+        overhead = (duration - exchange.upstream_wait_seconds - exchange.wake_wait_seconds
+                    - exchange.client_wait_seconds)
     state.metrics.observe_request(route, status, duration, overhead)
     if not is_v1:
         return
@@ -295,37 +389,35 @@ async def _read_body(request: web.Request, state: ProxyState) -> bytes:
         raise web.HTTPRequestEntityTooLarge(max_size=state.config.proxy.max_body_bytes, actual_size=length)
     if request.content.is_eof():  # the whole body came with the headers: nothing to time out
         return await request.read()
+    waiting_since = time.perf_counter()
     try:
         async with asyncio.timeout(state.body_read_timeout_seconds):
             return await request.read()
     except TimeoutError:
         raise ProxyError(408, f"the request body did not arrive within {state.body_read_timeout_seconds:g} s",
                          code="request_timeout", should_retry=False) from None
+    finally:  # waiting for the client's bytes is not the proxy's time
+        request[EXCHANGE].client_wait_seconds += time.perf_counter() - waiting_since
 
 
 async def handle_v1(request: web.Request) -> web.StreamResponse:
     state = request.app[STATE]
-    if request.method == "GET" and request.path == MODELS_PATH:
-        # Editors list models on start-up and on a timer: that is neither work (it must not hold off idle
-        # stop) nor a reason to boot a GPU, so while the pod sleeps the proxy answers it itself.
-        if state.gate.target is None:
-            return _local_models(state, request[EXCHANGE])
-        return await _handle_v1(request, state)
-    # A request is activity from its arrival to its end: one waiting for a wake, or a stream longer
-    # than idle_timeout_seconds, must not let the idle rule stop the pod under it.
-    state.active_requests += 1
-    state.last_request_at = time.time()
-    try:
-        return await _handle_v1(request, state)
-    finally:
-        state.active_requests -= 1
-        state.last_request_at = time.time()
+    method = request.method
+    if method in ("GET", "HEAD") and request.path.startswith(MODELS_PATH):
+        path = request.path
+        if path == MODELS_PATH:
+            return await _handle_models(request, state)
+        if path[len(MODELS_PATH)] == "/":
+            return _local_model(state, request[EXCHANGE], path[len(MODELS_PATH) + 1:])
+    return await _handle_v1(request, state)
 
 
 async def _handle_v1(request: web.Request, state: ProxyState) -> web.StreamResponse:
     exchange = request[EXCHANGE]
     method = request.method
     path = request.path
+    if method != "POST" and path in JSON_ROUTES:  # vLLM's answer too, but it would cost a wake to hear it
+        raise web.HTTPMethodNotAllowed(method, ["POST"])
     body: bytes | None = None
     facts: RequestFacts = NO_BODY
     if method in _BODY_METHODS:
@@ -340,12 +432,29 @@ async def _handle_v1(request: web.Request, state: ProxyState) -> web.StreamRespo
                              f"(got {content_type or 'none'!r})", code="unsupported_media_type")
     elif request.body_exists:
         body = await _read_body(request, state)
+    if facts.model is not None:
+        _refuse_unknown_model(state, facts)
     if facts.has_suffix and path == "/v1/completions":
         template = state.config.proxy.fim_template
         if not template:
             raise ProxyError(400, FIM_MISSING_MESSAGE, code="fim_template_missing", param="suffix")
         body = apply_fim_template(facts.document or {}, template)  # has_suffix implies a document
+    # A request is activity from here (it passed every local check: one refused above, say a misconfigured
+    # editor's unknown model on a timer, must not keep a GPU up) to its end: one waiting for a wake, or a
+    # stream longer than idle_timeout_seconds, must not let the idle rule stop the pod under it.
+    state.active_requests += 1
+    state.last_request_at = time.time()
+    try:
+        return await _serve_v1(request, state, exchange, body, facts)
+    finally:
+        state.active_requests -= 1
+        state.last_request_at = time.time()
 
+
+async def _serve_v1(request: web.Request, state: ProxyState, exchange: Exchange, body: bytes | None,
+                    facts: RequestFacts) -> web.StreamResponse:
+    """From the cache, or from the pod (waking it when needed)."""
+    method = request.method
     key: str | None = None
     cache = state.cache
     if (cache is not None and cache.available and facts.document is not None
@@ -367,7 +476,7 @@ async def _handle_v1(request: web.Request, state: ProxyState) -> web.StreamRespo
     except _PodWentAway:
         # rpm (idle stop, a limit) or RunPod ended the pod while this request was on its way to it. The
         # request had not reached the client yet, so it waits for a wake like one that came a moment later.
-        log.info("the pod went away under a %s request; it waits for a wake", path)
+        log.info("the pod went away under a %s request; it waits for a wake", request.path)
         return await _wait_and_forward(request, state, exchange, body, facts, key, rewake=False)
 
 
@@ -380,14 +489,22 @@ async def _wait_and_forward(request: web.Request, state: ProxyState, exchange: E
     target = state.gate.target
     committed: web.StreamResponse | None = None
     if target is None:
-        if facts.stream:
-            wait = await _wait_streaming(request, state, exchange)
-            if isinstance(wait, web.StreamResponse):
-                return wait  # the wake failed after the stream had started; the error event went out
-            target, committed = wait
-        else:
-            target, waited = await state.gate.wait_for_target()
-            exchange.cold_start_seconds = waited
+        waiting_since = time.perf_counter()
+        try:
+            if facts.stream:
+                wait = await _wait_streaming(request, state, exchange)
+                if isinstance(wait, web.StreamResponse):
+                    return wait  # the wake failed after the stream had started; the error event went out
+                target, committed = wait
+            else:
+                # Answered by wake_hold_seconds after its arrival, whatever it waited on before (a first
+                # attempt at a pod that went away), so the client's 300 s limit is never reached.
+                held_seconds = waiting_since - exchange.started
+                answer_by = asyncio.get_running_loop().time() + state.config.proxy.wake_hold_seconds - held_seconds
+                target, waited = await state.gate.wait_for_target(answer_by=answer_by)
+                exchange.cold_start_seconds = waited
+        finally:  # whatever the outcome (served, timed out, client gone), the wait was the wake's
+            exchange.wake_wait_seconds += time.perf_counter() - waiting_since
     return await _forward(request, state, exchange, target, body, facts, key, committed,
                           rewake=rewake and committed is None)
 
@@ -404,18 +521,83 @@ async def _pod_went_away(state: ProxyState) -> bool:
     return not view.lease_open or view.status != "RUNNING"
 
 
-def _local_models(state: ProxyState, exchange: Exchange) -> web.Response:
-    """GET /v1/models without the pod: the pod's last answer, else the configured model in vLLM's shape."""
-    exchange.cache = "local"
+def _refuse_unknown_model(state: ProxyState, facts: RequestFacts) -> None:
+    """A model the pod does not serve is answered here, whether the pod runs or sleeps: waking a GPU to
+    hear vLLM's 404 is money for nothing, and a stream would get it inside a `data:` event after its 200."""
+    model = facts.model
+    if isinstance(model, str) and (not model or state.knows_model(model)):  # "": vLLM uses its default
+        return
+    if not isinstance(model, str):
+        raise ProxyError(400, "model must be a string", code="invalid_model", param="model")
+    served = ", ".join(dict.fromkeys([*(state.served_models or ()), *sorted(state.pod_model_ids)]))
+    # OpenAI's own shape for this case (type invalid_request_error, code model_not_found), as a plain HTTP
+    # answer: no wake has started, so even a stream has not committed its 200 yet.
+    raise ProxyError(404, f"the model {model!r} is not served here: the pod serves {served} ([pod] model in "
+                     "pod_config.toml); no pod was started for this request", code="model_not_found",
+                     error_type="invalid_request_error", param="model", should_retry=False)
+
+
+async def _handle_models(request: web.Request, state: ProxyState) -> web.StreamResponse:
+    """GET /v1/models: the pod's answer while it runs, else the proxy's own; never a wake, never activity.
+
+    Editors list models on start-up and on a timer: that is neither work (it must not hold off idle stop)
+    nor a reason to boot a GPU. A target can be stale (the pod stopped outside rpm since the last
+    reconcile): a pod that does not answer costs one attempt, then the local answer, which is as good.
+    """
+    exchange = request[EXCHANGE]
+    target = state.gate.target
+    if target is None:
+        return _local_models(state, exchange)
+    exchange.cache = "bypass"
+    state.metrics.count_cache("bypass")
+    try:
+        response = await _forward(request, state, exchange, target, None, NO_BODY, None, None, max_retries=0)
+    except ProxyError as exc:
+        response = exc.response()
+    if response.status < 300 or response.status in (401, 403):  # a wrong upstream key must still be told
+        return response
+    log.info("the pod did not list its models (HTTP %d); the proxy answers for it", response.status)
+    exchange.error_code = None
+    return _local_models(state, exchange)
+
+
+def _models_document(state: ProxyState) -> tuple[dict[str, Any], str]:
+    """The model list to answer with while the pod cannot: its last answer, else the config's names."""
     if state.models_body is not None:
+        with contextlib.suppress(ValueError):
+            document = json.loads(state.models_body)
+            if isinstance(document, dict) and isinstance(document.get("data"), list):
+                return document, "remembered"
+    pod = state.config.pod
+    names = state.served_models or (pod.model,)
+    created = int(time.time())
+    entries = [{"id": name, "object": "model", "created": created, "owned_by": "vllm", "root": pod.model,
+                "parent": None, "max_model_len": pod.max_model_len or None, "permission": []}
+               for name in names]
+    return {"object": "list", "data": entries}, "config"
+
+
+def _local_models(state: ProxyState, exchange: Exchange) -> web.Response:
+    exchange.cache = "local"
+    if state.models_body is not None:  # the pod's own bytes, exactly
         body, source = state.models_body, "remembered"
     else:
-        model = state.config.pod.model
-        entry = {"id": model, "object": "model", "created": int(time.time()), "owned_by": "vllm", "root": model,
-                 "parent": None, "max_model_len": state.config.pod.max_model_len or None, "permission": []}
-        body, source = json.dumps({"object": "list", "data": [entry]}).encode(), "config"
+        document, source = _models_document(state)
+        body = json.dumps(document).encode()
     return web.Response(body=body, content_type="application/json",
                         headers={"X-RPM-Cache": "bypass", "X-RPM-Models": source})
+
+
+def _local_model(state: ProxyState, exchange: Exchange, model_id: str) -> web.Response:
+    """GET /v1/models/{id} (the SDKs' models.retrieve), from the same list: vLLM has no such route."""
+    exchange.cache = "local"
+    document, source = _models_document(state)
+    for entry in document["data"]:
+        if isinstance(entry, dict) and entry.get("id") == model_id:
+            return web.Response(body=json.dumps(entry).encode(), content_type="application/json",
+                                headers={"X-RPM-Cache": "bypass", "X-RPM-Models": source})
+    raise ProxyError(404, f"the model {model_id!r} is not served here", code="model_not_found",
+                     error_type="invalid_request_error", param="model", should_retry=False)
 
 
 def _extra_headers(exchange: Exchange) -> dict[str, str]:
@@ -443,7 +625,9 @@ async def _wait_streaming(
 
     The 200 and the event-stream headers go out at the first keep-alive (so a wake that ends quickly,
     or fails at once, still gets a plain HTTP answer). From then on errors travel as an error event
-    followed by [DONE], and the wait is reported as a comment instead of X-RPM-Cold-Start.
+    followed by [DONE]. A stream reports its wait as a `: pod ready after N s` comment, never as
+    X-RPM-Cold-Start: its headers may be gone before the wait's length is known, and one place to look
+    is better than two (README, "Use it from your editor").
     """
     committed: web.StreamResponse | None = None
 
@@ -465,8 +649,12 @@ async def _wait_streaming(
         return committed
     exchange.cold_start_seconds = waited
     if committed is not None and waited is not None:
-        await committed.write(f": pod ready after {waited:.1f} s\n\n".encode())
+        await committed.write(_ready_comment(waited))
     return target, committed
+
+
+def _ready_comment(waited_seconds: float) -> bytes:
+    return f": pod ready after {waited_seconds:.1f} s\n\n".encode()
 
 
 async def _end_committed(committed: web.StreamResponse, error_document_bytes: bytes) -> web.StreamResponse:
@@ -491,6 +679,7 @@ async def _forward(
     committed: web.StreamResponse | None,
     *,
     rewake: bool = False,
+    max_retries: int | None = None,
 ) -> web.StreamResponse:
     """Send to the pod and relay its answer. With `rewake`, a failure because the pod is no longer running
     raises _PodWentAway instead of answering (nothing has reached the client yet)."""
@@ -499,9 +688,11 @@ async def _forward(
         raise ProxyError(503, "the proxy is shutting down", code="shutting_down", should_retry=True)
     metrics = state.metrics
     headers = upstream_request_headers(request.headers.items(), target.upstream_key)
+    opened_at = time.perf_counter()
     try:
         reply = await upstream.open(target, request.method, request.raw_path, headers, body,
-                                    on_retry=lambda attempt, why: metrics.upstream_retries.inc())
+                                    on_retry=lambda attempt, why: metrics.upstream_retries.inc(),
+                                    max_retries=max_retries)
     except UpstreamUnreachable as exc:
         exchange.error_code = exc.code
         await state.mark_unreachable(target)
@@ -510,7 +701,8 @@ async def _forward(
         if committed is not None:
             return await _end_committed(committed, json.dumps(exc.document()).encode())
         return exc.response(_extra_headers(exchange))
-    exchange.upstream_wait_seconds += reply.upstream_wait_seconds
+    finally:  # connecting, retrying, waiting for headers: the pod's time, also when it failed or we left
+        exchange.upstream_wait_seconds += time.perf_counter() - opened_at
     metrics.upstream_ttfb.observe(reply.ttfb_seconds)
     response = reply.response
     finished = False
@@ -548,7 +740,7 @@ async def _forward(
             out_headers["Content-Type"] = content_type
         out_headers.update(_extra_headers(exchange))
         if status == 200 and request.method == "GET" and request.path == MODELS_PATH:
-            state.models_body = data  # what to answer while the pod sleeps
+            state.remember_models(data)
         if key is not None and status == 200 and is_json_content_type(content_type) and state.cache:
             state.cache.put_later(key, CachedResponse(content_type=content_type, body=data))
         return web.Response(status=status, body=data, headers=out_headers)
@@ -574,18 +766,23 @@ async def _relay_stream(
         out_headers = client_response_headers(upstream_response.headers.items())
         out_headers.update(_SSE_HEADERS)
         out_headers["Content-Type"] = upstream_response.headers.get("Content-Type", _SSE_HEADERS["Content-Type"])
-        out_headers.update(_extra_headers(exchange))
+        out_headers["X-RPM-Cache"] = exchange.cache
         client = web.StreamResponse(status=200, headers=out_headers)
         await client.prepare(request)
+        if exchange.cold_start_seconds is not None:  # a wake shorter than the first keep-alive
+            await client.write(_ready_comment(exchange.cold_start_seconds))
     else:
         client = committed
     cache = state.cache
-    outcome = await relay_events(
-        upstream_response, client, keep_events=key is not None and cache is not None,
-        max_kept_bytes=cache.max_bytes if cache is not None else 0,
-        on_event=state.metrics.stream_events.inc)
-    exchange.upstream_wait_seconds += outcome.upstream_wait_seconds
+    outcome = StreamOutcome(events=[] if key is not None and cache is not None else None)
+    try:
+        await relay_events(upstream_response, client, outcome,
+                           max_kept_bytes=cache.max_bytes if cache is not None else 0,
+                           on_event=state.metrics.stream_events.inc)
+    finally:
+        exchange.upstream_wait_seconds += outcome.upstream_wait_seconds
     if outcome.client_gone:
+        exchange.client_gone = True
         exchange.error_code = "client_gone"
         return client, False
     if outcome.upstream_broken:
@@ -595,8 +792,11 @@ async def _relay_stream(
     if key is not None and cache is not None and outcome.cacheable and outcome.events is not None:
         cache.put_later(key, CachedResponse(content_type=client.headers.get("Content-Type", ""),
                                             events=tuple(outcome.events)))
-    with contextlib.suppress(ConnectionResetError):
+    try:
         await client.write_eof()
+    except ConnectionResetError:
+        exchange.client_gone = True
+        exchange.error_code = "client_gone"
     return client, not outcome.upstream_broken
 
 
@@ -758,18 +958,23 @@ def build_app(
     keepalive_interval_seconds: float = 5.0,
     body_read_timeout_seconds: float = 30.0,
     queue_full_retry_after_seconds: float = 5.0,
+    wake_retry_after_seconds: float = WAKE_RETRY_AFTER_SECONDS,
     cache_clock: Callable[[], float] = time.time,
 ) -> web.Application:
     """The proxy application. Serve it with handler_cancellation=True (see the module docstring).
 
     The keyword arguments after `paths` exist for tests: the SSE keep-alive interval during a wake, how
-    long a client may take to send its body, the Retry-After of a full wake queue, and the cache clock.
+    long a client may take to send its body, the Retry-After of a full wake queue and of a request
+    answered while the pod still wakes, and the cache clock.
     """
     state = ProxyState(config, controller, paths, keepalive_interval_seconds=keepalive_interval_seconds,
                        body_read_timeout_seconds=body_read_timeout_seconds,
-                       queue_full_retry_after_seconds=queue_full_retry_after_seconds, cache_clock=cache_clock)
+                       queue_full_retry_after_seconds=queue_full_retry_after_seconds,
+                       wake_retry_after_seconds=wake_retry_after_seconds, cache_clock=cache_clock)
     app = web.Application(client_max_size=config.proxy.max_body_bytes, middlewares=[_make_middleware(state)])
     app[STATE] = state
+    if state.cors_allow_origins:  # no per-response hook at all unless pages are allowed
+        app.on_response_prepare.append(_add_cors_headers)
     app.router.add_route("*", "/v1/{tail:.*}", handle_v1)
     app.router.add_get("/health", handle_health)
     app.router.add_get("/ready", handle_ready)

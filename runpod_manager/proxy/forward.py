@@ -5,8 +5,8 @@ The pure helpers (`upstream_request_headers`, `client_response_headers`, `inspec
 `apply_fim_template`, `normalize_upstream_error`, `SSESplitter`) carry no state and are unit-tested
 directly; `Upstream` and `relay_events` do the I/O.
 
-Bodies are forwarded as the client sent them: a body is parsed only to read `stream`, `temperature`,
-`n` and `suffix`, and re-serialised only when the `suffix` rewrite changes it.
+Bodies are forwarded as the client sent them: a body is parsed only to read `model`, `stream`,
+`temperature`, `n` and `suffix`, and re-serialised only when the `suffix` rewrite changes it.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import shlex
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -161,6 +162,10 @@ class RequestFacts:
     stream: bool = False
 
     @property
+    def model(self) -> Any:
+        return None if self.document is None else self.document.get("model")
+
+    @property
     def temperature(self) -> Any:
         return None if self.document is None else self.document.get("temperature")
 
@@ -196,6 +201,61 @@ def inspect_json_body(body: bytes) -> RequestFacts:
     if not isinstance(document, dict):
         raise ProxyError(400, "the request body must be a JSON object", code="invalid_json")
     return RequestFacts(document=document, stream=document.get("stream") is True)
+
+
+def served_model_names(model: str, args: str, extra_args: str) -> tuple[str, ...] | None:
+    """The model names the pod's vLLM answers to, in vLLM's order; None when the config cannot say.
+
+    vLLM's rule: the names given to `--served-model-name` (the last use wins), else `--model`; LoRA
+    adapters named by `--lora-modules` too. Full custom `[pod] args` that name no model (another
+    server, a script) give None: the proxy then cannot tell an unknown name from a known one.
+    """
+    custom = bool(args)
+    try:
+        words = shlex.split(args.replace("{model}", model)) if custom else ["--model", model, *shlex.split(extra_args)]
+    except ValueError:  # unbalanced quotes: the pod would not start either; do not guess
+        return None if custom else (model,)
+    served: list[str] = []
+    adapters: list[str] = []
+    named: str | None = None
+    index = 0
+    while index < len(words):
+        flag, has_value, value = words[index].partition("=")
+        if flag in ("--served-model-name", "--lora-modules"):
+            values = [value] if has_value else []
+            while not has_value and index + 1 < len(words) and not words[index + 1].startswith("-"):
+                index += 1
+                values.append(words[index])
+            if flag == "--served-model-name":
+                served = values
+            else:
+                adapters = [_lora_name(item) for item in values]
+        elif flag == "--model":
+            if has_value:
+                named = value
+            elif index + 1 < len(words):
+                index += 1
+                named = words[index]
+        elif flag == "serve" and index + 1 < len(words) and not words[index + 1].startswith("-"):
+            index += 1
+            named = words[index]  # `vllm serve <model>`
+        index += 1
+    names = served or ([named] if named is not None else [])
+    if not names:
+        return None
+    return tuple(dict.fromkeys(names + [name for name in adapters if name]))
+
+
+def _lora_name(item: str) -> str:
+    # `name=path`, or the JSON form `{"name": "...", "path": "..."}`
+    if item.startswith("{"):
+        try:
+            document = json.loads(item)
+        except ValueError:
+            return ""
+        name = document.get("name") if isinstance(document, dict) else None
+        return name if isinstance(name, str) else ""
+    return item.partition("=")[0]
 
 
 def apply_fim_template(document: dict[str, Any], template: str) -> bytes:
@@ -391,14 +451,17 @@ class Upstream:
         body: bytes | None,
         *,
         on_retry: Callable[[int, str], None] | None = None,
+        max_retries: int | None = None,
     ) -> UpstreamReply:
-        """Send the request; retry connection errors and 502/503/504/524 up to max_retries times.
+        """Send the request; retry connection errors and 502/503/504/524 up to max_retries times (the
+        session's, unless the call gives its own).
 
         Returns the last response (even a retryable status once retries ran out). Raises
         UpstreamUnreachable when every attempt failed to connect. Nothing has reached the client yet
         when this runs, so a retry can never duplicate or corrupt output.
         """
         url = self.url_for(target, raw_path)
+        retries = self.max_retries if max_retries is None else max_retries
         attempt = 0
         waited = 0.0
         last_failure = ""
@@ -413,11 +476,11 @@ class Upstream:
             else:
                 ttfb = time.perf_counter() - started
                 waited += ttfb
-                if response.status not in RETRYABLE_STATUSES or attempt >= self.max_retries:
+                if response.status not in RETRYABLE_STATUSES or attempt >= retries:
                     return UpstreamReply(response, attempt + 1, waited, ttfb)
                 last_failure = f"HTTP {response.status}"
                 response.close()  # its body is an error page; do not keep the connection for it
-            if attempt >= self.max_retries:
+            if attempt >= retries:
                 raise UpstreamUnreachable(
                     502,
                     f"the pod at {target.base_url} could not be reached after {attempt + 1} attempt(s) "
@@ -443,8 +506,8 @@ def _describe_connection_error(exc: BaseException) -> str:
 async def relay_events(
     upstream: aiohttp.ClientResponse,
     client: web.StreamResponse,
+    outcome: StreamOutcome,
     *,
-    keep_events: bool,
     max_kept_bytes: int,
     on_event: Callable[[], None] | None = None,
 ) -> StreamOutcome:
@@ -452,9 +515,10 @@ async def relay_events(
 
     Stops at once when the client goes away (the caller closes the upstream connection, which is what
     makes vLLM abort the generation). A stream the pod breaks off ends with an OpenAI-shaped error event
-    and `[DONE]`, so clients report an error instead of a silently short answer.
+    and `[DONE]`, so clients report an error instead of a silently short answer. `outcome` (events kept
+    when its `events` is a list) is filled as the stream goes, so a cancelled relay still tells the
+    caller how long it waited on the pod.
     """
-    outcome = StreamOutcome(events=[] if keep_events else None)
     splitter = SSESplitter()
     kept_bytes = 0
     content = upstream.content
@@ -464,13 +528,13 @@ async def relay_events(
             try:
                 chunk = await content.readany()
             except (TimeoutError, aiohttp.ClientPayloadError, aiohttp.ClientConnectionError) as exc:
-                outcome.upstream_wait_seconds += time.perf_counter() - wait_started
                 outcome.upstream_broken = True
                 await client.write(ProxyError(
                     502, f"the pod's stream broke off ({_describe_connection_error(exc)})",
                     code="upstream_stream_broken").sse_event() + SSE_DONE)
                 return outcome
-            outcome.upstream_wait_seconds += time.perf_counter() - wait_started
+            finally:  # also when cancelled (the client left): the time between events is the pod's
+                outcome.upstream_wait_seconds += time.perf_counter() - wait_started
             if not chunk:
                 break
             for event in splitter.feed(chunk):

@@ -51,7 +51,8 @@ class ProxyMetrics:
                                   "Time from request to the end of the response.", ["route"],
                                   buckets=LATENCY_BUCKETS, registry=registry)
         self.overhead = Histogram("rpm_proxy_overhead_seconds",
-                                  "Time the proxy added: total minus time waiting on the pod or a wake.",
+                                  "Time the proxy added: total minus time waiting on the pod (including "
+                                  "between streamed events), a wake, or the client's body.",
                                   buckets=OVERHEAD_BUCKETS, registry=registry)
         self.upstream_ttfb = Histogram("rpm_proxy_upstream_ttfb_seconds",
                                        "From sending a request to the pod to its status and headers.",

@@ -29,6 +29,7 @@ from runpod_manager.config import Config, ProxyConfig
 from runpod_manager.errors import ConfigError
 from runpod_manager.paths import Paths, ensure_private_dir
 from runpod_manager.proxy.app import SHUTDOWN_GRACE_SECONDS, build_app
+from runpod_manager.proxy.connection import IDLE_CONNECTION_TIMEOUT_SECONDS, ProxyAppRunner
 from runpod_manager.proxy.controller import ProxyController
 
 log = logging.getLogger("runpod_manager.proxy")
@@ -143,18 +144,25 @@ async def serve(
     ready_callback: Callable[[ProxyReady], None] | None = None,
     handle_signals: bool = True,
     ssl_context: ssl.SSLContext | None = None,
+    idle_connection_timeout_seconds: float = IDLE_CONNECTION_TIMEOUT_SECONDS,
     **app_options: Any,
 ) -> str | None:
     """Serve until stopped (signal or ProxyReady.stop()); the async core of run_proxy. Returns the name of
-    the signal that stopped it ("SIGINT", "SIGTERM"), or None when stopped through ProxyReady.stop()."""
+    the signal that stopped it ("SIGINT", "SIGTERM"), or None when stopped through ProxyReady.stop().
+
+    `idle_connection_timeout_seconds` (a test knob) bounds both a connection that has not finished its
+    request's headers and an idle keep-alive connection; a request under way is never cut by it.
+    """
     proxy = config.proxy
     loop = asyncio.get_running_loop()
     stopping = asyncio.Event()
     app = build_app(config, controller, paths=paths, **app_options)
     # handler_cancellation: a client that goes away cancels its handler at once, which closes the
     # upstream request (the pod stops generating). access_log=None: we log one line per request ourselves.
-    runner = web.AppRunner(app, handler_cancellation=True, shutdown_timeout=SHUTDOWN_GRACE_SECONDS,
-                           access_log=None)
+    # keepalive_timeout: aiohttp closes a connection still waiting for a request's headers after it
+    # (slowloris), counted from the connection's start or its previous answer.
+    runner = ProxyAppRunner(app, handler_cancellation=True, shutdown_timeout=SHUTDOWN_GRACE_SECONDS,
+                            access_log=None, keepalive_timeout=idle_connection_timeout_seconds)
     await runner.setup()
     installed: list[signal.Signals] = []
     stopped_by: list[str] = []

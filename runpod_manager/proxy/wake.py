@@ -9,7 +9,9 @@ one call), then — when `wake_on_request` is on — start `controller.wake()` o
 let up to `max_queue_size` requests wait for it, each for at most `queue_timeout_seconds`. Everything
 that cannot be served turns into a ProxyError with an OpenAI-shaped message; nothing waits forever or
 is dropped silently. Streaming callers pass `on_tick`, called every `keepalive_interval_seconds` while
-they wait, to keep editors and RunPod's 100 s cut-off seeing bytes.
+they wait, to keep editors and RunPod's 100 s cut-off seeing bytes. Other callers pass `answer_by`: a
+request without response headers by then gets a retryable 503 (the wake goes on; the retry joins it),
+because Node's fetch gives up on a request whose headers take 300 s and would lose it instead.
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ class WakeGate:
         queue_timeout_seconds: float,
         keepalive_interval_seconds: float = 5.0,
         queue_full_retry_after_seconds: float = 5.0,
+        waking_retry_after_seconds: float = 1.0,
         metrics: ProxyMetrics | None = None,
     ) -> None:
         self.target: UpstreamTarget | None = None
@@ -51,6 +54,7 @@ class WakeGate:
         self.queue_timeout_seconds = queue_timeout_seconds
         self.keepalive_interval_seconds = keepalive_interval_seconds
         self.queue_full_retry_after_seconds = queue_full_retry_after_seconds
+        self.waking_retry_after_seconds = waking_retry_after_seconds
         self.last_wake_error: str | None = None
         self._controller = controller
         self._metrics = metrics
@@ -94,8 +98,12 @@ class WakeGate:
         if not future.cancelled():
             future.exception()  # retrieved here so asyncio does not log it again
 
-    async def wait_for_target(self, on_tick: TickCallback | None = None) -> tuple[UpstreamTarget, float | None]:
-        """The target to send to, and how long this request waited for a wake (None: no wait)."""
+    async def wait_for_target(self, on_tick: TickCallback | None = None, *,
+                              answer_by: float | None = None) -> tuple[UpstreamTarget, float | None]:
+        """The target to send to, and how long this request waited for a wake (None: no wait).
+
+        `answer_by` (loop time): when the wake is still running then, raise a retryable 503 (pod_waking).
+        """
         target = self.target
         if target is not None:
             return target, None
@@ -121,8 +129,16 @@ class WakeGate:
         try:
             wake = self._wake if self._wake is not None else self._start_wake(loop)
             deadline = started + self.queue_timeout_seconds
+            give_up_at = deadline if answer_by is None else min(deadline, answer_by)
             while not wake.done():
-                remaining = deadline - loop.time()
+                remaining = give_up_at - loop.time()
+                if remaining <= 0 and give_up_at < deadline:
+                    raise ProxyError(
+                        503, f"the pod is still waking ({time.monotonic() - self._wake_started_at:.0f} s so "
+                        "far); retry: the retry joins the same wake. A request without a response by [proxy] "
+                        "wake_hold_seconds is answered so, before clients that give up silently drop it",
+                        code="pod_waking", retry_after_seconds=self.waking_retry_after_seconds,
+                        should_retry=True)
                 if remaining <= 0:
                     raise ProxyError(
                         504, f"the pod did not become ready within {self.queue_timeout_seconds:g} s "

@@ -8,24 +8,30 @@ complete if the proxy buffered fails by its read timeout instead.
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import json
 import logging
 import os
+import re
 import signal
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import pytest
 import requests
+from aiohttp import web
 
 from runpod_manager.errors import ConfigError, LimitRefused, RpmError
 from runpod_manager.paths import Paths, resolve_paths
+from runpod_manager.proxy.app import STATE, build_app
 from runpod_manager.proxy.controller import PodView, UpstreamTarget
 from runpod_manager.proxy.server import run_proxy
 from tests.support.proxy_fakes import (
@@ -358,6 +364,47 @@ def test_queue_timeout_answers_504(upstream: FakeUpstream, paths: Paths) -> None
         controller.release_wake.set()
 
 
+def test_a_long_wake_answers_a_plain_request_503_that_its_retry_turns_into_an_answer(upstream: FakeUpstream,
+                                                                                     paths: Paths) -> None:
+    """Node's fetch (openai-node, the ai SDK, Continue, Cline) drops a request whose headers take 300 s. A
+    plain request is answered 503 + Retry-After before that ([proxy] wake_hold_seconds); the wake goes on,
+    and the retry joins it."""
+    controller = FakeController(None, wake_target=upstream.target(), hold_wake=True)
+    config = make_config(wake_hold_seconds=0.3)
+    with running_proxy(config, controller, paths, wake_retry_after_seconds=0.05,
+                       keepalive_interval_seconds=0.05) as proxy:
+        url = f"{proxy.url}/v1/chat/completions"
+        for _ in range(2):
+            waiting = requests.post(url, json=chat(), timeout=READ_TIMEOUT)
+            assert waiting.status_code == 503, waiting.text
+            assert waiting.headers["x-should-retry"] == "true"
+            assert waiting.headers["retry-after-ms"] == "50" and waiting.headers["Retry-After"] == "1"
+            error = error_of(waiting)
+            assert error["code"] == "pod_waking" and "wake_hold_seconds" in error["message"]
+            health = requests.get(f"{proxy.url}/health", timeout=READ_TIMEOUT).json()
+            assert health["proxy"]["waking"] is True  # the wake goes on without the request
+        # A stream is held as long as the wake takes: its keep-alives already committed the headers.
+        stream = requests.post(url, json=chat(stream=True), stream=True, timeout=READ_TIMEOUT)
+        chunks = sse_chunks(stream)
+        assert next(chunks).startswith(b": waking pod")
+        controller.release_wake.set()
+        assert b"data: [DONE]" in b"".join(chunks)
+        served = requests.post(url, json=chat(), timeout=READ_TIMEOUT)
+        assert served.status_code == 200
+    assert controller.wake_calls == 1  # every retry joined the one wake
+
+
+def test_a_queue_timeout_shorter_than_the_hold_still_ends_the_wait(upstream: FakeUpstream, paths: Paths) -> None:
+    controller = FakeController(None, wake_target=upstream.target(), hold_wake=True)
+    try:
+        config = make_config(wake_hold_seconds=30, queue_timeout_seconds=0.3)
+        with running_proxy(config, controller, paths) as proxy:
+            response = requests.post(f"{proxy.url}/v1/chat/completions", json=chat(), timeout=READ_TIMEOUT)
+        assert response.status_code == 504 and error_of(response)["code"] == "queue_timeout"
+    finally:
+        controller.release_wake.set()
+
+
 def test_limit_refused_wake_is_a_503_with_the_reason(upstream: FakeUpstream, paths: Paths) -> None:
     controller = FakeController(None, wake_error=LimitRefused("daily spend cap of $20.00 reached"))
     with running_proxy(make_config(), controller, paths) as proxy:
@@ -404,6 +451,47 @@ def test_streaming_wake_sends_keepalives_then_data(upstream: FakeUpstream, paths
     assert any(event.startswith(b": pod ready after") for event in events)
 
 
+README = Path(__file__).resolve().parents[2] / "README.md"
+
+
+def test_the_readme_says_what_a_stream_that_waited_carries(upstream: FakeUpstream, paths: Paths) -> None:
+    """A stream's headers go out with its first keep-alive, before the wait is known: it can never carry
+    X-RPM-Cold-Start. The README must say what it carries instead, in the words the stream uses."""
+    lines = README.read_text(encoding="utf-8").splitlines()
+    spans = [span for line in lines for span in re.findall(r"`([^`]*)`", line)]
+    documented = [span for span in spans if span.startswith(": ")]  # the SSE comments shown; N is a number
+    assert len(documented) >= 2, documented
+    assert "streams never carry `x-rpm-cold-start`" in " ".join(" ".join(lines).split()).lower()
+    shapes = {pattern: re.escape(pattern).replace("N", r"[0-9]+(?:\.[0-9]+)?") for pattern in documented}
+
+    def comments_of(response: requests.Response, chunks: list[bytes]) -> list[str]:
+        assert response.status_code == 200
+        assert "X-RPM-Cold-Start" not in response.headers
+        assert events_of(chunks)[-1] == b"data: [DONE]\n\n"
+        return [event.decode().strip() for event in events_of(chunks) if event.startswith(b":")]
+
+    # A wake longer than the first keep-alive: every documented comment, in the stream's own words.
+    controller = FakeController(None, wake_target=upstream.target(), hold_wake=True)
+    with running_proxy(make_config(), controller, paths, keepalive_interval_seconds=0.05) as proxy:
+        response = requests.post(f"{proxy.url}/v1/chat/completions", json=chat(stream=True), stream=True,
+                                 timeout=READ_TIMEOUT)
+        chunks = sse_chunks(response)
+        first = next(chunks)
+        controller.release_wake.set()
+        comments = comments_of(response, [first, *chunks])
+    for pattern, shape in shapes.items():
+        assert any(re.fullmatch(shape, comment) for comment in comments), (pattern, comments)
+    # A wake over before the first keep-alive: no header either, the ready comment all the same.
+    controller = FakeController(None, wake_target=upstream.target())
+    with running_proxy(make_config(), controller, paths, keepalive_interval_seconds=5) as proxy:
+        response = requests.post(f"{proxy.url}/v1/chat/completions", json=chat(stream=True), stream=True,
+                                 timeout=READ_TIMEOUT)
+        comments = comments_of(response, list(sse_chunks(response)))
+    assert controller.wake_calls == 1
+    assert [comment for comment in comments if not comment.startswith(": waking pod")]
+    assert all(any(re.fullmatch(shape, comment) for shape in shapes.values()) for comment in comments), comments
+
+
 def test_streaming_wake_failure_ends_with_error_event_and_done(upstream: FakeUpstream, paths: Paths) -> None:
     controller = FakeController(None, hold_wake=True, wake_error=RpmError("no GPU available in EU-RO-1"))
     with running_proxy(make_config(), controller, paths, keepalive_interval_seconds=0.05) as proxy:
@@ -423,15 +511,14 @@ def test_streaming_wake_failure_ends_with_error_event_and_done(upstream: FakeUps
 def test_streaming_wake_then_upstream_error_becomes_error_event(upstream: FakeUpstream, paths: Paths) -> None:
     controller = FakeController(None, wake_target=upstream.target(), hold_wake=True)
     with running_proxy(make_config(), controller, paths, keepalive_interval_seconds=0.05) as proxy:
-        response = requests.post(f"{proxy.url}/v1/chat/completions",
-                                 json={**chat(stream=True), "model": "no/such-model"}, stream=True,
-                                 timeout=READ_TIMEOUT)
+        response = requests.post(f"{proxy.url}/v1/chat/completions", json=chat(stream=True, max_tokens=0),
+                                 stream=True, timeout=READ_TIMEOUT)
         chunks = sse_chunks(response)
         next(chunks)
         controller.release_wake.set()
         events = [event for event in events_of(list(chunks)) if event.startswith(b"data:")]
     assert events[-1] == b"data: [DONE]\n\n"
-    assert "does not exist" in json.loads(events[-2][len(b"data: "):])["error"]["message"]
+    assert "max_tokens must be at least 1" in json.loads(events[-2][len(b"data: "):])["error"]["message"]
 
 
 def test_quick_wake_for_a_stream_answers_plain_http_errors(paths: Paths) -> None:
@@ -441,6 +528,171 @@ def test_quick_wake_for_a_stream_answers_plain_http_errors(paths: Paths) -> None
                                  timeout=READ_TIMEOUT)
     assert response.status_code == 503
     assert "daily cutoff" in error_of(response)["message"]
+
+
+# ------------------------------------------------------------------------- answered without the pod
+
+
+def _must_not_wake(target: UpstreamTarget | None = None, **view: Any) -> FakeController:
+    """A controller whose wake fails the test's expectations loudly (and counts)."""
+    pod_view = PodView(**view) if view else None
+    return FakeController(target, wake_error=RpmError("this request must not wake the pod"), view=pod_view)
+
+
+def test_model_list_with_a_stale_target_is_answered_locally_and_never_wakes(upstream: FakeUpstream,
+                                                                            paths: Paths) -> None:
+    """The pod was stopped outside rpm between two reconciles: the proxy still holds its target. Listing
+    models must neither wake it nor fail: the proxy answers with the pod's last list."""
+    stopped = {"pod_id": "pod-fake", "status": "EXITED", "ready": False, "lease_open": False}
+    controller = _must_not_wake(upstream.target(), **stopped)
+    with running_proxy(make_config(reconcile_interval_seconds=3600), controller, paths) as proxy:
+        url = f"{proxy.url}/v1/models"
+        awake = requests.get(url, timeout=READ_TIMEOUT)
+        assert awake.status_code == 200 and "X-RPM-Models" not in awake.headers
+        upstream.fail_next(10, 502)  # what RunPod's proxy answers for a stopped pod
+        for _ in range(2):
+            stale = requests.get(url, timeout=READ_TIMEOUT)
+            assert stale.status_code == 200, stale.text
+            assert stale.headers["X-RPM-Models"] == "remembered"
+            assert stale.json() == awake.json()
+        assert len(upstream.requests) <= 3  # one attempt each, no retries: the local answer is as good
+    assert controller.wake_calls == 0
+
+    # Connection refused (nothing listens any more), and a proxy that never saw the pod's own list.
+    dead = UpstreamTarget("pod-dead", f"http://127.0.0.1:{free_port()}", "k")
+    controller = _must_not_wake(dead, **stopped)
+    with running_proxy(make_config(reconcile_interval_seconds=3600), controller, paths) as proxy:
+        listed = requests.get(f"{proxy.url}/v1/models", timeout=READ_TIMEOUT)
+        assert listed.status_code == 200 and listed.headers["X-RPM-Models"] == "config"
+        assert [entry["id"] for entry in listed.json()["data"]] == [MODEL]
+        one = requests.get(f"{proxy.url}/v1/models/{MODEL}", timeout=READ_TIMEOUT)
+        assert one.status_code == 200 and one.json()["id"] == MODEL
+        missing = requests.get(f"{proxy.url}/v1/models/gpt-4o", timeout=READ_TIMEOUT)
+        assert missing.status_code == 404 and error_of(missing)["code"] == "model_not_found"
+    assert controller.wake_calls == 0
+
+
+def test_unknown_model_is_a_plain_404_naming_the_served_model_and_never_wakes(upstream: FakeUpstream,
+                                                                             paths: Paths) -> None:
+    controller = _must_not_wake(None)
+    config = make_config(reconcile_interval_seconds=0.05)
+    with running_proxy(config, controller, paths, keepalive_interval_seconds=0.01) as proxy:
+        for path, body in (("/v1/chat/completions", chat(stream=True, model="gpt-4o")),
+                           ("/v1/chat/completions", chat(model="gpt-4o")),
+                           ("/v1/completions", {"model": "gpt-4o", "prompt": "x", "stream": True})):
+            response = requests.post(f"{proxy.url}{path}", json=body, timeout=READ_TIMEOUT)
+            assert response.status_code == 404, response.text  # plain HTTP, even for stream=true
+            assert response.headers["Content-Type"].startswith("application/json")
+            error = error_of(response)
+            assert error["code"] == "model_not_found" and error["param"] == "model"
+            assert error["type"] == "invalid_request_error"
+            assert "gpt-4o" in error["message"] and MODEL in error["message"]
+        wrong_type = requests.post(f"{proxy.url}/v1/chat/completions", json=chat(model=42), timeout=READ_TIMEOUT)
+        assert wrong_type.status_code == 400 and error_of(wrong_type)["param"] == "model"
+        # Refused requests are not activity: an editor polling with a wrong name keeps no GPU up.
+        seen = len(controller.reconcile_calls)
+        assert wait_until(lambda: len(controller.reconcile_calls) >= seen + 2)
+        assert controller.reconcile_calls[-1] is None
+    assert controller.wake_calls == 0 and upstream.requests == []
+
+
+def test_served_model_name_in_extra_args_is_the_name_the_pod_answers_to(upstream: FakeUpstream,
+                                                                         paths: Paths) -> None:
+    controller = FakeController(None, wake_target=upstream.target())
+    config = make_config(model="org/weights-on-disk", extra_args=f"--served-model-name {MODEL} alias")
+    with running_proxy(config, controller, paths) as proxy:
+        listed = requests.get(f"{proxy.url}/v1/models", timeout=READ_TIMEOUT).json()
+        assert [entry["id"] for entry in listed["data"]] == [MODEL, "alias"]
+        refused = requests.post(f"{proxy.url}/v1/chat/completions", json=chat(model="org/weights-on-disk"),
+                                timeout=READ_TIMEOUT)
+        assert refused.status_code == 404 and controller.wake_calls == 0  # vLLM answers only to served names
+        served = requests.post(f"{proxy.url}/v1/chat/completions", json=chat(), timeout=READ_TIMEOUT)
+        assert served.status_code == 200 and controller.wake_calls == 1
+
+
+def test_names_the_pod_lists_are_served_and_custom_servers_decide_for_themselves(upstream: FakeUpstream,
+                                                                                 paths: Paths) -> None:
+    config = make_config(model="name-in-the-config")  # the pod lists MODEL (a LoRA adapter, say)
+    with running_proxy(config, FakeController(upstream.target()), paths) as proxy:
+        url = f"{proxy.url}/v1/chat/completions"
+        before = requests.post(url, json=chat(stream=True), timeout=READ_TIMEOUT)
+        assert before.status_code == 404 and error_of(before)["code"] == "model_not_found"
+        assert upstream.requests == []  # answered here, the pod running or not
+        assert requests.get(f"{proxy.url}/v1/models", timeout=READ_TIMEOUT).status_code == 200
+        assert requests.post(url, json=chat(stream=True), timeout=READ_TIMEOUT).status_code == 200
+    # Full custom [pod] args that name no model: whatever server runs there decides.
+    config = replace(make_config(), pod=replace(make_config().pod, args="python3 my_server.py --port {port}"))
+    with running_proxy(config, FakeController(upstream.target()), paths) as proxy:
+        custom = requests.post(f"{proxy.url}/v1/chat/completions", json=chat(model="gpt-4o"), timeout=READ_TIMEOUT)
+    assert custom.status_code == 404 and "does not exist" in error_of(custom)["message"]
+
+
+def test_wrong_methods_on_generation_routes_are_answered_locally(upstream: FakeUpstream, paths: Paths) -> None:
+    controller = _must_not_wake(None)
+    with running_proxy(make_config(), controller, paths) as proxy:
+        for method in ("GET", "PUT", "DELETE"):
+            response = requests.request(method, f"{proxy.url}/v1/chat/completions", timeout=READ_TIMEOUT)
+            assert response.status_code == 405, (method, response.text)
+            assert response.headers["Allow"] == "POST"
+            assert error_of(response)["code"] == "method_not_allowed"
+        assert requests.delete(f"{proxy.url}/health", timeout=READ_TIMEOUT).headers["Allow"] == "GET,HEAD"
+    assert controller.wake_calls == 0 and upstream.requests == []
+
+
+def test_preflights_are_answered_locally_and_pages_of_other_sites_are_refused(upstream: FakeUpstream,
+                                                                             paths: Paths) -> None:
+    """A CORS preflight never reaches (or wakes) the pod, and by default no web page may drive the proxy:
+    not with CORS, nor with the `no-cors` requests (forms, images) a page can send without asking."""
+    controller = _must_not_wake(None)
+    page = {"Origin": "https://some-site.example", "Access-Control-Request-Method": "POST",
+            "Access-Control-Request-Headers": "authorization, content-type"}
+    with running_proxy(make_config(), controller, paths) as proxy:
+        url = f"{proxy.url}/v1/chat/completions"
+        preflight = requests.options(url, headers=page, timeout=READ_TIMEOUT)
+        assert preflight.status_code == 403
+        assert "Access-Control-Allow-Origin" not in preflight.headers
+        error = error_of(preflight)
+        assert error["code"] == "origin_not_allowed" and "cors_allow_origins" in error["message"]
+        plain = requests.options(url, timeout=READ_TIMEOUT)  # not a preflight (no Origin): say what is allowed
+        assert plain.status_code == 204 and "POST" in plain.headers["Allow"]
+        from_page = requests.post(url, data="{}", timeout=READ_TIMEOUT,
+                                  headers={"Origin": "https://some-site.example", "Content-Type": "text/plain"})
+        assert from_page.status_code == 403
+        no_cors = requests.get(f"{proxy.url}/v1/anything", headers={"Sec-Fetch-Site": "cross-site"},
+                               timeout=READ_TIMEOUT)  # an <img src> or a link: no Origin header at all
+        assert no_cors.status_code == 403
+        typed = requests.get(f"{proxy.url}/v1/models", headers={"Sec-Fetch-Site": "none"}, timeout=READ_TIMEOUT)
+        assert typed.status_code == 200  # the user typed the address: not another site's doing
+        assert requests.get(f"{proxy.url}/dashboard", headers={"Sec-Fetch-Site": "cross-site"},
+                            timeout=READ_TIMEOUT).status_code == 200  # costs nothing; links may point at it
+    assert controller.wake_calls == 0 and upstream.requests == []
+
+
+def test_allowed_origins_get_cors_answers(upstream: FakeUpstream, paths: Paths) -> None:
+    origin = "http://localhost:3000"
+    config = make_config(cors_allow_origins=(origin,))
+    controller = FakeController(upstream.target())
+    with running_proxy(config, controller, paths) as proxy:
+        url = f"{proxy.url}/v1/chat/completions"
+        preflight = requests.options(url, timeout=READ_TIMEOUT, headers={
+            "Origin": origin, "Access-Control-Request-Method": "POST",
+            "Access-Control-Request-Headers": "authorization, content-type, x-stainless-os",
+            "Access-Control-Request-Private-Network": "true"})
+        assert preflight.status_code == 204
+        assert preflight.headers["Access-Control-Allow-Origin"] == origin
+        assert "POST" in preflight.headers["Access-Control-Allow-Methods"]
+        assert preflight.headers["Access-Control-Allow-Headers"] == "authorization, content-type, x-stainless-os"
+        assert preflight.headers["Access-Control-Allow-Private-Network"] == "true"
+        assert "Origin" in preflight.headers["Vary"]
+        for stream in (False, True):
+            response = requests.post(url, json=chat(stream=stream), headers={"Origin": origin}, timeout=READ_TIMEOUT)
+            assert response.status_code == 200
+            assert response.headers["Access-Control-Allow-Origin"] == origin
+            assert "retry-after-ms" in response.headers["Access-Control-Expose-Headers"]
+        other = requests.post(url, json=chat(), headers={"Origin": "http://localhost:3001"}, timeout=READ_TIMEOUT)
+        assert other.status_code == 403 and "Access-Control-Allow-Origin" not in other.headers
+    assert controller.wake_calls == 0
+    assert len(upstream.requests) == 2  # the preflight never reached the pod
 
 
 # ----------------------------------------------------------------------------------------------- cache
@@ -766,6 +1018,109 @@ def test_health_ready_metrics_dashboard_and_no_secrets(upstream: FakeUpstream, p
     for secret in (UPSTREAM_KEY, CLIENT_KEY, "wrong-key-abc", "leak"):
         assert secret not in shown, secret
         assert secret not in logged, secret
+
+
+def _samples(metrics_text: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    return {(sample.name, frozenset(sample.labels.items())): sample.value
+            for family in text_string_to_metric_families(metrics_text) for sample in family.samples}
+
+
+def _time_not_counted_as_overhead(url: str) -> float:
+    """Seconds of /v1 request time the proxy did not count as its own (pod, wake or client waits)."""
+    samples = _samples(requests.get(f"{url}/metrics", timeout=READ_TIMEOUT).text)
+    duration = sum(value for (name, labels), value in samples.items()
+                   if name == "rpm_proxy_request_duration_seconds_sum" and dict(labels)["route"].startswith("/v1/"))
+    return duration - samples[("rpm_proxy_overhead_seconds_sum", frozenset())]
+
+
+def _statuses(url: str) -> dict[str, float]:
+    samples = _samples(requests.get(f"{url}/metrics", timeout=READ_TIMEOUT).text)
+    return {dict(labels)["status"]: value for (name, labels), value in samples.items()
+            if name == "rpm_proxy_requests_total" and dict(labels)["route"] == "/v1/chat/completions"}
+
+
+def _hang_up_after(url: str, raw: bytes, ready: Any, held_seconds: float) -> float:
+    """Send raw bytes, wait until `ready()`, keep the connection `held_seconds` longer, then close it.
+    Returns how long the proxy had the request from `ready()` on (a lower bound of what it waited)."""
+    host, port = url.split("//", 1)[1].rsplit(":", 1)
+    with socket.create_connection((host, int(port)), timeout=READ_TIMEOUT) as connection:
+        connection.sendall(raw)
+        assert wait_until(ready)
+        held_from = time.monotonic()
+        time.sleep(held_seconds)  # the wait whose length the proxy must not call its own overhead
+        return time.monotonic() - held_from
+
+
+def _raw_post(path: str, body: dict[str, Any], *, send_bytes: int | None = None) -> bytes:
+    payload = json.dumps(body).encode()
+    head = (f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(payload)}\r\n\r\n").encode()
+    return head + payload[:send_bytes]
+
+
+@pytest.mark.parametrize("leaves", ["mid-stream", "waiting-for-a-wake", "waiting-for-a-wake-streaming",
+                                    "before-its-body"])
+def test_a_client_that_leaves_is_499_client_gone_and_its_waits_are_not_proxy_overhead(
+        leaves: str, upstream: FakeUpstream, paths: Paths, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="runpod_manager.proxy")
+    held_seconds = 0.4
+    controller = FakeController(upstream.target())
+    raw = _raw_post("/v1/chat/completions", chat(stream=True))
+    ready: Any = lambda: True  # noqa: E731
+    if leaves == "mid-stream":  # the pod holds its next event
+        upstream.hold_streams = True
+        ready = lambda: upstream.events_sent >= 1  # noqa: E731
+    elif leaves.startswith("waiting-for-a-wake"):  # a streaming wait has already sent keep-alives
+        controller = FakeController(None, wake_target=upstream.target(), hold_wake=True)
+        raw = _raw_post("/v1/chat/completions", chat(stream=leaves.endswith("streaming")))
+        ready = controller.wake_started.is_set
+    else:
+        raw = _raw_post("/v1/chat/completions", chat(), send_bytes=5)
+    try:
+        with running_proxy(make_config(), controller, paths, keepalive_interval_seconds=0.05) as proxy:
+            held = _hang_up_after(proxy.url, raw, ready, held_seconds)
+            assert wait_until(lambda: _statuses(proxy.url) == {"499": 1.0})  # never a 200 that was cut
+            assert _time_not_counted_as_overhead(proxy.url) >= 0.8 * held
+    finally:
+        controller.release_wake.set()
+    [line] = [record.getMessage() for record in caplog.records if "POST /v1/chat/completions" in record.getMessage()]
+    assert " 499 " in line and "error=client_gone" in line
+    assert "Traceback" not in caplog.text
+
+
+def test_a_stream_whose_client_left_is_499_when_a_write_notices_it_first(upstream: FakeUpstream,
+                                                                          paths: Paths) -> None:
+    """A write can find the connection closed before the handler is cancelled (always so without
+    handler_cancellation): the relay ends quietly, and the request must still count as client_gone."""
+    upstream.hold_streams = True
+
+    async def scenario() -> str:
+        app = build_app(make_config(), FakeController(upstream.target()), paths=paths)
+        runner = web.AppRunner(app, handler_cancellation=False, access_log=None)
+        await runner.setup()
+        try:
+            site = web.TCPSite(runner, "127.0.0.1", 0)
+            await site.start()
+            reader, writer = await asyncio.open_connection("127.0.0.1", runner.addresses[0][1])
+            writer.write(_raw_post("/v1/chat/completions", chat(stream=True)))
+            await reader.readuntil(b"data:")
+            writer.close()
+            await writer.wait_closed()
+            upstream.release(len(TOKENS) + 1)  # the proxy writes on into the closed connection
+            metrics = app[STATE].metrics
+            for _ in range(500):  # until the proxy has finished (and counted) the request
+                if metrics.recent:
+                    break
+                await asyncio.sleep(0.01)
+            return metrics.render().decode()
+        finally:
+            await runner.cleanup()
+
+    metrics = asyncio.run(scenario())
+    assert 'rpm_proxy_requests_total{route="/v1/chat/completions",status="499"} 1.0' in metrics
+    assert 'status="200"' not in metrics
 
 
 def test_reconcile_runs_with_the_last_request_time_and_survives_errors(upstream: FakeUpstream,

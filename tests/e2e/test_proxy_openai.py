@@ -80,7 +80,7 @@ def pod() -> Iterator[EmulatedPod]:
 def proxy(pod: EmulatedPod, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ProxyThread]:
     root = tmp_path_factory.mktemp("proxy-home")
     paths = Paths(config_dir=root, state_dir=root / "state", cache_dir=root / "cache")
-    running = ProxyThread(make_config(), FakeController(pod.target), paths)
+    running = ProxyThread(make_config(model=MODEL), FakeController(pod.target), paths)
     yield running
     running.stop()
 
@@ -144,14 +144,15 @@ def test_errors_raise_the_matching_sdk_exceptions(proxy: ProxyThread) -> None:
     assert "max_tokens" in bad.value.message
     with pytest.raises(openai.NotFoundError) as missing:
         sdk.chat.completions.create(model="no-such-model", messages=MESSAGES)
-    assert "does not exist" in missing.value.message
+    assert "not served here" in missing.value.message and MODEL in missing.value.message
+    assert missing.value.code == "model_not_found"
     with pytest.raises(openai.BadRequestError) as fim:  # the proxy's own 400
         sdk.completions.create(model=MODEL, prompt="def f(", suffix=")\n")
     assert "fim_template" in fim.value.message
 
 
 def test_local_key_is_required_and_checked(pod: EmulatedPod, paths: Paths) -> None:
-    config = make_config(api_keys=(CLIENT_KEY,))
+    config = make_config(model=MODEL, api_keys=(CLIENT_KEY,))
     with running_proxy(config, FakeController(pod.target), paths) as running:
         with pytest.raises(openai.AuthenticationError) as denied:
             client(running.url, key="wrong").models.list()
@@ -162,7 +163,7 @@ def test_local_key_is_required_and_checked(pod: EmulatedPod, paths: Paths) -> No
 
 def test_pod_rejecting_the_upstream_key_is_an_authentication_error(pod: EmulatedPod, paths: Paths) -> None:
     wrong = UpstreamTarget(pod.pod_id, pod.url, "not-the-pod-key")
-    with (running_proxy(make_config(), FakeController(wrong), paths) as running,
+    with (running_proxy(make_config(model=MODEL), FakeController(wrong), paths) as running,
           pytest.raises(openai.AuthenticationError) as denied):
         client(running.url).models.list()
     assert "rejected the upstream key" in denied.value.message
@@ -170,7 +171,7 @@ def test_pod_rejecting_the_upstream_key_is_an_authentication_error(pod: Emulated
 
 def test_sdk_retries_a_full_queue_as_told_by_retry_after(pod: EmulatedPod, paths: Paths) -> None:
     controller = FakeController(None, wake_target=pod.target, hold_wake=True)
-    config = make_config(max_queue_size=1)
+    config = make_config(model=MODEL, max_queue_size=1)
     with running_proxy(config, controller, paths, queue_full_retry_after_seconds=0.2) as running:
         waiting = threading.Thread(target=requests.post, args=(f"{running.url}/v1/chat/completions",),
                                    kwargs={"json": {"model": MODEL, "messages": MESSAGES, "max_tokens": 2},
@@ -194,7 +195,7 @@ def test_sdk_retries_a_full_queue_as_told_by_retry_after(pod: EmulatedPod, paths
 
 def test_wake_on_request_serves_the_sdk_after_the_pod_wakes(pod: EmulatedPod, paths: Paths) -> None:
     controller = FakeController(None, wake_target=pod.target, wake_delay_seconds=0.3)
-    with running_proxy(make_config(), controller, paths, keepalive_interval_seconds=0.05) as running:
+    with running_proxy(make_config(model=MODEL), controller, paths, keepalive_interval_seconds=0.05) as running:
         sdk = client(running.url)
         # A stream that has to wait gets keep-alive comments, which the SDK's SSE parser skips.
         streamed = list(sdk.chat.completions.create(model=MODEL, messages=MESSAGES, max_tokens=4, stream=True))
@@ -208,9 +209,38 @@ def test_wake_on_request_serves_the_sdk_after_the_pod_wakes(pod: EmulatedPod, pa
     assert controller.wake_calls == 2
 
 
+def test_an_sdk_with_default_retries_is_served_after_a_wake_longer_than_the_hold(pod: EmulatedPod,
+                                                                                 paths: Paths) -> None:
+    """The SDK's defaults (2 retries, honouring retry-after-ms) carry a request across a wake longer than
+    [proxy] wake_hold_seconds: each answer is a 503 it retries, and the wake it joins is the same one."""
+    controller = FakeController(None, wake_target=pod.target, hold_wake=True)
+    config = make_config(model=MODEL, wake_hold_seconds=0.3)
+    with running_proxy(config, controller, paths, wake_retry_after_seconds=0.05) as running:
+
+        def statuses() -> list[int]:
+            return [row["status"] for row in requests.get(f"{running.url}/dashboard", timeout=5)
+                    .json()["recent_requests"] if row["path"] == "/v1/chat/completions"]
+
+        def release_after_two_holds() -> None:
+            wait_until(lambda: statuses().count(503) >= 2, timeout=20)
+            controller.release_wake.set()
+
+        releaser = threading.Thread(target=release_after_two_holds)
+        releaser.start()
+        sdk = openai.OpenAI(base_url=f"{running.url}/v1", api_key="unused", timeout=20)  # default retries
+        try:
+            reply = sdk.chat.completions.with_raw_response.create(model=MODEL, messages=MESSAGES, max_tokens=4)
+        finally:
+            controller.release_wake.set()
+            releaser.join(10)
+        assert reply.status_code == 200 and reply.parse().choices[0].message.content
+        assert statuses() == [200, 503, 503]  # newest first: two holds, then the answer
+    assert controller.wake_calls == 1
+
+
 def test_wake_failure_mid_stream_raises_in_the_sdk(paths: Paths) -> None:
     controller = FakeController(None, hold_wake=True, wake_error=RpmError("no capacity for RTX 4090"))
-    with running_proxy(make_config(), controller, paths, keepalive_interval_seconds=0.05) as running:
+    with running_proxy(make_config(model=MODEL), controller, paths, keepalive_interval_seconds=0.05) as running:
         stream = client(running.url).chat.completions.create(model=MODEL, messages=MESSAGES, stream=True)
         controller.release_wake.set()
         with pytest.raises(openai.APIError, match="no capacity for RTX 4090"):

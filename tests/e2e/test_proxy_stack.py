@@ -179,6 +179,27 @@ def test_idle_stop_by_the_proxy_then_twenty_requests_share_one_resume(rpm: Rpm, 
     assert "x-rpm-cold-start" not in warm.headers
 
 
+def test_a_pod_stopped_outside_rpm_is_not_woken_to_list_models_or_to_refuse_a_model(rpm: Rpm,
+                                                                                    proxy_port: int) -> None:
+    # A reconcile interval longer than the test: the proxy keeps the target of a pod stopped behind its back.
+    configure(rpm, proxy_port, proxy={"reconcile_interval_seconds": 3600})
+    pod_id = _start(rpm, proxy_port)["pod"]["id"]
+    client = sdk(proxy_port)
+    assert [model.id for model in client.models.list()] == [MODEL]  # the pod's own answer, remembered
+    rpm.sandbox.control(f"pods/{pod_id}/status", {"status": "EXITED"})  # stopped outside rpm
+    assert wait_until(lambda: [p["status"] for p in _live(rpm)] == ["EXITED"])
+    calls = rpm.sandbox.calls()
+
+    listed = requests.get(f"http://127.0.0.1:{proxy_port}/v1/models", timeout=10)
+    assert listed.status_code == 200 and listed.headers["X-RPM-Models"] == "remembered"
+    assert [entry["id"] for entry in listed.json()["data"]] == [MODEL]
+    with pytest.raises(openai.NotFoundError) as unknown:
+        client.chat.completions.create(model="gpt-4o", messages=chat(), stream=True)
+    assert unknown.value.code == "model_not_found" and MODEL in unknown.value.message
+    assert rpm.sandbox.calls() == calls  # nothing was started, not even looked up
+    assert [p["status"] for p in _live(rpm)] == ["EXITED"]
+
+
 @pytest.mark.parametrize("sandbox_flags", [["--start-seconds", "1.5", "--model-load-seconds", "1"]])
 def test_a_wake_longer_than_the_idle_timeout_is_not_stopped_for_idleness(rpm: Rpm, proxy_port: int) -> None:
     configure(rpm, proxy_port, idle_timeout_seconds=1, idle_action="stop")

@@ -29,7 +29,7 @@ from typing import Any
 
 from aiohttp import web
 
-from runpod_manager.config import CacheConfig, Config, ProxyConfig
+from runpod_manager.config import CacheConfig, Config, PodConfig, ProxyConfig
 from runpod_manager.errors import RpmError
 from runpod_manager.paths import Paths
 from runpod_manager.proxy.controller import PodView, UpstreamTarget
@@ -329,14 +329,17 @@ def _stream_events(document: dict[str, Any], *, chat: bool, include_usage: bool)
 # ------------------------------------------------------------------------------------------ proxy runners
 
 
-def make_config(port: int = 0, *, cache: bool = False, cache_dir: Path | None = None, **proxy: Any) -> Config:
-    """A Config for tests: free port, fast retries and reconcile, cache off unless asked."""
+def make_config(port: int = 0, *, cache: bool = False, cache_dir: Path | None = None, model: str = MODEL,
+                extra_args: str = "", **proxy: Any) -> Config:
+    """A Config for tests: free port, fast retries and reconcile, cache off unless asked; [pod] model is the
+    name the upstream serves (the proxy refuses other names without waking the pod)."""
     proxy_defaults: dict[str, Any] = {"host": "127.0.0.1", "port": port, "retry_delay_seconds": 0.01,
                                       "max_retries": 2, "reconcile_interval_seconds": 0.2,
                                       "queue_timeout_seconds": 10.0}
     proxy_defaults.update(proxy)
     cache_config = CacheConfig(enabled=cache, dir=str(cache_dir) if cache_dir else "")
-    return Config(proxy=ProxyConfig(**proxy_defaults), cache=cache_config)
+    return Config(pod=PodConfig(model=model, extra_args=extra_args), proxy=ProxyConfig(**proxy_defaults),
+                  cache=cache_config)
 
 
 def with_cache(config: Config, **cache: Any) -> Config:

@@ -20,6 +20,7 @@ from runpod_manager.proxy.forward import (
     is_error_event,
     is_json_content_type,
     normalize_upstream_error,
+    served_model_names,
     upstream_request_headers,
 )
 from runpod_manager.proxy.server import build_ssl_context, check_bind, is_loopback_host
@@ -77,11 +78,31 @@ def test_json_content_types(content_type: str, expected: bool) -> None:
 
 def test_inspect_reads_stream_and_sampling_fields() -> None:
     facts = inspect_json_body(b'{"model": "m", "stream": true, "temperature": 0, "n": 1, "suffix": "x"}')
+    assert facts.model == "m"
     assert facts.stream is True
     assert facts.temperature == 0
     assert facts.n == 1
     assert facts.has_suffix
     assert inspect_json_body(b'{"stream": "true"}').stream is False  # only the JSON boolean streams
+
+
+@pytest.mark.parametrize(("args", "extra_args", "expected"), [
+    ("", "", ("org/m",)),
+    ("", "--served-model-name a b --max-num-seqs 4", ("a", "b")),
+    ("", "--served-model-name=a", ("a",)),
+    ("", "--served-model-name a --served-model-name b", ("b",)),  # argparse: the last one wins
+    ("", "--enable-lora --lora-modules sql=/loras/sql '{\"name\": \"fr\", \"path\": \"/loras/fr\"}'",
+     ("org/m", "sql", "fr")),
+    ("", "--max-model-len 'unbalanced", ("org/m",)),
+    ("--model {model} --port {port} --api-key {upstream_key}", "", ("org/m",)),
+    ("--model=other/weights", "", ("other/weights",)),
+    ("vllm serve other/weights --port 8000", "", ("other/weights",)),
+    ("python3 my_server.py --port 8000", "", None),  # a custom server: the proxy cannot tell
+    ("--model 'unbalanced", "", None),
+], ids=["default", "served", "served-equals", "served-twice", "lora", "bad-extra", "custom-model",
+        "custom-equals", "vllm-serve", "custom-server", "bad-custom"])
+def test_served_model_names_follow_vllms_rule(args: str, extra_args: str, expected: tuple[str, ...] | None) -> None:
+    assert served_model_names("org/m", args, extra_args) == expected
 
 
 @pytest.mark.parametrize("body", [b"{not json", b"[1, 2]", b'"text"', b"\xff\xfe{}", b"", b"[" * 100_000],
@@ -248,3 +269,16 @@ def test_wake_errors_map_to_statuses_with_reasons(exc: BaseException, status: in
         assert exc.message in error.message
     else:
         assert "secret-ish" not in error.message  # unexpected errors show their type, never their text
+
+
+def test_the_default_hold_lets_default_sdk_retries_span_a_ten_minute_wake() -> None:
+    """openai-node, openai-python and the ai SDK retry twice by default and honour Retry-After; Node's
+    fetch drops a request whose headers take 300 s. With the defaults, a wake of 10 minutes loses nothing."""
+    from openai._constants import DEFAULT_MAX_RETRIES
+
+    from runpod_manager.proxy.app import WAKE_RETRY_AFTER_SECONDS
+
+    hold_seconds = ProxyConfig().wake_hold_seconds
+    assert hold_seconds < 300
+    attempts = DEFAULT_MAX_RETRIES + 1
+    assert attempts * hold_seconds + DEFAULT_MAX_RETRIES * WAKE_RETRY_AFTER_SECONDS >= 600
