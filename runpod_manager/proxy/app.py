@@ -61,6 +61,7 @@ from runpod_manager.proxy.forward import (
 )
 from runpod_manager.proxy.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from runpod_manager.proxy.metrics import ProxyMetrics, RecentRequest
+from runpod_manager.proxy.process import proxy_url
 from runpod_manager.proxy.wake import WakeGate
 
 log = logging.getLogger("runpod_manager.proxy")
@@ -269,7 +270,7 @@ def _make_middleware(state: ProxyState) -> Callable[..., Awaitable[web.StreamRes
         state.in_flight += 1
         try:
             headers = request.headers
-            local = None
+            local: web.StreamResponse | None = None
             if request.method == "OPTIONS" or "Origin" in headers or "Sec-Fetch-Site" in headers:
                 local = _cross_origin(request, state)  # raises ProxyError for a page that is refused
             if local is not None:
@@ -571,9 +572,10 @@ def _models_document(state: ProxyState) -> tuple[dict[str, Any], str]:
     pod = state.config.pod
     names = state.served_models or (pod.model,)
     created = int(time.time())
-    entries = [{"id": name, "object": "model", "created": created, "owned_by": "vllm", "root": pod.model,
-                "parent": None, "max_model_len": pod.max_model_len or None, "permission": []}
-               for name in names]
+    entries: list[dict[str, Any]] = [
+        {"id": name, "object": "model", "created": created, "owned_by": "vllm", "root": pod.model, "parent": None,
+         "max_model_len": pod.max_model_len or None, "permission": []}
+        for name in names]
     return {"object": "list", "data": entries}, "config"
 
 
@@ -807,6 +809,10 @@ def _json(document: Any, status: int = 200) -> web.Response:
     return web.Response(status=status, body=json.dumps(document).encode(), content_type="application/json")
 
 
+def _iso(moment: datetime | None) -> str | None:
+    return None if moment is None else moment.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
 async def handle_health(request: web.Request) -> web.Response:
     state = request.app[STATE]
     view = await state.fresh_view()
@@ -816,8 +822,12 @@ async def handle_health(request: web.Request) -> web.Response:
         "version": __version__,
         "proxy": {"queue_depth": gate.waiting, "waking": gate.waking, "target_known": gate.target is not None,
                   "wake_on_request": gate.wake_on_request, "last_wake_error": gate.last_wake_error},
+        # The derived facts as the planner derives them (bridge.view): `rpm status --json` shows the same.
         "pod": {"pod_id": view.pod_id, "status": view.status, "ready": view.ready,
-                "lease_open": view.lease_open},
+                "lease_open": view.lease_open, "deadline": _iso(view.deadline),
+                "idle_ends_at": _iso(view.limits.get("idle")), "spend_today_usd": round(view.spend_today_usd, 4),
+                "max_daily_spend_usd": view.max_daily_spend_usd},
+        "url": f"{proxy_url(state.config)}/v1",
         # Who answers: `rpm start` tells its own proxy (same state directory and config) from a foreign
         # program on the port. Served without a key like the rest of /health; none of it is a secret.
         "instance": {"pid": os.getpid(), "state_dir": str(state.paths.state_dir),
