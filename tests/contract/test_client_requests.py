@@ -135,7 +135,7 @@ def test_the_validator_rejects_bodies_the_spec_forbids(bad_body: dict[str, Any])
         assert_valid(request_validator("POST", "/v2/pods"), bad_body, "bad body")
 
 
-@pytest.mark.parametrize("action", ["start", "stop", "restart"])
+@pytest.mark.parametrize("action", ["start", "stop"])
 def test_action_bodies_validate_against_pod_action_request(
     action: str, client: RunPodClient, api: responses.RequestsMock
 ) -> None:
