@@ -809,8 +809,11 @@ def _json(document: Any, status: int = 200) -> web.Response:
     return web.Response(status=status, body=json.dumps(document).encode(), content_type="application/json")
 
 
-def _iso(moment: datetime | None) -> str | None:
-    return None if moment is None else moment.astimezone(UTC).isoformat().replace("+00:00", "Z")
+def _iso(moment: object) -> object:
+    """A limit's time as ISO 8601 UTC (a PodView may also carry a reason text, passed through)."""
+    if isinstance(moment, datetime):
+        return moment.astimezone(UTC).isoformat().replace("+00:00", "Z")
+    return moment
 
 
 async def handle_health(request: web.Request) -> web.Response:

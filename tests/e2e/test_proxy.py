@@ -979,8 +979,10 @@ def test_health_ready_metrics_dashboard_and_no_secrets(upstream: FakeUpstream, p
                      timeout=READ_TIMEOUT)
         health = requests.get(f"{proxy.url}/health", timeout=READ_TIMEOUT)
         assert health.status_code == 200
-        assert health.json()["pod"] == {"pod_id": "pod-fake", "status": "RUNNING", "ready": True,
-                                        "lease_open": True}
+        pod = health.json()["pod"]
+        assert {key: pod[key] for key in ("pod_id", "status", "ready", "lease_open")} == {
+            "pod_id": "pod-fake", "status": "RUNNING", "ready": True, "lease_open": True}
+        assert pod["spend_today_usd"] == 1.25 and pod["max_daily_spend_usd"] == 20.0  # the fake view's
         # Who this proxy is, so `rpm start` can tell its own proxy from a foreign program on the port.
         assert health.json()["instance"] == {"pid": os.getpid(), "state_dir": str(paths.state_dir),
                                              "config_name": config.pod.name}

@@ -17,7 +17,6 @@ from typer.testing import CliRunner, Result
 
 from runpod_manager import __version__, errors
 from runpod_manager.cli import app
-from runpod_manager.lifecycle import Lifecycle
 from runpod_manager.sandbox.server import EmbeddedSandbox
 from tests.support.rpm import config_text
 
@@ -197,10 +196,10 @@ def test_no_capacity_exits_5_with_runpods_words(cli: Cli) -> None:
 ])
 def test_every_error_maps_to_its_documented_exit_code_in_one_line(cli: Cli, monkeypatch: pytest.MonkeyPatch,
                                                                   error: BaseException, code: int) -> None:
-    def fail(self: Lifecycle, *args: Any, **kwargs: Any) -> Any:
+    def fail(*args: Any, **kwargs: Any) -> Any:
         raise error
 
-    monkeypatch.setattr(Lifecycle, "status", fail)
+    monkeypatch.setattr("runpod_manager.status.build_status", fail)
     result = cli.run("status")  # asserts: no key, no traceback
     assert result.exit_code == code
     lines = result.stderr.strip().splitlines()
@@ -210,10 +209,10 @@ def test_every_error_maps_to_its_documented_exit_code_in_one_line(cli: Cli, monk
 
 
 def test_rpm_debug_shows_the_traceback_of_an_unexpected_error(cli: Cli, monkeypatch: pytest.MonkeyPatch) -> None:
-    def fail(self: Lifecycle) -> Any:
+    def fail(*args: Any) -> Any:
         raise RuntimeError("boom")
 
-    monkeypatch.setattr(Lifecycle, "status", fail)
+    monkeypatch.setattr("runpod_manager.status.build_status", fail)
     result = CliRunner().invoke(app, ["status"], env={**cli.env, "RPM_DEBUG": "1"})
     assert isinstance(result.exception, RuntimeError)
 
