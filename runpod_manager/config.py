@@ -83,6 +83,19 @@ class PodConfig:
         pattern=_CUDA_RE))
     max_price_per_hour: float = field(default=0.0, metadata=_meta(
         "Highest price in USD/hour for the whole pod; 0 = no limit.", minimum=0))
+    pod_id: str = field(default="", metadata=_meta(
+        "Adopt an existing pod made outside rpm (e.g. in the console): rpm resumes and stops it, never creates "
+        "or terminates it. Empty: rpm creates its own pods."))
+    replicas: int = field(default=1, metadata=_meta(
+        "Most pods of this spec rpm keeps for its model: a second one is woken only when requests queue.",
+        minimum=1, maximum=16))
+    aliases: tuple[str, ...] = field(default=(), metadata=_meta(
+        "Other model names clients may send for this pod (besides model and --served-model-name)."))
+    replica_queue_depth: int = field(default=4, metadata=_meta(
+        "Requests waiting for this model that, sustained for replica_queue_seconds, wake another replica.",
+        minimum=1))
+    replica_queue_seconds: float = field(default=10.0, metadata=_meta(
+        "How long the queue must stay over replica_queue_depth before another replica is woken.", minimum=0))
 
 
 @dataclass(frozen=True)
@@ -188,6 +201,11 @@ class ApiConfig:
 
 @dataclass(frozen=True)
 class Config:
+    """The whole config. `pod` and `limits` are those of the pod this Config is about: for a file with one
+    `[pod]` table that is the only pod; `for_pod(name)` gives each `[pods.<name>]` pod its own view, with
+    its `[pods.<name>.limits]` merged over `[limits]` key by key. `pods` lists every configured pod, and
+    `account_limits` is the top-level `[limits]` (its max_daily_spend_usd binds all pods together)."""
+
     pod: PodConfig = field(default_factory=PodConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     startup: StartupConfig = field(default_factory=StartupConfig)
@@ -196,6 +214,39 @@ class Config:
     api: ApiConfig = field(default_factory=ApiConfig)
     version: int = CONFIG_VERSION
     source: Path | None = None
+    pods: tuple[PodConfig, ...] = ()  # every configured pod (empty: just `pod`)
+    pod_limits: Mapping[str, LimitsConfig] = field(default_factory=dict)  # merged limits per pod name
+    account_limits: LimitsConfig | None = None  # the top-level [limits]; None: `limits` is it
+
+    @property
+    def all_pods(self) -> tuple[PodConfig, ...]:
+        return self.pods or (self.pod,)
+
+    @property
+    def account(self) -> LimitsConfig:
+        return self.account_limits or self.limits
+
+    def pod_named(self, name: str) -> PodConfig | None:
+        return next((pod for pod in self.all_pods if pod.name == name), None)
+
+    def for_pod(self, name: str, replica: int = 1) -> Config:
+        """This config as seen by one pod (replica k > 1 of pod "chat" is the pod named "chat-r<k>")."""
+        pod = self.pod_named(name)
+        if pod is None:
+            raise ConfigError(f"no pod named {name!r} in {self.source or 'the config'}",
+                              hint=f"configured: {', '.join(p.name for p in self.all_pods)}")
+        limits = self.pod_limits.get(name, self.account)
+        if replica > 1:
+            pod = dataclasses.replace(pod, name=replica_name(name, replica))
+        return dataclasses.replace(self, pod=pod, limits=limits, account_limits=self.account)
+
+    def replica_configs(self, name: str) -> list[Config]:
+        pod = self.pod_named(name)
+        return [self.for_pod(name, k) for k in range(1, (pod.replicas if pod else 1) + 1)]
+
+    def every_pod(self) -> list[Config]:
+        """One Config per pod rpm may run: every configured pod and each of its replicas."""
+        return [replica for pod in self.all_pods for replica in self.replica_configs(pod.name)]
 
     @property
     def pod_name_prefix(self) -> str:
@@ -220,6 +271,11 @@ class Config:
                 hint="for the emulator, run `rpm sandbox` and export the variables it prints",
             )
         return self.api.api_key
+
+
+def replica_name(name: str, replica: int) -> str:
+    """Replica k > 1 of pod "chat" runs as pod "chat-r<k>" (its own lease, record and rpm-chat-r<k>-… pod)."""
+    return name if replica == 1 else f"{name}-r{replica}"
 
 
 TABLES: dict[str, type] = {
@@ -304,10 +360,11 @@ def read_toml(path: Path) -> dict[str, Any]:
 def build_config(document: Mapping[str, Any], *, source: Path | None, env: Mapping[str, str],
                  check_file_mode: bool = True) -> Config:
     where = str(source) if source else "built-in defaults"
-    unknown_top = [k for k in document if k not in TABLES and k != "version"]
+    unknown_top = [k for k in document if k not in TABLES and k not in ("version", "pods")]
     for key in unknown_top:
-        raise ConfigError(f"{where}: unknown table or key '{key}'{_did_you_mean(key, [*TABLES, 'version'])}",
-                          hint=f"allowed tables: {', '.join(TABLES)}")
+        raise ConfigError(f"{where}: unknown table or key '{key}'"
+                          f"{_did_you_mean(key, [*TABLES, 'pods', 'version'])}",
+                          hint=f"allowed tables: {', '.join(TABLES)}, pods.<name>")
     version = document.get("version", CONFIG_VERSION)
     if not isinstance(version, int) or isinstance(version, bool):
         raise ConfigError(f"{where}: 'version' must be an integer, got {_value_name(version)}")
@@ -335,11 +392,53 @@ def build_config(document: Mapping[str, Any], *, source: Path | None, env: Mappi
         api = dataclasses.replace(api, base_url=_check_url("RUNPOD_API_URL", env["RUNPOD_API_URL"]))
         from_env[("api", "base_url")] = "RUNPOD_API_URL"
     sections["api"] = api
+    pods: tuple[PodConfig, ...] = ()
+    pod_limits: dict[str, LimitsConfig] = {}
+    if "pods" in document:
+        pods, pod_limits, pods_secret = _build_pods(where, document, sections["limits"], env)
+        secret_in_file |= pods_secret
+        sections["pod"] = pods[0]
     if secret_in_file and source is not None and check_file_mode:
         _refuse_readable_secret(source)
-    config = Config(version=version, source=source, **sections)
+    config = Config(version=version, source=source, pods=pods, pod_limits=pod_limits, **sections)
     _cross_checks(where, config, from_env)
     return config
+
+
+def _build_pods(where: str, document: Mapping[str, Any], account: LimitsConfig, env: Mapping[str, str]
+                ) -> tuple[tuple[PodConfig, ...], dict[str, LimitsConfig], bool]:
+    """`[pods.<name>]` tables: each a [pod] table named by its key, with an optional `[pods.<name>.limits]`
+    that overrides `[limits]` key by key."""
+    raw = document["pods"]
+    if "pod" in document:
+        raise ConfigError(f"{where}: [pod] and [pods.<name>] tables cannot both be used",
+                          hint="move [pod] to [pods.<its name>]")
+    if not isinstance(raw, Mapping) or not raw:
+        raise ConfigError(f"{where}: [pods] must hold at least one [pods.<name>] table")
+    if any(var.startswith("RPM_POD_") for var in env):
+        variable = next(var for var in env if var.startswith("RPM_POD_"))
+        raise ConfigError(f"environment variable {variable}: RPM_POD_* overrides a single [pod] table; with "
+                          f"[pods.<name>] tables set the key in {where}")
+    pods: list[PodConfig] = []
+    limits: dict[str, LimitsConfig] = {}
+    secret = False
+    for name, table in raw.items():
+        if not isinstance(table, Mapping):
+            raise ConfigError(f"{where}: [pods.{name}] must be a table, got {_kind_name(table)}")
+        values = dict(table)
+        overrides = values.pop("limits", {})
+        if not isinstance(overrides, Mapping):
+            raise ConfigError(f"{where}: [pods.{name}.limits] must be a table, got {_kind_name(overrides)}")
+        if "timezone" in overrides:
+            raise ConfigError(f"{where}: [pods.{name}.limits] timezone cannot differ per pod: the spend day and "
+                              "the cutoff are the account's", hint="set [limits] timezone")
+        if values.setdefault("name", name) != name:
+            raise ConfigError(f"{where}: [pods.{name}] name must be {name!r} (the table's name) or absent")
+        secret |= _holds_secret(PodConfig, values)
+        pods.append(_build_table(where, f"pods.{name}", PodConfig, values))
+        limits[name] = _build_table(where, f"pods.{name}.limits", LimitsConfig,
+                                    {**dataclasses.asdict(account), **overrides})
+    return tuple(pods), limits, secret
 
 
 # Names of [pod] env variables that carry credentials (HF_TOKEN, WANDB_API_KEY, AWS_SECRET_ACCESS_KEY, …).
@@ -511,22 +610,20 @@ def _check_url(origin: str, value: str) -> str:
 
 
 def _cross_checks(where: str, config: Config, from_env: Mapping[tuple[str, str], str]) -> None:
-    pod, limits, proxy, api = config.pod, config.limits, config.proxy, config.api
+    limits, proxy, api = config.limits, config.proxy, config.api
 
     def at(table: str, key: str) -> str:
         return from_env.get((table, key)) or f"{where}: [{table}] {key}"
 
-    if not _NAME_RE.match(pod.name):
-        raise ConfigError(f"{at('pod', 'name')} must be 1-40 lowercase letters, digits or dashes, "
-                          f"got {pod.name!r}")
-    if not pod.image and not pod.template_id:
-        raise ConfigError(f"{where}: [pod] needs image or template_id")
-    if pod.volume_gb and pod.network_volume_id:
-        raise ConfigError(f"{where}: [pod] volume_gb and network_volume_id cannot both be set",
-                          hint="a network volume replaces the pod volume")
-    if 0 < pod.volume_gb < 10:
-        raise ConfigError(f"{at('pod', 'volume_gb')} must be 0 or at least 10 (RunPod's floor), "
-                          f"got {pod.volume_gb}")
+    served: dict[str, str] = {}
+    for pod in config.all_pods:
+        table = f"pods.{pod.name}" if config.pods else "pod"
+        _check_pod(where, table, pod, at)
+        for model in (pod.model, *pod.aliases):
+            if served.setdefault(model, pod.name) != pod.name:
+                raise ConfigError(f"{where}: [{table}] model or alias {model!r} is also served by pod "
+                                  f"{served[model]!r}: a request for it could not be routed",
+                                  hint="give one of them another name (aliases), or use replicas for copies")
     if limits.daily_cutoff:
         try:
             parse_cutoff(limits.daily_cutoff)
@@ -553,6 +650,31 @@ def _cross_checks(where: str, config: Config, from_env: Mapping[tuple[str, str],
     except (KeyError, IndexError, ValueError):
         raise ConfigError(f"{at('api', 'pod_url_template')} may only use {{pod_id}} and {{port}}, "
                           f"got {template!r}") from None
+
+
+_REPLICA_SUFFIX = re.compile(r"-r\d+$")
+_POD_ID_RE = re.compile(r"^[a-z0-9]{6,40}$")
+
+
+def _check_pod(where: str, table: str, pod: PodConfig, at: Any) -> None:
+    if not _NAME_RE.match(pod.name):
+        raise ConfigError(f"{at(table, 'name')} must be 1-40 lowercase letters, digits or dashes, got {pod.name!r}")
+    if _REPLICA_SUFFIX.search(pod.name):
+        raise ConfigError(f"{at(table, 'name')} must not end in -r<number>: replicas are named so, got {pod.name!r}")
+    if not pod.image and not pod.template_id and not pod.pod_id:
+        raise ConfigError(f"{where}: [{table}] needs image or template_id (or pod_id, to adopt a pod)")
+    if pod.volume_gb and pod.network_volume_id:
+        raise ConfigError(f"{where}: [{table}] volume_gb and network_volume_id cannot both be set",
+                          hint="a network volume replaces the pod volume")
+    if 0 < pod.volume_gb < 10:
+        raise ConfigError(f"{at(table, 'volume_gb')} must be 0 or at least 10 (RunPod's floor), "
+                          f"got {pod.volume_gb}")
+    if pod.pod_id and not _POD_ID_RE.match(pod.pod_id):
+        raise ConfigError(f"{at(table, 'pod_id')} {pod.pod_id!r} is not a RunPod pod id "
+                          "(lowercase letters and digits, as the console shows it)")
+    if pod.pod_id and pod.replicas > 1:
+        raise ConfigError(f"{at(table, 'replicas')} must be 1 for an adopted pod (pod_id): rpm cannot make "
+                          "copies of a pod it did not create")
 
 
 def _did_you_mean(word: str, candidates: list[str]) -> str:
