@@ -1,13 +1,18 @@
 """The seam between the proxy (asyncio, data plane) and the lifecycle (synchronous, control plane).
 
 The proxy never talks to RunPod or the state file itself: it asks a ProxyController. Blocking methods are
-called from a worker thread (`asyncio.to_thread`). `lifecycle.LifecycleProxyController` is the real one;
+called from a worker thread (`asyncio.to_thread`). `proxy/bridge.LifecycleProxyController` is the real one;
 tests use fakes.
+
+Many pods: every method names the pod it is about by its pod name: a configured pod ("chat") or one of its
+replicas ("chat-r2", see config.replica_name). `pod_names()` lists them all in config order; which model
+goes to which pod is the proxy's routing (routing.py), derived from the config.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from collections.abc import Mapping
 from datetime import datetime
 from typing import Any, Protocol
 
@@ -25,6 +30,7 @@ class UpstreamTarget:
 class PodView:
     """What the proxy shows on /health, /dashboard and /metrics. Cheap to produce (no API call)."""
 
+    name: str = ""  # the pod's name (config name, or a replica's "<name>-r<k>")
     pod_id: str | None = None
     status: str | None = None  # RunPod status, or None when there is no pod
     ready: bool = False
@@ -40,22 +46,29 @@ class PodView:
 
 
 class ProxyController(Protocol):
-    def current_target(self) -> UpstreamTarget | None:
+    def pod_names(self) -> tuple[str, ...]:
+        """Every pod the proxy may route to: each configured pod and each of its replicas, in config order."""
+
+    def current_target(self, pod: str) -> UpstreamTarget | None:
         """The ready pod to forward to, from state (no API call); None when it must be woken first."""
 
-    def wake(self) -> UpstreamTarget:
+    def wake(self, pod: str) -> UpstreamTarget:
         """Blocking: open a lease and start/resume/create the pod, wait until ready.
 
         Raises runpod_manager.errors.LimitRefused when a limit forbids it (spend cap, cutoff), and other
         RpmError subclasses when it fails.
         """
 
-    def reconcile(self, last_request_at: datetime | None) -> PodView:
-        """Blocking: record activity and run one enforcement pass (idle stop, limits). Never raises
-        for a busy lock (another rpm acts); may raise RpmError for other failures."""
+    def reconcile(self, last_request_at: Mapping[str, datetime | None]) -> Mapping[str, PodView]:
+        """Blocking: record each pod's last request and run one enforcement pass over every pod (one lock,
+        one RunPod list call). Never raises for a busy lock (another rpm acts); may raise RpmError for other
+        failures. Returns every pod's view."""
 
-    def view(self) -> PodView:
-        """Cheap: the current picture from state."""
+    def view(self, pod: str) -> PodView:
+        """Cheap: the current picture of one pod from state."""
 
-    def mark_unreachable(self, pod_id: str) -> None:
+    def views(self) -> Mapping[str, PodView]:
+        """Cheap: every pod's view (one state read)."""
+
+    def mark_unreachable(self, pod: str, pod_id: str) -> None:
         """The pod URL failed after retries: forget readiness so the next request wakes/rechecks."""
