@@ -36,6 +36,8 @@ app = typer.Typer(
 
 T = TypeVar("T")
 
+NamesArg = Annotated[list[str] | None, typer.Argument(
+    help="Pods of the config (their [pods.<name>] names); none: every pod.", show_default=False)]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON document (the versioned envelope).")]
 VerboseOpt = Annotated[bool, typer.Option("--verbose", "-v", help="Say more.")]
 ConfigOpt = Annotated[
@@ -141,6 +143,7 @@ def init(
 @command()
 def start(
     r: Renderer,
+    names: NamesArg = None,
     no_wait: Annotated[bool, typer.Option("--no-wait", help="Return once the pod is created or resumed.")] = False,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Show what would be done; change nothing.")] = False,
     proxy: Annotated[bool, typer.Option("--proxy/--no-proxy",
@@ -156,15 +159,28 @@ def start(
     time, exit 1; Ctrl-C, 130): then it keeps to its limits and `rpm shutdown` ends it.
     """
     from runpod_manager import control
-    from runpod_manager.render import show_start
+    from runpod_manager.render import show_start, show_starts
 
-    lifecycle = _lifecycle(config)
+    fleet = control.Fleet(_lifecycle(config))
+    members = fleet.select(names or (), replicas=False)
     own_proxy = None
     if proxy and not dry_run:
         from runpod_manager.proxy import process
 
         # Before any lease opens: a port held by something else, or a bind that is refused, fails here.
-        own_proxy = process.claim_port(lifecycle.config, lifecycle.paths)
+        own_proxy = process.claim_port(fleet.lead.config, fleet.lead.paths)
+    if len(members) > 1:
+        try:
+            with r.progress("opening the leases…") as progress:
+                starts = control.start_many(members, wait=not no_wait, dry_run=dry_run, progress=progress)
+        except KeyboardInterrupt:
+            raise control.interrupted_start(members[0]) from None
+        started = [fleet.members[name] for name in starts.results]
+        if proxy and not dry_run and started:
+            starts.proxy_url = control.ensure_proxy(started[0], own_proxy)
+        show_starts(r, starts)
+        return starts.exit_code
+    lifecycle = members[0]
     try:
         with r.progress("opening the lease…") as progress:
             result = control.start(lifecycle, wait=not no_wait, dry_run=dry_run, progress=progress)
@@ -177,18 +193,26 @@ def start(
 
 
 @command()
-def status(r: Renderer, config: ConfigOpt = None, as_json: JsonOpt = False, verbose: VerboseOpt = False) -> int:
-    """Show the pod, its lease, limits, spend and the proxy."""
-    from runpod_manager.render import show_status
-    from runpod_manager.status import build_status
+def status(r: Renderer, names: NamesArg = None, config: ConfigOpt = None, as_json: JsonOpt = False,
+           verbose: VerboseOpt = False) -> int:
+    """Show each pod, its lease, limits, spend and the proxy; and the account's spend against its cap."""
+    from runpod_manager import control
+    from runpod_manager.render import show_fleet_status, show_status
+    from runpod_manager.status import build_fleet_status, build_status
 
-    show_status(r, build_status(_lifecycle(config)))
+    fleet = control.Fleet(_lifecycle(config))
+    members = fleet.select(names or ())
+    if len(fleet.members) == 1:
+        show_status(r, build_status(members[0]))
+    else:
+        show_fleet_status(r, build_fleet_status(fleet, members))
     return ExitCode.OK
 
 
 @command()
 def shutdown(
     r: Renderer,
+    names: NamesArg = None,
     stop: Annotated[bool, typer.Option("--stop", help="Stop the pod (keep its disk) instead of terminating.")] = False,
     all_pods: Annotated[bool, typer.Option("--all", help="Also terminate every rpm- pod that state does not know.")
                         ] = False,
@@ -205,7 +229,10 @@ def shutdown(
     from runpod_manager import control
     from runpod_manager.render import show_shutdown
 
-    show_shutdown(r, control.shutdown(_lifecycle(config), stop=stop, all_pods=all_pods, dry_run=dry_run))
+    fleet = control.Fleet(_lifecycle(config))
+    # Named pods: only those (and their replicas) end, and the proxy keeps serving the others.
+    show_shutdown(r, control.shutdown(fleet.select(names or ()), stop=stop, all_pods=all_pods, dry_run=dry_run,
+                                      stop_proxies=not names))
     return ExitCode.OK
 
 
@@ -242,10 +269,11 @@ def watchdog(
     Exit 1: a limit could not be enforced, so a pod may run past it; 3: the key no longer works, so
     nothing can be enforced (every pass says so); 0 also when another rpm holds the lock (pass skipped).
     """
+    from runpod_manager import control
     from runpod_manager.render import show_watchdog
 
-    result = _lifecycle(config).reconcile(wait_seconds=30.0 if wait else 0, dry_run=dry_run,
-                                          report_orphans_only=report_orphans_only, sweep=sweep)
+    result = control.reconcile(control.Fleet(_lifecycle(config)), wait_seconds=30.0 if wait else 0,
+                               dry_run=dry_run, report_orphans_only=report_orphans_only, sweep=sweep)
     show_watchdog(r, result)
     return result.exit_code
 
@@ -273,9 +301,9 @@ def proxy(r: Renderer, config: ConfigOpt = None, as_json: JsonOpt = False, verbo
     _configure_logging(verbose)
     with process.registered(lifecycle.paths, process.proxy_url(lifecycle.config)):
         stopped_by = run_proxy(lifecycle.config, LifecycleProxyController(lifecycle), lifecycle.paths)
-    outcome = control.proxy_stopped(lifecycle, stopped_by)
-    show_proxy_stopped(r, outcome, process.proxy_url(lifecycle.config))
-    return outcome.exit_code
+    outcomes = [control.proxy_stopped(member, stopped_by) for member in control.Fleet(lifecycle).members.values()]
+    show_proxy_stopped(r, outcomes, process.proxy_url(lifecycle.config))
+    return next((outcome.exit_code for outcome in outcomes if outcome.failed), outcomes[0].exit_code)
 
 
 @command()

@@ -11,15 +11,27 @@ bind first), and a start that fails closes its lease unless its own pod is verif
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
+from datetime import datetime
 from typing import NoReturn
 
-from runpod_manager import policy
+from runpod_manager import policy, spend
 from runpod_manager.config import Config
-from runpod_manager.errors import ApiError, Interrupted, LimitRefused, NotReady, ResumeRefused, RpmError
-from runpod_manager.lifecycle import Lifecycle
+from runpod_manager.errors import (
+    ApiError,
+    ConfigError,
+    Interrupted,
+    LimitRefused,
+    LockBusy,
+    NotReady,
+    ResumeRefused,
+    RpmError,
+)
+from runpod_manager.lifecycle import ORPHAN_SWEEP_SECONDS, Lifecycle, Listing
 from runpod_manager.outcomes import (
     AppliedAction,
+    FleetOutcome,
+    ManyStarts,
     PassOutcome,
     Progress,
     ProxyStopResult,
@@ -45,17 +57,19 @@ def start(lc: Lifecycle, *, wait: bool = True, dry_run: bool = False, wait_secon
     with lc.transaction(lc.lock_wait(wait_seconds), dry_run=dry_run) as state:
         record = state.record(lc.name)
         lc.check_world(record)
+        if lc.config.pod.pod_id and record.pod_id is None:
+            record.pod_id = lc.config.pod.pod_id  # an adopted pod is rpm's to resume from the first start
         had_lease = record.lease is not None
         prefetched: tuple[Pod | None] | None = None
         if record.lease is None:
-            prefetched = _open_lease(lc, record, opened_by, dry_run=dry_run)
+            prefetched = _open_lease(lc, state, record, opened_by, dry_run=dry_run)
         try:
             outcome = lc.run_pass(state, Options(), dry_run=dry_run, check_ready=True, prefetched=prefetched)
         except RpmError as exc:
             if not dry_run:
                 _fail_start(lc, state, record, None, exc)
             raise
-        failure = None if dry_run else _start_failure(record, outcome)
+        failure = None if dry_run else _start_failure(lc.config, record, outcome)
         if failure is not None:
             _fail_start(lc, state, record, outcome.pod, failure)
     pod = outcome.pod
@@ -83,7 +97,8 @@ def start(lc: Lifecycle, *, wait: bool = True, dry_run: bool = False, wait_secon
                        and pod is not None, ready=ready, base_url=f"{pod_url}/v1" if pod_url else None,
                        pod_url=pod_url, plan=outcome.plan, wait_seconds=waited, notices=lc.store.take_notices())
 
-def _open_lease(lc: Lifecycle, record: PodRecord, opened_by: str, *, dry_run: bool) -> tuple[Pod | None] | None:
+def _open_lease(lc: Lifecycle, state: State, record: PodRecord, opened_by: str, *, dry_run: bool
+                ) -> tuple[Pod | None] | None:
     """Open a lease unless a limit refuses it. Observes the pod first, so the refusal sees today's spend; the
     observation is returned for the pass that follows (one GET, not two)."""
     now = lc.clock()
@@ -94,7 +109,10 @@ def _open_lease(lc: Lifecycle, record: PodRecord, opened_by: str, *, dry_run: bo
             prefetched = (pod,)
         except ApiError:
             pass  # the pass will try again and say so
-    refusal = policy.start_refusal(now, lc.config, record, lc.spend_today(record, pod, now))
+    own = lc.spend_today(record, pod, now)
+    today = policy.local_day(now, lc.config.zone)
+    account = sum(spend.today_usd(other, today) for other in state.pods.values())
+    refusal = policy.start_refusal(now, lc.config, record, own, account)
     if refusal:
         raise LimitRefused(refusal)
     record.lease = Lease(opened_at=now, deadline=policy.lease_deadline(now, lc.config), opened_by=opened_by)
@@ -149,57 +167,80 @@ def interrupted_start(lc: Lifecycle) -> Interrupted:
 
 
 
-def shutdown(lc: Lifecycle, *, stop: bool = False, all_pods: bool = False, dry_run: bool = False,
-             wait_seconds: float | None = -1.0) -> ShutdownResult:
-    """Close the lease, end the pod (terminate, or stop with stop=True) and stop every proxy; idempotent.
+def shutdown(lc: Lifecycle | Sequence[Lifecycle], *, stop: bool = False, all_pods: bool = False,
+             dry_run: bool = False, wait_seconds: float | None = -1.0, stop_proxies: bool = True) -> ShutdownResult:
+    """Close the leases, end the pods (terminate, or stop with stop=True; adopted pods are always stopped)
+    and stop every proxy of the config; idempotent. One pod or several (the pods of a Fleet): one transaction.
 
-    Raises (with the failure's own type and exit code) when a pod could not be ended, or when RunPod could
-    not be asked at all: "nothing running" is said only when it was verified.
+    Raises (with the failure's own type and exit code) when a pod could not be ended, or when RunPod could not
+    be asked at all: "nothing running" is said only when it was verified. With several pods every pod is tried
+    before the first failure is raised.
     """
+    pods = [lc] if isinstance(lc, Lifecycle) else list(lc)
+    lead = pods[0]
     end_action = "stop" if stop else "terminate"
     # The proxies go first: their in-flight streams finish on a pod that still runs, and they cannot wake
     # the pod again (a new lease) between the end of the pod below and their own end.
-    stopped = [] if dry_run else lc.proxy.stop_all()
-    with lc.transaction(lc.lock_wait(wait_seconds), dry_run=dry_run) as state:
-        record = state.record(lc.name)
-        lc.check_world(record)
-        record.lease, record.last_lease_end_reason, record.lease_end_action = None, "shutdown", end_action
-        record.proxy_wanted = False
-        outcome = lc.run_pass(state, Options(shutdown_action=end_action), dry_run=dry_run, sweep=True)
-        orphans = _sweep_all_rpm_pods(lc, record, dry_run=dry_run) if all_pods else []
-    if not dry_run:  # a watchdog may have restarted one (lease open, proxy wanted) before the lock was ours
-        stopped += [pid for pid in lc.proxy.stop_all() if pid not in stopped]
+    stopped = [] if dry_run or not stop_proxies else lead.proxy.stop_all()
+    outcomes: list[tuple[Lifecycle, PodRecord, PassOutcome]] = []
+    with lead.transaction(lead.lock_wait(wait_seconds), dry_run=dry_run) as state:
+        for pod in pods:
+            record = state.record(pod.name)
+            pod.check_world(record)
+            record.lease, record.last_lease_end_reason, record.lease_end_action = None, "shutdown", end_action
+            record.proxy_wanted = False
+            outcome = pod.run_pass(state, Options(shutdown_action=end_action), dry_run=dry_run, sweep=True)
+            outcomes.append((pod, record, outcome))
+        orphans = _sweep_all_rpm_pods(lead, state, pods, dry_run=dry_run) if all_pods else []
+    if not dry_run and stop_proxies:  # a watchdog may have restarted one before the lock was ours
+        stopped += [pid for pid in lead.proxy.stop_all() if pid not in stopped]
     ending = (*policy.ENDS, ActionKind.TERMINATE_ORPHAN)
-    ended = ([AppliedAction(a) for a in outcome.plan.actions if a.kind in ending] if dry_run
-             else [a for a in outcome.applied if a.action.kind in ending and a.ok])
-    failed = [a for a in outcome.applied if a.action.kind in ending and a.error is not None]
+    ended: list[AppliedAction] = []
+    failed: list[AppliedAction] = []
+    for _pod, _record, outcome in outcomes:
+        ended += ([AppliedAction(a) for a in outcome.plan.actions if a.kind in ending] if dry_run
+                  else [a for a in outcome.applied if a.action.kind in ending and a.ok])
+        failed += [a for a in outcome.applied if a.action.kind in ending and a.error is not None]
     if failed and failed[0].error is not None:
         done = "; ".join(f"{a.action.kind.value} {a.action.pod_id} done" for a in ended)
         raise _retold(failed[0].error, "could not end pod " + ", ".join(
             f"{a.action.pod_id} ({a.error.message if a.error else '?'})" for a in failed)
             + (f"; {done}" if done else ""),
             hint="it may still bill: run `rpm shutdown` again; the watchdog also retries")
-    if outcome.observe_errors and not dry_run:
+    unverified = [(pod, record, outcome) for pod, record, outcome in outcomes if outcome.observe_errors]
+    if unverified and not dry_run:
+        pod, record, outcome = unverified[0]
         known = (f"state last saw pod {record.pod_id} {record.last_status or ''}".strip() if record.pod_id
                  else "state knows no pod")
         first = outcome.observe_errors[0]
-        raise _retold(first, f"could not verify that nothing of config '{lc.name}' runs: {first.message} "
+        raise _retold(first, f"could not verify that nothing of config '{pod.name}' runs: {first.message} "
                       f"({known})", hint="the lease is closed; run `rpm shutdown` again when RunPod answers")
-    return ShutdownResult(ended=ended, orphans_terminated=orphans, proxies_stopped=stopped, record=record,
-                          dry_run=dry_run, plan=outcome.plan, notices=lc.store.take_notices())
+    return ShutdownResult(ended=ended, orphans_terminated=orphans, proxies_stopped=stopped,
+                          record=outcomes[0][1], dry_run=dry_run, plan=policy.Plan(tuple(
+                              a for _p, _r, outcome in outcomes for a in outcome.plan.actions)),
+                          notices=lead.store.take_notices())
 
-def _sweep_all_rpm_pods(lc: Lifecycle, record: PodRecord, *, dry_run: bool) -> list[str]:
-    """--all: every rpm- pod of the account that state does not know."""
-    known = {record.pod_id, record.replacing_pod_id}
+
+def _sweep_all_rpm_pods(lead: Lifecycle, state: State, pods: Sequence[Lifecycle], *, dry_run: bool) -> list[str]:
+    """--all: every rpm- pod of the account that no record of these pods holds (pods of configs removed from
+    the file included; their records are closed). Adopted pods are never touched."""
+    known = {pod_id for pod in pods for pod_id in (state.record(pod.name).pod_id,
+                                                    state.record(pod.name).replacing_pod_id)}
+    known |= {p.config.pod.pod_id for p in pods if p.config.pod.pod_id}
     swept = []
-    for pod in lc.client.list_pods_with_prefix("rpm-"):
+    for pod in lead.client.list_pods_with_prefix("rpm-"):
         if pod.id in known or pod.status == PodStatus.TERMINATED:
             continue
         if not dry_run:
-            lc.client.terminate_pod(pod.id)
-            lc.events.write("terminate_orphan", config=lc.name, pod_id=pod.id, pod_name=pod.name,
+            lead.client.terminate_pod(pod.id)
+            lead.events.write("terminate_orphan", config=lead.name, pod_id=pod.id, pod_name=pod.name,
                               reason="rpm shutdown --all")
         swept.append(f"{pod.id} ({pod.name})")
+    configured = {pod.name for pod in pods}
+    for name, record in state.pods.items():  # records of pods no longer in the config: nothing of theirs runs
+        if name not in configured and (record.lease or record.pod_id) and not dry_run:
+            record.lease, record.last_lease_end_reason = None, "shutdown --all (not in the config)"
+            record.pod_id = record.ready_pod_id = None
     return swept
 
 
@@ -260,9 +301,15 @@ def proxy_base_url(config: Config) -> str:
     return f"{process.proxy_url(config)}/v1"
 
 
-def _start_failure(record: PodRecord, outcome: PassOutcome) -> RpmError | None:
+def _start_failure(config: Config, record: PodRecord, outcome: PassOutcome) -> RpmError | None:
     """Why a start's pass did not give the lease a pod, as the typed error, or None."""
     alarms = [a for a in outcome.applied if a.action.kind == ActionKind.ALARM]
+    if config.pod.pod_id and not outcome.observe_errors and outcome.pod is None:
+        return ConfigError(f"pod_id {config.pod.pod_id!r} of pod '{config.pod.name}' does not exist at RunPod "
+                           f"{config.api.base_url}; nothing was created in its place",
+                           hint="check the id in the console, or remove pod_id to let rpm create the pod")
+    if alarms and config.pod.pod_id and record.pod_id is not None:
+        return ResumeRefused(f"could not start adopted pod {record.pod_id}: {alarms[0].action.reason}")
     if alarms and record.pod_id is not None and not outcome.replaced:
         return ResumeRefused(f"could not start the pod: {alarms[0].action.reason}",
                              hint='set [limits] on_resume_failure = "replace", or `rpm shutdown` and start')
@@ -281,3 +328,114 @@ def _retold(error: RpmError, message: str, *, hint: str | None) -> RpmError:
     retold = copy.copy(error)
     retold.message, retold.args, retold.hint = message, (message,), hint
     return retold
+
+
+# ------------------------------------------------------------------------------------------ many pods
+
+
+class Fleet:
+    """Every pod of a config (each configured pod and each replica), each with its Lifecycle, sharing one
+    state store, one RunPod client, the event log and the proxy process. For a config of one pod without
+    replicas its only member is the lifecycle it was made from."""
+
+    def __init__(self, lead: Lifecycle) -> None:
+        self.lead = lead
+        configs = lead.config.every_pod()
+        if len(configs) == 1 and configs[0].pod.name == lead.name:
+            self.members: dict[str, Lifecycle] = {lead.name: lead}
+        else:
+            self.members = {c.pod.name: lead.sibling(c, share_client=True) for c in configs}
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return tuple(self.members)
+
+    def select(self, names: Sequence[str] = (), *, replicas: bool = True) -> list[Lifecycle]:
+        """The members for NAMEs given on the command line (a configured pod's name stands for its replicas
+        too, unless `replicas` is off: a start starts the first replica only); none given: every pod."""
+        config = self.lead.config
+        if not names:
+            return [m for m in self.members.values() if replicas or m.config.pod.name == _group(config, m)]
+        chosen: list[Lifecycle] = []
+        for name in names:
+            group = config.pod_named(name)
+            if group is None and name not in self.members:
+                raise ConfigError(f"no pod named {name!r} in {config.source or 'the config'}",
+                                  hint=f"configured: {', '.join(p.name for p in config.all_pods)}")
+            wanted = [c.pod.name for c in config.replica_configs(name)] if group else [name]
+            chosen += [self.members[n] for n in (wanted if replicas else wanted[:1]) if self.members[n] not in chosen]
+        return chosen
+
+
+def _group(config: Config, member: Lifecycle) -> str:
+    """The configured pod a member belongs to (itself, or the pod whose replica it is)."""
+    for pod in config.all_pods:
+        if member.name in (c.pod.name for c in config.replica_configs(pod.name)):
+            return pod.name
+    return member.name
+
+
+def reconcile(fleet: Fleet, *, wait_seconds: float | None = 0, dry_run: bool = False,
+              report_orphans_only: bool = False, sweep: bool = False,
+              last_request_at: Mapping[str, datetime | None] | None = None) -> FleetOutcome:
+    """One enforcement pass over every pod: one lock, one load, one `GET /v2/pods` when any pod is live (or
+    the orphan sweep is due), one save. Each pod is planned and acted on independently: one pod's failure
+    never stops the others'. wait_seconds=0 (cron) returns busy instead of waiting."""
+    lead = fleet.lead
+    activity = last_request_at or {}
+    calls_before = lead.client.calls if lead.client_made else 0
+    try:
+        with lead.transaction(wait_seconds, dry_run=dry_run) as state:
+            listing = _listing(fleet, state, sweep)
+            outcomes = {name: member.run_pass(state, Options(report_orphans_only=report_orphans_only),
+                                              dry_run=dry_run, sweep=sweep, activity_at=activity.get(name),
+                                              listing=listing)
+                        for name, member in fleet.members.items()}
+    except LockBusy:
+        if wait_seconds == 0:
+            return FleetOutcome(busy=True, notices=lead.store.take_notices())
+        raise
+    calls = (lead.client.calls if lead.client_made else 0) - calls_before
+    return FleetOutcome(outcomes=outcomes, api_calls=calls, dry_run=dry_run, notices=lead.store.take_notices())
+
+
+def _listing(fleet: Fleet, state: State, sweep: bool) -> Listing:
+    """The pass's one look at RunPod: every pod of the account, when any pod is live or a sweep is due."""
+    lead = fleet.lead
+    now = lead.clock().timestamp()
+    live = sweep or any(
+        state.record(name).holds_something or member.config.pod.pod_id
+        or (member.config.limits.sweep_orphans and (state.record(name).last_sweep_at_epoch is None
+                                                    or now - (state.record(name).last_sweep_at_epoch or 0)
+                                                    >= ORPHAN_SWEEP_SECONDS))
+        for name, member in fleet.members.items())
+    if not live:
+        return Listing(complete=False)
+    try:
+        return Listing(pods=tuple(lead.client.list_pods()))
+    except ApiError as exc:
+        lead.events.write("list_failed", config=lead.name, error=exc.message)
+        return Listing(error=exc)
+
+
+def start_many(members: Sequence[Lifecycle], *, wait: bool = True, dry_run: bool = False,
+               progress: Callable[[Progress], None] | None = None) -> ManyStarts:
+    """Start several pods: each lease and create/resume first (so they boot side by side), then each readiness
+    wait. One pod's failure never keeps the others from starting; its error is kept with its name."""
+    starts = ManyStarts()
+    by_name = {member.name: member for member in members}
+    for member in members:
+        try:
+            starts.results[member.name] = start(member, wait=False, dry_run=dry_run, progress=progress)
+        except RpmError as exc:
+            starts.errors[member.name] = exc
+    if wait and not dry_run:
+        for name, result in starts.results.items():
+            if result.ready:
+                continue
+            try:
+                result.pod, result.wait_seconds = by_name[name].wait_ready(progress=progress)
+                result.ready = True
+            except RpmError as exc:
+                starts.errors[name] = exc
+    return starts

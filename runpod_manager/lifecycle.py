@@ -16,6 +16,7 @@ import copy
 import secrets
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from datetime import datetime
 
 from runpod_manager import catalog, podspec, policy, spend
@@ -72,10 +73,11 @@ class Lifecycle:
         monotonic: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
         probe: Callable[[str, str | None], bool] = probe_model_server,
+        store: StateStore | None = None,
     ) -> None:
         self.config = config
         self.paths = paths
-        self.store = StateStore(paths)
+        self.store = store or StateStore(paths)  # one per process and state file: the lock is the store's
         self._client = self._injected_runpod = runpod
         self._client_factory = client_factory
         self.proxy: ProxyPort = proxy or (WatchedProxy(config, paths, proxy_alive) if proxy_alive
@@ -95,11 +97,18 @@ class Lifecycle:
             self._client = self._client_factory() if self._client_factory else runpod_client(self.config)
         return self._client
 
-    def sibling(self) -> Lifecycle:
-        """The same config, ports and clocks with a client of its own (a second thread's HTTP session)."""
-        return Lifecycle(self.config, self.paths, runpod=self._injected_runpod, client_factory=self._client_factory,
+    def sibling(self, config: Config | None = None, *, share_client: bool = False) -> Lifecycle:
+        """The same state store, ports and clocks, for `config` (another pod of the same file) and with a
+        client of its own (a second thread's HTTP session) unless `share_client`."""
+        runpod = self._client if share_client and self._client is not None else self._injected_runpod
+        factory = (lambda: self.client) if share_client else self._client_factory
+        return Lifecycle(config or self.config, self.paths, runpod=runpod, client_factory=factory,
                          proxy=self.proxy, clock=self.clock, monotonic=self.monotonic, sleep=self.sleep,
-                         probe=self.probe)
+                         probe=self.probe, store=self.store)
+
+    @property
+    def client_made(self) -> bool:
+        return self._client is not None
 
     def close(self) -> None:
         if self._client is not None:
@@ -136,11 +145,15 @@ class Lifecycle:
 
     # ------------------------------------------------------------------------------------- observe
 
-    def _observe(self, record: PodRecord, now: datetime, *, list_named: bool, resume_refused: bool,
-                 check_ready: bool, errors: list[ApiError], prefetched: tuple[Pod | None] | None) -> Observation:
+    def _observe(self, state: State, record: PodRecord, now: datetime, *, list_named: bool, resume_refused: bool,
+                 check_ready: bool, errors: list[ApiError], prefetched: tuple[Pod | None] | None,
+                 listing: Listing | None) -> Observation:
         pod: Pod | None = None
         observed = True
         named: tuple[Pod, ...] | None = None
+        if listing is not None:  # one list call for every pod of the config (a watchdog pass over many pods)
+            return self._observe_listed(state, record, now, listing, resume_refused=resume_refused,
+                                        check_ready=check_ready, errors=errors)
         if prefetched is not None:
             pod = prefetched[0]
         elif record.pod_id is not None:
@@ -159,13 +172,40 @@ class Lifecycle:
                     observed = False
                     errors.append(exc)
             record.last_sweep_at_epoch = now.timestamp()
-        replaced = self._replaced_pod(record)
+        return self._observation(state, record, now, pod, observed, named, self._replaced_pod(record),
+                                 resume_refused=resume_refused, check_ready=check_ready)
+
+    def _observe_listed(self, state: State, record: PodRecord, now: datetime, listing: Listing, *,
+                        resume_refused: bool, check_ready: bool, errors: list[ApiError]) -> Observation:
+        """The observation from the pass's one list of every pod: absent from the list is gone."""
+        if listing.error is not None:
+            errors.append(listing.error)
+            return self._observation(state, record, now, None, False, None, None, resume_refused=resume_refused,
+                                     check_ready=False)
+        by_id = {pod.id: pod for pod in listing.pods}
+        pod = by_id.get(record.pod_id) if record.pod_id else None
+        replaced = by_id.get(record.replacing_pod_id) if record.replacing_pod_id else None
+        if replaced is None or replaced.status == PodStatus.TERMINATED:
+            record.replacing_pod_id, replaced = None, None
+        named = None
+        if listing.complete:
+            named = tuple(p for p in listing.pods if p.name.startswith(self.config.pod_name_prefix))
+            record.last_sweep_at_epoch = now.timestamp()
+        return self._observation(state, record, now, pod, True, named, replaced, resume_refused=resume_refused,
+                                 check_ready=check_ready)
+
+    def _observation(self, state: State, record: PodRecord, now: datetime, pod: Pod | None, observed: bool,
+                     named: tuple[Pod, ...] | None, replaced: Pod | None, *, resume_refused: bool,
+                     check_ready: bool) -> Observation:
         if pod is not None:
             _note_pod(record, pod, now)
         ready = (check_ready and pod is not None and pod.status == PodStatus.RUNNING
                  and self.probe(self.pod_url(pod.id), record.upstream_key))
         proxy_running = self.proxy.running_pid() is not None if record.proxy_wanted else None
-        return Observation(pod=pod, pod_observed=observed, spend_today_usd=self.spend_today(record, pod, now),
+        own = self.spend_today(record, pod, now)
+        today = policy.local_day(now, self.config.zone)
+        account = sum(spend.today_usd(other, today) for other in state.pods.values())
+        return Observation(pod=pod, pod_observed=observed, spend_today_usd=own, account_spend_today_usd=account,
                            named_pods=named, replaced_pod=replaced, resume_refused=resume_refused,
                            pod_ready=ready, proxy_running=proxy_running)
 
@@ -209,12 +249,14 @@ class Lifecycle:
 
     def run_pass(self, state: State, options: Options, *, dry_run: bool, sweep: bool = False,
                  activity_at: datetime | None = None, check_ready: bool = False,
-                 prefetched: tuple[Pod | None] | None = None) -> PassOutcome:
+                 prefetched: tuple[Pod | None] | None = None, listing: Listing | None = None) -> PassOutcome:
         """Observe, plan, apply (a refused resume is planned again as a replacement). `prefetched`: the
         record's pod as the caller just got it (opening a lease), so the first look costs no second GET."""
         calls_before = self._calls()
         record = state.record(self.name)
         self.check_world(record)
+        if self.config.pod.pod_id and record.pod_id is None and record.intent is None:
+            record.pod_id = self.config.pod.pod_id  # an adopted pod: rpm's from the first pass on, never created
         now = self.clock()
         if activity_at is not None and (record.last_activity_at is None or activity_at > record.last_activity_at):
             record.last_activity_at = activity_at
@@ -225,10 +267,10 @@ class Lifecycle:
         resume_refused = False
         # A pass may need a second look: a refused resume turns into a replacement.
         for _attempt in range(3):
-            observation = self._observe(record, now, list_named=sweep_due, resume_refused=resume_refused,
+            observation = self._observe(state, record, now, list_named=sweep_due, resume_refused=resume_refused,
                                         check_ready=check_ready or record.replacing_pod_id is not None,
-                                        errors=outcome.observe_errors, prefetched=prefetched)
-            prefetched = None
+                                        errors=outcome.observe_errors, prefetched=prefetched, listing=listing)
+            prefetched, listing = None, None  # a second look (after a refused resume) asks RunPod again
             plan = policy.plan(now, self.config, record, observation, policy.activity_of(record), options)
             outcome.plan = policy.Plan(outcome.plan.actions + plan.actions)
             outcome.pod, outcome.spend_today_usd = observation.pod, observation.spend_today_usd
@@ -290,7 +332,8 @@ class Lifecycle:
 
     def _act_on_pod(self, record: PodRecord, kind: ActionKind, pod_id: str, now: datetime) -> None:
         if kind == ActionKind.RESUME:
-            if self.config.limits.pod_guard and record.lease is not None and record.upstream_key:
+            if (self.config.limits.pod_guard and record.lease is not None and record.upstream_key
+                    and not self.config.pod.pod_id):
                 # A resumed pod restarts its container with its old args: move the guard to the new deadline.
                 self.client.update_pod(pod_id, args=podspec.container_args(self.config, record.upstream_key,
                                                                            record.lease))
@@ -418,6 +461,16 @@ class Lifecycle:
         self.events.write("ready", config=self.name, pod_id=pod.id)
         if record.replacing_pod_id:
             self.reconcile(wait_seconds=None)  # the replacement is ready: the old pod goes now
+
+
+@dataclass(frozen=True)
+class Listing:
+    """Every pod of the account as one `GET /v2/pods` returned it for a pass over many pods, or its error.
+    Not `complete`: nothing was asked because nothing was live (no pod, no intent, no sweep due)."""
+
+    pods: tuple[Pod, ...] = ()
+    error: ApiError | None = None
+    complete: bool = True
 
 
 def _note_pod(record: PodRecord, pod: Pod, now: datetime) -> None:

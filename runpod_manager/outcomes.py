@@ -95,6 +95,37 @@ class PassOutcome:
 
 
 @dataclass
+class FleetOutcome:
+    """One pass over every pod of a config: each pod's outcome, and what it means for cron."""
+
+    outcomes: dict[str, PassOutcome] = field(default_factory=dict)
+    busy: bool = False
+    dry_run: bool = False
+    api_calls: int = 0
+    notices: list[str] = field(default_factory=list)
+
+    @property
+    def auth_error(self) -> AuthError | None:
+        return next((o.auth_error for o in self.outcomes.values() if o.auth_error is not None), None)
+
+    @property
+    def enforcement_failed(self) -> bool:
+        return any(o.enforcement_failed for o in self.outcomes.values())
+
+    @property
+    def exit_code(self) -> ExitCode:
+        """3 when the key no longer works, 1 when any pod's limit could not be enforced, else 0."""
+        if self.auth_error is not None:
+            return ExitCode.AUTH
+        return ExitCode.FAILED if self.enforcement_failed else ExitCode.OK
+
+    @property
+    def spend_today_usd(self) -> float:
+        """Today's spend of every pod of the config (what the account cap is held against)."""
+        return sum(o.spend_today_usd for o in self.outcomes.values())
+
+
+@dataclass
 class StartResult:
     pod: Pod | None
     record: PodRecord
@@ -109,6 +140,19 @@ class StartResult:
     wait_seconds: float = 0.0
     proxy_url: str | None = None
     notices: list[str] = field(default_factory=list)
+
+
+@dataclass
+class ManyStarts:
+    """`rpm start` of several pods: each pod's result, or its error (its class gives the exit code)."""
+
+    results: dict[str, StartResult] = field(default_factory=dict)
+    errors: dict[str, RpmError] = field(default_factory=dict)
+    proxy_url: str | None = None
+
+    @property
+    def exit_code(self) -> ExitCode:
+        return next((error.exit_code for error in self.errors.values()), ExitCode.OK)
 
 
 @dataclass
@@ -161,3 +205,13 @@ class StatusResult:
     idle_seconds: float | None
     ready: bool = False
     notices: list[str] = field(default_factory=list)
+
+
+@dataclass
+class FleetStatus:
+    """`rpm status` over several pods: each pod's status, and the account's spend against its cap."""
+
+    pods: list[StatusResult]
+    account_spend_today_usd: float
+    account_max_daily_spend_usd: float
+    unconfigured: list[str]  # pods in state that the config no longer has (ended by `rpm shutdown --all`)

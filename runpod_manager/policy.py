@@ -80,6 +80,8 @@ class Observation:
     # False when the pod could not be observed (API down): absence must not be acted upon then.
     pod_observed: bool = True
     spend_today_usd: float = 0.0
+    # Today's spend of every pod of the config (the account cap, [limits] max_daily_spend_usd, binds them all).
+    account_spend_today_usd: float = 0.0
     # Pods whose names start with this config's prefix; None when not listed this pass.
     named_pods: tuple[Pod, ...] | None = None
     # The pod kept while its replacement starts (record.replacing_pod_id), None when gone or not asked.
@@ -157,13 +159,18 @@ def lease_deadline(opened_at: datetime, config: Config) -> datetime:
     return min(by_runtime, cutoff) if cutoff else by_runtime
 
 
-def start_refusal(now: datetime, config: Config, record: PodRecord, spend_today_usd: float) -> str | None:
+def start_refusal(now: datetime, config: Config, record: PodRecord, spend_today_usd: float,
+                  account_spend_today_usd: float = 0.0) -> str | None:
     """Why a lease may not be opened now, or None. Used by `rpm start` and by the proxy's wake."""
     cap = config.limits.max_daily_spend_usd
     today = local_day(now, config.zone).isoformat()
     if cap and (record.spend_cap_day == today or spend_today_usd >= cap):
         return (f"spend cap reached: ${spend_today_usd:.2f} of ${cap:.2f} today; starting is refused until "
-                f"the day rolls over (or raise [limits] max_daily_spend_usd)")
+                f"the day rolls over (or raise max_daily_spend_usd)")
+    account_cap = config.account.max_daily_spend_usd
+    if account_cap and account_spend_today_usd >= account_cap:
+        return (f"account spend cap reached: ${account_spend_today_usd:.2f} of ${account_cap:.2f} today across "
+                "all pods; starting is refused until the day rolls over (or raise [limits] max_daily_spend_usd)")
     return None
 
 
@@ -182,17 +189,23 @@ def plan(
     pod_id = record.pod_id
     lease = record.lease
 
+    adopted = bool(config.pod.pod_id)  # made outside rpm: resumed and stopped, never created nor terminated
+
     def end_pod(limit: str, reason: str, action: str) -> None:
         """Close the lease and end the pod (stop or terminate), once."""
         if lease is not None:
             actions.append(Action(ActionKind.CLOSE_LEASE, reason, limit=limit))
-        kind = ActionKind.STOP if action == "stop" else ActionKind.TERMINATE
+        kind = ActionKind.STOP if action == "stop" or adopted else ActionKind.TERMINATE
         if pod_exists and pod is not None:
             if kind is ActionKind.STOP and pod.status in (PodStatus.EXITED,):
                 pass  # already stopped
             elif kind is ActionKind.STOP and pod.status == PodStatus.ERROR:
-                actions.append(Action(ActionKind.TERMINATE, reason + " (pod in ERROR cannot be stopped)",
-                                      pod_id=pod.id))
+                if adopted:
+                    actions.append(Action(ActionKind.ALARM, reason + " (adopted pod in ERROR: rpm never "
+                                          "terminates it; end it in the console)", pod_id=pod.id))
+                else:
+                    actions.append(Action(ActionKind.TERMINATE, reason + " (pod in ERROR cannot be stopped)",
+                                          pod_id=pod.id))
             else:
                 actions.append(Action(kind, reason, pod_id=pod.id))
         elif not observed.pod_observed and pod_id is not None:
@@ -203,11 +216,17 @@ def plan(
             actions.append(Action(ActionKind.TERMINATE, reason + " (pod being replaced)",
                                   pod_id=observed.replaced_pod.id))
 
-    # 1. Spend cap: terminate whatever runs or is kept, and refuse starts for the rest of the day.
-    cap = config.limits.max_daily_spend_usd
+    # 1. Spend cap, the pod's own then the account's (all pods together): terminate whatever runs or is kept,
+    # and refuse starts for the rest of the day.
+    cap, account_cap = config.limits.max_daily_spend_usd, config.account.max_daily_spend_usd
     if cap and observed.spend_today_usd >= cap and (lease is not None or pod_exists):
         end_pod("spend_cap", f"spend cap reached: ${observed.spend_today_usd:.2f} of ${cap:.2f} today",
                 "terminate")
+        return _finish(actions, now, config, record, observed, options, activity)
+    if (account_cap and observed.account_spend_today_usd >= account_cap
+            and (lease is not None or pod_exists)):
+        end_pod("spend_cap", f"account spend cap reached: ${observed.account_spend_today_usd:.2f} of "
+                f"${account_cap:.2f} today across all pods", "terminate")
         return _finish(actions, now, config, record, observed, options, activity)
 
     if lease is not None:
@@ -232,7 +251,18 @@ def plan(
                         config.limits.idle_action)
                 return _finish(actions, now, config, record, observed, options, activity)
         # 5. Recovery while the lease is open and the limits allow.
-        if observed.pod_observed:
+        if observed.pod_observed and adopted and not pod_exists:
+            actions.append(Action(ActionKind.CLOSE_LEASE, f"adopted pod {config.pod.pod_id} no longer exists at "
+                                  "RunPod", limit="gone"))
+            actions.append(Action(ActionKind.ALARM, f"adopted pod {config.pod.pod_id} no longer exists at RunPod; "
+                                  "rpm never creates one in its place (fix [pods] pod_id)", pod_id=config.pod.pod_id))
+        elif observed.pod_observed and adopted and pod is not None and pod.status == PodStatus.ERROR:
+            actions.append(Action(ActionKind.ALARM, "adopted pod is in ERROR; rpm never terminates it (end or "
+                                  "restart it in the console)", pod_id=pod.id))
+        elif observed.pod_observed and adopted and pod is not None and observed.resume_refused:
+            actions.append(Action(ActionKind.ALARM, "resume refused: the host's GPU is taken, and an adopted pod "
+                                  "is never replaced", pod_id=pod.id))
+        elif observed.pod_observed:
             if pod_id is None and record.intent is None:
                 actions.append(Action(ActionKind.CREATE, "lease open and no pod"))
             elif pod_id is not None and not pod_exists:
@@ -260,8 +290,10 @@ def plan(
         # No lease: nothing of this config may run. A pod left running (shutdown interrupted, lease
         # closed by a limit whose action failed) is ended the way the lease ended.
         if pod_exists and pod is not None:
-            end_action = _lease_end_action(record, options)
-            if end_action == "terminate" or pod.status in ACTIVE_STATUSES or pod.status == PodStatus.ERROR:
+            end_action = "stop" if adopted else _lease_end_action(record, options)
+            if adopted and pod.status == PodStatus.ERROR:
+                pass  # never terminated; stopping an ERROR pod is refused: the console is the way
+            elif end_action == "terminate" or pod.status in ACTIVE_STATUSES or pod.status == PodStatus.ERROR:
                 reason = record.last_lease_end_reason or "no open lease"
                 kind = ActionKind.STOP if end_action == "stop" and pod.status != PodStatus.ERROR else (
                     ActionKind.TERMINATE)
@@ -270,7 +302,7 @@ def plan(
         elif not observed.pod_observed and pod_id is not None:
             # RunPod did not answer: end the pod by id unless state knows it is already stopped the way the
             # lease ended. A failure is then an error to report, never a silent "nothing running".
-            end_action = _lease_end_action(record, options)
+            end_action = "stop" if adopted else _lease_end_action(record, options)
             if end_action == "terminate" or record.last_status != PodStatus.EXITED.value:
                 kind = ActionKind.STOP if end_action == "stop" else ActionKind.TERMINATE
                 reason = record.last_lease_end_reason or "no open lease"

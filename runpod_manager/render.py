@@ -24,7 +24,16 @@ from runpod_manager.errors import RpmError
 
 if TYPE_CHECKING:  # the results are imported by the commands that make them, not by `rpm --help`
     from runpod_manager.catalog import CatalogResult
-    from runpod_manager.outcomes import PassOutcome, ProxyStopResult, ShutdownResult, StartResult, StatusResult
+    from runpod_manager.outcomes import (
+        FleetOutcome,
+        FleetStatus,
+        ManyStarts,
+        PassOutcome,
+        ProxyStopResult,
+        ShutdownResult,
+        StartResult,
+        StatusResult,
+    )
     from runpod_manager.runpod.models import Pod
     from runpod_manager.state import PodRecord
 
@@ -167,10 +176,7 @@ def notes(r: Renderer, notices: list[str]) -> None:
 def show_start(r: Renderer, result: StartResult) -> None:
     notes(r, result.notices)
     if r.as_json:
-        r.emit({"dry_run": result.dry_run, "pod": pod_json(result.pod), "created": result.created,
-                "resumed": result.resumed, "already_running": result.already_running, "ready": result.ready,
-                "base_url": result.base_url, "proxy_url": result.proxy_url, "lease": lease_json(result.record),
-                "plan": [a.describe() for a in result.plan.actions]})
+        r.emit(_start_json(result))
         return
     if result.dry_run:
         r.line("[bold]dry run[/]: nothing was changed. The plan:")
@@ -192,24 +198,91 @@ def show_start(r: Renderer, result: StartResult) -> None:
         r.line(f"  pod URL: {result.base_url}  (start the proxy with `rpm proxy` for wake/idle handling)")
 
 
+def show_starts(r: Renderer, starts: ManyStarts) -> None:
+    """`rpm start` of several pods: a line per pod (or its error), then the one proxy URL."""
+    for result in starts.results.values():
+        notes(r, result.notices)
+    if r.as_json:
+        r.emit({"pods": [{"name": result.record.config_name, **_start_json(result)}
+                         for result in starts.results.values()],
+                "errors": [{"name": name, "type": type(error).__name__, "message": error.message,
+                            "hint": error.hint, "exit_code": int(error.exit_code)}
+                           for name, error in starts.errors.items()],
+                "proxy_url": starts.proxy_url}, ok=not starts.errors)
+        return
+    for name, result in starts.results.items():
+        pod = result.pod
+        verb = "created" if result.created else "resumed" if result.resumed else (
+            "already running" if result.already_running else "ready")
+        pod_text = f"{pod.id} ({pod.gpu_type_id}, {money(pod.cost_per_hour)}/h)" if pod else result.record.pod_id
+        mark = "[green]●[/]" if name not in starts.errors else "[red]●[/]"
+        r.line(f"{mark} {name}: pod {escape(str(pod_text))} {verb}" + ("" if result.ready else " (not ready)"))
+    for name, error in starts.errors.items():
+        r.err.print(f"[bold red]error:[/] {escape(name)}: {escape(error.message)}"
+                    + (f" [dim]({escape(error.hint)})[/]" if error.hint else ""))
+    if starts.proxy_url:
+        r.line(f"  OpenAI base URL: [bold]{starts.proxy_url}[/] (the request's model picks the pod)")
+
+
+def _start_json(result: StartResult) -> dict[str, Any]:
+    return {"dry_run": result.dry_run, "pod": pod_json(result.pod), "created": result.created,
+            "resumed": result.resumed, "already_running": result.already_running, "ready": result.ready,
+            "base_url": result.base_url, "proxy_url": result.proxy_url, "lease": lease_json(result.record),
+            "plan": [a.describe() for a in result.plan.actions]}
+
+
+def show_fleet_status(r: Renderer, fleet: FleetStatus) -> None:
+    """One row per pod, the account's spend against its cap, and pods the config no longer has."""
+    for result in fleet.pods:
+        notes(r, result.notices)
+    account = {"spend_today_usd": round(fleet.account_spend_today_usd, 4),
+               "max_daily_spend_usd": fleet.account_max_daily_spend_usd}
+    if r.as_json:
+        r.emit({"pods": [{"name": result.config_name, **_status_json(result)} for result in fleet.pods],
+                "account": account, "unconfigured": fleet.unconfigured})
+        return
+    grid = table("rpm · pods", ["pod", "status", "GPU", "$/h", "spend today", "lease", "deadline", "idle stop"])
+    for result in fleet.pods:
+        record, pod = result.record, result.pod
+        state = pod.status_text if pod else ("unknown" if not result.pod_observed else "-")
+        grid.add_row(result.config_name, f"{state}{' · ready' if result.ready and pod else ''}",
+                     (pod.gpu_type_id if pod else record.gpu_type_id) or "-",
+                     money(pod.cost_per_hour if pod else None), money(result.spend_today_usd),
+                     "open" if record.lease else "closed", when(result.limits.deadline, result.now),
+                     when(result.limits.idle_ends_at, result.now))
+    r.out.print(grid)
+    cap = f" of {money(fleet.account_max_daily_spend_usd)} (account cap)" if fleet.account_max_daily_spend_usd else ""
+    r.line(f"spend today, all pods: {money(fleet.account_spend_today_usd)}{cap}")
+    proxies = {result.proxy_url for result in fleet.pods if result.proxy_url}
+    r.line(f"proxy: {', '.join(sorted(proxies)) if proxies else 'not running'}")
+    for name in fleet.unconfigured:
+        r.line(f"[yellow]![/] pod {escape(name)} is in state but no longer in the config; "
+               "`rpm shutdown --all` ends it")
+
+
+def _status_json(result: StatusResult) -> dict[str, Any]:
+    record, limits = result.record, result.limits
+    return {
+        "config": result.config_name, "pod": pod_json(result.pod), "pod_id": record.pod_id,
+        "observed": result.pod_observed, "observe_error": result.observe_error,
+        "lease": lease_json(record), "spend_today_usd": round(result.spend_today_usd, 4),
+        "max_daily_spend_usd": result.max_daily_spend_usd,
+        "deadline": limits.deadline, "runtime_ends_at": limits.runtime_ends_at, "cutoff_at": limits.cutoff_at,
+        "idle_ends_at": limits.idle_ends_at, "idle_seconds": result.idle_seconds,
+        "proxy": {"pid": result.proxy_pid, "url": result.proxy_url},
+        "pod_url": result.pod_url,
+        "ready": result.ready,
+        "last_action": record.last_action, "last_reason": record.last_reason,
+        "last_lease_end_reason": record.last_lease_end_reason,
+    }
+
+
 def show_status(r: Renderer, result: StatusResult) -> None:
     notes(r, result.notices)
     record, pod, now = result.record, result.pod, result.now
     limits = result.limits
     if r.as_json:
-        r.emit({
-            "config": result.config_name, "pod": pod_json(pod), "pod_id": record.pod_id,
-            "observed": result.pod_observed, "observe_error": result.observe_error,
-            "lease": lease_json(record), "spend_today_usd": round(result.spend_today_usd, 4),
-            "max_daily_spend_usd": result.max_daily_spend_usd,
-            "deadline": limits.deadline, "runtime_ends_at": limits.runtime_ends_at, "cutoff_at": limits.cutoff_at,
-            "idle_ends_at": limits.idle_ends_at, "idle_seconds": result.idle_seconds,
-            "proxy": {"pid": result.proxy_pid, "url": result.proxy_url},
-            "pod_url": result.pod_url,
-            "ready": result.ready,
-            "last_action": record.last_action, "last_reason": record.last_reason,
-            "last_lease_end_reason": record.last_lease_end_reason,
-        })
+        r.emit(_status_json(result))
         return
     if record.pod_id is None and record.lease is None:
         r.line(f"no pod for config '{result.config_name}'"
@@ -271,43 +344,56 @@ def show_shutdown(r: Renderer, result: ShutdownResult) -> None:
         r.line("nothing running; lease closed")
 
 
-def show_proxy_stopped(r: Renderer, result: ProxyStopResult, url: str) -> None:
-    """The proxy's last words: what it ended, and what still runs and until when (on stderr: the proxy's
-    stdout may be a log)."""
-    ended = [f"{a.action.kind.value} {a.action.pod_id}" for a in result.ended]
+def show_proxy_stopped(r: Renderer, results: list[ProxyStopResult], url: str) -> None:
+    """The proxy's last words: what it ended, and what still runs and until when, per pod (on stderr: the
+    proxy's stdout may be a log)."""
+    lines = [_proxy_stop_words(result) for result in results if result.pod_id or len(results) == 1]
+    if r.as_json:
+        r.emit({"url": url, "pods": [{"pod_id": result.pod_id,
+                                      "ended": [f"{a.action.kind.value} {a.action.pod_id}" for a in result.ended],
+                                      "failed": [f"{a.action.kind.value} {a.action.pod_id}: {a.error}"
+                                                 for a in result.failed],
+                                      "kept_until": result.kept_until, "idle_ends_at": result.idle_ends_at,
+                                      "message": _proxy_stop_words(result)} for result in results]},
+               ok=not any(result.failed for result in results))
+        return
+    r.err.print(f"proxy {url} stopped; {escape('; '.join(lines) or 'nothing of this config runs')}")
+
+
+def _proxy_stop_words(result: ProxyStopResult) -> str:
     failed = [f"{a.action.kind.value} {a.action.pod_id}: {a.error}" for a in result.failed]
     if result.ended:
-        words = f"pod {result.pod_id} {'stopped' if result.ended[0].action.kind.value == 'stop' else 'terminated'}: " \
-                "this proxy had woken it"
-    elif result.failed:
-        words = (f"could not end pod {result.pod_id}, which this proxy had woken ({'; '.join(failed)}); "
-                 "run `rpm shutdown`")
-    elif result.kept_until is not None:
+        verb = "stopped" if result.ended[0].action.kind.value == "stop" else "terminated"
+        return f"pod {result.pod_id} {verb}: this proxy had woken it"
+    if result.failed:
+        return (f"could not end pod {result.pod_id}, which this proxy had woken ({'; '.join(failed)}); "
+                "run `rpm shutdown`")
+    if result.kept_until is not None:
         idle = (f"; the watchdog stops it idle at {result.idle_ends_at.astimezone():%H:%M:%S}"
                 if result.idle_ends_at else "")
-        words = (f"pod {result.pod_id} keeps running under the lease `rpm start` opened, until "
-                 f"{result.kept_until.astimezone():%Y-%m-%d %H:%M:%S %Z} at the latest{idle}; "
-                 "`rpm shutdown` ends it now")
-    else:
-        words = "nothing of this config runs"
-    if r.as_json:
-        r.emit({"url": url, "ended": ended, "failed": failed, "pod_id": result.pod_id,
-                "kept_until": result.kept_until, "idle_ends_at": result.idle_ends_at, "message": words},
-               ok=not result.failed)
-        return
-    r.err.print(f"proxy {url} stopped; {escape(words)}")
+        return (f"pod {result.pod_id} keeps running under the lease `rpm start` opened, until "
+                f"{result.kept_until.astimezone():%Y-%m-%d %H:%M:%S %Z} at the latest{idle}; "
+                "`rpm shutdown` ends it now")
+    return "nothing of this config runs"
 
 
-def show_watchdog(r: Renderer, result: PassOutcome) -> None:
+def show_watchdog(r: Renderer, result: FleetOutcome) -> None:
     """Silent when there is nothing to do or the lock is busy (cron mails nothing); one line per action
-    otherwise. A dry run always prints its plan, empty or not."""
+    otherwise (prefixed by the pod's name when the config has several). A dry run always prints its plan."""
     auth_error = result.auth_error
+    outcomes = result.outcomes
     if r.as_json:
+        def actions(outcome: PassOutcome) -> dict[str, Any]:
+            return {"plan": [{"kind": a.kind.value, "reason": a.reason, "pod_id": a.pod_id}
+                             for a in outcome.plan.actions],
+                    "applied": [{"kind": a.action.kind.value, "pod_id": a.action.pod_id, "ok": a.ok,
+                                 "error": str(a.error) if a.error else None} for a in outcome.applied]}
+        merged = {"plan": [p for o in outcomes.values() for p in actions(o)["plan"]],
+                  "applied": [p for o in outcomes.values() for p in actions(o)["applied"]]}
         r.emit({"busy": result.busy, "dry_run": result.dry_run, "api_calls": result.api_calls,
-                "spend_today_usd": round(result.spend_today_usd, 4),
-                "plan": [{"kind": a.kind.value, "reason": a.reason, "pod_id": a.pod_id} for a in result.plan.actions],
-                "applied": [{"kind": a.action.kind.value, "pod_id": a.action.pod_id, "ok": a.ok,
-                             "error": str(a.error) if a.error else None} for a in result.applied],
+                "spend_today_usd": round(result.spend_today_usd, 4), **merged,
+                "pods": {name: {**actions(o), "spend_today_usd": round(o.spend_today_usd, 4),
+                                "enforcement_failed": o.enforcement_failed} for name, o in outcomes.items()},
                 "auth_error": str(auth_error) if auth_error else None},
                ok=not result.enforcement_failed and auth_error is None)
         return
@@ -316,21 +402,27 @@ def show_watchdog(r: Renderer, result: PassOutcome) -> None:
         if r.verbose:
             r.note("another rpm process holds the state lock; skipping this pass")
         return
+    named = len(outcomes) > 1
     if result.dry_run:
         r.line("[bold]dry run[/]: nothing was changed. The plan:")
-        for action in result.plan.actions:
-            r.line(f"  • {escape(action.describe())}")
-        if not result.plan.actions:
-            r.line(f"  (nothing to do: {escape(_record_summary(result))})")
-    else:
-        for applied in result.applied:
+    for name, outcome in outcomes.items():
+        who = f"{name}: " if named else ""
+        if result.dry_run:
+            for action in outcome.plan.actions:
+                r.line(f"  • {who}{escape(action.describe())}")
+            if not outcome.plan.actions:
+                r.line(f"  ({who}nothing to do: {escape(_record_summary(outcome))})")
+            continue
+        for applied in outcome.applied:
             mark = "✓" if applied.ok else f"[red]failed: {escape(str(applied.error))}[/]"
-            r.line(f"{escape(applied.action.describe())} {mark}")
+            r.line(f"{who}{escape(applied.action.describe())} {mark}")
     if auth_error is not None:
         r.error(auth_error, int(auth_error.exit_code))
-    if r.verbose and result.record is not None:
-        r.line(f"state: {escape(_record_summary(result))}, spend today {money(result.spend_today_usd)}, "
-               f"{result.api_calls} API call(s)")
+    if r.verbose:
+        for name, outcome in outcomes.items():
+            r.line(f"state: {name + ': ' if named else ''}{escape(_record_summary(outcome))}, spend today "
+                   f"{money(outcome.spend_today_usd)}")
+        r.line(f"{result.api_calls} API call(s)")
 
 
 def _record_summary(result: PassOutcome) -> str:

@@ -9,15 +9,17 @@ accruing this observation on a copy of the record), ready from `PodRecord.ready`
 from __future__ import annotations
 
 import copy
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from runpod_manager import policy
+from runpod_manager import policy, spend
 from runpod_manager.errors import ApiError, NotFound
-from runpod_manager.outcomes import StatusResult
+from runpod_manager.outcomes import FleetStatus, StatusResult
 from runpod_manager.runpod.models import Pod
 from runpod_manager.state import PodRecord
 
 if TYPE_CHECKING:
+    from runpod_manager.control import Fleet
     from runpod_manager.lifecycle import Lifecycle
 
 
@@ -53,3 +55,20 @@ def build_status(lifecycle: Lifecycle) -> StatusResult:
         ready=record.ready and (pod is None or pod.status_text == "RUNNING"),
         notices=lifecycle.store.take_notices(),
     )
+
+
+def build_fleet_status(fleet: Fleet, members: Sequence[Lifecycle]) -> FleetStatus:
+    """`rpm status` of several pods: each pod's status (one RunPod GET each), the account's spend today
+    against the account cap, and the records of pods that are no longer in the config."""
+    pods = [build_status(member) for member in members]
+    lead = fleet.lead
+    state = lead.store.load()
+    today = policy.local_day(lead.clock(), lead.config.zone)
+    account = sum(result.spend_today_usd for result in pods) + sum(
+        spend.today_usd(record, today) for name, record in state.pods.items()
+        if name not in {member.name for member in members})
+    unconfigured = [name for name, record in state.pods.items()
+                    if name not in fleet.members and (record.pod_id or record.lease)]
+    return FleetStatus(pods=pods, account_spend_today_usd=account,
+                       account_max_daily_spend_usd=lead.config.account.max_daily_spend_usd,
+                       unconfigured=unconfigured)

@@ -1,18 +1,20 @@
-"""The real ProxyController: the proxy's window on state and on the lifecycle.
+"""The real ProxyController: the proxy's window on state and on the control plane, for every pod.
 
-The proxy depends on the lifecycle through this module only (and the lifecycle never on the proxy). Wake
-and reconcile use separate Lifecycle instances (and so separate HTTP sessions), because a wake waits
-minutes for readiness while reconcile keeps enforcing limits every few seconds. Every fact the views show
-comes from the function the planner uses for it (`PodRecord.ready`, `policy.limit_view`, `spend.today_usd`).
+The proxy depends on the lifecycle through this module only (and the lifecycle never on the proxy). The
+enforcement pass runs over all pods at once (`control.reconcile`: one lock, one list call); each wake uses
+a Lifecycle of its own per pod (its own HTTP session), because a wake waits minutes for readiness while the
+pass keeps enforcing limits every few seconds. Every fact the views show comes from the function the planner
+uses for it (`PodRecord.ready`, `policy.limit_view`, `spend.today_usd`).
 """
 
 from __future__ import annotations
 
 import threading
+from collections.abc import Mapping
 from datetime import datetime
 
 from runpod_manager import control, policy, spend
-from runpod_manager.errors import NotReady
+from runpod_manager.errors import ConfigError, NotReady
 from runpod_manager.lifecycle import Lifecycle
 from runpod_manager.proxy.controller import PodView, UpstreamTarget
 from runpod_manager.state import PodRecord
@@ -20,53 +22,81 @@ from runpod_manager.state import PodRecord
 
 class LifecycleProxyController:
     def __init__(self, lifecycle: Lifecycle) -> None:
-        self._lifecycle = lifecycle
-        self._waker = lifecycle.sibling()
-        self._wake_lock = threading.Lock()
+        self._fleet = control.Fleet(lifecycle)
+        self._store = lifecycle.store
+        self._wakers: dict[str, Lifecycle] = {}
+        self._wake_locks = {name: threading.Lock() for name in self._fleet.names}
+        self._wakers_lock = threading.Lock()
 
-    def _record(self) -> PodRecord | None:
-        return self._lifecycle.store.load().pods.get(self._lifecycle.name)
+    def pod_names(self) -> tuple[str, ...]:
+        return self._fleet.names
 
-    def current_target(self) -> UpstreamTarget | None:
-        record = self._record()
-        if record is None or record.lease is None or not record.ready or record.pod_id is None:
-            return None
-        return UpstreamTarget(record.pod_id, self._lifecycle.pod_url(record.pod_id), record.upstream_key)
+    def _member(self, pod: str) -> Lifecycle:
+        try:
+            return self._fleet.members[pod]
+        except KeyError:
+            raise ConfigError(f"no pod named {pod!r} in this proxy's config") from None
 
-    def wake(self) -> UpstreamTarget:
-        with self._wake_lock:
-            target = self.current_target()
+    def current_target(self, pod: str) -> UpstreamTarget | None:
+        member = self._member(pod)
+        record = self._store.load().pods.get(pod)
+        return _target(member, record)
+
+    def wake(self, pod: str) -> UpstreamTarget:
+        member = self._member(pod)
+        with self._wake_locks[pod]:
+            target = self.current_target(pod)
             if target is not None:
                 return target
-            record = control.start(self._waker, wait=True, opened_by="wake", wait_seconds=None).record
+            record = control.start(self._waker(pod), wait=True, opened_by="wake", wait_seconds=None).record
             if record.pod_id is None:
-                raise NotReady("the pod did not start")
-            return UpstreamTarget(record.pod_id, self._lifecycle.pod_url(record.pod_id), record.upstream_key)
+                raise NotReady(f"pod {pod} did not start")
+            return UpstreamTarget(record.pod_id, member.pod_url(record.pod_id), record.upstream_key)
 
-    def reconcile(self, last_request_at: datetime | None) -> PodView:
-        self._lifecycle.reconcile(wait_seconds=0, activity_at=last_request_at)
-        return self.view()
+    def _waker(self, pod: str) -> Lifecycle:
+        with self._wakers_lock:
+            if pod not in self._wakers:
+                self._wakers[pod] = self._member(pod).sibling()  # same store and ports, its own HTTP session
+            return self._wakers[pod]
 
-    def view(self) -> PodView:
-        lifecycle = self._lifecycle
-        config = lifecycle.config
-        record = self._record() or PodRecord(config_name=lifecycle.name)
-        now = lifecycle.clock()
-        limits = policy.limit_view(now, config, record, policy.activity_of(record))
-        return PodView(
-            pod_id=record.pod_id, status=record.last_status if record.pod_id else None,
-            ready=record.ready and record.lease is not None,
-            lease_open=record.lease is not None, gpu_type_id=record.gpu_type_id,
-            cost_per_hour=record.cost_per_hour if record.pod_id else 0.0,
-            spend_today_usd=spend.today_usd(record, policy.local_day(now, config.zone)),
-            max_daily_spend_usd=config.limits.max_daily_spend_usd,
-            deadline=limits.deadline,
-            limits={"runtime": limits.runtime_ends_at, "cutoff": limits.cutoff_at, "idle": limits.idle_ends_at},
-            last_action=record.last_action, last_reason=record.last_reason,
-        )
+    def reconcile(self, last_request_at: Mapping[str, datetime | None]) -> Mapping[str, PodView]:
+        control.reconcile(self._fleet, wait_seconds=0, last_request_at=last_request_at)
+        return self.views()
 
-    def mark_unreachable(self, pod_id: str) -> None:
-        with self._lifecycle.transaction(None) as state:
-            record = state.record(self._lifecycle.name)
+    def view(self, pod: str) -> PodView:
+        member = self._member(pod)
+        return _view(member, self._store.load().pods.get(pod))
+
+    def views(self) -> Mapping[str, PodView]:
+        state = self._store.load()
+        return {name: _view(member, state.pods.get(name)) for name, member in self._fleet.members.items()}
+
+    def mark_unreachable(self, pod: str, pod_id: str) -> None:
+        with self._member(pod).transaction(None) as state:
+            record = state.record(pod)
             if record.ready_pod_id == pod_id:
                 record.ready_pod_id = None
+
+
+def _target(member: Lifecycle, record: PodRecord | None) -> UpstreamTarget | None:
+    if record is None or record.lease is None or not record.ready or record.pod_id is None:
+        return None
+    return UpstreamTarget(record.pod_id, member.pod_url(record.pod_id), record.upstream_key)
+
+
+def _view(member: Lifecycle, record: PodRecord | None) -> PodView:
+    config = member.config
+    record = record or PodRecord(config_name=member.name)
+    now = member.clock()
+    limits = policy.limit_view(now, config, record, policy.activity_of(record))
+    return PodView(
+        name=member.name, pod_id=record.pod_id, status=record.last_status if record.pod_id else None,
+        ready=record.ready and record.lease is not None,
+        lease_open=record.lease is not None, gpu_type_id=record.gpu_type_id,
+        cost_per_hour=record.cost_per_hour if record.pod_id else 0.0,
+        spend_today_usd=spend.today_usd(record, policy.local_day(now, config.zone)),
+        max_daily_spend_usd=config.limits.max_daily_spend_usd,
+        deadline=limits.deadline,
+        limits={"runtime": limits.runtime_ends_at, "cutoff": limits.cutoff_at, "idle": limits.idle_ends_at},
+        last_action=record.last_action, last_reason=record.last_reason,
+    )

@@ -190,6 +190,10 @@ class FakeRunPod:
             self.advance(pod_id, _BOOT_ORDER[_BOOT_ORDER.index(pod.status) + 1])
         return Pod.from_api(pod.to_api())
 
+    def list_pods(self) -> list[Pod]:
+        self._call("list", "")
+        return [Pod.from_api(pod.to_api()) for pod in self.pods.values() if pod.status != PodStatus.TERMINATED]
+
     def list_pods_with_prefix(self, prefix: str) -> list[Pod]:
         self._call("list", prefix)
         return [Pod.from_api(pod.to_api()) for pod in self.pods.values()

@@ -940,14 +940,13 @@ def test_a_wake_costs_what_a_start_does_plus_one_look_at_the_target(rig: Rig) ->
     control.shutdown(rig.lifecycle, stop=True)
     rig.fake.reset_history()
     controller = LifecycleProxyController(rig.lifecycle)
-    use = count_store_use(controller._waker.store)  # the bridge's own lifecycle does the wake
-    target_loads = count_store_use(rig.lifecycle.store)
+    use = count_store_use(rig.lifecycle.store)  # the wake's lifecycle shares the store
 
-    controller.wake()
+    controller.wake(CONFIG_NAME)
 
     assert rig.fake.verbs() == ["get", "start", "get"]
-    assert (use.locks, use.loads, use.saves) == (2, 3, 3)
-    assert (target_loads.locks, target_loads.loads, target_loads.saves) == (0, 1, 0)
+    # A start's 2 locks, 3 loads and 3 saves, and one load to look for a target first.
+    assert (use.locks, use.loads, use.saves) == (2, 4, 3)
 
 
 # -------------------------------------------------------------------------------------------- status
@@ -974,20 +973,20 @@ def test_status_observes_the_pod_with_one_call_and_writes_nothing(rig: Rig) -> N
 
 def test_current_target_is_none_until_the_pod_is_ready_then_names_the_pod_url_and_key(rig: Rig) -> None:
     controller = LifecycleProxyController(rig.lifecycle)
-    assert controller.current_target() is None
+    assert controller.current_target(CONFIG_NAME) is None
 
     started = control.start(rig.lifecycle, wait=False)
     pod_id = started.record.pod_id
     assert pod_id is not None and not started.ready
-    assert controller.current_target() is None  # created, not yet answering
+    assert controller.current_target(CONFIG_NAME) is None  # created, not yet answering
 
     rig.lifecycle.wait_ready()
     record = rig.saved()
     # UpstreamTarget compares its upstream_key too (it is only kept out of the repr).
-    assert controller.current_target() == UpstreamTarget(pod_id, rig.config.pod_url(pod_id), record.upstream_key)
+    assert controller.current_target(CONFIG_NAME) == UpstreamTarget(pod_id, rig.config.pod_url(pod_id), record.upstream_key)
 
     control.shutdown(rig.lifecycle, stop=True)
-    assert controller.current_target() is None
+    assert controller.current_target(CONFIG_NAME) is None
 
 
 def test_wake_opens_a_lease_opened_by_wake_and_returns_the_ready_target(
@@ -1000,7 +999,7 @@ def test_wake_opens_a_lease_opened_by_wake_and_returns_the_ready_target(
     monkeypatch.setattr("runpod_manager.runpod.client.RunPodClient", lambda *_, **__: rig.fake)
     controller = LifecycleProxyController(rig.lifecycle)
 
-    target = controller.wake()
+    target = controller.wake(CONFIG_NAME)
 
     record = rig.saved()
     assert record.lease is not None and record.lease.opened_by == "wake"
@@ -1008,7 +1007,7 @@ def test_wake_opens_a_lease_opened_by_wake_and_returns_the_ready_target(
     assert target == UpstreamTarget(record.pod_id, rig.config.pod_url(record.pod_id), record.upstream_key)
     assert rig.fake.verbs() == ["list", "create", "get"]
     rig.fake.reset_history()
-    assert controller.wake() == target  # ready already: no API call
+    assert controller.wake(CONFIG_NAME) == target  # ready already: no API call
     assert rig.fake.history == []
 
 
@@ -1021,19 +1020,19 @@ def test_a_wake_refused_by_the_spend_cap_raises_limit_refused(tmp_path: Path, mo
     rig.fake.reset_history()
 
     with pytest.raises(LimitRefused):
-        LifecycleProxyController(rig.lifecycle).wake()
+        LifecycleProxyController(rig.lifecycle).wake(CONFIG_NAME)
 
     assert rig.fake.mutations() == [] and rig.saved().lease is None
 
 
 def test_view_shows_readiness_lease_spend_and_deadline(rig: Rig) -> None:
     controller = LifecycleProxyController(rig.lifecycle)
-    assert controller.view().pod_id is None and not controller.view().lease_open
+    assert controller.view(CONFIG_NAME).pod_id is None and not controller.view(CONFIG_NAME).lease_open
     pod_id = rig.started()
     rig.later(600)
     rig.lifecycle.reconcile(activity_at=T0 + timedelta(seconds=500))
 
-    view = controller.view()
+    view = controller.view(CONFIG_NAME)
 
     assert (view.pod_id, view.status, view.gpu_type_id) == (pod_id, "RUNNING", RTX_4090)
     assert view.ready and view.lease_open
@@ -1045,7 +1044,7 @@ def test_view_shows_readiness_lease_spend_and_deadline(rig: Rig) -> None:
     assert view.last_action == "create"
 
     control.shutdown(rig.lifecycle, stop=True)
-    stopped = controller.view()
+    stopped = controller.view(CONFIG_NAME)
     assert (stopped.ready, stopped.lease_open, stopped.deadline, stopped.status) == (False, False, None, "EXITED")
     assert stopped.last_action == "stop" and stopped.last_reason == "shutdown"
 
@@ -1054,7 +1053,7 @@ def test_the_view_of_a_pod_just_stopped_shows_no_hourly_cost(rig: Rig) -> None:
     rig.started()
     control.shutdown(rig.lifecycle, stop=True)
 
-    view = LifecycleProxyController(rig.lifecycle).view()
+    view = LifecycleProxyController(rig.lifecycle).view(CONFIG_NAME)
 
     assert view.status == "EXITED" and view.cost_per_hour == 0.0
 
@@ -1065,7 +1064,7 @@ def test_the_next_pass_corrects_the_hourly_cost_of_a_stopped_pod(rig: Rig) -> No
 
     rig.lifecycle.reconcile()
 
-    assert LifecycleProxyController(rig.lifecycle).view().cost_per_hour == 0.0
+    assert LifecycleProxyController(rig.lifecycle).view(CONFIG_NAME).cost_per_hour == 0.0
 
 
 def test_the_controllers_reconcile_records_the_last_request_and_returns_the_view(rig: Rig) -> None:
@@ -1073,9 +1072,10 @@ def test_the_controllers_reconcile_records_the_last_request_and_returns_the_view
     controller = LifecycleProxyController(rig.lifecycle)
 
     rig.later(1000)
-    view = controller.reconcile(T0 + timedelta(seconds=990))
+    view = controller.reconcile({CONFIG_NAME: T0 + timedelta(seconds=990)})[CONFIG_NAME]
 
-    assert view.lease_open and rig.fake.history == [("get", pod_id)]
+    assert view.lease_open and rig.fake.history == [("list", "")]  # the pass over every pod: one list
+    assert pod_id
     assert rig.saved().last_activity_at == T0 + timedelta(seconds=990)
 
 
