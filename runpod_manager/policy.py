@@ -162,13 +162,13 @@ def lease_deadline(opened_at: datetime, config: Config) -> datetime:
 def start_refusal(now: datetime, config: Config, record: PodRecord, spend_today_usd: float,
                   account_spend_today_usd: float = 0.0) -> str | None:
     """Why a lease may not be opened now, or None. Used by `rpm start` and by the proxy's wake."""
-    cap = config.limits.max_daily_spend_usd
+    cap, account_cap = config.limits.max_daily_spend_usd, config.account.max_daily_spend_usd
     today = local_day(now, config.zone).isoformat()
-    if cap and (record.spend_cap_day == today or spend_today_usd >= cap):
+    account_hit = bool(account_cap and account_spend_today_usd >= account_cap)
+    if cap and (spend_today_usd >= cap or (record.spend_cap_day == today and not account_hit)):
         return (f"spend cap reached: ${spend_today_usd:.2f} of ${cap:.2f} today; starting is refused until "
                 f"the day rolls over (or raise max_daily_spend_usd)")
-    account_cap = config.account.max_daily_spend_usd
-    if account_cap and account_spend_today_usd >= account_cap:
+    if account_hit:
         return (f"account spend cap reached: ${account_spend_today_usd:.2f} of ${account_cap:.2f} today across "
                 "all pods; starting is refused until the day rolls over (or raise [limits] max_daily_spend_usd)")
     return None

@@ -76,6 +76,8 @@ class Scenario:
     proxy_running: bool | None = None
     lease_end_action: str | None = None
     last_status: str | None = None  # what state last saw of the pod
+    account_spend: float = 0.0  # every pod of the config together
+    adopted: bool = False  # [pod] pod_id: made outside rpm
     options: Options = field(default_factory=Options)
 
     def merged(self, trigger: dict[str, Any]) -> Scenario:
@@ -92,7 +94,8 @@ class Scenario:
                   "idle_timeout_seconds": 900, "idle_action": "stop", "cutoff_action": "terminate",
                   "max_daily_spend_usd": 20.0, "on_resume_failure": "replace", "sweep_orphans": True,
                   **self.limits}
-        return replace(base, pod=replace(base.pod, name=CONFIG_NAME), limits=replace(base.limits, **limits))
+        pod = replace(base.pod, name=CONFIG_NAME, pod_id=MAIN if self.adopted else "")
+        return replace(base, pod=pod, limits=replace(base.limits, **limits))
 
     def inputs(self) -> tuple[Config, PodRecord, Observation, Activity]:
         config = self.config()
@@ -115,7 +118,8 @@ class Scenario:
             named = tuple(p for p in (pod, replaced) if p is not None) + self.named + tuple(
                 make_pod(pod_id, name) for pod_id, name in FOREIGN_PODS)
         observation = Observation(
-            pod=pod, pod_observed=self.pod_observed, spend_today_usd=self.spend, named_pods=named,
+            pod=pod, pod_observed=self.pod_observed, spend_today_usd=self.spend,
+            account_spend_today_usd=self.account_spend, named_pods=named,
             replaced_pod=replaced, resume_refused=self.resume_refused, pod_ready=self.pod_ready,
             proxy_running=self.proxy_running,
         )
@@ -294,6 +298,18 @@ SINGLE_ROWS = [
     ("no lease: shutdown --stop", [{"opened_at": None, "options": Options(shutdown_action="stop")}],
      [f"stop:{MAIN}"]),
     ("no lease: pod vanished", [{"opened_at": None, "pod_status": None}], []),
+    # Many pods: the account cap (every pod's spend together) ends this pod too.
+    ("account cap", [{"account_spend": 25.0}], ["close_lease:spend_cap", f"terminate:{MAIN}"]),
+    ("account cap: just below", [{"account_spend": 19.99}], []),
+    # An adopted pod (pod_id) is stopped, never terminated, and never created in its place.
+    ("adopted: cutoff stops it", [CUTOFF, {"adopted": True}], ["close_lease:cutoff", f"stop:{MAIN}"]),
+    ("adopted: spend cap stops it", [SPEND_CAP, {"adopted": True}], ["close_lease:spend_cap", f"stop:{MAIN}"]),
+    ("adopted: vanished is an alarm, not a create", [RECOVERY, {"adopted": True}],
+     ["close_lease:gone", f"alarm:{MAIN}"]),
+    ("adopted: refused resume is an alarm, not a replacement",
+     [{"adopted": True, "pod_status": PodStatus.EXITED, "resume_refused": True}], [f"alarm:{MAIN}"]),
+    ("adopted: no lease, running: stopped not terminated", [{"adopted": True, "opened_at": None}],
+     [f"stop:{MAIN}"]),
     # RunPod did not answer: a pod not known to be ended the way its lease ended is ended by id, so that a
     # failure is reported instead of a silent "nothing running".
     ("no lease: pod not observed", [{"opened_at": None, "pod_observed": False}], [f"terminate:{MAIN}"]),
