@@ -983,7 +983,8 @@ def test_current_target_is_none_until_the_pod_is_ready_then_names_the_pod_url_an
     rig.lifecycle.wait_ready()
     record = rig.saved()
     # UpstreamTarget compares its upstream_key too (it is only kept out of the repr).
-    assert controller.current_target(CONFIG_NAME) == UpstreamTarget(pod_id, rig.config.pod_url(pod_id), record.upstream_key)
+    expected = UpstreamTarget(pod_id, rig.config.pod_url(pod_id), record.upstream_key)
+    assert controller.current_target(CONFIG_NAME) == expected
 
     control.shutdown(rig.lifecycle, stop=True)
     assert controller.current_target(CONFIG_NAME) is None
