@@ -27,7 +27,7 @@ from runpod_manager.errors import (
     ResumeRefused,
     RpmError,
 )
-from runpod_manager.lifecycle import ORPHAN_SWEEP_SECONDS, Lifecycle, Listing
+from runpod_manager.lifecycle import ORPHAN_SWEEP_SECONDS, Lifecycle
 from runpod_manager.outcomes import (
     AppliedAction,
     FleetOutcome,
@@ -39,6 +39,7 @@ from runpod_manager.outcomes import (
     StartResult,
 )
 from runpod_manager.policy import ActionKind, Options
+from runpod_manager.ports import Listing
 from runpod_manager.runpod.models import Pod, PodStatus
 from runpod_manager.state import Lease, PodRecord, State
 

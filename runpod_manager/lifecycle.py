@@ -13,22 +13,16 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import secrets
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from datetime import datetime
 
-from runpod_manager import catalog, podspec, policy, spend
+from runpod_manager import create, podspec, policy, spend
 from runpod_manager.config import Config
 from runpod_manager.errors import (
     ApiError,
-    AuthError,
     Conflict,
-    InsufficientBalance,
-    InvalidRequest,
     LockBusy,
-    NoCapacity,
     NotFound,
     NotReady,
     ResumeRefused,
@@ -39,6 +33,7 @@ from runpod_manager.outcomes import AppliedAction, PassOutcome, Progress
 from runpod_manager.paths import Paths
 from runpod_manager.policy import Action, ActionKind, Observation, Options
 from runpod_manager.ports import (
+    Listing,
     ProcessProxy,
     ProxyPort,
     RunPodPort,
@@ -48,7 +43,7 @@ from runpod_manager.ports import (
     utc_now,
 )
 from runpod_manager.runpod.models import Pod, PodStatus
-from runpod_manager.state import Intent, PodRecord, State, StateStore
+from runpod_manager.state import PodRecord, State, StateStore
 
 ORPHAN_SWEEP_SECONDS = 3600.0
 # Actions that call RunPod to change a pod: the state is saved before each (write-ahead). A create saves
@@ -316,7 +311,7 @@ class Lifecycle:
             record.lease_end_action = {"idle": limits.idle_action, "cutoff": limits.cutoff_action,
                                        "runtime": limits.cutoff_action}.get(action.limit or "", "terminate")
         elif kind in (ActionKind.CREATE, ActionKind.REPLACE):
-            self._create(state, record, now, replacing=pod_id if kind == ActionKind.REPLACE else None)
+            create.create(self, state, record, now, replacing=pod_id if kind == ActionKind.REPLACE else None)
         elif kind == ActionKind.ADOPT:
             record.pod_id, record.pod_name, record.intent = pod_id, action.pod_name, None
         elif kind == ActionKind.FORGET_INTENT:
@@ -355,46 +350,6 @@ class Lifecycle:
             _forget(record, pod_id)
         elif kind == ActionKind.FORGET_POD:
             _forget(record, pod_id)
-
-    def _create(self, state: State, record: PodRecord, now: datetime, *, replacing: str | None) -> None:
-        """Create the pod, trying GPU types in order within the max price.
-
-        The intent (the name about to be created) is saved before the call; a crash between the call and the
-        save is recovered by finding the pod by name.
-        """
-        candidates = podspec.gpu_candidates(self.config, catalog.prices_for_max_price(self.client, self.paths,
-                                                                                        self.config))
-        if not candidates:
-            raise NoCapacity("no configured GPU type is within [pod] max_price_per_hour",
-                             hint="run `rpm refresh-catalog` to see prices")
-        pod_name = f"{self.config.pod_name_prefix}{secrets.token_hex(3)}"
-        if replacing is not None or not record.upstream_key:
-            record.upstream_key = secrets.token_urlsafe(32)
-        record.intent = Intent(pod_name=pod_name, created_at=now, purpose="replace" if replacing else "create")
-        self.store.save(state)
-        refused: list[str] = []
-        for gpu_type_id in candidates:
-            spec = podspec.build_spec(self.config, pod_name, gpu_type_id, record.upstream_key, record.lease)
-            try:
-                pod = self.client.create_pod(spec)
-            except NoCapacity:
-                refused.append(f"{gpu_type_id}: no capacity")
-                continue  # another attempt on the same type rarely helps right away: next type
-            except (InsufficientBalance, InvalidRequest, AuthError):
-                record.intent = None  # a definite refusal: no pod was made
-                raise
-            record.pod_id, record.pod_name, record.intent, record.ready_pod_id = pod.id, pod.name, None, None
-            record.gpu_type_id, record.data_center_id = pod.gpu_type_id, pod.data_center_id
-            record.cost_per_hour, record.last_status = pod.cost_per_hour, pod.status.value
-            if replacing is not None:
-                record.replacing_pod_id = replacing
-            spend.pod_created(record, now)
-            self.events.write("created", config=self.name, pod_id=pod.id, pod_name=pod.name, gpu=gpu_type_id,
-                              cost_per_hour=pod.cost_per_hour)
-            return
-        record.intent = None
-        raise NoCapacity(f"no capacity for any configured GPU type ({'; '.join(refused)})",
-                         hint="add GPU types to [pod] gpu_types, widen data_centers, or try later")
 
     def wait_ready(self, *, progress: Callable[[Progress], None] | None = None) -> tuple[Pod, float]:
         """Poll until RunPod says RUNNING and GET /v1/models answers through the pod URL.
@@ -461,16 +416,6 @@ class Lifecycle:
         self.events.write("ready", config=self.name, pod_id=pod.id)
         if record.replacing_pod_id:
             self.reconcile(wait_seconds=None)  # the replacement is ready: the old pod goes now
-
-
-@dataclass(frozen=True)
-class Listing:
-    """Every pod of the account as one `GET /v2/pods` returned it for a pass over many pods, or its error.
-    Not `complete`: nothing was asked because nothing was live (no pod, no intent, no sweep due)."""
-
-    pods: tuple[Pod, ...] = ()
-    error: ApiError | None = None
-    complete: bool = True
 
 
 def _note_pod(record: PodRecord, pod: Pod, now: datetime) -> None:

@@ -8,12 +8,14 @@ real one, `tests/support/fake_runpod.FakeRunPod` the in-memory one) and to the b
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Protocol
 
 import requests
 
 from runpod_manager.config import Config
+from runpod_manager.errors import ApiError
 from runpod_manager.paths import Paths
 from runpod_manager.runpod.models import GpuType, Pod, PodSpec
 
@@ -39,6 +41,16 @@ def runpod_client(config: Config) -> RunPodPort:
     api = config.api
     return RunPodClient(config.require_api_key(), api.base_url, connect_timeout_seconds=api.connect_timeout_seconds,
                         read_timeout_seconds=api.read_timeout_seconds, max_retries=api.max_retries)
+
+
+@dataclass(frozen=True)
+class Listing:
+    """Every pod of the account as one `GET /v2/pods` returned it for a pass over many pods, or its error.
+    Not `complete`: nothing was asked because nothing was live (no pod, no intent, no sweep due)."""
+
+    pods: tuple[Pod, ...] = ()
+    error: ApiError | None = None
+    complete: bool = True
 
 
 class RunPodPort(Protocol):
