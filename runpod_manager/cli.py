@@ -128,6 +128,7 @@ def init(
     from_json: Annotated[Path | None, typer.Option("--from", help="Convert an older pod_config.json.",
                                                    dir_okay=False)] = None,
     path: Annotated[Path, typer.Option("--path", help="Where to write.", dir_okay=False)] = Path("pod_config.toml"),
+    pods: Annotated[bool, typer.Option("--pods", help="Write a commented example with several pods.")] = False,
     as_json: JsonOpt = False,
     verbose: VerboseOpt = False,
 ) -> int:
@@ -135,7 +136,9 @@ def init(
     from runpod_manager.config import write_config
     from runpod_manager.render import show_init
 
-    written, notes = write_config(path, force=force, from_json=from_json)
+    if pods and from_json is not None:
+        raise UsageError("--pods and --from cannot be used together")
+    written, notes = write_config(path, force=force, from_json=from_json, pods=pods)
     show_init(r, written, notes)
     return ExitCode.OK
 
@@ -239,14 +242,20 @@ def shutdown(
 @command("refresh-catalog")
 def refresh_catalog(r: Renderer, config: ConfigOpt = None, as_json: JsonOpt = False, verbose: VerboseOpt = False
                     ) -> int:
-    """List GPU types with prices and availability; check the config against them."""
+    """List GPU types with prices and availability; check every pod of the config against them."""
     from runpod_manager import catalog
-    from runpod_manager.render import show_catalog
+    from runpod_manager.render import show_catalog, show_catalogs
 
     lifecycle = _lifecycle(config)
-    result = catalog.refresh(lifecycle.client, lifecycle.paths, lifecycle.config)
-    show_catalog(r, result)
-    return result.exit_code
+    pods = lifecycle.config.all_pods
+    if len(pods) == 1:
+        result = catalog.refresh(lifecycle.client, lifecycle.paths, lifecycle.config)
+        show_catalog(r, result)
+        return result.exit_code
+    results = {pod.name: catalog.refresh(lifecycle.client, lifecycle.paths, lifecycle.config.for_pod(pod.name))
+               for pod in pods}
+    show_catalogs(r, results)
+    return next((result.exit_code for result in results.values() if not result.ok), ExitCode.OK)
 
 
 @command()

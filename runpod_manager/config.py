@@ -847,14 +847,56 @@ def convert_legacy_json(path: Path) -> tuple[dict[str, Any], list[str]]:
     return document, notes
 
 
-def write_config(path: Path, *, force: bool = False, from_json: Path | None = None) -> tuple[Path, list[str]]:
-    """`rpm init`: write the commented template, or the converted legacy JSON. Never overwrites without force."""
+PODS_EXAMPLE = """\
+# rpm configuration with several pods: one [pods.<name>] table per pod, each with the keys of a single
+# [pod] table (see `rpm init` for every key with its explanation). The proxy routes each request by its
+# `model` to the pod that serves it; each pod wakes, idles and obeys its limits on its own.
+version = 1
+
+# Limits for every pod; [pods.<name>.limits] overrides them key by key for one pod. max_daily_spend_usd
+# here is the account's cap: all pods together never spend more than this in a day.
+[limits]
+max_daily_spend_usd = 20.0
+idle_timeout_seconds = 900
+daily_cutoff = "00:00"
+timezone = "local"
+
+# A chat model on a larger GPU. `replicas = 2` lets rpm wake a second copy when requests queue up.
+[pods.chat]
+model = "Qwen/Qwen2.5-7B-Instruct"
+gpu_types = ["NVIDIA L40S", "NVIDIA RTX A6000"]
+replicas = 1
+
+[pods.chat.limits]
+max_daily_spend_usd = 12.0       # this pod's own cap, below the account's
+idle_timeout_seconds = 1800
+
+# A small model for autocomplete; editors may also ask for it as "autocomplete".
+[pods.coder]
+model = "Qwen/Qwen2.5-Coder-1.5B-Instruct"
+gpu_types = ["NVIDIA GeForce RTX 4090"]
+aliases = ["autocomplete"]
+
+# A pod you made yourself in the RunPod console (with a network volume full of weights): rpm resumes and
+# stops it, never creates or terminates it. Uncomment and put its id.
+# [pods.mine]
+# pod_id = "abc123xyz9"
+# model = "my-org/my-model"
+"""
+
+
+def write_config(path: Path, *, force: bool = False, from_json: Path | None = None,
+                 pods: bool = False) -> tuple[Path, list[str]]:
+    """`rpm init`: write the commented template (`pods`: the commented multi-pod example), or the converted
+    legacy JSON. Never overwrites without force."""
     import tomli_w
 
     if path.exists() and not force:
         raise ConfigError(f"{path} already exists", hint="pass --force to overwrite it")
     notes: list[str] = []
-    if from_json is not None:
+    if pods:
+        text = PODS_EXAMPLE
+    elif from_json is not None:
         document, notes = convert_legacy_json(from_json)
         text = (f"# Converted from {from_json.name} by `rpm init --from`. Keys not listed take their defaults;\n"
                 f"# run `rpm init --path example.toml` to see every key with its explanation.\n"

@@ -440,6 +440,15 @@ def show_catalog(r: Renderer, result: CatalogResult) -> None:
         r.emit({"cloud": result.cloud, "gpu_count": result.gpu_count, "problems": result.problems,
                 "gpus": [row.__dict__ for row in result.rows]}, ok=result.ok)
         return
+    _catalog_table(r, result)
+    if result.problems:
+        for problem in result.problems:
+            r.line(f"[yellow]![/] {escape(problem)}")
+    else:
+        r.line("[green]✓[/] the configured GPU types can be started")
+
+
+def _catalog_table(r: Renderer, result: CatalogResult) -> None:
     grid = table(f"GPU types · {result.cloud} · {result.gpu_count} GPU(s)",
                  ["", "id", "VRAM", "secure $/h", "community $/h", "pod $/h", "availability", "data centers"])
     for row in result.rows:
@@ -448,11 +457,6 @@ def show_catalog(r: Renderer, result: CatalogResult) -> None:
                      money(row.pod_price_per_hour), row.availability or "-", ", ".join(row.data_centers[:4]))
     r.out.print(grid)
     r.line(f"[dim]cached in {result.cache_path}[/]")
-    if result.problems:
-        for problem in result.problems:
-            r.line(f"[yellow]![/] {escape(problem)}")
-    else:
-        r.line("[green]✓[/] the configured GPU types can be started")
 
 
 INIT_NEXT_STEPS = (
@@ -461,6 +465,24 @@ INIT_NEXT_STEPS = (
     "rpm refresh-catalog       (checks your GPU types and prices)",
     "rpm start                 (starts the pod and the proxy; prints the base URL for your editor)",
 )
+
+
+def show_catalogs(r: Renderer, results: dict[str, CatalogResult]) -> None:
+    """Every pod's GPU check: one table per distinct cloud and GPU count, then each pod's verdict."""
+    if r.as_json:
+        r.emit({"pods": [{"name": name, "cloud": result.cloud, "gpu_count": result.gpu_count,
+                          "problems": result.problems} for name, result in results.items()],
+                "gpus": [row.__dict__ for row in next(iter(results.values())).rows]},
+               ok=all(result.ok for result in results.values()))
+        return
+    shown: set[tuple[str, int]] = set()
+    for name, result in results.items():
+        if (result.cloud, result.gpu_count) not in shown:
+            shown.add((result.cloud, result.gpu_count))
+            _catalog_table(r, result)
+        verdict = ("[green]✓[/] its GPU types can be started" if result.ok
+                   else "; ".join(escape(problem) for problem in result.problems))
+        r.line(f"pod {escape(name)}: {verdict}")
 
 
 def show_init(r: Renderer, path: Path, init_notes: list[str]) -> None:

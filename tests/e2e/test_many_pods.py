@@ -39,7 +39,7 @@ read_timeout_seconds = 10
 POD = """
 [pods.{name}]
 model = "{model}"
-gpu_types = ["NVIDIA GeForce RTX 4090", "NVIDIA L40S"]
+gpu_types = {gpu_types}
 {extra}
 """
 
@@ -48,8 +48,10 @@ def write(rpm: Rpm, pods: dict[str, dict[str, Any]], *, idle: int = 0, cap: floa
     text = HEAD.format(idle=idle, cap=cap)
     for name, keys in pods.items():
         extra = "\n".join(f"{key} = {json.dumps(value)}" for key, value in keys.items()
-                          if key not in ("model", "limits"))
-        text += POD.format(name=name, model=keys.get("model", f"org/{name}-model"), extra=extra)
+                          if key not in ("model", "limits", "gpu_types"))
+        gpu_types = json.dumps(keys.get("gpu_types", ["NVIDIA GeForce RTX 4090", "NVIDIA L40S"]))
+        text += POD.format(name=name, model=keys.get("model", f"org/{name}-model"), gpu_types=gpu_types,
+                           extra=extra)
         if keys.get("limits"):
             text += f"[pods.{name}.limits]\n" + "".join(f"{key} = {json.dumps(value)}\n"
                                                          for key, value in keys["limits"].items())
@@ -190,3 +192,19 @@ def test_a_pod_removed_from_the_config_is_reported_and_ended_by_shutdown_all(rpm
     assert any("rpm-gone-" in line for line in shut["orphans_terminated"])
     assert not any(name.startswith("rpm-gone-") for name in live(rpm))
     assert wait_until(lambda: live(rpm) == {}, 5)
+
+
+def test_refresh_catalog_checks_every_pod(rpm: Rpm) -> None:
+    write(rpm, {"good": {}, "bad": {"gpu_types": ["NVIDIA GeForce RTX 4099"]}})
+    result = rpm.run("refresh-catalog")
+    assert result.returncode == 1, (result.stdout, result.stderr)
+    assert "pod good: ✓" in result.stdout and "pod bad:" in result.stdout and "4099" in result.stdout
+    data = rpm.json("refresh-catalog", expect_exit=1)["data"]
+    assert {pod["name"]: bool(pod["problems"]) for pod in data["pods"]} == {"good": False, "bad": True}
+
+
+def test_init_pods_writes_a_two_pod_example_that_loads(rpm: Rpm) -> None:
+    target = rpm.home / "pods.toml"
+    assert rpm.run("init", "--pods", "--path", str(target)).returncode == 0
+    status = rpm.run("status", env={"RPM_CONFIG": str(target)})
+    assert status.returncode == 0 and "chat" in status.stdout and "coder" in status.stdout

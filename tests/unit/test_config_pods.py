@@ -89,3 +89,13 @@ def test_an_unknown_pod_name_is_a_config_error_listing_the_pods() -> None:
 def test_an_adopted_pod_needs_no_image() -> None:
     config = build({"version": 1, "pods": {"mine": {"pod_id": "abc123xyz9", "image": ""}}})
     assert config.for_pod("mine").pod.pod_id == "abc123xyz9"
+
+
+def test_the_pods_example_rpm_init_writes_is_a_valid_config(tmp_path: Any) -> None:
+    from runpod_manager.config import load_config, write_config
+
+    path, _notes = write_config(tmp_path / "pods.toml", pods=True)
+    config = load_config(path, env={})
+    assert [pod.name for pod in config.all_pods] == ["chat", "coder"]
+    assert config.for_pod("chat").limits.max_daily_spend_usd == 12.0 and config.account.max_daily_spend_usd == 20.0
+    assert config.for_pod("coder").pod.aliases == ("autocomplete",)
