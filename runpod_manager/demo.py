@@ -19,23 +19,28 @@ from pathlib import Path
 
 import requests
 
-from runpod_manager.render import Renderer, money, show_shutdown, show_status
+from runpod_manager.render import Renderer, money, show_shutdown
 
 IDLE_TIMEOUT_SECONDS = 5
+CODER_MODEL = "Qwen/Qwen2.5-Coder-1.5B-Instruct"
+CHAT_MODEL = "Qwen/Qwen2.5-7B-Instruct"
 DEMO_CONFIG = """\
 version = 1
-
-[pod]
-name = "demo"
-model = "Qwen/Qwen2.5-Coder-1.5B-Instruct"
-gpu_types = ["NVIDIA GeForce RTX 4090", "NVIDIA L40S"]
-max_price_per_hour = 1.5
 
 [limits]
 runtime_seconds = 300
 idle_timeout_seconds = {idle}
 idle_action = "stop"
 max_daily_spend_usd = 5.0
+
+[pods.coder]
+model = "{coder}"
+gpu_types = ["NVIDIA GeForce RTX 4090", "NVIDIA L40S"]
+max_price_per_hour = 1.5
+
+[pods.chat]
+model = "{chat}"
+gpu_types = ["NVIDIA L40S", "NVIDIA GeForce RTX 4090"]
 
 [startup]
 initial_wait_seconds = 0.3
@@ -115,65 +120,77 @@ def _step(r: Renderer, number: int, text: str) -> None:
 def _story(r: Renderer, lifecycle: object, sandbox_url: str) -> dict[str, object]:
     from runpod_manager import control
     from runpod_manager.lifecycle import Lifecycle
-    from runpod_manager.status import build_status
+    from runpod_manager.render import show_fleet_status
+    from runpod_manager.status import build_fleet_status
 
     assert isinstance(lifecycle, Lifecycle)  # noqa: S101 - narrowing for the type checker
+    fleet = control.Fleet(lifecycle)
+    coder = fleet.members["coder"]
     r.line(f"[bold]rpm demo[/]: a RunPod emulator is listening on {sandbox_url} (no account, no card).")
     r.line("Everything below is the real rpm talking to it over HTTP; only RunPod is simulated, "
-           "and its clock bills 120× faster so the cost shows.")
+           "and its clock bills 120× faster so the cost shows. Two pods are configured: "
+           f"`coder` ({CODER_MODEL}) and `chat` ({CHAT_MODEL}).")
 
-    _step(r, 1, "rpm start: open a lease, create the pod, wait until the model answers")
+    _step(r, 1, "rpm start coder: open a lease, create the pod, wait until the model answers")
     with r.progress("starting pod…") as progress:
-        started = control.start(lifecycle, progress=progress)
+        started = control.start(coder, progress=progress)
     pod = started.pod
     r.line(f"   pod {started.record.pod_id} on {pod.gpu_type_id if pod else '?'} at "
            f"{money(pod.cost_per_hour if pod else None)}/h, ready in {started.wait_seconds:.1f} s "
            "(RUNNING and GET /v1/models answered)")
-    base_url = control.ensure_proxy(lifecycle)
+    base_url = control.ensure_proxy(coder)
     r.line(f"   proxy running: point your editor at [bold]{base_url}[/]")
 
-    _step(r, 2, "a streamed chat completion through the proxy")
-    text, cold = _chat(base_url, "Write a haiku about GPUs that sleep when idle.")
+    _step(r, 2, "a streamed chat completion through the proxy, to the coder model")
+    text, cold = _chat(base_url, CODER_MODEL, "Write a haiku about GPUs that sleep when idle.")
     r.line(f"   [green]{text.strip()}[/]")
 
-    _step(r, 3, "rpm status")
-    show_status(r, build_status(lifecycle))
+    _step(r, 3, "the same URL, the other model: the proxy wakes the chat pod for it")
+    text, chat_cold = _chat(base_url, CHAT_MODEL, "Say hello from the chat pod.")
+    r.line(f"   answered after a cold start of {chat_cold or '?'} s: [green]{text.strip()}[/]")
 
-    _step(r, 4, f"no requests for {IDLE_TIMEOUT_SECONDS} s: the proxy's reconcile stops the idle pod")
-    stopped = _wait_for(lambda: lifecycle.store.load().record(lifecycle.name).last_status == "EXITED", 30)
-    record = lifecycle.store.load().record(lifecycle.name)
-    r.line(f"   pod {record.pod_id}: {record.last_status if stopped else 'still ' + str(record.last_status)} "
-           f"— {record.last_reason or ''}")
+    _step(r, 4, "rpm status: a row per pod, and the account's spend against its cap")
+    show_fleet_status(r, build_fleet_status(fleet, list(fleet.members.values())))
 
-    _step(r, 5, "the next request wakes it (resume) and waits instead of failing")
-    text, cold = _chat(base_url, "Say hello.")
+    _step(r, 5, f"no requests for {IDLE_TIMEOUT_SECONDS} s: the proxy's reconcile stops each idle pod")
+    stopped = _wait_for(lambda: all(lifecycle.store.load().record(name).last_status == "EXITED"
+                                    for name in ("coder", "chat")), 30)
+    for name in ("coder", "chat"):
+        record = lifecycle.store.load().record(name)
+        r.line(f"   {name}: pod {record.pod_id} {record.last_status if stopped else 'still ' + str(record.last_status)}"
+               f" — {record.last_reason or ''}")
+
+    _step(r, 6, "the next coder request wakes it (resume) and waits instead of failing; chat stays asleep")
+    text, cold = _chat(base_url, CODER_MODEL, "Say hello.")
     r.line(f"   answered after a cold start of {cold or '?'} s: [green]{text.strip()}[/]")
+    r.line(f"   chat: {lifecycle.store.load().record('chat').last_status}")
 
-    _step(r, 6, "rpm shutdown: terminate the pod, close the lease, stop the proxy")
-    pod_id = lifecycle.store.load().record(lifecycle.name).pod_id
-    result = control.shutdown(lifecycle)
-    show_shutdown(r, result)
-    spent = None
-    if pod_id:
-        from datetime import UTC, datetime, timedelta
+    _step(r, 7, "rpm shutdown: stop the proxy, terminate both pods, close the leases")
+    pod_ids = [lifecycle.store.load().record(name).pod_id for name in ("coder", "chat")]
+    show_shutdown(r, control.shutdown(list(fleet.members.values())))
+    spent = 0.0
+    from datetime import UTC, datetime, timedelta
 
-        spent = lifecycle.client.pod_spend_usd(pod_id, since=datetime.now(UTC) - timedelta(days=1))
-        r.line(f"   billed for this pod (emulator clock): {money(spent)}")
+    for pod_id in (p for p in pod_ids if p):
+        spent += lifecycle.client.pod_spend_usd(pod_id, since=datetime.now(UTC) - timedelta(days=1))
+    r.line(f"   billed for both pods (emulator clock): {money(spent)}")
     actions = [event for event in lifecycle.events.tail(200) if event.get("reason")]
     r.line("")
     r.line(f"Every action was logged with its reason in {lifecycle.paths.event_log.name}; "
-           f"these {len(actions)} did something to the pod:")
+           f"these {len(actions)} did something to a pod:")
     for event in actions:
-        r.line(f"   [dim]{event['event']}: {event['reason']}[/]")
+        r.line(f"   [dim]{event.get('config', '')}: {event['event']}: {event['reason']}[/]")
     r.line("")
-    r.line("[bold green]done.[/] Next: `rpm init`, set RUNPOD_API_KEY, `rpm start`.")
-    return {"pod_id": pod_id, "base_url": base_url, "ready_seconds": round(started.wait_seconds, 3),
+    r.line("[bold green]done.[/] Next: `rpm init` (or `rpm init --pods`), set RUNPOD_API_KEY, `rpm start`.")
+    return {"pod_ids": pod_ids, "base_url": base_url, "ready_seconds": round(started.wait_seconds, 3),
+            "chat_cold_start_seconds": None if chat_cold is None else float(chat_cold),
             "wake_cold_start_seconds": None if cold is None else float(cold),
-            "billed_usd": spent, "actions": [{"event": e["event"], "reason": e["reason"]} for e in actions]}
+            "billed_usd": spent, "actions": [{"pod": e.get("config"), "event": e["event"], "reason": e["reason"]}
+                                             for e in actions]}
 
 
-def _chat(base_url: str, prompt: str) -> tuple[str, str | None]:
-    body = {"model": "Qwen/Qwen2.5-Coder-1.5B-Instruct", "stream": True, "max_tokens": 24,
+def _chat(base_url: str, model: str, prompt: str) -> tuple[str, str | None]:
+    body = {"model": model, "stream": True, "max_tokens": 24,
             "messages": [{"role": "user", "content": prompt}]}
     pieces: list[str] = []
     with requests.post(f"{base_url}/chat/completions", json=body, stream=True, timeout=60) as response:

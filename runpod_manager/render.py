@@ -253,8 +253,8 @@ def show_fleet_status(r: Renderer, fleet: FleetStatus) -> None:
     r.out.print(grid)
     cap = f" of {money(fleet.account_max_daily_spend_usd)} (account cap)" if fleet.account_max_daily_spend_usd else ""
     r.line(f"spend today, all pods: {money(fleet.account_spend_today_usd)}{cap}")
-    proxies = {result.proxy_url for result in fleet.pods if result.proxy_url}
-    r.line(f"proxy: {', '.join(sorted(proxies)) if proxies else 'not running'}")
+    proxies = sorted({f"pid {result.proxy_pid} · {result.proxy_url}" for result in fleet.pods if result.proxy_pid})
+    r.line(f"proxy: {', '.join(proxies) if proxies else 'not running'}")
     for name in fleet.unconfigured:
         r.line(f"[yellow]![/] pod {escape(name)} is in state but no longer in the config; "
                "`rpm shutdown --all` ends it")

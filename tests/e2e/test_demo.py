@@ -37,15 +37,15 @@ def test_demo_tells_the_whole_story_and_leaves_nothing_behind(tmp_path: Path) ->
     assert process.returncode == 0, output
     assert "Traceback" not in output
     # Every step of the flow happened, in order.
-    steps = ["pod ", "streamed chat completion through the proxy", "rpm status", "stops the idle pod",
-             "wakes it", "rpm shutdown", "stopped ✓", "terminate pod"]  # the proxy goes first
+    steps = ["pod ", "streamed chat completion through the proxy", "the other model", "rpm status",
+             "stops each idle pod", "wakes it", "rpm shutdown", "stopped ✓", "terminate pod"]  # the proxy goes first
     positions = [output.find(step) for step in steps]
     assert all(p >= 0 for p in positions), dict(zip(steps, positions, strict=True))
     assert positions == sorted(positions)
-    assert re.search(r"cold start of \d+\.\d+ s", output)
+    assert len(re.findall(r"cold start of \d+\.\d+ s", output)) == 2  # the chat pod's, then the coder's wake
     assert re.search(r"resume: lease opened by wake", output)
     # The proxy pid it printed is gone, and nothing the demo started still runs.
-    proxy_pid = re.search(r"proxy\s+│ pid (\d+)", output)
+    proxy_pid = re.search(r"proxy: pid (\d+)", output)
     assert proxy_pid, output
     assert not Path(f"/proc/{proxy_pid.group(1)}").exists()
     assert _processes_in_session(process.pid) == []
