@@ -11,8 +11,8 @@ goes to which pod is the proxy's routing (routing.py), derived from the config.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
 
