@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+import json
+import re
+import tomllib
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from runpod_manager.config import Config, build_config
 from runpod_manager.errors import ConfigError
+from runpod_manager.paths import resolve_paths
+from runpod_manager.proxy.app import ProxyState, _pod_entry
 from runpod_manager.proxy.routing import build_routes
+from tests.support.proxy_fakes import FakeController, FakePod
 
 
 def config_of(pods: dict[str, dict[str, Any]]) -> Config:
@@ -86,3 +93,39 @@ def test_two_pods_answering_to_one_name_cannot_be_routed() -> None:
                         "b": {"model": "shared"}})
     with pytest.raises(ConfigError, match=r"pods 'a' and 'b' both answer to the model name 'shared'"):
         build_routes(config)
+
+
+README = Path(__file__).resolve().parents[2] / "README.md"
+
+
+def _readme_section() -> str:
+    text = README.read_text(encoding="utf-8")
+    start = text.index("## Several models behind one proxy")
+    return text[start:text.index("\n## ", start + 1)]
+
+
+def _fenced(section: str, language: str) -> str:
+    match = re.search(rf"```{language}\n(.*?)```", section, re.DOTALL)
+    assert match, f"no {language} block in the README's multi-pod section"
+    return match.group(1)
+
+
+def test_the_readme_example_routes_as_the_readme_says(tmp_path: Path) -> None:
+    section = _readme_section()
+    config = build_config(tomllib.loads(_fenced(section, "toml")), source=None, env={})
+    routes = build_routes(config)
+    chat, coder, mine = routes.routes
+    assert chat.replicas == ("chat", "chat-r2") and '"chat-r2"' in section
+    assert routes.route_for("Qwen/Qwen2.5-7B-Instruct") is chat
+    assert routes.route_for("Qwen/Qwen2.5-Coder-1.5B-Instruct") is coder and routes.route_for("autocomplete") is coder
+    assert dict(coder.rewrite) == {"autocomplete": "Qwen/Qwen2.5-Coder-1.5B-Instruct"}
+    assert routes.route_for("my-org/my-model") is mine and routes.default is None
+    # The sample /rpm/v1/pods/<name> answer has exactly the fields the proxy sends.
+    documented = json.loads(_fenced(section, "json"))
+    state = ProxyState(config, FakeController(pods={name: FakePod() for name in routes.pod_names}),
+                       resolve_paths({"RPM_HOME": str(tmp_path)}), keepalive_interval_seconds=5,
+                       body_read_timeout_seconds=5, queue_full_retry_after_seconds=5, wake_retry_after_seconds=1,
+                       cache_clock=lambda: 0.0)
+    entry = _pod_entry(state, "coder")
+    assert set(documented) == set(entry)
+    assert documented["models"] == entry["models"] == ["Qwen/Qwen2.5-Coder-1.5B-Instruct", "autocomplete"]
