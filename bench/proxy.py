@@ -96,19 +96,27 @@ def run_rpm_proxy(port: int, upstream: str, cache_dir: str) -> None:
     target = UpstreamTarget("pod-bench", upstream, "bench-upstream-key")
 
     class FixedPod:
-        def current_target(self) -> UpstreamTarget:
+        view_of = PodView(name="default", pod_id="pod-bench", status="RUNNING", ready=True, lease_open=True)
+
+        def pod_names(self) -> tuple[str, ...]:
+            return ("default",)
+
+        def current_target(self, pod: str) -> UpstreamTarget:
             return target
 
-        def wake(self) -> UpstreamTarget:
+        def wake(self, pod: str) -> UpstreamTarget:
             return target
 
-        def reconcile(self, last_request_at: Any) -> PodView:
-            return PodView(pod_id="pod-bench", status="RUNNING", ready=True, lease_open=True)
+        def reconcile(self, last_request_at: Any) -> dict[str, PodView]:
+            return self.views()
 
-        def view(self) -> PodView:
-            return PodView(pod_id="pod-bench", status="RUNNING", ready=True, lease_open=True)
+        def view(self, pod: str) -> PodView:
+            return self.view_of
 
-        def mark_unreachable(self, pod_id: str) -> None:
+        def views(self) -> dict[str, PodView]:
+            return {"default": self.view_of}
+
+        def mark_unreachable(self, pod: str, pod_id: str) -> None:
             pass
 
     # [pod] model is the name the upstream serves: the proxy answers other names itself with a 404.

@@ -25,7 +25,7 @@ import logging
 import os
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -56,21 +56,21 @@ from runpod_manager.proxy.forward import (
     is_json_content_type,
     normalize_upstream_error,
     relay_events,
-    served_model_names,
     upstream_request_headers,
 )
 from runpod_manager.proxy.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from runpod_manager.proxy.metrics import ProxyMetrics, RecentRequest
 from runpod_manager.proxy.process import proxy_url
-from runpod_manager.proxy.wake import WakeGate
+from runpod_manager.proxy.routing import build_routes
+from runpod_manager.proxy.wake import PodGroup, WakeGate
 
 log = logging.getLogger("runpod_manager.proxy")
 
 SHUTDOWN_GRACE_SECONDS = 10.0  # in-flight streams get this long to finish when the proxy stops
 WAKE_RETRY_AFTER_SECONDS = 1.0  # Retry-After of a request answered 503 while the pod still wakes
 _KNOWN_ROUTES = frozenset({"/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/models",
-                           "/health", "/ready", "/metrics", "/dashboard", "/debug/cache"})
-_PROTECTED_PREFIXES = ("/v1/", "/dashboard", "/metrics", "/debug")
+                           "/health", "/ready", "/metrics", "/dashboard", "/debug/cache", "/rpm/v1/pods"})
+_PROTECTED_PREFIXES = ("/v1/", "/dashboard", "/metrics", "/debug", "/rpm/")
 _BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
 # nginx's convention for "client closed the request", used in logs and metrics only: one status however the
 # client left (waiting for a wake or its body, mid-stream), never the 200 that had started.
@@ -91,7 +91,7 @@ class Exchange:
     Each wait is added as it ends, cancellation included, so a request cut short is measured right.
     """
 
-    __slots__ = ("cache", "client_gone", "client_wait_seconds", "cold_start_seconds", "error_code", "started",
+    __slots__ = ("cache", "client_gone", "client_wait_seconds", "cold_start_seconds", "error_code", "pod", "started",
                  "upstream_wait_seconds", "wake_wait_seconds")
 
     def __init__(self, started: float) -> None:
@@ -103,6 +103,7 @@ class Exchange:
         self.client_wait_seconds = 0.0
         self.client_gone = False  # the client left before its answer ended (logged and counted as 499)
         self.error_code: str | None = None
+        self.pod: str | None = None  # the pod the request was sent to (logged; None: answered without one)
 
 
 EXCHANGE = web.RequestKey("rpm_exchange", Exchange)
@@ -128,12 +129,28 @@ class ProxyState:
         self.controller = controller
         self.paths = paths
         self.metrics = ProxyMetrics()
-        self.gate = WakeGate(
-            controller, wake_on_request=proxy.wake_on_request, max_queue_size=proxy.max_queue_size,
+        self.routes = build_routes(config)  # ConfigError when two pods answer to one name
+        # One group per configured pod (its model's queue and replicas), one gate per pod (replicas included).
+        self.groups = tuple(PodGroup(
+            route, controller, wake_on_request=proxy.wake_on_request, max_queue_size=proxy.max_queue_size,
             queue_timeout_seconds=proxy.queue_timeout_seconds,
             keepalive_interval_seconds=keepalive_interval_seconds,
             queue_full_retry_after_seconds=queue_full_retry_after_seconds,
-            waking_retry_after_seconds=wake_retry_after_seconds, metrics=self.metrics)
+            waking_retry_after_seconds=wake_retry_after_seconds, metrics=self.metrics,
+            solo=len(self.routes.routes) == 1)
+            for route in self.routes.routes)
+        self.group_by_route = {group.route.name: group for group in self.groups}
+        self.gates = {gate.name: gate for group in self.groups for gate in group.gates}
+        self.group_of = {gate.name: group for group in self.groups for gate in group.gates}
+        self.default_group = None if self.routes.default is None else self.group_by_route[self.routes.default.name]
+        self.fallback_group = (None if self.routes.fallback is None
+                               else self.group_by_route[self.routes.fallback.name])
+        # Model name → group: the config's names, plus the ids the pods' own model lists showed (LoRA adapters
+        # loaded at run time), which `remember_models` adds. One dict lookup per request.
+        self.static_lookup = {name: self.group_by_route[route.name] for name, route in self.routes.by_model.items()}
+        self.lookup: dict[str, PodGroup] = dict(self.static_lookup)
+        # GET /v1/models with one pod and no aliases passes the pod's own answer through, byte for byte.
+        self.models_passthrough = len(self.groups) == 1 and not self.groups[0].route.aliases
         self.body_read_timeout_seconds = body_read_timeout_seconds
         self.api_keys = tuple(key.encode() for key in proxy.api_keys)
         self.cache: ResponseCache | None = None
@@ -146,35 +163,41 @@ class ProxyState:
         self.cache_stats = CacheStats(0, 0)
         self.session: aiohttp.ClientSession | None = None
         self.upstream: Upstream | None = None
-        self.view = PodView()
-        self.last_request_at: float | None = None  # unix time of the last authenticated /v1 request (not model lists)
-        self.models_body: bytes | None = None  # the pod's last GET /v1/models answer
-        # Names a request may use without waking the pod for a 404: the config's (None: it cannot say)
-        # plus the ids of the pod's last model list (LoRA adapters loaded at run time).
-        pod = config.pod
-        self.served_models = served_model_names(pod.model, pod.args, pod.extra_args)
-        if pod.env.get("VLLM_ALLOW_RUNTIME_LORA_UPDATING", "").lower() in ("1", "true"):
-            self.served_models = None  # adapters come and go at run time: only the pod knows
-        self.pod_model_ids: frozenset[str] = frozenset()
+        self.views: dict[str, PodView] = {name: PodView(name=name) for name in self.gates}
+        self.last_wake_error: str | None = None  # the proxy's last wake to finish, when it failed
         self.cors_allow_origins = frozenset(origin.rstrip("/") for origin in proxy.cors_allow_origins)
-        self.active_requests = 0  # /v1 requests under way that count as activity (waiting, streaming)
         self.reconcile_task: asyncio.Task[None] | None = None
         self.closing = False
         self.in_flight = 0  # read by the in-flight gauge at scrape time (no lock per request)
         self.metrics.in_flight.set_function(lambda: self.in_flight)
+        for group in self.groups:
+            group.views = self.views
+            group.on_wake_settled = self._wake_settled
+            for gate in group.gates:
+                self.metrics.watch_pod(gate.name, gate)
+
+    def _wake_settled(self, gate: WakeGate, error: BaseException | None) -> None:
+        self.last_wake_error = None if error is None else gate.last_wake_error
 
     def origin_allowed(self, origin: str) -> bool:
         return origin in self.cors_allow_origins or "*" in self.cors_allow_origins
 
-    def knows_model(self, name: str) -> bool:
-        return self.served_models is None or name in self.served_models or name in self.pod_model_ids
+    def model_names(self, group: PodGroup) -> list[str]:
+        """The names a request may use for this group: the config's, then what its pod listed."""
+        return list(dict.fromkeys([*group.route.names, *sorted(group.model_ids)]))
 
-    def remember_models(self, body: bytes) -> None:
-        """The pod's own GET /v1/models answer: what to list while it sleeps, and names it serves."""
-        self.models_body = body
+    def remember_models(self, group: PodGroup, body: bytes) -> None:
+        """A pod's own GET /v1/models answer: what to list while it sleeps, and names it serves."""
+        group.models_body = body
         with contextlib.suppress(ValueError, TypeError, AttributeError):
-            self.pod_model_ids = frozenset(entry["id"] for entry in json.loads(body)["data"]
-                                           if isinstance(entry.get("id"), str))
+            ids = frozenset(entry["id"] for entry in json.loads(body)["data"] if isinstance(entry.get("id"), str))
+            if ids != group.model_ids:
+                group.model_ids = ids
+                lookup = dict(self.static_lookup)
+                for other in self.groups:
+                    for name in other.model_ids:
+                        lookup.setdefault(name, other)  # a name the config gives one pod stays that pod's
+                self.lookup = lookup
 
     def _publish_cache_stats(self, stats: CacheStats) -> None:
         # Called on the cache's writer thread; gauges are thread-safe and the tuple swap is atomic.
@@ -182,46 +205,68 @@ class ProxyState:
         self.metrics.cache_entries.set(stats.entries)
         self.metrics.cache_bytes.set(stats.bytes)
 
+    def set_views(self, views: Mapping[str, PodView]) -> None:
+        for name, view in views.items():
+            if name in self.views:
+                self.views[name] = view
+                self.metrics.update_pod(name, view)
+
     # ---------------------------------------------------------------------------- controller calls
 
-    async def fresh_view(self) -> PodView:
+    async def fresh_views(self) -> dict[str, PodView]:
         try:
-            view = await asyncio.to_thread(self.controller.view)
+            views = await asyncio.to_thread(self.controller.views)
         except Exception as exc:  # a status page must answer even when the state cannot be read
-            log.warning("could not read the pod view: %s", exc)
-            return self.view
-        self.view = view
-        self.metrics.update_pod(view)
-        return view
+            log.warning("could not read the pod views: %s", exc)
+            return self.views
+        self.set_views(views)
+        return self.views
+
+    def activity(self) -> dict[str, datetime | None]:
+        """Each pod's last use, for the control plane's idle clocks (one per pod, replicas included)."""
+        now = time.time()
+        activity: dict[str, datetime | None] = {}
+        for group in self.groups:
+            for gate in group.gates:
+                last = group.activity(gate, now)
+                activity[gate.name] = None if last is None else datetime.fromtimestamp(last, UTC)
+        return activity
 
     async def reconcile_once(self) -> None:
-        """Record activity and let the lifecycle enforce limits; refresh the cached target."""
-        last_at = time.time() if self.active_requests else self.last_request_at
-        last = None if last_at is None else datetime.fromtimestamp(last_at, UTC)
+        """Record each pod's activity and let the lifecycle enforce limits; refresh the cached targets."""
         try:
-            view = await asyncio.to_thread(self.controller.reconcile, last)
+            views = await asyncio.to_thread(self.controller.reconcile, self.activity())
         except RpmError as exc:
             log.warning("reconcile failed: %s", exc)
         except Exception:
             log.exception("reconcile failed unexpectedly")
         else:
-            self.view = view
-            self.metrics.update_pod(view)
-        try:
-            self.gate.set_target(await asyncio.to_thread(self.controller.current_target))
-        except Exception as exc:
-            log.warning("could not read the current pod: %s", exc)
+            self.set_views(views)
+        targets = await asyncio.to_thread(self._read_targets)
+        for name, target in targets.items():
+            self.gates[name].set_target(target)
 
-    async def mark_unreachable(self, target: UpstreamTarget) -> None:
-        self.gate.forget(target.pod_id)
+    def _read_targets(self) -> dict[str, UpstreamTarget | None]:
+        """Every pod's target (in a worker thread); a pod whose target cannot be read keeps its own."""
+        targets: dict[str, UpstreamTarget | None] = {}
+        for name in self.gates:
+            try:
+                targets[name] = self.controller.current_target(name)
+            except Exception as exc:
+                log.warning("could not read the current pod of %s: %s", name, exc)
+        return targets
+
+    async def mark_unreachable(self, gate: WakeGate, target: UpstreamTarget) -> None:
+        gate.forget(target.pod_id)
         try:
-            await asyncio.to_thread(self.controller.mark_unreachable, target.pod_id)
+            await asyncio.to_thread(self.controller.mark_unreachable, gate.name, target.pod_id)
         except Exception as exc:
-            log.warning("could not mark pod %s unreachable: %s", target.pod_id, exc)
+            log.warning("could not mark pod %s (%s) unreachable: %s", gate.name, target.pod_id, exc)
 
 
 STATE = web.AppKey("rpm_proxy_state", ProxyState)
 MODELS_PATH = "/v1/models"
+MODELS_ASK_TIMEOUT_SECONDS = 10.0  # how long GET /v1/models waits for each running pod's own list
 
 
 # ------------------------------------------------------------------------------------- middleware
@@ -230,6 +275,8 @@ MODELS_PATH = "/v1/models"
 def _route_label(path: str) -> str:
     if path in _KNOWN_ROUTES:
         return path
+    if path.startswith("/rpm/v1/pods/"):
+        return "/rpm/v1/pods/{name}"  # one series, not one per name asked for
     return "/v1/other" if path.startswith("/v1/") else "other"
 
 
@@ -248,8 +295,8 @@ def _http_exception_error(exc: web.HTTPException, request: web.Request, state: P
     if status == 404:
         path = request.path
         hint = f"; did you mean /v1{path}?" if ("/v1" + path) in _KNOWN_ROUTES else ""
-        return ProxyError(404, f"no route {path}: the proxy serves /v1/*, /health, /ready, /metrics and "
-                          f"/dashboard{hint}", code="not_found")
+        return ProxyError(404, f"no route {path}: the proxy serves /v1/*, /health, /ready, /metrics, "
+                          f"/dashboard and /rpm/v1/pods{hint}", code="not_found")
     if status == 413:
         return ProxyError(413, f"the request body is larger than [proxy] max_body_bytes = "
                           f"{state.config.proxy.max_body_bytes}", code="body_too_large", should_retry=False)
@@ -374,10 +421,10 @@ def _finish(state: ProxyState, request: web.Request, exchange: Exchange, status:
     cold = exchange.cold_start_seconds
     duration_ms = duration * 1000
     state.metrics.remember(RecentRequest(time.time(), request.method, path, status, duration_ms,
-                                         exchange.cache, None if cold is None else round(cold, 3)))
+                                         exchange.cache, None if cold is None else round(cold, 3), exchange.pod))
     # One line per request; the path only (a query string could carry a key), never headers or bodies.
-    log.info("%s %s %d %.1fms cache=%s cold=%s%s", request.method, path, status, duration_ms,
-             exchange.cache, "-" if cold is None else f"{cold:.1f}s",
+    log.info("%s %s %d %.1fms cache=%s cold=%s pod=%s%s", request.method, path, status, duration_ms,
+             exchange.cache, "-" if cold is None else f"{cold:.1f}s", exchange.pod or "-",
              "" if exchange.error_code is None else f" error={exchange.error_code}")
 
 
@@ -433,28 +480,29 @@ async def _handle_v1(request: web.Request, state: ProxyState) -> web.StreamRespo
                              f"(got {content_type or 'none'!r})", code="unsupported_media_type")
     elif request.body_exists:
         body = await _read_body(request, state)
-    if facts.model is not None:
-        _refuse_unknown_model(state, facts)
+    group = _route(state, facts)
+    rewrite = group.route.rewrite
+    if rewrite and facts.model in rewrite:  # an alias: the pod's server answers only to its own names
+        document = {**(facts.document or {}), "model": rewrite[facts.model]}
+        facts = RequestFacts(document=document, stream=facts.stream)
+        body = json.dumps(document, ensure_ascii=False).encode()
     if facts.has_suffix and path == "/v1/completions":
         template = state.config.proxy.fim_template
         if not template:
             raise ProxyError(400, FIM_MISSING_MESSAGE, code="fim_template_missing", param="suffix")
         body = apply_fim_template(facts.document or {}, template)  # has_suffix implies a document
-    # A request is activity from here (it passed every local check: one refused above, say a misconfigured
-    # editor's unknown model on a timer, must not keep a GPU up) to its end: one waiting for a wake, or a
-    # stream longer than idle_timeout_seconds, must not let the idle rule stop the pod under it.
-    state.active_requests += 1
-    state.last_request_at = time.time()
-    try:
-        return await _serve_v1(request, state, exchange, body, facts)
-    finally:
-        state.active_requests -= 1
-        state.last_request_at = time.time()
+    return await _serve_v1(request, state, exchange, body, facts, group)
 
 
 async def _serve_v1(request: web.Request, state: ProxyState, exchange: Exchange, body: bytes | None,
-                    facts: RequestFacts) -> web.StreamResponse:
-    """From the cache, or from the pod (waking it when needed)."""
+                    facts: RequestFacts, group: PodGroup) -> web.StreamResponse:
+    """From the cache, or from a pod of the group (waking one when needed).
+
+    A request is activity from here (it passed every local check: one refused before, say a misconfigured
+    editor's unknown model on a timer, must not keep a GPU up) to its end, for the pod it waits for or is
+    sent to, and for that pod only: one waiting for a wake, or a stream longer than idle_timeout_seconds,
+    must not let the idle rule stop the pod under it, and another replica's traffic must not keep one up.
+    """
     method = request.method
     key: str | None = None
     cache = state.cache
@@ -465,6 +513,9 @@ async def _serve_v1(request: web.Request, state: ProxyState, exchange: Exchange,
         if hit is not None:
             exchange.cache = "hit"
             state.metrics.count_cache("hit", hit.size)
+            chosen = group.pick()
+            if chosen is not None:  # the model is in use: the replica that would have answered stays up
+                chosen[0].last_request_at = time.time()
             return await _serve_hit(request, hit)
         exchange.cache = "miss"
         state.metrics.count_cache("miss")
@@ -473,12 +524,13 @@ async def _serve_v1(request: web.Request, state: ProxyState, exchange: Exchange,
         state.metrics.count_cache("bypass")
 
     try:
-        return await _wait_and_forward(request, state, exchange, body, facts, key, rewake=True)
+        return await _wait_and_forward(request, state, exchange, body, facts, key, group, rewake=True)
     except _PodWentAway:
         # rpm (idle stop, a limit) or RunPod ended the pod while this request was on its way to it. The
-        # request had not reached the client yet, so it waits for a wake like one that came a moment later.
-        log.info("the pod went away under a %s request; it waits for a wake", request.path)
-        return await _wait_and_forward(request, state, exchange, body, facts, key, rewake=False)
+        # request had not reached the client yet, so it waits for a wake (or another ready replica) like
+        # one that came a moment later.
+        log.info("pod %s went away under a %s request; it waits for a wake", exchange.pod, request.path)
+        return await _wait_and_forward(request, state, exchange, body, facts, key, group, rewake=False)
 
 
 class _PodWentAway(Exception):
@@ -486,73 +538,106 @@ class _PodWentAway(Exception):
 
 
 async def _wait_and_forward(request: web.Request, state: ProxyState, exchange: Exchange, body: bytes | None,
-                            facts: RequestFacts, key: str | None, *, rewake: bool) -> web.StreamResponse:
-    target = state.gate.target
+                            facts: RequestFacts, key: str | None, group: PodGroup, *,
+                            rewake: bool) -> web.StreamResponse:
+    chosen = group.pick()
     committed: web.StreamResponse | None = None
-    if target is None:
+    if chosen is not None:
+        gate, target = chosen
+    else:
         waiting_since = time.perf_counter()
         try:
             if facts.stream:
-                wait = await _wait_streaming(request, state, exchange)
+                wait = await _wait_streaming(request, state, exchange, group)
                 if isinstance(wait, web.StreamResponse):
                     return wait  # the wake failed after the stream had started; the error event went out
-                target, committed = wait
+                gate, target, committed = wait
             else:
                 # Answered by wake_hold_seconds after its arrival, whatever it waited on before (a first
                 # attempt at a pod that went away), so the client's 300 s limit is never reached.
                 held_seconds = waiting_since - exchange.started
                 answer_by = asyncio.get_running_loop().time() + state.config.proxy.wake_hold_seconds - held_seconds
-                target, waited = await state.gate.wait_for_target(answer_by=answer_by)
+                gate, target, waited = await group.wait_for_target(answer_by=answer_by)
                 exchange.cold_start_seconds = waited
         finally:  # whatever the outcome (served, timed out, client gone), the wait was the wake's
             exchange.wake_wait_seconds += time.perf_counter() - waiting_since
-    return await _forward(request, state, exchange, target, body, facts, key, committed,
-                          rewake=rewake and committed is None)
+    exchange.pod = gate.name
+    group.begin(gate)
+    try:
+        return await _forward(request, state, exchange, gate, target, body, facts, key, committed,
+                              rewake=rewake and committed is None)
+    finally:
+        group.end(gate)
 
 
-async def _pod_went_away(state: ProxyState) -> bool:
+async def _pod_went_away(state: ProxyState, gate: WakeGate) -> bool:
     """After an upstream failure: is the pod no longer running (so a wake, not an error, is the answer)?"""
-    if not state.gate.wake_on_request:
+    if not state.config.proxy.wake_on_request:
         return False
     try:
-        view = await asyncio.to_thread(state.controller.view)
+        view = await asyncio.to_thread(state.controller.view, gate.name)
     except Exception as exc:
-        log.warning("could not read the pod's state after an upstream failure: %s", exc)
+        log.warning("could not read the state of pod %s after an upstream failure: %s", gate.name, exc)
         return False
     return not view.lease_open or view.status != "RUNNING"
 
 
-def _refuse_unknown_model(state: ProxyState, facts: RequestFacts) -> None:
-    """A model the pod does not serve is answered here, whether the pod runs or sleeps: waking a GPU to
-    hear vLLM's 404 is money for nothing, and a stream would get it inside a `data:` event after its 200."""
+def _route(state: ProxyState, facts: RequestFacts) -> PodGroup:
+    """The group (configured pod) a request goes to, by the body's `model`; answered here when there is none.
+
+    A model no pod serves is answered here, whether the pods run or sleep: waking a GPU to hear vLLM's 404
+    is money for nothing, and a stream would get it inside a `data:` event after its 200.
+    """
     model = facts.model
-    if isinstance(model, str) and (not model or state.knows_model(model)):  # "": vLLM uses its default
-        return
+    if model is None or model == "":  # "": the server's default model
+        if state.default_group is not None:
+            return state.default_group
+        raise ProxyError(400, f"several models are served here ({_served_listing(state)}): name one in the "
+                         "request's `model`; no pod was started for this request", code="model_required",
+                         param="model", should_retry=False)
     if not isinstance(model, str):
         raise ProxyError(400, "model must be a string", code="invalid_model", param="model")
-    served = ", ".join(dict.fromkeys([*(state.served_models or ()), *sorted(state.pod_model_ids)]))
+    group = state.lookup.get(model) or state.fallback_group
+    if group is not None:
+        return group
     # OpenAI's own shape for this case (type invalid_request_error, code model_not_found), as a plain HTTP
     # answer: no wake has started, so even a stream has not committed its 200 yet.
-    raise ProxyError(404, f"the model {model!r} is not served here: the pod serves {served} ([pod] model in "
+    where = "the pod serves" if len(state.groups) == 1 else "served:"
+    source = "[pod] model" if not state.config.pods else "[pods.<name>] model and aliases"
+    raise ProxyError(404, f"the model {model!r} is not served here: {where} {_served_listing(state)} ({source} in "
                      "pod_config.toml); no pod was started for this request", code="model_not_found",
                      error_type="invalid_request_error", param="model", should_retry=False)
 
 
+def _served_listing(state: ProxyState) -> str:
+    if len(state.groups) == 1:
+        return ", ".join(state.model_names(state.groups[0]))
+    return "; ".join(f"{', '.join(state.model_names(group))} (pod {group.name})" for group in state.groups)
+
+
 async def _handle_models(request: web.Request, state: ProxyState) -> web.StreamResponse:
-    """GET /v1/models: the pod's answer while it runs, else the proxy's own; never a wake, never activity.
+    """GET /v1/models: every model of every pod; never a wake, never activity.
 
     Editors list models on start-up and on a timer: that is neither work (it must not hold off idle stop)
-    nor a reason to boot a GPU. A target can be stale (the pod stopped outside rpm since the last
-    reconcile): a pod that does not answer costs one attempt, then the local answer, which is as good.
+    nor a reason to boot a GPU. With one pod and no aliases, the pod's own answer while it runs (byte for
+    byte), else the proxy's; otherwise the proxy's own list, merged from the answer of each pod that runs
+    (asked now, one attempt each), else its last answer, else the config's names, plus the aliases. A
+    target can be stale (the pod stopped outside rpm since the last reconcile): a pod that does not answer
+    costs one attempt, then the local answer, which is as good.
     """
     exchange = request[EXCHANGE]
-    target = state.gate.target
-    if target is None:
+    if not state.models_passthrough:
+        asked = await asyncio.gather(*(_ask_models(request, state, group) for group in state.groups))
+        live = {group.name for group, answered in zip(state.groups, asked, strict=True) if answered}
+        return _local_models(state, exchange, live)
+    chosen = state.groups[0].pick()
+    if chosen is None:
         return _local_models(state, exchange)
+    gate, target = chosen
     exchange.cache = "bypass"
     state.metrics.count_cache("bypass")
     try:
-        response = await _forward(request, state, exchange, target, None, NO_BODY, None, None, max_retries=0)
+        response = await _forward(request, state, exchange, gate, target, None, NO_BODY, None, None, max_retries=0)
     except ProxyError as exc:
         response = exc.response()
     if response.status < 300 or response.status in (401, 403):  # a wrong upstream key must still be told
@@ -562,29 +647,84 @@ async def _handle_models(request: web.Request, state: ProxyState) -> web.StreamR
     return _local_models(state, exchange)
 
 
-def _models_document(state: ProxyState) -> tuple[dict[str, Any], str]:
-    """The model list to answer with while the pod cannot: its last answer, else the config's names."""
-    if state.models_body is not None:
+async def _ask_models(request: web.Request, state: ProxyState, group: PodGroup) -> bool:
+    """Ask a running pod of the group for its model list and remember it; whether it answered."""
+    chosen = group.pick()
+    upstream = state.upstream
+    if chosen is None or upstream is None:
+        return False
+    gate, target = chosen
+    headers = upstream_request_headers(request.headers.items(), target.upstream_key)
+    try:
+        async with asyncio.timeout(MODELS_ASK_TIMEOUT_SECONDS):
+            reply = await upstream.open(target, "GET", MODELS_PATH, headers, None, max_retries=0)
+            try:
+                if reply.response.status != 200:
+                    log.info("pod %s did not list its models (HTTP %d); the proxy answers for it", gate.name,
+                             reply.response.status)
+                    return False
+                data = await reply.response.read()
+            finally:
+                reply.response.release()
+    except (ProxyError, TimeoutError, aiohttp.ClientError) as exc:
+        log.info("pod %s did not list its models (%s); the proxy answers for it", gate.name, type(exc).__name__)
+        return False
+    state.remember_models(group, data)
+    return True
+
+
+def _group_entries(state: ProxyState, group: PodGroup) -> tuple[list[dict[str, Any]], str]:
+    """One pod's model list entries and where they come from: its last answer, else the config's names."""
+    route = group.route
+    entries: list[dict[str, Any]] | None = None
+    if group.models_body is not None:
         with contextlib.suppress(ValueError):
-            document = json.loads(state.models_body)
+            document = json.loads(group.models_body)
             if isinstance(document, dict) and isinstance(document.get("data"), list):
-                return document, "remembered"
-    pod = state.config.pod
-    names = state.served_models or (pod.model,)
+                entries = list(document["data"])
+    source = "remembered"
     created = int(time.time())
-    entries: list[dict[str, Any]] = [
-        {"id": name, "object": "model", "created": created, "owned_by": "vllm", "root": pod.model, "parent": None,
-         "max_model_len": pod.max_model_len or None, "permission": []}
-        for name in names]
-    return {"object": "list", "data": entries}, "config"
+    if entries is None:
+        source = "config"
+        entries = [
+            {"id": name, "object": "model", "created": created, "owned_by": "vllm", "root": route.model,
+             "parent": None, "max_model_len": route.max_model_len or None, "permission": []}
+            for name in (route.served or (route.model,))]
+    listed = {entry.get("id") for entry in entries if isinstance(entry, dict)}
+    for alias in route.aliases:
+        if alias not in listed:  # listed as the entry it stands for, under its own id
+            base = next((entry for entry in entries if isinstance(entry, dict)
+                         and entry.get("id") == route.upstream_model), None)
+            entries.append({**base, "id": alias} if base is not None else {
+                "id": alias, "object": "model", "created": created, "owned_by": "vllm",
+                "root": route.upstream_model, "parent": None, "max_model_len": route.max_model_len or None,
+                "permission": []})
+    return entries, source
 
 
-def _local_models(state: ProxyState, exchange: Exchange) -> web.Response:
+def _models_document(state: ProxyState, live: frozenset[str] | set[str] = frozenset()
+                     ) -> tuple[dict[str, Any], str]:
+    """The model list the proxy answers with, and its X-RPM-Models header: with one pod, where the list came
+    from ("remembered", "config"); with several, that per pod ("chat=live, coder=config")."""
+    data: list[dict[str, Any]] = []
+    sources: list[str] = []
+    for group in state.groups:
+        entries, source = _group_entries(state, group)
+        data.extend(entries)
+        sources.append(f"{group.name}={'live' if group.name in live else source}")
+    if state.models_passthrough:
+        return {"object": "list", "data": data}, sources[0].partition("=")[2]
+    return {"object": "list", "data": data}, ", ".join(sources)
+
+
+def _local_models(state: ProxyState, exchange: Exchange, live: frozenset[str] | set[str] = frozenset()
+                  ) -> web.Response:
     exchange.cache = "local"
-    if state.models_body is not None:  # the pod's own bytes, exactly
-        body, source = state.models_body, "remembered"
+    remembered = state.groups[0].models_body
+    if state.models_passthrough and remembered is not None:  # the pod's own bytes, exactly
+        body, source = remembered, "remembered"
     else:
-        document, source = _models_document(state)
+        document, source = _models_document(state, live)
         body = json.dumps(document).encode()
     return web.Response(body=body, content_type="application/json",
                         headers={"X-RPM-Cache": "bypass", "X-RPM-Models": source})
@@ -621,8 +761,8 @@ async def _serve_hit(request: web.Request, hit: CachedResponse) -> web.StreamRes
 
 
 async def _wait_streaming(
-    request: web.Request, state: ProxyState, exchange: Exchange,
-) -> tuple[UpstreamTarget, web.StreamResponse | None] | web.StreamResponse:
+    request: web.Request, state: ProxyState, exchange: Exchange, group: PodGroup,
+) -> tuple[WakeGate, UpstreamTarget, web.StreamResponse | None] | web.StreamResponse:
     """Wait for a wake on behalf of a streaming request, sending SSE comments while it lasts.
 
     The 200 and the event-stream headers go out at the first keep-alive (so a wake that ends quickly,
@@ -641,7 +781,7 @@ async def _wait_streaming(
         await committed.write(f": waking pod ({elapsed_seconds:.0f} s)\n\n".encode())
 
     try:
-        target, waited = await state.gate.wait_for_target(keep_alive)
+        gate, target, waited = await group.wait_for_target(keep_alive)
     except ProxyError as exc:
         if committed is None:
             raise
@@ -652,7 +792,7 @@ async def _wait_streaming(
     exchange.cold_start_seconds = waited
     if committed is not None and waited is not None:
         await committed.write(_ready_comment(waited))
-    return target, committed
+    return gate, target, committed
 
 
 def _ready_comment(waited_seconds: float) -> bytes:
@@ -674,6 +814,7 @@ async def _forward(
     request: web.Request,
     state: ProxyState,
     exchange: Exchange,
+    gate: WakeGate,
     target: UpstreamTarget,
     body: bytes | None,
     facts: RequestFacts,
@@ -697,8 +838,8 @@ async def _forward(
                                     max_retries=max_retries)
     except UpstreamUnreachable as exc:
         exchange.error_code = exc.code
-        await state.mark_unreachable(target)
-        if rewake and await _pod_went_away(state):
+        await state.mark_unreachable(gate, target)
+        if rewake and await _pod_went_away(state, gate):
             raise _PodWentAway from None
         if committed is not None:
             return await _end_committed(committed, json.dumps(exc.document()).encode())
@@ -711,8 +852,8 @@ async def _forward(
     try:
         status = response.status
         if status == 502 and reply.attempts > upstream.max_retries:
-            await state.mark_unreachable(target)  # 502s outlasted the retries: nothing listens there
-            if rewake and await _pod_went_away(state):
+            await state.mark_unreachable(gate, target)  # 502s outlasted the retries: nothing listens there
+            if rewake and await _pod_went_away(state, gate):
                 raise _PodWentAway
         content_type = response.headers.get("Content-Type", "")
         if status == 200 and facts.stream and content_type.startswith("text/event-stream"):
@@ -742,7 +883,7 @@ async def _forward(
             out_headers["Content-Type"] = content_type
         out_headers.update(_extra_headers(exchange))
         if status == 200 and request.method == "GET" and request.path == MODELS_PATH:
-            state.remember_models(data)
+            state.remember_models(state.group_of[gate.name], data)
         if key is not None and status == 200 and is_json_content_type(content_type) and state.cache:
             state.cache.put_later(key, CachedResponse(content_type=content_type, body=data))
         return web.Response(status=status, body=data, headers=out_headers)
@@ -816,20 +957,37 @@ def _iso(moment: object) -> object:
     return moment
 
 
+def _pod_entry(state: ProxyState, name: str) -> dict[str, Any]:
+    """One pod as /health and /rpm/v1/pods show it: the derived facts as the planner derives them (the
+    controller's view; `rpm status --json` shows the same) and the proxy's own (its model's queue, its wake,
+    its requests in flight)."""
+    view = state.views[name]
+    gate = state.gates[name]
+    group = state.group_of[name]
+    oldest = group.oldest_wait_seconds()
+    return {"name": name, "replica_of": group.name, "models": state.model_names(group),
+            "pod_id": view.pod_id, "status": view.status, "ready": view.ready, "lease_open": view.lease_open,
+            "deadline": _iso(view.deadline), "idle_ends_at": _iso(view.limits.get("idle")),
+            "spend_today_usd": round(view.spend_today_usd, 4), "max_daily_spend_usd": view.max_daily_spend_usd,
+            "queue_depth": group.waiting, "oldest_wait_seconds": None if oldest is None else round(oldest, 3),
+            "in_flight": gate.in_flight, "waking": gate.waking, "target_known": gate.target is not None,
+            "last_wake_error": gate.last_wake_error}
+
+
 async def handle_health(request: web.Request) -> web.Response:
     state = request.app[STATE]
-    view = await state.fresh_view()
-    gate = state.gate
+    await state.fresh_views()
+    pods = [_pod_entry(state, name) for name in state.gates]
+    groups = state.groups
     return _json({
         "status": "ok",
         "version": __version__,
-        "proxy": {"queue_depth": gate.waiting, "waking": gate.waking, "target_known": gate.target is not None,
-                  "wake_on_request": gate.wake_on_request, "last_wake_error": gate.last_wake_error},
-        # The derived facts as the planner derives them (bridge.view): `rpm status --json` shows the same.
-        "pod": {"pod_id": view.pod_id, "status": view.status, "ready": view.ready,
-                "lease_open": view.lease_open, "deadline": _iso(view.deadline),
-                "idle_ends_at": _iso(view.limits.get("idle")), "spend_today_usd": round(view.spend_today_usd, 4),
-                "max_daily_spend_usd": view.max_daily_spend_usd},
+        "proxy": {"queue_depth": sum(group.waiting for group in groups),
+                  "waking": any(group.waking for group in groups),
+                  "target_known": all(group.pick() is not None for group in groups),
+                  "wake_on_request": state.config.proxy.wake_on_request, "last_wake_error": state.last_wake_error},
+        "pod": pods[0],  # the first pod, as /health showed its one pod before there were several
+        "pods": pods,
         "url": f"{proxy_url(state.config)}/v1",
         # Who answers: `rpm start` tells its own proxy (same state directory and config) from a foreign
         # program on the port. Served without a key like the rest of /health; none of it is a secret.
@@ -839,12 +997,41 @@ async def handle_health(request: web.Request) -> web.Response:
 
 
 async def handle_ready(request: web.Request) -> web.Response:
+    """200 when every model has a ready pod (with one pod: that pod's id), else 503 saying which has none."""
     state = request.app[STATE]
-    target = state.gate.target or await state.gate.refresh()
-    if target is None:
-        return _json({"ready": False, "reason": "no ready pod; the next /v1 request "
-                      + ("wakes it" if state.gate.wake_on_request else "fails until `rpm start`")}, 503)
-    return _json({"ready": True, "pod_id": target.pod_id})
+    ready: dict[str, str | None] = {}
+    for group in state.groups:
+        chosen = group.pick() or await group.refresh()
+        ready[group.name] = None if chosen is None else chosen[1].pod_id
+    wake_words = "wakes it" if state.config.proxy.wake_on_request else "fails until `rpm start`"
+    if len(ready) == 1:
+        [pod_id] = ready.values()
+        if pod_id is None:
+            return _json({"ready": False, "reason": f"no ready pod; the next /v1 request {wake_words}"}, 503)
+        return _json({"ready": True, "pod_id": pod_id})
+    asleep = [name for name, pod_id in ready.items() if pod_id is None]
+    if asleep:
+        return _json({"ready": False, "pods": ready, "reason": f"no ready pod for {', '.join(asleep)}; the next "
+                      f"request for its model {wake_words}"}, 503)
+    return _json({"ready": True, "pods": ready})
+
+
+async def handle_pods(request: web.Request) -> web.Response:
+    """GET /rpm/v1/pods: every pod (replicas included), from state: no RunPod call, no wake."""
+    state = request.app[STATE]
+    await state.fresh_views()
+    return _json({"pods": [_pod_entry(state, name) for name in state.gates]})
+
+
+async def handle_pod(request: web.Request) -> web.Response:
+    """GET /rpm/v1/pods/{name}: one pod (a configured pod's name or a replica's)."""
+    state = request.app[STATE]
+    name = request.match_info["name"]
+    if name not in state.gates:
+        raise ProxyError(404, f"no pod named {name!r} here; the pods are {', '.join(state.gates)}",
+                         code="pod_not_found", param="name", should_retry=False)
+    await state.fresh_views()
+    return _json(_pod_entry(state, name))
 
 
 async def _refresh_cache_stats(state: ProxyState) -> CacheStats:
@@ -861,19 +1048,24 @@ async def _refresh_cache_stats(state: ProxyState) -> CacheStats:
 
 async def handle_metrics(request: web.Request) -> web.Response:
     state = request.app[STATE]
-    await state.fresh_view()
+    await state.fresh_views()
     await _refresh_cache_stats(state)
     return web.Response(body=state.metrics.render(), headers={"Content-Type": METRICS_CONTENT_TYPE})
 
 
 async def handle_dashboard(request: web.Request) -> web.Response:
     state = request.app[STATE]
-    view = await state.fresh_view()
+    views = await state.fresh_views()
     stats = await _refresh_cache_stats(state)
-    gate = state.gate
+    panels = []
+    for name, gate in state.gates.items():
+        group = state.group_of[name]
+        panels.append(dashboard.PodPanel(
+            view=views[name], replica_of=group.name, models=tuple(state.model_names(group)),
+            queue_depth=group.waiting, oldest_wait_seconds=group.oldest_wait_seconds(), in_flight=gate.in_flight,
+            waking=gate.waking, target_known=gate.target is not None, last_wake_error=gate.last_wake_error))
     document = dashboard.dashboard_document(
-        view=view, metrics=state.metrics, queue_depth=gate.waiting, waking=gate.waking,
-        target_known=gate.target is not None, last_wake_error=gate.last_wake_error,
+        pods=panels, metrics=state.metrics, last_wake_error=state.last_wake_error,
         cache_enabled=state.cache is not None and state.cache.available,
         cache_entries=stats.entries, cache_bytes=stats.bytes, now=datetime.now(UTC))
     if dashboard.wants_html(request.headers.get("Accept", "")):
@@ -927,8 +1119,22 @@ async def _on_startup(app: web.Application) -> None:
                               retry_delay_seconds=state.config.proxy.retry_delay_seconds)
     if state.cache is not None:
         await asyncio.to_thread(state.cache.open)
-    await state.gate.refresh()  # so the first request already finds a running pod on the hot path
+    await _check_pod_names(state)
+    for group in state.groups:  # so the first request already finds a running pod on the hot path
+        await group.refresh()
     state.reconcile_task = asyncio.create_task(_reconcile_loop(state), name="rpm-proxy-reconcile")
+
+
+async def _check_pod_names(state: ProxyState) -> None:
+    """The routes come from the config, the pods from the controller: they must name the same pods."""
+    try:
+        names = await asyncio.to_thread(state.controller.pod_names)
+    except Exception as exc:
+        log.warning("could not list the controller's pods: %s", exc)
+        return
+    if tuple(names) != tuple(state.gates):
+        log.error("the controller's pods (%s) are not the config's (%s): requests go to the config's",
+                  ", ".join(names), ", ".join(state.gates))
 
 
 async def _reconcile_loop(state: ProxyState) -> None:
@@ -945,6 +1151,8 @@ async def _on_shutdown(app: web.Application) -> None:
     # Runs before in-flight requests get their grace period; they keep the session until cleanup.
     state = app[STATE]
     state.closing = True
+    for group in state.groups:
+        group.close()
     task = state.reconcile_task
     if task is not None:
         task.cancel()
@@ -994,6 +1202,8 @@ def build_app(
     app.router.add_get("/metrics", handle_metrics)
     app.router.add_get("/dashboard", handle_dashboard)
     app.router.add_get("/debug/cache", handle_debug_cache)
+    app.router.add_get("/rpm/v1/pods", handle_pods)
+    app.router.add_get("/rpm/v1/pods/{name}", handle_pod)
     app.on_startup.append(_on_startup)
     app.on_shutdown.append(_on_shutdown)
     app.on_cleanup.append(_on_cleanup)

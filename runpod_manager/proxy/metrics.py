@@ -10,6 +10,7 @@ from __future__ import annotations
 import time
 from collections import deque
 from dataclasses import dataclass
+from typing import Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
@@ -26,6 +27,10 @@ CONTENT_TYPE = CONTENT_TYPE_LATEST
 RECENT_REQUESTS = 200
 
 
+class _InFlight(Protocol):
+    in_flight: int  # a WakeGate's requests in flight
+
+
 @dataclass(frozen=True, slots=True)
 class RecentRequest:
     """One finished request as the dashboard shows it: no body, no headers, no key."""
@@ -37,6 +42,7 @@ class RecentRequest:
     duration_ms: float
     cache: str
     cold_start_seconds: float | None
+    pod: str | None = None  # the pod that answered (None: the proxy itself, or the cache)
 
 
 class ProxyMetrics:
@@ -72,20 +78,24 @@ class ProxyMetrics:
         self.cache_bytes = Gauge("rpm_proxy_cache_bytes", "Bytes held by the cache.", registry=registry)
         self.cache_entries = Gauge("rpm_proxy_cache_entries", "Entries held by the cache.",
                                    registry=registry)
-        self.queue_depth = Gauge("rpm_proxy_queue_depth", "Requests waiting for the pod to wake.",
-                                 registry=registry)
+        # Per pod: `pod` is a configured pod's name for its model's queue, a pod's (replica's) name elsewhere.
+        self.queue_depth = Gauge("rpm_proxy_queue_depth", "Requests waiting for a pod of this model to wake.",
+                                 ["pod"], registry=registry)
         self.in_flight = Gauge("rpm_proxy_in_flight_requests", "Requests being answered.",
                                registry=registry)
-        self.wakes = Counter("rpm_proxy_wakes_total", "Wakes started by requests, by outcome.",
-                             ["outcome"], registry=registry)
-        self.wake_duration = Histogram("rpm_proxy_wake_duration_seconds", "How long a wake took.",
+        self.pod_in_flight = Gauge("rpm_proxy_pod_in_flight_requests", "Requests sent to the pod and not finished.",
+                                   ["pod"], registry=registry)
+        self.wakes = Counter("rpm_proxy_wakes_total", "Wakes started by requests, by pod and outcome.",
+                             ["pod", "outcome"], registry=registry)
+        self.wake_duration = Histogram("rpm_proxy_wake_duration_seconds", "How long a wake took.", ["pod"],
                                        buckets=WAKE_BUCKETS, registry=registry)
-        self.pod_up = Gauge("rpm_pod_up", "1 when the pod is ready to serve, else 0.", registry=registry)
+        self.pod_up = Gauge("rpm_pod_up", "1 when the pod is ready to serve, else 0.", ["pod"], registry=registry)
         self.pod_cost_per_hour = Gauge("rpm_pod_cost_per_hour_usd", "Price of the pod in USD per hour.",
-                                       registry=registry)
-        self.spend_today = Gauge("rpm_spend_today_usd", "Spend so far today in USD.", registry=registry)
-        self.max_daily_spend = Gauge("rpm_max_daily_spend_usd", "Daily spend cap in USD (0 = none).",
-                                     registry=registry)
+                                       ["pod"], registry=registry)
+        self.spend_today = Gauge("rpm_spend_today_usd", "The pod's spend so far today in USD.", ["pod"],
+                                 registry=registry)
+        self.max_daily_spend = Gauge("rpm_max_daily_spend_usd", "The pod's daily spend cap in USD (0 = none).",
+                                     ["pod"], registry=registry)
         self._request_children: dict[tuple[str, int], Counter] = {}
         self._duration_children: dict[str, Histogram] = {}
         self.recent: deque[RecentRequest] = deque(maxlen=RECENT_REQUESTS)
@@ -128,11 +138,16 @@ class ProxyMetrics:
         looked_up = self.hits + self.misses
         return None if looked_up == 0 else self.hits / looked_up
 
-    def update_pod(self, view: PodView) -> None:
-        self.pod_up.set(1 if view.ready else 0)
-        self.pod_cost_per_hour.set(view.cost_per_hour if view.pod_id else 0.0)
-        self.spend_today.set(view.spend_today_usd)
-        self.max_daily_spend.set(view.max_daily_spend_usd)
+    def watch_pod(self, pod: str, gate: _InFlight) -> None:
+        """Export a pod's series from the start (zero until known); its in-flight count is read at scrape time."""
+        self.pod_in_flight.labels(pod).set_function(lambda: gate.in_flight)
+        self.update_pod(pod, PodView(name=pod))
+
+    def update_pod(self, pod: str, view: PodView) -> None:
+        self.pod_up.labels(pod).set(1 if view.ready else 0)
+        self.pod_cost_per_hour.labels(pod).set(view.cost_per_hour if view.pod_id else 0.0)
+        self.spend_today.labels(pod).set(view.spend_today_usd)
+        self.max_daily_spend.labels(pod).set(view.max_daily_spend_usd)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

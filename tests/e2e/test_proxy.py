@@ -333,7 +333,7 @@ def test_twenty_concurrent_requests_share_one_wake(upstream: FakeUpstream, paths
         assert controller.wake_calls == 1
         assert requests.get(f"{proxy.url}/ready", timeout=READ_TIMEOUT).status_code == 200
         metrics = requests.get(f"{proxy.url}/metrics", timeout=READ_TIMEOUT).text
-        assert 'rpm_proxy_wakes_total{outcome="ok"} 1.0' in metrics
+        assert 'rpm_proxy_wakes_total{outcome="ok",pod="default"} 1.0' in metrics
 
 
 def test_full_queue_answers_503_with_retry_after(upstream: FakeUpstream, paths: Paths) -> None:
@@ -592,7 +592,7 @@ def test_unknown_model_is_a_plain_404_naming_the_served_model_and_never_wakes(up
         # Refused requests are not activity: an editor polling with a wrong name keeps no GPU up.
         seen = len(controller.reconcile_calls)
         assert wait_until(lambda: len(controller.reconcile_calls) >= seen + 2)
-        assert controller.reconcile_calls[-1] is None
+        assert controller.last_request_times()[-1] is None
     assert controller.wake_calls == 0 and upstream.requests == []
 
 
@@ -783,7 +783,7 @@ def test_a_request_waiting_for_a_wake_counts_as_activity(upstream: FakeUpstream,
         assert wait_until(lambda: len(controller.reconcile_calls) >= seen + 4)
         # While the request waits, every reconcile reports activity "now", not the arrival time: a pod
         # whose boot outlasts idle_timeout_seconds is not stopped for idleness under the request.
-        latest = controller.reconcile_calls[-1]
+        latest = controller.last_request_times()[-1]
         assert latest is not None and (latest - arrived).total_seconds() > 0.1
         controller.release_wake.set()
         assert waiting.result(timeout=30).status_code == 200
@@ -998,7 +998,7 @@ def test_health_ready_metrics_dashboard_and_no_secrets(upstream: FakeUpstream, p
                        "rpm_pod_cost_per_hour_usd", "rpm_spend_today_usd"):
             assert family in metrics.text, family
         assert 'le="0.0001"' in metrics.text  # sub-millisecond buckets
-        assert "rpm_pod_cost_per_hour_usd 0.69" in metrics.text
+        assert 'rpm_pod_cost_per_hour_usd{pod="default"} 0.69' in metrics.text
         assert 'rpm_proxy_stream_events_total 7.0' in metrics.text
 
         page = requests.get(f"{proxy.url}/dashboard", headers={**good, "Accept": "text/html"},
@@ -1130,14 +1130,14 @@ def test_reconcile_runs_with_the_last_request_time_and_survives_errors(upstream:
     controller = FakeController(upstream.target())
     with running_proxy(make_config(reconcile_interval_seconds=0.05), controller, paths) as proxy:
         assert wait_until(lambda: len(controller.reconcile_calls) >= 1)
-        assert controller.reconcile_calls[0] is None  # no request yet
+        assert controller.last_request_times()[0] is None  # no request yet
         assert requests.get(f"{proxy.url}/v1/models", timeout=READ_TIMEOUT).status_code == 200
         seen = len(controller.reconcile_calls)
         assert wait_until(lambda: len(controller.reconcile_calls) >= seen + 3)
-        assert controller.reconcile_calls[-1] is None  # listing models is not activity: idle stop still comes
+        assert controller.last_request_times()[-1] is None  # listing models is not activity: idle stop still comes
         requests.post(f"{proxy.url}/v1/chat/completions", json=chat(), timeout=READ_TIMEOUT)
-        assert wait_until(lambda: controller.reconcile_calls[-1] is not None)
-        last = controller.reconcile_calls[-1]
+        assert wait_until(lambda: controller.last_request_times()[-1] is not None)
+        last = controller.last_request_times()[-1]
         assert last is not None and last.tzinfo is not None
         controller.reconcile_error = RuntimeError("boom")
         calls = len(controller.reconcile_calls)

@@ -21,7 +21,7 @@ import sys
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
@@ -42,8 +42,14 @@ TOKENS = ("Hello", " from", " the", " fake", " pod", ".")
 # ------------------------------------------------------------------------------------------- controller
 
 
-class FakeController:
-    """A ProxyController whose answers and wake behaviour tests set directly (thread-safe counters)."""
+def _default_view(name: str) -> PodView:
+    return PodView(name=name, pod_id="pod-fake", status="RUNNING", ready=True, lease_open=True,
+                   gpu_type_id="NVIDIA GeForce RTX 4090", cost_per_hour=0.69, spend_today_usd=1.25,
+                   max_daily_spend_usd=20.0, limits={"runtime": "2099-01-01T00:00:00Z", "idle": "not idle"})
+
+
+class FakePod:
+    """One pod of a FakeController: its answers, its wake's knobs and its counters."""
 
     def __init__(
         self,
@@ -65,47 +71,153 @@ class FakeController:
         self.wake_started = threading.Event()
         self.wake_calls = 0
         self.current_target_calls = 0
-        self.reconcile_calls: list[datetime | None] = []
         self.unreachable: list[str] = []
-        self.pod_view = view or PodView(pod_id="pod-fake", status="RUNNING", ready=True, lease_open=True,
-                                        gpu_type_id="NVIDIA GeForce RTX 4090", cost_per_hour=0.69,
-                                        spend_today_usd=1.25, max_daily_spend_usd=20.0,
-                                        limits={"runtime": "2099-01-01T00:00:00Z", "idle": "not idle"})
+        self.view = view
+
+
+class FakeController:
+    """A ProxyController whose answers and wake behaviour tests set directly (thread-safe counters).
+
+    One pod, named like make_config's ("default"), from the keyword arguments: `FakeController(target,
+    hold_wake=True)`; its knobs and counters are also attributes of the controller (`controller.target`,
+    `.wake_calls`, `.release_wake`, …). Several: `FakeController(pods={"chat": FakePod(…), "coder": …})`,
+    each reached with `controller.pods[name]`; the shortcuts then mean the first.
+    """
+
+    def __init__(
+        self,
+        target: UpstreamTarget | None = None,
+        *,
+        wake_target: UpstreamTarget | None = None,
+        wake_delay_seconds: float = 0.0,
+        wake_error: BaseException | None = None,
+        hold_wake: bool = False,
+        view: PodView | None = None,
+        name: str = "default",
+        pods: Mapping[str, FakePod] | None = None,
+    ) -> None:
+        if pods is None:
+            pods = {name: FakePod(target, wake_target=wake_target, wake_delay_seconds=wake_delay_seconds,
+                                  wake_error=wake_error, hold_wake=hold_wake, view=view)}
+        self.pods: dict[str, FakePod] = dict(pods)
+        for pod_name, pod in self.pods.items():
+            if pod.view is None:
+                pod.view = _default_view(pod_name)
+            elif not pod.view.name:
+                pod.view = replace(pod.view, name=pod_name)
+        self.reconcile_calls: list[Mapping[str, datetime | None]] = []
         self.reconcile_error: BaseException | None = None
+        self.wake_order: list[str] = []  # pods in the order their wakes started
         self._lock = threading.Lock()
 
-    def current_target(self) -> UpstreamTarget | None:
-        with self._lock:
-            self.current_target_calls += 1
-        return self.target
+    # -- the first pod's knobs and counters, for tests of one pod
 
-    def wake(self) -> UpstreamTarget:
-        with self._lock:
-            self.wake_calls += 1
-        self.wake_started.set()
-        if not self.release_wake.wait(timeout=30):
-            raise RpmError("the fake wake was never released")
-        time.sleep(self.wake_delay_seconds)
-        if self.wake_error is not None:
-            raise self.wake_error
-        assert self.wake_target is not None
-        self.target = self.wake_target
-        return self.wake_target
+    @property
+    def first(self) -> FakePod:
+        return next(iter(self.pods.values()))
 
-    def reconcile(self, last_request_at: datetime | None) -> PodView:
+    @property
+    def target(self) -> UpstreamTarget | None:
+        return self.first.target
+
+    @target.setter
+    def target(self, value: UpstreamTarget | None) -> None:
+        self.first.target = value
+
+    @property
+    def wake_error(self) -> BaseException | None:
+        return self.first.wake_error
+
+    @wake_error.setter
+    def wake_error(self, value: BaseException | None) -> None:
+        self.first.wake_error = value
+
+    @property
+    def release_wake(self) -> threading.Event:
+        return self.first.release_wake
+
+    @property
+    def wake_started(self) -> threading.Event:
+        return self.first.wake_started
+
+    @property
+    def wake_calls(self) -> int:
+        return self.first.wake_calls
+
+    @property
+    def current_target_calls(self) -> int:
+        return self.first.current_target_calls
+
+    @property
+    def unreachable(self) -> list[str]:
+        return self.first.unreachable
+
+    @property
+    def pod_view(self) -> PodView:
+        assert self.first.view is not None
+        return self.first.view
+
+    @pod_view.setter
+    def pod_view(self, value: PodView) -> None:
+        self.first.view = value
+
+    def last_request_times(self, pod: str | None = None) -> list[datetime | None]:
+        """What each reconcile call said of one pod's last request (the first pod's by default)."""
+        name = pod or next(iter(self.pods))
         with self._lock:
-            self.reconcile_calls.append(last_request_at)
+            return [calls[name] for calls in self.reconcile_calls]
+
+    def release_all(self) -> None:
+        for pod in self.pods.values():
+            pod.release_wake.set()
+
+    # -- the ProxyController protocol
+
+    def pod_names(self) -> tuple[str, ...]:
+        return tuple(self.pods)
+
+    def current_target(self, pod: str) -> UpstreamTarget | None:
+        fake = self.pods[pod]
+        with self._lock:
+            fake.current_target_calls += 1
+        return fake.target
+
+    def wake(self, pod: str) -> UpstreamTarget:
+        fake = self.pods[pod]
+        with self._lock:
+            fake.wake_calls += 1
+            self.wake_order.append(pod)
+        fake.wake_started.set()
+        if not fake.release_wake.wait(timeout=30):
+            raise RpmError(f"the fake wake of {pod} was never released")
+        time.sleep(fake.wake_delay_seconds)
+        if fake.wake_error is not None:
+            raise fake.wake_error
+        assert fake.wake_target is not None
+        fake.target = fake.wake_target
+        return fake.wake_target
+
+    def reconcile(self, last_request_at: Mapping[str, datetime | None]) -> Mapping[str, PodView]:
+        assert set(last_request_at) == set(self.pods), last_request_at  # every pod, each on its own clock
+        with self._lock:
+            self.reconcile_calls.append(dict(last_request_at))
         if self.reconcile_error is not None:
             raise self.reconcile_error
-        return self.pod_view
+        return self.views()
 
-    def view(self) -> PodView:
-        return self.pod_view
+    def view(self, pod: str) -> PodView:
+        view = self.pods[pod].view
+        assert view is not None
+        return view
 
-    def mark_unreachable(self, pod_id: str) -> None:
+    def views(self) -> Mapping[str, PodView]:
+        return {name: self.view(name) for name in self.pods}
+
+    def mark_unreachable(self, pod: str, pod_id: str) -> None:
+        fake = self.pods[pod]
         with self._lock:
-            self.unreachable.append(pod_id)
-        self.target = None
+            fake.unreachable.append(pod_id)
+        fake.target = None
 
 
 # --------------------------------------------------------------------------------------------- upstream
@@ -134,8 +246,9 @@ class Scripted:
 class FakeUpstream:
     """A vLLM-like OpenAI server on its own thread; see the module docstring for the knobs."""
 
-    def __init__(self, *, expected_key: str | None = UPSTREAM_KEY) -> None:
+    def __init__(self, *, expected_key: str | None = UPSTREAM_KEY, model: str = MODEL) -> None:
         self.expected_key = expected_key
+        self.model = model  # the one name it serves, like vLLM's --served-model-name
         self.requests: list[RecordedRequest] = []
         self.script: deque[Scripted] = deque()
         self.hold_streams = False  # when True, each event after the first waits for release()
@@ -243,7 +356,7 @@ class FakeUpstream:
         path = request.path
         if path == "/v1/models":
             return web.json_response({"object": "list", "data": [
-                {"id": MODEL, "object": "model", "created": 0, "owned_by": "vllm"}]})
+                {"id": self.model, "object": "model", "created": 0, "owned_by": "vllm"}]})
         if path == "/v1/echo":
             return web.json_response({"method": request.method, "path_qs": request.path_qs,
                                       "headers": dict(request.headers), "body": body.decode()})
@@ -253,7 +366,7 @@ class FakeUpstream:
             except ValueError:
                 return web.json_response({"error": {"message": "bad json", "type": "BadRequestError",
                                                     "param": None, "code": 400}}, status=400)
-            if document.get("model") != MODEL:
+            if document.get("model") != self.model:
                 return web.json_response({"error": {
                     "message": f"The model `{document.get('model')}` does not exist.",
                     "type": "NotFoundError", "param": "model", "code": 404}}, status=404)
@@ -262,13 +375,13 @@ class FakeUpstream:
                                                     "type": "BadRequestError", "param": "max_tokens",
                                                     "code": 400}}, status=400)
             if path == "/v1/embeddings":
-                return web.json_response({"object": "list", "model": MODEL, "data": [
+                return web.json_response({"object": "list", "model": self.model, "data": [
                     {"object": "embedding", "index": 0, "embedding": [0.1, 0.2, 0.3]}],
                     "usage": {"prompt_tokens": 3, "total_tokens": 3}})
             chat = path == "/v1/chat/completions"
             if document.get("stream") is True:
                 return await self._stream(request, document, chat=chat)
-            return web.json_response(_completion(document, chat=chat))
+            return web.json_response(_completion(document, chat=chat, model=self.model))
         return web.json_response({"detail": "Not Found"}, status=404)
 
     async def _stream(self, request: web.Request, document: dict[str, Any], *, chat: bool) -> web.StreamResponse:
@@ -295,14 +408,14 @@ class FakeUpstream:
         return response
 
 
-def _completion(document: dict[str, Any], *, chat: bool) -> dict[str, Any]:
+def _completion(document: dict[str, Any], *, chat: bool, model: str = MODEL) -> dict[str, Any]:
     text = "".join(TOKENS)
     usage = {"prompt_tokens": 5, "completion_tokens": len(TOKENS), "total_tokens": 5 + len(TOKENS)}
     if chat:
-        return {"id": "chatcmpl-fake", "object": "chat.completion", "created": 1, "model": MODEL,
+        return {"id": "chatcmpl-fake", "object": "chat.completion", "created": 1, "model": model,
                 "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
                              "finish_reason": "stop"}], "usage": usage}
-    return {"id": "cmpl-fake", "object": "text_completion", "created": 1, "model": MODEL,
+    return {"id": "cmpl-fake", "object": "text_completion", "created": 1, "model": model,
             "choices": [{"index": 0, "text": text, "finish_reason": "stop", "logprobs": None}], "usage": usage}
 
 
@@ -311,7 +424,8 @@ def _stream_events(document: dict[str, Any], *, chat: bool, include_usage: bool)
         return b"data: " + json.dumps(payload).encode() + b"\n\n"
 
     kind = "chat.completion.chunk" if chat else "text_completion"
-    base = {"id": "chatcmpl-fake" if chat else "cmpl-fake", "object": kind, "created": 1, "model": MODEL}
+    base = {"id": "chatcmpl-fake" if chat else "cmpl-fake", "object": kind, "created": 1,
+            "model": document.get("model", MODEL)}
     for index, token in enumerate(TOKENS):
         last = index == len(TOKENS) - 1
         if chat:
@@ -330,14 +444,17 @@ def _stream_events(document: dict[str, Any], *, chat: bool, include_usage: bool)
 
 
 def make_config(port: int = 0, *, cache: bool = False, cache_dir: Path | None = None, model: str = MODEL,
-                extra_args: str = "", **proxy: Any) -> Config:
+                extra_args: str = "", pods: tuple[PodConfig, ...] = (), **proxy: Any) -> Config:
     """A Config for tests: free port, fast retries and reconcile, cache off unless asked; [pod] model is the
-    name the upstream serves (the proxy refuses other names without waking the pod)."""
+    name the upstream serves (the proxy refuses other names without waking the pod). `pods`: several
+    [pods.<name>] tables instead of the one [pod] (then `model` and `extra_args` are not used)."""
     proxy_defaults: dict[str, Any] = {"host": "127.0.0.1", "port": port, "retry_delay_seconds": 0.01,
                                       "max_retries": 2, "reconcile_interval_seconds": 0.2,
                                       "queue_timeout_seconds": 10.0}
     proxy_defaults.update(proxy)
     cache_config = CacheConfig(enabled=cache, dir=str(cache_dir) if cache_dir else "")
+    if pods:
+        return Config(pod=pods[0], pods=pods, proxy=ProxyConfig(**proxy_defaults), cache=cache_config)
     return Config(pod=PodConfig(model=model, extra_args=extra_args), proxy=ProxyConfig(**proxy_defaults),
                   cache=cache_config)
 

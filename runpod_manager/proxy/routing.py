@@ -1,0 +1,127 @@
+"""Which pod serves which model: the proxy's routes, derived from the config alone (pure, no I/O).
+
+Each configured pod (`[pod]`, or each `[pods.<name>]`) is one route: the model names clients may send for
+it and the pods that serve them, the pod itself and its replicas ("chat", "chat-r2", …; see
+config.replica_name). Replicas are copies of one spec, so they share the route's names.
+
+The names a route answers to:
+- the names its model server serves, read from `model`/`args`/`extra_args` the way vLLM reads them
+  (forward.served_model_names: `--served-model-name`, else `--model`, plus `--lora-modules` adapters);
+- its `aliases`, which only the proxy knows: a request for an alias goes to the pod with `model`
+  rewritten to the pod's own first name (`upstream_model`), because vLLM answers only to what it serves.
+
+A route whose names cannot all be known from the config is *open*: custom `args` that name no model (the
+server there decides for itself), or runtime LoRA (`VLLM_ALLOW_RUNTIME_LORA_UPDATING`: adapters come and
+go). Its configured `model` and aliases still route to it. A name that no route claims goes to the open
+route only when exactly one route is open: with two, the proxy cannot tell which one serves the name, so
+it answers 404 as for any unknown name, without waking either. (The app also routes the names a pod listed
+in its own `GET /v1/models` answer to that pod; those change at run time and are not part of these routes.)
+
+Requests that name no model go to `default`: the only route when the config has one pod (today's
+one-pod behaviour, whatever its replicas), none otherwise (the app answers 400 naming the models).
+
+Two routes that would both answer to one name cannot be routed: `build_routes` raises ConfigError (the
+config's own check compares `model` and `aliases`; this one also sees `--served-model-name`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+
+from runpod_manager.config import Config, PodConfig, replica_name
+from runpod_manager.errors import ConfigError
+from runpod_manager.proxy.forward import served_model_names
+
+RUNTIME_LORA_VARIABLE = "VLLM_ALLOW_RUNTIME_LORA_UPDATING"
+
+
+@dataclass(frozen=True)
+class PodRoute:
+    """One configured pod as the proxy routes to it."""
+
+    name: str  # the configured pod's name
+    replicas: tuple[str, ...]  # the pods that serve it, in order: name, name-r2, …
+    model: str  # [pod] model
+    served: tuple[str, ...] | None  # what its model server answers to; None: the config cannot say
+    aliases: tuple[str, ...]
+    open: bool  # serves names the config cannot list (custom args without a model, runtime LoRA)
+    max_model_len: int = 0
+    replica_queue_depth: int = 4
+    replica_queue_seconds: float = 10.0
+    # alias → the name sent to the pod, for the aliases its server does not answer to itself
+    rewrite: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def upstream_model(self) -> str:
+        """The name an alias is rewritten to: the server's first served name, else the configured model."""
+        return self.served[0] if self.served else self.model
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        """Every name the config knows this route by, served names first (the order /v1/models lists)."""
+        return tuple(dict.fromkeys([*(self.served or (self.model,)), *self.aliases]))
+
+
+@dataclass(frozen=True)
+class Routes:
+    routes: tuple[PodRoute, ...]
+    by_model: Mapping[str, PodRoute]  # every name of `names`, to its route
+    fallback: PodRoute | None  # where a name no route claims goes: the one open route, if only one is open
+    default: PodRoute | None  # where a request without a model goes: the only route, if there is one
+
+    def route_for(self, model: str) -> PodRoute | None:
+        """The route of a model name (None: a 404 unless the app learned the name from a pod's list)."""
+        return self.by_model.get(model) or self.fallback
+
+    def route_of_pod(self, pod: str) -> PodRoute | None:
+        """The route a pod (configured or replica name) belongs to."""
+        return next((route for route in self.routes if pod in route.replicas), None)
+
+    @property
+    def pod_names(self) -> tuple[str, ...]:
+        """Every pod, replicas included, in config order (what ProxyController.pod_names() should say)."""
+        return tuple(name for route in self.routes for name in route.replicas)
+
+    @property
+    def model_names(self) -> tuple[str, ...]:
+        """Every name the config routes, in config order."""
+        return tuple(name for route in self.routes for name in route.names)
+
+
+def route_of(pod: PodConfig) -> PodRoute:
+    served = served_model_names(pod.model, pod.args, pod.extra_args)
+    runtime_lora = pod.env.get(RUNTIME_LORA_VARIABLE, "").lower() in ("1", "true")
+    upstream = served[0] if served else pod.model
+    known = set(served or (pod.model,))
+    return PodRoute(
+        name=pod.name,
+        replicas=tuple(replica_name(pod.name, k) for k in range(1, pod.replicas + 1)),
+        model=pod.model, served=served, aliases=tuple(pod.aliases), open=served is None or runtime_lora,
+        max_model_len=pod.max_model_len, replica_queue_depth=pod.replica_queue_depth,
+        replica_queue_seconds=pod.replica_queue_seconds,
+        rewrite=MappingProxyType({alias: upstream for alias in pod.aliases if alias not in known}),
+    )
+
+
+def build_routes(config: Config) -> Routes:
+    """The routes of every configured pod. Raises ConfigError when two pods would answer to one name."""
+    routes = tuple(route_of(pod) for pod in config.all_pods)
+    by_model: dict[str, PodRoute] = {}
+    for route in routes:
+        for name in route.names:
+            other = by_model.setdefault(name, route)
+            if other is not route:
+                raise ConfigError(
+                    f"{config.source or 'the config'}: pods {other.name!r} and {route.name!r} both answer to the "
+                    f"model name {name!r} (model, --served-model-name in args/extra_args, or aliases): a request "
+                    "for it could not be routed",
+                    hint="give one of them another name; copies of one pod are `replicas`")
+    open_routes = [route for route in routes if route.open]
+    return Routes(
+        routes=routes,
+        by_model=MappingProxyType(by_model),
+        fallback=open_routes[0] if len(open_routes) == 1 else None,
+        default=routes[0] if len(routes) == 1 else None,
+    )
