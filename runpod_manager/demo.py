@@ -91,8 +91,9 @@ def run_demo(r: Renderer, *, keep_home: bool = False) -> dict[str, object]:
     lifecycle = None
     try:
         config_path = home / "pod_config.toml"
-        write_private_file(config_path, DEMO_CONFIG.format(idle=IDLE_TIMEOUT_SECONDS, proxy_port=_free_port(),
-                                                           cache_dir=home / "cache").encode("utf-8"))
+        text = DEMO_CONFIG.format(idle=IDLE_TIMEOUT_SECONDS, proxy_port=_free_port(), cache_dir=home / "cache",
+                                  coder=CODER_MODEL, chat=CHAT_MODEL)
+        write_private_file(config_path, text.encode("utf-8"))
         env = {"RPM_HOME": str(home), "RUNPOD_API_URL": sandbox.url, "RUNPOD_API_KEY": sandbox.api_key,
                "RPM_API_POD_URL_TEMPLATE": sandbox.pod_url_template, "RPM_CONFIG": str(config_path)}
         with _environment(env):

@@ -86,25 +86,26 @@ def test_two_pods_start_alone_or_together_and_status_has_a_row_each(rpm: Rpm) ->
 
 
 def test_a_watchdog_pass_over_many_pods_costs_one_call_and_each_idles_on_its_own_clock(rpm: Rpm) -> None:
-    write(rpm, {"a": {}, "b": {}, "c": {}}, idle=2)
+    write(rpm, {"a": {}, "b": {}, "c": {}}, idle=600)
     rpm.json("start", "--no-proxy")
     rpm.run("watchdog")  # settle
     before = sum(rpm.sandbox.calls().values())
     quiet = rpm.run("watchdog")
     assert quiet.returncode == 0 and quiet.stdout == "", quiet.stdout
     assert sum(rpm.sandbox.calls().values()) - before == 1  # one GET /v2/pods for three pods
-    # Activity on b only: a and c go idle and stop; b keeps running.
-    deadline = time.monotonic() + 2.5
+    # Twenty minutes pass (the leases were opened then); only b saw a request since: a and c stop, b runs on.
     from runpod_manager.paths import resolve_paths
     from runpod_manager.state import StateStore
 
     store = StateStore(resolve_paths({"RPM_HOME": str(rpm.home)}))
-    while time.monotonic() < deadline:
-        with store.lock(wait_seconds=5):
-            state = json.loads(store.path.read_text())
-            state["pods"]["b"]["last_activity_at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-            store.path.write_text(json.dumps(state))
-        time.sleep(0.3)
+    past = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() - 1200))
+    with store.lock(wait_seconds=5):
+        state = json.loads(store.path.read_text())
+        for name in ("a", "b", "c"):
+            state["pods"][name]["lease"]["opened_at"] = past
+            state["pods"][name]["last_activity_at"] = past
+        state["pods"]["b"]["last_activity_at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        store.path.write_text(json.dumps(state))
     acted = rpm.run("watchdog")
     assert acted.returncode == 0, acted.stderr
     assert "a: stop" in acted.stdout and "c: stop" in acted.stdout and "b:" not in acted.stdout
