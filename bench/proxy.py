@@ -15,6 +15,7 @@ Reported:
 - proxy RSS idle and with 200 open streams (rpm and the reference).
 
 Run:  pip install -e '.[bench]' && python bench/proxy.py [--requests 4000] [--quick]
+      (`--only-cpu`: just the proxy's CPU time per request, the measure that contention does not blur)
 (2 cores here: the client, the proxy and the upstream share them, so absolute numbers are pessimistic;
 the comparisons run under the same conditions.)
 """
@@ -171,6 +172,33 @@ def rss_mib(pid: int) -> float:
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1024
     raise RuntimeError("no VmRSS")
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time a process has used so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def cpu_section(me: str, env: dict[str, str], total: int, rounds: int) -> None:
+    """The proxy's CPU time per forwarded request. Unlike latency, contention from other processes on a shared
+    machine barely moves it, so it tells a change to the hot path from noise (run it on both trees)."""
+    up_port, rpm_port = free_port(), free_port()
+    with (server([me, "--role", "upstream", "--port", str(up_port)], up_port),
+          server([me, "--role", "rpm-proxy", "--port", str(rpm_port), "--upstream", f"http://127.0.0.1:{up_port}"],
+                 rpm_port, env) as rpm):
+        url = f"http://127.0.0.1:{rpm_port}/v1/chat/completions"
+        asyncio.run(load(url, 16, min(total, 2000)))  # warm up
+        print("\n## Proxy CPU per request (user + system time of the proxy process, non-streaming chat)\n")
+        print("| connections | rounds | CPU per request (each round) | median |\n|---|---|---|---|")
+        for connections in (1, 16):
+            per_request = []
+            for _ in range(rounds):
+                before = cpu_seconds(rpm.pid)
+                latencies, _ = asyncio.run(load(url, connections, total))
+                per_request.append((cpu_seconds(rpm.pid) - before) / (len(latencies) + min(50, total)))
+            shown = ", ".join(f"{value * 1e6:.0f} µs" for value in per_request)
+            print(f"| {connections} | {rounds} | {shown} | {statistics.median(per_request) * 1e6:.0f} µs |")
 
 
 def overhead_histogram(port: int) -> dict[float, float]:
@@ -445,21 +473,26 @@ def wrk_section(me: str, env: dict[str, str], seconds: int) -> None:
               f"| {ratio:.2f}× |")
 
 
+def run_role(role: str, port: int, upstream: str, cache_dir: str) -> None:
+    if role == "upstream":
+        run_upstream(port)
+    else:
+        run_rpm_proxy(port, upstream, cache_dir)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--requests", type=int, default=4000, help="requests per latency run")
     parser.add_argument("--quick", action="store_true", help="small counts, to check the script works")
     parser.add_argument("--only-wrk", action="store_true", help="only the wrk + nginx table")
+    parser.add_argument("--only-cpu", action="store_true", help="only the proxy's CPU time per request")
     parser.add_argument("--role", choices=["upstream", "rpm-proxy"], help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--upstream", help=argparse.SUPPRESS)
     parser.add_argument("--cache-dir", default="", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.role == "upstream":
-        run_upstream(args.port)
-        return
-    if args.role == "rpm-proxy":
-        run_rpm_proxy(args.port, args.upstream, args.cache_dir)
+    if args.role is not None:  # one of the servers, started by the bench itself
+        run_role(args.role, args.port, args.upstream, args.cache_dir)
         return
 
     total = 300 if args.quick else args.requests
@@ -473,6 +506,9 @@ def main() -> None:
     print(f"# python bench/proxy.py --requests {total}{' --quick' if args.quick else ''}")
     if args.only_wrk:
         wrk_section(me, env, 2 if args.quick else 10)
+        return
+    if args.only_cpu:
+        cpu_section(me, env, total, 2 if args.quick else 3)
         return
 
     with (server([me, "--role", "upstream", "--port", str(up_port)], up_port),
