@@ -295,6 +295,34 @@ def demo(
     return ExitCode.OK
 
 
+@command()
+def report(
+    r: Renderer,
+    since: Annotated[str, typer.Option("--since", help="Start of the window: 7d, 24h, 90m, or a date such as "
+                                       "2026-01-05 (in the config's timezone).")] = "7d",
+    pod: Annotated[str | None, typer.Option("--pod", help="Only this pod (its config name).")] = None,
+    html: Annotated[Path | None, typer.Option("--html", metavar="FILE", dir_okay=False,
+                                              help="Also write a page with plots (timeline, cumulative cost, "
+                                                   "cold-start waits) to FILE.")] = None,
+    config: ConfigOpt = None,
+    as_json: JsonOpt = False,
+    verbose: VerboseOpt = False,
+) -> int:
+    """What each pod was billed per day, against always-on and an oracle; every cold start and its wait.
+
+    Money comes from RunPod's billing (estimated from GPU hours × $/h, and marked so, when it cannot be read);
+    the pod's timeline from the event log; requests and waits from the request log.
+    """
+    from runpod_manager.config import load_config
+    from runpod_manager.paths import resolve_paths
+    from runpod_manager.render import show_report
+    from runpod_manager.report import run_report
+
+    paths = resolve_paths()
+    show_report(r, run_report(load_config(config, paths=paths), paths, since_text=since, pod=pod, html=html))
+    return ExitCode.OK
+
+
 def _configure_logging(verbose: bool) -> None:
     import logging
 

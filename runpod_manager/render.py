@@ -25,6 +25,7 @@ from runpod_manager.errors import RpmError
 if TYPE_CHECKING:  # the results are imported by the commands that make them, not by `rpm --help`
     from runpod_manager.catalog import CatalogResult
     from runpod_manager.outcomes import PassOutcome, ProxyStopResult, ShutdownResult, StartResult, StatusResult
+    from runpod_manager.report import Report, Row
     from runpod_manager.runpod.models import Pod
     from runpod_manager.state import PodRecord
 
@@ -380,3 +381,45 @@ def show_init(r: Renderer, path: Path, init_notes: list[str]) -> None:
     r.line("next:")
     for number, step in enumerate(INIT_NEXT_STEPS, 1):
         r.line(f"  {number}. {escape(step)}")
+
+
+def show_report(r: Renderer, report: Report) -> None:
+    """Per pod, a row per day and a total; then what it saved against always-on, and the notes."""
+    if r.as_json:
+        r.emit(report.to_json())
+        return
+    for note in report.notes:
+        r.note(note)
+    for pod in report.pods:
+        grid = table(f"{pod.pod} · ${pod.rate_usd_per_hour:.2f}/h · {report.since.astimezone():%Y-%m-%d %H:%M} to "
+                     f"{report.until.astimezone():%Y-%m-%d %H:%M}",
+                     ["day", "GPU h", "billed", "requests", "cold starts", "wait p50/p95/max", "idle billed",
+                      "always-on", "oracle"])
+        for row in [*pod.days, pod.total]:
+            grid.add_row(*_report_cells(row), style="bold" if row is pod.total else None)
+        r.out.print(grid)
+    total = report.total
+    billed = total.cost_usd + total.storage_usd
+    saved = total.always_on_usd - billed
+    share = f" ({saved / total.always_on_usd:.0%})" if total.always_on_usd else ""
+    r.line(f"billed {money(billed)}{' (estimated*)' if total.cost_source != 'billing' else ''}; always-on would "
+           f"have cost {money(total.always_on_usd)}: saved {money(saved)}{share}; the oracle "
+           f"{money(total.oracle_usd)}. {total.cold_starts} cold start(s) felt.")
+    if report.html_path is not None:
+        r.line(f"wrote {escape(str(report.html_path))}")
+
+
+def _report_cells(row: Row) -> list[str]:
+    data = row.to_json()
+    waits = "-" if not row.cold_starts else (
+        f"{_seconds(data['wait_p50_seconds'])}/{_seconds(data['wait_p95_seconds'])}/"
+        f"{_seconds(data['wait_max_seconds'])}")
+    estimated = "*" if row.cost_source != "billing" else ""
+    storage = f" +{money(row.storage_usd)} disk" if row.storage_usd >= 0.005 else ""
+    return [row.day, f"{row.gpu_hours:.2f}", f"{money(row.cost_usd)}{estimated}{storage}", f"{row.requests:,}",
+            str(row.cold_starts), waits, duration(row.idle_billed_hours * 3600), money(row.always_on_usd),
+            money(row.oracle_usd)]
+
+
+def _seconds(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f}s"

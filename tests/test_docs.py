@@ -13,7 +13,8 @@ from typer.testing import CliRunner
 from runpod_manager.cli import app
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "commands.md"
-COMMANDS = ["init", "start", "status", "shutdown", "refresh-catalog", "watchdog", "proxy", "sandbox", "demo"]
+COMMANDS = ["init", "start", "status", "shutdown", "refresh-catalog", "watchdog", "proxy", "sandbox", "demo",
+            "report"]
 
 
 def render_reference() -> str:
