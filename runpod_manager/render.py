@@ -27,6 +27,7 @@ if TYPE_CHECKING:  # the results are imported by the commands that make them, no
     from runpod_manager.outcomes import PassOutcome, ProxyStopResult, ShutdownResult, StartResult, StatusResult
     from runpod_manager.report import Report, Row
     from runpod_manager.runpod.models import Pod
+    from runpod_manager.simulate import Simulation
     from runpod_manager.state import PodRecord
 
 ENVELOPE_VERSION = 1
@@ -423,3 +424,54 @@ def _report_cells(row: Row) -> list[str]:
 
 def _seconds(value: float | None) -> str:
     return "-" if value is None else f"{value:.1f}s"
+
+
+def show_simulation(r: Renderer, simulation: Simulation) -> None:
+    """One row per policy (rpm's in bold); the model's assumptions; the recommendation when asked."""
+    if r.as_json:
+        r.emit(simulation.to_json())
+        return
+    for note in simulation.notes:
+        r.note(note)
+    data = simulation.to_json()
+    trace, model = data["trace"], simulation.model
+    always = next(p for p in data["policies"] if p["name"] == "always-on")["cost_usd"]
+    recommended = simulation.recommendation.best.name if simulation.recommendation and \
+        simulation.recommendation.best else None
+    grid = table(f"rpm simulate · {trace['name']}: {trace['requests']:,} requests over {trace['days']:g} days "
+                 f"({trace['active_hours']} active hours)",
+                 ["policy", "cost", "vs always-on", "GPU h", "cold starts", "wait p50/p95/max", "$/active h"])
+    for row in data["policies"]:
+        saving = "" if not always else f"{(row['cost_usd'] - always) / always:+.0%}"
+        waits = "-" if not row["cold_starts"] else (f"{_seconds(row['wait_p50_seconds'])}/"
+                                                   f"{_seconds(row['wait_p95_seconds'])}/{_seconds(row['wait_max_seconds'])}")
+        per_hour = "-" if row["usd_per_active_hour"] is None else money(row["usd_per_active_hour"])
+        mark = " ←" if row["name"] == recommended and row["name"] != "rpm" else ""
+        grid.add_row(row["name"] + mark, money(row["cost_usd"]), saving, f"{row['gpu_hours']:.1f}",
+                     str(row["cold_starts"]), waits, per_hour, style="bold" if row["name"] == "rpm" else None)
+    r.out.print(grid)
+    resume, fresh = model.resume_boot, model.fresh_boot
+    r.line(f"[dim]model: ${model.rate_usd_per_hour:.2f}/h billed per second; boot {resume.median_seconds:g} s "
+           f"(p95 {resume.p95_seconds:g}) after a resume, {fresh.median_seconds:g} s (p95 {fresh.p95_seconds:g}) "
+           f"when created; {model.refused_resume_rate:.0%} of resumes refused; {model.storage_gb:g} GB kept while "
+           f"stopped at ${model.storage_usd_per_gb_month:.2f}/GB-month; seed {model.seed}. "
+           f"{escape(trace['description'])}[/]")
+    advice = simulation.recommendation
+    if advice is None:
+        return
+    limit = f"a p95 cold-start wait of at most {advice.max_p95_wait_seconds:.0f} s"
+    current = advice.current
+    if advice.best is None:
+        r.line(f"no idle setting keeps {limit}; only always-on does ({money(always)}).")
+    elif not advice.changes:
+        r.line(f"keep the config: with {limit}, nothing simulated costs less than it ({money(current.cost_usd)}, "
+               f"{len(current.waits)} cold starts).")
+    else:
+        best = advice.best
+        change = ", ".join(f"{key} = {json.dumps(value)}" for key, value in advice.changes.items())
+        saved = current.cost_usd - best.cost_usd
+        best_json = best.to_json(trace["active_hours"])
+        r.line(f"recommended for {limit}: set {escape('[limits]')} {escape(change)}. It costs "
+               f"{money(best.cost_usd)} instead of {money(current.cost_usd)} over this trace (saves {money(saved)}, "
+               f"{saved / current.cost_usd:.0%}), with {len(best.waits)} cold starts instead of "
+               f"{len(current.waits)} (p95 wait {_seconds(best_json['wait_p95_seconds'])}).")

@@ -92,6 +92,7 @@ class Billed:
     end: float
     ready_at: float | None = None
     ended_by: str | None = None  # the event that ended it; None while it still runs at the window's end
+    started_by: str = "created"  # or "resume"
 
 
 @dataclass
@@ -203,7 +204,7 @@ class _TimelineBuilder:
 
     def _billing_starts(self, event: Event, pod: str, pod_id: str) -> None:
         if pod_id not in self.open_billed:  # a resume of a pod that stopped on its own: the stretch goes on
-            self.open_billed[pod_id] = stretch = Billed(pod, pod_id, event.at, self.until)
+            self.open_billed[pod_id] = stretch = Billed(pod, pod_id, event.at, self.until, started_by=event.name)
             self.timeline.billed.append(stretch)
         wake = self.open_wake.get(pod)
         if wake is not None and wake.started_at is None:

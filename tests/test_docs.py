@@ -14,7 +14,7 @@ from runpod_manager.cli import app
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "commands.md"
 COMMANDS = ["init", "start", "status", "shutdown", "refresh-catalog", "watchdog", "proxy", "sandbox", "demo",
-            "report"]
+            "report", "simulate"]
 
 
 def render_reference() -> str:
