@@ -392,12 +392,13 @@ def show_report(r: Renderer, report: Report) -> None:
     for note in report.notes:
         r.note(note)
     for pod in report.pods:
+        disk = pod.total.storage_usd >= 0.005  # a column only for pods that paid for storage
         grid = table(f"{pod.pod} · ${pod.rate_usd_per_hour:.2f}/h · {report.since.astimezone():%Y-%m-%d %H:%M} to "
                      f"{report.until.astimezone():%Y-%m-%d %H:%M}",
-                     ["day", "GPU h", "billed", "requests", "cold starts", "wait p50/p95/max", "idle billed",
-                      "always-on", "oracle"])
+                     ["day", "GPU h", "billed", *(["disk"] if disk else []), "requests", "cold starts",
+                      "wait p50/p95/max", "idle billed", "always-on", "oracle"])
         for row in [*pod.days, pod.total]:
-            grid.add_row(*_report_cells(row), style="bold" if row is pod.total else None)
+            grid.add_row(*_report_cells(row, disk), style="bold" if row is pod.total else None)
         r.out.print(grid)
     total = report.total
     billed = total.cost_usd + total.storage_usd
@@ -410,16 +411,15 @@ def show_report(r: Renderer, report: Report) -> None:
         r.line(f"wrote {escape(str(report.html_path))}")
 
 
-def _report_cells(row: Row) -> list[str]:
+def _report_cells(row: Row, disk: bool) -> list[str]:
     data = row.to_json()
     waits = "-" if not row.cold_starts else (
         f"{_seconds(data['wait_p50_seconds'])}/{_seconds(data['wait_p95_seconds'])}/"
         f"{_seconds(data['wait_max_seconds'])}")
     estimated = "*" if row.cost_source != "billing" else ""
-    storage = f" +{money(row.storage_usd)} disk" if row.storage_usd >= 0.005 else ""
-    return [row.day, f"{row.gpu_hours:.2f}", f"{money(row.cost_usd)}{estimated}{storage}", f"{row.requests:,}",
-            str(row.cold_starts), waits, duration(row.idle_billed_hours * 3600), money(row.always_on_usd),
-            money(row.oracle_usd)]
+    return [row.day, f"{row.gpu_hours:.2f}", f"{money(row.cost_usd)}{estimated}",
+            *([money(row.storage_usd)] if disk else []), f"{row.requests:,}", str(row.cold_starts), waits,
+            duration(row.idle_billed_hours * 3600), money(row.always_on_usd), money(row.oracle_usd)]
 
 
 def _seconds(value: float | None) -> str:

@@ -140,14 +140,17 @@ def _time_axis(scale: _Scale, zone: tzinfo | None) -> list[str]:
         step = span / 8
     base = TOP + scale.height
     out = [f'<line x1="{LEFT}" y1="{base}" x2="{WIDTH - RIGHT}" y2="{base}" stroke="#9ca3af"/>']
-    first = math.ceil(scale.start / step) * step
-    tick = first
+    # Ticks on the local clock (midnight, 06:00, …), not on UTC's: count from the local midnight before the start.
+    midnight = datetime.fromtimestamp(scale.start, UTC).astimezone(zone).replace(hour=0, minute=0, second=0,
+                                                                                microsecond=0).timestamp()
+    tick = midnight + math.ceil((scale.start - midnight) / step) * step
     while tick <= scale.end:
         x = scale.x(tick)
         moment = datetime.fromtimestamp(tick, UTC).astimezone(zone)
         text = f"{moment:%a %H:%M}" if step < 86400 else f"{moment:%a %d %b}"
-        out.append(f'<line x1="{x:.1f}" y1="{base}" x2="{x:.1f}" y2="{base + 4}" stroke="#9ca3af"/>'
-                   f'<text x="{x:.1f}" y="{base + 16}" text-anchor="middle">{escape(text)}</text>')
+        out.append(f'<line x1="{x:.1f}" y1="{base}" x2="{x:.1f}" y2="{base + 4}" stroke="#9ca3af"/>')
+        if x < WIDTH - RIGHT - 30:  # a label at the very end would be cut off
+            out.append(f'<text x="{x:.1f}" y="{base + 16}" text-anchor="middle">{escape(text)}</text>')
         tick += step
     return out
 
@@ -239,6 +242,9 @@ def cost_svg(pod: PodReport, report: Report, zone: tzinfo | None) -> str:
         coordinates = " ".join(f"{scale.x(moment):.2f},{scale.y(value, top):.2f}" for moment, value in points)
         body.append(f'<polyline class="cost-{name}" points="{coordinates}" fill="none" stroke="{COLORS[name]}" '
                     f'stroke-width="2"><title>{name}: ${points[-1][1]:,.2f}</title></polyline>')
+        end_x, end_y = scale.x(points[-1][0]), scale.y(points[-1][1], top)
+        body.append(f'<text x="{end_x - 4:.2f}" y="{end_y - 5:.2f}" text-anchor="end" fill="{COLORS[name]}">'
+                    f"{escape(name)} ${points[-1][1]:,.2f}</text>")
     return _svg(height, f"cumulative cost of {pod.pod}", body)
 
 
