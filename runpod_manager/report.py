@@ -415,10 +415,13 @@ def _attach_waits(wakes: list[Wake], requests: Sequence[LoggedRequest]) -> None:
     """Each wake's wait: the longest cold-start wait of a request that arrived for it (from just before the
     lease opened to its ready); ready − opened when the request log has none."""
     waited = sorted((r.at, r.cold_start_seconds) for r in requests if r.cold_start_seconds is not None)
+    previous_end = -math.inf  # a request that waited for the wake before arrived before that one's ready
     for index, wake in enumerate(wakes):
         following = wakes[index + 1].opened_at if index + 1 < len(wakes) else math.inf
         until = min(following, wake.ready_at if wake.ready_at is not None else math.inf)
-        felt = [seconds for at, seconds in waited if wake.opened_at - WAKE_LEAD_SECONDS <= at <= until]
+        since = max(wake.opened_at - WAKE_LEAD_SECONDS, previous_end)
+        previous_end = wake.ready_at if wake.ready_at is not None else wake.opened_at
+        felt = [seconds for at, seconds in waited if since <= at <= until]
         if felt:
             wake.wait_seconds = max(felt)
         elif wake.ready_at is not None:

@@ -63,7 +63,7 @@ from runpod_manager.proxy.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from runpod_manager.proxy.metrics import ProxyMetrics, RecentRequest
 from runpod_manager.proxy.process import proxy_url
 from runpod_manager.proxy.wake import WakeGate
-from runpod_manager.requestlog import RequestLog
+from runpod_manager.requestlog import USAGE_TAIL_BYTES, RequestLog
 
 log = logging.getLogger("runpod_manager.proxy")
 
@@ -748,7 +748,7 @@ async def _forward(
         finally:
             exchange.upstream_wait_seconds += time.perf_counter() - read_started
         finished = True
-        exchange.usage_source = data
+        exchange.usage_source = data[-USAGE_TAIL_BYTES:]  # the whole of a short answer, uncopied; never megabytes
         if status >= 400:
             data = normalize_upstream_error(status, data)
             content_type = "application/json"

@@ -225,3 +225,16 @@ def test_percentile_interpolates_between_ranks() -> None:
     assert percentile([4.0], 0.95) == 4.0
     assert percentile([1.0, 2.0, 3.0, 4.0], 0.5) == 2.5
     assert percentile([10.0, 0.0], 0.95) == pytest.approx(9.5)
+
+
+def test_a_wake_soon_after_another_takes_only_its_own_requests_waits() -> None:
+    # Two wakes 3 s apart (a 1 s idle timeout): the first one's request arrived within the lead before the
+    # second lease opened, but it waited for the first.
+    events = [event(0, "lease_opened", opened_by="wake"), event(0.01, "resume", pod_id="p1", ok=True),
+              event(0.2, "ready", pod_id="p1"), event(2.5, "stop", pod_id="p1", ok=True),
+              event(3.0, "lease_opened", opened_by="wake"), event(3.01, "resume", pod_id="p1", ok=True),
+              event(3.15, "ready", pod_id="p1")]
+    requests = [request(-0.01, cold=0.21, duration=0.3), request(2.99, cold=0.16, duration=0.3)]
+    report = assemble(build_timeline(events, until=UNTIL.timestamp()), requests, None, since=DAY_START,
+                      until=UNTIL, zone=UTC_ZONE, zone_name="UTC", pods=["coder"])
+    assert [wake.wait_seconds for wake in report.pods[0].wakes] == [0.21, 0.16]
