@@ -480,12 +480,38 @@ def run_role(role: str, port: int, upstream: str, cache_dir: str) -> None:
         run_rpm_proxy(port, upstream, cache_dir)
 
 
+def latency_section(me: str, env: dict[str, str], total: int) -> None:
+    """Direct vs through rpm at 1 and 16 connections (for A/B runs of one change to the proxy)."""
+    up_port, rpm_port = free_port(), free_port()
+    upstream = f"http://127.0.0.1:{up_port}"
+    with (server([me, "--role", "upstream", "--port", str(up_port)], up_port),
+          server([me, "--role", "rpm-proxy", "--port", str(rpm_port), "--upstream", upstream], rpm_port,
+                 env) as rpm):
+        print("\n| connections | direct p50 | rpm p50 | added p50 | added p99 | rpm requests/s | own overhead p50 "
+              "| proxy CPU per request |")
+        print("|---|---|---|---|---|---|---|---|")
+        for connections in (1, 16):
+            direct, _ = asyncio.run(load(f"http://127.0.0.1:{up_port}/v1/chat/completions", connections, total))
+            before = overhead_histogram(rpm_port)
+            cpu_before = cpu_seconds(rpm.pid)
+            through, wall = asyncio.run(load(f"http://127.0.0.1:{rpm_port}/v1/chat/completions", connections,
+                                             total))
+            time.sleep(1.0)  # the proxy's log thread writes its last batch (every 0.5 s)
+            cpu = (cpu_seconds(rpm.pid) - cpu_before) / (len(through) + 50)  # + the warm-up requests
+            own = bucket_quantile(before, overhead_histogram(rpm_port), .5)
+            print(f"| {connections} | {ms(pct(direct, .5))} | {ms(pct(through, .5))} "
+                  f"| {ms(pct(through, .5) - pct(direct, .5))} | {ms(pct(through, .99) - pct(direct, .99))} "
+                  f"| {len(through) / wall:,.0f} | {own} | {cpu * 1e6:.0f} µs |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--requests", type=int, default=4000, help="requests per latency run")
     parser.add_argument("--quick", action="store_true", help="small counts, to check the script works")
     parser.add_argument("--only-wrk", action="store_true", help="only the wrk + nginx table")
     parser.add_argument("--only-cpu", action="store_true", help="only the proxy's CPU time per request")
+    parser.add_argument("--only-latency", action="store_true",
+                        help="only direct vs rpm latency and throughput (no reference: needs no [bench] extras)")
     parser.add_argument("--role", choices=["upstream", "rpm-proxy"], help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--upstream", help=argparse.SUPPRESS)
@@ -509,6 +535,9 @@ def main() -> None:
         return
     if args.only_cpu:
         cpu_section(me, env, total, 2 if args.quick else 3)
+        return
+    if args.only_latency:
+        latency_section(me, env, total)
         return
 
     with (server([me, "--role", "upstream", "--port", str(up_port)], up_port),

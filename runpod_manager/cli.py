@@ -332,6 +332,101 @@ def demo(
     return ExitCode.OK
 
 
+@command()
+def report(
+    r: Renderer,
+    since: Annotated[str, typer.Option("--since", help="Start of the window: 7d, 24h, 90m, or a date such as "
+                                       "2026-01-05 (in the config's timezone).")] = "7d",
+    pod: Annotated[str | None, typer.Option("--pod", help="Only this pod (its config name).")] = None,
+    html: Annotated[Path | None, typer.Option("--html", metavar="FILE", dir_okay=False,
+                                              help="Also write a page with plots (timeline, cumulative cost, "
+                                                   "cold-start waits) to FILE.")] = None,
+    config: ConfigOpt = None,
+    as_json: JsonOpt = False,
+    verbose: VerboseOpt = False,
+) -> int:
+    """What each pod was billed per day, against always-on and an oracle; every cold start and its wait.
+
+    Money comes from RunPod's billing (estimated from GPU hours × $/h, and marked so, when it cannot be read);
+    the pod's timeline from the event log; requests and waits from the request log.
+    """
+    from runpod_manager.config import load_config
+    from runpod_manager.paths import resolve_paths
+    from runpod_manager.render import show_report
+    from runpod_manager.report import run_report
+
+    paths = resolve_paths()
+    settings = load_config(config, paths=paths, required=False)
+    show_report(r, run_report(settings, paths, since_text=since, pod=pod, html=html))
+    return ExitCode.OK
+
+
+@command()
+def simulate(
+    r: Renderer,
+    profile: Annotated[str | None, typer.Option("--profile", help="Replay a built-in, synthetic trace: solo (a "
+                                                "developer's week), team (five people across time zones) or "
+                                                "nightly (a batch).")] = None,
+    from_log: Annotated[bool, typer.Option("--from-log", help="Replay the request log (the default when it has "
+                                           "requests in --since; else the solo profile).")] = False,
+    trace: Annotated[Path | None, typer.Option("--trace", metavar="FILE", dir_okay=False,
+                                               help="Replay a JSONL or CSV file: one request per line, `time` "
+                                                    "(ISO 8601 or unix seconds), optional `duration_seconds`.")
+                     ] = None,
+    since: Annotated[str, typer.Option("--since", help="With the request log: how far back (7d, 24h, a date).")
+                     ] = "7d",
+    pod: Annotated[str | None, typer.Option("--pod", help="With the request log: only this pod's requests.")
+                   ] = None,
+    days: Annotated[int, typer.Option("--days", min=1, max=366, help="Days of a built-in profile.")] = 7,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the profile, the boot times and the refusals.")] = 0,
+    rate: Annotated[float | None, typer.Option("--rate", metavar="USD", help="GPU price per hour (default: the "
+                                               "pod's last price, else $0.69).")] = None,
+    storage_gb: Annotated[float | None, typer.Option("--storage-gb", help="GB a stopped pod keeps and pays for "
+                                                     "(default: [pod] volume_gb).")] = None,
+    storage_price: Annotated[float, typer.Option("--storage-usd-per-gb-month",
+                                                 help="Price of a stopped pod's storage.")] = 0.20,
+    resume_boot: Annotated[str | None, typer.Option("--resume-boot", metavar="MEDIAN[:P95]",
+                                                    help="Seconds from resume to the model answering (default: "
+                                                         "measured when replaying the log, else 30:75).")] = None,
+    fresh_boot: Annotated[str | None, typer.Option("--fresh-boot", metavar="MEDIAN[:P95]",
+                                                   help="Seconds from create to the model answering (default: "
+                                                        "measured when replaying the log, else 180:420).")] = None,
+    refused_resume_rate: Annotated[float, typer.Option("--refused-resume-rate", metavar="P",
+                                                       help="Share of resumes RunPod refuses (host GPU taken).")
+                                   ] = 0.02,
+    idle_timeouts: Annotated[str, typer.Option("--idle-timeouts", metavar="SECONDS,...",
+                                               help="Idle timeouts of the sweep (each with stop and terminate).")
+                             ] = "60,120,300,600,900,1800,3600",
+    recommend: Annotated[bool, typer.Option("--recommend", help="Say which idle setting costs least within "
+                                            "--max-p95-wait.")] = False,
+    max_p95_wait: Annotated[float | None, typer.Option("--max-p95-wait", metavar="SECONDS",
+                                                       help="With --recommend: the p95 cold-start wait allowed "
+                                                            "(default: the config's own).")] = None,
+    config: ConfigOpt = None,
+    as_json: JsonOpt = False,
+    verbose: VerboseOpt = False,
+) -> int:
+    """Replay a request trace through the real planner under several policies; compare cost and waits.
+
+    Policies: always-on, cron-5min (a watchdog every 5 minutes), rpm (this config), a sweep of idle timeouts
+    × {stop, terminate}, and oracle (knows the future). RunPod is modelled: per-second billing, storage while
+    stopped, resume and fresh boot times, refused resumes. Deterministic for a --seed.
+    """
+    from runpod_manager.config import load_config
+    from runpod_manager.paths import resolve_paths
+    from runpod_manager.render import show_simulation
+    from runpod_manager.simulate import run_simulation_command
+
+    paths = resolve_paths()
+    show_simulation(r, run_simulation_command(
+        load_config(config, paths=paths, required=False), paths, profile=profile, from_log=from_log, trace_file=trace,
+        since_text=since, pod=pod, days=days, seed=seed, rate=rate, storage_gb=storage_gb,
+        storage_price=storage_price, resume_boot=resume_boot, fresh_boot=fresh_boot,
+        refused_resume_rate=refused_resume_rate, idle_timeouts=idle_timeouts, recommend_change=recommend,
+        max_p95_wait_seconds=max_p95_wait))
+    return ExitCode.OK
+
+
 def _configure_logging(verbose: bool) -> None:
     import logging
 

@@ -174,6 +174,9 @@ class ProxyConfig:
     reconcile_interval_seconds: float = field(default=5.0, metadata=_meta(
         "How often the running proxy enforces limits and idle stop.", minimum=0.1))
     enable_profiling: bool = field(default=False, metadata=_meta("Serve /debug/cache."))
+    request_log_keep_days: int = field(default=30, metadata=_meta(
+        "Days the request log (logs/requests.jsonl, one line per request; read by `rpm report` and `rpm simulate "
+        "--from-log`) is kept; 0 writes none and deletes what an earlier setting kept.", minimum=0, maximum=3660))
 
 
 @dataclass(frozen=True)

@@ -52,6 +52,11 @@ class Paths:
         return self.log_dir / "events.jsonl"
 
     @property
+    def request_log(self) -> Path:
+        """One JSON line per proxied request (requestlog.py)."""
+        return self.log_dir / "requests.jsonl"
+
+    @property
     def catalog_cache(self) -> Path:
         return self.state_dir / "gpu_catalog.json"
 

@@ -34,7 +34,9 @@ if TYPE_CHECKING:  # the results are imported by the commands that make them, no
         StartResult,
         StatusResult,
     )
+    from runpod_manager.report import Report, Row
     from runpod_manager.runpod.models import Pod
+    from runpod_manager.simulate import Simulation
     from runpod_manager.state import PodRecord
 
 ENVELOPE_VERSION = 1
@@ -494,3 +496,96 @@ def show_init(r: Renderer, path: Path, init_notes: list[str]) -> None:
     r.line("next:")
     for number, step in enumerate(INIT_NEXT_STEPS, 1):
         r.line(f"  {number}. {escape(step)}")
+
+
+def show_report(r: Renderer, report: Report) -> None:
+    """Per pod, a row per day and a total; then what it saved against always-on, and the notes."""
+    if r.as_json:
+        r.emit(report.to_json())
+        return
+    for note in report.notes:
+        r.note(note)
+    for pod in report.pods:
+        disk = pod.total.storage_usd >= 0.005  # a column only for pods that paid for storage
+        grid = table(f"{pod.pod} · ${pod.rate_usd_per_hour:.2f}/h · {report.since.astimezone():%Y-%m-%d %H:%M} to "
+                     f"{report.until.astimezone():%Y-%m-%d %H:%M}",
+                     ["day", "GPU h", "billed", *(["disk"] if disk else []), "requests", "cold starts",
+                      "wait p50/p95/max", "idle billed", "always-on", "oracle"])
+        for row in [*pod.days, pod.total]:
+            grid.add_row(*_report_cells(row, disk), style="bold" if row is pod.total else None)
+        r.out.print(grid)
+    total = report.total
+    billed = total.cost_usd + total.storage_usd
+    saved = total.always_on_usd - billed
+    share = f" ({saved / total.always_on_usd:.0%})" if total.always_on_usd else ""
+    r.line(f"billed {money(billed)}{' (estimated*)' if total.cost_source != 'billing' else ''}; always-on would "
+           f"have cost {money(total.always_on_usd)}: saved {money(saved)}{share}; the oracle "
+           f"{money(total.oracle_usd)}. {total.cold_starts} cold start(s) felt.")
+    if report.html_path is not None:
+        r.line(f"wrote {escape(str(report.html_path))}")
+
+
+def _report_cells(row: Row, disk: bool) -> list[str]:
+    data = row.to_json()
+    waits = "-" if not row.cold_starts else (
+        f"{_seconds(data['wait_p50_seconds'])}/{_seconds(data['wait_p95_seconds'])}/"
+        f"{_seconds(data['wait_max_seconds'])}")
+    estimated = "*" if row.cost_source != "billing" else ""
+    return [row.day, f"{row.gpu_hours:.2f}", f"{money(row.cost_usd)}{estimated}",
+            *([money(row.storage_usd)] if disk else []), f"{row.requests:,}", str(row.cold_starts), waits,
+            duration(row.idle_billed_hours * 3600), money(row.always_on_usd), money(row.oracle_usd)]
+
+
+def _seconds(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f}s"
+
+
+def show_simulation(r: Renderer, simulation: Simulation) -> None:
+    """One row per policy (rpm's in bold); the model's assumptions; the recommendation when asked."""
+    if r.as_json:
+        r.emit(simulation.to_json())
+        return
+    for note in simulation.notes:
+        r.note(note)
+    data = simulation.to_json()
+    trace, model = data["trace"], simulation.model
+    always = next(p for p in data["policies"] if p["name"] == "always-on")["cost_usd"]
+    recommended = simulation.recommendation.best.name if simulation.recommendation and \
+        simulation.recommendation.best else None
+    grid = table(f"rpm simulate · {trace['name']}: {trace['requests']:,} requests over {trace['days']:g} days "
+                 f"({trace['active_hours']} active hours)",
+                 ["policy", "cost", "vs always-on", "GPU h", "cold starts", "wait p50/p95/max", "$/active h"])
+    for row in data["policies"]:
+        saving = "" if not always else f"{(row['cost_usd'] - always) / always:+.0%}"
+        waits = "-" if not row["cold_starts"] else (f"{_seconds(row['wait_p50_seconds'])}/"
+                                                   f"{_seconds(row['wait_p95_seconds'])}/{_seconds(row['wait_max_seconds'])}")
+        per_hour = "-" if row["usd_per_active_hour"] is None else money(row["usd_per_active_hour"])
+        mark = " ←" if row["name"] == recommended and row["name"] != "rpm" else ""
+        grid.add_row(row["name"] + mark, money(row["cost_usd"]), saving, f"{row['gpu_hours']:.1f}",
+                     str(row["cold_starts"]), waits, per_hour, style="bold" if row["name"] == "rpm" else None)
+    r.out.print(grid)
+    resume, fresh = model.resume_boot, model.fresh_boot
+    r.line(f"[dim]model: ${model.rate_usd_per_hour:.2f}/h billed per second; boot {resume.median_seconds:g} s "
+           f"(p95 {resume.p95_seconds:g}) after a resume, {fresh.median_seconds:g} s (p95 {fresh.p95_seconds:g}) "
+           f"when created; {model.refused_resume_rate:.0%} of resumes refused; {model.storage_gb:g} GB kept while "
+           f"stopped at ${model.storage_usd_per_gb_month:.2f}/GB-month; seed {model.seed}. "
+           f"{escape(trace['description'])}[/]")
+    advice = simulation.recommendation
+    if advice is None:
+        return
+    limit = f"a p95 cold-start wait of at most {advice.max_p95_wait_seconds:.0f} s"
+    current = advice.current
+    if advice.best is None:
+        r.line(f"no idle setting keeps {limit}; only always-on does ({money(always)}).")
+    elif not advice.changes:
+        r.line(f"keep the config: with {limit}, nothing simulated costs less than it ({money(current.cost_usd)}, "
+               f"{len(current.waits)} cold starts).")
+    else:
+        best = advice.best
+        change = ", ".join(f"{key} = {json.dumps(value)}" for key, value in advice.changes.items())
+        saved = current.cost_usd - best.cost_usd
+        best_json = best.to_json(trace["active_hours"])
+        r.line(f"recommended for {limit}: set {escape('[limits]')} {escape(change)}. It costs "
+               f"{money(best.cost_usd)} instead of {money(current.cost_usd)} over this trace (saves {money(saved)}, "
+               f"{saved / current.cost_usd:.0%}), with {len(best.waits)} cold starts instead of "
+               f"{len(current.waits)} (p95 wait {_seconds(best_json['wait_p95_seconds'])}).")

@@ -13,7 +13,8 @@ from typer.testing import CliRunner
 from runpod_manager.cli import app
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "commands.md"
-COMMANDS = ["init", "start", "status", "shutdown", "refresh-catalog", "watchdog", "proxy", "sandbox", "demo"]
+COMMANDS = ["init", "start", "status", "shutdown", "refresh-catalog", "watchdog", "proxy", "sandbox", "demo",
+            "report", "simulate"]
 
 
 def render_reference() -> str:
@@ -81,3 +82,17 @@ def test_the_readme_runs_the_emulator_in_its_own_rpm_home() -> None:
 def test_ci_writes_its_chromium_log_to_a_per_run_temp_file() -> None:
     script = (Path(__file__).resolve().parents[1] / ".ci" / "run").read_text(encoding="utf-8")
     assert "mktemp" in script and "/tmp/rpm-ci-chromium.log" not in script
+
+
+def test_the_readmes_simulation_is_what_the_command_prints() -> None:
+    """The README's `rpm simulate` example is the command's output (deterministic for its seed), row for row."""
+    section = _section(README.read_text(encoding="utf-8"), "## Choosing a setting: `rpm simulate`")
+    result = CliRunner().invoke(app, ["simulate", "--profile", "solo", "--idle-timeouts", "120,300,1800",
+                                      "--recommend", "--max-p95-wait", "90"],
+                                env={"COLUMNS": "110", "TERM": "dumb", "NO_COLOR": "1", "RPM_LIMITS_TIMEZONE": "UTC"})
+    assert result.exit_code == 0, result.output
+    rows = [line.rstrip() for line in result.stdout.splitlines() if line.startswith(" ") and "│" in line]
+    assert len(rows) == 10
+    for row in rows:
+        assert row in section, row
+    assert "set [limits] idle_timeout_seconds = 120" in result.stdout.replace("\n", " ")

@@ -421,6 +421,8 @@ class StreamOutcome:
     upstream_broken: bool = False
     client_gone: bool = False
     upstream_wait_seconds: float = 0.0
+    first_event_at: float | None = None  # perf_counter() when the first event went to the client
+    last_data_event: bytes | None = None  # the last event before [DONE]: `usage` with include_usage
 
     @property
     def cacheable(self) -> bool:
@@ -539,6 +541,8 @@ async def relay_events(
                 break
             for event in splitter.feed(chunk):
                 await client.write(event)
+                if not outcome.event_count:
+                    outcome.first_event_at = time.perf_counter()
                 outcome.event_count += 1
                 outcome.bytes_sent += len(event)
                 if on_event is not None:
@@ -547,6 +551,8 @@ async def relay_events(
                     outcome.saw_done = True
                 elif is_error_event(event):
                     outcome.saw_error = True
+                else:
+                    outcome.last_data_event = event
                 if outcome.events is not None:
                     kept_bytes += len(event)
                     if kept_bytes > max_kept_bytes:

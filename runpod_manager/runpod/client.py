@@ -390,6 +390,21 @@ class RunPodClient:
             raise ApiError("RunPod returned pod billing without 'records'")
         return [BillingRecord.from_api(record) for record in records]
 
+    def billing_by_pod(self, *, since: datetime, until: datetime | None = None,
+                       bucket_size: str = "hour") -> list[BillingRecord]:
+        """GET /v2/billing/pods for every pod of the account, one record per pod per bucket (`rpm report`:
+        one call for any number of pods). RunPod snaps the window to whole buckets."""
+        if since.tzinfo is None or (until is not None and until.tzinfo is None):
+            raise ValueError("since and until must be timezone-aware")
+        params = {"bucketSize": bucket_size, "startTime": since.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")}
+        if until is not None:
+            params["endTime"] = until.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        data = self._get_json("/v2/billing/pods", "read pod billing", params=params)
+        records = data.get("records") if isinstance(data, dict) else None
+        if not isinstance(records, list):
+            raise ApiError("RunPod returned pod billing without 'records'")
+        return [BillingRecord.from_api(record) for record in records]
+
     def pod_spend_usd(self, pod_id: str, *, since: datetime) -> float:
         """USD billed for `pod_id` since `since`, as RunPod reports it.
 

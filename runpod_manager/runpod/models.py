@@ -415,6 +415,7 @@ class BillingRecord:
     start: datetime | None
     end: datetime | None
     total_amount_usd: float
+    disk_amount_usd: float | None = None  # storage, billed also while the pod is stopped
 
     @classmethod
     def from_api(cls, data: object) -> BillingRecord:
@@ -429,6 +430,7 @@ class BillingRecord:
             start=_opt_timestamp(record.get("startTime")),
             end=_opt_timestamp(record.get("endTime")),
             total_amount_usd=total,
+            disk_amount_usd=_opt_amount(record.get("diskAmount")),
         )
 
 

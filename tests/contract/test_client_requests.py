@@ -214,8 +214,11 @@ def test_billing_and_logs_query_parameters_are_declared_and_valid(
     api.get(f"{BASE}/v2/pods/pod1/logs", body="", content_type="text/event-stream")
     client.pod_spend_usd("pod1", since=datetime(2026, 6, 1, 9, 30, 15, 123, tzinfo=UTC))
     client.pod_logs("pod1", tail=250)
+    client.billing_by_pod(since=datetime(2026, 6, 1, 9, 30, tzinfo=UTC), until=datetime(2026, 6, 8, tzinfo=UTC))
     _assert_query_conforms(api.calls[0].request.url, "GET", "/v2/billing/pods")
     _assert_query_conforms(api.calls[1].request.url, "GET", "/v2/pods/{id}/logs")
+    _assert_query_conforms(api.calls[2].request.url, "GET", "/v2/billing/pods")  # every pod, hourly (rpm report)
+    assert "bucketSize=hour" in str(api.calls[2].request.url) and "podId" not in str(api.calls[2].request.url)
 
 
 # --- the spec's own response examples parse ---------------------------------------------------

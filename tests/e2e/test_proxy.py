@@ -16,6 +16,7 @@ import os
 import re
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import time
@@ -70,6 +71,11 @@ def upstream(upstream_server: FakeUpstream) -> Iterator[FakeUpstream]:
 @pytest.fixture
 def paths(isolated_home: Path) -> Paths:
     return resolve_paths()
+
+
+def request_lines(paths: Paths) -> list[dict[str, Any]]:
+    """The request log's lines (the proxy writes what is left when it stops)."""
+    return [json.loads(line) for line in paths.request_log.read_text(encoding="utf-8").splitlines()]
 
 
 def chat(**extra: Any) -> dict[str, Any]:
@@ -1015,8 +1021,9 @@ def test_health_ready_metrics_dashboard_and_no_secrets(upstream: FakeUpstream, p
         assert debug.status_code == 200 and debug.json()["enabled"] is True
 
         shown = health.text + metrics.text + page.text + json.dumps(document) + debug.text
-    logged = caplog.text
-    assert "POST /v1/chat/completions 200" in logged and "cache=miss" in logged
+    logged = caplog.text + paths.request_log.read_text(encoding="utf-8")
+    assert {(line["route"], line["status"], line["cache"]) for line in request_lines(paths)} >= {
+        ("/v1/chat/completions", 200, "miss"), ("/v1/models", 401, "-")}
     for secret in (UPSTREAM_KEY, CLIENT_KEY, "wrong-key-abc", "leak"):
         assert secret not in shown, secret
         assert secret not in logged, secret
@@ -1087,8 +1094,10 @@ def test_a_client_that_leaves_is_499_client_gone_and_its_waits_are_not_proxy_ove
             assert _time_not_counted_as_overhead(proxy.url) >= 0.8 * held
     finally:
         controller.release_wake.set()
-    [line] = [record.getMessage() for record in caplog.records if "POST /v1/chat/completions" in record.getMessage()]
-    assert " 499 " in line and "error=client_gone" in line
+    [line] = request_lines(paths)
+    assert (line["status"], line["error"]) == (499, "client_gone")
+    if leaves.startswith("waiting-for-a-wake"):  # it waited for a wake, and the wait is its cold start
+        assert line["cold_start_s"] >= 0.8 * held and line["pod_id"] is None
     assert "Traceback" not in caplog.text
 
 
@@ -1123,6 +1132,51 @@ def test_a_stream_whose_client_left_is_499_when_a_write_notices_it_first(upstrea
     metrics = asyncio.run(scenario())
     assert 'rpm_proxy_requests_total{route="/v1/chat/completions",status="499"} 1.0' in metrics
     assert 'status="200"' not in metrics
+
+
+def test_the_request_log_has_a_line_per_request_with_its_tokens_timings_and_cold_start(
+        upstream: FakeUpstream, paths: Paths) -> None:
+    controller = FakeController(None, wake_target=upstream.target(), wake_delay_seconds=0.3)
+    with running_proxy(make_config(), controller, paths) as proxy:
+        url = f"{proxy.url}/v1/chat/completions"
+        woke = requests.post(url, json=chat(), timeout=READ_TIMEOUT)  # wakes the pod
+        assert woke.status_code == 200
+        requests.post(url, json=chat(stream=True), timeout=READ_TIMEOUT)
+        requests.post(url, json=chat(stream=True, stream_options={"include_usage": True}), timeout=READ_TIMEOUT)
+        requests.post(url, json=chat(model="gpt-4o"), timeout=READ_TIMEOUT)  # answered by the proxy: 404
+        requests.get(f"{proxy.url}/v1/models", timeout=READ_TIMEOUT)
+        requests.get(f"{proxy.url}/health", timeout=READ_TIMEOUT)  # not a /v1 request: no line
+    lines = request_lines(paths)
+    assert [(line["route"], line["status"], line["stream"]) for line in lines] == [
+        ("/v1/chat/completions", 200, False), ("/v1/chat/completions", 200, True),
+        ("/v1/chat/completions", 200, True), ("/v1/chat/completions", 404, False), ("/v1/models", 200, False)]
+    wake, plain_stream, usage_stream, unknown, models = lines
+    assert wake["cold_start_s"] == pytest.approx(float(woke.headers["X-RPM-Cold-Start"]), abs=0.001)
+    assert wake["cold_start_s"] >= 0.3 and wake["ttfb_ms"] >= 300  # the wait comes before the first byte
+    assert (wake["tokens_in"], wake["tokens_out"]) == (5, len(TOKENS))  # from the answer's usage
+    assert (plain_stream["tokens_in"], plain_stream["tokens_out"]) == (None, None)  # the client did not ask
+    assert (usage_stream["tokens_in"], usage_stream["tokens_out"]) == (5, len(TOKENS))
+    for line in (wake, plain_stream, usage_stream):
+        assert line["pod"] == "default" and line["pod_id"] == "pod-fake" and line["model"] == MODEL
+        assert 0 < line["ttfb_ms"] <= line["duration_ms"]
+    assert plain_stream["cold_start_s"] is None and plain_stream["cache"] == "bypass"
+    assert (unknown["model"], unknown["pod_id"], unknown["error"], unknown["cache"]) == (
+        "gpt-4o", None, "model_not_found", "-")
+    assert models["cache"] == "bypass" and models["model"] is None
+    assert all(line["key"] is None for line in lines)
+    assert all(set(line) == set(wake) for line in lines)
+    assert stat.S_IMODE(paths.request_log.stat().st_mode) == 0o600
+
+
+def test_the_request_log_is_written_when_the_proxy_stops(upstream: FakeUpstream, paths: Paths,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    from runpod_manager import requestlog
+
+    monkeypatch.setattr(requestlog, "FLUSH_INTERVAL_SECONDS", 3600.0)  # only stopping writes it
+    with running_proxy(make_config(), FakeController(upstream.target()), paths) as proxy:
+        assert requests.post(f"{proxy.url}/v1/chat/completions", json=chat(), timeout=READ_TIMEOUT).ok
+        assert not paths.request_log.exists()  # queued in memory, not written on the request's path
+    assert [line["status"] for line in request_lines(paths)] == [200]
 
 
 def test_reconcile_runs_with_the_last_request_time_and_survives_errors(upstream: FakeUpstream,
@@ -1195,5 +1249,6 @@ def test_sigterm_lets_an_inflight_stream_finish(upstream: FakeUpstream, isolated
             process.kill()
             process.wait()
     log_text = (isolated_home / "state" / "logs" / "proxy.log").read_text()
-    assert "POST /v1/chat/completions 200" in log_text
-    assert UPSTREAM_KEY not in log_text
+    requests_text = (isolated_home / "state" / "logs" / "requests.jsonl").read_text()
+    assert '"route":"/v1/chat/completions","status":200' in requests_text  # written on the way out
+    assert UPSTREAM_KEY not in log_text and UPSTREAM_KEY not in requests_text

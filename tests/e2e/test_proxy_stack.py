@@ -97,6 +97,11 @@ def _proxy_log(rpm: Rpm) -> str:
     return path.read_text(encoding="utf-8") if path.exists() else ""
 
 
+def _request_log(rpm: Rpm) -> list[dict[str, Any]]:
+    path = rpm.home / "state" / "logs" / "requests.jsonl"
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()] if path.exists() else []
+
+
 def _start(rpm: Rpm, port: int) -> dict[str, Any]:
     data = rpm.json("start")["data"]
     assert data["proxy_url"] == f"http://127.0.0.1:{port}/v1", data
@@ -143,8 +148,10 @@ def test_start_serves_the_sdk_and_shutdown_stops_proxy_and_pod(rpm: Rpm, proxy_p
     assert _live(rpm) == []
     assert rpm.json("status")["data"]["proxy"]["pid"] is None
     log_text = _proxy_log(rpm)
-    assert "POST /v1/chat/completions 200" in log_text and "proxy stopped" in log_text
-    assert "Traceback" not in log_text
+    assert "proxy stopped" in log_text and "Traceback" not in log_text
+    [line] = [line for line in _request_log(rpm) if line["route"] == "/v1/chat/completions"]
+    assert (line["status"], line["pod"], line["pod_id"], line["stream"]) == (200, "e2e", pod_id, True)
+    assert (line["tokens_in"], line["tokens_out"]) == (usage.prompt_tokens, usage.completion_tokens)
 
 
 def test_idle_stop_by_the_proxy_then_twenty_requests_share_one_resume(rpm: Rpm, proxy_port: int) -> None:
@@ -269,7 +276,7 @@ def test_shutdown_lets_a_stream_in_flight_finish_before_the_pod_ends(rpm: Rpm, p
     assert _gone(pid) and not _port_open(proxy_port)
     assert _live(rpm) == []
     log_text = _proxy_log(rpm)
-    assert "POST /v1/chat/completions 200" in log_text
+    assert [line["status"] for line in _request_log(rpm)] == [200]  # written as the proxy stopped
     assert "Traceback" not in log_text and "ERROR" not in log_text
 
 
@@ -294,8 +301,8 @@ def test_no_key_reaches_the_logs_and_the_upstream_key_only_the_private_state(rpm
 
     state_text = state_file.read_text()
     logs = {path.name: path.read_text() for path in (rpm.home / "state" / "logs").iterdir()}
-    assert {"proxy.log", "events.jsonl"} <= set(logs)
-    assert "POST /v1/chat/completions 200" in logs["proxy.log"] and " 401 " in logs["proxy.log"]
+    assert {"proxy.log", "events.jsonl", "requests.jsonl"} <= set(logs)
+    assert {200, 401} <= {line["status"] for line in _request_log(rpm)}
     for name, text in [("pod_state.json", state_text), *logs.items()]:
         assert rpm.sandbox.api_key not in text, name
         assert LOCAL_KEY not in text, name
