@@ -1120,6 +1120,7 @@ async def _on_startup(app: web.Application) -> None:
     if state.cache is not None:
         await asyncio.to_thread(state.cache.open)
     await _check_pod_names(state)
+    await state.fresh_views()  # which replicas exist (and were stopped): the first wake resumes one of those
     for group in state.groups:  # so the first request already finds a running pod on the hot path
         await group.refresh()
     state.reconcile_task = asyncio.create_task(_reconcile_loop(state), name="rpm-proxy-reconcile")
