@@ -1,14 +1,16 @@
 """The proxy's aiohttp application: routes, the one middleware, startup and shutdown.
 
-Routes: `/v1/*` is forwarded to the pod (through the cache and the wake gate); `/health`, `/ready`,
-`/metrics`, `/dashboard` and (with `enable_profiling`) `/debug/cache` are the proxy's own. Everything
-else is a 404 in the OpenAI error shape. What the proxy can answer truthfully without the pod it answers
-itself, so nothing wakes a GPU for it: model lists, unknown model names, wrong methods, CORS preflights,
-and requests from web pages that [proxy] cors_allow_origins does not allow.
+Routes: `/v1/*` is forwarded to the pod that serves the body's `model` (routing.py; through the cache and
+that model's wake gates, wake.py); `/health`, `/ready`, `/metrics`, `/dashboard`, `/rpm/v1/pods[/{name}]`
+and (with `enable_profiling`) `/debug/cache` are the proxy's own. Everything else is a 404 in the OpenAI
+error shape. What the proxy can answer truthfully without a pod it answers itself, so nothing wakes a GPU
+for it: model lists, unknown model names, requests that name no model when several pods serve, wrong
+methods, CORS preflights, and requests from web pages that [proxy] cors_allow_origins does not allow.
 
-A request to a known pod takes no thread hop: the target is a cached attribute of the gate (refreshed
-by the reconcile loop, wakes and the slow path), the body is parsed once and forwarded as received,
-and the upstream ClientSession is shared. Blocking controller calls run in worker threads.
+A request to a known pod takes no thread hop: its model is looked up in one dict (from the body, parsed
+once), the target is a cached attribute of the pod's gate (refreshed by the reconcile loop, wakes and the
+slow path), the body is forwarded as received (an alias excepted), and the upstream ClientSession is
+shared. Blocking controller calls run in worker threads.
 
 Run the app with `handler_cancellation=True` (server.run_proxy does; aiohttp's TestServer does by
 default): a client that disconnects then cancels its handler at once, which closes the upstream
@@ -1146,6 +1148,7 @@ async def _on_startup(app: web.Application) -> None:
     if state.cache is not None:
         await asyncio.to_thread(state.cache.open)
     await _check_pod_names(state)
+    await state.fresh_views()  # which replicas exist (and were stopped): the first wake resumes one of those
     for group in state.groups:  # so the first request already finds a running pod on the hot path
         await group.refresh()
     await asyncio.to_thread(state.request_log.start)

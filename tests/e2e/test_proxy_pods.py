@@ -216,6 +216,18 @@ def test_a_burst_wakes_one_replica_and_a_queue_that_stays_deep_wakes_the_second(
         controller.pods["chat"].release_wake.set()
 
 
+def test_the_first_wake_resumes_a_stopped_replica_rather_than_create_one(upstreams: dict[str, FakeUpstream],
+                                                                          paths: Paths) -> None:
+    never_created = FakePod(None, wake_target=upstreams["chat"].target("pod-1"), view=PodView())
+    stopped = FakePod(None, wake_target=upstreams["chat-r2"].target("pod-2"),
+                      view=PodView(pod_id="pod-2", status="EXITED"))
+    controller = FakeController(pods={"chat": never_created, "chat-r2": stopped})
+    config = make_config(pods=(chat_pod(replicas=2),), reconcile_interval_seconds=3600)  # the start-up views only
+    with running_proxy(config, controller, paths) as proxy:
+        assert ask(proxy.url, CHAT).status_code == 200
+    assert controller.wake_order == ["chat-r2"] and len(upstreams["chat-r2"].requests) == 1
+
+
 def test_each_pod_reports_its_own_activity_to_the_control_plane(upstreams: dict[str, FakeUpstream],
                                                                 paths: Paths) -> None:
     controller = FakeController(pods={"chat": FakePod(upstreams["chat"].target("pod-1")),
