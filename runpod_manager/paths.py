@@ -166,3 +166,19 @@ def write_private_file(path: Path, data: bytes) -> None:
         with contextlib.suppress(OSError):
             tmp.unlink()
         raise
+
+
+def read_lines(path: Path, *, max_bytes: int) -> list[bytes]:
+    """The lines of a log file rpm wrote (JSON lines), at most `max_bytes` of it; [] when it is absent, not a
+    regular file or unreadable: a log that cannot be read is reported as empty, never as a crash."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    except OSError:
+        return []
+    with os.fdopen(fd, "rb") as handle:
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                return []
+            return handle.read(max_bytes).splitlines()
+        except OSError:
+            return []

@@ -26,9 +26,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-import os
 import re
-import stat
 import statistics
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -38,7 +36,7 @@ from typing import Any, cast
 
 from runpod_manager.config import Config
 from runpod_manager.errors import UsageError
-from runpod_manager.paths import Paths
+from runpod_manager.paths import Paths, read_lines
 from runpod_manager.requestlog import LoggedRequest, read_requests
 from runpod_manager.runpod.models import BillingRecord
 
@@ -129,7 +127,7 @@ def read_events(path: Path) -> list[Event]:
     files = [path.with_name(f"{path.name}.{index}") for index in range(9, 0, -1)] + [path]
     events: list[Event] = []
     for file in files:
-        for line in _file_lines(file):
+        for line in read_lines(file, max_bytes=MAX_EVENT_FILE_BYTES):
             with contextlib.suppress(ValueError, TypeError, KeyError, AttributeError, RecursionError):
                 document = json.loads(line)
                 at = datetime.fromisoformat(document["time"].replace("Z", "+00:00")).timestamp()
@@ -139,20 +137,6 @@ def read_events(path: Path) -> list[Event]:
                     events.append(Event(at, name, config if isinstance(config, str) else None, document))
     events.sort(key=lambda event: event.at)
     return events
-
-
-def _file_lines(file: Path) -> list[bytes]:
-    try:
-        fd = os.open(file, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
-    except OSError:
-        return []
-    with os.fdopen(fd, "rb") as handle:
-        try:
-            if not stat.S_ISREG(os.fstat(fd).st_mode):
-                return []
-            return handle.read(MAX_EVENT_FILE_BYTES).splitlines()
-        except OSError:
-            return []
 
 
 def build_timeline(events: Iterable[Event], *, until: float) -> Timeline:

@@ -31,14 +31,14 @@ import stat
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from json.encoder import encode_basestring_ascii
 from pathlib import Path
 from typing import Any
 
-from runpod_manager.paths import ensure_private_dir
+from runpod_manager.paths import ensure_private_dir, read_lines
 
 log = logging.getLogger("runpod_manager.proxy")
 
@@ -361,7 +361,7 @@ def read_requests(path: Path, *, since: float | None = None, until: float | None
                 continue  # last written before the window: every line in it is older
         except FileNotFoundError:
             continue
-        for line in _lines(file):
+        for line in read_lines(file, max_bytes=MAX_READ_BYTES):
             record = parse_line(line)
             if record is None or (since is not None and record.at < since) or (
                     until is not None and record.at >= until) or (pod is not None and record.pod != pod):
@@ -369,21 +369,6 @@ def read_requests(path: Path, *, since: float | None = None, until: float | None
             requests.append(record)
     requests.sort(key=lambda request: request.at)
     return requests
-
-
-def _lines(file: Path) -> Iterator[bytes]:
-    try:
-        fd = os.open(file, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
-    except OSError:
-        return
-    with os.fdopen(fd, "rb") as handle:
-        try:
-            if not stat.S_ISREG(os.fstat(fd).st_mode):
-                return
-            data = handle.read(MAX_READ_BYTES)
-        except OSError:
-            return
-    yield from data.splitlines()
 
 
 def parse_line(line: bytes) -> LoggedRequest | None:

@@ -27,6 +27,7 @@ from typing import Any
 
 from runpod_manager.errors import ApiUnavailable, Conflict, InvalidRequest, NoCapacity, NotFound, RpmError
 from runpod_manager.runpod.models import GpuType, Pod, PodSpec, PodStatus
+from runpod_manager.sandbox.world import ALLOWED_ACTIONS  # the spec's table, as the emulator has it
 
 DEFAULT_GPU_PRICES: Mapping[str, float] = {
     "NVIDIA GeForce RTX 4090": 0.69,
@@ -35,15 +36,6 @@ DEFAULT_GPU_PRICES: Mapping[str, float] = {
 }
 DATA_CENTER = "EU-RO-1"
 MUTATING_VERBS = frozenset({"create", "start", "stop", "terminate", "update"})
-# What each status allows (REST v2 `actions`).
-_ACTIONS = {
-    PodStatus.PROVISIONING: ("stop", "terminate"),
-    PodStatus.STARTING: ("stop", "terminate"),
-    PodStatus.RUNNING: ("stop", "restart", "terminate"),
-    PodStatus.EXITED: ("start", "terminate"),
-    PodStatus.ERROR: ("start", "terminate"),
-    PodStatus.TERMINATED: (),
-}
 _BOOT_ORDER = (PodStatus.PROVISIONING, PodStatus.STARTING, PodStatus.RUNNING)
 
 
@@ -73,7 +65,7 @@ class FakePod:
         active = self.status in _BOOT_ORDER
         data: dict[str, Any] = {
             "id": self.id, "name": self.name, "status": self.status.value,
-            "actions": list(_ACTIONS.get(self.status, ())), "image": self.image,
+            "actions": list(ALLOWED_ACTIONS.get(self.status, ())), "image": self.image,
             "gpu": {"id": self.gpu_type_id, "count": 1}, "cloud": "SECURE", "dataCenterId": DATA_CENTER,
             "cost": self.cost_per_hour if active else 0, "createdAt": _iso(self.created_at),
             "env": dict(self.env), "ports": list(self.ports), "args": self.args,
