@@ -133,6 +133,51 @@ def next_cutoff(after: datetime, config: Config) -> datetime | None:
     raise AssertionError("a cutoff occurs every day")  # pragma: no cover
 
 
+# How long before a warm_hours window the lease opens: a create or resume and the model's load fit in it,
+# so the pod is ready at the window's start. A constant, not a key: it is about the start path, not a policy.
+WARM_LEAD_SECONDS = 300
+
+
+def warm_window_at(now: datetime, config: Config) -> tuple[datetime, datetime] | None:
+    """The warm_hours window containing `now`, as UTC instants (start, end), or None (DST-safe like
+    `next_cutoff`: wall times are localized day by day, never shifted by a fixed offset)."""
+    return _warm_window_near(now, config, lead_seconds=0)
+
+
+def warm_start_due(now: datetime, config: Config, lead_seconds: float = WARM_LEAD_SECONDS
+                   ) -> tuple[datetime, datetime] | None:
+    """The window (start, end) whose lease should be open now, when now is in [start − lead, end)."""
+    return _warm_window_near(now, config, lead_seconds)
+
+
+def _warm_window_near(now: datetime, config: Config, lead_seconds: float) -> tuple[datetime, datetime] | None:
+    windows = config.warm_windows
+    if not windows:
+        return None
+    zone = config.zone
+    lead = timedelta(seconds=lead_seconds)
+    today = now.astimezone(zone).date()
+    # Yesterday for a window whose lead crosses midnight backwards is impossible (windows end by midnight),
+    # tomorrow for a lead that starts before midnight.
+    for offset in (0, 1):
+        day = today + timedelta(days=offset)
+        for window in windows:
+            if day.weekday() not in window.weekdays:
+                continue
+            start = _localize(datetime.combine(day, window.start), zone).astimezone(UTC)
+            end = _localize(datetime.combine(day, window.end), zone).astimezone(UTC)
+            if start - lead <= now < end:
+                return start, end
+    return None
+
+
+def idle_timeout_at(now: datetime, config: Config) -> int:
+    """The idle timeout in force at `now`: warm_idle_timeout_seconds inside a warm_hours window."""
+    if warm_window_at(now, config) is not None:
+        return config.limits.warm_idle_timeout_seconds
+    return config.limits.idle_timeout_seconds
+
+
 def local_day_start(day: date, zone: tzinfo | None) -> datetime:
     """The first instant of a local day (DST-safe), where the spend ledger's day begins."""
     return _localize(datetime.combine(day, datetime.min.time()), zone)
@@ -242,12 +287,14 @@ def plan(
             end_pod("runtime", f"runtime limit {config.limits.runtime_seconds} s reached",
                     config.limits.cutoff_action)
             return _finish(actions, now, config, record, observed, options, activity)
-        # 4. Idle: no proxied request (and no GPU work, when reported) for idle_timeout_seconds.
-        idle_timeout = config.limits.idle_timeout_seconds
+        # 4. Idle: no proxied request (and no GPU work, when reported) for idle_timeout_seconds (inside a
+        # warm_hours window, warm_idle_timeout_seconds).
+        idle_timeout = idle_timeout_at(now, config)
         if idle_timeout and observed.pod_observed and (pod is None or pod.status in IDLE_CHECKED_STATUSES):
             idle_seconds = (now - last_active_at(now, lease, activity)).total_seconds()
             if idle_seconds >= idle_timeout:
-                end_pod("idle", f"idle for {int(idle_seconds)} s (idle_timeout_seconds {idle_timeout})",
+                key = "warm_idle_timeout_seconds" if warm_window_at(now, config) else "idle_timeout_seconds"
+                end_pod("idle", f"idle for {int(idle_seconds)} s ({key} {idle_timeout})",
                         config.limits.idle_action)
                 return _finish(actions, now, config, record, observed, options, activity)
         # 5. Recovery while the lease is open and the limits allow.
@@ -435,7 +482,8 @@ def limit_view(now: datetime, config: Config, record: PodRecord, activity: Activ
     runtime_end = lease.opened_at + timedelta(seconds=config.limits.runtime_seconds)
     cutoff = next_cutoff(min(lease.opened_at, now), config)
     idle_end = None
-    if config.limits.idle_timeout_seconds:
-        idle_end = last_active_at(now, lease, activity) + timedelta(seconds=config.limits.idle_timeout_seconds)
+    idle_timeout = idle_timeout_at(now, config)
+    if idle_timeout:
+        idle_end = last_active_at(now, lease, activity) + timedelta(seconds=idle_timeout)
     deadline = min(t for t in (lease.deadline, runtime_end, cutoff) if t is not None)
     return LimitView(deadline=deadline, runtime_ends_at=runtime_end, cutoff_at=cutoff, idle_ends_at=idle_end)
