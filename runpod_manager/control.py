@@ -406,14 +406,11 @@ def _open_warm_lease(lc: Lifecycle, state: State, *, dry_run: bool) -> tuple[Pod
     """Open the lease of a warm_hours window WARM_LEAD_SECONDS before it starts, so that this pass creates or
     resumes the pod and it is ready at the start. Once per window: a window whose lease a limit or a shutdown
     closed (or that a lease already open served) is not opened again. Returns the pod `_open_lease` observed."""
-    window = policy.warm_start_due(lc.clock(), lc.config)
+    record = state.record(lc.name)
+    window = policy.warm_lease_due(lc.clock(), lc.config, record)
     if window is None:
         return None
-    record = state.record(lc.name)
-    window_start = window[0].isoformat()
-    if record.warm_opened_for == window_start:
-        return None
-    record.warm_opened_for = window_start
+    record.warm_opened_for = window[0].isoformat()
     if record.lease is not None:
         return None  # an open lease (a start, a wake) serves the window; the warm idle timeout keeps it
     if lc.config.pod.pod_id and record.pod_id is None:

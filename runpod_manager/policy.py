@@ -150,6 +150,30 @@ def warm_start_due(now: datetime, config: Config, lead_seconds: float = WARM_LEA
     return _warm_window_near(now, config, lead_seconds)
 
 
+def warm_lease_due(now: datetime, config: Config, record: PodRecord) -> tuple[datetime, datetime] | None:
+    """The window whose warm lease opens now: due (`warm_start_due`) and not yet opened for (one per window,
+    so a lease a limit or a shutdown closed inside the window is not opened again)."""
+    window = warm_start_due(now, config)
+    if window is None or record.warm_opened_for == window[0].isoformat():
+        return None
+    return window
+
+
+def next_warm_lease_at(after: datetime, config: Config, lead_seconds: float = WARM_LEAD_SECONDS
+                       ) -> datetime | None:
+    """The first moment strictly after `after` at which a window's warm lease becomes due (its start − lead)."""
+    windows = config.warm_windows
+    if not windows:
+        return None
+    zone = config.zone
+    lead = timedelta(seconds=lead_seconds)
+    today = after.astimezone(zone).date()
+    moments = [_localize(datetime.combine(day, window.start), zone).astimezone(UTC) - lead
+               for day in (today + timedelta(days=offset) for offset in range(9))
+               for window in windows if day.weekday() in window.weekdays]
+    return min((moment for moment in moments if moment > after), default=None)
+
+
 def _warm_window_near(now: datetime, config: Config, lead_seconds: float) -> tuple[datetime, datetime] | None:
     windows = config.warm_windows
     if not windows:
