@@ -181,8 +181,7 @@ def _warm_window_near(now: datetime, config: Config, lead_seconds: float) -> tup
     zone = config.zone
     lead = timedelta(seconds=lead_seconds)
     today = now.astimezone(zone).date()
-    # Yesterday for a window whose lead crosses midnight backwards is impossible (windows end by midnight),
-    # tomorrow for a lead that starts before midnight.
+    # Windows end by midnight, so only today's can contain now, and tomorrow's only through its lead.
     for offset in (0, 1):
         day = today + timedelta(days=offset)
         for window in windows:
