@@ -141,22 +141,20 @@ WARM_LEAD_SECONDS = 300
 def warm_window_at(now: datetime, config: Config) -> tuple[datetime, datetime] | None:
     """The warm_hours window containing `now`, as UTC instants (start, end), or None (DST-safe like
     `next_cutoff`: wall times are localized day by day, never shifted by a fixed offset)."""
-    return _warm_window_near(now, config, lead_seconds=0)
+    return next(iter(_warm_windows_near(now, config, lead_seconds=0)), None)
 
 
 def warm_start_due(now: datetime, config: Config, lead_seconds: float = WARM_LEAD_SECONDS
                    ) -> tuple[datetime, datetime] | None:
     """The window (start, end) whose lease should be open now, when now is in [start − lead, end)."""
-    return _warm_window_near(now, config, lead_seconds)
+    return next(iter(_warm_windows_near(now, config, lead_seconds)), None)
 
 
 def warm_lease_due(now: datetime, config: Config, record: PodRecord) -> tuple[datetime, datetime] | None:
     """The window whose warm lease opens now: due (`warm_start_due`) and not yet opened for (one per window,
     so a lease a limit or a shutdown closed inside the window is not opened again)."""
-    window = warm_start_due(now, config)
-    if window is None or record.warm_opened_for == window[0].isoformat():
-        return None
-    return window
+    return next((window for window in _warm_windows_near(now, config, WARM_LEAD_SECONDS)
+                 if record.warm_opened_for != window[0].isoformat()), None)
 
 
 def next_warm_lease_at(after: datetime, config: Config, lead_seconds: float = WARM_LEAD_SECONDS
@@ -174,14 +172,17 @@ def next_warm_lease_at(after: datetime, config: Config, lead_seconds: float = WA
     return min((moment for moment in moments if moment > after), default=None)
 
 
-def _warm_window_near(now: datetime, config: Config, lead_seconds: float) -> tuple[datetime, datetime] | None:
+def _warm_windows_near(now: datetime, config: Config, lead_seconds: float) -> list[tuple[datetime, datetime]]:
+    """Every window (start, end) with now in [start − lead, end), earliest start first (a window that holds now
+    comes before the next one, whose lead may already have begun)."""
     windows = config.warm_windows
     if not windows:
-        return None
+        return []
     zone = config.zone
     lead = timedelta(seconds=lead_seconds)
     today = now.astimezone(zone).date()
     # Windows end by midnight, so only today's can contain now, and tomorrow's only through its lead.
+    found = []
     for offset in (0, 1):
         day = today + timedelta(days=offset)
         for window in windows:
@@ -190,8 +191,8 @@ def _warm_window_near(now: datetime, config: Config, lead_seconds: float) -> tup
             start = _localize(datetime.combine(day, window.start), zone).astimezone(UTC)
             end = _localize(datetime.combine(day, window.end), zone).astimezone(UTC)
             if start - lead <= now < end:
-                return start, end
-    return None
+                found.append((start, end))
+    return sorted(found)
 
 
 def idle_timeout_at(now: datetime, config: Config) -> int:

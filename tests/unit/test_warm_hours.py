@@ -12,7 +12,15 @@ import pytest
 
 from runpod_manager.config import Config, load_config
 from runpod_manager.errors import ConfigError
-from runpod_manager.policy import WARM_LEAD_SECONDS, limit_view, warm_start_due, warm_window_at
+from runpod_manager.policy import (
+    WARM_LEAD_SECONDS,
+    limit_view,
+    next_warm_lease_at,
+    warm_lease_due,
+    warm_start_due,
+    warm_window_at,
+)
+from runpod_manager.state import PodRecord
 from tests.unit.test_policy import CUTOFF, IDLE, MAIN, NOW, SPEND_CAP, Scenario, run
 
 # NOW is Wednesday 2026-06-10 12:00 UTC.
@@ -125,3 +133,17 @@ def test_config_accepts_windows_and_per_pod_override(tmp_path: Path) -> None:
     config = load_config(path, env={}).for_pod("chat")
     assert len(config.warm_windows) == 2
     assert config.limits.warm_idle_timeout_seconds == 7200
+
+
+def test_the_next_windows_lead_is_not_hidden_by_a_window_already_warmed() -> None:
+    """Two windows two minutes apart: at 11:58 the first (opened already) still holds now, and the second's
+    lead has begun: its lease is due."""
+    config = zone_config("Wed 09:00-12:00, Wed 12:02-18:00")
+    first = (datetime(2026, 6, 10, 9, tzinfo=UTC), datetime(2026, 6, 10, 12, tzinfo=UTC))
+    second = (datetime(2026, 6, 10, 12, 2, tzinfo=UTC), datetime(2026, 6, 10, 18, tzinfo=UTC))
+    at = datetime(2026, 6, 10, 11, 58, tzinfo=UTC)
+    assert warm_window_at(at, config) == first
+    assert warm_lease_due(at, config, PodRecord(config_name="x")) == first
+    assert warm_lease_due(at, config, PodRecord(config_name="x", warm_opened_for=first[0].isoformat())) == second
+    # Both leads (08:55, 11:57) have begun today: the next one is a week later.
+    assert next_warm_lease_at(at, config) == datetime(2026, 6, 17, 8, 55, tzinfo=UTC)
