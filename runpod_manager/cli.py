@@ -402,6 +402,9 @@ def simulate(
     max_p95_wait: Annotated[float | None, typer.Option("--max-p95-wait", metavar="SECONDS",
                                                        help="With --recommend: the p95 cold-start wait allowed "
                                                             "(default: the config's own).")] = None,
+    warm_hours: Annotated[str | None, typer.Option("--warm-hours", metavar="WINDOWS",
+                                                   help="Add a warm-hours row with these windows, e.g. \"Mon-Fri "
+                                                        "08:55-18:00\" (default: [limits] warm_hours).")] = None,
     config: ConfigOpt = None,
     as_json: JsonOpt = False,
     verbose: VerboseOpt = False,
@@ -409,8 +412,9 @@ def simulate(
     """Replay a request trace through the real planner under several policies; compare cost and waits.
 
     Policies: always-on, cron-5min (a watchdog every 5 minutes), rpm (this config), a sweep of idle timeouts
-    × {stop, terminate}, and oracle (knows the future). RunPod is modelled: per-second billing, storage while
-    stopped, resume and fresh boot times, refused resumes. Deterministic for a --seed.
+    × {stop, terminate}, warm-hours (with a window), and oracle (knows the future). RunPod is modelled:
+    per-second billing, storage while stopped, resume and fresh boot times, refused resumes. Deterministic for
+    a --seed.
     """
     from runpod_manager.config import load_config
     from runpod_manager.paths import resolve_paths
@@ -423,7 +427,7 @@ def simulate(
         since_text=since, pod=pod, days=days, seed=seed, rate=rate, storage_gb=storage_gb,
         storage_price=storage_price, resume_boot=resume_boot, fresh_boot=fresh_boot,
         refused_resume_rate=refused_resume_rate, idle_timeouts=idle_timeouts, recommend_change=recommend,
-        max_p95_wait_seconds=max_p95_wait))
+        max_p95_wait_seconds=max_p95_wait, warm_hours=warm_hours))
     return ExitCode.OK
 
 

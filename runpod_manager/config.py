@@ -125,6 +125,12 @@ class LimitsConfig:
         minimum=0))
     sweep_orphans: bool = field(default=True, metadata=_meta(
         "Terminate rpm-<name>-… pods that state does not own."))
+    warm_hours: str = field(default="", metadata=_meta(
+        "Local windows (in timezone) in which the pod is kept warm, e.g. \"Mon-Fri 08:55-18:00\" or "
+        "\"Mon-Fri 09:00-17:00, Sat 10:00-14:00\": a lease opens so that the pod is ready at the start, and "
+        "idle stop uses warm_idle_timeout_seconds inside; empty disables it."))
+    warm_idle_timeout_seconds: int = field(default=3600, metadata=_meta(
+        "Idle time before idle_action inside a warm_hours window; 0 disables idle stop there.", minimum=0))
 
 
 @dataclass(frozen=True)
@@ -264,6 +270,10 @@ class Config:
     def cutoff_time(self) -> dt_time | None:
         return parse_cutoff(self.limits.daily_cutoff) if self.limits.daily_cutoff else None
 
+    @property
+    def warm_windows(self) -> tuple[WarmWindow, ...]:
+        return parse_warm_hours(self.limits.warm_hours) if self.limits.warm_hours else ()
+
     def pod_url(self, pod_id: str) -> str:
         return self.api.pod_url_template.format(pod_id=pod_id, port=self.pod.port).rstrip("/")
 
@@ -289,6 +299,42 @@ TABLES: dict[str, type] = {
     "cache": CacheConfig,
     "api": ApiConfig,
 }
+
+
+_WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+_WARM_WINDOW_RE = re.compile(r"^([A-Za-z]{3})(?:-([A-Za-z]{3}))?\s+(\S+)-(\S+)$")
+
+
+@dataclass(frozen=True)
+class WarmWindow:
+    """One warm_hours window: on these weekdays (0 = Monday), from start to end local time (end > start)."""
+
+    weekdays: frozenset[int]
+    start: dt_time
+    end: dt_time
+
+
+def parse_warm_hours(text: str) -> tuple[WarmWindow, ...]:
+    """'Mon-Fri 08:55-18:00, Sat 10:00-14:00' → windows. Raises ValueError saying what is wrong."""
+    windows = []
+    for part in text.split(","):
+        match = _WARM_WINDOW_RE.match(part.strip())
+        if not match:
+            raise ValueError(f"{part.strip()!r} is not of the form \"Mon-Fri 08:55-18:00\" or \"Sat 10:00-14:00\"")
+        first, last = (_weekday(match[1]), _weekday(match[2] or match[1]))
+        if last < first:
+            raise ValueError(f"{match[1]}-{match[2]} runs backwards (a range goes Monday to Sunday)")
+        start, end = parse_cutoff(match[3]), parse_cutoff(match[4])
+        if end <= start:
+            raise ValueError(f"{match[3]}-{match[4]} ends before it starts (windows cannot cross midnight)")
+        windows.append(WarmWindow(frozenset(range(first, last + 1)), start, end))
+    return tuple(windows)
+
+
+def _weekday(name: str) -> int:
+    if name.lower() not in _WEEKDAYS:
+        raise ValueError(f"{name!r} is not a weekday (Mon, Tue, Wed, Thu, Fri, Sat, Sun)")
+    return _WEEKDAYS.index(name.lower())
 
 
 def parse_cutoff(text: str) -> dt_time:
@@ -633,6 +679,13 @@ def _cross_checks(where: str, config: Config, from_env: Mapping[tuple[str, str],
         except ValueError as exc:
             raise ConfigError(f"{at('limits', 'daily_cutoff')} {limits.daily_cutoff!r} is not a time of day "
                               f"({exc})", hint='use e.g. "00:00" or "" to disable') from None
+    for name, pod_limits in (("limits", limits), *((f"pods.{n}.limits", lim) for n, lim in config.pod_limits.items())):
+        if pod_limits.warm_hours:
+            try:
+                parse_warm_hours(pod_limits.warm_hours)
+            except ValueError as exc:
+                raise ConfigError(f"{at(name, 'warm_hours')} {pod_limits.warm_hours!r} is not a list of windows "
+                                  f"({exc})", hint='use e.g. "Mon-Fri 08:55-18:00" or "" to disable') from None
     if limits.timezone != "local":
         try:
             ZoneInfo(limits.timezone)

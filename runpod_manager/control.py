@@ -387,10 +387,12 @@ def reconcile(fleet: Fleet, *, wait_seconds: float | None = 0, dry_run: bool = F
     calls_before = lead.client.calls if lead.client_made else 0
     try:
         with lead.transaction(wait_seconds, dry_run=dry_run) as state:
+            prefetched = {name: _open_warm_lease(member, state, dry_run=dry_run)
+                          for name, member in fleet.members.items()}
             listing = _listing(fleet, state, sweep)
             outcomes = {name: member.run_pass(state, Options(report_orphans_only=report_orphans_only),
                                               dry_run=dry_run, sweep=sweep, activity_at=activity.get(name),
-                                              listing=listing)
+                                              listing=listing, prefetched=prefetched[name])
                         for name, member in fleet.members.items()}
     except LockBusy:
         if wait_seconds == 0:
@@ -398,6 +400,27 @@ def reconcile(fleet: Fleet, *, wait_seconds: float | None = 0, dry_run: bool = F
         raise
     calls = (lead.client.calls if lead.client_made else 0) - calls_before
     return FleetOutcome(outcomes=outcomes, api_calls=calls, dry_run=dry_run, notices=lead.store.take_notices())
+
+
+def _open_warm_lease(lc: Lifecycle, state: State, *, dry_run: bool) -> tuple[Pod | None] | None:
+    """Open the lease of a warm_hours window WARM_LEAD_SECONDS before it starts, so that this pass creates or
+    resumes the pod and it is ready at the start. Once per window: a window whose lease a limit or a shutdown
+    closed (or that a lease already open served) is not opened again. Returns the pod `_open_lease` observed."""
+    record = state.record(lc.name)
+    window = policy.warm_lease_due(lc.clock(), lc.config, record)
+    if window is None:
+        return None
+    record.warm_opened_for = window[0].isoformat()
+    if record.lease is not None:
+        return None  # an open lease (a start, a wake) serves the window; the warm idle timeout keeps it
+    if lc.config.pod.pod_id and record.pod_id is None:
+        record.pod_id = lc.config.pod.pod_id  # as `start` does: an adopted pod is resumed, never created
+    try:
+        return _open_lease(lc, state, record, "warm", dry_run=dry_run)
+    except LimitRefused as exc:
+        if not dry_run:
+            lc.events.write("warm_start_refused", config=lc.name, reason=exc.message)
+        return None
 
 
 def _listing(fleet: Fleet, state: State, sweep: bool) -> Listing:

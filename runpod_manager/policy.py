@@ -133,6 +133,75 @@ def next_cutoff(after: datetime, config: Config) -> datetime | None:
     raise AssertionError("a cutoff occurs every day")  # pragma: no cover
 
 
+# How long before a warm_hours window the lease opens: a create or resume and the model's load fit in it,
+# so the pod is ready at the window's start. A constant, not a key: it is about the start path, not a policy.
+WARM_LEAD_SECONDS = 300
+
+
+def warm_window_at(now: datetime, config: Config) -> tuple[datetime, datetime] | None:
+    """The warm_hours window containing `now`, as UTC instants (start, end), or None (DST-safe like
+    `next_cutoff`: wall times are localized day by day, never shifted by a fixed offset)."""
+    return next(iter(_warm_windows_near(now, config, lead_seconds=0)), None)
+
+
+def warm_start_due(now: datetime, config: Config, lead_seconds: float = WARM_LEAD_SECONDS
+                   ) -> tuple[datetime, datetime] | None:
+    """The window (start, end) whose lease should be open now, when now is in [start − lead, end)."""
+    return next(iter(_warm_windows_near(now, config, lead_seconds)), None)
+
+
+def warm_lease_due(now: datetime, config: Config, record: PodRecord) -> tuple[datetime, datetime] | None:
+    """The window whose warm lease opens now: due (`warm_start_due`) and not yet opened for (one per window,
+    so a lease a limit or a shutdown closed inside the window is not opened again)."""
+    return next((window for window in _warm_windows_near(now, config, WARM_LEAD_SECONDS)
+                 if record.warm_opened_for != window[0].isoformat()), None)
+
+
+def next_warm_lease_at(after: datetime, config: Config, lead_seconds: float = WARM_LEAD_SECONDS
+                       ) -> datetime | None:
+    """The first moment strictly after `after` at which a window's warm lease becomes due (its start − lead)."""
+    windows = config.warm_windows
+    if not windows:
+        return None
+    zone = config.zone
+    lead = timedelta(seconds=lead_seconds)
+    today = after.astimezone(zone).date()
+    moments = [_localize(datetime.combine(day, window.start), zone).astimezone(UTC) - lead
+               for day in (today + timedelta(days=offset) for offset in range(9))
+               for window in windows if day.weekday() in window.weekdays]
+    return min((moment for moment in moments if moment > after), default=None)
+
+
+def _warm_windows_near(now: datetime, config: Config, lead_seconds: float) -> list[tuple[datetime, datetime]]:
+    """Every window (start, end) with now in [start − lead, end), earliest start first (a window that holds now
+    comes before the next one, whose lead may already have begun)."""
+    windows = config.warm_windows
+    if not windows:
+        return []
+    zone = config.zone
+    lead = timedelta(seconds=lead_seconds)
+    today = now.astimezone(zone).date()
+    # Windows end by midnight, so only today's can contain now, and tomorrow's only through its lead.
+    found = []
+    for offset in (0, 1):
+        day = today + timedelta(days=offset)
+        for window in windows:
+            if day.weekday() not in window.weekdays:
+                continue
+            start = _localize(datetime.combine(day, window.start), zone).astimezone(UTC)
+            end = _localize(datetime.combine(day, window.end), zone).astimezone(UTC)
+            if start - lead <= now < end:
+                found.append((start, end))
+    return sorted(found)
+
+
+def idle_timeout_at(now: datetime, config: Config) -> int:
+    """The idle timeout in force at `now`: warm_idle_timeout_seconds inside a warm_hours window."""
+    if warm_window_at(now, config) is not None:
+        return config.limits.warm_idle_timeout_seconds
+    return config.limits.idle_timeout_seconds
+
+
 def local_day_start(day: date, zone: tzinfo | None) -> datetime:
     """The first instant of a local day (DST-safe), where the spend ledger's day begins."""
     return _localize(datetime.combine(day, datetime.min.time()), zone)
@@ -242,12 +311,14 @@ def plan(
             end_pod("runtime", f"runtime limit {config.limits.runtime_seconds} s reached",
                     config.limits.cutoff_action)
             return _finish(actions, now, config, record, observed, options, activity)
-        # 4. Idle: no proxied request (and no GPU work, when reported) for idle_timeout_seconds.
-        idle_timeout = config.limits.idle_timeout_seconds
+        # 4. Idle: no proxied request (and no GPU work, when reported) for idle_timeout_seconds (inside a
+        # warm_hours window, warm_idle_timeout_seconds).
+        idle_timeout = idle_timeout_at(now, config)
         if idle_timeout and observed.pod_observed and (pod is None or pod.status in IDLE_CHECKED_STATUSES):
             idle_seconds = (now - last_active_at(now, lease, activity)).total_seconds()
             if idle_seconds >= idle_timeout:
-                end_pod("idle", f"idle for {int(idle_seconds)} s (idle_timeout_seconds {idle_timeout})",
+                key = "warm_idle_timeout_seconds" if warm_window_at(now, config) else "idle_timeout_seconds"
+                end_pod("idle", f"idle for {int(idle_seconds)} s ({key} {idle_timeout})",
                         config.limits.idle_action)
                 return _finish(actions, now, config, record, observed, options, activity)
         # 5. Recovery while the lease is open and the limits allow.
@@ -435,7 +506,8 @@ def limit_view(now: datetime, config: Config, record: PodRecord, activity: Activ
     runtime_end = lease.opened_at + timedelta(seconds=config.limits.runtime_seconds)
     cutoff = next_cutoff(min(lease.opened_at, now), config)
     idle_end = None
-    if config.limits.idle_timeout_seconds:
-        idle_end = last_active_at(now, lease, activity) + timedelta(seconds=config.limits.idle_timeout_seconds)
+    idle_timeout = idle_timeout_at(now, config)
+    if idle_timeout:
+        idle_end = last_active_at(now, lease, activity) + timedelta(seconds=idle_timeout)
     deadline = min(t for t in (lease.deadline, runtime_end, cutoff) if t is not None)
     return LimitView(deadline=deadline, runtime_ends_at=runtime_end, cutoff_at=cutoff, idle_ends_at=idle_end)

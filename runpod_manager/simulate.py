@@ -44,7 +44,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from runpod_manager import policy
-from runpod_manager.config import Config
+from runpod_manager.config import Config, parse_warm_hours
 from runpod_manager.errors import UsageError
 from runpod_manager.paths import Paths
 from runpod_manager.policy import Action, ActionKind, Activity, Observation
@@ -438,17 +438,32 @@ class _World:
     def next_limit(self) -> float:
         """When a pass could next act: idle end (only while the pod runs), the lease deadline, the spend cap."""
         lease = self.record.lease
+        warm = self.next_warm()
         if lease is None:
-            return math.inf if self.status in (None, _STOPPED) else self.trace.start  # nothing may run
+            return warm if self.status in (None, _STOPPED) else self.trace.start  # nothing may run
         limits = self.config.limits
-        moment = min(lease.deadline.timestamp(), lease.opened_at.timestamp() + limits.runtime_seconds)
+        moment = min(lease.deadline.timestamp(), lease.opened_at.timestamp() + limits.runtime_seconds, warm)
         if self.status == _RUNNING:
-            if limits.idle_timeout_seconds:
-                moment = min(moment, max(lease.opened_at.timestamp(), self.last_end) + limits.idle_timeout_seconds)
+            idle_timeout = policy.idle_timeout_at(_dt(self.now), self.config)
+            if idle_timeout:
+                moment = min(moment, max(lease.opened_at.timestamp(), self.last_end) + idle_timeout)
+            window = policy.warm_window_at(_dt(self.now), self.config) if self.config.warm_windows else None
+            if window is not None:  # the idle timeout shortens when the window ends
+                moment = min(moment, window[1].timestamp())
             cap = limits.max_daily_spend_usd
             if cap and self.rate:
                 moment = min(moment, self.now + max(0.0, cap - self.spend_today(self.now)) / self.rate * 3600)
         return moment
+
+    def next_warm(self) -> float:
+        """When the next warm_hours lease is due (now, if one is due and not yet opened); inf without windows."""
+        if not self.config.warm_windows:
+            return math.inf
+        now = _dt(self.now)
+        if policy.warm_lease_due(now, self.config, self.record) is not None:
+            return self.now
+        due = policy.next_warm_lease_at(now, self.config)
+        return math.inf if due is None else due.timestamp()
 
     # -- the bill
 
@@ -501,7 +516,7 @@ class _World:
     def run_pass(self, now: float) -> bool:
         """One pass, as Lifecycle.run_pass: plan, apply; a refused resume is planned again. Returns whether
         anything changed."""
-        changed = False
+        changed = self.open_warm_lease(now)
         refused = False
         for _attempt in range(3):
             plan = self.plan(now, resume_refused=refused)
@@ -561,6 +576,20 @@ class _World:
             self.end_storage(now)
         self.status, self.ready_at = None, math.inf
         self.record.pod_id = None
+
+    def open_warm_lease(self, now: float) -> bool:
+        """As `control._open_warm_lease`: one lease per warm_hours window, opened by "warm" unless refused."""
+        record = self.record
+        window = policy.warm_lease_due(_dt(now), self.config, record)
+        if window is None:
+            return False
+        record.warm_opened_for = window[0].isoformat()
+        if record.lease is None and not policy.start_refusal(_dt(now), self.config, record, self.spend_today(now)):
+            record.lease = Lease(opened_at=_dt(now), deadline=policy.lease_deadline(_dt(now), self.config),
+                                 opened_by="warm")
+            record.last_activity_at = _dt(now)
+            record.last_lease_end_reason = record.lease_end_action = None
+        return True
 
     def wake(self, now: float) -> str:
         """A request found no pod running: `control.start(opened_by="wake")` — the refusal check, the lease,
@@ -704,21 +733,34 @@ def oracle(trace: Trace, model: RunPodModel) -> PolicyResult:
                         sessions=len(sessions))
 
 
+def with_warm_hours(config: Config, warm_hours: str) -> Config:
+    return dataclasses.replace(config, limits=dataclasses.replace(config.limits, warm_hours=warm_hours))
+
+
 def simulate(trace: Trace, config: Config, model: RunPodModel, *,
-             idle_timeouts: Sequence[int] = DEFAULT_IDLE_TIMEOUTS) -> Simulation:
-    """Every policy on the trace: always-on, cron-5min, rpm, the sweep, oracle."""
+             idle_timeouts: Sequence[int] = DEFAULT_IDLE_TIMEOUTS, warm_hours: str | None = None) -> Simulation:
+    """Every policy on the trace: always-on, cron-5min, rpm, the sweep, warm-hours (when there is a window:
+    `warm_hours`, else the config's), oracle. rpm and the sweep run without warm hours, so the warm-hours row
+    shows what the window costs and which cold starts it saves against them."""
+    warm = config.limits.warm_hours if warm_hours is None else warm_hours
+    config = with_warm_hours(config, "")
     limits = config.limits
     interval = config.proxy.reconcile_interval_seconds
+    without = " (without warm_hours: see warm-hours)" if warm else ""
     results = [always_on(trace, model),
                replay(trace, config, model, name="cron-5min", pass_interval=CRON_INTERVAL_SECONDS,
                       description="this config, but only a watchdog every 5 minutes enforces idle stop and limits"),
                replay(trace, config, model, name="rpm", pass_interval=interval,
-                      description=f"this config as it is: idle {limits.idle_timeout_seconds} s → "
+                      description=f"this config as it is{without}: idle {limits.idle_timeout_seconds} s → "
                                   f"{limits.idle_action}, enforced by the proxy every {interval:g} s")]
     for timeout in idle_timeouts:
         for action in ("stop", "terminate"):
             results.append(replay(trace, with_idle(config, timeout, action), model, pass_interval=interval,
                                   name=f"idle-{timeout}s-{action}", description=f"idle {timeout} s → {action}"))
+    if warm:
+        results.append(replay(trace, with_warm_hours(config, warm), model, name="warm-hours", pass_interval=interval,
+                              description=f"rpm with warm_hours {warm!r}: started {policy.WARM_LEAD_SECONDS} s before "
+                                          f"each window, idle {limits.warm_idle_timeout_seconds} s inside"))
     results.append(oracle(trace, model))
     return Simulation(trace, model, results)
 
@@ -752,8 +794,8 @@ def recommend(simulation: Simulation, config: Config, max_p95_wait_seconds: floa
 
 def run_simulation(config: Config, *, trace: Trace, model: RunPodModel, idle_timeouts: Sequence[int],
                    recommend_change: bool, max_p95_wait_seconds: float | None,
-                   notes: Sequence[str] = ()) -> Simulation:
-    simulation = simulate(trace, config, model, idle_timeouts=idle_timeouts)
+                   notes: Sequence[str] = (), warm_hours: str | None = None) -> Simulation:
+    simulation = simulate(trace, config, model, idle_timeouts=idle_timeouts, warm_hours=warm_hours)
     simulation.notes = list(notes)
     if recommend_change:
         simulation.recommendation = recommend(simulation, config, max_p95_wait_seconds)
@@ -765,13 +807,18 @@ def run_simulation_command(config: Config, paths: Paths, *, profile: str | None,
                            rate: float | None, storage_gb: float | None, storage_price: float,
                            resume_boot: str | None, fresh_boot: str | None, refused_resume_rate: float,
                            idle_timeouts: str, recommend_change: bool,
-                           max_p95_wait_seconds: float | None) -> Simulation:
+                           max_p95_wait_seconds: float | None, warm_hours: str | None = None) -> Simulation:
     """`rpm simulate`: the trace; the model, with what rpm knows of the pod (its last $/h from state or the event
     log; when replaying the request log, its boot times as the event log measured them); the run."""
     from runpod_manager.report import build_timeline, read_events
     from runpod_manager.state import StateStore
 
     timeouts = parse_timeouts(idle_timeouts)
+    if warm_hours:
+        try:
+            parse_warm_hours(warm_hours)
+        except ValueError as exc:
+            raise UsageError(f"--warm-hours {warm_hours!r}: {exc}", hint='e.g. "Mon-Fri 08:55-18:00"') from None
     trace, notes = choose_trace(config, profile=profile, trace_file=trace_file, from_log=from_log,
                                 requests_path=paths.request_log, since_text=since_text, pod=pod, seed=seed, days=days)
     name = pod or config.pod.name
@@ -796,7 +843,8 @@ def run_simulation_command(config: Config, paths: Paths, *, profile: str | None,
                                     fresh_boot=boots["created"] or DEFAULT_FRESH_BOOT,
                                     refused_resume_rate=refused_resume_rate, seed=seed, known_rate=known)
     return run_simulation(config, trace=trace, model=model, idle_timeouts=timeouts, recommend_change=recommend_change,
-                          max_p95_wait_seconds=max_p95_wait_seconds, notes=[*notes, *model_notes])
+                          max_p95_wait_seconds=max_p95_wait_seconds, notes=[*notes, *model_notes],
+                          warm_hours=warm_hours)
 
 
 def choose_trace(config: Config, *, profile: str | None, trace_file: Path | None, from_log: bool,

@@ -177,6 +177,9 @@ class PodRecord:
     billed_usd: float = 0.0  # billing's figure for the current pod today
     billing_checked_at: datetime | None = None
     api_base_url: str | None = None  # the RunPod API (account) the pod, lease and intent belong to
+    # ISO start of the warm_hours window a lease was opened (or already open) for: one warm lease per window,
+    # so a limit or a shutdown that closes it inside the window is not undone by the next pass.
+    warm_opened_for: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)

@@ -360,3 +360,55 @@ def test_a_saving_within_noise_keeps_the_config() -> None:
     assert simulation.policy("rpm").gpu_seconds - simulation.policy("idle-295s-stop").gpu_seconds == 5
     advice = recommend(simulation, CONFIG, None)
     assert advice.changes == {} and advice.best is not None and advice.best.name == "rpm"
+
+
+# ----------------------------------------------------------------------------------------------- warm hours
+# T is Monday 00:00 UTC. A window Mon 01:00-02:00 with the 300 s lead: the warm lease opens at 3300.
+
+
+def warm(**changes: Any) -> Config:
+    return limits(warm_hours="Mon 01:00-02:00", warm_idle_timeout_seconds=3600, **changes)
+
+
+def test_warm_hours_start_the_pod_before_the_window_and_the_request_does_not_wait() -> None:
+    # The pass at 3300 opens the lease and creates (ready 3400); the request at 3700 is served at once; idle
+    # inside the window is 3600 s, so the pod runs until the window ends at 7200, where idle 300 s stops it.
+    result = run(trace((3700, 2)), warm())
+    assert result.waits == [] and result.waited_requests == 0
+    assert result.sessions == 1
+    assert result.gpu_seconds == 7200 - 3300
+
+
+def test_warm_hours_open_one_lease_per_window_through_the_real_planner(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[float] = []
+    real = policy.plan
+
+    def spy(now: datetime, *rest: Any) -> Any:
+        calls.append(now.timestamp() - T)
+        return real(now, *rest)
+
+    monkeypatch.setattr(policy, "plan", spy)
+    # No request at all: warm from 3300 until idle (3600 s) ends it at 6900; not opened again in the window.
+    result = run(trace(), warm())
+    assert result.gpu_seconds == 6900 - 3300 and result.sessions == 1
+    assert calls[0] == 3300 and len(calls) == result.planner_calls
+
+
+def test_on_the_solo_profile_warm_hours_save_cold_starts(solo: Any) -> None:
+    config, week, simulation = solo
+    with_warm = simulate(week, config, RunPodModel(), warm_hours="Mon-Fri 08:30-18:30")
+    rpm, warm_row = with_warm.policy("rpm"), with_warm.policy("warm-hours")
+    assert rpm.cost_usd == simulation.policy("rpm").cost_usd  # rpm's row is the same without the window
+    assert len(warm_row.waits) < len(rpm.waits)
+    assert warm_row.cost_usd < with_warm.policy("always-on").cost_usd
+    assert "warm-hours" not in [result.name for result in simulation.policies]
+
+
+def test_simulate_warm_hours_option(isolated_home: Path) -> None:
+    result = CliRunner().invoke(app, ["simulate", "--profile", "solo", "--days", "1", "--json",
+                                      "--warm-hours", "Mon-Fri 08:30-18:30"])
+    assert result.exit_code == 0, result.output
+    names = [row["name"] for row in json.loads(result.stdout)["data"]["policies"]]
+    assert "warm-hours" in names
+    bad = CliRunner().invoke(app, ["simulate", "--days", "1", "--warm-hours", "Mon-Fri 9-17"])
+    assert bad.exit_code == 2 and "--warm-hours" in bad.output

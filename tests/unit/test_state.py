@@ -82,6 +82,7 @@ def full_record(name: str = "main") -> PodRecord:
         ready_pod_id="pod-abc", last_sweep_at_epoch=T0.timestamp() + 0.5,
         spend_accounted_at=T0 + timedelta(minutes=5), spend_of_ended_pods_usd=0.5, billed_usd=0.75,
         billing_checked_at=T0 + timedelta(minutes=6), api_base_url="https://api.runpod.io",
+        warm_opened_for="2026-06-10T08:55:00+00:00",
     )
 
 
