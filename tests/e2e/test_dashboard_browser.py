@@ -180,6 +180,7 @@ def test_chromium_renders_a_card_per_pod_with_bars_and_local_times(tmp_path: Pat
             # Past the 5 s refresh: the page swapped its <main> for a fresh one and still shows every card.
             dom = browse(f"{proxy.url}/dashboard", tmp_path / "profile", "--dump-dom", "--virtual-time-budget=12000")
             assert dom.returncode == 0, dom.stderr[-2000:]
+            metrics = requests.get(f"{proxy.url}/metrics", timeout=10).text
             shot = tmp_path / "dashboard-two-pods.png"
             pictured = browse(f"{proxy.url}/dashboard", tmp_path / "profile-shot", f"--screenshot={shot}",
                               "--window-size=1100,1200")
@@ -193,6 +194,9 @@ def test_chromium_renders_a_card_per_pod_with_bars_and_local_times(tmp_path: Pat
     parsed = _Cards()
     parsed.feed(page)
     assert parsed.mains == 1
+    # The page fetched itself again (the refresh ran) rather than only being loaded once.
+    served = re.search(r'rpm_proxy_requests_total\{route="/dashboard",status="200"\} (\d+)', metrics)
+    assert served and int(served.group(1)) >= 2, metrics
     assert list(parsed.cards) == ["chat", "coder"]
     chat, coder = parsed.cards["chat"], parsed.cards["coder"]
     assert chat["state"] == "running · ready" and coder["state"] == "stopped (idle)"
@@ -212,16 +216,20 @@ def test_chromium_renders_a_card_per_pod_with_bars_and_local_times(tmp_path: Pat
     assert "True" not in page and "False" not in page
     assert not re.search(r"\d{2}:\d{2}:\d{2}\.\d{6}", page)  # no raw ISO time with microseconds
     assert "org/chat-7b" in page and '<svg class="cost"' in page and "always-on" in page
-    # The JSON keeps its fields and adds the new ones.
-    for key in ("proxy", "pod", "spend", "limits", "pods", "cache", "latency_ms", "recent_requests", "chart_ms",
-                "today", "timezone"):
-        assert key in document, key
-    first = document["pods"][0]
-    assert first["state_text"] == "running · ready" and first["cold_starts_today"]["count"] == 1
-    assert document["recent_requests"][0]["model"] == "org/chat-7b"
+    check_json(document)
     data = shot.read_bytes()
     assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000
 
 
 def replace_limits(config: Config, **limits: Any) -> Config:
     return dataclass_replace(config, limits=dataclass_replace(config.limits, **limits))
+
+
+def check_json(document: dict[str, Any]) -> None:
+    """The JSON keeps its fields and adds the new ones."""
+    for key in ("proxy", "pod", "spend", "limits", "pods", "cache", "latency_ms", "recent_requests", "chart_ms",
+                "today", "timezone"):
+        assert key in document, key
+    first = document["pods"][0]
+    assert first["state_text"] == "running · ready" and first["cold_starts_today"]["count"] == 1
+    assert document["recent_requests"][0]["model"] == "org/chat-7b"
