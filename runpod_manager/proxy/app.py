@@ -431,8 +431,10 @@ def _finish(state: ProxyState, request: web.Request, exchange: Exchange, status:
     cold = exchange.cold_start_seconds
     duration_ms = duration * 1000
     ended_at = time.time()
+    model = None if exchange.facts is None else exchange.facts.model
     state.metrics.remember(RecentRequest(ended_at, request.method, path, status, duration_ms,
-                                         exchange.cache, None if cold is None else round(cold, 3), exchange.pod))
+                                         exchange.cache, None if cold is None else round(cold, 3), exchange.pod,
+                                         model if isinstance(model, str) else None))
     # One line per request in the request log, formatted off the hot path (requestlog.py). It replaced a
     # log.info line here: <1 µs instead of 13-15 µs on this path, and a quarter less of the proxy's CPU per
     # request in all (BENCHMARKS.md, "Request log").
@@ -1085,19 +1087,24 @@ async def handle_dashboard(request: web.Request) -> web.Response:
     state = request.app[STATE]
     views = await state.fresh_views()
     stats = await _refresh_cache_stats(state)
+    now = datetime.now(UTC)
+    limits_of = {pod.pod.name: pod.limits for pod in state.config.every_pod()}
     panels = []
     for name, gate in state.gates.items():
         group = state.group_of[name]
+        limits = limits_of.get(name, state.config.limits)
         panels.append(dashboard.PodPanel(
+            limit_windows_seconds={"runtime": limits.runtime_seconds, "idle": limits.idle_timeout_seconds},
             view=views[name], replica_of=group.name, models=tuple(state.model_names(group)),
             queue_depth=group.waiting, oldest_wait_seconds=group.oldest_wait_seconds(), in_flight=gate.in_flight,
             waking=gate.waking, target_known=gate.target is not None, last_wake_error=gate.last_wake_error))
     document = dashboard.dashboard_document(
         pods=panels, metrics=state.metrics, last_wake_error=state.last_wake_error,
         cache_enabled=state.cache is not None and state.cache.available,
-        cache_entries=stats.entries, cache_bytes=stats.bytes, now=datetime.now(UTC))
+        cache_entries=stats.entries, cache_bytes=stats.bytes, now=now, zone=state.config.zone)
     if dashboard.wants_html(request.headers.get("Accept", "")):
-        return web.Response(text=dashboard.render_html(document), content_type="text/html")
+        return web.Response(text=dashboard.render_html(document, now=now, zone=state.config.zone),
+                            content_type="text/html")
     return _json(document)
 
 

@@ -43,6 +43,7 @@ class RecentRequest:
     cache: str
     cold_start_seconds: float | None
     pod: str | None = None  # the pod that answered (None: the proxy itself, or the cache)
+    model: str | None = None  # the body's "model", when it named one
 
 
 class ProxyMetrics:
