@@ -673,13 +673,14 @@ def _cross_checks(where: str, config: Config, from_env: Mapping[tuple[str, str],
                 raise ConfigError(f"{where}: [{table}] model or alias {model!r} is also served by pod "
                                   f"{served[model]!r}: a request for it could not be routed",
                                   hint="give one of them another name (aliases), or use replicas for copies")
-    if limits.daily_cutoff:
-        try:
-            parse_cutoff(limits.daily_cutoff)
-        except ValueError as exc:
-            raise ConfigError(f"{at('limits', 'daily_cutoff')} {limits.daily_cutoff!r} is not a time of day "
-                              f"({exc})", hint='use e.g. "00:00" or "" to disable') from None
+    # [limits] and each [pods.<name>.limits]: a per-pod override is checked like the account's own value.
     for name, pod_limits in (("limits", limits), *((f"pods.{n}.limits", lim) for n, lim in config.pod_limits.items())):
+        if pod_limits.daily_cutoff:
+            try:
+                parse_cutoff(pod_limits.daily_cutoff)
+            except ValueError as exc:
+                raise ConfigError(f"{at(name, 'daily_cutoff')} {pod_limits.daily_cutoff!r} is not a time of day "
+                                  f"({exc})", hint='use e.g. "00:00" or "" to disable') from None
         if pod_limits.warm_hours:
             try:
                 parse_warm_hours(pod_limits.warm_hours)

@@ -99,3 +99,8 @@ def test_the_pods_example_rpm_init_writes_is_a_valid_config(tmp_path: Any) -> No
     assert [pod.name for pod in config.all_pods] == ["chat", "coder"]
     assert config.for_pod("chat").limits.max_daily_spend_usd == 12.0 and config.account.max_daily_spend_usd == 20.0
     assert config.for_pod("coder").pod.aliases == ("autocomplete",)
+
+
+def test_a_per_pod_cutoff_is_checked_like_the_accounts() -> None:
+    with pytest.raises(ConfigError, match=r"\[pods.a.limits\] daily_cutoff '25:00' is not a time of day"):
+        build({"version": 1, "pods": {"a": {"limits": {"daily_cutoff": "25:00"}}}})
