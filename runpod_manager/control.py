@@ -27,7 +27,7 @@ from runpod_manager.errors import (
     ResumeRefused,
     RpmError,
 )
-from runpod_manager.lifecycle import ORPHAN_SWEEP_SECONDS, Lifecycle
+from runpod_manager.lifecycle import Lifecycle
 from runpod_manager.outcomes import (
     AppliedAction,
     FleetOutcome,
@@ -112,7 +112,7 @@ def _open_lease(lc: Lifecycle, state: State, record: PodRecord, opened_by: str, 
             pass  # the pass will try again and say so
     own = lc.spend_today(record, pod, now)
     today = policy.local_day(now, lc.config.zone)
-    account = sum(spend.today_usd(other, today) for other in state.pods.values())
+    account = spend.account_today_usd(state.pods.values(), today)
     refusal = policy.start_refusal(now, lc.config, record, own, account)
     if refusal:
         raise LimitRefused(refusal)
@@ -426,12 +426,9 @@ def _open_warm_lease(lc: Lifecycle, state: State, *, dry_run: bool) -> tuple[Pod
 def _listing(fleet: Fleet, state: State, sweep: bool) -> Listing:
     """The pass's one look at RunPod: every pod of the account, when any pod is live or a sweep is due."""
     lead = fleet.lead
-    now = lead.clock().timestamp()
+    now = lead.clock()
     live = sweep or any(
-        state.record(name).holds_something or member.config.pod.pod_id
-        or (member.config.limits.sweep_orphans and (state.record(name).last_sweep_at_epoch is None
-                                                    or now - (state.record(name).last_sweep_at_epoch or 0)
-                                                    >= ORPHAN_SWEEP_SECONDS))
+        state.record(name).holds_something or member.config.pod.pod_id or member.sweep_due(state.record(name), now)
         for name, member in fleet.members.items())
     if not live:
         return Listing(complete=False)

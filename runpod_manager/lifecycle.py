@@ -199,7 +199,7 @@ class Lifecycle:
         proxy_running = self.proxy.running_pid() is not None if record.proxy_wanted else None
         own = self.spend_today(record, pod, now)
         today = policy.local_day(now, self.config.zone)
-        account = sum(spend.today_usd(other, today) for other in state.pods.values())
+        account = spend.account_today_usd(state.pods.values(), today)
         return Observation(pod=pod, pod_observed=observed, spend_today_usd=own, account_spend_today_usd=account,
                            named_pods=named, replaced_pod=replaced, resume_refused=resume_refused,
                            pod_ready=ready, proxy_running=proxy_running)
@@ -242,6 +242,12 @@ class Lifecycle:
         outcome.notices = self.store.take_notices()
         return outcome
 
+    def sweep_due(self, record: PodRecord, now: datetime, *, asked: bool = False) -> bool:
+        """Whether this pass lists pods for orphans and intents: asked for, never done, or an hour ago."""
+        last = record.last_sweep_at_epoch
+        return self.config.limits.sweep_orphans and (
+            asked or last is None or now.timestamp() - last >= ORPHAN_SWEEP_SECONDS)
+
     def run_pass(self, state: State, options: Options, *, dry_run: bool, sweep: bool = False,
                  activity_at: datetime | None = None, check_ready: bool = False,
                  prefetched: tuple[Pod | None] | None = None, listing: Listing | None = None) -> PassOutcome:
@@ -255,9 +261,7 @@ class Lifecycle:
         now = self.clock()
         if activity_at is not None and (record.last_activity_at is None or activity_at > record.last_activity_at):
             record.last_activity_at = activity_at
-        sweep_due = self.config.limits.sweep_orphans and (
-            sweep or record.last_sweep_at_epoch is None
-            or now.timestamp() - record.last_sweep_at_epoch >= ORPHAN_SWEEP_SECONDS)
+        sweep_due = self.sweep_due(record, now, asked=sweep)
         outcome = PassOutcome(dry_run=dry_run, record=record)
         resume_refused = False
         # A pass may need a second look: a refused resume turns into a replacement.

@@ -8,6 +8,7 @@ planner enforces it, and `rpm status`, `/health` and the dashboard show it.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from datetime import date, datetime
 
 from runpod_manager.runpod.models import Pod, PodStatus
@@ -70,6 +71,11 @@ def today_usd(record: PodRecord, today: date) -> float:
     """Today's spend: pods ended earlier today as accounted, the current pod by whichever of the estimate and
     billing is higher. 0 when the ledger is of another day."""
     return today_usd_unchecked(record) if record.spend_day == today.isoformat() else 0.0
+
+
+def account_today_usd(records: Iterable[PodRecord], today: date) -> float:
+    """Today's spend of every pod in state (configured or not): what the account cap is held against."""
+    return sum(today_usd(record, today) for record in records)
 
 
 def today_usd_unchecked(record: PodRecord) -> float:

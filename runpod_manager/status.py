@@ -64,9 +64,10 @@ def build_fleet_status(fleet: Fleet, members: Sequence[Lifecycle]) -> FleetStatu
     lead = fleet.lead
     state = lead.store.load()
     today = policy.local_day(lead.clock(), lead.config.zone)
-    account = sum(result.spend_today_usd for result in pods) + sum(
-        spend.today_usd(record, today) for name, record in state.pods.items()
-        if name not in {member.name for member in members})
+    shown = {member.name for member in members}
+    # The pods shown, with this observation accrued (as the next pass will); the rest from their ledgers.
+    account = sum(result.spend_today_usd for result in pods) + spend.account_today_usd(
+        (record for name, record in state.pods.items() if name not in shown), today)
     unconfigured = [name for name, record in state.pods.items()
                     if name not in fleet.members and (record.pod_id or record.lease)]
     return FleetStatus(pods=pods, account_spend_today_usd=account,
