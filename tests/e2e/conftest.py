@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.proxy_fakes import FakeUpstream
 from tests.support.rpm import Rpm, Sandbox, run_sandbox
 
 
@@ -29,3 +30,19 @@ def rpm(sandbox: Sandbox, isolated_home: Path, tmp_path: Path) -> Iterator[Rpm]:
     yield cli
     # Never leave a proxy behind, whatever the test did.
     cli.run("shutdown", timeout=30)
+
+
+@pytest.fixture(scope="module")
+def upstream_server() -> Iterator[FakeUpstream]:
+    """A vLLM-like upstream for the in-process proxy tests, one per module."""
+    server = FakeUpstream().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def upstream(upstream_server: FakeUpstream) -> Iterator[FakeUpstream]:
+    upstream_server.reset()
+    yield upstream_server
+    upstream_server.hold_streams = False
+    upstream_server.release(50)  # never leave a held stream behind for the next test

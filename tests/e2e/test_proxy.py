@@ -53,21 +53,6 @@ CLIENT_KEY = "client-key-7d2e"
 READ_TIMEOUT = 5  # seconds a single read may block before the test fails (never an assertion on speed)
 
 
-@pytest.fixture(scope="module")
-def upstream_server() -> Iterator[FakeUpstream]:
-    server = FakeUpstream().start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture
-def upstream(upstream_server: FakeUpstream) -> Iterator[FakeUpstream]:
-    upstream_server.reset()
-    yield upstream_server
-    upstream_server.hold_streams = False
-    upstream_server.release(50)  # never leave a held stream behind for the next test
-
-
 @pytest.fixture
 def paths(isolated_home: Path) -> Paths:
     return resolve_paths()
