@@ -40,6 +40,15 @@ def probe_http_service(url: str, headers: Mapping[str, str], timeout_seconds: fl
     return response.status_code < 500
 
 
+def answers_without_key(pod_url: str, timeout_seconds: float = 3.0) -> bool:
+    """Whether a pod's public URL serves its root to a request with no credential at all (below 400)."""
+    try:
+        response = requests.get(pod_url + "/", timeout=timeout_seconds, allow_redirects=False)
+    except requests.RequestException:
+        return False
+    return response.status_code < 400
+
+
 def probe_pod(pod: PodConfig, pod_url: str, upstream_key: str | None) -> bool:
     """Whether the pod's server answers, by its kind: the one readiness probe (`Lifecycle.probe` by default),
     used by the lifecycle's passes and by `rpm start`'s wait alike."""
