@@ -549,7 +549,8 @@ def _check_kinds(where: str, config: Config, given: Mapping[str, set[str]]) -> N
                                   "([proxy] port)", hint="choose another port for the service")
             other = listen.setdefault(pod.listen_port, pod.name)
             if other != pod.name:
-                raise ConfigError(f"{where}: [{table}] listen_port {pod.listen_port} is also pod {other!r}'s",
+                raise ConfigError(f"{where}: [{table}] listen_port {pod.listen_port} is also the listen_port of "
+                                  f"pod {other!r}",
                                   hint="give each http pod its own listen_port")
 
 
