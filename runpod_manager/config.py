@@ -532,6 +532,10 @@ def _check_kinds(where: str, config: Config, given: Mapping[str, set[str]]) -> N
         if pod.replicas > 1:
             raise ConfigError(f"{where}: [{table}] replicas must be 1 for kind = \"http\": a service's sessions "
                               "(a UI's WebSocket, its queue) live in one pod")
+        if config.pod_limits.get(pod.name, config.limits).pod_guard and not pod.args:
+            raise ConfigError(f"{where}: [{table}] kind = \"http\" with pod_guard needs args (the service's start "
+                              "command): the guard is started by the pod's shell command, and rpm does not know "
+                              "the image's own", hint="set args, or pod_guard = false for this pod")
         if not pod.health_path.startswith("/"):
             raise ConfigError(f"{where}: [{table}] health_path must start with \"/\", got {pod.health_path!r}")
         if pod.port in pod.extra_ports:

@@ -207,7 +207,10 @@ class ProxyState:
         return origin in self.cors_allow_origins or "*" in self.cors_allow_origins
 
     def model_names(self, group: PodGroup) -> list[str]:
-        """The names a request may use for this group: the config's, then what its pod listed."""
+        """The names a request may use for this group: the config's, then what its pod listed (none for an
+        http pod: it is routed by path)."""
+        if group.route.kind == "http":
+            return []
         return list(dict.fromkeys([*group.route.names, *sorted(group.model_ids)]))
 
     def remember_models(self, group: PodGroup, body: bytes) -> None:

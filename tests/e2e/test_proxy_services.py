@@ -205,6 +205,14 @@ def test_v1_never_reaches_an_http_pod_and_lists_only_the_model_pods(service: Ser
         # A model pod is reachable by path too (a multipart body cannot name its model).
         by_path = requests.get(f"{proxy.url}/pods/chat/v1/models", timeout=TIMEOUT)
         assert by_path.status_code == 200 and by_path.json()["data"][0]["id"] == CHAT
+        health = requests.get(f"{proxy.url}/health", timeout=TIMEOUT).json()
+        assert {pod["name"]: pod["models"] for pod in health["pods"]} == {"comfy": [], "chat": [CHAT]}
+        # Metrics: one series per pod, whatever the paths asked for (and unknown names in one "other").
+        for path in ("/pods/comfy/a", "/pods/comfy/b?x=1", "/pods/unknown-1/x", "/pods/unknown-2/y"):
+            requests.get(f"{proxy.url}{path}", timeout=TIMEOUT)
+        metrics = requests.get(f"{proxy.url}/metrics", timeout=TIMEOUT).text
+        assert 'route="/pods/comfy",status="404"' in metrics and 'route="/pods/chat"' in metrics
+        assert "/pods/comfy/a" not in metrics and "unknown-1" not in metrics
     assert not [seen for seen in service.requests if seen.path_qs.startswith("/v1")]
 
 

@@ -66,6 +66,7 @@ def test_env_gives_a_single_pods_ports_as_a_list() -> None:
     ({"chat": {"listen_port": 9000}}, {}, "listen_port only apply to kind = \"http\""),
     ({"chat": {"health_path": "/x"}}, {}, "health_path only apply"),
     ({"comfy": comfy(kind="grpc")}, {}, "must be one of openai, http"),
+    ({"comfy": comfy(limits={"pod_guard": True})}, {}, "with pod_guard needs args"),
 ])
 def test_refusals_name_the_table_and_key(pods: dict[str, Any], top: dict[str, Any], words: str) -> None:
     with pytest.raises(ConfigError) as caught:
