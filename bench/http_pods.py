@@ -31,7 +31,7 @@ from typing import Any
 import aiohttp
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from proxy import free_port, rss_mib, server  # noqa: E402 - the sibling bench's process helpers
+from proxy import free_port, rss_mib, server  # the sibling bench's process helpers
 
 BLOCK = bytes(range(256)) * 256  # 64 KiB
 
@@ -215,7 +215,7 @@ def main() -> None:
             for name, base in (("direct", direct), ("rpm", routed)):
                 done = threading.Event()
 
-                def sample() -> None:
+                def sample(done: threading.Event = done) -> None:
                     while not done.is_set():
                         peak[0] = max(peak[0], rss_mib(proxy.pid))
                         done.wait(0.02)

@@ -45,7 +45,7 @@ from runpod_manager.proxy.wake import PodGroup, WakeGate
 log = logging.getLogger("runpod_manager.proxy")
 
 IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
-BODY_CHUNK_BYTES = 64 * 1024  # read from the client (and written to the pod) this much at a time
+BODY_CHUNK_BYTES = 256 * 1024  # read from the client (and written to the pod) this much at a time
 _REQUEST_DROP = HOP_BY_HOP | {"host", "expect", "x-rpm-cache"}
 # Bytes pass unchanged, so Content-Length and Content-Encoding stay; our server sets its own Date/Server.
 _RESPONSE_DROP = HOP_BY_HOP | {"date", "server"}
