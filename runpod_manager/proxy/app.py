@@ -1229,6 +1229,8 @@ async def handle_health(request: web.Request) -> web.Response:
         "pod": pods[0],  # the first pod, as /health showed its one pod before there were several
         "pods": pods,
         "url": f"{proxy_url(state.config)}/v1",
+        # http pods: reached at /pods/<name>/ on this port, and at their own listen ports
+        "listen_ports": {route.name: port for port, route in state.routes.listen_ports.items()},
         # Who answers: `rpm start` tells its own proxy (same state directory and config) from a foreign
         # program on the port. Served without a key like the rest of /health; none of it is a secret.
         "instance": {"pid": os.getpid(), "state_dir": str(state.paths.state_dir),

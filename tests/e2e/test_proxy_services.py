@@ -220,8 +220,10 @@ def test_listen_port_serves_the_service_at_its_root(service: ServiceFake, chat_u
                                                     paths: Paths) -> None:
     listen_port = free_port()
     config = proxy_config(comfy_pod(listen_port=listen_port))
-    with running_proxy(config, controller_for(service, chat_upstream), paths):
+    with running_proxy(config, controller_for(service, chat_upstream), paths) as proxy:
         root = f"http://127.0.0.1:{listen_port}"
+        health = requests.get(f"{proxy.url}/health", timeout=TIMEOUT).json()
+        assert health["listen_ports"] == {"comfy": listen_port}
         page = requests.get(f"{root}/", timeout=TIMEOUT)
         assert page.status_code == 200 and "fetch('/prompt'" in page.text
         # What the page does: an absolute /prompt from its own origin.
