@@ -118,6 +118,10 @@ def test_any_method_path_query_headers_and_body_pass_through(service: ServiceFak
         # The service's own errors are its own (not rewritten into the OpenAI shape).
         teapot = requests.get(f"{proxy.url}/pods/comfy/status/418", timeout=TIMEOUT)
         assert teapot.status_code == 418 and teapot.text == "as asked"
+    # The pod's configured header went to the service only: nothing rpm wrote holds it.
+    written = [path for path in paths.state_dir.rglob("*") if path.is_file()]
+    assert any(path.name.startswith("requests") for path in written)
+    assert all(SERVICE_SECRET.encode() not in path.read_bytes() for path in written)
 
 
 def test_a_streamed_answer_reaches_the_client_before_it_ends(service: ServiceFake, chat_upstream: FakeUpstream,
