@@ -51,7 +51,7 @@ def build_status(lifecycle: Lifecycle) -> StatusResult:
     routes: list[str] = []
     public_url_open = None
     if config.pod.is_http:
-        base = proxy_base_url(config)
+        base = proxy_base_url(config).removesuffix("/v1")
         routes = [f"{base}/pods/{config.pod.name}/"]
         routes += [f"{base}/pods/{config.pod.name}:{port}/" for port in config.pod.extra_ports]
         if config.pod.listen_port:

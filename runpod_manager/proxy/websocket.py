@@ -7,8 +7,9 @@ accepts the client's, so a client never holds an open socket to nothing. Frames 
 order, text and binary, pings and pongs included (neither side's library answers them: the far end does);
 a close from either side is passed on with its code and reason, and the other side is closed.
 
-Activity: an open socket is not activity by itself. Each frame that flows marks the pod used (the gate's
-`last_request_at`), so a forgotten tab does not keep a pod up past idle_timeout_seconds, and a busy one does.
+Activity: an open socket is not activity by itself. Each data frame (text or binary) that flows marks the
+pod used (the gate's `last_request_at`), so a forgotten tab does not keep a pod up past
+idle_timeout_seconds, and a busy one does; pings and pongs, which clients exchange on their own, do not.
 `SocketRegistry` knows every open socket per pod: when the reconcile loop sees a pod's target go (a limit,
 idle stop, a shutdown) or change, and when the proxy stops, the sockets are closed with 1001 (going away)
 and a reason.
@@ -180,8 +181,10 @@ async def _copy(source: web.WebSocketResponse | aiohttp.ClientWebSocketResponse,
     while True:
         message = await source.receive()
         kind = message.type
-        if kind in (WSMsgType.TEXT, WSMsgType.BINARY, WSMsgType.PING, WSMsgType.PONG):
-            gate.last_request_at = time.time()  # frames flowing: the pod is in use
+        if kind in (WSMsgType.TEXT, WSMsgType.BINARY):
+            # Data flowing: the pod is in use. Pings and pongs are not: browsers and client libraries
+            # exchange them on their own, and a forgotten tab must not keep a GPU up.
+            gate.last_request_at = time.time()
         if kind == WSMsgType.TEXT:
             await sink.send_str(message.data)
         elif kind == WSMsgType.BINARY:
