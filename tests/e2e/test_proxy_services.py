@@ -116,6 +116,10 @@ def test_any_method_path_query_headers_and_body_pass_through(service: ServiceFak
         assert raw.headers["Content-Encoding"] == "gzip"
         assert gzip.decompress(raw.raw.read()) == b"compressed " * 100
         # The service's own errors are its own (not rewritten into the OpenAI shape).
+        head = requests.head(f"{proxy.url}/pods/comfy/health", timeout=TIMEOUT)
+        assert head.status_code == 200 and not head.content
+        options = requests.options(f"{proxy.url}/pods/comfy/echo", timeout=TIMEOUT)  # not a preflight: the service's
+        assert options.status_code == 200 and options.json()["method"] == "OPTIONS"
         teapot = requests.get(f"{proxy.url}/pods/comfy/status/418", timeout=TIMEOUT)
         assert teapot.status_code == 418 and teapot.text == "as asked"
     # The pod's configured header went to the service only: nothing rpm wrote holds it.
