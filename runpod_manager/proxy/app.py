@@ -1,8 +1,9 @@
 """The proxy's aiohttp application: routes, the one middleware, startup and shutdown.
 
 Routes: `/v1/*` is forwarded to the pod that serves the body's `model` (routing.py; through the cache and
-that model's wake gates, wake.py); `/health`, `/ready`, `/metrics`, `/dashboard`, `/rpm/v1/pods[/{name}]`
-and (with `enable_profiling`) `/debug/cache` are the proxy's own. Everything else is a 404 in the OpenAI
+that model's wake gates, wake.py); `/health`, `/ready`, `/metrics`, `/dashboard`, `/rpm/v1/pods[/{name}]`,
+`/rpm/v1/jobs/{id}[/result]` and (with `enable_profiling`) `/debug/cache` are the proxy's own. A routed
+request with `Prefer: respond-async` becomes a queued job (jobs.py) in the middleware. Everything else is a 404 in the OpenAI
 error shape. What the proxy can answer truthfully without a pod it answers itself, so nothing wakes a GPU
 for it: model lists, unknown model names, requests that name no model when several pods serve, wrong
 methods, CORS preflights, and requests from web pages that [proxy] cors_allow_origins does not allow.
