@@ -45,11 +45,12 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import aiohttp.payload
 from aiohttp import web
 from multidict import CIMultiDict
 
 from runpod_manager.paths import ensure_private_dir
-from runpod_manager.proxy.forward import HOP_BY_HOP, JOB_TOKEN_HEADER, ProxyError, client_response_headers
+from runpod_manager.proxy.forward import HOP_BY_HOP, JOB_TOKEN_HEADER, ProxyError
 
 log = logging.getLogger("runpod_manager.proxy")
 
@@ -70,6 +71,9 @@ INTERRUPTED = ("the proxy stopped while this job's request was in flight; it was
 # from a stored job.
 _NOT_STORED = HOP_BY_HOP | {"host", "content-length", "expect", "prefer", "authorization", "cookie", "origin",
                             "x-rpm-cache", JOB_TOKEN_HEADER.lower(), JOB_ID_HEADER.lower()}
+# Of a job's response: framing (the stored body is served with its own length), the proxy's date and server.
+_RESULT_HEADERS_DROPPED = HOP_BY_HOP | {"content-length", "date", "server", JOB_ID_HEADER.lower(),
+                                       ERROR_HEADER.lower()}
 _CREDENTIAL_WORDS = ("auth", "key", "token", "secret", "password", "session", "cookie", "signature")
 
 _SCHEMA = """
@@ -539,11 +543,17 @@ class JobRunner:
         headers: CIMultiDict[str] = CIMultiDict(job.headers)
         headers[JOB_TOKEN_HEADER] = self._token
         headers[JOB_ID_HEADER] = job.id
+        # Only what the client sent: no Content-Type or Content-Disposition of aiohttp's own for the file.
+        skip = () if "Content-Type" in headers else ("Content-Type",)
         while True:
             with contextlib.ExitStack() as stack:
-                body = stack.enter_context(open(self.store.body_path(job.id), "rb")) if job.request_bytes else None
+                body = None
+                if job.request_bytes:
+                    handle = stack.enter_context(open(self.store.body_path(job.id), "rb"))
+                    body = aiohttp.payload.BufferedReaderPayload(handle, filename=None)  # streamed, with a length
                 async with session.request(job.method, base_url + job.path, headers=headers, data=body,
-                                           allow_redirects=False, ssl=self._ssl) as response:
+                                           skip_auto_headers=skip, allow_redirects=False,
+                                           ssl=self._ssl) as response:
                     code = response.headers.get(ERROR_HEADER)
                     if code is not None:
                         message = _error_message(await response.read())
@@ -570,8 +580,9 @@ class JobRunner:
                     return f"the response was larger than [proxy] jobs_max_bytes = {limit}; it was not kept"
                 handle.write(chunk)
         os.replace(part, result)
-        headers = tuple((name, value) for name, value in client_response_headers(response.headers.items()).items()
-                        if name.lower() != JOB_ID_HEADER.lower())
+        # The bytes as they came (the session does not decompress), so their Content-Encoding is kept with them.
+        headers = tuple((name, value) for name, value in response.headers.items()
+                        if name.lower() not in _RESULT_HEADERS_DROPPED)
         self.store.finish(job.id, status=response.status, headers=headers, result_bytes=written)
         return None
 

@@ -206,6 +206,8 @@ def test_with_api_keys_jobs_need_a_key_and_no_credential_reaches_the_disk_or_the
         assert sent["authorization"] == f"Bearer {UPSTREAM_KEY}"  # the pod's own key, not the client's
         assert sent["x-request-id"] == "req-7"
         assert "x-api-key" not in sent and "x-rpm-job-token" not in sent and "prefer" not in sent
+        assert "content-disposition" not in sent and sent["content-type"] == "application/json"
+        assert int(sent["content-length"]) == len(json.dumps(chat("echo me")))
     for path in paths.state_dir.rglob("*"):
         if path.is_file():
             data = path.read_bytes()
