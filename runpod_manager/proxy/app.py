@@ -1217,7 +1217,6 @@ async def _on_startup(app: web.Application) -> None:
     for group in state.groups:  # so the first request already finds a running pod on the hot path
         await group.refresh()
     await asyncio.to_thread(state.request_log.start)
-    state.jobs.open()  # jobs run once the proxy listens (start_jobs): they are replayed to its own address
     state.reconcile_task = asyncio.create_task(_reconcile_loop(state), name="rpm-proxy-reconcile")
 
 

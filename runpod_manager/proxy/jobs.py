@@ -46,6 +46,7 @@ from typing import Any
 
 import aiohttp
 import aiohttp.payload
+import filelock
 from aiohttp import web
 from multidict import CIMultiDict
 
@@ -105,6 +106,10 @@ class JobState(StrEnum):
     RUNNING = "running"
     DONE = "done"
     FAILED = "failed"
+
+
+class JobStoreBusy(Exception):
+    """Another proxy process holds this job store (two proxies sharing one state directory)."""
 
 
 class JobsFull(Exception):
@@ -184,6 +189,8 @@ class JobStore:
         self.ttl_seconds = ttl_seconds
         self.clock = clock
         self._db: sqlite3.Connection | None = None
+        # Held while open: only one process runs (and recovers) the jobs of a state directory.
+        self._lock = filelock.FileLock(str(directory / ".lock"), mode=0o600)
 
     # ------------------------------------------------------------------------------------- files
 
@@ -197,6 +204,10 @@ class JobStore:
         """Open (creating) the store and recover it: jobs left running failed, expired ones and stray files
         removed. Returns the ids of the jobs that were running."""
         ensure_private_dir(self.directory)
+        try:
+            self._lock.acquire(timeout=0)
+        except filelock.Timeout:
+            raise JobStoreBusy(f"another proxy runs the jobs of {self.directory}") from None
         path = self.directory / DB_FILENAME
         os.close(os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o600))
         db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
@@ -218,7 +229,7 @@ class JobStore:
         known = {row[0] for row in db.execute("SELECT id FROM jobs")}
         for entry in self.directory.iterdir():  # bodies of a submit the proxy died during
             stem, dot, suffix = entry.name.partition(".")
-            if dot and suffix in ("request", "result", "request.part", "result.part") and stem not in known:
+            if dot and stem and suffix in ("request", "result", "request.part", "result.part") and stem not in known:
                 self._unlink(entry)
         return interrupted
 
@@ -226,6 +237,8 @@ class JobStore:
         if self._db is not None:
             self._db.close()
             self._db = None
+        if self._lock.is_locked:
+            self._lock.release()
 
     @property
     def db(self) -> sqlite3.Connection:
@@ -400,7 +413,12 @@ class JobRunner:
         """Open the store. A store that cannot be opened is logged and disables jobs, never the proxy."""
         try:
             interrupted = self.store.open()
+        except JobStoreBusy as exc:
+            self.unavailable = str(exc)
+            log.error("%s; this proxy refuses jobs", exc)  # noqa: TRY400 - said, no traceback to show
+            return
         except (OSError, sqlite3.Error) as exc:
+            self.store.close()
             self.unavailable = f"the job store {self.store.directory} cannot be opened ({exc})"
             log.error("%s; jobs are refused until the proxy restarts", self.unavailable)  # noqa: TRY400 - said
             return
@@ -410,7 +428,9 @@ class JobRunner:
         self.unavailable = None
 
     async def start(self, base_url: str) -> None:
-        """Begin running jobs, replaying them to the proxy at `base_url` (its own bound address)."""
+        """Open the store and begin running jobs, replaying them to the proxy at `base_url` (its own bound
+        address). Called once the proxy listens: a proxy that failed to bind never touched the jobs."""
+        self.open()
         self._base_url = base_url.rstrip("/")
         # Our own loopback socket, whose certificate names the public host: nothing to verify.
         self._ssl = not base_url.startswith("https:")

@@ -162,7 +162,7 @@ def test_cancel_a_queued_job_409_for_a_running_one_404_for_unknown_ids(upstream:
         assert deleted.status_code == 200 and deleted.json()["state"] == "deleted"
         assert requests.get(f"{proxy.url}/rpm/v1/jobs/{running['id']}", timeout=TIMEOUT).status_code == 404
         assert prompts_seen(upstream) == ["running"]
-    assert sorted(path.name for path in paths.jobs_dir.iterdir() if not path.name.startswith("jobs.sqlite3")) == []
+    assert [path.name for path in paths.jobs_dir.iterdir() if path.name.startswith("job_")] == []
 
 
 def test_a_full_store_answers_503_with_retry_after_and_a_large_body_413(upstream: FakeUpstream, paths: Paths) -> None:
@@ -183,7 +183,7 @@ def test_a_full_store_answers_503_with_retry_after_and_a_large_body_413(upstream
                                 data=iter([json.dumps(large).encode()[:3000], json.dumps(large).encode()[3000:]]),
                                 headers={**ASYNC, "Content-Type": "application/json"})
         assert chunked.status_code == 413 and error_of(chunked)["code"] == "body_too_large"
-    stored = {path.name.partition(".")[0] for path in paths.jobs_dir.iterdir()} - {"jobs"}
+    stored = {path.name.partition(".")[0] for path in paths.jobs_dir.iterdir() if path.name.startswith("job_")}
     assert stored <= {reply.json()["id"] for reply in accepted}  # nothing is left of the refused ones
 
 
@@ -259,3 +259,19 @@ def test_jobs_of_two_pods_queue_separately_and_jobs_concurrency_runs_several_at_
         assert wait_until(lambda: all(state_of(proxy.url, job["id"]) == "done" for job in jobs), TIMEOUT)
         stream = requests.get(f"{proxy.url}{jobs[0]['result_url']}", timeout=TIMEOUT)
         assert stream.headers["Content-Type"].startswith("text/event-stream") and "data: [DONE]" in stream.text
+
+
+def test_a_second_proxy_on_the_same_state_directory_refuses_jobs_and_leaves_the_first_ones_alone(
+        held: FakeUpstream, paths: Paths) -> None:
+    upstream = held
+    with running_proxy(make_config(), FakeController(upstream.target()), paths) as first:
+        running = submit(first.url, chat("long", stream=True)).json()
+        assert upstream.stream_started.wait(TIMEOUT)
+        with running_proxy(make_config(), FakeController(upstream.target()), paths) as second:
+            refused = submit(second.url)
+            assert refused.status_code == 503 and error_of(refused)["code"] == "jobs_unavailable"
+            assert "another proxy" in error_of(refused)["message"]
+        assert state_of(first.url, running["id"]) == "running"  # not recovered as failed by the second
+        upstream.hold_streams = False
+        upstream.release(50)
+        assert wait_until(lambda: state_of(first.url, running["id"]) == "done", TIMEOUT)

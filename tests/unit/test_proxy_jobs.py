@@ -13,6 +13,7 @@ from runpod_manager.proxy.jobs import (
     JobsFull,
     JobState,
     JobStore,
+    JobStoreBusy,
     PodJobs,
     is_job_id,
     new_job_id,
@@ -123,6 +124,18 @@ def test_reopening_fails_the_jobs_that_were_running_and_keeps_the_queued_ones_in
     assert reopened.position(reopened.get(queued_2)) == 2  # type: ignore[arg-type]
     assert not (tmp_path / "jobs" / "job_stray.request.part").exists()
     assert reopened.body_path(queued_1).read_bytes() == b"{}"
+
+
+def test_one_process_at_a_time_opens_a_store(tmp_path: Path, clock: Clock) -> None:
+    store = open_store(tmp_path / "jobs", clock)
+    running = add(store)
+    store.mark_running(running)
+    other = JobStore(tmp_path / "jobs", max_count=100, max_bytes=1 << 20, ttl_seconds=60, clock=clock)
+    with pytest.raises(JobStoreBusy, match="another proxy"):
+        other.open()
+    assert store.get(running).state == JobState.RUNNING  # type: ignore[union-attr]
+    store.close()
+    assert other.open() == [running]
 
 
 def test_the_store_and_its_files_are_private(tmp_path: Path, clock: Clock) -> None:
