@@ -88,7 +88,8 @@ _SSE_HEADERS = {"Content-Type": "text/event-stream; charset=utf-8", "Cache-Contr
                 "X-Accel-Buffering": "no"}
 _ALLOWED_METHODS = "GET, POST, OPTIONS"
 # Headers a page of an allowed origin may read: the SDKs' retry hints and what rpm adds.
-_EXPOSED_HEADERS = "Retry-After, retry-after-ms, x-should-retry, X-RPM-Cache, X-RPM-Cold-Start, X-RPM-Models"
+_EXPOSED_HEADERS = ("Retry-After, retry-after-ms, x-should-retry, X-RPM-Cache, X-RPM-Cold-Start, X-RPM-Models, "
+                    "Location, Preference-Applied, X-RPM-Job-Id")  # the last three: a job's 202 (jobs.py)
 _OTHER_SITE = frozenset({"cross-site", "same-site"})  # Sec-Fetch-Site values of requests another page caused
 
 

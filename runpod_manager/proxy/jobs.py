@@ -562,7 +562,6 @@ class JobRunner:
         assert session is not None and base_url is not None  # noqa: S101 - pump runs only after start
         headers: CIMultiDict[str] = CIMultiDict(job.headers)
         headers[JOB_TOKEN_HEADER] = self._token
-        headers[JOB_ID_HEADER] = job.id
         # Only what the client sent: no Content-Type or Content-Disposition of aiohttp's own for the file.
         skip = () if "Content-Type" in headers else ("Content-Type",)
         while True:
@@ -590,14 +589,16 @@ class JobRunner:
         result = self.store.result_path(job.id)
         part = result.with_name(result.name + ".part")
         written = 0
-        limit = self.store.max_bytes
+        # What jobs_max_bytes leaves once this job's request body (deleted when it finishes) is not counted.
+        limit = self.store.max_bytes - (self.store.totals()[1] - job.request_bytes)
         fd = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_NOFOLLOW", 0), 0o600)
         with os.fdopen(fd, "wb") as handle:
             async for chunk in response.content.iter_chunked(_CHUNK_BYTES):
                 written += len(chunk)
                 if written > limit:
                     JobStore._unlink(part)
-                    return f"the response was larger than [proxy] jobs_max_bytes = {limit}; it was not kept"
+                    return (f"the response did not fit in what [proxy] jobs_max_bytes = {self.store.max_bytes} "
+                            "leaves beside the other stored jobs; it was not kept")
                 handle.write(chunk)
         os.replace(part, result)
         # The bytes as they came (the session does not decompress), so their Content-Encoding is kept with them.

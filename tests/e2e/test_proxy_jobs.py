@@ -275,3 +275,15 @@ def test_a_second_proxy_on_the_same_state_directory_refuses_jobs_and_leaves_the_
         upstream.hold_streams = False
         upstream.release(50)
         assert wait_until(lambda: state_of(first.url, running["id"]) == "done", TIMEOUT)
+
+
+def test_a_response_that_does_not_fit_in_jobs_max_bytes_fails_the_job_and_is_not_kept(
+        upstream: FakeUpstream, paths: Paths) -> None:
+    config = make_config(jobs_max_bytes=4096, max_body_bytes=4096)
+    with running_proxy(config, FakeController(upstream.target()), paths) as proxy:
+        body = chat('"' * 1400)  # ~2.9 KB; the echo answer escapes it again: ~5.7 KB
+        job = submit(proxy.url, body, path="/v1/echo").json()
+        assert wait_until(lambda: state_of(proxy.url, job["id"]) == "failed", TIMEOUT)
+        assert "jobs_max_bytes = 4096" in status(proxy.url, job["id"])["error"]["message"]
+        assert len(upstream.requests) == 1
+    assert [path.name for path in paths.jobs_dir.iterdir() if path.name.startswith("job_")] == []
