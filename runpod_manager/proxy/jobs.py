@@ -493,9 +493,11 @@ class JobRunner:
                             headers={"Location": location, "Preference-Applied": "respond-async",
                                      JOB_ID_HEADER: job_id})
 
-    def _check_room(self, extra_bytes: int) -> None:
+    def _check_room(self, extra_bytes: int, *, spooling: bool = False) -> None:
+        """503 unless this job fits beside the stored ones and those being received (`spooling`: this one is
+        among them already)."""
         try:
-            self.store.check_room(extra_count=1 + self._spooling_count,
+            self.store.check_room(extra_count=self._spooling_count + (0 if spooling else 1),
                                   extra_bytes=self._spooling_bytes + extra_bytes)
         except JobsFull as exc:
             raise ProxyError(503, f"the job queue is full: {exc}; retry later, or fetch or delete finished jobs",
@@ -516,7 +518,7 @@ class JobRunner:
                     if received > self.max_body_bytes:
                         raise _too_large(self.max_body_bytes)
                     if request.content_length is None:
-                        self._check_room(0)  # a chunked body is counted as it comes
+                        self._check_room(0, spooling=True)  # a chunked body is counted as it comes
                     handle.write(chunk)
             return received
         finally:  # spooled bytes count against the bound until the job is stored (or refused)

@@ -287,3 +287,19 @@ def test_a_response_that_does_not_fit_in_jobs_max_bytes_fails_the_job_and_is_not
         assert "jobs_max_bytes = 4096" in status(proxy.url, job["id"])["error"]["message"]
         assert len(upstream.requests) == 1
     assert [path.name for path in paths.jobs_dir.iterdir() if path.name.startswith("job_")] == []
+
+
+def test_the_last_free_place_takes_a_chunked_upload_and_a_chunked_upload_past_the_bytes_gets_503(
+        upstream: FakeUpstream, paths: Paths) -> None:
+    config = make_config(jobs_max_count=2, jobs_max_bytes=8192, max_body_bytes=8192)
+    with running_proxy(config, sleeping(upstream), paths) as proxy:
+        assert submit(proxy.url).status_code == 202
+
+        def chunked(size: int) -> requests.Response:
+            document = json.dumps(chat("x" * size)).encode()
+            return requests.post(f"{proxy.url}/v1/chat/completions", data=iter([document[:100], document[100:]]),
+                                 headers={**ASYNC, "Content-Type": "application/json"}, timeout=TIMEOUT)
+
+        too_big = chunked(8080)  # fits max_body_bytes, not what the first job leaves of jobs_max_bytes
+        assert too_big.status_code == 503 and error_of(too_big)["code"] == "jobs_full"
+        assert chunked(100).status_code == 202  # the second of two places
