@@ -485,7 +485,7 @@ class JobRunner:
             raise
         finally:
             self._spooling_count -= 1
-        log.info("job %s queued for pod %s (%s %s)", job_id, pod, request.method, request.path)
+        log.info("job %s queued for pod %s (%s %s)", _shown(job_id), pod, request.method, request.path)
         document = self.document(job)
         asyncio.get_running_loop().call_soon(self.pump)  # after the answer: it says where the job was queued
         location = f"{JOBS_PATH}/{job_id}"
@@ -537,7 +537,7 @@ class JobRunner:
                 if job is None or not store.mark_running(job.id):
                     break
                 self._running[pod] = self._running.get(pod, 0) + 1
-                self._tasks[job.id] = asyncio.create_task(self._run(job), name=f"rpm-job-{job.id[:12]}")
+                self._tasks[job.id] = asyncio.create_task(self._run(job), name=f"rpm-job-{_shown(job.id)}")
 
     async def _run(self, job: Job) -> None:
         try:
@@ -546,12 +546,12 @@ class JobRunner:
             self.store.fail(job.id, INTERRUPTED)
             raise
         except Exception as exc:
-            log.warning("job %s failed: %s", job.id, type(exc).__name__)
+            log.warning("job %s failed: %s", _shown(job.id), type(exc).__name__)
             self.store.fail(job.id, f"the proxy could not run the request ({type(exc).__name__})")
         else:
             if isinstance(outcome, str):
                 self.store.fail(job.id, outcome)
-            log.info("job %s %s", job.id, "failed" if isinstance(outcome, str) else "done")
+            log.info("job %s %s", _shown(job.id), "failed" if isinstance(outcome, str) else "done")
         finally:
             self._running[job.pod] -= 1
             self._tasks.pop(job.id, None)
@@ -580,7 +580,7 @@ class JobRunner:
                         message = _error_message(await response.read())
                         if code in RETRIED_CODES and not self.closing:
                             delay = _retry_after(response.headers)
-                            log.info("job %s: %s; asked again in %g s", job.id, code, delay)
+                            log.info("job %s: %s; asked again in %g s", _shown(job.id), code, delay)
                         else:
                             return message
                     else:
@@ -654,6 +654,11 @@ class JobRunner:
 
     def summary(self) -> dict[str, PodJobs]:
         return {} if self.unavailable is not None else self.store.summary()
+
+
+def _shown(job_id: str) -> str:
+    """A job id as logs show it: enough to tell jobs apart, not the whole id that reads the job."""
+    return job_id[:12] + "…"
 
 
 def _too_large(limit: int) -> ProxyError:
@@ -738,7 +743,7 @@ async def handle_delete(request: web.Request) -> web.Response:
                          "cannot be cancelled; wait for it to finish", code="job_running", should_retry=False)
     runner.store.delete(job.id)
     outcome = "cancelled" if job.state == JobState.QUEUED else "deleted"
-    log.info("job %s %s", job.id, outcome)
+    log.info("job %s %s", _shown(job.id), outcome)
     return _json({"id": job.id, "object": "rpm.job", "state": outcome, "deleted": True})
 
 

@@ -27,8 +27,9 @@ TIMEOUT = 10
 
 
 @contextlib.contextmanager
-def foreground_proxy(rpm: Rpm, url: str) -> Iterator[subprocess.Popen[str]]:
-    """`rpm proxy` in the foreground; stopped with SIGTERM (its graceful stop) when the block ends."""
+def foreground_proxy(rpm: Rpm, url: str, output: list[str]) -> Iterator[subprocess.Popen[str]]:
+    """`rpm proxy` in the foreground; stopped with SIGTERM (its graceful stop) when the block ends. What it
+    printed is added to `output`."""
     process = rpm.popen("proxy")
     try:
         assert wait_until(lambda: _up(url), 20), "the proxy did not come up"
@@ -37,10 +38,11 @@ def foreground_proxy(rpm: Rpm, url: str) -> Iterator[subprocess.Popen[str]]:
         if process.poll() is None:
             process.terminate()
         try:
-            process.communicate(timeout=20)
+            printed = process.communicate(timeout=20)
         except subprocess.TimeoutExpired:
             process.kill()
-            process.communicate(timeout=10)
+            printed = process.communicate(timeout=10)
+        output.extend(printed)
 
 
 def _up(url: str) -> bool:
@@ -70,7 +72,8 @@ def test_jobs_wake_the_pod_and_a_proxy_restart_fails_the_one_in_flight_and_runs_
     rpm.write_config(tables={"proxy": {"port": free_port, "reconcile_interval_seconds": 0.2,
                                        "api_keys": [LOCAL_KEY]}})
     rpm.config_path.chmod(0o600)  # a config holding a key must be private
-    with foreground_proxy(rpm, url):
+    output: list[str] = []
+    with foreground_proxy(rpm, url, output):
         assert requests.post(f"{url}/v1/chat/completions", json={}, headers={"Prefer": "respond-async"},
                              timeout=TIMEOUT).status_code == 401
         in_flight = submit(url, "in flight")
@@ -80,7 +83,7 @@ def test_jobs_wake_the_pod_and_a_proxy_restart_fails_the_one_in_flight_and_runs_
         # No pod yet: the first job's request creates one and waits for it (1.5 s in the emulator).
         assert wait_until(lambda: job(url, in_flight["id"])["state"] == "waking", TIMEOUT)
         assert job(url, queued["id"])["state"] == "queued"
-    with foreground_proxy(rpm, url):
+    with foreground_proxy(rpm, url, output):
         assert wait_until(lambda: job(url, queued["id"])["state"] == "done", 30)
         failed = job(url, in_flight["id"])
         assert failed["state"] == "failed" and failed["error"]["message"] == INTERRUPTED
@@ -88,12 +91,15 @@ def test_jobs_wake_the_pod_and_a_proxy_restart_fails_the_one_in_flight_and_runs_
         assert done["response"]["status"] == 200 and done["response"]["body"]["choices"][0]["message"]["content"]
         pods = requests.get(f"{url}/rpm/v1/pods/e2e", headers=AUTH, timeout=TIMEOUT).json()
         assert (pods["jobs_queued"], pods["jobs_running"], pods["ready"]) == (0, 0, True)
-    with foreground_proxy(rpm, url):  # a finished job's result outlives a restart
+    with foreground_proxy(rpm, url, output):  # a finished job's result outlives a restart
         result = requests.get(f"{url}/rpm/v1/jobs/{queued['id']}/result", headers=AUTH, timeout=TIMEOUT)
         assert result.status_code == 200 and result.json() == done["response"]["body"]
     logged = [line for line in (rpm.home / "state" / "logs" / "requests.jsonl").read_text().splitlines()
               if '"/v1/chat/completions"' in line]
     assert len(logged) >= 3  # two submits (202) and the replay that ran (200): the request log sees jobs
+    proxy_log = "".join(output)
+    assert "job job_" in proxy_log and "Traceback" not in proxy_log
+    assert in_flight["id"] not in proxy_log and queued["id"] not in proxy_log  # an id reads its job: never logged
     for path in rpm.home.rglob("*"):
         if path.is_file():
             data = path.read_bytes()
