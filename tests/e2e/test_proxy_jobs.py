@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import stat
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -245,15 +246,20 @@ def test_across_a_restart_a_queued_job_runs_a_job_in_flight_fails_unsent_and_res
     assert prompts_seen(upstream) == ["finished", "in flight", "queued"]  # nothing sent twice
 
 
-def test_jobs_of_two_pods_queue_separately_and_jobs_concurrency_runs_several_at_once(
+def test_jobs_concurrency_runs_several_at_once_and_running_jobs_are_the_pods_activity(
         held: FakeUpstream, paths: Paths) -> None:
     upstream = held
     config = make_config(jobs_concurrency=2)
-    with running_proxy(config, FakeController(upstream.target()), paths) as proxy:
+    controller = FakeController(upstream.target())
+    with running_proxy(config, controller, paths) as proxy:
         jobs = [submit(proxy.url, chat(f"stream {index}", stream=True)).json() for index in range(3)]
         assert wait_until(lambda: [state_of(proxy.url, job["id"]) for job in jobs] == ["running", "running",
                                                                                       "queued"], TIMEOUT)
         assert status(proxy.url, jobs[2]["id"])["position"] == 1
+        # Running jobs are the pod's activity: the control plane hears "now" while they run, not their start.
+        held_since = datetime.now(UTC) + timedelta(seconds=0.5)
+        assert wait_until(lambda: bool(controller.reconcile_calls) and (
+            controller.reconcile_calls[-1]["default"] or held_since) > held_since, TIMEOUT)
         upstream.hold_streams = False
         upstream.release(50)
         assert wait_until(lambda: all(state_of(proxy.url, job["id"]) == "done" for job in jobs), TIMEOUT)
