@@ -18,9 +18,18 @@ from typing import Any
 import pytest
 import requests
 
+from runpod_manager.config import PodConfig
 from runpod_manager.paths import Paths, resolve_paths
 from runpod_manager.proxy.jobs import INTERRUPTED
-from tests.support.proxy_fakes import MODEL, UPSTREAM_KEY, FakeController, FakeUpstream, make_config, running_proxy
+from tests.support.proxy_fakes import (
+    MODEL,
+    UPSTREAM_KEY,
+    FakeController,
+    FakePod,
+    FakeUpstream,
+    make_config,
+    running_proxy,
+)
 from tests.support.rpm import wait_until
 
 pytestmark = pytest.mark.e2e
@@ -309,3 +318,27 @@ def test_the_last_free_place_takes_a_chunked_upload_and_a_chunked_upload_past_th
         too_big = chunked(8080)  # fits max_body_bytes, not what the first job leaves of jobs_max_bytes
         assert too_big.status_code == 503 and error_of(too_big)["code"] == "jobs_full"
         assert chunked(100).status_code == 202  # the second of two places
+
+
+def test_each_pod_has_its_own_queue_chosen_by_the_routing_of_the_request(paths: Paths) -> None:
+    chat_upstream, coder_upstream = FakeUpstream(model="org/chat").start(), FakeUpstream(model="org/coder").start()
+    try:
+        config = make_config(pods=(PodConfig(name="chat", model="org/chat"),
+                                   PodConfig(name="coder", model="org/coder", aliases=("autocomplete",))))
+        controller = FakeController(pods={
+            "chat": FakePod(None, wake_target=chat_upstream.target("pod-chat"), hold_wake=True),
+            "coder": FakePod(coder_upstream.target("pod-coder"))})
+        with running_proxy(config, controller, paths) as proxy:
+            waiting = submit(proxy.url, chat(model="org/chat")).json()
+            assert wait_until(lambda: state_of(proxy.url, waiting["id"]) == "waking", TIMEOUT)
+            other = submit(proxy.url, chat(model="autocomplete")).json()  # an alias routes like a direct request
+            assert (other["pod"], other["position"]) == ("coder", 1)
+            assert wait_until(lambda: state_of(proxy.url, other["id"]) == "done", TIMEOUT)  # not behind chat's
+            unnamed = submit(proxy.url, {"messages": [{"role": "user", "content": "hi"}]})
+            assert unnamed.status_code == 400 and error_of(unnamed)["code"] == "model_required"
+            controller.pods["chat"].release_wake.set()
+            assert wait_until(lambda: state_of(proxy.url, waiting["id"]) == "done", TIMEOUT)
+            assert [len(chat_upstream.requests), len(coder_upstream.requests)] == [1, 1]
+    finally:
+        chat_upstream.stop()
+        coder_upstream.stop()
