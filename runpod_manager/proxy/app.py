@@ -1,11 +1,13 @@
 """The proxy's aiohttp application: routes, the one middleware, startup and shutdown.
 
 Routes: `/v1/*` is forwarded to the pod that serves the body's `model` (routing.py; through the cache and
-that model's wake gates, wake.py); `/health`, `/ready`, `/metrics`, `/dashboard`, `/rpm/v1/pods[/{name}]`
-and (with `enable_profiling`) `/debug/cache` are the proxy's own. Everything else is a 404 in the OpenAI
-error shape. What the proxy can answer truthfully without a pod it answers itself, so nothing wakes a GPU
-for it: model lists, unknown model names, requests that name no model when several pods serve, wrong
-methods, CORS preflights, and requests from web pages that [proxy] cors_allow_origins does not allow.
+that model's wake gates, wake.py); `/health`, `/ready`, `/metrics`, `/dashboard`,
+`/rpm/v1/pods[/{name}]`, `/rpm/v1/jobs/{id}[/result]` and (with `enable_profiling`) `/debug/cache` are the
+proxy's own. A routed request with `Prefer: respond-async` becomes a queued job (jobs.py) in the middleware.
+Everything else is a 404 in the OpenAI error shape. What the proxy can answer truthfully without a pod it
+answers itself, so nothing wakes a GPU for it: model lists, unknown model names, requests that name no
+model when several pods serve, wrong methods, CORS preflights, and requests from web pages that [proxy]
+cors_allow_origins does not allow.
 
 A request to a known pod takes no thread hop: its model is looked up in one dict (from the body, parsed
 once), the target is a cached attribute of the pod's gate (refreshed by the reconcile loop, wakes and the
@@ -44,6 +46,7 @@ from runpod_manager.proxy.cache import CachedResponse, CacheStats, ResponseCache
 from runpod_manager.proxy.controller import PodView, ProxyController, UpstreamTarget
 from runpod_manager.proxy.forward import (
     FIM_MISSING_MESSAGE,
+    JOB_TOKEN_HEADER,
     JSON_ROUTES,
     NO_BODY,
     SSE_DONE,
@@ -60,10 +63,12 @@ from runpod_manager.proxy.forward import (
     relay_events,
     upstream_request_headers,
 )
+from runpod_manager.proxy.jobs import ERROR_HEADER, JOBS, JobRunner, JobStore, PodJobs, wants_async
+from runpod_manager.proxy.jobs import add_routes as add_job_routes
 from runpod_manager.proxy.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from runpod_manager.proxy.metrics import ProxyMetrics, RecentRequest
 from runpod_manager.proxy.process import proxy_url
-from runpod_manager.proxy.routing import build_routes
+from runpod_manager.proxy.routing import PODS_PATH_PREFIX, build_routes, pod_of_path
 from runpod_manager.proxy.wake import PodGroup, WakeGate
 from runpod_manager.requestlog import USAGE_TAIL_BYTES, RequestLog
 
@@ -73,6 +78,7 @@ SHUTDOWN_GRACE_SECONDS = 10.0  # in-flight streams get this long to finish when 
 WAKE_RETRY_AFTER_SECONDS = 1.0  # Retry-After of a request answered 503 while the pod still wakes
 _KNOWN_ROUTES = frozenset({"/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/models",
                            "/health", "/ready", "/metrics", "/dashboard", "/debug/cache", "/rpm/v1/pods"})
+_JOB_PATH_PREFIXES = ("/v1/", PODS_PATH_PREFIX)  # the routed paths: a request to a pod may become a job
 _PROTECTED_PREFIXES = ("/v1/", "/dashboard", "/metrics", "/debug", "/rpm/")
 _BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
 # nginx's convention for "client closed the request", used in logs and metrics only: one status however the
@@ -82,7 +88,8 @@ _SSE_HEADERS = {"Content-Type": "text/event-stream; charset=utf-8", "Cache-Contr
                 "X-Accel-Buffering": "no"}
 _ALLOWED_METHODS = "GET, POST, OPTIONS"
 # Headers a page of an allowed origin may read: the SDKs' retry hints and what rpm adds.
-_EXPOSED_HEADERS = "Retry-After, retry-after-ms, x-should-retry, X-RPM-Cache, X-RPM-Cold-Start, X-RPM-Models"
+_EXPOSED_HEADERS = ("Retry-After, retry-after-ms, x-should-retry, X-RPM-Cache, X-RPM-Cold-Start, X-RPM-Models, "
+                    "Location, Preference-Applied, X-RPM-Job-Id")  # the last three: a job's 202 (jobs.py)
 _OTHER_SITE = frozenset({"cross-site", "same-site"})  # Sec-Fetch-Site values of requests another page caused
 
 
@@ -178,6 +185,12 @@ class ProxyState:
         self.cors_allow_origins = frozenset(origin.rstrip("/") for origin in proxy.cors_allow_origins)
         self.reconcile_task: asyncio.Task[None] | None = None
         self.closing = False
+        self.jobs = JobRunner(
+            JobStore(paths.jobs_dir, max_count=proxy.jobs_max_count, max_bytes=proxy.jobs_max_bytes,
+                     ttl_seconds=proxy.jobs_result_ttl_seconds),
+            concurrency=proxy.jobs_concurrency, max_body_bytes=proxy.max_body_bytes,
+            resolve=lambda method, path, body, content_type: job_pod(self, method, path, body, content_type),
+            pod_waking=self._pod_waking, full_retry_after_seconds=queue_full_retry_after_seconds)
         self.in_flight = 0  # read by the in-flight gauge at scrape time (no lock per request)
         self.metrics.in_flight.set_function(lambda: self.in_flight)
         for group in self.groups:
@@ -185,6 +198,11 @@ class ProxyState:
             group.on_wake_settled = self._wake_settled
             for gate in group.gates:
                 self.metrics.watch_pod(gate.name, gate)
+
+    def _pod_waking(self, pod: str) -> bool:
+        """A job's pod has no ready replica (its request waits for a wake)."""
+        group = self.group_by_route.get(pod)
+        return group is not None and group.pick() is None
 
     def _wake_settled(self, gate: WakeGate, error: BaseException | None) -> None:
         self.last_wake_error = None if error is None else gate.last_wake_error
@@ -287,6 +305,8 @@ def _route_label(path: str) -> str:
         return path
     if path.startswith("/rpm/v1/pods/"):
         return "/rpm/v1/pods/{name}"  # one series, not one per name asked for
+    if path.startswith("/rpm/v1/jobs/"):
+        return "/rpm/v1/jobs/{id}"
     return "/v1/other" if path.startswith("/v1/") else "other"
 
 
@@ -325,23 +345,29 @@ def _make_middleware(state: ProxyState) -> Callable[..., Awaitable[web.StreamRes
         request[EXCHANGE] = exchange
         path = request.path
         state.in_flight += 1
+        headers = request.headers
+        # A job's replay (jobs.py): the proxy's own token stands in for a client key, and it is never a new job.
+        replay = JOB_TOKEN_HEADER in headers and state.jobs.is_replay(headers[JOB_TOKEN_HEADER])
         try:
-            headers = request.headers
             local: web.StreamResponse | None = None
             if request.method == "OPTIONS" or "Origin" in headers or "Sec-Fetch-Site" in headers:
                 local = _cross_origin(request, state)  # raises ProxyError for a page that is refused
             if local is not None:
                 response = local
             else:
-                if state.api_keys and path.startswith(_PROTECTED_PREFIXES) and not _authorized(
+                if state.api_keys and path.startswith(_PROTECTED_PREFIXES) and not replay and not _authorized(
                         headers.get("Authorization"), state.api_keys):
                     raise ProxyError(401, "missing or invalid API key: send one of the keys in [proxy] "
                                      "api_keys as `Authorization: Bearer <key>`", code="invalid_api_key",
                                      should_retry=False)
-                response = await handler(request)
+                if "Prefer" in headers and not replay and _takes_jobs(request) and wants_async(
+                        headers.getall("Prefer")):
+                    response = await state.jobs.submit(request)
+                else:
+                    response = await handler(request)
         except ProxyError as exc:
             exchange.error_code = exc.code
-            response = exc.response()
+            response = exc.response({ERROR_HEADER: exc.code} if replay else None)
         except web.HTTPException as exc:
             if exc.status < 400:
                 raise
@@ -371,6 +397,14 @@ def _make_middleware(state: ProxyState) -> Callable[..., Awaitable[web.StreamRes
         return response
 
     return middleware
+
+
+def _takes_jobs(request: web.Request) -> bool:
+    """A request `Prefer: respond-async` turns into a job: one to a routed path that exists (not the model
+    list, which the proxy answers itself)."""
+    path = request.path
+    return (path.startswith(_JOB_PATH_PREFIXES) and not path.startswith(MODELS_PATH)
+            and request.match_info.http_exception is None)
 
 
 def _cross_origin(request: web.Request, state: ProxyState) -> web.Response | None:
@@ -504,7 +538,7 @@ async def _handle_v1(request: web.Request, state: ProxyState) -> web.StreamRespo
     elif request.body_exists:
         body = await _read_body(request, state)
     exchange.facts = facts  # as the client sent it (the request log names the model it asked for)
-    group = _route(state, facts)
+    group = target_group(state, request.path, facts)
     rewrite = group.route.rewrite
     if rewrite and facts.model in rewrite:  # an alias: the pod's server answers only to its own names
         document = {**(facts.document or {}), "model": rewrite[facts.model]}
@@ -604,6 +638,27 @@ async def _pod_went_away(state: ProxyState, gate: WakeGate) -> bool:
         log.warning("could not read the state of pod %s after an upstream failure: %s", gate.name, exc)
         return False
     return not view.lease_open or view.status != "RUNNING"
+
+
+def target_group(state: ProxyState, path: str, facts: RequestFacts) -> PodGroup:
+    """The configured pod a routed request goes to: `/pods/<name>/…` by its name, anything else by the body's
+    model (`_route`). The one resolution the handlers and the jobs' queues (jobs.py) share."""
+    name = pod_of_path(path)
+    if name is None:
+        return _route(state, facts)
+    group = state.group_by_route.get(name)
+    if group is None:
+        raise ProxyError(404, f"no pod named {name!r} here; the pods are {', '.join(state.group_by_route)}",
+                         code="pod_not_found", param="name", should_retry=False)
+    return group
+
+
+def job_pod(state: ProxyState, method: str, path: str, body: bytes | None, content_type: str) -> str:
+    """The queue a job joins (jobs.Resolver): its target's name, or the ProxyError the request would get."""
+    if method not in _BODY_METHODS and path in JSON_ROUTES:
+        raise web.HTTPMethodNotAllowed(method, ["POST"])
+    facts = inspect_json_body(body) if body and is_json_content_type(content_type) else NO_BODY
+    return target_group(state, path, facts).name
 
 
 def _route(state: ProxyState, facts: RequestFacts) -> PodGroup:
@@ -995,13 +1050,17 @@ def _pod_entry(state: ProxyState, name: str) -> dict[str, Any]:
     gate = state.gates[name]
     group = state.group_of[name]
     oldest = group.oldest_wait_seconds()
+    jobs = state.jobs.summary().get(group.name, PodJobs())
+    oldest_job = None if jobs.oldest_queued_at is None else round(max(0.0, time.time() - jobs.oldest_queued_at), 3)
     return {"name": name, "replica_of": group.name, "models": state.model_names(group),
             "pod_id": view.pod_id, "status": view.status, "ready": view.ready, "lease_open": view.lease_open,
             "deadline": _iso(view.deadline), "idle_ends_at": _iso(view.limits.get("idle")),
             "spend_today_usd": round(view.spend_today_usd, 4), "max_daily_spend_usd": view.max_daily_spend_usd,
             "queue_depth": group.waiting, "oldest_wait_seconds": None if oldest is None else round(oldest, 3),
             "in_flight": gate.in_flight, "waking": gate.waking, "target_known": gate.target is not None,
-            "last_wake_error": gate.last_wake_error}
+            "last_wake_error": gate.last_wake_error,
+            # Its configured pod's queued jobs (jobs.py; replicas share one queue), for clients that poll.
+            "jobs_queued": jobs.queued, "jobs_running": jobs.running, "oldest_job_wait_seconds": oldest_job}
 
 
 async def handle_health(request: web.Request) -> web.Response:
@@ -1188,6 +1247,7 @@ async def _on_shutdown(app: web.Application) -> None:
     # Runs before in-flight requests get their grace period; they keep the session until cleanup.
     state = app[STATE]
     state.closing = True
+    await state.jobs.close()  # jobs in flight fail now rather than hold the shutdown; queued ones stay
     for group in state.groups:
         group.close()
     task = state.reconcile_task
@@ -1207,6 +1267,12 @@ async def _on_cleanup(app: web.Application) -> None:
         state.upstream = None
     if state.cache is not None:
         await asyncio.to_thread(state.cache.close)
+    state.jobs.shut()
+
+
+async def start_jobs(app: web.Application, base_url: str) -> None:
+    """Start running queued jobs, now that the proxy listens at `base_url` (server.serve calls it)."""
+    await app[STATE].jobs.start(base_url)
 
 
 def build_app(
@@ -1232,6 +1298,7 @@ def build_app(
                        wake_retry_after_seconds=wake_retry_after_seconds, cache_clock=cache_clock)
     app = web.Application(client_max_size=config.proxy.max_body_bytes, middlewares=[_make_middleware(state)])
     app[STATE] = state
+    app[JOBS] = state.jobs
     if state.cors_allow_origins:  # no per-response hook at all unless pages are allowed
         app.on_response_prepare.append(_add_cors_headers)
     app.router.add_route("*", "/v1/{tail:.*}", handle_v1)
@@ -1242,6 +1309,7 @@ def build_app(
     app.router.add_get("/debug/cache", handle_debug_cache)
     app.router.add_get("/rpm/v1/pods", handle_pods)
     app.router.add_get("/rpm/v1/pods/{name}", handle_pod)
+    add_job_routes(app)
     app.on_startup.append(_on_startup)
     app.on_shutdown.append(_on_shutdown)
     app.on_cleanup.append(_on_cleanup)

@@ -90,6 +90,16 @@ class Routes:
         return tuple(name for route in self.routes for name in route.names)
 
 
+PODS_PATH_PREFIX = "/pods/"
+
+
+def pod_of_path(path: str) -> str | None:
+    """The pod a `/pods/<name>/…` path names (None: another path, routed by the body's model)."""
+    if not path.startswith(PODS_PATH_PREFIX):
+        return None
+    return path[len(PODS_PATH_PREFIX):].split("/", 1)[0] or None
+
+
 def route_of(pod: PodConfig) -> PodRoute:
     served = served_model_names(pod.model, pod.args, pod.extra_args)
     runtime_lora = pod.env.get(RUNTIME_LORA_VARIABLE, "").lower() in ("1", "true")
