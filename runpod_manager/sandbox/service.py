@@ -100,6 +100,13 @@ def _error(status: int, message: str) -> web.Response:
     return web.json_response({"error": message}, status=status)
 
 
+def _dropped(request: web.Request) -> web.Response:
+    """Close the connection without an answer; the returned response never leaves."""
+    if request.transport is not None:
+        request.transport.close()
+    return web.Response(status=502)
+
+
 def _number_param(request: web.Request, name: str, default: float, low: float, high: float) -> float:
     """A query parameter as a finite number in [low, high], or ServiceRequestError(400) naming it."""
     text = request.query.get(name)
@@ -155,6 +162,9 @@ class ServiceServer:
         stats.recent.append(entry)
         try:
             response = await self._dispatch(request, pod, port, path)
+        except ConnectionError:
+            # The client went away mid-body (an aborted upload): nobody to answer, and no error to log.
+            return _dropped(request)
         finally:
             stats.active -= 1
         entry["status"] = response.status
@@ -201,11 +211,8 @@ class ServiceServer:
                 handler.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await handler
-                if request.transport is not None:
-                    request.transport.close()
         if handler.cancelled():
-            # The pod stopped mid-request: the connection is already closed; this answer never leaves.
-            return web.Response(status=502)
+            return _dropped(request)  # the pod stopped mid-request
         return handler.result()
 
     # -- routes --

@@ -11,6 +11,8 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import logging
+import socket
 import threading
 from collections.abc import Iterator
 from typing import Any
@@ -19,6 +21,7 @@ import aiohttp
 import pytest
 import requests
 
+from runpod_manager.sandbox.server import EmbeddedSandbox
 from tests.support.rpm import Sandbox, run_sandbox, wait_until
 
 pytestmark = pytest.mark.e2e
@@ -171,6 +174,24 @@ def test_a_multipart_upload_is_hashed_as_the_raw_body_the_client_sent(service: s
     assert answer["sha256"] == hashlib.sha256(prepared.body).hexdigest()
     assert answer["bytes"] == len(prepared.body)
     assert answer["contentType"].startswith("multipart/form-data; boundary=")
+
+
+def test_an_upload_the_client_abandons_is_dropped_without_an_error_logged(caplog: pytest.LogCaptureFixture) -> None:
+    body = {"name": "rpm-abort-abc123", "image": "my/uploader", "gpu": {"id": GPU}, "ports": ["8080/http"]}
+    with EmbeddedSandbox(provision_seconds=0, start_seconds=0, model_load_seconds=0) as embedded, \
+            caplog.at_level(logging.INFO):
+        pod_id = embedded.call(lambda world: world.create_pod(body).id)
+        url = embedded.pod_url_template.format(pod_id=pod_id, port=8080)
+        wait_ready(url)
+        host, port = url.split("//", 1)[1].split("/", 1)[0].rsplit(":", 1)
+        with socket.create_connection((host, int(port)), timeout=5) as client:
+            head = f"POST /pods/{pod_id}-8080/upload HTTP/1.1\r\nHost: pod\r\nContent-Length: 1000000\r\n\r\n"
+            client.sendall(head.encode() + b"x" * 100_000)
+            assert wait_until(lambda: embedded.call(lambda w: w.service_stats[pod_id].received_bytes) == 100_000,
+                              interval=0.01)
+        assert wait_until(lambda: embedded.call(lambda w: w.service_stats[pod_id].active) == 0, interval=0.01)
+        assert requests.get(url + "/health", timeout=5).status_code == 200
+    assert [record.getMessage() for record in caplog.records if record.levelno >= logging.WARNING] == []
 
 
 def test_slow_answers_after_the_seconds_asked_and_refuses_bad_values(service: str) -> None:
