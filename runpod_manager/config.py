@@ -218,6 +218,19 @@ class ProxyConfig:
     request_log_keep_days: int = field(default=30, metadata=_meta(
         "Days the request log (logs/requests.jsonl, one line per request; read by `rpm report` and `rpm simulate "
         "--from-log`) is kept; 0 writes none and deletes what an earlier setting kept.", minimum=0, maximum=3660))
+    # Queued jobs (`Prefer: respond-async`, proxy/jobs.py).
+    jobs_concurrency: int = field(default=1, metadata=_meta(
+        "Jobs (requests sent with `Prefer: respond-async`) each pod runs at once, in submission order; 1 suits "
+        "a service that processes one file at a time, a model server that batches takes more.",
+        minimum=1, maximum=256))
+    jobs_max_count: int = field(default=1000, metadata=_meta(
+        "Most jobs kept (queued, running, and finished ones until their result expires); more get 503.",
+        minimum=1))
+    jobs_max_bytes: int = field(default=1024 * 1024 * 1024, metadata=_meta(
+        "Most bytes the jobs' request bodies and stored results take in the state directory; more get 503.",
+        minimum=1024))
+    jobs_result_ttl_seconds: float = field(default=24 * 3600.0, metadata=_meta(
+        "How long a finished job's status and result are kept.", minimum=1))
 
 
 @dataclass(frozen=True)

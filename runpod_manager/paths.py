@@ -77,6 +77,11 @@ class Paths:
     def response_cache_dir(self) -> Path:
         return self.cache_dir / "responses"
 
+    @property
+    def jobs_dir(self) -> Path:
+        """The proxy's queued jobs (proxy/jobs.py): their sqlite store and spooled bodies, 0700/0600."""
+        return self.state_dir / "jobs"
+
 
 def resolve_paths(env: Mapping[str, str] | None = None) -> Paths:
     env = os.environ if env is None else env

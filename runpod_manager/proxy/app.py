@@ -1,11 +1,13 @@
 """The proxy's aiohttp application: routes, the one middleware, startup and shutdown.
 
 Routes: `/v1/*` is forwarded to the pod that serves the body's `model` (routing.py; through the cache and
-that model's wake gates, wake.py); `/health`, `/ready`, `/metrics`, `/dashboard`, `/rpm/v1/pods[/{name}]`
-and (with `enable_profiling`) `/debug/cache` are the proxy's own. Everything else is a 404 in the OpenAI
-error shape. What the proxy can answer truthfully without a pod it answers itself, so nothing wakes a GPU
-for it: model lists, unknown model names, requests that name no model when several pods serve, wrong
-methods, CORS preflights, and requests from web pages that [proxy] cors_allow_origins does not allow.
+that model's wake gates, wake.py); `/health`, `/ready`, `/metrics`, `/dashboard`,
+`/rpm/v1/pods[/{name}]`, `/rpm/v1/jobs/{id}[/result]` and (with `enable_profiling`) `/debug/cache` are the
+proxy's own. A routed request with `Prefer: respond-async` becomes a queued job (jobs.py) in the middleware.
+Everything else is a 404 in the OpenAI error shape. What the proxy can answer truthfully without a pod it
+answers itself, so nothing wakes a GPU for it: model lists, unknown model names, requests that name no
+model when several pods serve, wrong methods, CORS preflights, and requests from web pages that [proxy]
+cors_allow_origins does not allow.
 
 A request to a known pod takes no thread hop: its model is looked up in one dict (from the body, parsed
 once), the target is a cached attribute of the pod's gate (refreshed by the reconcile loop, wakes and the
@@ -45,6 +47,7 @@ from runpod_manager.proxy.cache import CachedResponse, CacheStats, ResponseCache
 from runpod_manager.proxy.controller import PodView, ProxyController, UpstreamTarget
 from runpod_manager.proxy.forward import (
     FIM_MISSING_MESSAGE,
+    JOB_TOKEN_HEADER,
     JSON_ROUTES,
     NO_BODY,
     SSE_DONE,
@@ -61,11 +64,13 @@ from runpod_manager.proxy.forward import (
     relay_events,
     upstream_request_headers,
 )
+from runpod_manager.proxy.jobs import ERROR_HEADER, JOBS, JobRunner, JobStore, PodJobs, wants_async
+from runpod_manager.proxy.jobs import add_routes as add_job_routes
 from runpod_manager.proxy.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from runpod_manager.proxy.metrics import ProxyMetrics, RecentRequest
 from runpod_manager.proxy.passthrough import PassThrough, RequestBody, ServiceRoute
 from runpod_manager.proxy.process import proxy_url
-from runpod_manager.proxy.routing import PODS_PREFIX, PathNotRouted, PodRoute, build_routes
+from runpod_manager.proxy.routing import PODS_PATH_PREFIX, PathNotRouted, PathTarget, PodRoute, build_routes
 from runpod_manager.proxy.wake import PodGroup, WakeGate
 from runpod_manager.requestlog import USAGE_TAIL_BYTES, RequestLog
 
@@ -75,7 +80,8 @@ SHUTDOWN_GRACE_SECONDS = 10.0  # in-flight streams get this long to finish when 
 WAKE_RETRY_AFTER_SECONDS = 1.0  # Retry-After of a request answered 503 while the pod still wakes
 _KNOWN_ROUTES = frozenset({"/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/models",
                            "/health", "/ready", "/metrics", "/dashboard", "/debug/cache", "/rpm/v1/pods"})
-_PROTECTED_PREFIXES = ("/v1/", "/dashboard", "/metrics", "/debug", "/rpm/", "/pods/")
+_JOB_PATH_PREFIXES = ("/v1/", PODS_PATH_PREFIX)  # the routed paths: a request to a pod may become a job
+_PROTECTED_PREFIXES = ("/v1/", "/dashboard", "/metrics", "/debug", "/rpm/", PODS_PATH_PREFIX)
 _BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
 # nginx's convention for "client closed the request", used in logs and metrics only: one status however the
 # client left (waiting for a wake or its body, mid-stream), never the 200 that had started.
@@ -84,7 +90,8 @@ _SSE_HEADERS = {"Content-Type": "text/event-stream; charset=utf-8", "Cache-Contr
                 "X-Accel-Buffering": "no"}
 _ALLOWED_METHODS = "GET, POST, OPTIONS"
 # Headers a page of an allowed origin may read: the SDKs' retry hints and what rpm adds.
-_EXPOSED_HEADERS = "Retry-After, retry-after-ms, x-should-retry, X-RPM-Cache, X-RPM-Cold-Start, X-RPM-Models"
+_EXPOSED_HEADERS = ("Retry-After, retry-after-ms, x-should-retry, X-RPM-Cache, X-RPM-Cold-Start, X-RPM-Models, "
+                    "Location, Preference-Applied, X-RPM-Job-Id")  # the last three: a job's 202 (jobs.py)
 _SERVICE_METHODS = "GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"
 _OTHER_SITE = frozenset({"cross-site", "same-site"})  # Sec-Fetch-Site values of requests another page caused
 
@@ -185,6 +192,12 @@ class ProxyState:
         self.cors_allow_origins = frozenset(origin.rstrip("/") for origin in proxy.cors_allow_origins)
         self.reconcile_task: asyncio.Task[None] | None = None
         self.closing = False
+        self.jobs = JobRunner(
+            JobStore(paths.jobs_dir, max_count=proxy.jobs_max_count, max_bytes=proxy.jobs_max_bytes,
+                     ttl_seconds=proxy.jobs_result_ttl_seconds),
+            concurrency=proxy.jobs_concurrency, max_body_bytes=proxy.max_body_bytes,
+            resolve=lambda method, path, body, content_type: job_pod(self, method, path, body, content_type),
+            pod_waking=self._pod_waking, full_retry_after_seconds=queue_full_retry_after_seconds)
         self.in_flight = 0  # read by the in-flight gauge at scrape time (no lock per request)
         # /v1 reaches the model pods only (kind = "http" pods are routed by path); the model lists are theirs.
         self.model_groups = tuple(group for group in self.groups if group.route.kind != "http")
@@ -199,6 +212,11 @@ class ProxyState:
             group.on_wake_settled = self._wake_settled
             for gate in group.gates:
                 self.metrics.watch_pod(gate.name, gate)
+
+    def _pod_waking(self, pod: str) -> bool:
+        """A job's pod has no ready replica (its request waits for a wake)."""
+        group = self.group_by_route.get(pod)
+        return group is not None and group.pick() is None
 
     def _wake_settled(self, gate: WakeGate, error: BaseException | None) -> None:
         self.last_wake_error = None if error is None else gate.last_wake_error
@@ -306,6 +324,8 @@ def _route_label(path: str) -> str:
         return path
     if path.startswith("/rpm/v1/pods/"):
         return "/rpm/v1/pods/{name}"  # one series, not one per name asked for
+    if path.startswith("/rpm/v1/jobs/"):
+        return "/rpm/v1/jobs/{id}"
     return "/v1/other" if path.startswith("/v1/") else "other"
 
 
@@ -350,8 +370,10 @@ def _make_middleware(state: ProxyState, listen: PodRoute | None = None
         request[EXCHANGE] = exchange
         path = request.path
         state.in_flight += 1
+        headers = request.headers
+        # A job's replay (jobs.py): the proxy's own token stands in for a client key, and it is never a new job.
+        replay = JOB_TOKEN_HEADER in headers and state.jobs.is_replay(headers[JOB_TOKEN_HEADER])
         try:
-            headers = request.headers
             local: web.StreamResponse | None = None
             if request.method == "OPTIONS" or "Origin" in headers or "Sec-Fetch-Site" in headers:
                 # raises ProxyError for a page that is refused
@@ -359,15 +381,19 @@ def _make_middleware(state: ProxyState, listen: PodRoute | None = None
             if local is not None:
                 response = local
             else:
-                if state.api_keys and path.startswith(protected) and not _authorized(
+                if state.api_keys and path.startswith(protected) and not replay and not _authorized(
                         headers.get("Authorization"), state.api_keys):
                     raise ProxyError(401, "missing or invalid API key: send one of the keys in [proxy] "
                                      "api_keys as `Authorization: Bearer <key>`", code="invalid_api_key",
                                      should_retry=False)
-                response = await handler(request)
+                if "Prefer" in headers and listen is None and not replay and _takes_jobs(request) and wants_async(
+                        headers.getall("Prefer")):
+                    response = await state.jobs.submit(request)
+                else:
+                    response = await handler(request)
         except ProxyError as exc:
             exchange.error_code = exc.code
-            response = exc.response()
+            response = exc.response({ERROR_HEADER: exc.code} if replay else None)
         except web.HTTPException as exc:
             if exc.status < 400:
                 raise
@@ -399,6 +425,14 @@ def _make_middleware(state: ProxyState, listen: PodRoute | None = None
     return middleware
 
 
+def _takes_jobs(request: web.Request) -> bool:
+    """A request `Prefer: respond-async` turns into a job: one to a routed path that exists (not the model
+    list, which the proxy answers itself)."""
+    path = request.path
+    return (path.startswith(_JOB_PATH_PREFIXES) and not path.startswith(MODELS_PATH)
+            and request.match_info.http_exception is None)
+
+
 def _origins_of(config: Config, port: int) -> frozenset[str]:
     """The origins a browser sends for pages served on this machine's `port` of the proxy."""
     scheme = "https" if config.proxy.use_https else "http"
@@ -425,7 +459,7 @@ def _cross_origin(request: web.Request, state: ProxyState, own_origins: frozense
     headers = request.headers
     origin = headers.get("Origin")
     path = request.path
-    service = every_path or path.startswith(PODS_PREFIX)
+    service = every_path or path.startswith(PODS_PATH_PREFIX)
     allowed = origin is not None and (state.origin_allowed(origin) or (service and origin in own_origins))
     if request.method == "OPTIONS":
         if origin is None:  # not a preflight: say what the proxy takes (a service says it itself)
@@ -557,7 +591,7 @@ async def _handle_v1(request: web.Request, state: ProxyState) -> web.StreamRespo
     elif request.body_exists:
         body = await _read_body(request, state)
     exchange.facts = facts  # as the client sent it (the request log names the model it asked for)
-    group = _route(state, facts)
+    group = target_group(state, request.path, facts)
     rewrite = group.route.rewrite
     if rewrite and facts.model in rewrite:  # an alias: the pod's server answers only to its own names
         document = {**(facts.document or {}), "model": rewrite[facts.model]}
@@ -657,6 +691,23 @@ async def _pod_went_away(state: ProxyState, gate: WakeGate) -> bool:
         log.warning("could not read the state of pod %s after an upstream failure: %s", gate.name, exc)
         return False
     return not view.lease_open or view.status != "RUNNING"
+
+
+def target_group(state: ProxyState, path: str, facts: RequestFacts) -> PodGroup:
+    """The configured pod a routed request goes to: `/pods/<name>/…` by its name, anything else by the body's
+    model (`_route`). The one resolution the handlers and the jobs' queues (jobs.py) share."""
+    target = path_target(state, path)
+    if target is None:
+        return _route(state, facts)
+    return state.group_by_route[target.route.name]
+
+
+def job_pod(state: ProxyState, method: str, path: str, body: bytes | None, content_type: str) -> str:
+    """The queue a job joins (jobs.Resolver): its target's name, or the ProxyError the request would get."""
+    if method not in _BODY_METHODS and path in JSON_ROUTES:
+        raise web.HTTPMethodNotAllowed(method, ["POST"])
+    facts = inspect_json_body(body) if body and is_json_content_type(content_type) else NO_BODY
+    return target_group(state, path, facts).name
 
 
 def _route(state: ProxyState, facts: RequestFacts) -> PodGroup:
@@ -1042,11 +1093,11 @@ def service_route(state: ProxyState, route: PodRoute, port: int, raw_path: str, 
     return ServiceRoute(state.group_by_route[route.name], port, raw_path, prefix, limit)
 
 
-def resolve_pods_path(state: ProxyState, request: web.Request) -> ServiceRoute:
-    """`/pods/<name>[:<port>]/<path>` → where it goes; 404 naming the pods for a name (or port) not here.
-    The seam other request kinds (202 jobs) use to find a request's pod the same way."""
+def path_target(state: ProxyState, path: str) -> PathTarget | None:
+    """`/pods/<name>[:<port>]/<path>` → its pod and port (None: not a /pods/ path); 404 naming the pods for a
+    name (or port) not here. Used by the pass-through and by target_group (the jobs' queues) alike."""
     try:
-        target = state.routes.pod_for_path(request.path)
+        return state.routes.pod_for_path(path)
     except PathNotRouted as exc:
         route = state.routes.route_named(exc.name)
         if route is None:
@@ -1055,10 +1106,15 @@ def resolve_pods_path(state: ProxyState, request: web.Request) -> ServiceRoute:
         raise ProxyError(404, f"pod {route.name!r} has no port {exc.port!r}: its ports are "
                          f"{', '.join(map(str, route.ports))} (port, extra_ports)", code="pod_port_not_found",
                          should_retry=False) from None
+
+
+def resolve_pods_path(state: ProxyState, request: web.Request) -> ServiceRoute:
+    """A /pods/ request → where it goes (path_target), with the exact path to send and its body limit."""
+    target = path_target(state, request.path)
     if target is None:  # only mounted under /pods/
         raise web.HTTPNotFound()
-    segment = request.path[len(PODS_PREFIX):].partition("/")[0]
-    prefix = PODS_PREFIX + segment
+    segment = request.path[len(PODS_PATH_PREFIX):].partition("/")[0]
+    prefix = PODS_PATH_PREFIX + segment
     raw = request.raw_path
     if not raw.startswith(prefix):  # the name percent-encoded: not a form rpm ever links to
         raise ProxyError(404, f"write the pod's name plainly in /pods/{target.route.name}/", code="pod_not_found")
@@ -1105,7 +1161,7 @@ async def serve_service(request: web.Request, state: ProxyState, service: Servic
     """Pass one request through to its pod's service (passthrough.py; websocket.py for upgrades)."""
     exchange = request[EXCHANGE]
     group = service.group
-    exchange.route = f"{PODS_PREFIX}{group.name}" if service.prefix else f"listen:{group.name}"
+    exchange.route = f"{PODS_PATH_PREFIX}{group.name}" if service.prefix else f"listen:{group.name}"
     if websocket.is_upgrade(request):
         websocket.check_upgrade(request)
         return await _serve_websocket(request, state, exchange, service)
@@ -1205,13 +1261,17 @@ def _pod_entry(state: ProxyState, name: str) -> dict[str, Any]:
     gate = state.gates[name]
     group = state.group_of[name]
     oldest = group.oldest_wait_seconds()
+    jobs = state.jobs.summary().get(group.name, PodJobs())
+    oldest_job = None if jobs.oldest_queued_at is None else round(max(0.0, time.time() - jobs.oldest_queued_at), 3)
     return {"name": name, "replica_of": group.name, "models": state.model_names(group),
             "pod_id": view.pod_id, "status": view.status, "ready": view.ready, "lease_open": view.lease_open,
             "deadline": _iso(view.deadline), "idle_ends_at": _iso(view.limits.get("idle")),
             "spend_today_usd": round(view.spend_today_usd, 4), "max_daily_spend_usd": view.max_daily_spend_usd,
             "queue_depth": group.waiting, "oldest_wait_seconds": None if oldest is None else round(oldest, 3),
             "in_flight": gate.in_flight, "waking": gate.waking, "target_known": gate.target is not None,
-            "last_wake_error": gate.last_wake_error}
+            "last_wake_error": gate.last_wake_error,
+            # Its configured pod's queued jobs (jobs.py; replicas share one queue), for clients that poll.
+            "jobs_queued": jobs.queued, "jobs_running": jobs.running, "oldest_job_wait_seconds": oldest_job}
 
 
 async def handle_health(request: web.Request) -> web.Response:
@@ -1406,6 +1466,7 @@ async def _on_shutdown(app: web.Application) -> None:
     # Runs before in-flight requests get their grace period; they keep the session until cleanup.
     state = app[STATE]
     state.closing = True
+    await state.jobs.close()  # jobs in flight fail now rather than hold the shutdown; queued ones stay
     for group in state.groups:
         group.close()
     await state.sockets.close_all("the rpm proxy is stopping")
@@ -1427,6 +1488,12 @@ async def _on_cleanup(app: web.Application) -> None:
         state.passthrough = None
     if state.cache is not None:
         await asyncio.to_thread(state.cache.close)
+    state.jobs.shut()
+
+
+async def start_jobs(app: web.Application, base_url: str) -> None:
+    """Start running queued jobs, now that the proxy listens at `base_url` (server.serve calls it)."""
+    await app[STATE].jobs.start(base_url)
 
 
 def build_app(
@@ -1452,10 +1519,11 @@ def build_app(
                        wake_retry_after_seconds=wake_retry_after_seconds, cache_clock=cache_clock)
     app = web.Application(client_max_size=config.proxy.max_body_bytes, middlewares=[_make_middleware(state)])
     app[STATE] = state
+    app[JOBS] = state.jobs
     if state.cors_allow_origins:  # no per-response hook at all unless pages are allowed
         app.on_response_prepare.append(_add_cors_headers)
     app.router.add_route("*", "/v1/{tail:.*}", handle_v1)
-    app.router.add_route("*", PODS_PREFIX + "{tail:.*}", handle_pods_path)
+    app.router.add_route("*", PODS_PATH_PREFIX + "{tail:.*}", handle_pods_path)
     app.router.add_get("/health", handle_health)
     app.router.add_get("/ready", handle_ready)
     app.router.add_get("/metrics", handle_metrics)
@@ -1463,6 +1531,7 @@ def build_app(
     app.router.add_get("/debug/cache", handle_debug_cache)
     app.router.add_get("/rpm/v1/pods", handle_pods)
     app.router.add_get("/rpm/v1/pods/{name}", handle_pod)
+    add_job_routes(app)
     app.on_startup.append(_on_startup)
     app.on_shutdown.append(_on_shutdown)
     app.on_cleanup.append(_on_cleanup)

@@ -33,9 +33,10 @@ HOP_BY_HOP = frozenset({
     "te", "trailer", "trailers", "transfer-encoding", "upgrade",
 })
 # Recomputed by aiohttp (host, content-length), replaced by us (authorization, accept-encoding), handled by
-# our own server (expect) or meant for the proxy only (x-rpm-cache).
+# our own server (expect) or meant for the proxy only (x-rpm-cache, and a job replay's token: jobs.py).
+JOB_TOKEN_HEADER = "X-RPM-Job-Token"  # noqa: S105 - a header name, not a secret
 _REQUEST_DROP = HOP_BY_HOP | {"host", "content-length", "authorization", "accept-encoding", "expect",
-                              "x-rpm-cache"}
+                              "x-rpm-cache", JOB_TOKEN_HEADER.lower()}
 # The body may be re-framed (chunked) or was decompressed by the client session; our server sets its own
 # date/server.
 _RESPONSE_DROP = HOP_BY_HOP | {"content-length", "content-encoding", "date", "server"}

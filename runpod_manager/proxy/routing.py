@@ -104,9 +104,9 @@ class Routes:
     def pod_for_path(self, path: str) -> PathTarget | None:
         """`/pods/<name>[:<port>]/<rest>` → the pod, the port and the path sent to it (`/<rest>`); None when
         the path is not under /pods/. Raises PathNotRouted when it is, but names no pod or port here."""
-        if not path.startswith(PODS_PREFIX):
+        if not path.startswith(PODS_PATH_PREFIX):
             return None
-        segment, slash, rest = path[len(PODS_PREFIX):].partition("/")
+        segment, slash, rest = path[len(PODS_PATH_PREFIX):].partition("/")
         name, colon, port_text = segment.partition(":")
         route = self.route_named(name)
         if route is None:
@@ -129,7 +129,7 @@ class Routes:
         return tuple(name for route in self.routes for name in route.names)
 
 
-PODS_PREFIX = "/pods/"
+PODS_PATH_PREFIX = "/pods/"
 
 
 @dataclass(frozen=True)

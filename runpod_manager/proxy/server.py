@@ -28,7 +28,7 @@ from aiohttp import web
 from runpod_manager.config import Config, ProxyConfig
 from runpod_manager.errors import ConfigError
 from runpod_manager.paths import Paths, ensure_private_dir
-from runpod_manager.proxy.app import SHUTDOWN_GRACE_SECONDS, STATE, build_app, build_listen_app
+from runpod_manager.proxy.app import SHUTDOWN_GRACE_SECONDS, STATE, build_app, build_listen_app, start_jobs
 from runpod_manager.proxy.connection import IDLE_CONNECTION_TIMEOUT_SECONDS, ProxyAppRunner
 from runpod_manager.proxy.controller import ProxyController
 
@@ -203,6 +203,7 @@ async def serve(
                     loop.add_signal_handler(signum, request_stop, signum.name)
                     installed.append(signum)
         log.info("proxy listening on %s", url)
+        await start_jobs(app, url)  # jobs are replayed to the proxy's own bound address (jobs.py)
         def stop_from_any_thread() -> None:
             loop.call_soon_threadsafe(request_stop)
 

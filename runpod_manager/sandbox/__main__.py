@@ -19,7 +19,7 @@ class _OneLineParser(argparse.ArgumentParser):
 
 def build_parser() -> argparse.ArgumentParser:
     parser = _OneLineParser(prog="python -m runpod_manager.sandbox",
-                            description="Run rpm's RunPod REST v2 emulator (pods, billing, fake vLLM).")
+                            description="Run rpm's RunPod REST v2 emulator (pods, billing, fake vLLM, fake services).")
     add = parser.add_argument
     add("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     add("--port", type=int, default=DEFAULT_PORT, help=f"port (default {DEFAULT_PORT}; 0 picks a free one)")
@@ -28,6 +28,8 @@ def build_parser() -> argparse.ArgumentParser:
     add("--start-seconds", type=float, default=1.5, help="STARTING → RUNNING (default 1.5)")
     add("--model-load-seconds", type=float, default=2.0, help="RUNNING → model answers (default 2.0)")
     add("--token-delay", type=float, default=0.02, help="seconds per generated token (default 0.02)")
+    add("--service-progress-seconds", type=float, default=1.0, metavar="SECONDS",
+        help="between a fake service's /ws progress frames (default 1; 0 sends none)")
     add("--bill-speed", type=float, default=1.0, help="billing clock multiplier (default 1)")
     add("--balance", type=float, default=1000.0, help="account balance in USD (default 1000)")
     add("--fail-creates", type=int, default=0, metavar="N", help="the next N creates fail for capacity")
@@ -47,7 +49,8 @@ def main(argv: list[str] | None = None) -> int:
     options = SandboxOptions(
         host=args.host, port=args.port, api_key=args.api_key, provision_seconds=args.provision_seconds,
         start_seconds=args.start_seconds, model_load_seconds=args.model_load_seconds,
-        token_delay_seconds=args.token_delay, bill_speed=args.bill_speed, balance_usd=args.balance,
+        token_delay_seconds=args.token_delay, service_progress_seconds=args.service_progress_seconds,
+        bill_speed=args.bill_speed, balance_usd=args.balance,
         fail_creates=args.fail_creates, refuse_resumes=args.refuse_resumes, rate_limit=args.rate_limit,
         error_rate=args.error_rate, latency_seconds=args.latency, quota_per_minute=args.quota_per_minute,
         state_file=args.state, quiet=args.quiet, seed=args.seed,

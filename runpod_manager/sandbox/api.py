@@ -9,7 +9,8 @@ so the emulator never crashes and never sends a traceback.
 The control endpoints (not part of v2) let tests and demos steer the world: faults, reset, platform
 stops, a taken host, stock and balance. They need the account key, the same `Authorization: Bearer` as
 /v2 (a pod-scoped key is not enough): `/_sandbox/state` returns every pod's key, and the emulator may
-listen beyond loopback. The fake pod URLs (`/pods/...`, the model servers) check the pod's own key.
+listen beyond loopback. The fake pod URLs (`/pods/...`, the model servers) check the pod's own key; the
+fake generic service of a non-vLLM pod (service.py) checks none, like a public RunPod pod URL.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from typing import Any
 from aiohttp import web
 
 from runpod_manager.sandbox.model import ModelServer
+from runpod_manager.sandbox.service import PROGRESS_SECONDS, ServiceServer
 from runpod_manager.sandbox.validate import (
     VALIDATION_DETAIL,
     RequestInvalidError,
@@ -452,10 +454,12 @@ async def _add_rate_limit_headers(request: web.Request, response: web.StreamResp
 
 
 def create_app(world: World, *, api_key: str, token_delay_seconds: float = 0.0,
-               runner: ContainerRunner | None = None) -> web.Application:
-    """The whole sandbox as one aiohttp application (v2 API, control endpoints, pod model servers)."""
+               runner: ContainerRunner | None = None,
+               service_progress_seconds: float = PROGRESS_SECONDS) -> web.Application:
+    """The whole sandbox as one aiohttp application (v2 API, control endpoints, pod model servers and
+    generic services)."""
     api = SandboxApi(world, api_key=api_key, runner=runner)
-    model = ModelServer(world, token_delay_seconds)
+    model = ModelServer(world, token_delay_seconds, ServiceServer(world, service_progress_seconds))
     # client_max_size only guards aiohttp's own body readers; ours enforce MAX_BODY_BYTES with a 413.
     app = web.Application(middlewares=[guard_middleware, api.control_middleware, api.v2_middleware],
                           client_max_size=MAX_BODY_BYTES)

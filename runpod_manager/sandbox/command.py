@@ -25,6 +25,8 @@ def register(app: typer.Typer) -> None:
         start_seconds: Annotated[float, typer.Option(help="STARTING → RUNNING.")] = 1.5,
         model_load_seconds: Annotated[float, typer.Option(help="RUNNING → model answers.")] = 2.0,
         token_delay: Annotated[float, typer.Option(help="Seconds per generated token.")] = 0.02,
+        service_progress_seconds: Annotated[float, typer.Option(
+            help="Seconds between a fake service's /ws progress frames; 0 sends none.")] = 1.0,
         bill_speed: Annotated[float, typer.Option(help="Billing clock multiplier.")] = 1.0,
         balance: Annotated[float, typer.Option(help="Account balance in USD.")] = 1000.0,
         fail_creates: Annotated[int, typer.Option(metavar="N", help="Next N creates fail (capacity).")] = 0,
@@ -37,13 +39,17 @@ def register(app: typer.Typer) -> None:
         quiet: Annotated[bool, typer.Option(help="No request log on stderr.")] = False,
         seed: Annotated[int | None, typer.Option(help="Seed for pod ids and injected faults.")] = None,
     ) -> None:
-        """Run a local emulator of RunPod's REST v2 API with fake vLLM pods (no account needed)."""
+        """Run a local emulator of RunPod's REST v2 API with fake vLLM pods (no account needed).
+
+        A pod whose image name does not contain "vllm" runs a fake generic HTTP/WebSocket service instead.
+        """
         from runpod_manager.sandbox.server import SandboxOptions, run_command
 
         options = SandboxOptions(
             host=host, port=port, api_key=api_key, provision_seconds=provision_seconds,
             start_seconds=start_seconds, model_load_seconds=model_load_seconds,
-            token_delay_seconds=token_delay, bill_speed=bill_speed, balance_usd=balance,
+            token_delay_seconds=token_delay, service_progress_seconds=service_progress_seconds,
+            bill_speed=bill_speed, balance_usd=balance,
             fail_creates=fail_creates, refuse_resumes=refuse_resumes, rate_limit=rate_limit,
             error_rate=error_rate, latency_seconds=latency,
             quota_per_minute=quota_per_minute, state_file=state, quiet=quiet, seed=seed,

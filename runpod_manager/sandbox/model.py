@@ -5,6 +5,9 @@ or the `port/http` entry does not exist, 502 until the pod is RUNNING and its mo
 after the model crashed), then vLLM's OpenAI-compatible API: /health, /version, /v1/models,
 /v1/chat/completions, /v1/completions (both streaming or not), /v1/embeddings and /metrics.
 
+A pod whose image is not a vLLM image gets the fake generic service (service.py) behind the same URL
+checks instead: `handle` resolves the pod and hands such requests to it.
+
 Text is deterministic: the same prompt and sampling parameters give the same tokens. A streaming client
 that disconnects stops generation, and the pod's running-request gauge drops at once.
 """
@@ -19,11 +22,14 @@ import random
 import time
 import uuid
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
-from runpod_manager.sandbox.world import ModelStats, Pod, World
+from runpod_manager.sandbox.world import ModelStats, Pod, World, serves_vllm
+
+if TYPE_CHECKING:
+    from runpod_manager.sandbox.service import ServiceServer
 
 MAX_BODY_BYTES = 8 * 1024 * 1024
 VLLM_VERSION = "0.11.0+sandbox"
@@ -92,9 +98,11 @@ def _content_text(content: Any) -> str:
 class ModelServer:
     """Serves every pod's model through one aiohttp route."""
 
-    def __init__(self, world: World, token_delay_seconds: float = 0.0) -> None:
+    def __init__(self, world: World, token_delay_seconds: float = 0.0,
+                 service: ServiceServer | None = None) -> None:
         self.world = world
         self.token_delay_seconds = token_delay_seconds
+        self.service = service
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         target = request.match_info["target"]
@@ -107,6 +115,8 @@ class ModelServer:
         if state == "down":
             return web.Response(status=502, text=_BAD_GATEWAY_HTML, content_type="text/html")
         path = "/" + request.match_info.get("tail", "")
+        if self.service is not None and not serves_vllm(pod.image):
+            return await self.service.route(request, pod, int(port_text), path)
         return await self._route(request, pod, path)
 
     async def _route(self, request: web.Request, pod: Pod, path: str) -> web.StreamResponse:

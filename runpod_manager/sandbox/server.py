@@ -63,6 +63,7 @@ class SandboxOptions:
     start_seconds: float = 1.5
     model_load_seconds: float = 2.0
     token_delay_seconds: float = 0.02
+    service_progress_seconds: float = 1.0
     bill_speed: float = 1.0
     balance_usd: float = 1000.0
     fail_creates: int = 0
@@ -87,6 +88,7 @@ class SandboxOptions:
         non_negative = {
             "--provision-seconds": self.provision_seconds, "--start-seconds": self.start_seconds,
             "--model-load-seconds": self.model_load_seconds, "--token-delay": self.token_delay_seconds,
+            "--service-progress-seconds": self.service_progress_seconds,
             "--bill-speed": self.bill_speed, "--balance": self.balance_usd,
             "--fail-creates": self.fail_creates, "--refuse-resumes": self.refuse_resumes,
             "--rate-limit": self.rate_limit, "--latency": self.latency_seconds,
@@ -236,7 +238,7 @@ async def start_sandbox(options: SandboxOptions, world: World | None = None) -> 
     warning = beyond_loopback_warning(sock, options.api_key)
     containers = ContainerRunner(api_url=base_url)
     app = create_app(world, api_key=options.api_key, token_delay_seconds=options.token_delay_seconds,
-                     runner=containers)
+                     runner=containers, service_progress_seconds=options.service_progress_seconds)
     app_runner = web.AppRunner(app, access_log=None if options.quiet else logging.getLogger("aiohttp.access"),
                                handle_signals=False)
     await app_runner.setup()

@@ -2,7 +2,8 @@
 
 Plain Python with an injectable clock and random source, so every rule is unit-testable without a
 server. Status advances lazily: each read computes where a pod's timeline has got to by now, with the
-exact transition times (PROVISIONING → STARTING → RUNNING, then the model server loads). Nothing here
+exact transition times (PROVISIONING → STARTING → RUNNING, then the model server loads; a pod whose image
+is not a vLLM image runs the fake generic service instead, on the same timeline). Nothing here
 sleeps. Container commands (`sh -c ...` args) run as real processes through `ContainerRunner`, which the
 server calls from a small background tick.
 
@@ -25,6 +26,7 @@ import string
 import subprocess
 import tempfile
 import time
+from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass, field, fields
 from datetime import UTC, datetime, timedelta
@@ -49,6 +51,7 @@ LOW_BALANCE_DETAIL = "Your account balance is too low to rent a pod. Please add 
 
 _ID_ALPHABET = string.ascii_lowercase + string.digits
 _MAX_LOG_LINES_PER_POD = 5000
+SERVICE_RECENT_REQUESTS = 100
 
 
 class PodStatus(StrEnum):
@@ -285,6 +288,30 @@ class ModelStats:
 
 
 @dataclass
+class ServiceStats:
+    """Live counters of one pod's generic service (not persisted, like ModelStats), for tests to read."""
+
+    requests: int = 0
+    active: int = 0
+    open_websockets: int = 0
+    websocket_frames: int = 0
+    received_bytes: int = 0
+    # The latest requests as {method, path, query, port, status}: no header values (they may hold keys).
+    recent: deque[dict[str, Any]] = field(default_factory=lambda: deque(maxlen=SERVICE_RECENT_REQUESTS))
+
+    def to_json(self) -> dict[str, Any]:
+        return {"requests": self.requests, "active": self.active, "openWebsockets": self.open_websockets,
+                "websocketFrames": self.websocket_frames, "receivedBytes": self.received_bytes,
+                "recent": list(self.recent)}
+
+
+def serves_vllm(image: str) -> bool:
+    """Whether a pod of this image runs the fake vLLM (else the fake generic service): its name contains
+    `vllm` (any case), or it is empty (a template's image, which the emulator cannot see)."""
+    return not image or "vllm" in image.lower()
+
+
+@dataclass
 class Pod:
     id: str
     name: str
@@ -477,6 +504,7 @@ class World:
         self.stock: dict[StockKey, int] = initial_stock()
         self.calls: dict[str, int] = {}
         self.model_stats: dict[str, ModelStats] = {}
+        self.service_stats: dict[str, ServiceStats] = {}
         self.dirty = False
         self._log_seq = 0
 
@@ -492,6 +520,7 @@ class World:
         self.stock = initial_stock()
         self.calls.clear()
         self.model_stats.clear()
+        self.service_stats.clear()
         self.faults = Faults(**self._initial_faults.to_dict())
         self.settings.balance_usd = self._initial_balance
         self.dirty = True
@@ -534,8 +563,9 @@ class World:
         if (pod.status == PodStatus.RUNNING and not pod.model_loaded_logged and not pod.model_crashed
                 and pod.model_ready_at is not None and now >= pod.model_ready_at):
             pod.model_loaded_logged = True
-            self._log(pod, "container", f"INFO: model {self.model_name(pod)} loaded; serving on port 8000",
-                      pod.model_ready_at)
+            loaded = (f"INFO: model {self.model_name(pod)} loaded; serving on port 8000" if serves_vllm(pod.image)
+                      else f"INFO: service ready; listening on {self._http_ports_text(pod)}")
+            self._log(pod, "container", loaded, pod.model_ready_at)
 
     def _become_running(self, pod: Pod, at: float) -> None:
         pod.status, pod.phase_started_at = PodStatus.RUNNING, at
@@ -552,7 +582,14 @@ class World:
         pod.model_crashed = False
         pod.container_generation += 1
         self.model_stats[pod.id] = ModelStats()
-        self._log(pod, "container", f"INFO: loading model {self.model_name(pod)}", at)
+        self.service_stats[pod.id] = ServiceStats()
+        starting = (f"INFO: loading model {self.model_name(pod)}" if serves_vllm(pod.image)
+                    else f"INFO: starting service {pod.image}")
+        self._log(pod, "container", starting, at)
+
+    @staticmethod
+    def _http_ports_text(pod: Pod) -> str:
+        return ", ".join(f"port {port}" for port in sorted(pod.http_ports())) or "no http port"
 
     # -- reads --
 
@@ -649,7 +686,8 @@ class World:
 
     def _runtime_json(self, pod: Pod, now: float, public_ip: str, ssh_port: int) -> dict[str, Any]:
         loaded = pod.model_ready_at is not None and now >= pod.model_ready_at and not pod.model_crashed
-        busy = self.model_stats.get(pod.id, ModelStats()).running > 0
+        busy = (self.model_stats.get(pod.id, ModelStats()).running > 0
+                or self.service_stats.get(pod.id, ServiceStats()).active > 0)
         private_ip = f"100.65.{_digest(pod.id + 'ip') % 250}.{_digest(pod.id) % 250 + 2}"
         ports = []
         for spec in pod.ports:
@@ -810,6 +848,7 @@ class World:
             self._release(pod)
         del self.pods[pod_id]
         self.model_stats.pop(pod_id, None)
+        self.service_stats.pop(pod_id, None)
         self.dirty = True
 
     def update_pod(self, pod_id: str, changes: Mapping[str, Any]) -> Pod:
@@ -979,6 +1018,8 @@ class World:
             pods.append({**self.pod_json(pod), "podKey": pod.pod_key, "hostTaken": pod.host_taken,
                          "modelCrashed": pod.model_crashed, "model": model, "modelName": self.model_name(pod),
                          "modelRunning": stats.running, "containerGeneration": pod.container_generation,
+                         "serves": "vllm" if serves_vllm(pod.image) else "service",
+                         "service": self.service_stats.get(pod.id, ServiceStats()).to_json(),
                          "spendUsd": sum(s.amount_usd(s.start, now) for s in self.billing
                                          if s.pod_id == pod.id)})
         return {

@@ -351,3 +351,31 @@ def test_an_open_socket_without_frames_is_not_activity(service: ServiceFake, cha
         last_frame = max(moment for moment in frames_at + silent if moment is not None)
         assert len(set(silent)) == 1  # unchanged while silent
         assert after_push is not None and after_push > last_frame  # a frame from the service is activity
+
+
+def test_a_job_to_a_routed_path_wakes_the_http_pod_and_keeps_the_services_answer(
+        service: ServiceFake, chat_upstream: FakeUpstream, paths: Paths) -> None:
+    controller = controller_for(service, chat_upstream, asleep=True, hold=True)
+    listen_port = free_port()
+    with running_proxy(proxy_config(comfy_pod(listen_port=listen_port)), controller, paths) as proxy:
+        accepted = requests.post(f"{proxy.url}/pods/comfy/prompt", json={"workflow": 7}, timeout=TIMEOUT,
+                                 headers={"Prefer": "respond-async"})
+        assert accepted.status_code == 202, accepted.text
+        job = accepted.json()
+        assert (job["pod"], job["path"]) == ("comfy", "/pods/comfy/prompt")
+        bad_port = requests.post(f"{proxy.url}/pods/comfy:9999/prompt", json={}, timeout=TIMEOUT,
+                                 headers={"Prefer": "respond-async"})
+        assert bad_port.status_code == 404 and error_of(bad_port)["code"] == "pod_port_not_found"
+        controller.pods["comfy"].release_wake.set()
+
+        def done() -> bool:
+            return requests.get(f"{proxy.url}{job['status_url']}", timeout=TIMEOUT).json()["state"] == "done"
+
+        assert wait_until(done, TIMEOUT)
+        result = requests.get(f"{proxy.url}/rpm/v1/jobs/{job['id']}/result", timeout=TIMEOUT)
+        assert result.status_code == 200 and result.json() == {"echo": {"workflow": 7}}
+        assert controller.pods["comfy"].wake_calls == 1
+        # A listen port's paths are the service's own: Prefer goes through to it, never a job of rpm's.
+        own = requests.post(f"http://127.0.0.1:{listen_port}/prompt", json={"n": 2}, timeout=TIMEOUT,
+                            headers={"Prefer": "respond-async"})
+        assert own.status_code == 200 and own.json() == {"echo": {"n": 2}}

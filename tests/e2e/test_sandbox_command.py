@@ -138,7 +138,7 @@ def test_sigterm_stops_it_cleanly_with_exit_0(tmp_path: Path) -> None:
 
 def test_the_control_endpoints_need_the_account_key() -> None:
     """/_sandbox/state returns every pod's key: it answered anyone while /v2 asked for the key."""
-    body = {"name": "rpm-keys-abc123", "image": "img", "gpu": {"id": GPU}, "ports": ["8000/http"]}
+    body = {"name": "rpm-keys-abc123", "image": "vllm/vllm-openai:latest", "gpu": {"id": GPU}, "ports": ["8000/http"]}
     with run_sandbox(api_key="sk-account-SECRET-9d") as sandbox:
         pod = sandbox.api("POST", "/v2/pods", json=body).json()
         state = sandbox.control("state")  # the test helper sends the account key

@@ -27,6 +27,7 @@ from runpod_manager.sandbox.world import (
     cuda_key,
     initial_stock,
     rfc3339,
+    serves_vllm,
 )
 
 T0 = 1_767_225_600.0  # 2026-01-01T00:00:00Z, an hour boundary
@@ -142,6 +143,31 @@ def test_restart_reloads_the_model(world: World, clock: Clock) -> None:
     assert world.model_state(pod.id, 8000)[0] == "down" and pod.container_generation == generation + 1
     clock.tick(5.0)
     assert world.model_state(pod.id, 8000)[0] == "ready"
+
+
+@pytest.mark.parametrize(("image", "vllm"), [
+    ("vllm/vllm-openai:latest", True), ("VLLM/custom:1", True), ("ghcr.io/me/my-vllm-server", True),
+    ("", True), ("comfyanonymous/comfyui:latest", False), ("runpod/pytorch:2.4", False),
+])
+def test_only_vllm_images_run_the_fake_vllm(image: str, vllm: bool) -> None:
+    assert serves_vllm(image) is vllm
+
+
+def test_a_service_pod_follows_the_same_timeline_and_logs_as_a_service(world: World, clock: Clock) -> None:
+    pod = world.create_pod(request(image="comfyanonymous/comfyui:latest", args="",
+                                   ports=["8188/http", "8000/http"]))
+    clock.tick(9.99)
+    assert world.model_state(pod.id, 8188)[0] == "down"
+    clock.tick(0.02)
+    assert [world.model_state(pod.id, port)[0] for port in (8188, 8000)] == ["ready", "ready"]
+    container = [line.line for line in pod.logs if line.source == "container"]
+    assert container == ["INFO: starting service comfyanonymous/comfyui:latest",
+                         "INFO: service ready; listening on port 8000, port 8188"]
+    world.service_stats[pod.id].requests = 3
+    world.act(pod.id, "restart")  # a new container: fresh counters, like the model's
+    assert world.service_stats[pod.id].requests == 0
+    snapshot = next(p for p in world.snapshot()["pods"] if p["id"] == pod.id)
+    assert snapshot["serves"] == "service" and snapshot["service"]["requests"] == 0
 
 
 def test_a_port_the_pod_does_not_expose_over_http_is_missing(world: World, clock: Clock) -> None:

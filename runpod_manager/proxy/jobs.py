@@ -1,0 +1,757 @@
+"""Queued jobs: a request sent with `Prefer: respond-async` (RFC 7240) is answered `202 Accepted` at once and
+run later, in order, by the proxy itself; its status and stored response are read at `/rpm/v1/jobs/{id}`.
+
+A job is a stored request: method, path with its query, the headers that matter (never a credential: see
+`stored_headers`) and its body, spooled to a 0600 file as it arrives (never held whole in memory). The
+store (`JobStore`) is one sqlite file in the state directory's `jobs/` (0700), with the spooled request
+bodies and the stored responses beside it, bounded in count and bytes ([proxy] jobs_max_count,
+jobs_max_bytes). One proxy owns a state directory, so no other connection writes (and checkpoints) under
+it, and its short transactions run on the loop (BENCHMARKS.md, "Jobs"). WAL with synchronous=NORMAL: a
+commit survives the proxy's crash or restart; only an operating-system crash may lose the last ones.
+
+Running (`JobRunner`): per pod, the oldest queued jobs first, at most [proxy] jobs_concurrency at once. A job
+is marked running in the store *before* its request is sent, and a job found running when the store opens
+(the proxy stopped or crashed under it) becomes failed, never re-sent: its request may have reached the
+service, and a non-idempotent one must reach it at most once. A job still queued runs after the restart.
+
+The request is replayed through the proxy itself, over loopback HTTP to its own bound address, carrying a
+per-process random token (`X-RPM-Job-Token`, held in memory only, never logged, stored or sent upstream)
+that the middleware accepts in place of an API key. So a job goes through the same routing, wake queue,
+idle accounting, metrics and request log as a direct request, for every route the proxy has: /v1 today and
+/pods/<name>/… (pass-through), with nothing here to change. (An in-process call would have to
+rebuild an aiohttp request for every handler; the loopback hop costs a fraction of a millisecond:
+BENCHMARKS.md.) While the replay waits for a wake the job shows as `waking`. The proxy's own retryable
+answers that prove the request never left it (the wake queue was full, the pod still wakes: marked with
+`X-RPM-Error`) are retried after their Retry-After; any other answer is the job's result.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import json
+import logging
+import os
+import re
+import secrets
+import sqlite3
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import aiohttp.payload
+import filelock
+from aiohttp import web
+from multidict import CIMultiDict
+
+from runpod_manager.paths import ensure_private_dir
+from runpod_manager.proxy.forward import HOP_BY_HOP, JOB_TOKEN_HEADER, ProxyError
+
+log = logging.getLogger("runpod_manager.proxy")
+
+DB_FILENAME = "jobs.sqlite3"
+JOB_ID_HEADER = "X-RPM-Job-Id"
+# Set by the middleware on the proxy's own error answers to a job's replay: the error's code, so the runner
+# tells "the proxy answered and the request never left" from anything a service could say.
+ERROR_HEADER = "X-RPM-Error"
+RETRIED_CODES = frozenset({"pod_waking", "queue_full", "state_busy"})
+JOBS_PATH = "/rpm/v1/jobs"
+_JOB_ID_RE = re.compile(r"^job_[A-Za-z0-9_-]{32}$")
+_CHUNK_BYTES = 64 * 1024
+INLINE_BODY_MAX_BYTES = 256 * 1024  # a JSON result this small is shown inline in the status document
+INTERRUPTED = ("the proxy stopped while this job's request was in flight; it was not sent again because it may "
+               "have reached the service: submit it again if that is safe")
+# Headers never stored: they describe one connection, are recomputed, are the proxy's own, or may carry a
+# credential (the proxy's key, a service's key or cookie). A pod's own key comes from the config, never
+# from a stored job.
+_NOT_STORED = HOP_BY_HOP | {"host", "content-length", "expect", "prefer", "authorization", "cookie", "origin",
+                            "x-rpm-cache", JOB_TOKEN_HEADER.lower(), JOB_ID_HEADER.lower()}
+# Of a job's response: framing (the stored body is served with its own length), the proxy's date and server.
+_RESULT_HEADERS_DROPPED = HOP_BY_HOP | {"content-length", "date", "server", JOB_ID_HEADER.lower(),
+                                       ERROR_HEADER.lower()}
+_CREDENTIAL_WORDS = ("auth", "key", "token", "secret", "password", "session", "cookie", "signature")
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS jobs (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    id TEXT NOT NULL UNIQUE,
+    pod TEXT NOT NULL,
+    owner TEXT,
+    method TEXT NOT NULL,
+    path TEXT NOT NULL,
+    headers TEXT NOT NULL,
+    request_bytes INTEGER NOT NULL,
+    state TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    started_at REAL,
+    finished_at REAL,
+    expires_at REAL,
+    status INTEGER,
+    response_headers TEXT,
+    result_bytes INTEGER NOT NULL DEFAULT 0,
+    error TEXT
+);
+CREATE INDEX IF NOT EXISTS jobs_queue ON jobs (pod, state, seq);
+"""
+
+
+class JobState(StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    DONE = "done"
+    FAILED = "failed"
+
+
+class JobStoreBusy(Exception):
+    """Another proxy process holds this job store (two proxies sharing one state directory)."""
+
+
+class JobsFull(Exception):
+    """The store holds as many jobs or bytes as it may ([proxy] jobs_max_count / jobs_max_bytes)."""
+
+
+@dataclass(frozen=True)
+class Job:
+    id: str
+    seq: int
+    pod: str  # the configured pod whose queue it is in (routing's answer for its path and body)
+    owner: str | None  # the submitting key's name, when keys have names; never a secret
+    method: str
+    path: str  # with its query, as sent
+    headers: tuple[tuple[str, str], ...]
+    request_bytes: int
+    state: JobState
+    created_at: float
+    started_at: float | None
+    finished_at: float | None
+    expires_at: float | None
+    status: int | None
+    response_headers: tuple[tuple[str, str], ...]
+    result_bytes: int
+    error: str | None
+
+
+@dataclass(frozen=True)
+class PodJobs:
+    """One pod's jobs, for /rpm/v1/pods: how many wait, how many run, when the oldest waiting one came."""
+
+    queued: int = 0
+    running: int = 0
+    oldest_queued_at: float | None = None
+
+
+def new_job_id() -> str:
+    """Unguessable: 192 random bits."""
+    return "job_" + secrets.token_urlsafe(24)
+
+
+def is_job_id(text: str) -> bool:
+    return _JOB_ID_RE.fullmatch(text) is not None
+
+
+def wants_async(prefer_values: Iterable[str]) -> bool:
+    """Whether the Prefer header(s) ask for `respond-async` (RFC 7240: comma-separated, parameters after `;`)."""
+    for value in prefer_values:
+        for preference in value.split(","):
+            name = preference.split(";", 1)[0].split("=", 1)[0].strip().lower()
+            if name == "respond-async":
+                return True
+    return False
+
+
+def stored_headers(headers: Iterable[tuple[str, str]]) -> tuple[tuple[str, str], ...]:
+    """The request headers a job keeps: end-to-end ones that describe the request, never a credential."""
+    kept = []
+    for name, value in headers:
+        lowered = name.lower()
+        if lowered in _NOT_STORED or lowered.startswith("sec-fetch-"):
+            continue
+        if any(word in lowered for word in _CREDENTIAL_WORDS):
+            continue
+        kept.append((name, value))
+    return tuple(kept)
+
+
+class JobStore:
+    """The jobs on disk: one sqlite file and a body file per job; every call is one short transaction."""
+
+    def __init__(self, directory: Path, *, max_count: int, max_bytes: int, ttl_seconds: float,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.directory = directory
+        self.max_count = max_count
+        self.max_bytes = max_bytes
+        self.ttl_seconds = ttl_seconds
+        self.clock = clock
+        self._db: sqlite3.Connection | None = None
+        # Held while open: only one process runs (and recovers) the jobs of a state directory.
+        self._lock = filelock.FileLock(str(directory / ".lock"), mode=0o600)
+
+    # ------------------------------------------------------------------------------------- files
+
+    def body_path(self, job_id: str) -> Path:
+        return self.directory / f"{job_id}.request"
+
+    def result_path(self, job_id: str) -> Path:
+        return self.directory / f"{job_id}.result"
+
+    def open(self) -> list[str]:
+        """Open (creating) the store and recover it: jobs left running failed, expired ones and stray files
+        removed. Returns the ids of the jobs that were running."""
+        ensure_private_dir(self.directory)
+        try:
+            self._lock.acquire(timeout=0)
+        except filelock.Timeout:
+            raise JobStoreBusy(f"another proxy runs the jobs of {self.directory}") from None
+        path = self.directory / DB_FILENAME
+        os.close(os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o600))
+        db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=NORMAL")
+        db.execute("PRAGMA busy_timeout=5000")
+        db.executescript(_SCHEMA)
+        for suffix in ("-wal", "-shm"):
+            with contextlib.suppress(FileNotFoundError):
+                os.chmod(self.directory / (DB_FILENAME + suffix), 0o600)
+        self._db = db
+        interrupted = [row[0] for row in db.execute("SELECT id FROM jobs WHERE state = ?", (JobState.RUNNING,))]
+        now = self.clock()
+        db.execute("UPDATE jobs SET state = ?, error = ?, finished_at = ?, expires_at = ? WHERE state = ?",
+                   (JobState.FAILED, INTERRUPTED, now, now + self.ttl_seconds, JobState.RUNNING))
+        for job_id in interrupted:
+            self._unlink(self.body_path(job_id))
+        self.purge_expired()
+        known = {row[0] for row in db.execute("SELECT id FROM jobs")}
+        for entry in self.directory.iterdir():  # bodies of a submit the proxy died during
+            stem, dot, suffix = entry.name.partition(".")
+            if dot and stem and suffix in ("request", "result", "request.part", "result.part") and stem not in known:
+                self._unlink(entry)
+        return interrupted
+
+    def close(self) -> None:
+        if self._db is not None:
+            self._db.close()
+            self._db = None
+        if self._lock.is_locked:
+            self._lock.release()
+
+    @property
+    def db(self) -> sqlite3.Connection:
+        if self._db is None:
+            raise RuntimeError("the job store is not open")
+        return self._db
+
+    @staticmethod
+    def _unlink(path: Path) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+
+    # ------------------------------------------------------------------------------------ bounds
+
+    def totals(self) -> tuple[int, int]:
+        """Jobs kept and the bytes their bodies and results take."""
+        count, stored = self.db.execute(
+            "SELECT count(*), coalesce(sum(request_bytes + result_bytes), 0) FROM jobs").fetchone()
+        return int(count), int(stored)
+
+    def check_room(self, *, extra_count: int = 1, extra_bytes: int = 0) -> None:
+        """Raise JobsFull unless `extra_count` more jobs and `extra_bytes` more bytes fit."""
+        count, stored = self.totals()
+        if count + extra_count > self.max_count:
+            raise JobsFull(f"{count} jobs are stored, the most [proxy] jobs_max_count = {self.max_count} allows")
+        if stored + extra_bytes > self.max_bytes:
+            raise JobsFull(f"the stored jobs take {stored} bytes; this one would pass [proxy] jobs_max_bytes = "
+                           f"{self.max_bytes}")
+
+    # ---------------------------------------------------------------------------------- changes
+
+    def add(self, job_id: str, *, pod: str, method: str, path: str, headers: tuple[tuple[str, str], ...],
+            request_bytes: int, owner: str | None = None) -> Job:
+        """Store a queued job whose body is already at body_path(job_id)."""
+        self.db.execute(
+            "INSERT INTO jobs (id, pod, owner, method, path, headers, request_bytes, state, created_at) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (job_id, pod, owner, method, path, json.dumps(headers), request_bytes, JobState.QUEUED, self.clock()))
+        job = self.get(job_id)
+        assert job is not None  # noqa: S101 - just inserted
+        return job
+
+    def mark_running(self, job_id: str) -> bool:
+        """Queued → running (before its request is sent). False when it is no longer queued (cancelled)."""
+        cursor = self.db.execute("UPDATE jobs SET state = ?, started_at = ? WHERE id = ? AND state = ?",
+                                 (JobState.RUNNING, self.clock(), job_id, JobState.QUEUED))
+        return cursor.rowcount == 1
+
+    def finish(self, job_id: str, *, status: int, headers: tuple[tuple[str, str], ...], result_bytes: int) -> None:
+        now = self.clock()
+        self.db.execute(
+            "UPDATE jobs SET state = ?, status = ?, response_headers = ?, result_bytes = ?, finished_at = ?, "
+            "expires_at = ? WHERE id = ?",
+            (JobState.DONE, status, json.dumps(headers), result_bytes, now, now + self.ttl_seconds, job_id))
+        self._unlink(self.body_path(job_id))  # sent exactly once: never needed again
+
+    def fail(self, job_id: str, error: str) -> None:
+        now = self.clock()
+        self.db.execute("UPDATE jobs SET state = ?, error = ?, finished_at = ?, expires_at = ? WHERE id = ?",
+                        (JobState.FAILED, error, now, now + self.ttl_seconds, job_id))
+        self._unlink(self.body_path(job_id))
+        self._unlink(self.result_path(job_id))
+
+    def delete(self, job_id: str) -> None:
+        self.db.execute("DELETE FROM jobs WHERE id = ?", (job_id,))
+        self._unlink(self.body_path(job_id))
+        self._unlink(self.result_path(job_id))
+
+    def purge_expired(self) -> int:
+        expired = [row[0] for row in self.db.execute(
+            "SELECT id FROM jobs WHERE expires_at IS NOT NULL AND expires_at <= ?", (self.clock(),))]
+        for job_id in expired:
+            self.delete(job_id)
+        return len(expired)
+
+    # ------------------------------------------------------------------------------------ reads
+
+    def get(self, job_id: str) -> Job | None:
+        """The job, or None when unknown, deleted or expired."""
+        row = self.db.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        if row is None:
+            return None
+        job = _job_of(row)
+        if job.expires_at is not None and job.expires_at <= self.clock():
+            self.delete(job_id)
+            return None
+        return job
+
+    def position(self, job: Job) -> int:
+        """Its place in its pod's queue: 1 runs next."""
+        (ahead,) = self.db.execute("SELECT count(*) FROM jobs WHERE pod = ? AND state = ? AND seq < ?",
+                                   (job.pod, JobState.QUEUED, job.seq)).fetchone()
+        return int(ahead) + 1
+
+    def next_queued(self, pod: str) -> Job | None:
+        row = self.db.execute("SELECT * FROM jobs WHERE pod = ? AND state = ? ORDER BY seq LIMIT 1",
+                              (pod, JobState.QUEUED)).fetchone()
+        return None if row is None else _job_of(row)
+
+    def queued_pods(self) -> list[str]:
+        return [row[0] for row in self.db.execute(
+            "SELECT DISTINCT pod FROM jobs WHERE state = ?", (JobState.QUEUED,))]
+
+    def summary(self) -> dict[str, PodJobs]:
+        counts: dict[str, dict[str, Any]] = {}
+        for pod, state, count, oldest in self.db.execute(
+                "SELECT pod, state, count(*), min(created_at) FROM jobs WHERE state IN (?, ?) GROUP BY pod, state",
+                (JobState.QUEUED, JobState.RUNNING)):
+            entry = counts.setdefault(pod, {})
+            if state == JobState.QUEUED:
+                entry["queued"] = int(count)
+                entry["oldest_queued_at"] = float(oldest)
+            else:
+                entry["running"] = int(count)
+        return {pod: PodJobs(**entry) for pod, entry in counts.items()}
+
+
+_COLUMNS = ("seq", "id", "pod", "owner", "method", "path", "headers", "request_bytes", "state", "created_at",
+            "started_at", "finished_at", "expires_at", "status", "response_headers", "result_bytes", "error")
+
+
+def _pairs(text: str | None) -> tuple[tuple[str, str], ...]:
+    return () if not text else tuple((str(name), str(value)) for name, value in json.loads(text))
+
+
+def _job_of(row: tuple[Any, ...]) -> Job:
+    values = dict(zip(_COLUMNS, row, strict=True))
+    return Job(id=values["id"], seq=values["seq"], pod=values["pod"], owner=values["owner"],
+               method=values["method"], path=values["path"], headers=_pairs(values["headers"]),
+               request_bytes=values["request_bytes"], state=JobState(values["state"]),
+               created_at=values["created_at"], started_at=values["started_at"],
+               finished_at=values["finished_at"], expires_at=values["expires_at"], status=values["status"],
+               response_headers=_pairs(values["response_headers"]), result_bytes=values["result_bytes"],
+               error=values["error"])
+
+
+# ------------------------------------------------------------------------------------------ the runner
+
+# Routing's answer for a job: (method, path, the spooled body when it is small enough to read for routing,
+# its Content-Type) → the configured pod's name; raises ProxyError as a direct request would be answered.
+Resolver = Callable[[str, str, bytes | None, str], str]
+
+
+class JobRunner:
+    """Submits, runs and answers for jobs, on the proxy's loop."""
+
+    def __init__(self, store: JobStore, *, concurrency: int, max_body_bytes: int, resolve: Resolver,
+                 pod_waking: Callable[[str], bool], full_retry_after_seconds: float = 5.0,
+                 sleep: Callable[[float], Any] = asyncio.sleep) -> None:
+        self.store = store
+        self.concurrency = concurrency
+        self.max_body_bytes = max_body_bytes
+        self.full_retry_after_seconds = full_retry_after_seconds
+        self._resolve = resolve
+        self._pod_waking = pod_waking
+        self._sleep = sleep
+        self._token = secrets.token_urlsafe(32)  # this process's only: memory, never a file or a log line
+        self._base_url: str | None = None
+        self._ssl: bool = True
+        self._session: aiohttp.ClientSession | None = None
+        self._running: dict[str, int] = {}
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._spooling_bytes = 0
+        self._spooling_count = 0
+        self.closing = False
+        self.unavailable: str | None = "the job store is not open yet"
+
+    def is_replay(self, token: str) -> bool:
+        return hmac.compare_digest(token.encode(), self._token.encode())
+
+    def open(self) -> None:
+        """Open the store. A store that cannot be opened is logged and disables jobs, never the proxy."""
+        try:
+            interrupted = self.store.open()
+        except JobStoreBusy as exc:
+            self.unavailable = str(exc)
+            log.error("%s; this proxy refuses jobs", exc)  # noqa: TRY400 - said, no traceback to show
+            return
+        except (OSError, sqlite3.Error) as exc:
+            self.store.close()
+            self.unavailable = f"the job store {self.store.directory} cannot be opened ({exc})"
+            log.error("%s; jobs are refused until the proxy restarts", self.unavailable)  # noqa: TRY400 - said
+            return
+        if interrupted:
+            log.warning("%d job(s) were running when the proxy stopped; they failed without being sent again",
+                        len(interrupted))
+        self.unavailable = None
+
+    async def start(self, base_url: str) -> None:
+        """Open the store and begin running jobs, replaying them to the proxy at `base_url` (its own bound
+        address). Called once the proxy listens: a proxy that failed to bind never touched the jobs."""
+        self.open()
+        self._base_url = base_url.rstrip("/")
+        # Our own loopback socket, whose certificate names the public host: nothing to verify.
+        self._ssl = not base_url.startswith("https:")
+        self._session = aiohttp.ClientSession(
+            timeout=aiohttp.ClientTimeout(total=None, sock_connect=10),  # the proxy bounds its own waits
+            cookie_jar=aiohttp.DummyCookieJar(), trust_env=False, auto_decompress=False)
+        self.pump()
+
+    async def close(self) -> None:
+        """Stop: jobs in flight are cancelled and fail (never re-sent); queued ones stay for the next start."""
+        self.closing = True
+        tasks = list(self._tasks.values())
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    def shut(self) -> None:
+        self.unavailable = "the proxy stopped"
+        self.store.close()
+
+    # ----------------------------------------------------------------------------------- submit
+
+    async def submit(self, request: web.Request, owner: str | None = None) -> web.Response:
+        """Store the request as a job and answer 202 (or the error a direct request would get)."""
+        if self.unavailable is not None:
+            raise ProxyError(503, f"jobs are not available: {self.unavailable}", code="jobs_unavailable",
+                             should_retry=False)
+        store = self.store
+        store.purge_expired()
+        declared = request.content_length
+        if declared is not None and declared > self.max_body_bytes:
+            raise _too_large(self.max_body_bytes)
+        self._check_room(declared or 0)
+        job_id = new_job_id()
+        body_path = store.body_path(job_id)
+        self._spooling_count += 1
+        try:
+            received = await self._spool(request, body_path)
+            small = None
+            if received <= self.max_body_bytes and request.path.startswith("/v1/"):
+                small = body_path.read_bytes()  # /v1 routes by the body's model; max_body_bytes bounds it
+            pod = self._resolve(request.method, request.path, small, request.headers.get("Content-Type", ""))
+            job = store.add(job_id, pod=pod, method=request.method, path=request.raw_path,
+                            headers=stored_headers(request.headers.items()), request_bytes=received, owner=owner)
+        except BaseException:
+            JobStore._unlink(body_path)
+            raise
+        finally:
+            self._spooling_count -= 1
+        log.info("job %s queued for pod %s (%s %s)", _shown(job_id), pod, request.method, request.path)
+        document = self.document(job)
+        asyncio.get_running_loop().call_soon(self.pump)  # after the answer: it says where the job was queued
+        location = f"{JOBS_PATH}/{job_id}"
+        return web.Response(status=202, body=json.dumps(document).encode(), content_type="application/json",
+                            headers={"Location": location, "Preference-Applied": "respond-async",
+                                     JOB_ID_HEADER: job_id})
+
+    def _check_room(self, extra_bytes: int, *, spooling: bool = False) -> None:
+        """503 unless this job fits beside the stored ones and those being received (`spooling`: this one is
+        among them already)."""
+        try:
+            self.store.check_room(extra_count=self._spooling_count + (0 if spooling else 1),
+                                  extra_bytes=self._spooling_bytes + extra_bytes)
+        except JobsFull as exc:
+            raise ProxyError(503, f"the job queue is full: {exc}; retry later, or fetch or delete finished jobs",
+                             code="jobs_full", retry_after_seconds=self.full_retry_after_seconds,
+                             should_retry=True) from None
+
+    async def _spool(self, request: web.Request, path: Path) -> int:
+        """Write the body to a 0600 file as it arrives; its size. 413 past max_body_bytes, 503 past the store."""
+        received = 0
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o600)
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                if not request.body_exists:
+                    return 0
+                async for chunk in request.content.iter_chunked(_CHUNK_BYTES):
+                    received += len(chunk)
+                    self._spooling_bytes += len(chunk)
+                    if received > self.max_body_bytes:
+                        raise _too_large(self.max_body_bytes)
+                    if request.content_length is None:
+                        self._check_room(0, spooling=True)  # a chunked body is counted as it comes
+                    handle.write(chunk)
+            return received
+        finally:  # spooled bytes count against the bound until the job is stored (or refused)
+            self._spooling_bytes -= received
+
+    # -------------------------------------------------------------------------------------- run
+
+    def pump(self) -> None:
+        """Start every job that may start: per pod, the oldest queued while fewer than jobs_concurrency run."""
+        if self.closing or self._session is None or self.unavailable is not None:
+            return
+        store = self.store
+        for pod in store.queued_pods():
+            while self._running.get(pod, 0) < self.concurrency:
+                job = store.next_queued(pod)
+                if job is None or not store.mark_running(job.id):
+                    break
+                self._running[pod] = self._running.get(pod, 0) + 1
+                self._tasks[job.id] = asyncio.create_task(self._run(job), name=f"rpm-job-{_shown(job.id)}")
+
+    async def _run(self, job: Job) -> None:
+        try:
+            outcome = await self._send(job)
+        except asyncio.CancelledError:
+            self.store.fail(job.id, INTERRUPTED)
+            raise
+        except Exception as exc:
+            log.warning("job %s failed: %s", _shown(job.id), type(exc).__name__)
+            self.store.fail(job.id, f"the proxy could not run the request ({type(exc).__name__})")
+        else:
+            if isinstance(outcome, str):
+                self.store.fail(job.id, outcome)
+            log.info("job %s %s", _shown(job.id), "failed" if isinstance(outcome, str) else "done")
+        finally:
+            self._running[job.pod] -= 1
+            self._tasks.pop(job.id, None)
+            if not self.closing:
+                asyncio.get_running_loop().call_soon(self.pump)
+
+    async def _send(self, job: Job) -> str | None:
+        """Replay the job through the proxy and store its answer; an error text when it failed instead."""
+        session, base_url = self._session, self._base_url
+        assert session is not None and base_url is not None  # noqa: S101 - pump runs only after start
+        headers: CIMultiDict[str] = CIMultiDict(job.headers)
+        headers[JOB_TOKEN_HEADER] = self._token
+        # Only what the client sent: no Content-Type or Content-Disposition of aiohttp's own for the file.
+        skip = () if "Content-Type" in headers else ("Content-Type",)
+        while True:
+            with contextlib.ExitStack() as stack:
+                body = None
+                if job.request_bytes:
+                    handle = stack.enter_context(open(self.store.body_path(job.id), "rb"))
+                    body = aiohttp.payload.BufferedReaderPayload(handle, filename=None)  # streamed, with a length
+                async with session.request(job.method, base_url + job.path, headers=headers, data=body,
+                                           skip_auto_headers=skip, allow_redirects=False,
+                                           ssl=self._ssl) as response:
+                    code = response.headers.get(ERROR_HEADER)
+                    if code is not None:
+                        message = _error_message(await response.read())
+                        if code in RETRIED_CODES and not self.closing:
+                            delay = _retry_after(response.headers)
+                            log.info("job %s: %s; asked again in %g s", _shown(job.id), code, delay)
+                        else:
+                            return message
+                    else:
+                        return await self._store_result(job, response)
+            await self._sleep(delay)
+
+    async def _store_result(self, job: Job, response: aiohttp.ClientResponse) -> str | None:
+        result = self.store.result_path(job.id)
+        part = result.with_name(result.name + ".part")
+        written = 0
+        # What jobs_max_bytes leaves once this job's request body (deleted when it finishes) is not counted.
+        limit = self.store.max_bytes - (self.store.totals()[1] - job.request_bytes)
+        fd = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_NOFOLLOW", 0), 0o600)
+        with os.fdopen(fd, "wb") as handle:
+            async for chunk in response.content.iter_chunked(_CHUNK_BYTES):
+                written += len(chunk)
+                if written > limit:
+                    JobStore._unlink(part)
+                    return (f"the response did not fit in what [proxy] jobs_max_bytes = {self.store.max_bytes} "
+                            "leaves beside the other stored jobs; it was not kept")
+                handle.write(chunk)
+        os.replace(part, result)
+        # The bytes as they came (the session does not decompress), so their Content-Encoding is kept with them.
+        headers = tuple((name, value) for name, value in response.headers.items()
+                        if name.lower() not in _RESULT_HEADERS_DROPPED)
+        self.store.finish(job.id, status=response.status, headers=headers, result_bytes=written)
+        return None
+
+    # ---------------------------------------------------------------------------------- answers
+
+    def shown_state(self, job: Job) -> str:
+        """The state a client sees: a running job whose pod has no ready replica is waiting for its wake."""
+        if job.state == JobState.RUNNING and self._pod_waking(job.pod):
+            return "waking"
+        return str(job.state)
+
+    def document(self, job: Job) -> dict[str, Any]:
+        """The status document of GET /rpm/v1/jobs/{id} (and of the 202)."""
+        location = f"{JOBS_PATH}/{job.id}"
+        document: dict[str, Any] = {
+            "id": job.id, "object": "rpm.job", "state": self.shown_state(job), "pod": job.pod,
+            "method": job.method, "path": job.path, "created_at": _iso(job.created_at),
+            "started_at": _iso(job.started_at), "finished_at": _iso(job.finished_at),
+            "expires_at": _iso(job.expires_at), "status_url": location, "result_url": f"{location}/result"}
+        if job.owner is not None:
+            document["owner"] = job.owner
+        if job.state == JobState.QUEUED:
+            document["position"] = self.store.position(job)
+        if job.state == JobState.FAILED:
+            document["error"] = {"message": job.error, "code": "job_failed"}
+        if job.state == JobState.DONE:
+            document["response"] = self._response_summary(job)
+        return document
+
+    def _response_summary(self, job: Job) -> dict[str, Any]:
+        headers = _header_dict(job.response_headers)
+        summary: dict[str, Any] = {"status": job.status, "headers": headers, "bytes": job.result_bytes}
+        content_type = headers.get("Content-Type", "")
+        if job.result_bytes <= INLINE_BODY_MAX_BYTES and content_type.split(";")[0].strip().endswith("json"):
+            with contextlib.suppress(OSError, ValueError):
+                summary["body"] = json.loads(self.store.result_path(job.id).read_bytes())
+        return summary
+
+    def find(self, request: web.Request) -> Job:
+        job_id = request.match_info["id"]
+        job = self.store.get(job_id) if is_job_id(job_id) and self.unavailable is None else None
+        if job is None:
+            raise ProxyError(404, f"no job {job_id!r} here: unknown, deleted, or its result expired ([proxy] "
+                             "jobs_result_ttl_seconds)", code="job_not_found", param="id", should_retry=False)
+        return job
+
+    def summary(self) -> dict[str, PodJobs]:
+        return {} if self.unavailable is not None else self.store.summary()
+
+
+def _shown(job_id: str) -> str:
+    """A job id as logs show it: enough to tell jobs apart, not the whole id that reads the job."""
+    return job_id[:12] + "…"
+
+
+def _too_large(limit: int) -> ProxyError:
+    return ProxyError(413, f"the request body is larger than [proxy] max_body_bytes = {limit}",
+                      code="body_too_large", should_retry=False)
+
+
+def _retry_after(headers: Mapping[str, str]) -> float:
+    with contextlib.suppress(ValueError):
+        return max(0.05, int(headers.get("retry-after-ms", "")) / 1000)
+    with contextlib.suppress(ValueError):
+        return max(0.05, float(headers.get("Retry-After", "")))
+    return 1.0
+
+
+def _error_message(body: bytes) -> str:
+    with contextlib.suppress(ValueError, TypeError, KeyError, AttributeError):
+        return str(json.loads(body)["error"]["message"])
+    return "the proxy could not send the request"
+
+
+def _header_dict(pairs: Iterable[tuple[str, str]]) -> dict[str, str]:
+    merged: dict[str, str] = {}
+    for name, value in pairs:
+        key = next((known for known in merged if known.lower() == name.lower()), name)
+        merged[key] = f"{merged[key]}, {value}" if key in merged else value
+    return merged
+
+
+def _iso(moment: float | None) -> str | None:
+    if moment is None:
+        return None
+    return datetime.fromtimestamp(moment, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+# ---------------------------------------------------------------------------------------- handlers
+
+JOBS = web.AppKey("rpm_jobs", JobRunner)
+
+
+async def handle_job(request: web.Request) -> web.Response:
+    """GET /rpm/v1/jobs/{id}: the job's status document."""
+    runner = request.app[JOBS]
+    return _json(runner.document(runner.find(request)))
+
+
+async def handle_result(request: web.Request) -> web.StreamResponse:
+    """GET /rpm/v1/jobs/{id}/result: the stored response as the service gave it (status, headers, body).
+    Not done yet: 202 with the status document and Retry-After; failed: 502 with the job's error."""
+    runner = request.app[JOBS]
+    job = runner.find(request)
+    if job.state in (JobState.QUEUED, JobState.RUNNING):
+        return web.Response(status=202, body=json.dumps(runner.document(job)).encode(),
+                            content_type="application/json", headers={"Retry-After": "1"})
+    if job.state == JobState.FAILED:
+        raise ProxyError(502, f"job {job.id} failed: {job.error}", code="job_failed", should_retry=False)
+    path = runner.store.result_path(job.id)
+    try:
+        handle = open(path, "rb")  # noqa: SIM115 - closed below, after the last write
+    except FileNotFoundError:
+        raise ProxyError(404, f"the result of job {job.id} is gone", code="job_not_found",
+                         should_retry=False) from None
+    with handle:
+        headers: CIMultiDict[str] = CIMultiDict(job.response_headers)
+        headers[JOB_ID_HEADER] = job.id
+        response = web.StreamResponse(status=job.status or 200, headers=headers)
+        response.content_length = job.result_bytes
+        await response.prepare(request)
+        while chunk := handle.read(_CHUNK_BYTES):
+            await response.write(chunk)
+    await response.write_eof()
+    return response
+
+
+async def handle_delete(request: web.Request) -> web.Response:
+    """DELETE /rpm/v1/jobs/{id}: cancel a queued job, or drop a finished one and its result; 409 while it runs
+    (its request is on its way to the service and cannot be called back)."""
+    runner = request.app[JOBS]
+    job = runner.find(request)
+    if job.state == JobState.RUNNING:
+        raise ProxyError(409, f"job {job.id} is running: its request may already have reached the service, so it "
+                         "cannot be cancelled; wait for it to finish", code="job_running", should_retry=False)
+    runner.store.delete(job.id)
+    outcome = "cancelled" if job.state == JobState.QUEUED else "deleted"
+    log.info("job %s %s", _shown(job.id), outcome)
+    return _json({"id": job.id, "object": "rpm.job", "state": outcome, "deleted": True})
+
+
+def _json(document: Any, status: int = 200) -> web.Response:
+    return web.Response(status=status, body=json.dumps(document).encode(), content_type="application/json")
+
+
+def add_routes(app: web.Application) -> None:
+    app.router.add_get(JOBS_PATH + "/{id}", handle_job)
+    app.router.add_get(JOBS_PATH + "/{id}/result", handle_result)
+    app.router.add_delete(JOBS_PATH + "/{id}", handle_delete)
