@@ -38,7 +38,7 @@ from multidict import CIMultiDict
 from yarl import URL
 
 from runpod_manager.proxy.controller import UpstreamTarget
-from runpod_manager.proxy.forward import HOP_BY_HOP, RETRYABLE_STATUSES, ProxyError
+from runpod_manager.proxy.forward import HOP_BY_HOP, JOB_TOKEN_HEADER, RETRYABLE_STATUSES, ProxyError
 from runpod_manager.proxy.routing import PodRoute
 from runpod_manager.proxy.wake import PodGroup, WakeGate
 
@@ -46,7 +46,8 @@ log = logging.getLogger("runpod_manager.proxy")
 
 IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
 BODY_CHUNK_BYTES = 256 * 1024  # read from the client (and written to the pod) this much at a time
-_REQUEST_DROP = HOP_BY_HOP | {"host", "expect", "x-rpm-cache"}
+# The job token (jobs.py's replays) is the proxy's own credential: it never leaves the proxy.
+_REQUEST_DROP = HOP_BY_HOP | {"host", "expect", "x-rpm-cache", JOB_TOKEN_HEADER.lower()}
 # Bytes pass unchanged, so Content-Length and Content-Encoding stay; our server sets its own Date/Server.
 _RESPONSE_DROP = HOP_BY_HOP | {"date", "server"}
 

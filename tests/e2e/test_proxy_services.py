@@ -356,6 +356,7 @@ def test_an_open_socket_without_frames_is_not_activity(service: ServiceFake, cha
 def test_a_job_to_a_routed_path_wakes_the_http_pod_and_keeps_the_services_answer(
         service: ServiceFake, chat_upstream: FakeUpstream, paths: Paths) -> None:
     controller = controller_for(service, chat_upstream, asleep=True, hold=True)
+    service.reset()
     listen_port = free_port()
     with running_proxy(proxy_config(comfy_pod(listen_port=listen_port)), controller, paths) as proxy:
         accepted = requests.post(f"{proxy.url}/pods/comfy/prompt", json={"workflow": 7}, timeout=TIMEOUT,
@@ -374,6 +375,9 @@ def test_a_job_to_a_routed_path_wakes_the_http_pod_and_keeps_the_services_answer
         assert wait_until(done, TIMEOUT)
         result = requests.get(f"{proxy.url}/rpm/v1/jobs/{job['id']}/result", timeout=TIMEOUT)
         assert result.status_code == 200 and result.json() == {"echo": {"workflow": 7}}
+        # The replay's token is the proxy's own credential: the service never sees it.
+        [replayed] = [seen for seen in service.requests if seen.path_qs == "/prompt"]
+        assert not {name.lower() for name in replayed.headers} & {"x-rpm-job-token", "x-rpm-job-id"}
         assert controller.pods["comfy"].wake_calls == 1
         # A listen port's paths are the service's own: Prefer goes through to it, never a job of rpm's.
         own = requests.post(f"http://127.0.0.1:{listen_port}/prompt", json={"n": 2}, timeout=TIMEOUT,

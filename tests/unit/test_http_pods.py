@@ -172,7 +172,7 @@ def test_request_headers_drop_hop_by_hop_and_carry_the_pods_own() -> None:
     incoming = [("Connection", "keep-alive, X-Private"), ("X-Private", "hop"), ("Keep-Alive", "5"),
                 ("Host", "127.0.0.1:8080"), ("Authorization", "Bearer proxy-key"), ("Cookie", "a=1"),
                 ("Content-Length", "5"), ("Transfer-Encoding", "chunked"), ("Upgrade", "h2c"),
-                ("Expect", "100-continue")]
+                ("Expect", "100-continue"), ("X-RPM-Job-Token", "the-proxys-own")]
     out = service_request_headers(incoming, keep_authorization=False, added={"X-Api-Key": SECRET}, upstream_key=None)
     assert dict(out) == {"Cookie": "a=1", "Content-Length": "5", "X-Api-Key": SECRET}
     kept = service_request_headers(incoming, keep_authorization=True, added={}, upstream_key=None)
