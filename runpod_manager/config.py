@@ -38,6 +38,10 @@ _CUTOFF_RE = re.compile(r"^(\d{1,2}):(\d{2})(?::(\d{2}))?$")
 _CUDA_RE = re.compile(r"^\d+\.\d+$")
 _PORT_RE = re.compile(r"^\d{1,5}/(http|tcp)$")
 _ORIGIN_RE = re.compile(r"^(\*|[a-z][a-z0-9+.-]*://[^/\s]+)$")  # scheme://host[:port], as browsers send it
+_HEADER_NAME_RE = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")  # an RFC 9110 token
+# An http pod takes uploads (audio, images, archives): its default body limit is far above [proxy]
+# max_body_bytes, which keeps guarding /v1 (a JSON body of 8 MB is already a mistake).
+DEFAULT_HTTP_MAX_BODY_BYTES = 10 * 1024**3
 
 
 def _meta(doc: str, **rules: Any) -> dict[str, Any]:
@@ -96,6 +100,37 @@ class PodConfig:
         minimum=1))
     replica_queue_seconds: float = field(default=10.0, metadata=_meta(
         "How long the queue must stay over replica_queue_depth before another replica is woken.", minimum=0))
+    kind: str = field(default="openai", metadata=_meta(
+        "openai: a model server (vLLM), routed by model under /v1; http: any HTTP/WebSocket service (ComfyUI, "
+        "a FastAPI app), routed by path under /pods/<name>/ and at listen_port.", choices=("openai", "http")))
+    health_path: str = field(default="/", metadata=_meta(
+        "kind = http: the path whose answer below 500 (with RunPod saying RUNNING) makes the pod ready."))
+    extra_ports: tuple[int, ...] = field(default=(), metadata=_meta(
+        "kind = http: further HTTP ports of the service besides port, each exposed on the pod and routed as "
+        "/pods/<name>:<port>/<path>.", minimum=1, maximum=65535))
+    headers: Mapping[str, str] = field(default_factory=dict, repr=False, metadata=_meta(
+        "kind = http: headers rpm adds to every request it forwards to the service (e.g. a key it takes); "
+        "kept out of logs and output. A credential here makes the file need mode 0600.", sensitive=True))
+    listen_port: int = field(default=0, metadata=_meta(
+        "kind = http: a local port (on [proxy] host) where the service owns the root path, woken on demand "
+        "(for web UIs that fetch absolute paths); 0 for none.", minimum=0, maximum=65535))
+    max_body_bytes: int = field(default=0, metadata=_meta(
+        f"kind = http: largest request body forwarded to the service (413 above it); 0 = "
+        f"{DEFAULT_HTTP_MAX_BODY_BYTES // 1024**3} GiB. /v1 requests keep [proxy] max_body_bytes.", minimum=0))
+
+    @property
+    def is_http(self) -> bool:
+        return self.kind == "http"
+
+    @property
+    def body_limit_bytes(self) -> int:
+        """The largest body an http pod's routes forward (max_body_bytes, or its default)."""
+        return self.max_body_bytes or DEFAULT_HTTP_MAX_BODY_BYTES
+
+    @property
+    def ports(self) -> tuple[int, ...]:
+        """Every HTTP port the pod exposes: port first, then extra_ports."""
+        return (self.port, *self.extra_ports)
 
 
 @dataclass(frozen=True)
@@ -287,8 +322,9 @@ class Config:
     def warm_windows(self) -> tuple[WarmWindow, ...]:
         return parse_warm_hours(self.limits.warm_hours) if self.limits.warm_hours else ()
 
-    def pod_url(self, pod_id: str) -> str:
-        return self.api.pod_url_template.format(pod_id=pod_id, port=self.pod.port).rstrip("/")
+    def pod_url(self, pod_id: str, port: int | None = None) -> str:
+        """The URL of the pod's HTTP port (`port`, default [pod] port), without a trailing slash."""
+        return self.api.pod_url_template.format(pod_id=pod_id, port=port or self.pod.port).rstrip("/")
 
     def require_api_key(self) -> str:
         if not self.api.api_key:
@@ -464,7 +500,80 @@ def build_config(document: Mapping[str, Any], *, source: Path | None, env: Mappi
         _refuse_readable_secret(source)
     config = Config(version=version, source=source, pods=pods, pod_limits=pod_limits, **sections)
     _cross_checks(where, config, from_env)
+    _check_kinds(where, config, _pod_keys_given(document, env))
     return config
+
+
+def _pod_keys_given(document: Mapping[str, Any], env: Mapping[str, str]) -> dict[str, set[str]]:
+    """Per pod name, the keys the file (or an RPM_POD_* variable) sets: what a kind may refuse."""
+    if "pods" in document and isinstance(document["pods"], Mapping):
+        return {name: set(table) for name, table in document["pods"].items() if isinstance(table, Mapping)}
+    given = set(document.get("pod", {})) if isinstance(document.get("pod"), Mapping) else set()
+    given |= {var[len("RPM_POD_"):].lower() for var in env if var.startswith("RPM_POD_")}
+    name = document.get("pod", {}).get("name", "default") if isinstance(document.get("pod"), Mapping) else "default"
+    return {str(name): given}
+
+
+# Keys that mean something for one kind only. Setting one on the other kind is refused, never ignored: a
+# model on an http pod would suggest /v1 routing that never happens, a listen_port on a vLLM pod a UI.
+_OPENAI_ONLY = ("model", "aliases", "extra_args", "max_model_len", "replica_queue_depth", "replica_queue_seconds")
+_HTTP_ONLY = ("health_path", "extra_ports", "headers", "listen_port", "max_body_bytes")
+
+
+def _check_kinds(where: str, config: Config, given: Mapping[str, set[str]]) -> None:
+    """kind = http pods: their own keys, their ports and listen ports (unique, not the proxy's)."""
+    listen: dict[int, str] = {}
+    for pod in config.all_pods:
+        table = f"pods.{pod.name}" if config.pods else "pod"
+        # Given and not the default: `rpm init`'s template spells out every key with its default value.
+        keys = {key for key in given.get(pod.name, set())
+                if key not in _DEFAULT_POD_VALUES or getattr(pod, key) != _DEFAULT_POD_VALUES[key]}
+        if not pod.is_http:
+            wrong = [key for key in _HTTP_ONLY if key in keys]
+            if wrong:
+                raise ConfigError(f"{where}: [{table}] {', '.join(wrong)} only apply to kind = \"http\" pods",
+                                  hint=f'set kind = "http" in [{table}], or remove {", ".join(wrong)}')
+            continue
+        wrong = [key for key in _OPENAI_ONLY if key in keys]
+        if wrong:
+            raise ConfigError(f"{where}: [{table}] {', '.join(wrong)} only apply to kind = \"openai\" (vLLM) pods; "
+                              "an http pod is routed by path (/pods/<name>/…), never by model",
+                              hint=f"remove {', '.join(wrong)} from [{table}]")
+        if not keys & {"image", "template_id", "pod_id"}:
+            raise ConfigError(f"{where}: [{table}] kind = \"http\" needs image or template_id (or pod_id): the "
+                              "default image is vLLM's")
+        if pod.replicas > 1:
+            raise ConfigError(f"{where}: [{table}] replicas must be 1 for kind = \"http\": a service's sessions "
+                              "(a UI's WebSocket, its queue) live in one pod")
+        if config.pod_limits.get(pod.name, config.limits).pod_guard and not pod.args:
+            raise ConfigError(f"{where}: [{table}] kind = \"http\" with pod_guard needs args (the service's start "
+                              "command): the guard is started by the pod's shell command, and rpm does not know "
+                              "the image's own", hint="set args, or pod_guard = false for this pod")
+        if not pod.health_path.startswith("/"):
+            raise ConfigError(f"{where}: [{table}] health_path must start with \"/\", got {pod.health_path!r}")
+        if pod.port in pod.extra_ports:
+            raise ConfigError(f"{where}: [{table}] extra_ports lists port {pod.port} (the pod's port) again")
+        for name in pod.headers:
+            if not _HEADER_NAME_RE.match(name):
+                raise ConfigError(f"{where}: [{table}] headers: {name!r} is not a header name")
+            if name.lower() in _HOP_BY_HOP_NAMES or name.lower() in ("host", "content-length"):
+                raise ConfigError(f"{where}: [{table}] headers: {name!r} is set by the proxy itself")
+        if any(ch in value for value in pod.headers.values() for ch in "\r\n\0"):
+            raise ConfigError(f"{where}: [{table}] headers: a value holds a line break or NUL")
+        if pod.listen_port:
+            if pod.listen_port == config.proxy.port:
+                raise ConfigError(f"{where}: [{table}] listen_port {pod.listen_port} is the proxy's own port "
+                                  "([proxy] port)", hint="choose another port for the service")
+            other = listen.setdefault(pod.listen_port, pod.name)
+            if other != pod.name:
+                raise ConfigError(f"{where}: [{table}] listen_port {pod.listen_port} is also the listen_port of "
+                                  f"pod {other!r}",
+                                  hint="give each http pod its own listen_port")
+
+
+_DEFAULT_POD_VALUES = {key: getattr(PodConfig(), key) for key in (*_OPENAI_ONLY, *_HTTP_ONLY)}
+_HOP_BY_HOP_NAMES = frozenset({"connection", "keep-alive", "proxy-authenticate", "proxy-authorization",
+                               "proxy-connection", "te", "trailer", "transfer-encoding", "upgrade"})
 
 
 def _build_pods(where: str, document: Mapping[str, Any], account: LimitsConfig, env: Mapping[str, str]
@@ -505,6 +614,8 @@ def _build_pods(where: str, document: Mapping[str, Any], account: LimitsConfig, 
 
 # Names of [pod] env variables that carry credentials (HF_TOKEN, WANDB_API_KEY, AWS_SECRET_ACCESS_KEY, …).
 _SECRET_ENV_NAME = re.compile(r"TOKEN|KEY|SECRET|PASSWORD|PASSWD|CREDENTIAL", re.IGNORECASE)
+# Headers of [pods.<name>] headers that carry credentials (Authorization, X-API-Key, Cookie, …).
+_SECRET_HEADER_NAME = re.compile(r"AUTH|TOKEN|KEY|SECRET|PASSWORD|COOKIE|CREDENTIAL", re.IGNORECASE)
 
 
 def _holds_secret(cls: type, values: Mapping[str, Any]) -> bool:
@@ -513,6 +624,10 @@ def _holds_secret(cls: type, values: Mapping[str, Any]) -> bool:
         secret_keys.add("api_keys")
     env = values.get("env") if cls is PodConfig else None
     if isinstance(env, Mapping) and any(value and _SECRET_ENV_NAME.search(str(name)) for name, value in env.items()):
+        return True
+    headers = values.get("headers") if cls is PodConfig else None
+    if isinstance(headers, Mapping) and any(value and _SECRET_HEADER_NAME.search(str(name))
+                                            for name, value in headers.items()):
         return True
     return any(values.get(key) for key in secret_keys)
 
@@ -605,6 +720,15 @@ def _coerce(origin: str, hint: Any, spec: dataclasses.Field[Any], value: Any) ->
                 return normalized
             raise ConfigError(f"{origin} must be one of {', '.join(choices)}, got {value!r}")
         return value
+    if hint == tuple[int, ...]:
+        if not isinstance(value, list | tuple) or not all(
+                isinstance(item, int) and not isinstance(item, bool) for item in value):
+            raise ConfigError(f"{origin} must be a list of whole numbers, got {describe(value)}")
+        for item in value:
+            _check_range(origin, item, rules)
+        if len(set(value)) != len(value):
+            raise ConfigError(f"{origin} lists a number twice: {list(value)}")
+        return tuple(value)
     if typing.get_origin(hint) is tuple:
         if not isinstance(value, list | tuple) or not all(isinstance(item, str) for item in value):
             raise ConfigError(f"{origin} must be a list of strings, got {describe(value)}")
@@ -646,7 +770,8 @@ def _parse_env_text(origin: str, hint: Any, text: str, *, secret: bool = False) 
             stripped = text.strip()
             if stripped.startswith("["):
                 return json.loads(stripped)
-            return [part for part in (p.strip() for p in stripped.split(",")) if part]
+            parts = [part for part in (p.strip() for p in stripped.split(",")) if part]
+            return [int(part) for part in parts] if hint == tuple[int, ...] else parts
         parsed = json.loads(text)
         if not isinstance(parsed, dict):
             raise ValueError
@@ -681,6 +806,8 @@ def _cross_checks(where: str, config: Config, from_env: Mapping[tuple[str, str],
     for pod in config.all_pods:
         table = f"pods.{pod.name}" if config.pods else "pod"
         _check_pod(where, table, pod, at)
+        if pod.is_http:  # routed by path, never by model: its (default) model name claims nothing
+            continue
         for model in (pod.model, *pod.aliases):
             if served.setdefault(model, pod.name) != pod.name:
                 raise ConfigError(f"{where}: [{table}] model or alias {model!r} is also served by pod "

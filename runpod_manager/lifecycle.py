@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 import time
 from collections.abc import Callable, Iterator
 from datetime import datetime
@@ -38,7 +39,7 @@ from runpod_manager.ports import (
     ProxyPort,
     RunPodPort,
     WatchedProxy,
-    probe_model_server,
+    probe_pod,
     runpod_client,
     utc_now,
 )
@@ -67,7 +68,7 @@ class Lifecycle:
         clock: Callable[[], datetime] = utc_now,
         monotonic: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
-        probe: Callable[[str, str | None], bool] = probe_model_server,
+        probe: Callable[[str, str | None], bool] | None = None,
         store: StateStore | None = None,
     ) -> None:
         self.config = config
@@ -80,7 +81,10 @@ class Lifecycle:
         self.clock = clock
         self.monotonic = monotonic
         self.sleep = sleep
-        self.probe = probe
+        # (pod URL, upstream key) → ready. By default the probe of the pod's kind (ports.probe_pod), which a
+        # sibling for another pod makes for its own config.
+        self._kind_probe = functools.partial(probe_pod, config.pod)
+        self.probe: Callable[[str, str | None], bool] = probe or self._kind_probe
         self.events = EventLog(paths.event_log, clock=clock, secrets=(config.api.api_key,))
 
     # ------------------------------------------------------------------------------------- plumbing
@@ -99,7 +103,7 @@ class Lifecycle:
         factory = (lambda: self.client) if share_client else self._client_factory
         return Lifecycle(config or self.config, self.paths, runpod=runpod, client_factory=factory,
                          proxy=self.proxy, clock=self.clock, monotonic=self.monotonic, sleep=self.sleep,
-                         probe=self.probe, store=self.store)
+                         probe=None if self.probe is self._kind_probe else self.probe, store=self.store)
 
     @property
     def client_made(self) -> bool:

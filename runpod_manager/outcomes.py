@@ -205,6 +205,11 @@ class StatusResult:
     idle_seconds: float | None
     ready: bool = False
     notices: list[str] = field(default_factory=list)
+    kind: str = "openai"
+    routes: list[str] = field(default_factory=list)  # where the proxy serves an http pod (/pods/…, listen port)
+    # kind = "http", pod running: its public RunPod URL answered a request that carried no key (anyone with
+    # the URL reaches the service without rpm); None when not asked.
+    public_url_open: bool | None = None
 
 
 @dataclass

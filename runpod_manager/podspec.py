@@ -28,6 +28,15 @@ def container_args(config: Config, upstream_key: str, lease: Lease | None) -> st
     """vLLM's arguments (or the configured `args` template), wrapped in the in-pod guard when it is on."""
     pod = config.pod
     custom = bool(pod.args)
+    if pod.is_http:
+        # Any service: the image's own command, or `args` as given ({port} the only field: a service's
+        # arguments may hold braces of their own, JSON say). No vLLM arguments, no key of rpm's.
+        args = pod.args.replace("{port}", str(pod.port))
+        if config.limits.pod_guard and lease is not None and args:
+            from runpod_manager import guard
+
+            args = guard.wrap(args, deadline=lease.deadline, api_base_url=config.api.base_url, is_vllm_args=False)
+        return args
     if custom:
         args = pod.args.format(upstream_key=upstream_key, model=pod.model, port=pod.port)
     else:
@@ -55,9 +64,9 @@ def build_spec(config: Config, pod_name: str, gpu_type_id: str, upstream_key: st
         volume_gb=pod.volume_gb or None,
         volume_mount_path=pod.volume_mount_path,
         network_volume_id=pod.network_volume_id or None,
-        ports=(f"{pod.port}/http",),
+        ports=tuple(f"{port}/http" for port in pod.ports),
         env=dict(pod.env),
-        args=container_args(config, upstream_key, lease),
+        args=container_args(config, upstream_key, lease) or None,  # None: the image's own command
         data_center_ids=pod.data_centers,
         allowed_cuda_versions=pod.allowed_cuda_versions,
     )

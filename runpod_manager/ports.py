@@ -7,14 +7,14 @@ real one, `tests/support/fake_runpod.FakeRunPod` the in-memory one) and to the b
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Protocol
 
 import requests
 
-from runpod_manager.config import Config
+from runpod_manager.config import Config, PodConfig
 from runpod_manager.errors import ApiError
 from runpod_manager.paths import Paths
 from runpod_manager.runpod.models import GpuType, Pod, PodSpec
@@ -28,6 +28,33 @@ def probe_model_server(pod_url: str, upstream_key: str | None, timeout_seconds: 
     except requests.RequestException:
         return False
     return response.status_code == 200
+
+
+def probe_http_service(url: str, headers: Mapping[str, str], timeout_seconds: float = 5.0) -> bool:
+    """A kind = "http" pod's readiness: its health_path answers below 500 through the pod URL (a 502 or 404
+    from RunPod's own HTTP proxy means nothing listens yet; a 401 from the service means it is up)."""
+    try:
+        response = requests.get(url, headers=dict(headers), timeout=timeout_seconds, allow_redirects=False)
+    except requests.RequestException:
+        return False
+    return response.status_code < 500
+
+
+def answers_without_key(pod_url: str, timeout_seconds: float = 3.0) -> bool:
+    """Whether a pod's public URL serves its root to a request with no credential at all (below 400)."""
+    try:
+        response = requests.get(pod_url + "/", timeout=timeout_seconds, allow_redirects=False)
+    except requests.RequestException:
+        return False
+    return response.status_code < 400
+
+
+def probe_pod(pod: PodConfig, pod_url: str, upstream_key: str | None) -> bool:
+    """Whether the pod's server answers, by its kind: the one readiness probe (`Lifecycle.probe` by default),
+    used by the lifecycle's passes and by `rpm start`'s wait alike."""
+    if pod.is_http:
+        return probe_http_service(pod_url + pod.health_path, pod.headers)
+    return probe_model_server(pod_url, upstream_key)
 
 
 def utc_now() -> datetime:

@@ -257,6 +257,11 @@ def show_fleet_status(r: Renderer, fleet: FleetStatus) -> None:
     r.line(f"spend today, all pods: {money(fleet.account_spend_today_usd)}{cap}")
     proxies = sorted({f"pid {result.proxy_pid} · {result.proxy_url}" for result in fleet.pods if result.proxy_pid})
     r.line(f"proxy: {', '.join(proxies) if proxies else 'not running'}")
+    for result in fleet.pods:
+        if result.routes:
+            r.line(f"pod {escape(result.config_name)} (http): {' · '.join(result.routes)}")
+        if result.public_url_open:
+            r.line(f"[yellow]![/] pod {escape(result.config_name)}: {PUBLIC_URL_WARNING}")
     for name in fleet.unconfigured:
         r.line(f"[yellow]![/] pod {escape(name)} is in state but no longer in the config; "
                "`rpm shutdown --all` ends it")
@@ -274,9 +279,15 @@ def _status_json(result: StatusResult) -> dict[str, Any]:
         "proxy": {"pid": result.proxy_pid, "url": result.proxy_url},
         "pod_url": result.pod_url,
         "ready": result.ready,
+        "kind": result.kind, "routes": result.routes, "public_url_open": result.public_url_open,
         "last_action": record.last_action, "last_reason": record.last_reason,
         "last_lease_end_reason": record.last_lease_end_reason,
     }
+
+
+PUBLIC_URL_WARNING = ("the pod URL answers without any key: anyone who learns it reaches the service, without "
+                      "rpm's keys or limits (and keeps it busy); make the service check a key ([pods.<name>] "
+                      "headers sends one)")
 
 
 def show_status(r: Renderer, result: StatusResult) -> None:
@@ -317,6 +328,10 @@ def show_status(r: Renderer, result: StatusResult) -> None:
     grid.add_row("proxy", f"pid {result.proxy_pid} · {result.proxy_url}" if result.proxy_pid else "not running")
     if result.pod_url:
         grid.add_row("pod URL", result.pod_url)
+    if result.routes:
+        grid.add_row("service", " · ".join(result.routes))
+    if result.public_url_open:
+        grid.add_row("[yellow]![/] public", PUBLIC_URL_WARNING)
     if record.last_action:
         grid.add_row("last action", f"{record.last_action}: {escape(record.last_reason or '')}")
     r.out.print(grid)

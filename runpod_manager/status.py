@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 from runpod_manager import policy, spend
 from runpod_manager.errors import ApiError, NotFound
 from runpod_manager.outcomes import FleetStatus, StatusResult
+from runpod_manager.ports import answers_without_key
 from runpod_manager.runpod.models import Pod
 from runpod_manager.state import PodRecord
 
@@ -46,14 +47,26 @@ def build_status(lifecycle: Lifecycle) -> StatusResult:
     if record.lease is not None:
         idle = (now - policy.last_active_at(now, record.lease, activity)).total_seconds()
     proxy_pid = lifecycle.proxy.running_pid()
+    ready = record.ready and (pod is None or pod.status_text == "RUNNING")
+    routes: list[str] = []
+    public_url_open = None
+    if config.pod.is_http:
+        base = proxy_base_url(config).removesuffix("/v1")
+        routes = [f"{base}/pods/{config.pod.name}/"]
+        routes += [f"{base}/pods/{config.pod.name}:{port}/" for port in config.pod.extra_ports]
+        if config.pod.listen_port:
+            routes.append(f"{base.rsplit(':', 1)[0]}:{config.pod.listen_port}/")
+        if ready and pod is not None and record.pod_id:
+            public_url_open = any(answers_without_key(lifecycle.config.pod_url(record.pod_id, port))
+                                  for port in config.pod.ports)
     return StatusResult(
         config_name=lifecycle.name, record=record, pod=pod, pod_observed=observed, observe_error=error,
         spend_today_usd=spend_today, limits=policy.limit_view(now, config, record, activity), now=now,
         proxy_pid=proxy_pid, proxy_url=proxy_base_url(config) if proxy_pid else None,
         pod_url=lifecycle.pod_url(record.pod_id) if record.pod_id else None,
         max_daily_spend_usd=config.limits.max_daily_spend_usd, idle_seconds=idle,
-        ready=record.ready and (pod is None or pod.status_text == "RUNNING"),
-        notices=lifecycle.store.take_notices(),
+        ready=ready, notices=lifecycle.store.take_notices(), kind=config.pod.kind, routes=routes,
+        public_url_open=public_url_open,
     )
 
 

@@ -36,12 +36,13 @@ from typing import Any
 
 import aiohttp
 from aiohttp import web
+from yarl import URL
 
 from runpod_manager import __version__
 from runpod_manager.config import Config
 from runpod_manager.errors import RpmError
 from runpod_manager.paths import Paths
-from runpod_manager.proxy import dashboard
+from runpod_manager.proxy import dashboard, passthrough, websocket
 from runpod_manager.proxy.cache import CachedResponse, CacheStats, ResponseCache, cache_key, is_cacheable
 from runpod_manager.proxy.controller import PodView, ProxyController, UpstreamTarget
 from runpod_manager.proxy.forward import (
@@ -67,8 +68,9 @@ from runpod_manager.proxy.jobs import ERROR_HEADER, JOBS, JobRunner, JobStore, P
 from runpod_manager.proxy.jobs import add_routes as add_job_routes
 from runpod_manager.proxy.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from runpod_manager.proxy.metrics import ProxyMetrics, RecentRequest
+from runpod_manager.proxy.passthrough import PassThrough, RequestBody, ServiceRoute
 from runpod_manager.proxy.process import proxy_url
-from runpod_manager.proxy.routing import PODS_PATH_PREFIX, build_routes, pod_of_path
+from runpod_manager.proxy.routing import PODS_PATH_PREFIX, PathNotRouted, PathTarget, PodRoute, build_routes
 from runpod_manager.proxy.wake import PodGroup, WakeGate
 from runpod_manager.requestlog import USAGE_TAIL_BYTES, RequestLog
 
@@ -79,7 +81,7 @@ WAKE_RETRY_AFTER_SECONDS = 1.0  # Retry-After of a request answered 503 while th
 _KNOWN_ROUTES = frozenset({"/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/models",
                            "/health", "/ready", "/metrics", "/dashboard", "/debug/cache", "/rpm/v1/pods"})
 _JOB_PATH_PREFIXES = ("/v1/", PODS_PATH_PREFIX)  # the routed paths: a request to a pod may become a job
-_PROTECTED_PREFIXES = ("/v1/", "/dashboard", "/metrics", "/debug", "/rpm/")
+_PROTECTED_PREFIXES = ("/v1/", "/dashboard", "/metrics", "/debug", "/rpm/", PODS_PATH_PREFIX)
 _BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
 # nginx's convention for "client closed the request", used in logs and metrics only: one status however the
 # client left (waiting for a wake or its body, mid-stream), never the 200 that had started.
@@ -90,6 +92,7 @@ _ALLOWED_METHODS = "GET, POST, OPTIONS"
 # Headers a page of an allowed origin may read: the SDKs' retry hints and what rpm adds.
 _EXPOSED_HEADERS = ("Retry-After, retry-after-ms, x-should-retry, X-RPM-Cache, X-RPM-Cold-Start, X-RPM-Models, "
                     "Location, Preference-Applied, X-RPM-Job-Id")  # the last three: a job's 202 (jobs.py)
+_SERVICE_METHODS = "GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"
 _OTHER_SITE = frozenset({"cross-site", "same-site"})  # Sec-Fetch-Site values of requests another page caused
 
 
@@ -102,7 +105,7 @@ class Exchange:
     """
 
     __slots__ = ("cache", "client_gone", "client_wait_seconds", "cold_start_seconds", "error_code", "facts",
-                 "first_byte_at", "pod", "pod_id", "started", "upstream_wait_seconds", "usage_source",
+                 "first_byte_at", "pod", "pod_id", "route", "started", "upstream_wait_seconds", "usage_source",
                  "wake_wait_seconds")
 
     def __init__(self, started: float) -> None:
@@ -120,6 +123,9 @@ class Exchange:
         self.pod_id: str | None = None  # the pod it was sent to
         self.first_byte_at: float | None = None  # perf_counter() when the pod's answer (first event) came
         self.usage_source: bytes | None = None  # the answer's bytes, or a stream's last event (its `usage`)
+        # A request routed by path (/pods/<name>/…, a listen port): its metrics label, one per pod, never the
+        # path (unbounded); None for /v1 and the proxy's own routes.
+        self.route: str | None = None
 
 
 EXCHANGE = web.RequestKey("rpm_exchange", Exchange)
@@ -167,7 +173,8 @@ class ProxyState:
         self.static_lookup = {name: self.group_by_route[route.name] for name, route in self.routes.by_model.items()}
         self.lookup: dict[str, PodGroup] = dict(self.static_lookup)
         # GET /v1/models with one pod and no aliases passes the pod's own answer through, byte for byte.
-        self.models_passthrough = len(self.groups) == 1 and not self.groups[0].route.aliases
+        self.models_passthrough = (len(self.groups) == 1 and not self.groups[0].route.aliases
+                                   and self.groups[0].route.kind != "http")
         self.body_read_timeout_seconds = body_read_timeout_seconds
         self.api_keys = tuple(key.encode() for key in proxy.api_keys)
         self.cache: ResponseCache | None = None
@@ -192,6 +199,13 @@ class ProxyState:
             resolve=lambda method, path, body, content_type: job_pod(self, method, path, body, content_type),
             pod_waking=self._pod_waking, full_retry_after_seconds=queue_full_retry_after_seconds)
         self.in_flight = 0  # read by the in-flight gauge at scrape time (no lock per request)
+        # /v1 reaches the model pods only (kind = "http" pods are routed by path); the model lists are theirs.
+        self.model_groups = tuple(group for group in self.groups if group.route.kind != "http")
+        self.passthrough: PassThrough | None = None  # made with the session (on startup)
+        self.sockets = websocket.SocketRegistry()
+        # Page origins that are the proxy's own (its port) or a listen port's: a service's page served there
+        # may call its own routes (checked per app in _cross_origin).
+        self.own_origins = _origins_of(config, proxy.port)
         self.metrics.in_flight.set_function(lambda: self.in_flight)
         for group in self.groups:
             group.views = self.views
@@ -211,7 +225,10 @@ class ProxyState:
         return origin in self.cors_allow_origins or "*" in self.cors_allow_origins
 
     def model_names(self, group: PodGroup) -> list[str]:
-        """The names a request may use for this group: the config's, then what its pod listed."""
+        """The names a request may use for this group: the config's, then what its pod listed (none for an
+        http pod: it is routed by path)."""
+        if group.route.kind == "http":
+            return []
         return list(dict.fromkeys([*group.route.names, *sorted(group.model_ids)]))
 
     def remember_models(self, group: PodGroup, body: bytes) -> None:
@@ -273,6 +290,7 @@ class ProxyState:
         targets = await asyncio.to_thread(self._read_targets)
         for name, target in targets.items():
             self.gates[name].set_target(target)
+        await self.sockets.close_gone(self.gates, self.views)  # a limit, idle or a shutdown stopped the pod
 
     def _read_targets(self) -> dict[str, UpstreamTarget | None]:
         """Every pod's target (in a worker thread); a pod whose target cannot be read keeps its own."""
@@ -293,6 +311,7 @@ class ProxyState:
 
 
 STATE = web.AppKey("rpm_proxy_state", ProxyState)
+LISTEN_ROUTE = web.AppKey("rpm_listen_route", PodRoute)
 MODELS_PATH = "/v1/models"
 MODELS_ASK_TIMEOUT_SECONDS = 10.0  # how long GET /v1/models waits for each running pod's own list
 
@@ -325,8 +344,8 @@ def _http_exception_error(exc: web.HTTPException, request: web.Request, state: P
     if status == 404:
         path = request.path
         hint = f"; did you mean /v1{path}?" if ("/v1" + path) in _KNOWN_ROUTES else ""
-        return ProxyError(404, f"no route {path}: the proxy serves /v1/*, /health, /ready, /metrics, "
-                          f"/dashboard and /rpm/v1/pods{hint}", code="not_found")
+        return ProxyError(404, f"no route {path}: the proxy serves /v1/*, /pods/<name>/*, /health, /ready, "
+                          f"/metrics, /dashboard and /rpm/v1/pods{hint}", code="not_found")
     if status == 413:
         return ProxyError(413, f"the request body is larger than [proxy] max_body_bytes = "
                           f"{state.config.proxy.max_body_bytes}", code="body_too_large", should_retry=False)
@@ -336,7 +355,13 @@ def _http_exception_error(exc: web.HTTPException, request: web.Request, state: P
     return ProxyError(status, exc.reason or f"HTTP {status}", code=f"http_{status}")
 
 
-def _make_middleware(state: ProxyState) -> Callable[..., Awaitable[web.StreamResponse]]:
+def _make_middleware(state: ProxyState, listen: PodRoute | None = None
+                     ) -> Callable[..., Awaitable[web.StreamResponse]]:
+    """The one middleware; `listen`: of a pod's listen port, where every path is the service's (so every
+    path needs the key and is guarded against other sites' pages, and the service's own page is allowed)."""
+    protected = "/" if listen is not None else _PROTECTED_PREFIXES
+    own_origins = state.own_origins if listen is None else _origins_of(state.config, listen.listen_port)
+
     @web.middleware
     async def middleware(request: web.Request,
                          handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> web.StreamResponse:
@@ -351,16 +376,17 @@ def _make_middleware(state: ProxyState) -> Callable[..., Awaitable[web.StreamRes
         try:
             local: web.StreamResponse | None = None
             if request.method == "OPTIONS" or "Origin" in headers or "Sec-Fetch-Site" in headers:
-                local = _cross_origin(request, state)  # raises ProxyError for a page that is refused
+                # raises ProxyError for a page that is refused
+                local = _cross_origin(request, state, own_origins, every_path=listen is not None)
             if local is not None:
                 response = local
             else:
-                if state.api_keys and path.startswith(_PROTECTED_PREFIXES) and not replay and not _authorized(
+                if state.api_keys and path.startswith(protected) and not replay and not _authorized(
                         headers.get("Authorization"), state.api_keys):
                     raise ProxyError(401, "missing or invalid API key: send one of the keys in [proxy] "
                                      "api_keys as `Authorization: Bearer <key>`", code="invalid_api_key",
                                      should_retry=False)
-                if "Prefer" in headers and not replay and _takes_jobs(request) and wants_async(
+                if "Prefer" in headers and listen is None and not replay and _takes_jobs(request) and wants_async(
                         headers.getall("Prefer")):
                     response = await state.jobs.submit(request)
                 else:
@@ -407,7 +433,17 @@ def _takes_jobs(request: web.Request) -> bool:
             and request.match_info.http_exception is None)
 
 
-def _cross_origin(request: web.Request, state: ProxyState) -> web.Response | None:
+def _origins_of(config: Config, port: int) -> frozenset[str]:
+    """The origins a browser sends for pages served on this machine's `port` of the proxy."""
+    scheme = "https" if config.proxy.use_https else "http"
+    hosts = {"127.0.0.1", "localhost", "[::1]"}
+    if config.proxy.host not in ("0.0.0.0", "", "::"):  # noqa: S104 - compared, not bound
+        hosts.add(config.proxy.host if ":" not in config.proxy.host else f"[{config.proxy.host}]")
+    return frozenset(f"{scheme}://{host}:{port}" for host in hosts)
+
+
+def _cross_origin(request: web.Request, state: ProxyState, own_origins: frozenset[str] = frozenset(), *,
+                  every_path: bool = False) -> web.Response | None:
     """Preflights and requests caused by web pages: the preflight's answer, None to let the request
     through, or ProxyError(403) for a page that may not use the proxy.
 
@@ -415,23 +451,30 @@ def _cross_origin(request: web.Request, state: ProxyState) -> web.Response | Non
     (a form, an image: `no-cors`), which the server still executes. So /v1 (what costs GPU time) refuses
     every page whose origin is not in [proxy] cors_allow_origins, and preflights are answered here:
     one never reaches, or wakes, the pod.
+
+    Routed services (/pods/<name>/…, and every path of a listen port, `every_path`) are guarded the same way,
+    and also let the service's own pages through: those served on the same port (`own_origins`), as a UI
+    calling its API or opening its WebSocket does.
     """
     headers = request.headers
     origin = headers.get("Origin")
-    allowed = origin is not None and state.origin_allowed(origin)
+    path = request.path
+    service = every_path or path.startswith(PODS_PATH_PREFIX)
+    allowed = origin is not None and (state.origin_allowed(origin) or (service and origin in own_origins))
     if request.method == "OPTIONS":
-        if origin is None:  # not a preflight: say what the proxy takes
-            return web.Response(status=204, headers={"Allow": _ALLOWED_METHODS})
+        if origin is None:  # not a preflight: say what the proxy takes (a service says it itself)
+            return None if service else web.Response(status=204, headers={"Allow": _ALLOWED_METHODS})
         if allowed:
+            methods = _SERVICE_METHODS if service else _ALLOWED_METHODS
             answer = {"Access-Control-Allow-Origin": origin, "Vary": "Origin",
-                      "Access-Control-Allow-Methods": _ALLOWED_METHODS, "Access-Control-Max-Age": "600"}
+                      "Access-Control-Allow-Methods": methods, "Access-Control-Max-Age": "600"}
             wanted = headers.get("Access-Control-Request-Headers")
             if wanted:
                 answer["Access-Control-Allow-Headers"] = wanted
             if headers.get("Access-Control-Request-Private-Network") == "true":  # Chrome, page → localhost
                 answer["Access-Control-Allow-Private-Network"] = "true"
             return web.Response(status=204, headers=answer)
-    elif allowed or not request.path.startswith("/v1/") or (
+    elif allowed or not (service or path.startswith("/v1/")) or (
             origin is None and headers.get("Sec-Fetch-Site") not in _OTHER_SITE):
         return None
     shown = origin if origin is not None else "another site (Sec-Fetch-Site: cross-site)"
@@ -453,8 +496,12 @@ async def _add_cors_headers(request: web.Request, response: web.StreamResponse) 
 def _finish(state: ProxyState, request: web.Request, exchange: Exchange, status: int, started: float) -> None:
     duration = time.perf_counter() - started
     path = request.path
-    route = _route_label(path)
-    is_v1 = path.startswith("/v1/")
+    route = exchange.route or _route_label(path)
+    is_v1 = path.startswith("/v1/") and exchange.route is None
+    if exchange.route is not None and exchange.pod is not None:  # a routed service request: logged as /v1's
+        state.metrics.observe_request(route, status, duration, None)
+        _log_request(state, request, exchange, status, started, duration, route, route)
+        return
     overhead = None
     if is_v1:
         overhead = (duration - exchange.upstream_wait_seconds - exchange.wake_wait_seconds
@@ -462,6 +509,12 @@ def _finish(state: ProxyState, request: web.Request, exchange: Exchange, status:
     state.metrics.observe_request(route, status, duration, overhead)
     if not is_v1:
         return
+    _log_request(state, request, exchange, status, started, duration, route, path)
+
+
+def _log_request(state: ProxyState, request: web.Request, exchange: Exchange, status: int, started: float,
+                 duration: float, route: str, path: str) -> None:
+    """The request's line in the request log and the dashboard's recent list (`path` as shown there)."""
     cold = exchange.cold_start_seconds
     duration_ms = duration * 1000
     ended_at = time.time()
@@ -643,14 +696,10 @@ async def _pod_went_away(state: ProxyState, gate: WakeGate) -> bool:
 def target_group(state: ProxyState, path: str, facts: RequestFacts) -> PodGroup:
     """The configured pod a routed request goes to: `/pods/<name>/…` by its name, anything else by the body's
     model (`_route`). The one resolution the handlers and the jobs' queues (jobs.py) share."""
-    name = pod_of_path(path)
-    if name is None:
+    target = path_target(state, path)
+    if target is None:
         return _route(state, facts)
-    group = state.group_by_route.get(name)
-    if group is None:
-        raise ProxyError(404, f"no pod named {name!r} here; the pods are {', '.join(state.group_by_route)}",
-                         code="pod_not_found", param="name", should_retry=False)
-    return group
+    return state.group_by_route[target.route.name]
 
 
 def job_pod(state: ProxyState, method: str, path: str, body: bytes | None, content_type: str) -> str:
@@ -668,11 +717,16 @@ def _route(state: ProxyState, facts: RequestFacts) -> PodGroup:
     is money for nothing, and a stream would get it inside a `data:` event after its 200.
     """
     model = facts.model
+    if not state.model_groups:
+        raise ProxyError(404, "no model server is configured here: every pod is kind = \"http\"; send requests "
+                         f"to /pods/<name>/<path> (pods: {', '.join(state.group_by_route)})",
+                         code="model_not_found", param="model", should_retry=False)
     if model is None or model == "":  # "": the server's default model
         if state.default_group is not None:
             return state.default_group
         raise ProxyError(400, f"several models are served here ({_served_listing(state)}): name one in the "
-                         "request's `model`; no pod was started for this request", code="model_required",
+                         "request's `model` (a body that cannot, such as a multipart upload, can be sent to one pod "
+                         "by path: /pods/<name>/v1/…); no pod was started for this request", code="model_required",
                          param="model", should_retry=False)
     if not isinstance(model, str):
         raise ProxyError(400, "model must be a string", code="invalid_model", param="model")
@@ -681,7 +735,7 @@ def _route(state: ProxyState, facts: RequestFacts) -> PodGroup:
         return group
     # OpenAI's own shape for this case (type invalid_request_error, code model_not_found), as a plain HTTP
     # answer: no wake has started, so even a stream has not committed its 200 yet.
-    where = "the pod serves" if len(state.groups) == 1 else "served:"
+    where = "the pod serves" if len(state.model_groups) == 1 else "served:"
     source = "[pod] model" if not state.config.pods else "[pods.<name>] model and aliases"
     raise ProxyError(404, f"the model {model!r} is not served here: {where} {_served_listing(state)} ({source} in "
                      "pod_config.toml); no pod was started for this request", code="model_not_found",
@@ -689,9 +743,9 @@ def _route(state: ProxyState, facts: RequestFacts) -> PodGroup:
 
 
 def _served_listing(state: ProxyState) -> str:
-    if len(state.groups) == 1:
-        return ", ".join(state.model_names(state.groups[0]))
-    return "; ".join(f"{', '.join(state.model_names(group))} (pod {group.name})" for group in state.groups)
+    if len(state.model_groups) == 1:
+        return ", ".join(state.model_names(state.model_groups[0]))
+    return "; ".join(f"{', '.join(state.model_names(group))} (pod {group.name})" for group in state.model_groups)
 
 
 async def _handle_models(request: web.Request, state: ProxyState) -> web.StreamResponse:
@@ -706,10 +760,10 @@ async def _handle_models(request: web.Request, state: ProxyState) -> web.StreamR
     """
     exchange = request[EXCHANGE]
     if not state.models_passthrough:
-        asked = await asyncio.gather(*(_ask_models(request, state, group) for group in state.groups))
-        live = {group.name for group, answered in zip(state.groups, asked, strict=True) if answered}
+        asked = await asyncio.gather(*(_ask_models(request, state, group) for group in state.model_groups))
+        live = {group.name for group, answered in zip(state.model_groups, asked, strict=True) if answered}
         return _local_models(state, exchange, live)
-    chosen = state.groups[0].pick()
+    chosen = state.model_groups[0].pick()
     if chosen is None:
         return _local_models(state, exchange)
     gate, target = chosen
@@ -787,7 +841,7 @@ def _models_document(state: ProxyState, live: frozenset[str] | set[str] = frozen
     from ("remembered", "config"); with several, that per pod ("chat=live, coder=config")."""
     data: list[dict[str, Any]] = []
     sources: list[str] = []
-    for group in state.groups:
+    for group in state.model_groups:
         entries, source = _group_entries(state, group)
         data.extend(entries)
         sources.append(f"{group.name}={'live' if group.name in live else source}")
@@ -799,7 +853,7 @@ def _models_document(state: ProxyState, live: frozenset[str] | set[str] = frozen
 def _local_models(state: ProxyState, exchange: Exchange, live: frozenset[str] | set[str] = frozenset()
                   ) -> web.Response:
     exchange.cache = "local"
-    remembered = state.groups[0].models_body
+    remembered = state.model_groups[0].models_body if state.model_groups else None
     if state.models_passthrough and remembered is not None:  # the pod's own bytes, exactly
         body, source = remembered, "remembered"
     else:
@@ -1028,6 +1082,163 @@ async def _relay_stream(
     return client, not outcome.upstream_broken
 
 
+# ------------------------------------------------------------------- /pods/<name>/… and listen ports
+
+
+def service_route(state: ProxyState, route: PodRoute, port: int, raw_path: str, prefix: str) -> ServiceRoute:
+    """A routed request's destination: the pod's group, its port, the path sent, and its body limit (an http
+    pod's own; a model pod's is [proxy] max_body_bytes, as on /v1)."""
+    pod = state.config.pod_named(route.name)
+    limit = pod.body_limit_bytes if pod is not None and pod.is_http else state.config.proxy.max_body_bytes
+    return ServiceRoute(state.group_by_route[route.name], port, raw_path, prefix, limit)
+
+
+def path_target(state: ProxyState, path: str) -> PathTarget | None:
+    """`/pods/<name>[:<port>]/<path>` → its pod and port (None: not a /pods/ path); 404 naming the pods for a
+    name (or port) not here. Used by the pass-through and by target_group (the jobs' queues) alike."""
+    try:
+        return state.routes.pod_for_path(path)
+    except PathNotRouted as exc:
+        route = state.routes.route_named(exc.name)
+        if route is None:
+            raise ProxyError(404, f"no pod named {exc.name!r} here: the pods are {', '.join(state.group_by_route)} "
+                             "(/pods/<name>/<path>)", code="pod_not_found", should_retry=False) from None
+        raise ProxyError(404, f"pod {route.name!r} has no port {exc.port!r}: its ports are "
+                         f"{', '.join(map(str, route.ports))} (port, extra_ports)", code="pod_port_not_found",
+                         should_retry=False) from None
+
+
+def resolve_pods_path(state: ProxyState, request: web.Request) -> ServiceRoute:
+    """A /pods/ request → where it goes (path_target), with the exact path to send and its body limit."""
+    target = path_target(state, request.path)
+    if target is None:  # only mounted under /pods/
+        raise web.HTTPNotFound()
+    segment = request.path[len(PODS_PATH_PREFIX):].partition("/")[0]
+    prefix = PODS_PATH_PREFIX + segment
+    raw = request.raw_path
+    if not raw.startswith(prefix):  # the name percent-encoded: not a form rpm ever links to
+        raise ProxyError(404, f"write the pod's name plainly in /pods/{target.route.name}/", code="pod_not_found")
+    rest = raw[len(prefix):]
+    if not rest.startswith("/"):  # the service's root without its slash: its relative links need it
+        raise web.HTTPPermanentRedirect(prefix + "/" + rest)
+    return service_route(state, target.route, target.port, rest, prefix)
+
+
+async def handle_pods_path(request: web.Request) -> web.StreamResponse:
+    state = request.app[STATE]
+    return await serve_service(request, state, resolve_pods_path(state, request))
+
+
+async def handle_listen_port(request: web.Request) -> web.StreamResponse:
+    """Every path of an http pod's listen_port: the service owns the root."""
+    state = request.app[STATE]
+    route = request.app[LISTEN_ROUTE]
+    return await serve_service(request, state, service_route(state, route, route.ports[0], request.raw_path, ""))
+
+
+async def _service_target(request: web.Request, state: ProxyState, exchange: Exchange, service: ServiceRoute, *,
+                          hold: bool) -> tuple[WakeGate, UpstreamTarget]:
+    """The pod's ready target, waking it through its gate; `hold`: answered by wake_hold_seconds (503 +
+    Retry-After), else (a WebSocket handshake, whose client waits) by queue_timeout_seconds."""
+    group = service.group
+    chosen = group.pick()
+    if chosen is not None:
+        return chosen
+    waiting_since = time.perf_counter()
+    try:
+        answer_by = None
+        if hold:
+            answer_by = (asyncio.get_running_loop().time() + state.config.proxy.wake_hold_seconds
+                         - (waiting_since - exchange.started))
+        gate, target, waited = await group.wait_for_target(answer_by=answer_by)
+        exchange.cold_start_seconds = waited
+        return gate, target
+    finally:
+        exchange.wake_wait_seconds += time.perf_counter() - waiting_since
+
+
+async def serve_service(request: web.Request, state: ProxyState, service: ServiceRoute) -> web.StreamResponse:
+    """Pass one request through to its pod's service (passthrough.py; websocket.py for upgrades)."""
+    exchange = request[EXCHANGE]
+    group = service.group
+    exchange.route = f"{PODS_PATH_PREFIX}{group.name}" if service.prefix else f"listen:{group.name}"
+    if websocket.is_upgrade(request):
+        websocket.check_upgrade(request)
+        return await _serve_websocket(request, state, exchange, service)
+    length = request.content_length
+    if length is not None and length > service.max_body_bytes:  # refused before a byte of it is read
+        raise passthrough.too_large_error(service.max_body_bytes, service.route)
+    pass_through = state.passthrough
+    if pass_through is None:  # only between shutdown and cleanup
+        raise ProxyError(503, "the proxy is shutting down", code="shutting_down", should_retry=True)
+    has_body = request.body_exists
+    for attempt in (1, 2):
+        gate, target = await _service_target(request, state, exchange, service, hold=True)
+        exchange.pod, exchange.pod_id = gate.name, target.pod_id
+        body = RequestBody(request, service.max_body_bytes, state.body_read_timeout_seconds) if has_body else None
+        group.begin(gate)
+        try:
+            opened_at = time.perf_counter()
+            try:
+                upstream, base_url = await pass_through.open(request, service, gate, target, body)
+            except ProxyError as exc:
+                if exc.code != "upstream_unreachable":
+                    raise
+                await state.mark_unreachable(gate, target)
+                # The pod went away (idle stop, a limit) before this request reached it: it waits for a wake
+                # like one that came a moment later, when nothing of it was sent.
+                if attempt == 1 and not (body is not None and body.started) and await _pod_went_away(state, gate):
+                    continue
+                raise
+            finally:
+                exchange.upstream_wait_seconds += time.perf_counter() - opened_at
+                if body is not None:
+                    exchange.client_wait_seconds += body.client_wait_seconds
+            exchange.first_byte_at = time.perf_counter()
+            try:
+                headers = passthrough.service_response_headers(upstream.headers.items(), pod_base_url=base_url,
+                                                               prefix=service.prefix)
+                if exchange.cold_start_seconds is not None:
+                    headers["X-RPM-Cold-Start"] = f"{exchange.cold_start_seconds:.3f}"
+                if upstream.status >= 500:
+                    exchange.error_code = f"upstream_{upstream.status}"
+                client, clean = await passthrough.relay_response(request, upstream, headers)
+                if not clean:
+                    exchange.error_code = "upstream_stream_broken"
+                return client
+            finally:
+                upstream.close()
+        finally:
+            group.end(gate)
+    raise AssertionError("unreachable")  # the loop returns or raises
+
+
+async def _serve_websocket(request: web.Request, state: ProxyState, exchange: Exchange, service: ServiceRoute
+                           ) -> web.StreamResponse:
+    session = state.session
+    if session is None:
+        raise ProxyError(503, "the proxy is shutting down", code="shutting_down", should_retry=True)
+    gate, target = await _service_target(request, state, exchange, service, hold=False)
+    exchange.pod, exchange.pod_id = gate.name, target.pod_id
+    route = service.route
+    base_url = passthrough.pod_port_url(target, route, service.port, state.config.api.pod_url_template)
+    url = URL(base_url + service.raw_path, encoded=True)
+    pod = state.config.pod_named(route.name)
+    added: dict[str, str] = dict(pod.headers) if pod is not None else {}
+    if route.kind != "http" and target.upstream_key:
+        added["Authorization"] = f"Bearer {target.upstream_key}"
+    headers = websocket.forwarded_headers(request.headers, added,
+                                          keep_authorization=not state.api_keys and route.kind == "http")
+    group = service.group
+    group.begin(gate)  # the handshake is a request; the open socket is not (its frames are)
+    try:
+        upstream = await websocket.open_upstream(session, url, headers, request, gate.name)
+    finally:
+        group.end(gate)
+    exchange.first_byte_at = time.perf_counter()
+    return await websocket.pipe(request, upstream, gate, target, state.sockets)
+
+
 # --------------------------------------------------------------------------------- own endpoints
 
 
@@ -1078,6 +1289,8 @@ async def handle_health(request: web.Request) -> web.Response:
         "pod": pods[0],  # the first pod, as /health showed its one pod before there were several
         "pods": pods,
         "url": f"{proxy_url(state.config)}/v1",
+        # http pods: reached at /pods/<name>/ on this port, and at their own listen ports
+        "listen_ports": {route.name: port for port, route in state.routes.listen_ports.items()},
         # Who answers: `rpm start` tells its own proxy (same state directory and config) from a foreign
         # program on the port. Served without a key like the rest of /health; none of it is a secret.
         "instance": {"pid": os.getpid(), "state_dir": str(state.paths.state_dir),
@@ -1211,6 +1424,12 @@ async def _on_startup(app: web.Application) -> None:
     )
     state.upstream = Upstream(state.session, max_retries=state.config.proxy.max_retries,
                               retry_delay_seconds=state.config.proxy.retry_delay_seconds)
+    config = state.config
+    state.passthrough = PassThrough(
+        state.session, max_retries=config.proxy.max_retries, retry_delay_seconds=config.proxy.retry_delay_seconds,
+        pod_url_template=config.api.pod_url_template, keep_client_authorization=not state.api_keys,
+        added_headers={pod.name: pod.headers for pod in config.all_pods if pod.headers},
+        body_read_timeout_seconds=state.body_read_timeout_seconds)
     if state.cache is not None:
         await asyncio.to_thread(state.cache.open)
     await _check_pod_names(state)
@@ -1250,6 +1469,7 @@ async def _on_shutdown(app: web.Application) -> None:
     await state.jobs.close()  # jobs in flight fail now rather than hold the shutdown; queued ones stay
     for group in state.groups:
         group.close()
+    await state.sockets.close_all("the rpm proxy is stopping")
     task = state.reconcile_task
     if task is not None:
         task.cancel()
@@ -1265,6 +1485,7 @@ async def _on_cleanup(app: web.Application) -> None:
         await state.session.close()
         state.session = None
         state.upstream = None
+        state.passthrough = None
     if state.cache is not None:
         await asyncio.to_thread(state.cache.close)
     state.jobs.shut()
@@ -1302,6 +1523,7 @@ def build_app(
     if state.cors_allow_origins:  # no per-response hook at all unless pages are allowed
         app.on_response_prepare.append(_add_cors_headers)
     app.router.add_route("*", "/v1/{tail:.*}", handle_v1)
+    app.router.add_route("*", PODS_PATH_PREFIX + "{tail:.*}", handle_pods_path)
     app.router.add_get("/health", handle_health)
     app.router.add_get("/ready", handle_ready)
     app.router.add_get("/metrics", handle_metrics)
@@ -1314,3 +1536,17 @@ def build_app(
     app.on_shutdown.append(_on_shutdown)
     app.on_cleanup.append(_on_cleanup)
     return app
+
+
+def build_listen_app(app: web.Application, route: PodRoute) -> web.Application:
+    """The application of an http pod's listen_port: every path is the service's, woken on demand. It shares
+    the proxy application's state (gates, session, request log); serve it while `app` runs."""
+    state = app[STATE]
+    listen_app = web.Application(client_max_size=state.config.proxy.max_body_bytes,
+                                 middlewares=[_make_middleware(state, listen=route)])
+    listen_app[STATE] = state
+    listen_app[LISTEN_ROUTE] = route
+    if state.cors_allow_origins:
+        listen_app.on_response_prepare.append(_add_cors_headers)
+    listen_app.router.add_route("*", "/{tail:.*}", handle_listen_port)
+    return listen_app

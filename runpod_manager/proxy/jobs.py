@@ -18,7 +18,7 @@ The request is replayed through the proxy itself, over loopback HTTP to its own 
 per-process random token (`X-RPM-Job-Token`, held in memory only, never logged, stored or sent upstream)
 that the middleware accepts in place of an API key. So a job goes through the same routing, wake queue,
 idle accounting, metrics and request log as a direct request, for every route the proxy has: /v1 today and
-/pods/<name>/… once that route exists, with nothing here to change. (An in-process call would have to
+/pods/<name>/… (pass-through), with nothing here to change. (An in-process call would have to
 rebuild an aiohttp request for every handler; the loopback hop costs a fraction of a millisecond:
 BENCHMARKS.md.) While the replay waits for a wake the job shows as `waking`. The proxy's own retryable
 answers that prove the request never left it (the wake queue was full, the pod still wakes: marked with

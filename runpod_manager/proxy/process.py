@@ -204,10 +204,13 @@ def claim_port(config: Config, paths: Paths) -> int | None:
         probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the proxy binds: TIME_WAIT is no owner
         try:
             probe.bind(address)
-            return None
         except OSError as exc:
             if exc.errno != errno.EADDRINUSE:
                 raise ConfigError(f"{where}: cannot listen there ({exc.strerror or exc})") from None
+        else:
+            probe.close()
+            _claim_listen_ports(config)
+            return None
     owner = _health_instance(config)
     if owner is not None and owner.get("state_dir") == str(paths.state_dir):
         pid = _as_pid(owner.get("pid"))
@@ -217,6 +220,28 @@ def claim_port(config: Config, paths: Paths) -> int | None:
            else "another program")
     raise ConfigError(f"{where} is in use by {who}; nothing was started",
                       hint="stop it, or choose another [proxy] port (RPM_PROXY_PORT)")
+
+
+def _claim_listen_ports(config: Config) -> None:
+    """With the proxy's port free, each http pod's listen_port must be free too (the proxy binds them all)."""
+    for pod in config.all_pods:
+        if not pod.listen_port:
+            continue
+        table = f"pods.{pod.name}" if config.pods else "pod"
+        where = f"[{table}] listen_port {pod.listen_port}"
+        try:
+            infos = socket.getaddrinfo(config.proxy.host or None, pod.listen_port, type=socket.SOCK_STREAM,
+                                       flags=socket.AI_PASSIVE)
+        except OSError as exc:
+            raise ConfigError(f"{where}: cannot resolve the host ({exc.strerror or exc})") from None
+        family, kind, proto, _name, address = infos[0]
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind(address)
+            except OSError as exc:
+                raise ConfigError(f"{where} is in use ({exc.strerror or exc}); nothing was started",
+                                  hint="stop the program that holds it, or choose another listen_port") from None
 
 
 def _health_instance(config: Config) -> Mapping[str, object] | None:

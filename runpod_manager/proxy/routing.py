@@ -22,6 +22,12 @@ one-pod behaviour, whatever its replicas), none otherwise (the app answers 400 n
 
 Two routes that would both answer to one name cannot be routed: `build_routes` raises ConfigError (the
 config's own check compares `model` and `aliases`; this one also sees `--served-model-name`).
+
+Routing by path (issue #13): every pod is also reachable as `/pods/<name>/<path>` (its `port`), and an http
+pod's further ports as `/pods/<name>:<port>/<path>`; `pod_for_path` is the one reading of such a path, used
+by the proxy's pass-through and by anything else that must resolve a request's pod the same way (jobs). A
+`kind = "http"` pod is never a model route: it claims no name, is never the default nor the fallback, so
+no /v1 request reaches it. `listen_ports` maps each http pod's listen_port to it.
 """
 
 from __future__ import annotations
@@ -52,6 +58,9 @@ class PodRoute:
     replica_queue_seconds: float = 10.0
     # alias → the name sent to the pod, for the aliases its server does not answer to itself
     rewrite: Mapping[str, str] = field(default_factory=dict)
+    kind: str = "openai"  # [pod] kind: "http" routes never serve /v1 (routed by path only)
+    ports: tuple[int, ...] = (8000,)  # the pod's HTTP ports, port first (/pods/<name>:<port>/ for the others)
+    listen_port: int = 0
 
     @property
     def upstream_model(self) -> str:
@@ -80,6 +89,36 @@ class Routes:
         return next((route for route in self.routes if pod in route.replicas), None)
 
     @property
+    def model_routes(self) -> tuple[PodRoute, ...]:
+        """The routes /v1 may reach: every pod but the kind = "http" ones."""
+        return tuple(route for route in self.routes if route.kind != "http")
+
+    def route_named(self, name: str) -> PodRoute | None:
+        return next((route for route in self.routes if route.name == name), None)
+
+    @property
+    def listen_ports(self) -> Mapping[int, PodRoute]:
+        """listen_port → its http pod."""
+        return MappingProxyType({route.listen_port: route for route in self.routes if route.listen_port})
+
+    def pod_for_path(self, path: str) -> PathTarget | None:
+        """`/pods/<name>[:<port>]/<rest>` → the pod, the port and the path sent to it (`/<rest>`); None when
+        the path is not under /pods/. Raises PathNotRouted when it is, but names no pod or port here."""
+        if not path.startswith(PODS_PATH_PREFIX):
+            return None
+        segment, slash, rest = path[len(PODS_PATH_PREFIX):].partition("/")
+        name, colon, port_text = segment.partition(":")
+        route = self.route_named(name)
+        if route is None:
+            raise PathNotRouted(name, None)
+        port = route.ports[0]
+        if colon:
+            if not port_text.isdigit() or int(port_text) not in route.ports:
+                raise PathNotRouted(name, port_text)
+            port = int(port_text)
+        return PathTarget(route, port, "/" + rest if slash else "/")
+
+    @property
     def pod_names(self) -> tuple[str, ...]:
         """Every pod, replicas included, in config order (what ProxyController.pod_names() should say)."""
         return tuple(name for route in self.routes for name in route.replicas)
@@ -93,11 +132,22 @@ class Routes:
 PODS_PATH_PREFIX = "/pods/"
 
 
-def pod_of_path(path: str) -> str | None:
-    """The pod a `/pods/<name>/…` path names (None: another path, routed by the body's model)."""
-    if not path.startswith(PODS_PATH_PREFIX):
-        return None
-    return path[len(PODS_PATH_PREFIX):].split("/", 1)[0] or None
+@dataclass(frozen=True)
+class PathTarget:
+    """Where a routed path goes: the pod's route, the pod port, and the path on the pod (always "/…")."""
+
+    route: PodRoute
+    port: int
+    path: str
+
+
+class PathNotRouted(Exception):
+    """A /pods/ path that names no configured pod (port None) or not one of its ports."""
+
+    def __init__(self, name: str, port: str | None) -> None:
+        super().__init__(name if port is None else f"{name}:{port}")
+        self.name = name
+        self.port = port
 
 
 def route_of(pod: PodConfig) -> PodRoute:
@@ -112,6 +162,7 @@ def route_of(pod: PodConfig) -> PodRoute:
         max_model_len=pod.max_model_len, replica_queue_depth=pod.replica_queue_depth,
         replica_queue_seconds=pod.replica_queue_seconds,
         rewrite=MappingProxyType({alias: upstream for alias in pod.aliases if alias not in known}),
+        kind=pod.kind, ports=pod.ports, listen_port=pod.listen_port,
     )
 
 
@@ -119,7 +170,8 @@ def build_routes(config: Config) -> Routes:
     """The routes of every configured pod. Raises ConfigError when two pods would answer to one name."""
     routes = tuple(route_of(pod) for pod in config.all_pods)
     by_model: dict[str, PodRoute] = {}
-    for route in routes:
+    model_routes = [route for route in routes if route.kind != "http"]
+    for route in model_routes:
         for name in route.names:
             other = by_model.setdefault(name, route)
             if other is not route:
@@ -128,10 +180,10 @@ def build_routes(config: Config) -> Routes:
                     f"model name {name!r} (model, --served-model-name in args/extra_args, or aliases): a request "
                     "for it could not be routed",
                     hint="give one of them another name; copies of one pod are `replicas`")
-    open_routes = [route for route in routes if route.open]
+    open_routes = [route for route in model_routes if route.open]
     return Routes(
         routes=routes,
         by_model=MappingProxyType(by_model),
         fallback=open_routes[0] if len(open_routes) == 1 else None,
-        default=routes[0] if len(routes) == 1 else None,
+        default=model_routes[0] if len(model_routes) == 1 else None,
     )

@@ -28,7 +28,7 @@ from aiohttp import web
 from runpod_manager.config import Config, ProxyConfig
 from runpod_manager.errors import ConfigError
 from runpod_manager.paths import Paths, ensure_private_dir
-from runpod_manager.proxy.app import SHUTDOWN_GRACE_SECONDS, build_app, start_jobs
+from runpod_manager.proxy.app import SHUTDOWN_GRACE_SECONDS, STATE, build_app, build_listen_app, start_jobs
 from runpod_manager.proxy.connection import IDLE_CONNECTION_TIMEOUT_SECONDS, ProxyAppRunner
 from runpod_manager.proxy.controller import ProxyController
 
@@ -166,6 +166,7 @@ async def serve(
     await runner.setup()
     installed: list[signal.Signals] = []
     stopped_by: list[str] = []
+    listen_runners: list[ProxyAppRunner] = []
     try:
         site = web.TCPSite(runner, proxy.host, proxy.port, ssl_context=ssl_context, reuse_address=True)
         try:
@@ -176,6 +177,7 @@ async def serve(
                               hint="another process (maybe another `rpm proxy`) uses the port; "
                                    "stop it or choose another [proxy] port") from None
         port = _bound_port(runner, proxy.port)
+        await _start_listen_ports(app, proxy, ssl_context, idle_connection_timeout_seconds, listen_runners)
         scheme = "https" if ssl_context is not None else "http"
         shown_host = "127.0.0.1" if proxy.host in ("0.0.0.0", "") else proxy.host  # noqa: S104 - display only
         if ":" in shown_host:
@@ -211,9 +213,31 @@ async def serve(
     finally:
         for signum in installed:
             loop.remove_signal_handler(signum)
+        await app[STATE].sockets.close_all("the rpm proxy is stopping")  # before the runners wait for them
+        for listen_runner in listen_runners:
+            await listen_runner.cleanup()
         await runner.cleanup()
         log.info("proxy stopped")
     return stopped_by[0] if stopped_by else None
+
+
+async def _start_listen_ports(app: web.Application, proxy: ProxyConfig, ssl_context: ssl.SSLContext | None,
+                              idle_connection_timeout_seconds: float, runners: list[ProxyAppRunner]) -> None:
+    """Each http pod's listen_port: the same bind (host, TLS, keys) as the main port, its own application.
+    Appends each runner to `runners` as soon as it exists, so the caller cleans up after a failed bind."""
+    for listen_port, route in app[STATE].routes.listen_ports.items():
+        runner = ProxyAppRunner(build_listen_app(app, route), handler_cancellation=True,
+                                shutdown_timeout=SHUTDOWN_GRACE_SECONDS, access_log=None,
+                                keepalive_timeout=idle_connection_timeout_seconds)
+        await runner.setup()
+        runners.append(runner)
+        try:
+            await web.TCPSite(runner, proxy.host, listen_port, ssl_context=ssl_context, reuse_address=True).start()
+        except OSError as exc:
+            raise ConfigError(f"cannot listen on {proxy.host}:{listen_port} ([pods.{route.name}] listen_port): "
+                              f"{exc.strerror or exc}",
+                              hint="another program uses the port; stop it or choose another listen_port") from None
+        log.info("pod %s listens on port %d", route.name, listen_port)
 
 
 def _bound_port(runner: web.AppRunner, configured: int) -> int:

@@ -1,0 +1,237 @@
+"""Pass-through to any HTTP service of a pod: `/pods/<name>[:<port>]/<path>` and an http pod's listen port.
+
+Any method, path, query, headers and body go to `<pod URL of that port>/<path>`, and the answer comes back
+as the pod sends it, both ways streamed: the request body is read from the client in chunks only as the pod
+takes them (never held whole), the response is written to the client as each chunk arrives (SSE, chunked
+answers, large downloads), bytes untouched (no decompression: Content-Encoding and Content-Length pass).
+
+Waking: a request for a pod with no ready target waits through the pod's WakeGate like a /v1 request (the
+bounded queue, wake_hold_seconds then a retryable 503 with Retry-After, queue_full 503). Its body waits by
+**backpressure**: nothing of it is read until the pod is ready, so it stays in the client's socket and kernel
+buffers and the proxy's memory does not grow whatever the upload's size. Chosen over spooling to a file:
+no disk to fill or clean, no copy of user data at rest, and nothing to replay. A client with a short write
+timeout may give up during a long cold start; such clients should wake the pod first (`GET` the route or
+`rpm start`) — the README says so.
+
+Retries before the first response byte (the pod's HTTP proxy answers 502 until the service listens): a
+connection that could not be opened is retried whenever no body byte was read; a retryable status or a
+broken connection only for idempotent methods whose body (if any) was not started. A request that may have
+reached the service with a body it consumed is never sent twice.
+
+Headers: hop-by-hop ones (and those named in Connection) are dropped, Host is the pod's; the pod's
+configured `headers` are added (never logged). The client's Authorization goes on to the service only when
+the proxy has no api_keys (with keys, it is the proxy's own credential); a kind = "openai" pod gets its
+upstream key instead, as on /v1. A redirect to the pod's own URL is rewritten to the route.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator, Iterable, Mapping
+from dataclasses import dataclass
+
+import aiohttp
+from aiohttp import web
+from multidict import CIMultiDict
+from yarl import URL
+
+from runpod_manager.proxy.controller import UpstreamTarget
+from runpod_manager.proxy.forward import HOP_BY_HOP, JOB_TOKEN_HEADER, RETRYABLE_STATUSES, ProxyError
+from runpod_manager.proxy.routing import PodRoute
+from runpod_manager.proxy.wake import PodGroup, WakeGate
+
+log = logging.getLogger("runpod_manager.proxy")
+
+IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
+BODY_CHUNK_BYTES = 256 * 1024  # read from the client (and written to the pod) this much at a time
+# The job token (jobs.py's replays) is the proxy's own credential: it never leaves the proxy.
+_REQUEST_DROP = HOP_BY_HOP | {"host", "expect", "x-rpm-cache", JOB_TOKEN_HEADER.lower()}
+# Bytes pass unchanged, so Content-Length and Content-Encoding stay; our server sets its own Date/Server.
+_RESPONSE_DROP = HOP_BY_HOP | {"date", "server"}
+
+
+@dataclass(frozen=True)
+class ServiceRoute:
+    """One routed request: the pod's group, the pod port, the path (with query) sent to the pod, the prefix
+    the client sees the service under ("/pods/comfy" or "" on a listen port) and the body limit."""
+
+    group: PodGroup
+    port: int
+    raw_path: str
+    prefix: str
+    max_body_bytes: int
+
+    @property
+    def route(self) -> PodRoute:
+        return self.group.route
+
+
+def service_request_headers(headers: Iterable[tuple[str, str]], *, keep_authorization: bool,
+                            added: Mapping[str, str], upstream_key: str | None) -> CIMultiDict[str]:
+    """Client headers minus hop-by-hop ones, plus the pod's own (`added`, or the upstream key)."""
+    out: CIMultiDict[str] = CIMultiDict()
+    extra_drop: set[str] = set()
+    for name, value in headers:
+        lowered = name.lower()
+        if lowered == "connection":
+            extra_drop.update(token.strip().lower() for token in value.split(","))
+        if lowered in _REQUEST_DROP or (lowered == "authorization" and not keep_authorization):
+            continue
+        out.add(name, value)
+    for name in extra_drop:
+        out.popall(name, None)
+    if upstream_key is not None:
+        out["Authorization"] = f"Bearer {upstream_key}"
+    for name, value in added.items():
+        out[name] = value
+    return out
+
+
+def service_response_headers(headers: Iterable[tuple[str, str]], *, pod_base_url: str, prefix: str
+                             ) -> CIMultiDict[str]:
+    """The pod's response headers for the client: hop-by-hop dropped, its own redirects pointed at the route."""
+    out: CIMultiDict[str] = CIMultiDict()
+    for name, value in headers:
+        lowered = name.lower()
+        if lowered in _RESPONSE_DROP:
+            continue
+        if lowered == "location":
+            value = rewrite_location(value, pod_base_url=pod_base_url, prefix=prefix)
+        out.add(name, value)
+    return out
+
+
+def rewrite_location(location: str, *, pod_base_url: str, prefix: str) -> str:
+    """A redirect to the pod's own URL, or to an absolute path on it, as the client reaches it here."""
+    if location.startswith(pod_base_url + "/") or location == pod_base_url:
+        location = location[len(pod_base_url):] or "/"
+    if location.startswith("/") and not location.startswith("//"):
+        return prefix + location
+    return location
+
+
+class BodyTooLarge(Exception):
+    """The client's body passed the route's limit while it was streamed."""
+
+
+class RequestBody:
+    """The client's body, streamed chunk by chunk to the pod; knows whether any of it was read."""
+
+    def __init__(self, request: web.Request, limit_bytes: int, read_timeout_seconds: float) -> None:
+        self._content = request.content
+        self._limit = limit_bytes
+        self._timeout = read_timeout_seconds
+        self.started = False
+        self.bytes_read = 0
+        self.too_large = False
+        self.client_wait_seconds = 0.0
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        while True:
+            waiting_since = time.perf_counter()
+            try:
+                async with asyncio.timeout(self._timeout):
+                    chunk = await self._content.read(BODY_CHUNK_BYTES)
+            except TimeoutError:
+                raise ProxyError(408, f"the request body stalled for {self._timeout:g} s", code="request_timeout",
+                                 should_retry=False) from None
+            finally:
+                self.client_wait_seconds += time.perf_counter() - waiting_since
+            if not chunk:
+                return
+            self.started = True
+            self.bytes_read += len(chunk)
+            if self.bytes_read > self._limit:
+                self.too_large = True
+                raise BodyTooLarge
+            yield chunk
+
+
+def too_large_error(limit_bytes: int, route: PodRoute) -> ProxyError:
+    key = (f"[pods.{route.name}] max_body_bytes" if route.kind == "http" else "[proxy] max_body_bytes")
+    return ProxyError(413, f"the request body is larger than {limit_bytes} bytes ({key}) for pod {route.name!r}",
+                      code="body_too_large", should_retry=False)
+
+
+def pod_port_url(target: UpstreamTarget, route: PodRoute, port: int, template: str) -> str:
+    """The pod URL of one of its ports (the target's own URL for the main port)."""
+    if port == route.ports[0]:
+        return target.base_url
+    return template.format(pod_id=target.pod_id, port=port).rstrip("/")
+
+
+@dataclass
+class PassThrough:
+    """Sends one routed request to its pod and streams the answer back."""
+
+    session: aiohttp.ClientSession
+    max_retries: int
+    retry_delay_seconds: float
+    pod_url_template: str
+    keep_client_authorization: bool
+    added_headers: Mapping[str, Mapping[str, str]]  # pod name → its configured headers
+    body_read_timeout_seconds: float
+
+    async def open(self, request: web.Request, service: ServiceRoute, gate: WakeGate, target: UpstreamTarget,
+                   body: RequestBody | None) -> tuple[aiohttp.ClientResponse, str]:
+        """Send the request and return the pod's response (headers arrived) and the pod URL it went to.
+        Raises ProxyError (413, 502) when it could not; retries as the module docstring says."""
+        route = service.route
+        base_url = pod_port_url(target, route, service.port, self.pod_url_template)
+        headers = service_request_headers(
+            request.headers.items(), keep_authorization=self.keep_client_authorization and route.kind == "http",
+            added=self.added_headers.get(route.name, {}),
+            upstream_key=target.upstream_key if route.kind != "http" else None)
+        url = URL(base_url + service.raw_path, encoded=True)
+        method = request.method
+        attempt = 0
+        while True:
+            try:
+                response = await self.session.request(
+                    method, url, headers=headers, data=None if body is None else body.chunks(),
+                    allow_redirects=False, auto_decompress=False,
+                    skip_auto_headers=("Accept-Encoding", "User-Agent", "Content-Type"))
+            except BodyTooLarge:
+                raise too_large_error(service.max_body_bytes, route) from None
+            except (TimeoutError, aiohttp.ClientError) as exc:
+                if body is not None and body.too_large:
+                    raise too_large_error(service.max_body_bytes, route) from None
+                started = body is not None and body.started
+                connect_failed = isinstance(exc, aiohttp.ClientConnectorError)
+                if attempt >= self.max_retries or started or not (connect_failed or method in IDEMPOTENT_METHODS):
+                    raise ProxyError(
+                        502, f"pod {route.name!r} could not be reached at port {service.port} "
+                        f"({type(exc).__name__})" + (
+                            "; the request was not sent again: its body had been sent" if started else ""),
+                        code="upstream_unreachable", retry_after_seconds=max(self.retry_delay_seconds, 1.0),
+                        should_retry=not started) from None
+            else:
+                if not (response.status in RETRYABLE_STATUSES and attempt < self.max_retries
+                        and method in IDEMPOTENT_METHODS and (body is None or not body.started)):
+                    return response, base_url
+                response.close()  # the pod's HTTP proxy's error page: the service is not listening yet
+            attempt += 1
+            await asyncio.sleep(self.retry_delay_seconds)
+
+
+async def relay_response(request: web.Request, upstream: aiohttp.ClientResponse, headers: CIMultiDict[str]
+                         ) -> tuple[web.StreamResponse, bool]:
+    """Write the pod's response to the client as it arrives; whether it ended cleanly (False: the pod's
+    stream broke off, and the client's connection is closed so it cannot take a short body for a whole one)."""
+    client = web.StreamResponse(status=upstream.status, reason=upstream.reason, headers=headers)
+    await client.prepare(request)
+    if request.method == "HEAD" or upstream.status in (204, 304):
+        await client.write_eof()
+        return client, True
+    try:
+        async for chunk in upstream.content.iter_any():
+            await client.write(chunk)
+    except (TimeoutError, aiohttp.ClientPayloadError, aiohttp.ClientConnectionError) as exc:
+        log.info("the pod's answer to %s %s broke off (%s)", request.method, request.path, type(exc).__name__)
+        if request.transport is not None:
+            request.transport.close()
+        return client, False
+    await client.write_eof()
+    return client, True

@@ -1,0 +1,385 @@
+"""http pods behind the real proxy (issue #13), over real HTTP and WebSockets: /pods/<name>/… and a listen
+port, pass-through of methods, queries, headers, bodies and streamed answers, wakes, 404/413/400 answers,
+cross-origin rules, keys, and sockets closed when the pod goes. The service is tests/support/service_fake.py
+on its own thread; a FakeController holds each pod's target and wake (the emulator's end-to-end runs are in
+test_http_pods.py). Nothing here asserts timings: wakes are held until the test releases them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import json
+import threading
+from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+import requests
+
+from runpod_manager.config import PodConfig
+from runpod_manager.paths import Paths, resolve_paths
+from tests.support.proxy_fakes import (
+    FakeController,
+    FakePod,
+    FakeUpstream,
+    free_port,
+    make_config,
+    running_proxy,
+    wait_until,
+)
+from tests.support.service_fake import ServiceFake, upload_digest
+
+pytestmark = pytest.mark.e2e
+
+CHAT = "org/chat-7b"
+TIMEOUT = 5  # a single read may block this long before the test fails (never an assertion on speed)
+SERVICE_SECRET = "svc-secret-9d2f1"
+CLIENT_KEY = "client-key-http-77"
+
+
+@pytest.fixture(scope="module")
+def service() -> Iterator[ServiceFake]:
+    running = ServiceFake().start()
+    yield running
+    running.stop()
+
+
+@pytest.fixture(scope="module")
+def chat_upstream() -> Iterator[FakeUpstream]:
+    server = FakeUpstream(model=CHAT).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def paths(isolated_home: Path) -> Paths:
+    return resolve_paths()
+
+
+def comfy_pod(**extra: Any) -> PodConfig:
+    return PodConfig(name="comfy", kind="http", image="comfy/ui", port=8188, health_path="/health",
+                     headers={"X-Service-Key": SERVICE_SECRET}, **extra)
+
+
+def proxy_config(service_pod: PodConfig, **proxy: Any) -> Any:
+    return make_config(pods=(service_pod, PodConfig(name="chat", model=CHAT)), **proxy)
+
+
+def controller_for(service: ServiceFake, chat: FakeUpstream, *, asleep: bool = False, hold: bool = False
+                   ) -> FakeController:
+    target = service.target()
+    return FakeController(pods={
+        "comfy": FakePod(None if asleep else target, wake_target=target, hold_wake=hold),
+        "chat": FakePod(chat.target("pod-chat")),
+    })
+
+
+def error_of(response: requests.Response) -> dict[str, Any]:
+    document = response.json()
+    assert set(document) == {"error"} and set(document["error"]) == {"message", "type", "param", "code"}, document
+    return dict(document["error"])
+
+
+def test_any_method_path_query_headers_and_body_pass_through(service: ServiceFake, chat_upstream: FakeUpstream,
+                                                            paths: Paths) -> None:
+    service.reset()
+    with running_proxy(proxy_config(comfy_pod()), controller_for(service, chat_upstream), paths) as proxy:
+        response = requests.patch(
+            f"{proxy.url}/pods/comfy/echo?name=a%20b&x=1", data=b"raw body", timeout=TIMEOUT,
+            headers={"X-Custom": "kept", "Connection": "X-Hop, close", "X-Hop": "dropped",
+                     "Authorization": "Bearer mine", "Content-Type": "application/octet-stream"})
+        assert response.status_code == 200, response.text
+        seen = response.json()
+        assert seen["method"] == "PATCH"
+        assert seen["path_qs"] == "/echo?name=a%20b&x=1"  # the client's encoding, exactly
+        assert seen["body"] == "raw body"
+        headers = {name.lower(): value for name, value in seen["headers"].items()}
+        assert headers["x-custom"] == "kept" and "x-hop" not in headers
+        assert headers["host"] == f"127.0.0.1:{service.port}"  # the pod's, not the proxy's
+        assert headers["x-service-key"] == SERVICE_SECRET  # the pod's configured header
+        assert headers["authorization"] == "Bearer mine"  # no api_keys: the client's own goes on to its service
+        assert "upstream-key-not-for-services" not in json.dumps(seen)  # rpm's vLLM key never goes to a service
+        assert response.headers["X-Service"] == "yes" and response.headers["Set-Cookie"] == "session=abc"
+        # The root, and a redirect to the pod's own URL pointed back at the route.
+        assert requests.get(f"{proxy.url}/pods/comfy/", timeout=TIMEOUT).text.startswith("<!doctype html>")
+        bare = requests.get(f"{proxy.url}/pods/comfy?q=1", timeout=TIMEOUT, allow_redirects=False)
+        assert bare.status_code == 308 and bare.headers["Location"] == "/pods/comfy/?q=1"
+        moved = requests.get(f"{proxy.url}/pods/comfy/redirect", timeout=TIMEOUT, allow_redirects=False)
+        assert moved.status_code == 302 and moved.headers["Location"] == "/pods/comfy/health"
+        # Encoded answers pass as they are (not inflated and re-sent): the client decodes them.
+        raw = requests.get(f"{proxy.url}/pods/comfy/gzip", timeout=TIMEOUT, stream=True,
+                           headers={"Accept-Encoding": "gzip"})
+        assert raw.headers["Content-Encoding"] == "gzip"
+        assert gzip.decompress(raw.raw.read()) == b"compressed " * 100
+        # The service's own errors are its own (not rewritten into the OpenAI shape).
+        head = requests.head(f"{proxy.url}/pods/comfy/health", timeout=TIMEOUT)
+        assert head.status_code == 200 and not head.content
+        options = requests.options(f"{proxy.url}/pods/comfy/echo", timeout=TIMEOUT)  # not a preflight: the service's
+        assert options.status_code == 200 and options.json()["method"] == "OPTIONS"
+        teapot = requests.get(f"{proxy.url}/pods/comfy/status/418", timeout=TIMEOUT)
+        assert teapot.status_code == 418 and teapot.text == "as asked"
+    # The pod's configured header went to the service only: nothing rpm wrote holds it.
+    written = [path for path in paths.state_dir.rglob("*") if path.is_file()]
+    assert any(path.name.startswith("requests") for path in written)
+    assert all(SERVICE_SECRET.encode() not in path.read_bytes() for path in written)
+
+
+def test_a_streamed_answer_reaches_the_client_before_it_ends(service: ServiceFake, chat_upstream: FakeUpstream,
+                                                             paths: Paths) -> None:
+    with running_proxy(proxy_config(comfy_pod()), controller_for(service, chat_upstream), paths) as proxy:
+        response = requests.get(f"{proxy.url}/pods/comfy/chunks", stream=True, timeout=TIMEOUT)
+        lines = response.iter_lines()
+        assert next(lines) == b"data: first"  # while the service still holds the rest
+        service.release_chunks()
+        assert [line for line in lines if line] == [b"data: second"]
+
+
+def test_a_sleeping_pod_wakes_for_a_routed_request_and_its_upload_arrives_whole(
+        service: ServiceFake, chat_upstream: FakeUpstream, paths: Paths) -> None:
+    controller = controller_for(service, chat_upstream, asleep=True, hold=True)
+    with running_proxy(proxy_config(comfy_pod()), controller, paths) as proxy:
+        body, digest = upload_digest(3 * 1024 * 1024 + 17)
+        with requests.Session() as session:
+            answers: list[requests.Response] = []
+            sender = threading.Thread(target=lambda: answers.append(session.post(
+                f"{proxy.url}/pods/comfy/upload", data=body, timeout=30)))
+            sender.start()
+            assert controller.pods["comfy"].wake_started.wait(TIMEOUT)
+            assert not answers  # held while the pod wakes: its body waits in the client's socket
+            controller.pods["comfy"].release_wake.set()
+            sender.join(30)
+        [answer] = answers
+        assert answer.status_code == 200, answer.text
+        assert answer.json() == {"sha256": digest, "bytes": 3 * 1024 * 1024 + 17}
+        assert float(answer.headers["X-RPM-Cold-Start"]) >= 0
+        assert controller.pods["chat"].wake_calls == 0  # the other pod was never woken
+
+
+def test_bad_routes_and_bodies_are_answered_without_a_wake(service: ServiceFake, chat_upstream: FakeUpstream,
+                                                           paths: Paths) -> None:
+    controller = controller_for(service, chat_upstream, asleep=True)
+    config = proxy_config(comfy_pod(max_body_bytes=1024 * 1024))
+    with running_proxy(config, controller, paths) as proxy:
+        unknown = requests.get(f"{proxy.url}/pods/nope/x", timeout=TIMEOUT)
+        assert unknown.status_code == 404
+        error = error_of(unknown)
+        assert error["code"] == "pod_not_found" and "comfy" in error["message"] and "chat" in error["message"]
+        port = requests.get(f"{proxy.url}/pods/comfy:9999/x", timeout=TIMEOUT)
+        assert port.status_code == 404 and error_of(port)["code"] == "pod_port_not_found"
+        big = requests.post(f"{proxy.url}/pods/comfy/upload", data=b"x" * (1024 * 1024 + 1), timeout=TIMEOUT)
+        assert big.status_code == 413
+        assert "[pods.comfy] max_body_bytes" in error_of(big)["message"]
+        malformed = requests.get(f"{proxy.url}/pods/comfy/ws", timeout=TIMEOUT,
+                                 headers={"Upgrade": "websocket", "Connection": "Upgrade"})
+        assert malformed.status_code == 400
+        assert error_of(malformed)["code"] == "bad_websocket_upgrade"
+        assert controller.pods["comfy"].wake_calls == 0
+
+
+def test_a_chunked_body_over_the_limit_gets_413(service: ServiceFake, chat_upstream: FakeUpstream,
+                                                paths: Paths) -> None:
+    config = proxy_config(comfy_pod(max_body_bytes=1024 * 1024))
+    with running_proxy(config, controller_for(service, chat_upstream), paths) as proxy:
+        def chunks() -> Iterator[bytes]:
+            for _ in range(40):
+                yield b"y" * 65536
+
+        response = requests.post(f"{proxy.url}/pods/comfy/upload", data=chunks(), timeout=TIMEOUT)
+        assert response.status_code == 413, response.text
+
+
+def test_v1_never_reaches_an_http_pod_and_lists_only_the_model_pods(service: ServiceFake,
+                                                                   chat_upstream: FakeUpstream, paths: Paths) -> None:
+    service.reset()
+    chat_upstream.reset()
+    with running_proxy(proxy_config(comfy_pod()), controller_for(service, chat_upstream), paths) as proxy:
+        models = requests.get(f"{proxy.url}/v1/models", timeout=TIMEOUT).json()
+        assert [entry["id"] for entry in models["data"]] == [CHAT]
+        answer = requests.post(f"{proxy.url}/v1/chat/completions", timeout=TIMEOUT,
+                               json={"model": CHAT, "messages": [{"role": "user", "content": "hi"}]})
+        assert answer.status_code == 200, answer.text
+        # No model named: the one model pod gets it (the http pod is not a candidate; the fake vLLM wants a name).
+        before = len(chat_upstream.requests)
+        requests.post(f"{proxy.url}/v1/chat/completions", timeout=TIMEOUT,
+                      json={"messages": [{"role": "user", "content": "hi"}]})
+        assert len(chat_upstream.requests) == before + 1
+        wrong = requests.post(f"{proxy.url}/v1/chat/completions", timeout=TIMEOUT,
+                              json={"model": "comfy", "messages": [{"role": "user", "content": "hi"}]})
+        assert wrong.status_code == 404
+        # A model pod is reachable by path too (a multipart body cannot name its model).
+        by_path = requests.get(f"{proxy.url}/pods/chat/v1/models", timeout=TIMEOUT)
+        assert by_path.status_code == 200 and by_path.json()["data"][0]["id"] == CHAT
+        health = requests.get(f"{proxy.url}/health", timeout=TIMEOUT).json()
+        assert {pod["name"]: pod["models"] for pod in health["pods"]} == {"comfy": [], "chat": [CHAT]}
+        # Metrics: one series per pod, whatever the paths asked for (and unknown names in one "other").
+        for path in ("/pods/comfy/a", "/pods/comfy/b?x=1", "/pods/unknown-1/x", "/pods/unknown-2/y"):
+            requests.get(f"{proxy.url}{path}", timeout=TIMEOUT)
+        metrics = requests.get(f"{proxy.url}/metrics", timeout=TIMEOUT).text
+        assert 'route="/pods/comfy",status="404"' in metrics and 'route="/pods/chat"' in metrics
+        assert "/pods/comfy/a" not in metrics and "unknown-1" not in metrics
+    assert not [seen for seen in service.requests if seen.path_qs.startswith("/v1")]
+
+
+def test_listen_port_serves_the_service_at_its_root(service: ServiceFake, chat_upstream: FakeUpstream,
+                                                    paths: Paths) -> None:
+    listen_port = free_port()
+    config = proxy_config(comfy_pod(listen_port=listen_port))
+    with running_proxy(config, controller_for(service, chat_upstream), paths) as proxy:
+        root = f"http://127.0.0.1:{listen_port}"
+        health = requests.get(f"{proxy.url}/health", timeout=TIMEOUT).json()
+        assert health["listen_ports"] == {"comfy": listen_port}
+        page = requests.get(f"{root}/", timeout=TIMEOUT)
+        assert page.status_code == 200 and "fetch('/prompt'" in page.text
+        # What the page does: an absolute /prompt from its own origin.
+        own = {"Origin": root, "Sec-Fetch-Site": "same-origin"}
+        prompt = requests.post(f"{root}/prompt", json={"n": 1}, headers=own, timeout=TIMEOUT)
+        assert prompt.status_code == 200 and prompt.json() == {"echo": {"n": 1}}
+        localhost = requests.post(f"{root}/prompt", json={}, timeout=TIMEOUT,
+                                  headers={"Origin": f"http://localhost:{listen_port}"})
+        assert localhost.status_code == 200
+        # Another site's page may not drive it (nor the proxy's own /pods/ route).
+        for url in (f"{root}/prompt",):
+            refused = requests.post(url, json={}, headers={"Origin": "https://evil.example"}, timeout=TIMEOUT)
+            assert refused.status_code == 403 and error_of(refused)["code"] == "origin_not_allowed"
+        blind = requests.get(f"{root}/health", headers={"Sec-Fetch-Site": "cross-site"}, timeout=TIMEOUT)
+        assert blind.status_code == 403
+        # Not an alias of the main port: /v1 here is the service's path.
+        assert requests.get(f"{root}/v1/models", timeout=TIMEOUT).status_code == 404
+        assert service.requests[-1].path_qs == "/v1/models"
+
+
+def test_keys_protect_routed_paths_and_listen_ports(service: ServiceFake, chat_upstream: FakeUpstream,
+                                                    paths: Paths) -> None:
+    listen_port = free_port()
+    config = proxy_config(comfy_pod(listen_port=listen_port), api_keys=(CLIENT_KEY,))
+    service.reset()
+    with running_proxy(config, controller_for(service, chat_upstream), paths) as proxy:
+        for url in (f"{proxy.url}/pods/comfy/health", f"http://127.0.0.1:{listen_port}/health"):
+            assert requests.get(url, timeout=TIMEOUT).status_code == 401
+            allowed = requests.get(url, headers={"Authorization": f"Bearer {CLIENT_KEY}"}, timeout=TIMEOUT)
+            assert allowed.status_code == 200
+        # The proxy's key is the proxy's: it never reaches the service.
+        assert all(CLIENT_KEY not in json.dumps(seen.headers) for seen in service.requests)
+
+
+# --------------------------------------------------------------------------------------------- WebSockets
+
+
+async def _ws_session(url: str, steps: Any, **kwargs: Any) -> Any:
+    async with aiohttp.ClientSession() as session, session.ws_connect(url, autoping=False, **kwargs) as ws:
+        return await steps(ws)
+
+
+def test_websocket_frames_pass_both_ways_and_a_client_close_reaches_the_service(
+        service: ServiceFake, chat_upstream: FakeUpstream, paths: Paths) -> None:
+    service.reset()
+    with running_proxy(proxy_config(comfy_pod()), controller_for(service, chat_upstream), paths) as proxy:
+        async def steps(ws: aiohttp.ClientWebSocketResponse) -> Any:
+            assert ws.protocol == "svc.v1"  # the subprotocol the service chose
+            await ws.send_str("hello")
+            text = await ws.receive(timeout=TIMEOUT)
+            await ws.send_bytes(b"\x00\x01binary")
+            binary = await ws.receive(timeout=TIMEOUT)
+            await ws.ping(b"are you there")
+            pong = await ws.receive(timeout=TIMEOUT)  # the service's library answers, through the proxy
+            await ws.close(code=4002, message=b"client done")
+            return text.data, binary.data, pong.type, pong.data
+
+        text, binary, pong_type, pong_data = asyncio.run(
+            _ws_session(f"{proxy.url.replace('http', 'ws')}/pods/comfy/ws", steps, protocols=("svc.v1",)))
+        assert (text, binary) == ("hello", b"\x00\x01binary")
+        assert (pong_type, pong_data) == (aiohttp.WSMsgType.PONG, b"are you there")
+        assert wait_until(lambda: service.ws_closed_with == [4002], timeout=TIMEOUT), service.ws_closed_with
+
+
+def test_a_service_close_reaches_the_client_with_its_code(service: ServiceFake, chat_upstream: FakeUpstream,
+                                                          paths: Paths) -> None:
+    with running_proxy(proxy_config(comfy_pod()), controller_for(service, chat_upstream), paths) as proxy:
+        async def steps(ws: aiohttp.ClientWebSocketResponse) -> Any:
+            await ws.send_str("close-me")
+            message = await ws.receive(timeout=TIMEOUT)
+            return message.type, message.data, message.extra
+
+        kind, code, reason = asyncio.run(_ws_session(f"{proxy.url}/pods/comfy/ws", steps))
+        assert (kind, code, reason) == (aiohttp.WSMsgType.CLOSE, 4001, "asked to close")
+
+
+def test_a_socket_waits_for_the_wake_and_is_closed_1001_when_the_pod_stops(
+        service: ServiceFake, chat_upstream: FakeUpstream, paths: Paths) -> None:
+    controller = controller_for(service, chat_upstream, asleep=True)
+    comfy = controller.pods["comfy"]
+    with running_proxy(proxy_config(comfy_pod()), controller, paths) as proxy:
+        async def steps(ws: aiohttp.ClientWebSocketResponse) -> Any:
+            await ws.send_str("woken")
+            echoed = await ws.receive(timeout=TIMEOUT)
+            # A limit stops the pod: the control plane forgets its target; the next reconcile sees it.
+            comfy.target = None
+            comfy.view = replace(comfy.view, ready=False, status="EXITED", last_reason="runtime limit reached")
+            closed = await ws.receive(timeout=TIMEOUT)
+            return echoed.data, closed.type, closed.data, closed.extra
+
+        echoed, kind, code, reason = asyncio.run(_ws_session(f"{proxy.url}/pods/comfy/ws/push", steps))
+        assert echoed == "woken" and comfy.wake_calls == 1
+        assert (kind, code) == (aiohttp.WSMsgType.CLOSE, 1001)
+        assert "runtime limit reached" in reason
+        assert wait_until(lambda: service.sockets_open == 0, timeout=TIMEOUT)
+
+
+def test_an_open_socket_without_frames_is_not_activity(service: ServiceFake, chat_upstream: FakeUpstream,
+                                                       paths: Paths) -> None:
+    controller = controller_for(service, chat_upstream)
+    with running_proxy(proxy_config(comfy_pod()), controller, paths) as proxy:
+        async def steps(ws: aiohttp.ClientWebSocketResponse) -> Any:
+            await ws.send_str("one frame")
+            await ws.receive(timeout=TIMEOUT)
+            frames_at = controller.last_request_times("comfy")
+            seen = len(controller.reconcile_calls)
+            # Passes go by with the socket open and silent: the pod's last use stays the last frame.
+            await asyncio.to_thread(wait_until, lambda: len(controller.reconcile_calls) >= seen + 3, TIMEOUT)
+            silent = controller.last_request_times("comfy")[seen:]
+            service.push("from the service")
+            await ws.receive(timeout=TIMEOUT)
+            seen = len(controller.reconcile_calls)
+            await asyncio.to_thread(wait_until, lambda: len(controller.reconcile_calls) >= seen + 1, TIMEOUT)
+            return frames_at, silent, controller.last_request_times("comfy")[-1]
+
+        frames_at, silent, after_push = asyncio.run(_ws_session(f"{proxy.url}/pods/comfy/ws/push", steps))
+        last_frame = max(moment for moment in frames_at + silent if moment is not None)
+        assert len(set(silent)) == 1  # unchanged while silent
+        assert after_push is not None and after_push > last_frame  # a frame from the service is activity
+
+
+def test_a_job_to_a_routed_path_wakes_the_http_pod_and_keeps_the_services_answer(
+        service: ServiceFake, chat_upstream: FakeUpstream, paths: Paths) -> None:
+    controller = controller_for(service, chat_upstream, asleep=True, hold=True)
+    service.reset()
+    listen_port = free_port()
+    with running_proxy(proxy_config(comfy_pod(listen_port=listen_port)), controller, paths) as proxy:
+        accepted = requests.post(f"{proxy.url}/pods/comfy/prompt", json={"workflow": 7}, timeout=TIMEOUT,
+                                 headers={"Prefer": "respond-async"})
+        assert accepted.status_code == 202, accepted.text
+        job = accepted.json()
+        assert (job["pod"], job["path"]) == ("comfy", "/pods/comfy/prompt")
+        bad_port = requests.post(f"{proxy.url}/pods/comfy:9999/prompt", json={}, timeout=TIMEOUT,
+                                 headers={"Prefer": "respond-async"})
+        assert bad_port.status_code == 404 and error_of(bad_port)["code"] == "pod_port_not_found"
+        controller.pods["comfy"].release_wake.set()
+
+        def done() -> bool:
+            return requests.get(f"{proxy.url}{job['status_url']}", timeout=TIMEOUT).json()["state"] == "done"
+
+        assert wait_until(done, TIMEOUT)
+        result = requests.get(f"{proxy.url}/rpm/v1/jobs/{job['id']}/result", timeout=TIMEOUT)
+        assert result.status_code == 200 and result.json() == {"echo": {"workflow": 7}}
+        # The replay's token is the proxy's own credential: the service never sees it.
+        [replayed] = [seen for seen in service.requests if seen.path_qs == "/prompt"]
+        assert not {name.lower() for name in replayed.headers} & {"x-rpm-job-token", "x-rpm-job-id"}
+        assert controller.pods["comfy"].wake_calls == 1
+        # A listen port's paths are the service's own: Prefer goes through to it, never a job of rpm's.
+        own = requests.post(f"http://127.0.0.1:{listen_port}/prompt", json={"n": 2}, timeout=TIMEOUT,
+                            headers={"Prefer": "respond-async"})
+        assert own.status_code == 200 and own.json() == {"echo": {"n": 2}}
