@@ -156,7 +156,10 @@ class ServiceServer:
     async def route(self, request: web.Request, pod: Pod, port: int, path: str) -> web.StreamResponse:
         stats = self.stats(pod)
         stats.requests += 1
-        stats.active += 1
+        # An open WebSocket is not work for the GPU (ComfyUI's UI keeps one open all day); only requests
+        # being answered make the emulator report the GPU busy.
+        counted = path != "/ws"
+        stats.active += counted
         entry: dict[str, Any] = {"method": request.method, "path": path, "query": request.query_string,
                                  "port": port, "status": None}
         stats.recent.append(entry)
@@ -166,7 +169,7 @@ class ServiceServer:
             # The client went away mid-body (an aborted upload): nobody to answer, and no error to log.
             return _dropped(request)
         finally:
-            stats.active -= 1
+            stats.active -= counted
         entry["status"] = response.status
         return response
 

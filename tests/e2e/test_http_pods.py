@@ -243,11 +243,6 @@ def test_a_limit_closes_open_sockets_with_1001(rpm: Rpm, ports: tuple[int, int])
     assert any("runtime" in event.get("reason", "") for event in rpm.events() if event["event"] == "stop")
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "the emulator's service counts an open WebSocket as a request in flight for the socket's whole life "
-    "(sandbox/service.py ServiceStats.active), and reports the pod's GPU busy meanwhile; rpm's idle rule takes "
-    "a busy GPU as activity, so the pod never idles with a socket open there. The proxy's side is pinned in "
-    "tests/e2e/test_proxy_services.py::test_an_open_socket_without_frames_is_not_activity"))
 def test_an_idle_stop_closes_an_idle_open_socket_with_1001(rpm: Rpm, ports: tuple[int, int]) -> None:
     proxy_port, listen_port = ports
     write(rpm, proxy_port, listen_port, idle=2)
