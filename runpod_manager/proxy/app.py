@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hmac
 import json
 import logging
 import os
@@ -38,8 +37,10 @@ from aiohttp import web
 from runpod_manager import __version__
 from runpod_manager.config import Config
 from runpod_manager.errors import RpmError
+from runpod_manager.keys import KeyWatcher
 from runpod_manager.paths import Paths
 from runpod_manager.proxy import dashboard
+from runpod_manager.proxy.auth import PRINCIPAL, authenticate, check_scope, watch_keys
 from runpod_manager.proxy.cache import CachedResponse, CacheStats, ResponseCache, cache_key, is_cacheable
 from runpod_manager.proxy.controller import PodView, ProxyController, UpstreamTarget
 from runpod_manager.proxy.forward import (
@@ -162,7 +163,8 @@ class ProxyState:
         # GET /v1/models with one pod and no aliases passes the pod's own answer through, byte for byte.
         self.models_passthrough = len(self.groups) == 1 and not self.groups[0].route.aliases
         self.body_read_timeout_seconds = body_read_timeout_seconds
-        self.api_keys = tuple(key.encode() for key in proxy.api_keys)
+        self.keys = KeyWatcher(paths.keys_file, proxy.api_keys)  # StateError when the store is damaged
+        self.keys_task: asyncio.Task[None] | None = None
         self.cache: ResponseCache | None = None
         if config.cache.enabled:
             directory = Path(config.cache.dir).expanduser() if config.cache.dir else paths.response_cache_dir
@@ -290,16 +292,6 @@ def _route_label(path: str) -> str:
     return "/v1/other" if path.startswith("/v1/") else "other"
 
 
-def _authorized(header: str | None, keys: tuple[bytes, ...]) -> bool:
-    if not header or header[:7].lower() != "bearer ":
-        return False
-    token = header[7:].strip().encode()
-    matched = False
-    for key in keys:  # every key is compared, so timing does not tell which one nearly matched
-        matched |= hmac.compare_digest(token, key)
-    return matched
-
-
 def _http_exception_error(exc: web.HTTPException, request: web.Request, state: ProxyState) -> ProxyError:
     status = exc.status
     if status == 404:
@@ -333,11 +325,8 @@ def _make_middleware(state: ProxyState) -> Callable[..., Awaitable[web.StreamRes
             if local is not None:
                 response = local
             else:
-                if state.api_keys and path.startswith(_PROTECTED_PREFIXES) and not _authorized(
-                        headers.get("Authorization"), state.api_keys):
-                    raise ProxyError(401, "missing or invalid API key: send one of the keys in [proxy] "
-                                     "api_keys as `Authorization: Bearer <key>`", code="invalid_api_key",
-                                     should_retry=False)
+                if state.keys.index.required and path.startswith(_PROTECTED_PREFIXES):
+                    request[PRINCIPAL] = authenticate(state.keys, headers.get("Authorization"))
                 response = await handler(request)
         except ProxyError as exc:
             exchange.error_code = exc.code
@@ -505,6 +494,9 @@ async def _handle_v1(request: web.Request, state: ProxyState) -> web.StreamRespo
         body = await _read_body(request, state)
     exchange.facts = facts  # as the client sent it (the request log names the model it asked for)
     group = _route(state, facts)
+    # The key's scopes, before the cache and any wake: a request its key may not make costs nothing.
+    check_scope(request.get(PRINCIPAL), group.name, facts.model if isinstance(facts.model, str) and facts.model
+                else group.route.model)
     rewrite = group.route.rewrite
     if rewrite and facts.model in rewrite:  # an alias: the pod's server answers only to its own names
         document = {**(facts.document or {}), "model": rewrite[facts.model]}
@@ -1160,6 +1152,7 @@ async def _on_startup(app: web.Application) -> None:
         await group.refresh()
     await asyncio.to_thread(state.request_log.start)
     state.reconcile_task = asyncio.create_task(_reconcile_loop(state), name="rpm-proxy-reconcile")
+    state.keys_task = asyncio.create_task(watch_keys(state.keys), name="rpm-proxy-keys")
 
 
 async def _check_pod_names(state: ProxyState) -> None:
@@ -1196,6 +1189,11 @@ async def _on_shutdown(app: web.Application) -> None:
         with contextlib.suppress(asyncio.CancelledError):
             await task
         state.reconcile_task = None
+    if state.keys_task is not None:
+        state.keys_task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await state.keys_task
+        state.keys_task = None
 
 
 async def _on_cleanup(app: web.Application) -> None:
