@@ -37,10 +37,10 @@ from aiohttp import web
 from runpod_manager import __version__
 from runpod_manager.config import Config
 from runpod_manager.errors import RpmError
-from runpod_manager.keys import KeyWatcher
+from runpod_manager.keys import KeyWatcher, usage_report
 from runpod_manager.paths import Paths
 from runpod_manager.proxy import dashboard
-from runpod_manager.proxy.auth import PRINCIPAL, authenticate, check_scope, watch_keys
+from runpod_manager.proxy.auth import PRINCIPAL, PUBLIC_PATHS, authenticate, check_scope, key_name, watch_keys
 from runpod_manager.proxy.cache import CachedResponse, CacheStats, ResponseCache, cache_key, is_cacheable
 from runpod_manager.proxy.controller import PodView, ProxyController, UpstreamTarget
 from runpod_manager.proxy.forward import (
@@ -73,7 +73,8 @@ log = logging.getLogger("runpod_manager.proxy")
 SHUTDOWN_GRACE_SECONDS = 10.0  # in-flight streams get this long to finish when the proxy stops
 WAKE_RETRY_AFTER_SECONDS = 1.0  # Retry-After of a request answered 503 while the pod still wakes
 _KNOWN_ROUTES = frozenset({"/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/models",
-                           "/health", "/ready", "/metrics", "/dashboard", "/debug/cache", "/rpm/v1/pods"})
+                           "/health", "/ready", "/metrics", "/dashboard", "/debug/cache", "/rpm/v1/pods",
+                           "/rpm/v1/keys", "/rpm/v1/usage", "/rpm/v1/events", *PUBLIC_PATHS})
 _PROTECTED_PREFIXES = ("/v1/", "/dashboard", "/metrics", "/debug", "/rpm/")
 _BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
 # nginx's convention for "client closed the request", used in logs and metrics only: one status however the
@@ -298,7 +299,7 @@ def _http_exception_error(exc: web.HTTPException, request: web.Request, state: P
         path = request.path
         hint = f"; did you mean /v1{path}?" if ("/v1" + path) in _KNOWN_ROUTES else ""
         return ProxyError(404, f"no route {path}: the proxy serves /v1/*, /health, /ready, /metrics, "
-                          f"/dashboard and /rpm/v1/pods{hint}", code="not_found")
+                          f"/dashboard and /rpm/v1 (see /rpm/v1/docs){hint}", code="not_found")
     if status == 413:
         return ProxyError(413, f"the request body is larger than [proxy] max_body_bytes = "
                           f"{state.config.proxy.max_body_bytes}", code="body_too_large", should_retry=False)
@@ -325,7 +326,7 @@ def _make_middleware(state: ProxyState) -> Callable[..., Awaitable[web.StreamRes
             if local is not None:
                 response = local
             else:
-                if state.keys.index.required and path.startswith(_PROTECTED_PREFIXES):
+                if state.keys.index.required and path.startswith(_PROTECTED_PREFIXES) and path not in PUBLIC_PATHS:
                     request[PRINCIPAL] = authenticate(state.keys, headers.get("Authorization"))
                 response = await handler(request)
         except ProxyError as exc:
@@ -386,6 +387,11 @@ def _cross_origin(request: web.Request, state: ProxyState) -> web.Response | Non
             if headers.get("Access-Control-Request-Private-Network") == "true":  # Chrome, page → localhost
                 answer["Access-Control-Allow-Private-Network"] = "true"
             return web.Response(status=204, headers=answer)
+    elif request.method == "POST" and request.path.startswith("/rpm/"):
+        # The management API's actions (start, terminate a pod) are never a web page's, whatever its origin.
+        raise ProxyError(403, f"{request.path} is refused to web pages (this request came from "
+                         f"{origin or 'a page'}): call the management API from a program or curl",
+                         code="origin_not_allowed", should_retry=False)
     elif allowed or not request.path.startswith("/v1/") or (
             origin is None and headers.get("Sec-Fetch-Site") not in _OTHER_SITE):
         return None
@@ -573,7 +579,8 @@ async def _wait_and_forward(request: web.Request, state: ProxyState, exchange: E
                 # attempt at a pod that went away), so the client's 300 s limit is never reached.
                 held_seconds = waiting_since - exchange.started
                 answer_by = asyncio.get_running_loop().time() + state.config.proxy.wake_hold_seconds - held_seconds
-                gate, target, waited = await group.wait_for_target(answer_by=answer_by)
+                gate, target, waited = await group.wait_for_target(answer_by=answer_by,
+                                                                   woken_by=key_name(request))
                 exchange.cold_start_seconds = waited
         finally:  # whatever the outcome (served, timed out, client gone), the wait was the wake's
             exchange.wake_wait_seconds += time.perf_counter() - waiting_since
@@ -797,7 +804,7 @@ async def _wait_streaming(
         await committed.write(f": waking pod ({elapsed_seconds:.0f} s)\n\n".encode())
 
     try:
-        gate, target, waited = await group.wait_for_target(keep_alive)
+        gate, target, waited = await group.wait_for_target(keep_alive, woken_by=key_name(request))
     except ProxyError as exc:
         if committed is None:
             raise
@@ -993,7 +1000,8 @@ def _pod_entry(state: ProxyState, name: str) -> dict[str, Any]:
             "spend_today_usd": round(view.spend_today_usd, 4), "max_daily_spend_usd": view.max_daily_spend_usd,
             "queue_depth": group.waiting, "oldest_wait_seconds": None if oldest is None else round(oldest, 3),
             "in_flight": gate.in_flight, "waking": gate.waking, "target_known": gate.target is not None,
-            "last_wake_error": gate.last_wake_error}
+            "last_wake_error": gate.last_wake_error, "woken_by": gate.woken_by,
+            "woken_at": None if gate.woken_at is None else _iso(datetime.fromtimestamp(gate.woken_at, UTC))}
 
 
 async def handle_health(request: web.Request) -> web.Response:
@@ -1038,24 +1046,6 @@ async def handle_ready(request: web.Request) -> web.Response:
     return _json({"ready": True, "pods": ready})
 
 
-async def handle_pods(request: web.Request) -> web.Response:
-    """GET /rpm/v1/pods: every pod (replicas included), from state: no RunPod call, no wake."""
-    state = request.app[STATE]
-    await state.fresh_views()
-    return _json({"pods": [_pod_entry(state, name) for name in state.gates]})
-
-
-async def handle_pod(request: web.Request) -> web.Response:
-    """GET /rpm/v1/pods/{name}: one pod (a configured pod's name or a replica's)."""
-    state = request.app[STATE]
-    name = request.match_info["name"]
-    if name not in state.gates:
-        raise ProxyError(404, f"no pod named {name!r} here; the pods are {', '.join(state.gates)}",
-                         code="pod_not_found", param="name", should_retry=False)
-    await state.fresh_views()
-    return _json(_pod_entry(state, name))
-
-
 async def _refresh_cache_stats(state: ProxyState) -> CacheStats:
     if state.cache is None or not state.cache.available:
         return CacheStats(0, 0)
@@ -1089,11 +1079,20 @@ async def handle_dashboard(request: web.Request) -> web.Response:
             limit_windows_seconds={"runtime": limits.runtime_seconds, "idle": limits.idle_timeout_seconds},
             view=views[name], replica_of=group.name, models=tuple(state.model_names(group)),
             queue_depth=group.waiting, oldest_wait_seconds=group.oldest_wait_seconds(), in_flight=gate.in_flight,
-            waking=gate.waking, target_known=gate.target is not None, last_wake_error=gate.last_wake_error))
+            waking=gate.waking, target_known=gate.target is not None, last_wake_error=gate.last_wake_error,
+            woken_by=gate.woken_by, woken_at=gate.woken_at))
+    key_usage = None
+    if state.keys.index.required:
+        try:
+            key_usage = await asyncio.to_thread(usage_report, state.paths, name=None, now=now.timestamp(),
+                                                zone=state.config.zone)
+        except RpmError as exc:  # the page shows the pods even when the key files cannot be read
+            log.warning("could not read the key usage: %s", exc)
     document = dashboard.dashboard_document(
         pods=panels, metrics=state.metrics, last_wake_error=state.last_wake_error,
         cache_enabled=state.cache is not None and state.cache.available,
-        cache_entries=stats.entries, cache_bytes=stats.bytes, now=now, zone=state.config.zone)
+        cache_entries=stats.entries, cache_bytes=stats.bytes, now=now, zone=state.config.zone,
+        key_usage=key_usage)
     if dashboard.wants_html(request.headers.get("Accept", "")):
         return web.Response(text=dashboard.render_html(document, now=now, zone=state.config.zone),
                             content_type="text/html")
@@ -1238,8 +1237,9 @@ def build_app(
     app.router.add_get("/metrics", handle_metrics)
     app.router.add_get("/dashboard", handle_dashboard)
     app.router.add_get("/debug/cache", handle_debug_cache)
-    app.router.add_get("/rpm/v1/pods", handle_pods)
-    app.router.add_get("/rpm/v1/pods/{name}", handle_pod)
+    from runpod_manager.proxy import manage  # it imports this module
+
+    manage.add_routes(app)
     app.on_startup.append(_on_startup)
     app.on_shutdown.append(_on_shutdown)
     app.on_cleanup.append(_on_cleanup)

@@ -26,6 +26,8 @@ from runpod_manager.proxy.forward import ProxyError
 log = logging.getLogger("runpod_manager.proxy")
 
 PRINCIPAL = web.RequestKey("rpm_principal", Principal)
+# The management API's description (proxy/manage.py) is served without a key: it holds no data.
+PUBLIC_PATHS = frozenset({"/rpm/v1/openapi.json", "/rpm/v1/docs"})
 KEY_CHECK_INTERVAL_SECONDS = 0.25  # a revoked key is refused within this (plus a reload's few ms)
 
 
@@ -33,6 +35,12 @@ def bearer_token(header: str | None) -> str | None:
     if not header or header[:7].lower() != "bearer ":
         return None
     return header[7:].strip() or None
+
+
+def key_name(request: web.Request) -> str | None:
+    """The request's key name (None: the proxy has no keys), for what records who asked (a wake)."""
+    principal = request.get(PRINCIPAL)
+    return None if principal is None else principal.name
 
 
 def authenticate(watcher: KeyWatcher, header: str | None) -> Principal:
