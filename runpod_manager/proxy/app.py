@@ -1,11 +1,12 @@
 """The proxy's aiohttp application: routes, the one middleware, startup and shutdown.
 
 Routes: `/v1/*` is forwarded to the pod that serves the body's `model` (routing.py; through the cache and
-that model's wake gates, wake.py); `/health`, `/ready`, `/metrics`, `/dashboard`, `/rpm/v1/pods[/{name}]`
-and (with `enable_profiling`) `/debug/cache` are the proxy's own. Everything else is a 404 in the OpenAI
-error shape. What the proxy can answer truthfully without a pod it answers itself, so nothing wakes a GPU
-for it: model lists, unknown model names, requests that name no model when several pods serve, wrong
-methods, CORS preflights, and requests from web pages that [proxy] cors_allow_origins does not allow.
+that model's wake gates, wake.py); `/health`, `/ready`, `/metrics`, `/dashboard`, the management API under
+`/rpm/v1` (proxy/manage.py) and (with `enable_profiling`) `/debug/cache` are the proxy's own. Everything
+else is a 404 in the OpenAI error shape. What the proxy can answer truthfully without a pod it answers
+itself, so nothing wakes a GPU for it: model lists, unknown model names, requests that name no model when
+several pods serve, wrong methods, CORS preflights, and requests from web pages that [proxy]
+cors_allow_origins does not allow.
 
 A request to a known pod takes no thread hop: its model is looked up in one dict (from the body, parsed
 once), the target is a cached attribute of the pod's gate (refreshed by the reconcile loop, wakes and the

@@ -23,6 +23,7 @@ import pytest
 import requests
 from openapi_spec_validator import validate
 
+from runpod_manager.errors import LimitRefused, LockBusy
 from runpod_manager.keys import KeyUsage, save_usage, usage_day
 from runpod_manager.paths import resolve_paths
 from runpod_manager.proxy.app import build_app
@@ -287,6 +288,20 @@ def test_an_admin_starts_stops_resumes_and_terminates_a_pod_and_the_log_names_th
     assert all(e["role"] == "admin" for e in _api_calls(stack) if e["key"] == "ops")
 
 
+def test_a_request_that_wakes_a_pod_is_recorded_with_its_key(stack: Stack) -> None:
+    chat = requests.post(f"{stack.url}/v1/chat/completions", timeout=30,
+                         headers={"Authorization": f"Bearer {stack.dev}"},
+                         json={"model": "org/coder-7b", "max_tokens": 2,
+                               "messages": [{"role": "user", "content": "hi"}]})
+    assert chat.status_code == 200, chat.text
+    admin = stack.as_key(stack.admin)
+    pod = admin.get("/rpm/v1/pods/coder").json()
+    assert pod["woken_by"] == "dev" and pod["woken_at"] is not None and pod["ready"] is True
+    assert stack.rpm.record("coder")["lease"]["opened_by"] == "wake"
+    assert admin.post("/rpm/v1/pods/coder/terminate").status_code == 200
+    assert stack.live_coder_pods() == []
+
+
 def test_an_adopted_pod_is_never_terminated_409_and_stays_as_it_was(stack: Stack) -> None:
     admin = stack.as_key(stack.admin)
     before = stack.sandbox_status(stack.adopted_pod_id)
@@ -381,10 +396,19 @@ def test_a_proxy_without_keys_lets_its_machine_manage_but_no_web_page(isolated_h
             started = client.post("/rpm/v1/pods/default/start")
             assert started.status_code == 200 and controller.manage_calls == [("start", "default", "api")]
             assert client.post("/rpm/v1/pods/default/stop").status_code == 200
+            controller.manage_error = LimitRefused("the daily spend cap of $1.00 is reached")
+            refused = client.post("/rpm/v1/pods/default/start")
+            assert refused.status_code == 409 and _error(refused)["code"] == "limit_refused"
+            assert "spend cap" in _error(refused)["message"] and controller.pods["default"].wake_calls == 0
+            controller.manage_error = LockBusy("the state is locked by another rpm process")
+            busy = client.post("/rpm/v1/pods/default/stop")
+            assert busy.status_code == 503 and busy.headers["Retry-After"] == "5"
+            controller.manage_error = None
             no_usage = client.get("/rpm/v1/usage")
             assert no_usage.status_code == 404 and _error(no_usage)["code"] == "no_keys"
         events = [json.loads(line) for line in paths.event_log.read_text().splitlines()]
-        assert [(e["action"], e["key"]) for e in events if e["event"] == "api_call" and e.get("pod")] == [
-            ("start a pod", "(none)"), ("stop a pod", "(none)")]
+        assert [(e["action"], e["key"], e["status"]) for e in events if e["event"] == "api_call" and e.get("pod")] == [
+            ("start a pod", "(none)", 200), ("stop a pod", "(none)", 200), ("start a pod", "(none)", 409),
+            ("stop a pod", "(none)", 503)]
     finally:
         upstream.stop()

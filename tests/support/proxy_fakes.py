@@ -109,6 +109,7 @@ class FakeController:
         self.reconcile_error: BaseException | None = None
         self.wake_order: list[str] = []  # pods in the order their wakes started
         self.manage_calls: list[tuple[str, str, str]] = []  # (action, pod, opened_by) of start/stop calls
+        self.manage_error: BaseException | None = None  # raised by start/stop (after recording the call)
         self._lock = threading.Lock()
 
     # -- the first pod's knobs and counters, for tests of one pod
@@ -203,12 +204,16 @@ class FakeController:
         fake = self.pods[pod]
         with self._lock:
             self.manage_calls.append(("start", pod, opened_by))
+        if self.manage_error is not None:
+            raise self.manage_error
         fake.target = fake.wake_target
         return self.view(pod)
 
     def stop(self, pod: str, *, terminate: bool) -> PodView:
         with self._lock:
             self.manage_calls.append(("terminate" if terminate else "stop", pod, ""))
+        if self.manage_error is not None:
+            raise self.manage_error
         self.pods[pod].target = None
         return self.view(pod)
 
