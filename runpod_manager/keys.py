@@ -410,7 +410,7 @@ class KeyUsage:
     refused: int = 0  # requests answered 429/403 by this key's limits or scopes
 
     def as_json(self) -> dict[str, Any]:
-        return {"requests": self.requests, "tokens": self.tokens, "spend_usd": round(self.spend_usd, 6),
+        return {"requests": self.requests, "tokens": self.tokens, "spend_usd": self.spend_usd,
                 "last_used_at": self.last_used_at, "refused": self.refused}
 
 
