@@ -183,6 +183,9 @@ class ProxyConfig:
     request_log_keep_days: int = field(default=30, metadata=_meta(
         "Days the request log (logs/requests.jsonl, one line per request; read by `rpm report` and `rpm simulate "
         "--from-log`) is kept; 0 writes none and deletes what an earlier setting kept.", minimum=0, maximum=3660))
+    key_limit_window_seconds: int = field(default=60, metadata=_meta(
+        "Window in which each key's --rpm and --tpm (`rpm keys`) are counted; a shorter window gets the limits "
+        "scaled to it (60 rpm in 10 s windows: 10 per window), which spreads a key's burst out.", minimum=1))
 
 
 @dataclass(frozen=True)

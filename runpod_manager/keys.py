@@ -410,7 +410,7 @@ class KeyUsage:
     refused: int = 0  # requests answered 429/403 by this key's limits or scopes
 
     def as_json(self) -> dict[str, Any]:
-        return {"requests": self.requests, "tokens": self.tokens, "spend_usd": round(self.spend_usd, 6),
+        return {"requests": self.requests, "tokens": self.tokens, "spend_usd": self.spend_usd,
                 "last_used_at": self.last_used_at, "refused": self.refused}
 
 
@@ -484,7 +484,13 @@ def usage_report(paths: Paths, *, name: str | None, now: float, zone: tzinfo | N
         if not records:
             known = ", ".join(record.name for record in KeyStore(paths.keys_file).records())
             raise UsageError(f"no key named {name!r}; the keys are {known or '(none)'}")
-    days = load_usage(paths.key_usage_file)
+    return report_of(records, load_usage(paths.key_usage_file), now=now, zone=zone)
+
+
+def report_of(records: Iterable[KeyRecord], days: Mapping[str, Mapping[str, KeyUsage]], *, now: float,
+              zone: tzinfo | None) -> UsageReport:
+    """Each key's usage today and when it was last used, from the counters by day: the file's (`rpm keys
+    usage`) or a running proxy's own (the management API, the dashboard)."""
     day = usage_day(now, zone)
     today = days.get(day, {})
     rows = []

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import logging
 import os
@@ -38,7 +39,7 @@ from aiohttp import web
 from runpod_manager import __version__
 from runpod_manager.config import Config
 from runpod_manager.errors import RpmError
-from runpod_manager.keys import KeyWatcher, usage_report
+from runpod_manager.keys import KeyStore, KeyWatcher, Principal, UsageReport, report_of
 from runpod_manager.paths import Paths
 from runpod_manager.proxy import dashboard
 from runpod_manager.proxy.auth import PRINCIPAL, PUBLIC_PATHS, authenticate, check_scope, key_name, watch_keys
@@ -62,12 +63,13 @@ from runpod_manager.proxy.forward import (
     relay_events,
     upstream_request_headers,
 )
+from runpod_manager.proxy.limits import USAGE_FLUSH_SECONDS, KeyLimiter, ShareMeter
 from runpod_manager.proxy.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from runpod_manager.proxy.metrics import ProxyMetrics, RecentRequest
 from runpod_manager.proxy.process import proxy_url
 from runpod_manager.proxy.routing import build_routes
 from runpod_manager.proxy.wake import PodGroup, WakeGate
-from runpod_manager.requestlog import USAGE_TAIL_BYTES, RequestLog
+from runpod_manager.requestlog import USAGE_TAIL_BYTES, RequestLog, usage_tokens
 
 log = logging.getLogger("runpod_manager.proxy")
 
@@ -78,6 +80,7 @@ _KNOWN_ROUTES = frozenset({"/v1/chat/completions", "/v1/completions", "/v1/embed
                            "/rpm/v1/keys", "/rpm/v1/usage", "/rpm/v1/events", *PUBLIC_PATHS})
 _PROTECTED_PREFIXES = ("/v1/", "/dashboard", "/metrics", "/debug", "/rpm/")
 _BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
+_USAGE_ROUTES = frozenset({"/v1/chat/completions", "/v1/completions"})  # streams that can report usage
 # nginx's convention for "client closed the request", used in logs and metrics only: one status however the
 # client left (waiting for a wake or its body, mid-stream), never the 200 that had started.
 _CLIENT_GONE = 499
@@ -97,9 +100,9 @@ class Exchange:
     Each wait is added as it ends, cancellation included, so a request cut short is measured right.
     """
 
-    __slots__ = ("cache", "client_gone", "client_wait_seconds", "cold_start_seconds", "error_code", "facts",
-                 "first_byte_at", "pod", "pod_id", "started", "upstream_wait_seconds", "usage_source",
-                 "wake_wait_seconds")
+    __slots__ = ("cache", "client_gone", "client_wait_seconds", "cold_start_seconds", "cost_usd", "error_code",
+                 "facts", "first_byte_at", "hide_usage", "pod", "pod_id", "principal", "started",
+                 "upstream_wait_seconds", "usage_source", "wake_wait_seconds")
 
     def __init__(self, started: float) -> None:
         self.started = started  # time.perf_counter() when the request reached the middleware
@@ -116,6 +119,11 @@ class Exchange:
         self.pod_id: str | None = None  # the pod it was sent to
         self.first_byte_at: float | None = None  # perf_counter() when the pod's answer (first event) came
         self.usage_source: bytes | None = None  # the answer's bytes, or a stream's last event (its `usage`)
+        # Team keys (proxy/limits.py): the key admitted against its limits (its end is counted in _finish),
+        # the request's share of its pod's cost, and whether the proxy asked the pod for a stream's usage.
+        self.principal: Principal | None = None
+        self.cost_usd = 0.0
+        self.hide_usage = False
 
 
 EXCHANGE = web.RequestKey("rpm_exchange", Exchange)
@@ -167,6 +175,13 @@ class ProxyState:
         self.body_read_timeout_seconds = body_read_timeout_seconds
         self.keys = KeyWatcher(paths.keys_file, proxy.api_keys)  # StateError when the store is damaged
         self.keys_task: asyncio.Task[None] | None = None
+        self.limiter = KeyLimiter(paths.key_usage_file, zone=config.zone,
+                                  window_seconds=proxy.key_limit_window_seconds)
+        self.usage_task: asyncio.Task[None] | None = None
+        # Each request's share of its pod's $/h (limits.request_cost_usd): one meter per pod for the requests
+        # in flight on it, one per configured pod for the requests waiting for its wake.
+        self.serve_meters: dict[str, ShareMeter] = {}
+        self.wait_meters: dict[str, ShareMeter] = {}
         self.cache: ResponseCache | None = None
         if config.cache.enabled:
             directory = Path(config.cache.dir).expanduser() if config.cache.dir else paths.response_cache_dir
@@ -414,6 +429,10 @@ async def _add_cors_headers(request: web.Request, response: web.StreamResponse) 
 
 def _finish(state: ProxyState, request: web.Request, exchange: Exchange, status: int, started: float) -> None:
     duration = time.perf_counter() - started
+    principal = exchange.principal
+    if principal is not None:  # admitted against its key's limits: its end, tokens and cost
+        tokens_in, tokens_out = usage_tokens(exchange.usage_source)
+        state.limiter.finish(principal, tokens=(tokens_in or 0) + (tokens_out or 0), cost_usd=exchange.cost_usd)
     path = request.path
     route = _route_label(path)
     is_v1 = path.startswith("/v1/")
@@ -440,7 +459,8 @@ def _finish(state: ProxyState, request: web.Request, exchange: Exchange, status:
         ended_at, duration, exchange.pod, exchange.pod_id, None if facts is None else facts.model,
         facts is not None and facts.stream, request.method, route, status,
         None if first_byte_at is None else first_byte_at - started, cold, exchange.wake_wait_seconds,
-        exchange.cache, exchange.error_code, exchange.usage_source))
+        exchange.cache, exchange.error_code, exchange.usage_source,
+        None if (named := request.get(PRINCIPAL)) is None else named.name))
     if log.isEnabledFor(logging.DEBUG):  # `rpm proxy -v`; the path only (a query string could carry a key)
         log.debug("%s %s %d %.1fms cache=%s cold=%s pod=%s%s", request.method, path, status, duration_ms,
                   exchange.cache, "-" if cold is None else f"{cold:.1f}s", exchange.pod or "-",
@@ -501,9 +521,9 @@ async def _handle_v1(request: web.Request, state: ProxyState) -> web.StreamRespo
         body = await _read_body(request, state)
     exchange.facts = facts  # as the client sent it (the request log names the model it asked for)
     group = _route(state, facts)
-    # The key's scopes, before the cache and any wake: a request its key may not make costs nothing.
-    check_scope(request.get(PRINCIPAL), group.name, facts.model if isinstance(facts.model, str) and facts.model
-                else group.route.model)
+    principal = request.get(PRINCIPAL)
+    if principal is not None:
+        facts, body = _admit(state, exchange, principal, group, facts, body, path)
     rewrite = group.route.rewrite
     if rewrite and facts.model in rewrite:  # an alias: the pod's server answers only to its own names
         document = {**(facts.document or {}), "model": rewrite[facts.model]}
@@ -515,6 +535,30 @@ async def _handle_v1(request: web.Request, state: ProxyState) -> web.StreamRespo
             raise ProxyError(400, FIM_MISSING_MESSAGE, code="fim_template_missing", param="suffix")
         body = apply_fim_template(facts.document or {}, template)  # has_suffix implies a document
     return await _serve_v1(request, state, exchange, body, facts, group)
+
+
+def _admit(state: ProxyState, exchange: Exchange, principal: Principal, group: PodGroup, facts: RequestFacts,
+           body: bytes | None, path: str) -> tuple[RequestFacts, bytes | None]:
+    """The key's scopes and limits, before the cache and any wake: a request its key may not make costs
+    nothing and wakes nothing. A stream of a keyed request asks the pod for its usage (tokens count against
+    the key); the client that did not ask never sees the usage-only event (`Exchange.hide_usage`)."""
+    model = facts.model if isinstance(facts.model, str) and facts.model else group.route.model
+    try:
+        check_scope(principal, group.name, model)
+    except ProxyError:
+        state.limiter.refuse(principal)
+        raise
+    state.limiter.admit(principal)  # RateLimited (429) when a limit is reached
+    exchange.principal = principal
+    document = facts.document
+    if facts.stream and document is not None and path in _USAGE_ROUTES:
+        options = document.get("stream_options")
+        if not (isinstance(options, dict) and options.get("include_usage") is True):
+            document = {**document, "stream_options": {**(options if isinstance(options, dict) else {}),
+                                                       "include_usage": True}}
+            exchange.hide_usage = True
+            return RequestFacts(document=document, stream=True), json.dumps(document, ensure_ascii=False).encode()
+    return facts, body
 
 
 async def _serve_v1(request: web.Request, state: ProxyState, exchange: Exchange, body: bytes | None,
@@ -569,6 +613,8 @@ async def _wait_and_forward(request: web.Request, state: ProxyState, exchange: E
         gate, target = chosen
     else:
         waiting_since = time.perf_counter()
+        wait_meter = state.wait_meters.get(group.name) or state.wait_meters.setdefault(group.name, ShareMeter())
+        joined = wait_meter.join(waiting_since)
         try:
             if facts.stream:
                 wait = await _wait_streaming(request, state, exchange, group)
@@ -584,14 +630,24 @@ async def _wait_and_forward(request: web.Request, state: ProxyState, exchange: E
                                                                    woken_by=key_name(request))
                 exchange.cold_start_seconds = waited
         finally:  # whatever the outcome (served, timed out, client gone), the wait was the wake's
-            exchange.wake_wait_seconds += time.perf_counter() - waiting_since
+            ended = time.perf_counter()
+            exchange.wake_wait_seconds += ended - waiting_since
+            exchange.cost_usd += _pod_rate(state, group) / 3600 * wait_meter.leave(ended, joined)
     exchange.pod = gate.name
     group.begin(gate)
+    meter = state.serve_meters.get(gate.name) or state.serve_meters.setdefault(gate.name, ShareMeter())
+    joined = meter.join(time.perf_counter())
     try:
         return await _forward(request, state, exchange, gate, target, body, facts, key, committed,
                               rewake=rewake and committed is None)
     finally:
         group.end(gate)
+        exchange.cost_usd += state.views[gate.name].cost_per_hour / 3600 * meter.leave(time.perf_counter(), joined)
+
+
+def _pod_rate(state: ProxyState, group: PodGroup) -> float:
+    """The $/h a wake of the group costs: its pods' as last seen (a replica not created yet: the others')."""
+    return max((state.views[gate.name].cost_per_hour for gate in group.gates), default=0.0)
 
 
 async def _pod_went_away(state: ProxyState, gate: WakeGate) -> bool:
@@ -944,11 +1000,14 @@ async def _relay_stream(
     else:
         client = committed
     cache = state.cache
-    outcome = StreamOutcome(events=[] if key is not None and cache is not None else None)
+    # A stream whose usage event the client does not see is not cached: a client that asked for it would
+    # be answered from the same entry.
+    outcome = StreamOutcome(events=[] if key is not None and cache is not None and not exchange.hide_usage
+                            else None)
     try:
         await relay_events(upstream_response, client, outcome,
                            max_kept_bytes=cache.max_bytes if cache is not None else 0,
-                           on_event=state.metrics.stream_events.inc)
+                           on_event=state.metrics.stream_events.inc, hide_usage_only=exchange.hide_usage)
     finally:
         exchange.upstream_wait_seconds += outcome.upstream_wait_seconds
         exchange.usage_source = outcome.last_data_event
@@ -1085,8 +1144,7 @@ async def handle_dashboard(request: web.Request) -> web.Response:
     key_usage = None
     if state.keys.index.required:
         try:
-            key_usage = await asyncio.to_thread(usage_report, state.paths, name=None, now=now.timestamp(),
-                                                zone=state.config.zone)
+            key_usage = await key_report(state)
         except RpmError as exc:  # the page shows the pods even when the key files cannot be read
             log.warning("could not read the key usage: %s", exc)
     document = dashboard.dashboard_document(
@@ -1098,6 +1156,15 @@ async def handle_dashboard(request: web.Request) -> web.Response:
         return web.Response(text=dashboard.render_html(document, now=now, zone=state.config.zone),
                             content_type="text/html")
     return _json(document)
+
+
+async def key_report(state: ProxyState) -> UsageReport:
+    """Every key of the store (read in a worker thread) with this proxy's live counters (copied on the loop):
+    what the dashboard and /rpm/v1/keys show. StateError when the store cannot be read."""
+    records = await asyncio.to_thread(KeyStore(state.paths.keys_file).records)
+    days = {day: {name: dataclasses.replace(usage) for name, usage in names.items()}
+            for day, names in state.limiter.days.items()}
+    return report_of(records, days, now=time.time(), zone=state.config.zone)
 
 
 async def handle_debug_cache(request: web.Request) -> web.Response:
@@ -1151,8 +1218,10 @@ async def _on_startup(app: web.Application) -> None:
     for group in state.groups:  # so the first request already finds a running pod on the hot path
         await group.refresh()
     await asyncio.to_thread(state.request_log.start)
+    await asyncio.to_thread(state.limiter.restore)  # a restart must not reset a key's budget
     state.reconcile_task = asyncio.create_task(_reconcile_loop(state), name="rpm-proxy-reconcile")
     state.keys_task = asyncio.create_task(watch_keys(state.keys), name="rpm-proxy-keys")
+    state.usage_task = asyncio.create_task(_save_usage_loop(state), name="rpm-proxy-key-usage")
 
 
 async def _check_pod_names(state: ProxyState) -> None:
@@ -1177,6 +1246,24 @@ async def _reconcile_loop(state: ProxyState) -> None:
             log.exception("reconcile loop iteration failed")
 
 
+async def _save_usage_loop(state: ProxyState) -> None:
+    """Write the keys' counters when they changed, at most every USAGE_FLUSH_SECONDS (off the hot path)."""
+    while True:
+        await asyncio.sleep(USAGE_FLUSH_SECONDS)
+        await _save_usage(state)
+
+
+async def _save_usage(state: ProxyState) -> None:
+    snapshot = state.limiter.snapshot()
+    if snapshot is None:
+        return
+    try:
+        await asyncio.to_thread(state.limiter.save, snapshot)
+    except (OSError, RpmError) as exc:
+        state.limiter.dirty = True  # try again at the next flush
+        log.warning("could not save the keys' usage: %s", exc)
+
+
 async def _on_shutdown(app: web.Application) -> None:
     # Runs before in-flight requests get their grace period; they keep the session until cleanup.
     state = app[STATE]
@@ -1199,6 +1286,13 @@ async def _on_shutdown(app: web.Application) -> None:
 async def _on_cleanup(app: web.Application) -> None:
     state = app[STATE]
     await asyncio.to_thread(state.request_log.close)  # after the in-flight requests: their lines too
+    if state.usage_task is not None:
+        state.usage_task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await state.usage_task
+        state.usage_task = None
+    await _save_usage(state)  # the in-flight requests' counts too
+    state.limiter.close()
     if state.session is not None:
         await state.session.close()
         state.session = None

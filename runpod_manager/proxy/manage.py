@@ -38,7 +38,7 @@ from runpod_manager import __version__, keys
 from runpod_manager.errors import ApiError, LimitRefused, LockBusy, NotOwned, RpmError
 from runpod_manager.events import EventLog, redact
 from runpod_manager.keys import Principal
-from runpod_manager.proxy.app import STATE, ProxyState, _pod_entry
+from runpod_manager.proxy.app import STATE, ProxyState, _pod_entry, key_report
 from runpod_manager.proxy.auth import PRINCIPAL, PUBLIC_PATHS
 from runpod_manager.proxy.forward import ProxyError
 
@@ -222,14 +222,6 @@ def _usage_json(usage: keys.KeyUsage) -> dict[str, Any]:
             "refused": usage.refused}
 
 
-def key_rows(state: ProxyState) -> tuple[str, list[dict[str, Any]]]:
-    """Every key of the store with its usage today (blocking: reads two files). Never a token or digest."""
-    report = keys.usage_report(state.paths, name=None, now=time.time(), zone=state.config.zone)
-    return report.day, [{**keys.record_json(row.record), "status": row.status, "usage_today": _usage_json(row.today),
-                         "last_used_at": None if row.last_used_at is None else _iso(row.last_used_at)}
-                        for row in report.rows]
-
-
 def _error_from_state(exc: RpmError) -> ProxyError:
     return ProxyError(500, redact(str(exc)), code="state_unreadable", should_retry=False)
 
@@ -237,18 +229,20 @@ def _error_from_state(exc: RpmError) -> ProxyError:
 @managed("list keys", admin=True)
 async def list_keys(request: web.Request) -> web.Response:
     """GET /rpm/v1/keys: every key (revoked ones too) with its usage today."""
-    state = request.app[STATE]
     try:
-        day, rows = await asyncio.to_thread(key_rows, state)
+        report = await key_report(request.app[STATE])
     except RpmError as exc:
         raise _error_from_state(exc) from None
-    return _json({"day": day, "keys": rows})
+    return _json({"day": report.day, "keys": [
+        {**keys.record_json(row.record), "status": row.status, "usage_today": _usage_json(row.today),
+         "last_used_at": None if row.last_used_at is None else _iso(row.last_used_at)} for row in report.rows]})
 
 
 def _own_usage(state: ProxyState, principal: Principal) -> dict[str, Any]:
+    """The key and its usage today, from this proxy's live counters (on the loop)."""
     now = time.time()
     day = keys.usage_day(now, state.config.zone)
-    usage = keys.load_usage(state.paths.key_usage_file).get(day, {}).get(principal.name, keys.KeyUsage())
+    usage = state.limiter.today(now).get(principal.name) or keys.KeyUsage()
     limits = principal.limits
     return {"day": day, "key": {
         "name": principal.name, "role": principal.role, "source": principal.source,
@@ -268,10 +262,7 @@ async def own_usage(request: web.Request) -> web.Response:
     if principal is None:
         raise ProxyError(404, "this proxy has no keys, so no usage is counted per key; create one with "
                          "`rpm keys create NAME`", code="no_keys", should_retry=False)
-    try:
-        return _json(await asyncio.to_thread(_own_usage, state, principal))
-    except RpmError as exc:
-        raise _error_from_state(exc) from None
+    return _json(_own_usage(state, principal))
 
 
 # ------------------------------------------------------------------------------------------ events

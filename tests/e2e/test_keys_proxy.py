@@ -115,3 +115,136 @@ def test_a_store_with_every_key_revoked_still_requires_a_key(upstream: FakeUpstr
     store.revoke("gone", now=1)
     with running_proxy(make_config(), FakeController(upstream.target()), paths) as proxy:
         assert ask(proxy.url, None, MODEL).status_code == 401
+
+
+# ------------------------------------------------------------------------------------------ limits
+
+
+def sdk(url: str, token: str) -> Any:
+    import openai
+
+    return openai.OpenAI(base_url=f"{url}/v1", api_key=token, max_retries=3)
+
+
+def refusals(paths: Paths, name: str) -> int:
+    """The 429s a key got, from the request log (what the SDK saw and retried)."""
+    from runpod_manager.requestlog import read_requests
+
+    return sum(1 for request in read_requests(paths.request_log) if request.key == name and request.status == 429)
+
+
+def test_the_openai_sdk_backs_off_on_a_keys_rpm_and_tpm_and_then_succeeds(upstream: FakeUpstream,
+                                                                         paths: Paths) -> None:
+    """One-second windows (so the SDK's waits are short): 120 rpm is 2 requests per window; 600 tpm is 10
+    tokens per window, and each answer reports 11."""
+    store = KeyStore(paths.keys_file)
+    by_rate = store.create("by-rate", limits=KeyLimits(requests_per_minute=120), now=0).token
+    by_tokens = store.create("by-tokens", limits=KeyLimits(tokens_per_minute=600), now=0).token
+    raw = store.create("raw", limits=KeyLimits(requests_per_minute=120), now=0).token
+    config = make_config(key_limit_window_seconds=1)
+    with running_proxy(config, FakeController(upstream.target()), paths) as proxy:
+        client = sdk(proxy.url, by_rate)
+        for _ in range(3):
+            answer = client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "hi"}])
+            assert answer.choices[0].message.content
+
+        # A raw look at the refusal: OpenAI's headers, and the SDK's own retry hints.
+        ask(proxy.url, raw, MODEL)
+        ask(proxy.url, raw, MODEL)
+        refused = ask(proxy.url, raw, MODEL)
+        assert refused.status_code == 429 and error_of(refused)["type"] == "rate_limit_error"
+        assert refused.headers["x-ratelimit-limit-requests"] == "120"
+        assert refused.headers["x-ratelimit-remaining-requests"] == "0"
+        assert {"x-ratelimit-reset-requests", "Retry-After", "retry-after-ms"} <= set(refused.headers)
+
+        client = sdk(proxy.url, by_tokens)
+        for _ in range(2):  # streams: the proxy asks for usage and hides the usage-only event
+            stream = client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "hi"}],
+                                                    stream=True)
+            chunks = list(stream)
+            assert chunks and all(chunk.choices for chunk in chunks)  # no usage-only chunk reached the client
+        sent = [r.json() for r in upstream.requests if r.path_qs == "/v1/chat/completions" and r.json().get("stream")]
+        assert all(body["stream_options"] == {"include_usage": True} for body in sent)
+        # A client that asked for usage gets it.
+        wanted = list(sdk(proxy.url, by_tokens).chat.completions.create(
+            model=MODEL, messages=[{"role": "user", "content": "hi"}], stream=True,
+            stream_options={"include_usage": True}))
+        assert wanted[-1].usage is not None and wanted[-1].usage.total_tokens == 11
+    # Each SDK was refused at least once, waited as told, and then succeeded (the answers above).
+    assert refusals(paths, "by-rate") >= 1 and refusals(paths, "by-tokens") >= 1
+    usage = {entry["name"]: entry for entry in _usage(paths)}
+    assert usage["by-tokens"]["tokens"] == 33 and usage["by-rate"]["requests"] == 3
+
+
+def _usage(paths: Paths) -> list[dict[str, Any]]:
+    from runpod_manager.keys import usage_report
+
+    report = usage_report(paths, name=None, now=__import__("time").time(), zone=None)
+    return [{"name": row.record.name, **row.today.as_json()} for row in report.rows]
+
+
+def test_a_budget_spent_by_one_key_stops_it_and_not_the_others_and_survives_a_restart(
+        upstream: FakeUpstream, paths: Paths) -> None:
+    """The pod costs $3,600/h ($1/s) here, so any request spends more than the $0.000001 budget."""
+    store = KeyStore(paths.keys_file)
+    script = store.create("script", limits=KeyLimits(daily_budget_usd=0.000001), now=0).token
+    dev = store.create("dev", limits=KeyLimits(daily_budget_usd=100.0), now=0).token
+    expensive = PodView(pod_id="pod-fake", status="RUNNING", ready=True, lease_open=True, cost_per_hour=3600.0)
+    config = make_config(api_keys=(CONFIG_KEY,))
+    with running_proxy(config, FakeController(upstream.target(), view=expensive), paths) as proxy:
+        assert ask(proxy.url, script, MODEL).status_code == 200
+        refused = ask(proxy.url, script, MODEL)
+        assert refused.status_code == 429 and error_of(refused)["code"] == "daily_budget_exceeded"
+        assert "spent its daily budget" in error_of(refused)["message"] and "it resets at" in error_of(
+            refused)["message"]
+        assert refused.headers["x-should-retry"] == "false"
+        assert ask(proxy.url, dev, MODEL).status_code == 200
+        assert ask(proxy.url, CONFIG_KEY, MODEL).status_code == 200
+        chats = len(upstream.requests)
+    before = {entry["name"]: entry for entry in _usage(paths)}
+    assert before["script"]["spend_usd"] > 0.000001 and before["script"]["refused"] == 1
+    assert before["script"]["requests"] == 1 and before["dev"]["requests"] == 1
+    with running_proxy(config, FakeController(upstream.target(), view=expensive), paths) as proxy:
+        assert ask(proxy.url, script, MODEL).status_code == 429  # a restart does not reset a budget
+        assert ask(proxy.url, dev, MODEL).status_code == 200
+        assert len(upstream.requests) == chats + 1
+    after = {entry["name"]: entry for entry in _usage(paths)}
+    assert after["dev"]["requests"] == 2 and after["script"]["refused"] == 2
+    assert after["script"]["spend_usd"] == before["script"]["spend_usd"]
+
+
+def test_max_concurrent_refuses_the_request_beyond_it(upstream: FakeUpstream, paths: Paths) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    token = KeyStore(paths.keys_file).create("one-at-a-time", limits=KeyLimits(max_concurrent=1), now=0).token
+    upstream.hold_streams = True
+    with running_proxy(make_config(), FakeController(upstream.target()), paths) as proxy, \
+            ThreadPoolExecutor(1) as pool:
+        held = pool.submit(ask, proxy.url, token, MODEL, stream=True)
+        assert upstream.stream_started.wait(READ_TIMEOUT)
+        refused = ask(proxy.url, token, MODEL)
+        assert refused.status_code == 429 and error_of(refused)["code"] == "concurrency_limit_exceeded"
+        upstream.hold_streams = False
+        upstream.release(50)
+        assert held.result(READ_TIMEOUT).status_code == 200
+        assert ask(proxy.url, token, MODEL).status_code == 200
+
+
+def test_the_request_log_names_the_key_and_no_secret_is_written_anywhere(upstream: FakeUpstream,
+                                                                         paths: Paths, isolated_home: Path) -> None:
+    store = KeyStore(paths.keys_file)
+    token = store.create("logged", now=0).token
+    with running_proxy(make_config(api_keys=(CONFIG_KEY,)), FakeController(upstream.target()), paths) as proxy:
+        assert ask(proxy.url, token, MODEL).status_code == 200
+        assert ask(proxy.url, token, MODEL, stream=True).status_code == 200
+        assert ask(proxy.url, CONFIG_KEY, MODEL).status_code == 200
+        assert ask(proxy.url, token + "-wrong", MODEL).status_code == 401
+    from runpod_manager.requestlog import read_requests
+
+    keys = [request.key for request in read_requests(paths.request_log)]
+    assert keys == ["logged", "logged", "config-key-1", None]
+    for path in isolated_home.rglob("*"):
+        if path.is_file():
+            data = path.read_bytes()
+            assert token.encode() not in data and token[4:].encode() not in data, path
+            assert CONFIG_KEY.encode() not in data, path

@@ -18,13 +18,14 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import pytest
 import requests
 from openapi_spec_validator import validate
 
 from runpod_manager.errors import LimitRefused, LockBusy
-from runpod_manager.keys import KeyUsage, save_usage, usage_day
+from runpod_manager.keys import usage_day
 from runpod_manager.paths import resolve_paths
 from runpod_manager.proxy.app import build_app
 from runpod_manager.proxy.manage import ROUTES, openapi_document
@@ -149,6 +150,12 @@ def _error(response: requests.Response) -> dict[str, Any]:
     return dict(document["error"])
 
 
+def _chat(stack: Stack, token: str) -> requests.Response:
+    body = {"model": "org/coder-7b", "max_tokens": 2, "messages": [{"role": "user", "content": "hi"}]}
+    return requests.post(f"{stack.url}/v1/chat/completions", timeout=30, json=body,
+                         headers={"Authorization": f"Bearer {token}"})
+
+
 def _api_calls(stack: Stack) -> list[dict[str, Any]]:
     return [e for e in stack.rpm.events() if e["event"] == "api_call"]
 
@@ -261,10 +268,7 @@ def test_an_admin_starts_stops_resumes_and_terminates_a_pod_and_the_log_names_th
                         headers={"Authorization": f"Bearer {stack.admin}", "Accept": "text/html"}).text
     assert " by ops</p>" in page and 'class="woken"' in page
     # The pod serves the dev key's requests at once: the start put it in the routing.
-    chat = requests.post(f"{stack.url}/v1/chat/completions", timeout=30,
-                         headers={"Authorization": f"Bearer {stack.dev}"},
-                         json={"model": "org/coder-7b", "max_tokens": 2,
-                               "messages": [{"role": "user", "content": "hi"}]})
+    chat = _chat(stack, stack.dev)
     assert chat.status_code == 200, chat.text
 
     stopped = admin.post("/rpm/v1/pods/coder/stop")
@@ -289,10 +293,7 @@ def test_an_admin_starts_stops_resumes_and_terminates_a_pod_and_the_log_names_th
 
 
 def test_a_request_that_wakes_a_pod_is_recorded_with_its_key(stack: Stack) -> None:
-    chat = requests.post(f"{stack.url}/v1/chat/completions", timeout=30,
-                         headers={"Authorization": f"Bearer {stack.dev}"},
-                         json={"model": "org/coder-7b", "max_tokens": 2,
-                               "messages": [{"role": "user", "content": "hi"}]})
+    chat = _chat(stack, stack.dev)
     assert chat.status_code == 200, chat.text
     admin = stack.as_key(stack.admin)
     pod = admin.get("/rpm/v1/pods/coder").json()
@@ -320,23 +321,27 @@ def test_an_adopted_pod_is_never_terminated_409_and_stays_as_it_was(stack: Stack
 
 def test_an_admin_lists_keys_and_usage_without_any_secret_or_hash(stack: Stack) -> None:
     paths = resolve_paths({"RPM_HOME": str(stack.rpm.home)})
-    day = usage_day(time.time(), None)
-    save_usage(paths.key_usage_file, {day: {"dev": KeyUsage(requests=7, tokens=321, spend_usd=0.125,
-                                                            last_used_at=time.time())}})
-    admin = stack.as_key(stack.admin)
+    admin, dev = stack.as_key(stack.admin), stack.as_key(stack.dev)
+    before = dev.get("/rpm/v1/usage").json()["usage_today"]
+    assert _chat(stack, stack.dev).status_code == 200  # wakes coder (terminated by the test before)
+    own = dev.get("/rpm/v1/usage").json()
+    assert own["day"] == usage_day(time.time(), ZoneInfo("UTC")) and own["key"]["name"] == "dev"
+    assert own["usage_today"]["requests"] == before["requests"] + 1
+    assert own["usage_today"]["tokens"] > before["tokens"]
     listing = admin.get("/rpm/v1/keys")
     rows = {row["name"]: row for row in listing.json()["keys"]}
     assert set(rows) == {"ops", "dev"} and rows["ops"]["role"] == "admin" and rows["dev"]["status"] == "active"
-    assert rows["dev"]["usage_today"] == {"requests": 7, "tokens": 321, "spend_usd": 0.125, "refused": 0}
+    assert rows["dev"]["usage_today"] == own["usage_today"] and rows["dev"]["last_used_at"] is not None
+    assert rows["dev"]["limits"]["daily_budget_usd"] == 2 and rows["ops"]["usage_today"]["requests"] == 0
     store = json.loads(paths.keys_file.read_text())
     for secret in (stack.admin, stack.dev, store["secret"], *(key["digest"] for key in store["keys"])):
         assert secret not in listing.text
-    own = stack.as_key(stack.dev).get("/rpm/v1/usage").json()
-    assert own["usage_today"]["requests"] == 7 and own["day"] == day
+    assert admin.post("/rpm/v1/pods/coder/terminate").status_code == 200
 
     dashboard = requests.get(f"{stack.url}/dashboard", headers={"Authorization": f"Bearer {stack.admin}"},
                              timeout=10).json()
-    assert {row["name"]: row["requests"] for row in dashboard["keys"]["rows"]} == {"ops": 0, "dev": 7}
+    shown = {row["name"]: row["requests"] for row in dashboard["keys"]["rows"]}
+    assert shown == {"ops": 0, "dev": rows["dev"]["usage_today"]["requests"]}
     page = requests.get(f"{stack.url}/dashboard", timeout=10,
                         headers={"Authorization": f"Bearer {stack.admin}", "Accept": "text/html"}).text
     assert "Keys today" in page and 'data-key="dev"' in page
