@@ -39,6 +39,7 @@ from aiohttp import web
 from runpod_manager import __version__
 from runpod_manager.config import Config
 from runpod_manager.errors import RpmError
+from runpod_manager.events import EventLog
 from runpod_manager.keys import KeyStore, KeyWatcher, Principal, UsageReport, report_of
 from runpod_manager.paths import Paths
 from runpod_manager.proxy import dashboard
@@ -148,6 +149,7 @@ class ProxyState:
         self.config = config
         self.controller = controller
         self.paths = paths
+        self.events = EventLog(paths.event_log, secrets=(config.api.api_key,))  # what the proxy itself logs
         self.metrics = ProxyMetrics()
         self.request_log = RequestLog(paths.request_log, keep_days=proxy.request_log_keep_days)
         self.routes = build_routes(config)  # ConfigError when two pods answer to one name
@@ -204,6 +206,11 @@ class ProxyState:
             group.on_wake_settled = self._wake_settled
             for gate in group.gates:
                 self.metrics.watch_pod(gate.name, gate)
+                gate.on_started = self._wake_started
+
+    def _wake_started(self, gate: WakeGate) -> None:
+        # Who woke the pod, in the event log beside the lease the wake opens (a rare, small append).
+        self.events.write("wake_started", config=gate.name, key=gate.woken_by)
 
     def _wake_settled(self, gate: WakeGate, error: BaseException | None) -> None:
         self.last_wake_error = None if error is None else gate.last_wake_error

@@ -36,7 +36,7 @@ from aiohttp import web
 
 from runpod_manager import __version__, keys
 from runpod_manager.errors import ApiError, LimitRefused, LockBusy, NotOwned, RpmError
-from runpod_manager.events import EventLog, redact
+from runpod_manager.events import redact
 from runpod_manager.keys import Principal
 from runpod_manager.proxy.app import STATE, ProxyState, _pod_entry, key_report
 from runpod_manager.proxy.auth import PRINCIPAL, PUBLIC_PATHS
@@ -49,16 +49,6 @@ EVENTS_MAX_LIMIT = 1000
 NO_KEY_NAME = "(none)"  # the event log's `key` when the proxy has no keys at all (not a valid key name)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
-
-class Manage:
-    """What the management handlers share beside the proxy's state: the event log they write to."""
-
-    def __init__(self, state: ProxyState) -> None:
-        self.events = EventLog(state.paths.event_log, secrets=(state.config.api.api_key,))
-
-
-MANAGE = web.AppKey("rpm_manage", Manage)
 
 
 def _iso(epoch_seconds: float) -> str:
@@ -112,7 +102,7 @@ def managed(action: str, *, admin: bool) -> Callable[[Handler], Handler]:
                 status, code = exc.status, exc.code
                 raise
             finally:
-                request.app[MANAGE].events.write(
+                request.app[STATE].events.write(
                     "api_call", action=action, key=NO_KEY_NAME if principal is None else principal.name,
                     role=None if principal is None else principal.role, method=request.method,
                     pod=request.match_info.get("name"), status=status, error=code or None)
@@ -296,7 +286,7 @@ def _query_since(request: web.Request) -> datetime | None:
 async def list_events(request: web.Request) -> web.Response:
     """GET /rpm/v1/events?since=&limit=: the event log, oldest first after `since`, or its last `limit`."""
     since, limit = _query_since(request), _query_limit(request)
-    page = await asyncio.to_thread(request.app[MANAGE].events.page, since, limit)
+    page = await asyncio.to_thread(request.app[STATE].events.page, since, limit)
     next_since = page.events[-1].get("time") if page.events else request.query.get("since")
     return _json({"events": page.events, "more": page.more, "complete": page.complete, "next_since": next_since})
 
@@ -329,7 +319,6 @@ ROUTES: tuple[tuple[str, str, Handler], ...] = (
 
 
 def add_routes(app: web.Application) -> None:
-    app[MANAGE] = Manage(app[STATE])
     for method, path, handler in ROUTES:
         app.router.add_route(method, path, handler)
 

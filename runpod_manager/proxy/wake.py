@@ -62,6 +62,7 @@ class WakeGate:
         self.woken_by: str | None = None
         self.woken_at: float | None = None
         self.on_settled: Callable[[WakeGate, BaseException | None], None] | None = None
+        self.on_started: Callable[[WakeGate], None] | None = None  # on the loop, as a wake starts
         self._controller = controller
         self._metrics = metrics
         self._waking_since: float | None = None  # time.monotonic() when the wake in progress started
@@ -92,6 +93,8 @@ class WakeGate:
             return
         started = self._waking_since = time.monotonic()
         self.woken_by, self.woken_at = woken_by, time.time()
+        if self.on_started is not None:
+            self.on_started(self)
         name = self.name
         log.info("no ready pod: waking %s for waiting requests", name)
 

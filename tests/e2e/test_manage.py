@@ -299,6 +299,8 @@ def test_a_request_that_wakes_a_pod_is_recorded_with_its_key(stack: Stack) -> No
     pod = admin.get("/rpm/v1/pods/coder").json()
     assert pod["woken_by"] == "dev" and pod["woken_at"] is not None and pod["ready"] is True
     assert stack.rpm.record("coder")["lease"]["opened_by"] == "wake"
+    wakes = [(e["config"], e.get("key")) for e in stack.rpm.events() if e["event"] == "wake_started"]
+    assert wakes[-1] == ("coder", "dev") and ("coder", "ops") in wakes  # this wake, and the admin's start
     assert admin.post("/rpm/v1/pods/coder/terminate").status_code == 200
     assert stack.live_coder_pods() == []
 
