@@ -249,6 +249,21 @@ def test_web_pages_may_not_start_pods_whatever_their_origin(stack: Stack) -> Non
 # ------------------------------------------------------------------------------------------ admin
 
 
+def test_a_start_runpod_refuses_leaves_no_lease_and_nothing_billing(stack: Stack) -> None:
+    stack.rpm.sandbox.control("faults", {"fail_creates": 5})
+    try:
+        refused = stack.as_key(stack.admin).post("/rpm/v1/pods/coder/start")
+    finally:
+        stack.rpm.sandbox.control("faults", {"fail_creates": 0})
+    assert refused.status_code == 502, refused.text
+    error = _error(refused)
+    assert error["code"] == "runpod_error" and "coder" in error["message"]
+    assert "lease is closed" in error["message"]  # control.start's own account of what is left
+    assert stack.rpm.record("coder").get("lease") is None and stack.live_coder_pods() == []
+    assert stack.as_key(stack.admin).get("/rpm/v1/pods/coder").json()["waking"] is False
+
+
+
 def test_an_admin_starts_stops_resumes_and_terminates_a_pod_and_the_log_names_the_key(stack: Stack) -> None:
     admin = stack.as_key(stack.admin)
     started = admin.post("/rpm/v1/pods/coder/start")
