@@ -1154,6 +1154,10 @@ async def handle_dashboard(request: web.Request) -> web.Response:
             key_usage = await key_report(state)
         except RpmError as exc:  # the page shows the pods even when the key files cannot be read
             log.warning("could not read the key usage: %s", exc)
+        viewer = request.get(PRINCIPAL)
+        if key_usage is not None and viewer is not None and not viewer.is_admin:  # a user sees its own row
+            key_usage = dataclasses.replace(key_usage, rows=tuple(
+                row for row in key_usage.rows if row.record.name == viewer.name))
     document = dashboard.dashboard_document(
         pods=panels, metrics=state.metrics, last_wake_error=state.last_wake_error,
         cache_enabled=state.cache is not None and state.cache.available,

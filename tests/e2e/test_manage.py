@@ -362,6 +362,8 @@ def test_an_admin_lists_keys_and_usage_without_any_secret_or_hash(stack: Stack) 
     page = requests.get(f"{stack.url}/dashboard", timeout=10,
                         headers={"Authorization": f"Bearer {stack.admin}", "Accept": "text/html"}).text
     assert "Keys today" in page and 'data-key="dev"' in page
+    as_dev = requests.get(f"{stack.url}/dashboard", headers={"Authorization": f"Bearer {stack.dev}"}, timeout=10)
+    assert [row["name"] for row in as_dev.json()["keys"]["rows"]] == ["dev"]  # a user sees its own use only
 
 
 def test_the_event_log_pages_forward_and_refuses_bad_parameters(stack: Stack) -> None:
