@@ -20,6 +20,7 @@ written by the proxy (proxy/limits.py) and read by `rpm keys usage`.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import hmac
 import json
@@ -61,7 +62,7 @@ class KeyLimits:
     max_concurrent: int | None = None
     daily_budget_usd: float | None = None
 
-    @property
+    @functools.cached_property  # read per request
     def any(self) -> bool:
         return any(value is not None for value in (self.requests_per_minute, self.tokens_per_minute,
                                                   self.max_concurrent, self.daily_budget_usd))

@@ -160,3 +160,29 @@ def test_counters_are_written_when_changed_and_read_back(tmp_path: Path) -> None
                                                 (3723, "1h2m3s")])
 def test_reset_words_are_openais_format(seconds: float, words: str) -> None:
     assert reset_words(seconds) == words
+
+
+def test_hits_start_no_thread_and_windows_still_expire(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The limits library's memory storage starts a timer thread per ~10 ms of hits, which blocks the event
+    loop; ours must not, and its counters must still reset when their window ends."""
+    import threading
+
+    import limits.storage.memory
+
+    keys, _ = limiter(tmp_path)
+    dev = key(requests_per_minute=10**6, tokens_per_minute=10**9)
+    before = threading.active_count()
+    started: list[object] = []
+    monkeypatch.setattr(threading.Thread, "start", lambda self: started.append(self))  # noqa: PLW0108 - a method
+    for _ in range(200):
+        keys.admit(dev)
+        keys.finish(dev, tokens=5, cost_usd=0.0)
+    assert started == [] and threading.active_count() <= before
+    clock = {"now": 1000.0}
+    monkeypatch.setattr(limits.storage.memory.time, "time", lambda: clock["now"])
+    one = key("one", requests_per_minute=1)
+    keys.admit(one)
+    with pytest.raises(RateLimited):
+        keys.admit(one)
+    clock["now"] += 61
+    keys.admit(one)  # the window ended: the counter was dropped when read
