@@ -235,10 +235,11 @@ def ms(seconds: float) -> str:
 # ---------------------------------------------------------------------------------------- measurements
 
 
-async def load(url: str, connections: int, total: int, body: dict[str, Any] = CHAT) -> tuple[list[float], float]:
+async def load(url: str, connections: int, total: int, body: dict[str, Any] = CHAT,
+               token: str = "bench-client") -> tuple[list[float], float]:  # noqa: S107 - a bench client key
     """`total` POSTs over `connections` keep-alive connections; per-request latency and the wall time."""
     payload = json.dumps(body).encode()
-    headers = {"Content-Type": "application/json", "Authorization": "Bearer bench-client"}
+    headers = {"Content-Type": "application/json", "Authorization": f"Bearer {token}"}
     latencies: list[float] = []
     remaining = total
     connector = aiohttp.TCPConnector(limit=connections, force_close=False)

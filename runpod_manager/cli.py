@@ -12,6 +12,7 @@ import inspect
 import os
 import sys
 from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
@@ -67,17 +68,20 @@ def _run(renderer: Renderer, body: Callable[[], T]) -> T:
         raise typer.Exit(int(ExitCode.FAILED)) from None
 
 
-def command(name: str | None = None) -> Callable[[Callable[..., int]], Callable[..., None]]:
-    """Register `fn(renderer, **options) -> exit code` as a command. The renderer comes from the command's
-    --json/-v; errors and exit codes are mapped by `_run`, in one place, for every command."""
+def command(name: str | None = None, *, group: typer.Typer | None = None
+            ) -> Callable[[Callable[..., int]], Callable[..., None]]:
+    """Register `fn(renderer, **options) -> exit code` as a command (of `group`, e.g. `rpm keys`, when given).
+    The renderer comes from the command's --json/-v; errors and exit codes are mapped by `_run`, in one
+    place, for every command."""
 
     def register(fn: Callable[..., int]) -> Callable[..., None]:
         signature = inspect.signature(fn, eval_str=True)
         command_name = name or fn.__name__
+        shown_name = command_name if group is None else f"{group.info.name} {command_name}"
 
         @functools.wraps(fn)
         def run(**options: Any) -> None:
-            renderer = Renderer(command_name, bool(options.get("as_json")), bool(options.get("verbose")))
+            renderer = Renderer(shown_name, bool(options.get("as_json")), bool(options.get("verbose")))
             code = _run(renderer, lambda: fn(renderer, **options))
             if code:
                 raise typer.Exit(int(code))
@@ -85,7 +89,7 @@ def command(name: str | None = None) -> Callable[[Callable[..., int]], Callable[
         # Typer reads the options from the signature: everything but the renderer.
         run.__signature__ = signature.replace(  # type: ignore[attr-defined]
             parameters=list(signature.parameters.values())[1:])
-        app.command(command_name)(run)
+        (group or app).command(command_name)(run)
         return run
 
     return register
@@ -428,6 +432,94 @@ def simulate(
         storage_price=storage_price, resume_boot=resume_boot, fresh_boot=fresh_boot,
         refused_resume_rate=refused_resume_rate, idle_timeouts=idle_timeouts, recommend_change=recommend,
         max_p95_wait_seconds=max_p95_wait, warm_hours=warm_hours))
+    return ExitCode.OK
+
+
+keys_app = typer.Typer(name="keys", no_args_is_help=True, rich_markup_mode=None,
+                       help="Team keys for the proxy: who may use which pods and models, within which limits.")
+app.add_typer(keys_app)
+
+
+@command("create", group=keys_app)
+def keys_create(
+    r: Renderer,
+    name: Annotated[str, typer.Argument(help="The key's name (lowercase letters, digits, . _ -), shown in logs.")],
+    role: Annotated[str, typer.Option("--role", help="user (uses pods) or admin (also manages them).")] = "user",
+    pods: Annotated[list[str] | None, typer.Option("--pods", help="Pods it may use (repeat, or comma-separated); "
+                                                   "default: every pod.", show_default=False)] = None,
+    models: Annotated[list[str] | None, typer.Option("--models", help="Model names it may use (repeat, or "
+                                                     "comma-separated); default: every model.",
+                                                     show_default=False)] = None,
+    rpm_limit: Annotated[int | None, typer.Option("--rpm", min=1, help="Requests per minute.")] = None,
+    tpm_limit: Annotated[int | None, typer.Option("--tpm", min=1, help="Tokens per minute (as the model server "
+                                                  "reports them).")] = None,
+    max_concurrent: Annotated[int | None, typer.Option("--max-concurrent", min=1, help="Requests at once.")] = None,
+    daily_budget_usd: Annotated[float | None, typer.Option("--daily-budget-usd", min=0.0, help="Spend per day "
+                                                           "(its share of its pods' $/h).")] = None,
+    expires: Annotated[str | None, typer.Option("--expires", help="A duration (90m, 12h, 30d, 2w), a date "
+                                                "(2027-01-31: through that day, UTC) or an ISO time with a zone.",
+                                                show_default=False)] = None,
+    config: ConfigOpt = None,
+    as_json: JsonOpt = False,
+    verbose: VerboseOpt = False,
+) -> int:
+    """Create a key and print its secret, once (with --json: in data.secret). Only its hash is kept."""
+    from runpod_manager import keys
+    from runpod_manager.config import load_config
+    from runpod_manager.paths import resolve_paths
+    from runpod_manager.render import show_key_created
+
+    paths = resolve_paths()
+    checked_role = keys.parse_role(role)
+    keys.check_name(name)
+    known_pods, known_models = keys.known_scopes(load_config(config, paths=paths))
+    now = datetime.now(UTC)
+    created = keys.KeyStore(paths.keys_file).create(
+        name, role=checked_role, pods=keys.check_scope("pods", pods or (), known_pods),
+        models=keys.check_scope("models", models or (), known_models),
+        limits=keys.KeyLimits(requests_per_minute=rpm_limit, tokens_per_minute=tpm_limit,
+                              max_concurrent=max_concurrent, daily_budget_usd=daily_budget_usd),
+        expires_at=None if expires is None else keys.parse_expires(expires, now), now=now.timestamp())
+    show_key_created(r, created)
+    return ExitCode.OK
+
+
+@command("list", group=keys_app)
+def keys_list(r: Renderer, as_json: JsonOpt = False, verbose: VerboseOpt = False) -> int:
+    """List the keys (never their secrets): role, scopes, limits, expiry, revoked."""
+    from runpod_manager.keys import KeyStore
+    from runpod_manager.paths import resolve_paths
+    from runpod_manager.render import show_keys
+
+    show_keys(r, KeyStore(resolve_paths().keys_file).records(), now=datetime.now(UTC).timestamp())
+    return ExitCode.OK
+
+
+@command("revoke", group=keys_app)
+def keys_revoke(r: Renderer, name: Annotated[str, typer.Argument(help="The key's name.")],
+                as_json: JsonOpt = False, verbose: VerboseOpt = False) -> int:
+    """Revoke a key: a running proxy refuses it within a second. Its usage stays in `rpm keys usage`."""
+    from runpod_manager.keys import KeyStore
+    from runpod_manager.paths import resolve_paths
+    from runpod_manager.render import show_key_revoked
+
+    show_key_revoked(r, KeyStore(resolve_paths().keys_file).revoke(name, now=datetime.now(UTC).timestamp()))
+    return ExitCode.OK
+
+
+@command("usage", group=keys_app)
+def keys_usage(r: Renderer, name: Annotated[str | None, typer.Argument(help="One key; none: every key.",
+                                                                         show_default=False)] = None,
+               config: ConfigOpt = None, as_json: JsonOpt = False, verbose: VerboseOpt = False) -> int:
+    """Requests, tokens and spend today per key (the config's day, as the spend cap's), and when last used."""
+    from runpod_manager.config import load_config
+    from runpod_manager.keys import usage_report
+    from runpod_manager.paths import resolve_paths
+    from runpod_manager.render import show_key_usage
+
+    paths = resolve_paths()
+    zone = load_config(config, paths=paths).zone
+    show_key_usage(r, usage_report(paths, name=name, now=datetime.now(UTC).timestamp(), zone=zone))
     return ExitCode.OK
 
 

@@ -231,6 +231,9 @@ class ProxyConfig:
         minimum=1024))
     jobs_result_ttl_seconds: float = field(default=24 * 3600.0, metadata=_meta(
         "How long a finished job's status and result are kept.", minimum=1))
+    key_limit_window_seconds: int = field(default=60, metadata=_meta(
+        "Window in which each key's --rpm and --tpm (`rpm keys`) are counted; a shorter window gets the limits "
+        "scaled to it (60 rpm in 10 s windows: 10 per window), which spreads a key's burst out.", minimum=1))
 
 
 @dataclass(frozen=True)

@@ -70,6 +70,12 @@ class Interrupted(RpmError):
     exit_code = ExitCode.INTERRUPTED
 
 
+class NotOwned(RpmError):
+    """An action only rpm's own pods take (terminate) was asked of an adopted pod (`pod_id = …`)."""
+
+    exit_code = ExitCode.USAGE
+
+
 class LimitRefused(RpmError):
     """A limit (spend cap, daily cutoff) forbids starting or waking the pod right now."""
 

@@ -12,6 +12,7 @@ import os
 import re
 import stat
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -73,22 +74,55 @@ class EventLog:
     def tail(self, limit: int = 20) -> list[dict[str, Any]]:
         """The last `limit` events. Reads only the end of the file: it is bounded by rotation only when rpm
         wrote it, and a symlink to /dev/zero must not fill the memory."""
+        return self._window()[0][-limit:] if limit > 0 else []
+
+    def page(self, since: datetime | None, limit: int) -> EventPage:
+        """Events after `since` (oldest first, at most `limit`, so a reader pages forward with the last one's
+        time), or the last `limit` events without `since`. Read from the end of the current file only
+        (TAIL_BYTES; `complete` says whether that reached its start)."""
+        events, complete = self._window()
+        if since is None:
+            return EventPage(events=events[-limit:], more=len(events) > limit, complete=complete)
+        after = [event for event in events if (_event_time(event) or since) > since]
+        return EventPage(events=after[:limit], more=len(after) > limit, complete=complete)
+
+    def _window(self) -> tuple[list[dict[str, Any]], bool]:
         try:
             fd = os.open(self.path, os.O_RDONLY | os.O_NONBLOCK)
         except OSError:
-            return []
+            return [], True
         with os.fdopen(fd, "rb") as handle:
             try:
                 info = os.fstat(fd)
                 if not stat.S_ISREG(info.st_mode):
-                    return []
-                handle.seek(max(0, info.st_size - TAIL_BYTES))
+                    return [], True
+                start = max(0, info.st_size - TAIL_BYTES)
+                handle.seek(start)
                 text = handle.read(TAIL_BYTES).decode("utf-8", errors="replace")
             except OSError:
-                return []
-        lines = text.splitlines()[-limit:]
+                return [], True
+        lines = text.splitlines()
+        if start > 0 and lines:
+            lines = lines[1:]  # the first line of a window that starts mid-file is cut
         events = []
         for line in lines:
             with contextlib.suppress(json.JSONDecodeError, RecursionError):
-                events.append(json.loads(line))
-        return events
+                event = json.loads(line)
+                if isinstance(event, dict):
+                    events.append(event)
+        return events, start == 0
+
+
+@dataclass(frozen=True)
+class EventPage:
+    events: list[dict[str, Any]]
+    more: bool  # more events match than were returned
+    complete: bool  # the window read reached the start of the log file
+
+
+def _event_time(event: dict[str, Any]) -> datetime | None:
+    try:
+        moment = datetime.fromisoformat(str(event.get("time")))
+    except ValueError:
+        return None
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)

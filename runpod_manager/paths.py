@@ -57,6 +57,16 @@ class Paths:
         return self.log_dir / "requests.jsonl"
 
     @property
+    def keys_file(self) -> Path:
+        """The team keys, hashed (keys.py)."""
+        return self.state_dir / "keys.json"
+
+    @property
+    def key_usage_file(self) -> Path:
+        """Requests, tokens and spend per key per day, written by the proxy (proxy/limits.py)."""
+        return self.state_dir / "key_usage.json"
+
+    @property
     def catalog_cache(self) -> Path:
         return self.state_dir / "gpu_catalog.json"
 

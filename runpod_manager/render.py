@@ -12,7 +12,7 @@ import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -24,6 +24,7 @@ from runpod_manager.errors import RpmError
 
 if TYPE_CHECKING:  # the results are imported by the commands that make them, not by `rpm --help`
     from runpod_manager.catalog import CatalogResult
+    from runpod_manager.keys import CreatedKey, KeyLimits, KeyRecord, UsageReport
     from runpod_manager.outcomes import (
         FleetOutcome,
         FleetStatus,
@@ -604,3 +605,92 @@ def show_simulation(r: Renderer, simulation: Simulation) -> None:
                f"{money(best.cost_usd)} instead of {money(current.cost_usd)} over this trace (saves {money(saved)}, "
                f"{saved / current.cost_usd:.0%}), with {len(best.waits)} cold starts instead of "
                f"{len(current.waits)} (p95 wait {_seconds(best_json['wait_p95_seconds'])}).")
+
+
+# ------------------------------------------------------------------------------------- rpm keys
+
+
+def _limits_words(limits: KeyLimits) -> str:
+    parts = []
+    if limits.requests_per_minute is not None:
+        parts.append(f"{limits.requests_per_minute} rpm")
+    if limits.tokens_per_minute is not None:
+        parts.append(f"{limits.tokens_per_minute} tpm")
+    if limits.max_concurrent is not None:
+        parts.append(f"{limits.max_concurrent} at once")
+    if limits.daily_budget_usd is not None:
+        parts.append(f"{money(limits.daily_budget_usd)}/day")
+    return ", ".join(parts) or "-"
+
+
+def _scope_words(names: tuple[str, ...] | None) -> str:
+    return "all" if names is None else ", ".join(names)
+
+
+def _epoch_words(epoch_seconds: float | None) -> str:
+    if epoch_seconds is None:
+        return "-"
+    return datetime.fromtimestamp(epoch_seconds).astimezone().strftime("%Y-%m-%d %H:%M")
+
+
+def show_key_created(r: Renderer, created: CreatedKey) -> None:
+    from runpod_manager.keys import record_json
+
+    if r.as_json:  # scripts read data.secret: the only place the secret is ever shown
+        r.emit({"key": record_json(created.record), "secret": created.token})
+        return
+    record = created.record
+    r.line(f"created key [bold]{escape(record.name)}[/] ({record.role}; pods {escape(_scope_words(record.pods))}; "
+           f"models {escape(_scope_words(record.models))}; limits {escape(_limits_words(record.limits))}; "
+           f"expires {_epoch_words(record.expires_at)})")
+    r.line("secret (shown once; rpm keeps only its hash):")
+    sys.stdout.write(created.token + "\n")  # plain, unwrapped, uncoloured: it is copied
+    sys.stdout.flush()
+
+
+def show_keys(r: Renderer, records: tuple[KeyRecord, ...], *, now: float) -> None:
+    from runpod_manager.keys import record_json
+
+    if r.as_json:
+        r.emit({"keys": [{**record_json(record), "status": record.status(now)} for record in records]})
+        return
+    if not records:
+        r.line("no keys yet: `rpm keys create NAME` makes one")
+        return
+    listing = table(None, ["name", "role", "status", "pods", "models", "limits", "expires", "created"])
+    for record in records:
+        listing.add_row(escape(record.name), record.role, record.status(now), escape(_scope_words(record.pods)),
+                        escape(_scope_words(record.models)), escape(_limits_words(record.limits)),
+                        _epoch_words(record.expires_at), _epoch_words(record.created_at))
+    r.out.print(listing)
+
+
+def show_key_revoked(r: Renderer, record: KeyRecord) -> None:
+    from runpod_manager.keys import record_json
+
+    if r.as_json:
+        r.emit({"key": record_json(record)})
+        return
+    r.line(f"revoked key [bold]{escape(record.name)}[/]: a running proxy refuses it within a second; its usage "
+           "stays in `rpm keys usage`")
+
+
+def show_key_usage(r: Renderer, report: UsageReport) -> None:
+    if r.as_json:
+        r.emit({"day": report.day, "keys": [
+            {"name": row.record.name, "status": row.status, **row.today.as_json(),
+             "daily_budget_usd": row.record.limits.daily_budget_usd,
+             "last_used_at": None if row.last_used_at is None else datetime.fromtimestamp(row.last_used_at, UTC)}
+            for row in report.rows]})
+        return
+    if not report.rows:
+        r.line("no keys yet: `rpm keys create NAME` makes one")
+        return
+    listing = table(f"usage on {report.day}", ["name", "status", "requests", "tokens", "spend", "budget",
+                                                "refused", "last used"])
+    for row in report.rows:
+        today = row.today
+        listing.add_row(escape(row.record.name), row.status, str(today.requests), str(today.tokens),
+                        f"${today.spend_usd:.4f}", money(row.record.limits.daily_budget_usd), str(today.refused),
+                        _epoch_words(row.last_used_at))
+    r.out.print(listing)

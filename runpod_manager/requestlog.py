@@ -12,8 +12,9 @@ calls it on shutdown, so only a killed proxy loses its last half second.
 A line holds the arrival time, the pod's config name and id, the model, the method, the route label
 (`/v1/chat/completions`, or `/v1/other`: never the raw path, never a query string), the status, the
 duration, the time to the first byte of the pod's answer, the wait for a cold start, the token counts of
-the answer's `usage` (for streams only when the client asked for `stream_options.include_usage`), the
-cache outcome, the error code and the key's name (null until keys exist). Never a header, a body or a key.
+the answer's `usage` (for streams when the client asked for `stream_options.include_usage`, or had a team
+key: the proxy then asks for it), the cache outcome, the error code and the key's name (null without keys).
+Never a header, a body or a key.
 
 A crash can cut the last line short. The writer starts a new line when the file does not end with one,
 and the reader skips any line that is not a JSON object, so one bad line never hides the others.
@@ -61,9 +62,9 @@ MODELS_ROUTE = "/v1/models"
 # ended_at (unix time), duration (s), pod (name; None: answered without a pod), pod_id, model (the
 # request's `model`, any JSON value), stream (bool), method, route label, status, first_byte_after (s,
 # None), cold_start (s, None), wake_wait (s), cache, error code, usage_source (the answer's bytes, or a
-# stream's last event, None).
+# stream's last event, None), key (the name of the request's key, None without keys).
 RequestEntry = tuple[float, float, str | None, str | None, Any, bool, str, str, int, float | None, float | None,
-                     float, str, str | None, bytes | None]
+                     float, str, str | None, bytes | None, str | None]
 
 
 class RequestLog:
@@ -246,13 +247,13 @@ def log_files(path: Path) -> list[Path]:
 # floats); a test parses lines back with json.loads.
 _LINE = ('{"time":"%s","pod":%s,"pod_id":%s,"model":%s,"method":%s,"route":%s,"status":%d,"duration_ms":%s,'
          '"ttfb_ms":%s,"cold_start_s":%s,"tokens_in":%s,"tokens_out":%s,"stream":%s,"cache":%s,"error":%s,'
-         '"key":null}')
+         '"key":%s}')
 
 
 def format_line(entry: RequestEntry) -> str:
     """One entry as its JSON line (without the newline). Runs on the flush thread."""
     (ended_at, duration, pod, pod_id, model, stream, method, route, status, first_byte_after, cold_start,
-     wake_wait, cache, error, usage_source) = entry
+     wake_wait, cache, error, usage_source, key) = entry
     if cold_start is None and error in WAKE_ERRORS and wake_wait > 0:
         cold_start = wake_wait  # it waited for a wake and ended before the pod was ready
     tokens_in, tokens_out = usage_tokens(usage_source)
@@ -262,7 +263,7 @@ def format_line(entry: RequestEntry) -> str:
         _text_json(route), status, _number_json(duration * 1000), _number_json(
             None if first_byte_after is None else first_byte_after * 1000), _number_json(cold_start),
         _int_json(tokens_in), _int_json(tokens_out), "true" if stream else "false", _text_json(cache),
-        _text_json(error))
+        _text_json(error), _text_json(key))
 
 
 def _text_json(value: str | None) -> str:

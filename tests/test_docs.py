@@ -15,6 +15,7 @@ from runpod_manager.cli import app
 DOC = Path(__file__).resolve().parents[1] / "docs" / "commands.md"
 COMMANDS = ["init", "start", "status", "shutdown", "refresh-catalog", "watchdog", "proxy", "sandbox", "demo",
             "report", "simulate"]
+SUBCOMMANDS = ["keys", "keys create", "keys list", "keys revoke", "keys usage"]
 
 
 def render_reference() -> str:
@@ -23,7 +24,7 @@ def render_reference() -> str:
     parts = ["# rpm command reference", "",
              "Generated from `rpm --help` by `UPDATE_RPM_DOCS=1 python -m pytest tests/test_docs.py`; "
              "a test fails when it is stale.", ""]
-    for args in ([], *([c] for c in COMMANDS)):
+    for args in ([], *([c] for c in COMMANDS), *(c.split() for c in SUBCOMMANDS)):
         result = runner.invoke(app, [*args, "--help"], env=env, prog_name="rpm")
         assert result.exit_code == 0, result.output
         title = "rpm " + " ".join(args) if args else "rpm"

@@ -1,12 +1,14 @@
 """The proxy's aiohttp application: routes, the one middleware, startup and shutdown.
 
 Routes: `/v1/*` is forwarded to the pod that serves the body's `model` (routing.py; through the cache and
-that model's wake gates, wake.py); `/health`, `/ready`, `/metrics`, `/dashboard`,
-`/rpm/v1/pods[/{name}]`, `/rpm/v1/jobs/{id}[/result]` and (with `enable_profiling`) `/debug/cache` are the
-proxy's own. A routed request with `Prefer: respond-async` becomes a queued job (jobs.py) in the middleware.
-Everything else is a 404 in the OpenAI error shape. What the proxy can answer truthfully without a pod it
-answers itself, so nothing wakes a GPU for it: model lists, unknown model names, requests that name no
-model when several pods serve, wrong methods, CORS preflights, and requests from web pages that [proxy]
+that model's wake gates, wake.py); `/pods/<name>/*` and each pod's listen port pass any HTTP request and
+WebSocket through to an http service (passthrough.py, websocket.py); `/health`, `/ready`, `/metrics`,
+`/dashboard`, the management API under `/rpm/v1` (proxy/manage.py), the jobs' `/rpm/v1/jobs/{id}[/result]`
+and (with `enable_profiling`) `/debug/cache` are the proxy's own. A routed request with `Prefer:
+respond-async` becomes a queued job (jobs.py) in the middleware. Everything else is a 404 in the OpenAI
+error shape. What the proxy can answer truthfully without a pod it answers itself, so nothing wakes a GPU
+for it: model lists, unknown model names, requests that name no model when several pods serve, wrong
+methods, CORS preflights, and requests from web pages that [proxy]
 cors_allow_origins does not allow.
 
 A request to a known pod takes no thread hop: its model is looked up in one dict (from the body, parsed
@@ -23,7 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hmac
+import dataclasses
 import json
 import logging
 import os
@@ -41,12 +43,16 @@ from yarl import URL
 from runpod_manager import __version__
 from runpod_manager.config import Config
 from runpod_manager.errors import RpmError
+from runpod_manager.events import EventLog
+from runpod_manager.keys import KeyStore, KeyWatcher, Principal, UsageReport, report_of
 from runpod_manager.paths import Paths
 from runpod_manager.proxy import dashboard, passthrough, websocket
+from runpod_manager.proxy.auth import PRINCIPAL, PUBLIC_PATHS, authenticate, check_scope, key_name, watch_keys
 from runpod_manager.proxy.cache import CachedResponse, CacheStats, ResponseCache, cache_key, is_cacheable
 from runpod_manager.proxy.controller import PodView, ProxyController, UpstreamTarget
 from runpod_manager.proxy.forward import (
     FIM_MISSING_MESSAGE,
+    JOB_OWNER_HEADER,
     JOB_TOKEN_HEADER,
     JSON_ROUTES,
     NO_BODY,
@@ -66,23 +72,26 @@ from runpod_manager.proxy.forward import (
 )
 from runpod_manager.proxy.jobs import ERROR_HEADER, JOBS, JobRunner, JobStore, PodJobs, wants_async
 from runpod_manager.proxy.jobs import add_routes as add_job_routes
+from runpod_manager.proxy.limits import USAGE_FLUSH_SECONDS, KeyLimiter, ShareMeter
 from runpod_manager.proxy.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from runpod_manager.proxy.metrics import ProxyMetrics, RecentRequest
 from runpod_manager.proxy.passthrough import PassThrough, RequestBody, ServiceRoute
 from runpod_manager.proxy.process import proxy_url
 from runpod_manager.proxy.routing import PODS_PATH_PREFIX, PathNotRouted, PathTarget, PodRoute, build_routes
 from runpod_manager.proxy.wake import PodGroup, WakeGate
-from runpod_manager.requestlog import USAGE_TAIL_BYTES, RequestLog
+from runpod_manager.requestlog import USAGE_TAIL_BYTES, RequestLog, usage_tokens
 
 log = logging.getLogger("runpod_manager.proxy")
 
 SHUTDOWN_GRACE_SECONDS = 10.0  # in-flight streams get this long to finish when the proxy stops
 WAKE_RETRY_AFTER_SECONDS = 1.0  # Retry-After of a request answered 503 while the pod still wakes
 _KNOWN_ROUTES = frozenset({"/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/models",
-                           "/health", "/ready", "/metrics", "/dashboard", "/debug/cache", "/rpm/v1/pods"})
+                           "/health", "/ready", "/metrics", "/dashboard", "/debug/cache", "/rpm/v1/pods",
+                           "/rpm/v1/keys", "/rpm/v1/usage", "/rpm/v1/events", *PUBLIC_PATHS})
 _JOB_PATH_PREFIXES = ("/v1/", PODS_PATH_PREFIX)  # the routed paths: a request to a pod may become a job
 _PROTECTED_PREFIXES = ("/v1/", "/dashboard", "/metrics", "/debug", "/rpm/", PODS_PATH_PREFIX)
 _BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
+_USAGE_ROUTES = frozenset({"/v1/chat/completions", "/v1/completions"})  # streams that can report usage
 # nginx's convention for "client closed the request", used in logs and metrics only: one status however the
 # client left (waiting for a wake or its body, mid-stream), never the 200 that had started.
 _CLIENT_GONE = 499
@@ -104,9 +113,9 @@ class Exchange:
     Each wait is added as it ends, cancellation included, so a request cut short is measured right.
     """
 
-    __slots__ = ("cache", "client_gone", "client_wait_seconds", "cold_start_seconds", "error_code", "facts",
-                 "first_byte_at", "pod", "pod_id", "route", "started", "upstream_wait_seconds", "usage_source",
-                 "wake_wait_seconds")
+    __slots__ = ("cache", "client_gone", "client_wait_seconds", "cold_start_seconds", "cost_usd", "error_code",
+                 "facts", "first_byte_at", "hide_usage", "pod", "pod_id", "principal", "route", "started",
+                 "upstream_wait_seconds", "usage_source", "wake_wait_seconds")
 
     def __init__(self, started: float) -> None:
         self.started = started  # time.perf_counter() when the request reached the middleware
@@ -126,6 +135,11 @@ class Exchange:
         # A request routed by path (/pods/<name>/…, a listen port): its metrics label, one per pod, never the
         # path (unbounded); None for /v1 and the proxy's own routes.
         self.route: str | None = None
+        # Team keys (proxy/limits.py): the key admitted against its limits (its end is counted in _finish),
+        # the request's share of its pod's cost, and whether the proxy asked the pod for a stream's usage.
+        self.principal: Principal | None = None
+        self.cost_usd = 0.0
+        self.hide_usage = False
 
 
 EXCHANGE = web.RequestKey("rpm_exchange", Exchange)
@@ -150,6 +164,7 @@ class ProxyState:
         self.config = config
         self.controller = controller
         self.paths = paths
+        self.events = EventLog(paths.event_log, secrets=(config.api.api_key,))  # what the proxy itself logs
         self.metrics = ProxyMetrics()
         self.request_log = RequestLog(paths.request_log, keep_days=proxy.request_log_keep_days)
         self.routes = build_routes(config)  # ConfigError when two pods answer to one name
@@ -176,7 +191,15 @@ class ProxyState:
         self.models_passthrough = (len(self.groups) == 1 and not self.groups[0].route.aliases
                                    and self.groups[0].route.kind != "http")
         self.body_read_timeout_seconds = body_read_timeout_seconds
-        self.api_keys = tuple(key.encode() for key in proxy.api_keys)
+        self.keys = KeyWatcher(paths.keys_file, proxy.api_keys)  # StateError when the store is damaged
+        self.keys_task: asyncio.Task[None] | None = None
+        self.limiter = KeyLimiter(paths.key_usage_file, zone=config.zone,
+                                  window_seconds=proxy.key_limit_window_seconds)
+        self.usage_task: asyncio.Task[None] | None = None
+        # Each request's share of its pod's $/h (limits.request_cost_usd): one meter per pod for the requests
+        # in flight on it, one per configured pod for the requests waiting for its wake.
+        self.serve_meters: dict[str, ShareMeter] = {}
+        self.wait_meters: dict[str, ShareMeter] = {}
         self.cache: ResponseCache | None = None
         if config.cache.enabled:
             directory = Path(config.cache.dir).expanduser() if config.cache.dir else paths.response_cache_dir
@@ -212,6 +235,11 @@ class ProxyState:
             group.on_wake_settled = self._wake_settled
             for gate in group.gates:
                 self.metrics.watch_pod(gate.name, gate)
+                gate.on_started = self._wake_started
+
+    def _wake_started(self, gate: WakeGate) -> None:
+        # Who woke the pod, in the event log beside the lease the wake opens (a rare, small append).
+        self.events.write("wake_started", config=gate.name, key=gate.woken_by)
 
     def _pod_waking(self, pod: str) -> bool:
         """A job's pod has no ready replica (its request waits for a wake)."""
@@ -329,23 +357,13 @@ def _route_label(path: str) -> str:
     return "/v1/other" if path.startswith("/v1/") else "other"
 
 
-def _authorized(header: str | None, keys: tuple[bytes, ...]) -> bool:
-    if not header or header[:7].lower() != "bearer ":
-        return False
-    token = header[7:].strip().encode()
-    matched = False
-    for key in keys:  # every key is compared, so timing does not tell which one nearly matched
-        matched |= hmac.compare_digest(token, key)
-    return matched
-
-
 def _http_exception_error(exc: web.HTTPException, request: web.Request, state: ProxyState) -> ProxyError:
     status = exc.status
     if status == 404:
         path = request.path
         hint = f"; did you mean /v1{path}?" if ("/v1" + path) in _KNOWN_ROUTES else ""
         return ProxyError(404, f"no route {path}: the proxy serves /v1/*, /pods/<name>/*, /health, /ready, "
-                          f"/metrics, /dashboard and /rpm/v1/pods{hint}", code="not_found")
+                          f"/metrics, /dashboard and /rpm/v1 (see /rpm/v1/docs){hint}", code="not_found")
     if status == 413:
         return ProxyError(413, f"the request body is larger than [proxy] max_body_bytes = "
                           f"{state.config.proxy.max_body_bytes}", code="body_too_large", should_retry=False)
@@ -381,14 +399,15 @@ def _make_middleware(state: ProxyState, listen: PodRoute | None = None
             if local is not None:
                 response = local
             else:
-                if state.api_keys and path.startswith(protected) and not replay and not _authorized(
-                        headers.get("Authorization"), state.api_keys):
-                    raise ProxyError(401, "missing or invalid API key: send one of the keys in [proxy] "
-                                     "api_keys as `Authorization: Bearer <key>`", code="invalid_api_key",
-                                     should_retry=False)
+                if replay:
+                    owner = headers.get(JOB_OWNER_HEADER)
+                    if owner is not None:  # the job is its key's: its scopes and limits hold when it runs
+                        request[PRINCIPAL] = _job_owner(state, owner)
+                elif state.keys.index.required and path.startswith(protected) and path not in PUBLIC_PATHS:
+                    request[PRINCIPAL] = authenticate(state.keys, headers.get("Authorization"))
                 if "Prefer" in headers and listen is None and not replay and _takes_jobs(request) and wants_async(
                         headers.getall("Prefer")):
-                    response = await state.jobs.submit(request)
+                    response = await state.jobs.submit(request, request.get(PRINCIPAL))
                 else:
                     response = await handler(request)
         except ProxyError as exc:
@@ -423,6 +442,15 @@ def _make_middleware(state: ProxyState, listen: PodRoute | None = None
         return response
 
     return middleware
+
+
+def _job_owner(state: ProxyState, name: str) -> Principal:
+    """The key a replayed job was submitted with, as it is now: revoked or expired since, the job fails."""
+    principal = state.keys.index.named(name, time.time())
+    if principal is None:
+        raise ProxyError(401, f"the key {name!r} that submitted this job has been revoked or has expired",
+                         code="invalid_api_key", should_retry=False)
+    return principal
 
 
 def _takes_jobs(request: web.Request) -> bool:
@@ -474,6 +502,11 @@ def _cross_origin(request: web.Request, state: ProxyState, own_origins: frozense
             if headers.get("Access-Control-Request-Private-Network") == "true":  # Chrome, page → localhost
                 answer["Access-Control-Allow-Private-Network"] = "true"
             return web.Response(status=204, headers=answer)
+    elif request.method == "POST" and request.path.startswith("/rpm/"):
+        # The management API's actions (start, terminate a pod) are never a web page's, whatever its origin.
+        raise ProxyError(403, f"{request.path} is refused to web pages (this request came from "
+                         f"{origin or 'a page'}): call the management API from a program or curl",
+                         code="origin_not_allowed", should_retry=False)
     elif allowed or not (service or path.startswith("/v1/")) or (
             origin is None and headers.get("Sec-Fetch-Site") not in _OTHER_SITE):
         return None
@@ -495,6 +528,10 @@ async def _add_cors_headers(request: web.Request, response: web.StreamResponse) 
 
 def _finish(state: ProxyState, request: web.Request, exchange: Exchange, status: int, started: float) -> None:
     duration = time.perf_counter() - started
+    principal = exchange.principal
+    if principal is not None:  # admitted against its key's limits: its end, tokens and cost
+        tokens_in, tokens_out = usage_tokens(exchange.usage_source)
+        state.limiter.finish(principal, tokens=(tokens_in or 0) + (tokens_out or 0), cost_usd=exchange.cost_usd)
     path = request.path
     route = exchange.route or _route_label(path)
     is_v1 = path.startswith("/v1/") and exchange.route is None
@@ -531,7 +568,8 @@ def _log_request(state: ProxyState, request: web.Request, exchange: Exchange, st
         ended_at, duration, exchange.pod, exchange.pod_id, None if facts is None else facts.model,
         facts is not None and facts.stream, request.method, route, status,
         None if first_byte_at is None else first_byte_at - started, cold, exchange.wake_wait_seconds,
-        exchange.cache, exchange.error_code, exchange.usage_source))
+        exchange.cache, exchange.error_code, exchange.usage_source,
+        None if (named := request.get(PRINCIPAL)) is None else named.name))
     if log.isEnabledFor(logging.DEBUG):  # `rpm proxy -v`; the path only (a query string could carry a key)
         log.debug("%s %s %d %.1fms cache=%s cold=%s pod=%s%s", request.method, path, status, duration_ms,
                   exchange.cache, "-" if cold is None else f"{cold:.1f}s", exchange.pod or "-",
@@ -592,6 +630,9 @@ async def _handle_v1(request: web.Request, state: ProxyState) -> web.StreamRespo
         body = await _read_body(request, state)
     exchange.facts = facts  # as the client sent it (the request log names the model it asked for)
     group = target_group(state, request.path, facts)
+    principal = request.get(PRINCIPAL)
+    if principal is not None:
+        facts, body = _admit(state, exchange, principal, group, facts, body, path)
     rewrite = group.route.rewrite
     if rewrite and facts.model in rewrite:  # an alias: the pod's server answers only to its own names
         document = {**(facts.document or {}), "model": rewrite[facts.model]}
@@ -603,6 +644,36 @@ async def _handle_v1(request: web.Request, state: ProxyState) -> web.StreamRespo
             raise ProxyError(400, FIM_MISSING_MESSAGE, code="fim_template_missing", param="suffix")
         body = apply_fim_template(facts.document or {}, template)  # has_suffix implies a document
     return await _serve_v1(request, state, exchange, body, facts, group)
+
+
+def _admit(state: ProxyState, exchange: Exchange, principal: Principal, group: PodGroup, facts: RequestFacts,
+           body: bytes | None, path: str) -> tuple[RequestFacts, bytes | None]:
+    """The key's scopes and limits, before the cache and any wake: a request its key may not make costs
+    nothing and wakes nothing. A stream of a keyed request asks the pod for its usage (tokens count against
+    the key); the client that did not ask never sees the usage-only event (`Exchange.hide_usage`)."""
+    model = facts.model if isinstance(facts.model, str) and facts.model else group.route.model
+    _admit_key(state, exchange, principal, group.name, model)
+    document = facts.document
+    if facts.stream and document is not None and path in _USAGE_ROUTES:
+        options = document.get("stream_options")
+        if not (isinstance(options, dict) and options.get("include_usage") is True):
+            document = {**document, "stream_options": {**(options if isinstance(options, dict) else {}),
+                                                       "include_usage": True}}
+            exchange.hide_usage = True
+            return RequestFacts(document=document, stream=True), json.dumps(document, ensure_ascii=False).encode()
+    return facts, body
+
+
+def _admit_key(state: ProxyState, exchange: Exchange, principal: Principal, pod: str, model: str | None) -> None:
+    """A keyed request's scopes (403) and limits (429), before anything wakes; `model` None for a request
+    routed by path (/pods/<name>/…, a listen port), where the pod is all there is to check."""
+    try:
+        check_scope(principal, pod, model)
+    except ProxyError:
+        state.limiter.refuse(principal)
+        raise
+    state.limiter.admit(principal)  # RateLimited (429) when a limit is reached
+    exchange.principal = principal  # its end (concurrency, tokens, cost) is counted in _finish
 
 
 async def _serve_v1(request: web.Request, state: ProxyState, exchange: Exchange, body: bytes | None,
@@ -657,6 +728,8 @@ async def _wait_and_forward(request: web.Request, state: ProxyState, exchange: E
         gate, target = chosen
     else:
         waiting_since = time.perf_counter()
+        wait_meter = state.wait_meters.get(group.name) or state.wait_meters.setdefault(group.name, ShareMeter())
+        joined = wait_meter.join(waiting_since)
         try:
             if facts.stream:
                 wait = await _wait_streaming(request, state, exchange, group)
@@ -668,17 +741,28 @@ async def _wait_and_forward(request: web.Request, state: ProxyState, exchange: E
                 # attempt at a pod that went away), so the client's 300 s limit is never reached.
                 held_seconds = waiting_since - exchange.started
                 answer_by = asyncio.get_running_loop().time() + state.config.proxy.wake_hold_seconds - held_seconds
-                gate, target, waited = await group.wait_for_target(answer_by=answer_by)
+                gate, target, waited = await group.wait_for_target(answer_by=answer_by,
+                                                                   woken_by=key_name(request))
                 exchange.cold_start_seconds = waited
         finally:  # whatever the outcome (served, timed out, client gone), the wait was the wake's
-            exchange.wake_wait_seconds += time.perf_counter() - waiting_since
+            ended = time.perf_counter()
+            exchange.wake_wait_seconds += ended - waiting_since
+            exchange.cost_usd += _pod_rate(state, group) / 3600 * wait_meter.leave(ended, joined)
     exchange.pod = gate.name
     group.begin(gate)
+    meter = state.serve_meters.get(gate.name) or state.serve_meters.setdefault(gate.name, ShareMeter())
+    joined = meter.join(time.perf_counter())
     try:
         return await _forward(request, state, exchange, gate, target, body, facts, key, committed,
                               rewake=rewake and committed is None)
     finally:
         group.end(gate)
+        exchange.cost_usd += state.views[gate.name].cost_per_hour / 3600 * meter.leave(time.perf_counter(), joined)
+
+
+def _pod_rate(state: ProxyState, group: PodGroup) -> float:
+    """The $/h a wake of the group costs: its pods' as last seen (a replica not created yet: the others')."""
+    return max((state.views[gate.name].cost_per_hour for gate in group.gates), default=0.0)
 
 
 async def _pod_went_away(state: ProxyState, gate: WakeGate) -> bool:
@@ -914,7 +998,7 @@ async def _wait_streaming(
         await committed.write(f": waking pod ({elapsed_seconds:.0f} s)\n\n".encode())
 
     try:
-        gate, target, waited = await group.wait_for_target(keep_alive)
+        gate, target, waited = await group.wait_for_target(keep_alive, woken_by=key_name(request))
     except ProxyError as exc:
         if committed is None:
             raise
@@ -1053,11 +1137,14 @@ async def _relay_stream(
     else:
         client = committed
     cache = state.cache
-    outcome = StreamOutcome(events=[] if key is not None and cache is not None else None)
+    # A stream whose usage event the client does not see is not cached: a client that asked for it would
+    # be answered from the same entry.
+    outcome = StreamOutcome(events=[] if key is not None and cache is not None and not exchange.hide_usage
+                            else None)
     try:
         await relay_events(upstream_response, client, outcome,
                            max_kept_bytes=cache.max_bytes if cache is not None else 0,
-                           on_event=state.metrics.stream_events.inc)
+                           on_event=state.metrics.stream_events.inc, hide_usage_only=exchange.hide_usage)
     finally:
         exchange.upstream_wait_seconds += outcome.upstream_wait_seconds
         exchange.usage_source = outcome.last_data_event
@@ -1145,16 +1232,20 @@ async def _service_target(request: web.Request, state: ProxyState, exchange: Exc
     if chosen is not None:
         return chosen
     waiting_since = time.perf_counter()
+    wait_meter = state.wait_meters.get(group.name) or state.wait_meters.setdefault(group.name, ShareMeter())
+    joined = wait_meter.join(waiting_since)
     try:
         answer_by = None
         if hold:
             answer_by = (asyncio.get_running_loop().time() + state.config.proxy.wake_hold_seconds
                          - (waiting_since - exchange.started))
-        gate, target, waited = await group.wait_for_target(answer_by=answer_by)
+        gate, target, waited = await group.wait_for_target(answer_by=answer_by, woken_by=key_name(request))
         exchange.cold_start_seconds = waited
         return gate, target
     finally:
-        exchange.wake_wait_seconds += time.perf_counter() - waiting_since
+        ended = time.perf_counter()
+        exchange.wake_wait_seconds += ended - waiting_since
+        exchange.cost_usd += _pod_rate(state, group) / 3600 * wait_meter.leave(ended, joined)
 
 
 async def serve_service(request: web.Request, state: ProxyState, service: ServiceRoute) -> web.StreamResponse:
@@ -1162,6 +1253,9 @@ async def serve_service(request: web.Request, state: ProxyState, service: Servic
     exchange = request[EXCHANGE]
     group = service.group
     exchange.route = f"{PODS_PATH_PREFIX}{group.name}" if service.prefix else f"listen:{group.name}"
+    principal = request.get(PRINCIPAL)
+    if principal is not None:
+        _admit_key(state, exchange, principal, group.name, None)
     if websocket.is_upgrade(request):
         websocket.check_upgrade(request)
         return await _serve_websocket(request, state, exchange, service)
@@ -1177,6 +1271,8 @@ async def serve_service(request: web.Request, state: ProxyState, service: Servic
         exchange.pod, exchange.pod_id = gate.name, target.pod_id
         body = RequestBody(request, service.max_body_bytes, state.body_read_timeout_seconds) if has_body else None
         group.begin(gate)
+        meter = state.serve_meters.get(gate.name) or state.serve_meters.setdefault(gate.name, ShareMeter())
+        joined = meter.join(time.perf_counter())
         try:
             opened_at = time.perf_counter()
             try:
@@ -1210,6 +1306,8 @@ async def serve_service(request: web.Request, state: ProxyState, service: Servic
                 upstream.close()
         finally:
             group.end(gate)
+            exchange.cost_usd += (state.views[gate.name].cost_per_hour / 3600
+                                  * meter.leave(time.perf_counter(), joined))
     raise AssertionError("unreachable")  # the loop returns or raises
 
 
@@ -1228,7 +1326,7 @@ async def _serve_websocket(request: web.Request, state: ProxyState, exchange: Ex
     if route.kind != "http" and target.upstream_key:
         added["Authorization"] = f"Bearer {target.upstream_key}"
     headers = websocket.forwarded_headers(request.headers, added,
-                                          keep_authorization=not state.api_keys and route.kind == "http")
+                                          keep_authorization=not state.keys.index.required and route.kind == "http")
     group = service.group
     group.begin(gate)  # the handshake is a request; the open socket is not (its frames are)
     try:
@@ -1269,7 +1367,8 @@ def _pod_entry(state: ProxyState, name: str) -> dict[str, Any]:
             "spend_today_usd": round(view.spend_today_usd, 4), "max_daily_spend_usd": view.max_daily_spend_usd,
             "queue_depth": group.waiting, "oldest_wait_seconds": None if oldest is None else round(oldest, 3),
             "in_flight": gate.in_flight, "waking": gate.waking, "target_known": gate.target is not None,
-            "last_wake_error": gate.last_wake_error,
+            "last_wake_error": gate.last_wake_error, "woken_by": gate.woken_by,
+            "woken_at": None if gate.woken_at is None else _iso(datetime.fromtimestamp(gate.woken_at, UTC)),
             # Its configured pod's queued jobs (jobs.py; replicas share one queue), for clients that poll.
             "jobs_queued": jobs.queued, "jobs_running": jobs.running, "oldest_job_wait_seconds": oldest_job}
 
@@ -1318,24 +1417,6 @@ async def handle_ready(request: web.Request) -> web.Response:
     return _json({"ready": True, "pods": ready})
 
 
-async def handle_pods(request: web.Request) -> web.Response:
-    """GET /rpm/v1/pods: every pod (replicas included), from state: no RunPod call, no wake."""
-    state = request.app[STATE]
-    await state.fresh_views()
-    return _json({"pods": [_pod_entry(state, name) for name in state.gates]})
-
-
-async def handle_pod(request: web.Request) -> web.Response:
-    """GET /rpm/v1/pods/{name}: one pod (a configured pod's name or a replica's)."""
-    state = request.app[STATE]
-    name = request.match_info["name"]
-    if name not in state.gates:
-        raise ProxyError(404, f"no pod named {name!r} here; the pods are {', '.join(state.gates)}",
-                         code="pod_not_found", param="name", should_retry=False)
-    await state.fresh_views()
-    return _json(_pod_entry(state, name))
-
-
 async def _refresh_cache_stats(state: ProxyState) -> CacheStats:
     if state.cache is None or not state.cache.available:
         return CacheStats(0, 0)
@@ -1369,15 +1450,36 @@ async def handle_dashboard(request: web.Request) -> web.Response:
             limit_windows_seconds={"runtime": limits.runtime_seconds, "idle": limits.idle_timeout_seconds},
             view=views[name], replica_of=group.name, models=tuple(state.model_names(group)),
             queue_depth=group.waiting, oldest_wait_seconds=group.oldest_wait_seconds(), in_flight=gate.in_flight,
-            waking=gate.waking, target_known=gate.target is not None, last_wake_error=gate.last_wake_error))
+            waking=gate.waking, target_known=gate.target is not None, last_wake_error=gate.last_wake_error,
+            woken_by=gate.woken_by, woken_at=gate.woken_at))
+    key_usage = None
+    if state.keys.index.required:
+        try:
+            key_usage = await key_report(state)
+        except RpmError as exc:  # the page shows the pods even when the key files cannot be read
+            log.warning("could not read the key usage: %s", exc)
+        viewer = request.get(PRINCIPAL)
+        if key_usage is not None and viewer is not None and not viewer.is_admin:  # a user sees its own row
+            key_usage = dataclasses.replace(key_usage, rows=tuple(
+                row for row in key_usage.rows if row.record.name == viewer.name))
     document = dashboard.dashboard_document(
         pods=panels, metrics=state.metrics, last_wake_error=state.last_wake_error,
         cache_enabled=state.cache is not None and state.cache.available,
-        cache_entries=stats.entries, cache_bytes=stats.bytes, now=now, zone=state.config.zone)
+        cache_entries=stats.entries, cache_bytes=stats.bytes, now=now, zone=state.config.zone,
+        key_usage=key_usage)
     if dashboard.wants_html(request.headers.get("Accept", "")):
         return web.Response(text=dashboard.render_html(document, now=now, zone=state.config.zone),
                             content_type="text/html")
     return _json(document)
+
+
+async def key_report(state: ProxyState) -> UsageReport:
+    """Every key of the store (read in a worker thread) with this proxy's live counters (copied on the loop):
+    what the dashboard and /rpm/v1/keys show. StateError when the store cannot be read."""
+    records = await asyncio.to_thread(KeyStore(state.paths.keys_file).records)
+    days = {day: {name: dataclasses.replace(usage) for name, usage in names.items()}
+            for day, names in state.limiter.days.items()}
+    return report_of(records, days, now=time.time(), zone=state.config.zone)
 
 
 async def handle_debug_cache(request: web.Request) -> web.Response:
@@ -1427,7 +1529,7 @@ async def _on_startup(app: web.Application) -> None:
     config = state.config
     state.passthrough = PassThrough(
         state.session, max_retries=config.proxy.max_retries, retry_delay_seconds=config.proxy.retry_delay_seconds,
-        pod_url_template=config.api.pod_url_template, keep_client_authorization=not state.api_keys,
+        pod_url_template=config.api.pod_url_template, keep_client_authorization=lambda: not state.keys.index.required,
         added_headers={pod.name: pod.headers for pod in config.all_pods if pod.headers},
         body_read_timeout_seconds=state.body_read_timeout_seconds)
     if state.cache is not None:
@@ -1437,7 +1539,10 @@ async def _on_startup(app: web.Application) -> None:
     for group in state.groups:  # so the first request already finds a running pod on the hot path
         await group.refresh()
     await asyncio.to_thread(state.request_log.start)
+    await asyncio.to_thread(state.limiter.restore)  # a restart must not reset a key's budget
     state.reconcile_task = asyncio.create_task(_reconcile_loop(state), name="rpm-proxy-reconcile")
+    state.keys_task = asyncio.create_task(watch_keys(state.keys), name="rpm-proxy-keys")
+    state.usage_task = asyncio.create_task(_save_usage_loop(state), name="rpm-proxy-key-usage")
 
 
 async def _check_pod_names(state: ProxyState) -> None:
@@ -1462,6 +1567,24 @@ async def _reconcile_loop(state: ProxyState) -> None:
             log.exception("reconcile loop iteration failed")
 
 
+async def _save_usage_loop(state: ProxyState) -> None:
+    """Write the keys' counters when they changed, at most every USAGE_FLUSH_SECONDS (off the hot path)."""
+    while True:
+        await asyncio.sleep(USAGE_FLUSH_SECONDS)
+        await _save_usage(state)
+
+
+async def _save_usage(state: ProxyState) -> None:
+    snapshot = state.limiter.snapshot()
+    if snapshot is None:
+        return
+    try:
+        await asyncio.to_thread(state.limiter.save, snapshot)
+    except (OSError, RpmError) as exc:
+        state.limiter.dirty = True  # try again at the next flush
+        log.warning("could not save the keys' usage: %s", exc)
+
+
 async def _on_shutdown(app: web.Application) -> None:
     # Runs before in-flight requests get their grace period; they keep the session until cleanup.
     state = app[STATE]
@@ -1476,11 +1599,23 @@ async def _on_shutdown(app: web.Application) -> None:
         with contextlib.suppress(asyncio.CancelledError):
             await task
         state.reconcile_task = None
+    if state.keys_task is not None:
+        state.keys_task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await state.keys_task
+        state.keys_task = None
 
 
 async def _on_cleanup(app: web.Application) -> None:
     state = app[STATE]
     await asyncio.to_thread(state.request_log.close)  # after the in-flight requests: their lines too
+    if state.usage_task is not None:
+        state.usage_task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await state.usage_task
+        state.usage_task = None
+    await _save_usage(state)  # the in-flight requests' counts too
+    state.limiter.close()
     if state.session is not None:
         await state.session.close()
         state.session = None
@@ -1529,8 +1664,9 @@ def build_app(
     app.router.add_get("/metrics", handle_metrics)
     app.router.add_get("/dashboard", handle_dashboard)
     app.router.add_get("/debug/cache", handle_debug_cache)
-    app.router.add_get("/rpm/v1/pods", handle_pods)
-    app.router.add_get("/rpm/v1/pods/{name}", handle_pod)
+    from runpod_manager.proxy import manage  # it imports this module
+
+    manage.add_routes(app)
     add_job_routes(app)
     app.on_startup.append(_on_startup)
     app.on_shutdown.append(_on_shutdown)

@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from datetime import datetime
 
 from runpod_manager import control, policy, spend
-from runpod_manager.errors import ConfigError, NotReady
+from runpod_manager.errors import ConfigError, NotOwned, NotReady
 from runpod_manager.lifecycle import Lifecycle
 from runpod_manager.proxy.controller import PodView, UpstreamTarget
 from runpod_manager.state import PodRecord
@@ -27,6 +27,8 @@ class LifecycleProxyController:
         self._wakers: dict[str, Lifecycle] = {}
         self._wake_locks = {name: threading.Lock() for name in self._fleet.names}
         self._wakers_lock = threading.Lock()
+        self._managers: dict[str, Lifecycle] = {}  # the management API's starts and stops, per pod
+        self._manage_locks = {name: threading.Lock() for name in self._fleet.names}
 
     def pod_names(self) -> tuple[str, ...]:
         return self._fleet.names
@@ -58,6 +60,28 @@ class LifecycleProxyController:
             if pod not in self._wakers:
                 self._wakers[pod] = self._member(pod).sibling()  # same store and ports, its own HTTP session
             return self._wakers[pod]
+
+    def _manager(self, pod: str) -> Lifecycle:
+        with self._wakers_lock:
+            if pod not in self._managers:
+                self._managers[pod] = self._member(pod).sibling()  # its own HTTP session: a wake may run
+            return self._managers[pod]
+
+    def start(self, pod: str, opened_by: str) -> PodView:
+        self._member(pod)
+        with self._manage_locks[pod]:
+            control.start(self._manager(pod), wait=False, opened_by=opened_by)
+        return self.view(pod)
+
+    def stop(self, pod: str, *, terminate: bool) -> PodView:
+        member = self._member(pod)
+        if terminate and member.config.pod.pod_id:
+            raise NotOwned(f"pod {pod!r} is adopted (pod_id = {member.config.pod.pod_id!r} in the config): rpm did "
+                           "not create it and never terminates it; stop it instead, or terminate it on RunPod")
+        with self._manage_locks[pod]:
+            # The proxies stay: this proxy answers the call, and it keeps serving the other pods.
+            control.shutdown(self._manager(pod), stop=not terminate, stop_proxies=False)
+        return self.view(pod)
 
     def reconcile(self, last_request_at: Mapping[str, datetime | None]) -> Mapping[str, PodView]:
         control.reconcile(self._fleet, wait_seconds=0, last_request_at=last_request_at)

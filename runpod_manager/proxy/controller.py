@@ -72,3 +72,12 @@ class ProxyController(Protocol):
 
     def mark_unreachable(self, pod: str, pod_id: str) -> None:
         """The pod URL failed after retries: forget readiness so the next request wakes/rechecks."""
+
+    def start(self, pod: str, opened_by: str) -> PodView:
+        """Blocking: open a lease (as `rpm start NAME`) and ask RunPod to create or resume the pod, without
+        waiting for readiness (a wake does that). LimitRefused when a limit forbids it; a start that fails
+        leaves no lease (control.start). Returns the pod's view."""
+
+    def stop(self, pod: str, *, terminate: bool) -> PodView:
+        """Blocking: close the lease and stop (or terminate) the pod, as `rpm shutdown [--stop] NAME` without
+        touching any proxy. NotOwned for terminating an adopted pod (nothing is done then)."""

@@ -22,6 +22,7 @@ from datetime import UTC, datetime, timedelta, tzinfo
 from typing import Any
 
 from runpod_manager import __version__
+from runpod_manager.keys import UsageReport
 from runpod_manager.proxy.controller import PodView
 from runpod_manager.proxy.metrics import ProxyMetrics, RecentRequest
 
@@ -83,6 +84,8 @@ class PodPanel:
     target_known: bool
     last_wake_error: str | None
     limit_windows_seconds: dict[str, int] | None = None  # limit name -> its full span, for the bars
+    woken_by: str | None = None  # the key whose request (or management call) started the latest wake
+    woken_at: float | None = None  # unix time that wake started
 
 
 def _spend(view: PodView) -> dict[str, Any]:
@@ -116,8 +119,20 @@ def _pod_section(panel: PodPanel, now: datetime, recent: list[RecentRequest], da
                 "limits": _limit_rows(panel.view.limits, now, panel.limit_windows_seconds or {}),
                 "state_text": state_words(panel.view, waking=panel.waking),
                 "reason_explains_state": reason_explains_state(panel.view, waking=panel.waking),
-                "cold_starts_today": _cold_starts(recent, panel.view.name, day_start.timestamp())})
+                "cold_starts_today": _cold_starts(recent, panel.view.name, day_start.timestamp()),
+                "woken_by": panel.woken_by,
+                "woken_at": None if panel.woken_at is None else _iso(datetime.fromtimestamp(panel.woken_at, UTC))})
     return pod
+
+
+def _key_rows(report: UsageReport | None) -> dict[str, Any]:
+    """Each key's use today (the store's keys; revoked ones too, their usage stays theirs). No secret."""
+    if report is None:
+        return {"day": None, "rows": []}
+    return {"day": report.day, "rows": [
+        {"name": row.record.name, "role": row.record.role, "status": row.status, "requests": row.today.requests,
+         "tokens": row.today.tokens, "spend_usd": round(row.today.spend_usd, 4), "refused": row.today.refused,
+         "daily_budget_usd": row.record.limits.daily_budget_usd} for row in report.rows]}
 
 
 def dashboard_document(
@@ -130,6 +145,7 @@ def dashboard_document(
     cache_bytes: int,
     now: datetime,
     zone: tzinfo | None = None,
+    key_usage: UsageReport | None = None,
 ) -> dict[str, Any]:
     """The dashboard as plain JSON-ready data (also what the HTML page renders). `zone`: the config's
     [limits] timezone (None: the machine's), whose midnight starts "today"."""
@@ -164,6 +180,7 @@ def dashboard_document(
                        "p90": _percentile(durations, 0.9), "p99": _percentile(durations, 0.99)},
         "recent_requests": [_request_row(entry) for entry in reversed(recent[-SHOWN_REQUESTS:])],
         "chart_ms": [round(entry.duration_ms, 3) for entry in recent[-CHART_POINTS:]],
+        "keys": _key_rows(key_usage),
         "now": _iso(now),
         "timezone": getattr(zone, "key", None) or "local",
         "today": {
@@ -336,10 +353,14 @@ def _card_html(pod: dict[str, Any], now: datetime, zone: tzinfo | None) -> str:
     wake_error = (f'<p class="error">last wake failed: {esc(pod["last_wake_error"])}</p>'
                   if pod["last_wake_error"] and not view_ready else "")
     tone = "ok" if view_ready else "warn" if waking else "idle"
+    woken = ""
+    if pod.get("woken_at"):
+        at = local_clock(datetime.fromisoformat(pod["woken_at"].replace("Z", "+00:00")), now, zone)
+        woken = (f'<p class="woken">woken {esc(at)} by {esc(pod["woken_by"] or "a request without a key")}</p>')
     return f"""<section class="card" data-pod="{esc(pod['name'])}">
 <h2>Pod {esc(pod['name'])} <span class="state {tone}">{esc(pod['state_text'])}</span></h2>
 <p class="facts">{' · '.join(fact for fact in facts if fact)}</p>
-{f'<p class="busy">{esc(" · ".join(busy))}</p>' if busy else ''}{reason}{wake_error}
+{woken}{f'<p class="busy">{esc(" · ".join(busy))}</p>' if busy else ''}{reason}{wake_error}
 <h3>Limits</h3>{limits}
 <h3>Spend</h3>{spent}
 <h3>Cold starts</h3><p class="cold">{esc(cold_text)}</p>
@@ -465,7 +486,7 @@ def render_html(document: dict[str, Any], *, now: datetime | None = None, zone: 
 <p class="quiet">since {esc(since)} ({esc(document["timezone"])}) · {esc(saving)}</p>
 {cost_svg(today["cost_usd"], today["always_on_usd"])}
 </section>
-<section class="panel"><h2>Recent requests</h2>
+{_keys_html(document.get("keys"))}<section class="panel"><h2>Recent requests</h2>
 <table class="list"><tr><th>time</th><th>pod</th><th>model</th><th>path</th><th>status</th><th>took</th>
 <th>cold wait</th><th>cache</th></tr>
 {request_rows}</table>
@@ -484,6 +505,21 @@ def render_html(document: dict[str, Any], *, now: datetime | None = None, zone: 
 {_REFRESH_SCRIPT}
 </body></html>
 """
+
+
+def _keys_html(keys: dict[str, Any] | None) -> str:
+    if not keys or not keys["rows"]:
+        return ""
+    esc = html.escape
+    rows = "".join(
+        f'<tr data-key="{esc(row["name"])}"><td>{esc(row["name"])}</td><td>{esc(row["role"])}</td>'
+        f'<td>{esc(row["status"])}</td><td>{row["requests"]}</td><td>{row["tokens"]}</td>'
+        f'<td>{esc(_money(row["spend_usd"]))}'
+        + ("" if row["daily_budget_usd"] is None else f' of {esc(_money(row["daily_budget_usd"]))}')
+        + f'</td><td>{row["refused"]}</td></tr>' for row in keys["rows"])
+    return (f'<section class="panel keys"><h2>Keys today</h2><p class="quiet">{esc(keys["day"])}</p>'
+            '<table class="list"><tr><th>key</th><th>role</th><th>status</th><th>requests</th><th>tokens</th>'
+            f"<th>spend</th><th>refused</th></tr>{rows}</table></section>\n")
 
 
 def wants_html(accept: str) -> bool:

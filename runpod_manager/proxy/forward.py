@@ -35,8 +35,11 @@ HOP_BY_HOP = frozenset({
 # Recomputed by aiohttp (host, content-length), replaced by us (authorization, accept-encoding), handled by
 # our own server (expect) or meant for the proxy only (x-rpm-cache, and a job replay's token: jobs.py).
 JOB_TOKEN_HEADER = "X-RPM-Job-Token"  # noqa: S105 - a header name, not a secret
+# With the token: the name of the key that submitted the job, whose scopes and limits its replay gets.
+JOB_OWNER_HEADER = "X-RPM-Job-Owner"
 _REQUEST_DROP = HOP_BY_HOP | {"host", "content-length", "authorization", "accept-encoding", "expect",
-                              "x-rpm-cache", JOB_TOKEN_HEADER.lower()}
+                              "x-rpm-cache", JOB_TOKEN_HEADER.lower(),
+                              JOB_OWNER_HEADER.lower()}
 # The body may be re-framed (chunked) or was decompressed by the client session; our server sets its own
 # date/server.
 _RESPONSE_DROP = HOP_BY_HOP | {"content-length", "content-encoding", "date", "server"}
@@ -506,6 +509,9 @@ def _describe_connection_error(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text}"
 
 
+_USAGE_ONLY = re.compile(rb'^data: \{.*"choices"\s*:\s*\[\s*\].*"usage"\s*:\s*\{', re.DOTALL)
+
+
 async def relay_events(
     upstream: aiohttp.ClientResponse,
     client: web.StreamResponse,
@@ -513,6 +519,7 @@ async def relay_events(
     *,
     max_kept_bytes: int,
     on_event: Callable[[], None] | None = None,
+    hide_usage_only: bool = False,
 ) -> StreamOutcome:
     """Copy server-sent events from the pod to the client, each written as soon as it is complete.
 
@@ -520,7 +527,8 @@ async def relay_events(
     makes vLLM abort the generation). A stream the pod breaks off ends with an OpenAI-shaped error event
     and `[DONE]`, so clients report an error instead of a silently short answer. `outcome` (events kept
     when its `events` is a list) is filled as the stream goes, so a cancelled relay still tells the
-    caller how long it waited on the pod.
+    caller how long it waited on the pod. With `hide_usage_only` (the proxy asked for the usage the client
+    did not), the usage-only event (`"choices": []`) is read but not sent, nor kept for the cache.
     """
     splitter = SSESplitter()
     kept_bytes = 0
@@ -541,6 +549,9 @@ async def relay_events(
             if not chunk:
                 break
             for event in splitter.feed(chunk):
+                if hide_usage_only and _USAGE_ONLY.search(event) is not None:
+                    outcome.last_data_event = event  # the tokens are counted, the client sees nothing
+                    continue
                 await client.write(event)
                 if not outcome.event_count:
                     outcome.first_event_at = time.perf_counter()

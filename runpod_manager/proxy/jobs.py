@@ -50,8 +50,10 @@ import filelock
 from aiohttp import web
 from multidict import CIMultiDict
 
+from runpod_manager.keys import Principal
 from runpod_manager.paths import ensure_private_dir
-from runpod_manager.proxy.forward import HOP_BY_HOP, JOB_TOKEN_HEADER, ProxyError
+from runpod_manager.proxy.auth import PRINCIPAL, check_scope
+from runpod_manager.proxy.forward import HOP_BY_HOP, JOB_OWNER_HEADER, JOB_TOKEN_HEADER, ProxyError
 
 log = logging.getLogger("runpod_manager.proxy")
 
@@ -60,7 +62,10 @@ JOB_ID_HEADER = "X-RPM-Job-Id"
 # Set by the middleware on the proxy's own error answers to a job's replay: the error's code, so the runner
 # tells "the proxy answered and the request never left" from anything a service could say.
 ERROR_HEADER = "X-RPM-Error"
-RETRIED_CODES = frozenset({"pod_waking", "queue_full", "state_busy"})
+# The proxy's own refusals that prove the request never left it and will pass later: asked again after their
+# Retry-After. (A key's rate and concurrency limits too: the job waits its turn; a spent budget fails it.)
+RETRIED_CODES = frozenset({"pod_waking", "queue_full", "state_busy", "rate_limit_requests", "rate_limit_tokens",
+                           "concurrency_limit_exceeded"})
 JOBS_PATH = "/rpm/v1/jobs"
 _JOB_ID_RE = re.compile(r"^job_[A-Za-z0-9_-]{32}$")
 _CHUNK_BYTES = 64 * 1024
@@ -458,8 +463,11 @@ class JobRunner:
 
     # ----------------------------------------------------------------------------------- submit
 
-    async def submit(self, request: web.Request, owner: str | None = None) -> web.Response:
-        """Store the request as a job and answer 202 (or the error a direct request would get)."""
+    async def submit(self, request: web.Request, principal: Principal | None = None) -> web.Response:
+        """Store the request as a job and answer 202 (or the error a direct request would get). A keyed job
+        belongs to its key (`owner`, the name only): only that key (or an admin) reads it, and its replay gets
+        that key's scopes and limits; a pod the key may not use is refused here, before anything is stored."""
+        owner = None if principal is None else principal.name
         if self.unavailable is not None:
             raise ProxyError(503, f"jobs are not available: {self.unavailable}", code="jobs_unavailable",
                              should_retry=False)
@@ -478,6 +486,7 @@ class JobRunner:
             if received <= self.max_body_bytes and request.path.startswith("/v1/"):
                 small = body_path.read_bytes()  # /v1 routes by the body's model; max_body_bytes bounds it
             pod = self._resolve(request.method, request.path, small, request.headers.get("Content-Type", ""))
+            check_scope(principal, pod, None)  # its model, if any, is checked when it runs
             job = store.add(job_id, pod=pod, method=request.method, path=request.raw_path,
                             headers=stored_headers(request.headers.items()), request_bytes=received, owner=owner)
         except BaseException:
@@ -564,6 +573,8 @@ class JobRunner:
         assert session is not None and base_url is not None  # noqa: S101 - pump runs only after start
         headers: CIMultiDict[str] = CIMultiDict(job.headers)
         headers[JOB_TOKEN_HEADER] = self._token
+        if job.owner is not None:
+            headers[JOB_OWNER_HEADER] = job.owner
         # Only what the client sent: no Content-Type or Content-Disposition of aiohttp's own for the file.
         skip = () if "Content-Type" in headers else ("Content-Type",)
         while True:
@@ -647,6 +658,9 @@ class JobRunner:
     def find(self, request: web.Request) -> Job:
         job_id = request.match_info["id"]
         job = self.store.get(job_id) if is_job_id(job_id) and self.unavailable is None else None
+        principal = request.get(PRINCIPAL)
+        if job is not None and principal is not None and not principal.is_admin and job.owner != principal.name:
+            job = None  # another key's job: told apart from an unknown one by nothing
         if job is None:
             raise ProxyError(404, f"no job {job_id!r} here: unknown, deleted, or its result expired ([proxy] "
                              "jobs_result_ttl_seconds)", code="job_not_found", param="id", should_retry=False)

@@ -29,7 +29,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Iterable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from dataclasses import dataclass
 
 import aiohttp
@@ -38,7 +38,7 @@ from multidict import CIMultiDict
 from yarl import URL
 
 from runpod_manager.proxy.controller import UpstreamTarget
-from runpod_manager.proxy.forward import HOP_BY_HOP, JOB_TOKEN_HEADER, RETRYABLE_STATUSES, ProxyError
+from runpod_manager.proxy.forward import HOP_BY_HOP, JOB_OWNER_HEADER, JOB_TOKEN_HEADER, RETRYABLE_STATUSES, ProxyError
 from runpod_manager.proxy.routing import PodRoute
 from runpod_manager.proxy.wake import PodGroup, WakeGate
 
@@ -47,7 +47,8 @@ log = logging.getLogger("runpod_manager.proxy")
 IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
 BODY_CHUNK_BYTES = 256 * 1024  # read from the client (and written to the pod) this much at a time
 # The job token (jobs.py's replays) is the proxy's own credential: it never leaves the proxy.
-_REQUEST_DROP = HOP_BY_HOP | {"host", "expect", "x-rpm-cache", JOB_TOKEN_HEADER.lower()}
+_REQUEST_DROP = HOP_BY_HOP | {"host", "expect", "x-rpm-cache", JOB_TOKEN_HEADER.lower(),
+                              JOB_OWNER_HEADER.lower()}
 # Bytes pass unchanged, so Content-Length and Content-Encoding stay; our server sets its own Date/Server.
 _RESPONSE_DROP = HOP_BY_HOP | {"date", "server"}
 
@@ -170,7 +171,8 @@ class PassThrough:
     max_retries: int
     retry_delay_seconds: float
     pod_url_template: str
-    keep_client_authorization: bool
+    # True while the proxy takes no keys: then a client's Authorization is the service's own, sent on.
+    keep_client_authorization: Callable[[], bool]
     added_headers: Mapping[str, Mapping[str, str]]  # pod name → its configured headers
     body_read_timeout_seconds: float
 
@@ -181,7 +183,7 @@ class PassThrough:
         route = service.route
         base_url = pod_port_url(target, route, service.port, self.pod_url_template)
         headers = service_request_headers(
-            request.headers.items(), keep_authorization=self.keep_client_authorization and route.kind == "http",
+            request.headers.items(), keep_authorization=self.keep_client_authorization() and route.kind == "http",
             added=self.added_headers.get(route.name, {}),
             upstream_key=target.upstream_key if route.kind != "http" else None)
         url = URL(base_url + service.raw_path, encoded=True)

@@ -57,13 +57,19 @@ def is_loopback_host(host: str) -> bool:
         return False  # a host name could resolve anywhere; treat it as reachable from outside
 
 
-def check_bind(proxy: ProxyConfig) -> None:
-    """Refuse to serve an open proxy: a non-loopback bind needs client keys."""
-    if not is_loopback_host(proxy.host) and not proxy.api_keys:
+def check_bind(proxy: ProxyConfig, *, team_keys: bool = False) -> None:
+    """Refuse to serve an open proxy: a non-loopback bind needs client keys (the config's or `rpm keys`')."""
+    if not is_loopback_host(proxy.host) and not proxy.api_keys and not team_keys:
         raise ConfigError(
-            f"[proxy] host = {proxy.host!r} listens beyond this machine but [proxy] api_keys is empty, "
-            "so anyone who can reach it could use (and pay for) the pod",
-            hint="set [proxy] api_keys, or bind [proxy] host = \"127.0.0.1\"")
+            f"[proxy] host = {proxy.host!r} listens beyond this machine but [proxy] api_keys is empty and "
+            "`rpm keys` has no key, so anyone who can reach it could use (and pay for) the pod",
+            hint="create a key with `rpm keys create`, set [proxy] api_keys, or bind [proxy] host = \"127.0.0.1\"")
+
+
+def has_team_keys(paths: Paths) -> bool:
+    from runpod_manager.keys import KeyStore
+
+    return bool(KeyStore(paths.keys_file).records())
 
 
 def build_ssl_context(proxy: ProxyConfig) -> ssl.SSLContext | None:
@@ -263,7 +269,7 @@ def run_proxy(
     once it listens (keep it short: write a pid file, print the URL). `app_options` go to build_app
     (test knobs). Signal handlers are installed only when called from the main thread.
     """
-    check_bind(config.proxy)
+    check_bind(config.proxy, team_keys=has_team_keys(paths))
     ssl_context = build_ssl_context(config.proxy)
     # Everything imported so far lives as long as the process. Freezing it keeps the cyclic GC's full
     # collections from re-scanning it: measured under load, each one stalled the loop for ~20 ms about once a

@@ -57,7 +57,12 @@ class WakeGate:
         self.in_flight = 0  # requests sent to this pod and not finished: the replica choice, and activity
         self.last_request_at: float | None = None  # unix time a request to this pod last started or ended
         self.last_wake_error: str | None = None
+        # Who started the latest wake: the key's name (None: no key, or a replica woken for load) and when
+        # (unix time). Shown on the dashboard; set where the wake starts.
+        self.woken_by: str | None = None
+        self.woken_at: float | None = None
         self.on_settled: Callable[[WakeGate, BaseException | None], None] | None = None
+        self.on_started: Callable[[WakeGate], None] | None = None  # on the loop, as a wake starts
         self._controller = controller
         self._metrics = metrics
         self._waking_since: float | None = None  # time.monotonic() when the wake in progress started
@@ -81,11 +86,15 @@ class WakeGate:
         if self.target is not None and self.target.pod_id == pod_id:
             self.target = None
 
-    def start_wake(self, loop: asyncio.AbstractEventLoop) -> None:
-        """Run controller.wake(pod) in a worker thread; the result lands on the loop (`on_settled`)."""
+    def start_wake(self, loop: asyncio.AbstractEventLoop, woken_by: str | None = None) -> None:
+        """Run controller.wake(pod) in a worker thread; the result lands on the loop (`on_settled`).
+        `woken_by`: the name of the key whose request (or management call) asked for it."""
         if self._waking_since is not None:
             return
         started = self._waking_since = time.monotonic()
+        self.woken_by, self.woken_at = woken_by, time.time()
+        if self.on_started is not None:
+            self.on_started(self)
         name = self.name
         log.info("no ready pod: waking %s for waiting requests", name)
 
@@ -251,11 +260,12 @@ class PodGroup:
         if not future.cancelled():
             future.exception()  # retrieved here so asyncio does not log it again
 
-    async def wait_for_target(self, on_tick: TickCallback | None = None, *, answer_by: float | None = None
-                              ) -> tuple[WakeGate, UpstreamTarget, float | None]:
+    async def wait_for_target(self, on_tick: TickCallback | None = None, *, answer_by: float | None = None,
+                              woken_by: str | None = None) -> tuple[WakeGate, UpstreamTarget, float | None]:
         """The replica to send to, its target, and how long this request waited for a wake (None: no wait).
 
         `answer_by` (loop time): when no replica is ready by then, raise a retryable 503 (pod_waking).
+        `woken_by`: the request's key name, recorded on the gate when this request starts a wake.
         """
         chosen = self.pick()
         if chosen is not None:
@@ -272,7 +282,7 @@ class PodGroup:
         self._set_waiting(self.waiting + 1)
         try:
             if not self.waking:
-                self._wake_one(loop)
+                self._wake_one(loop, woken_by)
             deadline = started + self.queue_timeout_seconds
             give_up_at = deadline if answer_by is None else min(deadline, answer_by)
             while True:
@@ -282,7 +292,7 @@ class PodGroup:
                 if not self.waking:
                     if self.last_failure is not None:
                         raise wake_error(self.last_failure)
-                    self._wake_one(loop)  # a replica woke and went away again before this request got it
+                    self._wake_one(loop, woken_by)  # a replica woke and went away again before this request got it
                 remaining = give_up_at - loop.time()
                 if remaining <= 0:
                     raise self._gave_up(waking_answer=give_up_at < deadline)
@@ -355,12 +365,12 @@ class PodGroup:
         candidates = [(index, gate) for index, gate in enumerate(self.gates) if gate.target is None and not gate.waking]
         return min(candidates, key=rank)[1] if candidates else None
 
-    def _wake_one(self, loop: asyncio.AbstractEventLoop) -> None:
+    def _wake_one(self, loop: asyncio.AbstractEventLoop, woken_by: str | None = None) -> None:
         gate = self._choose_wake()
         if gate is None:
             return
         self.last_failure = None
-        gate.start_wake(loop)
+        gate.start_wake(loop, woken_by)
         self._notify()
 
     def _settled(self, gate: WakeGate, error: BaseException | None) -> None:

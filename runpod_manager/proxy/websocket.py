@@ -30,7 +30,7 @@ from aiohttp import WSMsgType, web
 from yarl import URL
 
 from runpod_manager.proxy.controller import PodView, UpstreamTarget
-from runpod_manager.proxy.forward import JOB_TOKEN_HEADER, ProxyError
+from runpod_manager.proxy.forward import JOB_OWNER_HEADER, JOB_TOKEN_HEADER, ProxyError
 from runpod_manager.proxy.wake import WakeGate
 
 log = logging.getLogger("runpod_manager.proxy")
@@ -43,7 +43,7 @@ CLOSE_WAIT_SECONDS = 5.0  # how long one side's close waits for the other side's
 _WS_OWN_HEADERS = frozenset({"host", "connection", "upgrade", "sec-websocket-key", "sec-websocket-version",
                              "sec-websocket-extensions", "sec-websocket-protocol", "sec-websocket-accept",
                              "content-length", "transfer-encoding", "keep-alive", "te", "expect",
-                             JOB_TOKEN_HEADER.lower()})
+                             JOB_TOKEN_HEADER.lower(), JOB_OWNER_HEADER.lower()})
 
 
 def is_upgrade(request: web.Request) -> bool:

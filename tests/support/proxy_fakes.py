@@ -108,6 +108,8 @@ class FakeController:
         self.reconcile_calls: list[Mapping[str, datetime | None]] = []
         self.reconcile_error: BaseException | None = None
         self.wake_order: list[str] = []  # pods in the order their wakes started
+        self.manage_calls: list[tuple[str, str, str]] = []  # (action, pod, opened_by) of start/stop calls
+        self.manage_error: BaseException | None = None  # raised by start/stop (after recording the call)
         self._lock = threading.Lock()
 
     # -- the first pod's knobs and counters, for tests of one pod
@@ -196,6 +198,24 @@ class FakeController:
         assert fake.wake_target is not None
         fake.target = fake.wake_target
         return fake.wake_target
+
+    def start(self, pod: str, opened_by: str) -> PodView:
+        """The management API's start: recorded; the pod is ready at once when it has a wake target."""
+        fake = self.pods[pod]
+        with self._lock:
+            self.manage_calls.append(("start", pod, opened_by))
+        if self.manage_error is not None:
+            raise self.manage_error
+        fake.target = fake.wake_target
+        return self.view(pod)
+
+    def stop(self, pod: str, *, terminate: bool) -> PodView:
+        with self._lock:
+            self.manage_calls.append(("terminate" if terminate else "stop", pod, ""))
+        if self.manage_error is not None:
+            raise self.manage_error
+        self.pods[pod].target = None
+        return self.view(pod)
 
     def reconcile(self, last_request_at: Mapping[str, datetime | None]) -> Mapping[str, PodView]:
         assert set(last_request_at) == set(self.pods), last_request_at  # every pod, each on its own clock

@@ -52,7 +52,7 @@ def entry(ended_at: float = T0 + 1.5, *, duration: float = 0.5, status: int = 20
           usage: bytes | None = ANSWER, first_byte_after: float | None = 0.2, pod_id: str | None = "pod1"
           ) -> RequestEntry:
     return (ended_at, duration, "coder", pod_id, model, stream, "POST", route, status, first_byte_after, cold,
-            wake_wait, cache, error, usage)
+            wake_wait, cache, error, usage, None)
 
 
 def lines_of(path: Path) -> list[dict[str, Any]]:
@@ -212,8 +212,9 @@ def test_reading_filters_by_window_and_pod_and_sorts_by_arrival(paths: Paths) ->
     for ended in (T0 + 30, T0 + 10, T0 + 20):
         log.append(entry(ended))
     log.append((T0 + 40, 0.5, "chat", None, "m", False, "POST", "/v1/chat/completions", 200, None, None, 0.0,
-                "miss", None, None))
+                "miss", None, None, "script"))
     log.close()
+    assert [r.key for r in read_requests(paths.request_log)] == [None, None, None, "script"]
     assert [r.at for r in read_requests(paths.request_log)] == [T0 + 9.5, T0 + 19.5, T0 + 29.5, T0 + 39.5]
     assert [r.at for r in read_requests(paths.request_log, since=T0 + 15, until=T0 + 35)] == [T0 + 19.5, T0 + 29.5]
     assert [r.pod for r in read_requests(paths.request_log, pod="chat")] == ["chat"]

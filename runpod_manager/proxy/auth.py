@@ -1,0 +1,86 @@
+"""Who a request is: its Bearer key resolved to a keys.Principal, and the scope checks that use it.
+
+The middleware (app.py) calls `authenticate` for every protected path when any key exists (the store's, or
+`[proxy] api_keys`) and stores the Principal at `request[PRINCIPAL]`; handlers read it there (the
+management API checks `principal.is_admin`). When no key exists at all (a loopback proxy for one developer)
+nothing is stored: `request.get(PRINCIPAL)` is None and every scope is open.
+
+The store is watched off the hot path: a task stats `keys.json` every `KEY_CHECK_INTERVAL_SECONDS` and
+reloads it (in a worker thread) when it changed, so `rpm keys revoke` takes effect within that interval in a
+running proxy. A request costs one HMAC-SHA256 and one dict lookup (BENCHMARKS.md, "Keys").
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Iterable
+
+from aiohttp import web
+
+from runpod_manager.errors import RpmError
+from runpod_manager.keys import KeyWatcher, Principal
+from runpod_manager.proxy.forward import ProxyError
+
+log = logging.getLogger("runpod_manager.proxy")
+
+PRINCIPAL = web.RequestKey("rpm_principal", Principal)
+# The management API's description (proxy/manage.py) is served without a key: it holds no data.
+PUBLIC_PATHS = frozenset({"/rpm/v1/openapi.json", "/rpm/v1/docs"})
+KEY_CHECK_INTERVAL_SECONDS = 0.25  # a revoked key is refused within this (plus a reload's few ms)
+
+
+def bearer_token(header: str | None) -> str | None:
+    if not header or header[:7].lower() != "bearer ":
+        return None
+    return header[7:].strip() or None
+
+
+def key_name(request: web.Request) -> str | None:
+    """The request's key name (None: the proxy has no keys), for what records who asked (a wake)."""
+    principal = request.get(PRINCIPAL)
+    return None if principal is None else principal.name
+
+
+def authenticate(watcher: KeyWatcher, header: str | None) -> Principal:
+    """The request's Principal, or ProxyError 401 (no key, an unknown, revoked or expired one)."""
+    token = bearer_token(header)
+    principal = None if token is None else watcher.index.resolve(token, time.time())
+    if principal is None:
+        raise ProxyError(401, "missing or invalid API key: send a key from `rpm keys create` (or one of [proxy] "
+                         "api_keys) as `Authorization: Bearer <key>`", code="invalid_api_key", should_retry=False)
+    return principal
+
+
+def check_scope(principal: Principal | None, pod: str, model: str | None) -> None:
+    """ProxyError 403 naming what the key may use, before anything is woken for the request."""
+    if principal is None:
+        return
+    if not principal.may_use_pod(pod):
+        raise ProxyError(403, f"the key {principal.name!r} may not use pod {pod!r}; it may use pods "
+                         f"{_listing(principal.pods)}; no pod was started for this request",
+                         code="pod_not_allowed", error_type="permission_error", should_retry=False)
+    if model is not None and not principal.may_use_model(model):
+        raise ProxyError(403, f"the key {principal.name!r} may not use model {model!r}; it may use models "
+                         f"{_listing(principal.models)}; no pod was started for this request",
+                         code="model_not_allowed", error_type="permission_error", param="model",
+                         should_retry=False)
+
+
+def _listing(names: Iterable[str] | None) -> str:
+    return "(all)" if names is None else ", ".join(sorted(names)) or "(none)"
+
+
+async def watch_keys(watcher: KeyWatcher, interval_seconds: float = KEY_CHECK_INTERVAL_SECONDS) -> None:
+    """Reload the key store whenever it changes (one stat per interval; the read in a worker thread)."""
+    while True:
+        await asyncio.sleep(interval_seconds)
+        try:
+            if watcher.changed():
+                await asyncio.to_thread(watcher.reload)
+                log.info("key store reloaded: %d live keys", len(watcher.index.by_digest))
+        except RpmError as exc:  # a damaged store keeps the last good keys
+            log.warning("key store not reloaded: %s", exc)
+        except Exception:
+            log.exception("key store check failed")
