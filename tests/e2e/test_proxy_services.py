@@ -21,6 +21,7 @@ import pytest
 import requests
 
 from runpod_manager.config import PodConfig
+from runpod_manager.keys import KeyStore
 from runpod_manager.paths import Paths, resolve_paths
 from tests.support.proxy_fakes import (
     FakeController,
@@ -264,6 +265,70 @@ def test_keys_protect_routed_paths_and_listen_ports(service: ServiceFake, chat_u
             assert allowed.status_code == 200
         # The proxy's key is the proxy's: it never reaches the service.
         assert all(CLIENT_KEY not in json.dumps(seen.headers) for seen in service.requests)
+
+
+def test_team_keys_scope_routed_paths_sockets_and_jobs_which_run_as_the_key_that_sent_them(
+        service: ServiceFake, chat_upstream: FakeUpstream, paths: Paths) -> None:
+    store = KeyStore(paths.keys_file)
+    artist = store.create("artist", pods=("comfy",), now=0).token
+    coder = store.create("coder", pods=("chat",), now=0).token
+    admin = store.create("boss", role="admin", now=0).token
+
+    def auth(token: str) -> dict[str, str]:
+        return {"Authorization": f"Bearer {token}"}
+
+    controller = controller_for(service, chat_upstream, asleep=True, hold=True)
+    service.reset()
+    with running_proxy(proxy_config(comfy_pod()), controller, paths) as proxy:
+        # A key scoped elsewhere is refused by path, by socket and as a job, and nothing wakes for it.
+        denied = requests.get(f"{proxy.url}/pods/comfy/health", headers=auth(coder), timeout=TIMEOUT)
+        assert denied.status_code == 403 and error_of(denied)["code"] == "pod_not_allowed"
+        assert "'coder' may not use pod 'comfy'" in error_of(denied)["message"]
+
+        async def socket_refused() -> int:
+            async with aiohttp.ClientSession() as session:
+                try:
+                    async with session.ws_connect(f"{proxy.url.replace('http', 'ws')}/pods/comfy/ws",
+                                                  headers=auth(coder)):
+                        return 101
+                except aiohttp.WSServerHandshakeError as exc:
+                    return exc.status
+
+        assert asyncio.run(socket_refused()) == 403
+        refused_job = requests.post(f"{proxy.url}/pods/comfy/prompt", json={}, timeout=TIMEOUT,
+                                    headers={"Prefer": "respond-async", **auth(coder)})
+        assert refused_job.status_code == 403 and error_of(refused_job)["code"] == "pod_not_allowed"
+        assert controller.pods["comfy"].wake_calls == 0 and not service.requests
+
+        # The artist's jobs: theirs and the admin's to read, nobody else's (404, as if there were none).
+        first = requests.post(f"{proxy.url}/pods/comfy/prompt", json={"n": 1}, timeout=TIMEOUT,
+                              headers={"Prefer": "respond-async", **auth(artist)}).json()
+        second = requests.post(f"{proxy.url}/pods/comfy/prompt", json={"n": 2}, timeout=TIMEOUT,
+                               headers={"Prefer": "respond-async", **auth(artist)}).json()
+        assert first["owner"] == "artist"
+        job_url = f"{proxy.url}/rpm/v1/jobs/{second['id']}"
+        assert requests.get(job_url, headers=auth(coder), timeout=TIMEOUT).status_code == 404
+        assert requests.delete(job_url, headers=auth(coder), timeout=TIMEOUT).status_code == 404
+        assert requests.get(job_url, headers=auth(admin), timeout=TIMEOUT).json()["state"] == "queued"
+        assert controller.pods["comfy"].wake_started.wait(TIMEOUT)  # the first job's replay woke the pod
+
+        # Revoked while its second job waits: that job runs as the key is now, so it fails, unsent.
+        store.revoke("artist", now=1)
+        assert wait_until(lambda: requests.get(f"{proxy.url}/rpm/v1/usage", headers=auth(artist),
+                                               timeout=TIMEOUT).status_code == 401, timeout=TIMEOUT)
+        controller.pods["comfy"].release_wake.set()
+
+        def finished(job_id: str) -> dict[str, Any]:
+            return dict(requests.get(f"{proxy.url}/rpm/v1/jobs/{job_id}", headers=auth(admin),
+                                     timeout=TIMEOUT).json())
+
+        assert wait_until(lambda: finished(second["id"])["state"] == "failed", TIMEOUT)
+        assert "'artist' that submitted this job has been revoked" in finished(second["id"])["error"]["message"]
+        assert finished(first["id"])["state"] == "done"  # its replay had passed before the revocation
+        prompts = [seen for seen in service.requests if seen.path_qs == "/prompt"]
+        assert len(prompts) == 1 and prompts[0].headers["Content-Length"] == str(len(b'{"n": 1}'))
+        assert not {name.lower() for name in prompts[0].headers} & {"x-rpm-job-token", "x-rpm-job-owner",
+                                                                   "authorization"}
 
 
 # --------------------------------------------------------------------------------------------- WebSockets
