@@ -218,7 +218,7 @@ class ProxyState:
         self.jobs = JobRunner(
             JobStore(paths.jobs_dir, max_count=proxy.jobs_max_count, max_bytes=proxy.jobs_max_bytes,
                      ttl_seconds=proxy.jobs_result_ttl_seconds),
-            concurrency=proxy.jobs_concurrency, max_body_bytes=proxy.max_body_bytes,
+            concurrency=proxy.jobs_concurrency, body_limit=lambda path: job_body_limit(self, path),
             resolve=lambda method, path, body, content_type: job_pod(self, method, path, body, content_type),
             pod_waking=self._pod_waking, full_retry_after_seconds=queue_full_retry_after_seconds)
         self.in_flight = 0  # read by the in-flight gauge at scrape time (no lock per request)
@@ -784,6 +784,15 @@ def target_group(state: ProxyState, path: str, facts: RequestFacts) -> PodGroup:
     if target is None:
         return _route(state, facts)
     return state.group_by_route[target.route.name]
+
+
+def job_body_limit(state: ProxyState, path: str) -> int:
+    """The largest body a job to `path` may carry: the same as a direct request's to that route."""
+    target = path_target(state, path)  # 404 for a pod that is not here, before any of the body is read
+    if target is None:
+        return state.config.proxy.max_body_bytes
+    pod = state.config.pod_named(target.route.name)
+    return pod.body_limit_bytes if pod is not None and pod.is_http else state.config.proxy.max_body_bytes
 
 
 def job_pod(state: ProxyState, method: str, path: str, body: bytes | None, content_type: str) -> str:

@@ -390,12 +390,14 @@ Resolver = Callable[[str, str, bytes | None, str], str]
 class JobRunner:
     """Submits, runs and answers for jobs, on the proxy's loop."""
 
-    def __init__(self, store: JobStore, *, concurrency: int, max_body_bytes: int, resolve: Resolver,
+    def __init__(self, store: JobStore, *, concurrency: int, body_limit: Callable[[str], int], resolve: Resolver,
                  pod_waking: Callable[[str], bool], full_retry_after_seconds: float = 5.0,
                  sleep: Callable[[float], Any] = asyncio.sleep) -> None:
         self.store = store
         self.concurrency = concurrency
-        self.max_body_bytes = max_body_bytes
+        # A path's largest body: a job takes what a direct request to the same route takes ([proxy]
+        # max_body_bytes for /v1, an http pod's own max_body_bytes under /pods/), within jobs_max_bytes.
+        self.body_limit = body_limit
         self.full_retry_after_seconds = full_retry_after_seconds
         self._resolve = resolve
         self._pod_waking = pod_waking
@@ -474,17 +476,18 @@ class JobRunner:
         store = self.store
         store.purge_expired()
         declared = request.content_length
-        if declared is not None and declared > self.max_body_bytes:
-            raise _too_large(self.max_body_bytes)
+        limit = self.body_limit(request.path)
+        if declared is not None and declared > limit:
+            raise _too_large(limit)
         self._check_room(declared or 0)
         job_id = new_job_id()
         body_path = store.body_path(job_id)
         self._spooling_count += 1
         try:
-            received = await self._spool(request, body_path)
+            received = await self._spool(request, body_path, limit)
             small = None
-            if received <= self.max_body_bytes and request.path.startswith("/v1/"):
-                small = body_path.read_bytes()  # /v1 routes by the body's model; max_body_bytes bounds it
+            if request.path.startswith("/v1/"):
+                small = body_path.read_bytes()  # /v1 routes by the body's model; [proxy] max_body_bytes bounds it
             pod = self._resolve(request.method, request.path, small, request.headers.get("Content-Type", ""))
             check_scope(principal, pod, None)  # its model, if any, is checked when it runs
             job = store.add(job_id, pod=pod, method=request.method, path=request.raw_path,
@@ -513,8 +516,8 @@ class JobRunner:
                              code="jobs_full", retry_after_seconds=self.full_retry_after_seconds,
                              should_retry=True) from None
 
-    async def _spool(self, request: web.Request, path: Path) -> int:
-        """Write the body to a 0600 file as it arrives; its size. 413 past max_body_bytes, 503 past the store."""
+    async def _spool(self, request: web.Request, path: Path, limit: int) -> int:
+        """Write the body to a 0600 file as it arrives; its size. 413 past `limit`, 503 past the store."""
         received = 0
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o600)
         try:
@@ -524,8 +527,8 @@ class JobRunner:
                 async for chunk in request.content.iter_chunked(_CHUNK_BYTES):
                     received += len(chunk)
                     self._spooling_bytes += len(chunk)
-                    if received > self.max_body_bytes:
-                        raise _too_large(self.max_body_bytes)
+                    if received > limit:
+                        raise _too_large(limit)
                     if request.content_length is None:
                         self._check_room(0, spooling=True)  # a chunked body is counted as it comes
                     handle.write(chunk)
@@ -676,7 +679,8 @@ def _shown(job_id: str) -> str:
 
 
 def _too_large(limit: int) -> ProxyError:
-    return ProxyError(413, f"the request body is larger than [proxy] max_body_bytes = {limit}",
+    return ProxyError(413, f"the request body is larger than {limit} bytes, the most this route takes ([proxy] "
+                      "max_body_bytes; an http pod's own max_body_bytes under /pods/)",
                       code="body_too_large", should_retry=False)
 
 

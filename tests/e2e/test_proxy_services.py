@@ -267,6 +267,28 @@ def test_keys_protect_routed_paths_and_listen_ports(service: ServiceFake, chat_u
         assert all(CLIENT_KEY not in json.dumps(seen.headers) for seen in service.requests)
 
 
+def test_a_job_to_an_http_pod_takes_the_pods_body_limit_not_the_v1_one(
+        service: ServiceFake, chat_upstream: FakeUpstream, paths: Paths) -> None:
+    # [proxy] max_body_bytes (4 KiB) bounds /v1 bodies; the http pod takes 1 MiB uploads, as jobs too.
+    config = proxy_config(comfy_pod(max_body_bytes=1024 * 1024), max_body_bytes=4096)
+    service.reset()
+    with running_proxy(config, controller_for(service, chat_upstream), paths) as proxy:
+        body, digest = upload_digest(256 * 1024)
+        accepted = requests.post(f"{proxy.url}/pods/comfy/upload", data=body, timeout=TIMEOUT,
+                                 headers={"Prefer": "respond-async"})
+        assert accepted.status_code == 202, accepted.text
+        job_url = f"{proxy.url}/rpm/v1/jobs/{accepted.json()['id']}"
+        assert wait_until(lambda: requests.get(job_url, timeout=TIMEOUT).json()["state"] == "done", TIMEOUT)
+        result = requests.get(job_url + "/result", timeout=TIMEOUT).json()
+        assert (result["sha256"], result["bytes"]) == (digest, 256 * 1024)
+        too_big = requests.post(f"{proxy.url}/pods/comfy/upload", data=b"x" * (1024 * 1024 + 1), timeout=TIMEOUT,
+                                headers={"Prefer": "respond-async"})
+        assert too_big.status_code == 413 and error_of(too_big)["code"] == "body_too_large"
+        on_v1 = requests.post(f"{proxy.url}/v1/chat/completions", data=b"{" + b" " * 8192 + b"}", timeout=TIMEOUT,
+                              headers={"Prefer": "respond-async", "Content-Type": "application/json"})
+        assert on_v1.status_code == 413
+
+
 def test_team_keys_scope_routed_paths_sockets_and_jobs_which_run_as_the_key_that_sent_them(
         service: ServiceFake, chat_upstream: FakeUpstream, paths: Paths) -> None:
     store = KeyStore(paths.keys_file)
