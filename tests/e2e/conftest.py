@@ -17,10 +17,25 @@ def sandbox_flags() -> list[str]:
     return []
 
 
-@pytest.fixture
-def sandbox(sandbox_flags: list[str]) -> Iterator[Sandbox]:
-    with run_sandbox(*sandbox_flags) as running:
+@pytest.fixture(scope="module")
+def shared_sandbox() -> Iterator[Sandbox]:
+    """One default emulator per module: starting a subprocess per test was most of many e2e tests' time."""
+    with run_sandbox() as running:
         yield running
+
+
+@pytest.fixture
+def sandbox(sandbox_flags: list[str], request: pytest.FixtureRequest) -> Iterator[Sandbox]:
+    """The module's emulator reset to its starting world (no pods, spend, calls or faults), or, for a test
+    with its own flags, a fresh emulator of its own: a flag such as `--seed` promises a world from its start."""
+    if sandbox_flags:
+        with run_sandbox(*sandbox_flags) as running:
+            yield running
+        return
+    shared: Sandbox = request.getfixturevalue("shared_sandbox")
+    assert shared.process.poll() is None, "the module's sandbox exited during an earlier test"
+    shared.control("reset", {})
+    yield shared
 
 
 @pytest.fixture
