@@ -43,8 +43,13 @@ def rpm(sandbox: Sandbox, isolated_home: Path, tmp_path: Path) -> Iterator[Rpm]:
     cli = Rpm(home=isolated_home, sandbox=sandbox, config_path=tmp_path / "pod_config.toml")
     cli.write_config()
     yield cli
-    # Never leave a proxy behind, whatever the test did.
-    cli.run("shutdown", timeout=30)
+    # Never leave a proxy behind, whatever the test did. Without one, the sandbox's reset (or its exit) ends
+    # the test's pods, so the `rpm shutdown` subprocess is spent only where a proxy could outlive the test.
+    from runpod_manager.paths import resolve_paths
+    from runpod_manager.proxy.process import find_proxies
+
+    if find_proxies(resolve_paths(cli.env()), scan=True):
+        cli.run("shutdown", timeout=30)
 
 
 @pytest.fixture(scope="module")
