@@ -40,7 +40,10 @@ def compile_package() -> None:
 
 
 def start(session: pytest.Session) -> None:
-    """Start mypy in the background when the run includes its test (not for a run of other tests)."""
+    """Start mypy in the background when the run includes its test (not for a run of other tests). Under
+    pytest-xdist every worker collects every test, so there the test starts mypy itself when it runs."""
+    if hasattr(session.config, "workerinput"):
+        return
     if any(item.nodeid == MYPY_TEST for item in session.items) and _find_mypy() is not None:
         session.config.stash[_MYPY] = _spawn()
 
