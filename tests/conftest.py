@@ -22,3 +22,16 @@ def isolated_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("RPM_HOME", str(home))
     monkeypatch.chdir(tmp_path)
     return home
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    from tests.support import early
+
+    early.compile_package()
+    early.start(session)
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    from tests.support import early
+
+    early.stop(config)

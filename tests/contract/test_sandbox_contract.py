@@ -148,6 +148,12 @@ def test_logs_stream_as_server_sent_events_with_tail_since_and_last_event_id(api
     api.wait_status(pod["id"], "RUNNING")
     logs = f"/v2/pods/{pod['id']}/logs"
     template = "/v2/pods/{id}/logs"
+    # The model's "loaded" line follows RUNNING by model_load_seconds: wait for it, or on a loaded machine it
+    # can land between the two reads below and the Last-Event-ID read would rightly include it.
+    deadline = time.monotonic() + 10
+    while "loaded; serving" not in api.call("GET", logs + "?tail=5000", 200, template=template).text:
+        assert time.monotonic() < deadline, "the emulated model never logged that it loaded"
+        time.sleep(0.02)
     every = api.call("GET", logs + "?tail=5000", 200, template=template)
     assert every.headers["Cache-Control"] == "no-cache" and every.headers["X-Accel-Buffering"] == "no"
     events = [e for e in every.text.split("\n\n") if e]

@@ -17,10 +17,25 @@ def sandbox_flags() -> list[str]:
     return []
 
 
-@pytest.fixture
-def sandbox(sandbox_flags: list[str]) -> Iterator[Sandbox]:
-    with run_sandbox(*sandbox_flags) as running:
+@pytest.fixture(scope="module")
+def shared_sandbox() -> Iterator[Sandbox]:
+    """One default emulator per module: starting a subprocess per test was most of many e2e tests' time."""
+    with run_sandbox() as running:
         yield running
+
+
+@pytest.fixture
+def sandbox(sandbox_flags: list[str], request: pytest.FixtureRequest) -> Iterator[Sandbox]:
+    """The module's emulator reset to its starting world (no pods, spend, calls or faults), or, for a test
+    with its own flags, a fresh emulator of its own: a flag such as `--seed` promises a world from its start."""
+    if sandbox_flags:
+        with run_sandbox(*sandbox_flags) as running:
+            yield running
+        return
+    shared: Sandbox = request.getfixturevalue("shared_sandbox")
+    assert shared.process.poll() is None, "the module's sandbox exited during an earlier test"
+    shared.control("reset", {})
+    yield shared
 
 
 @pytest.fixture
@@ -28,8 +43,13 @@ def rpm(sandbox: Sandbox, isolated_home: Path, tmp_path: Path) -> Iterator[Rpm]:
     cli = Rpm(home=isolated_home, sandbox=sandbox, config_path=tmp_path / "pod_config.toml")
     cli.write_config()
     yield cli
-    # Never leave a proxy behind, whatever the test did.
-    cli.run("shutdown", timeout=30)
+    # Never leave a proxy behind, whatever the test did. Without one, the sandbox's reset (or its exit) ends
+    # the test's pods, so the `rpm shutdown` subprocess is spent only where a proxy could outlive the test.
+    from runpod_manager.paths import resolve_paths
+    from runpod_manager.proxy.process import find_proxies
+
+    if find_proxies(resolve_paths(cli.env()), scan=True):
+        cli.run("shutdown", timeout=30)
 
 
 @pytest.fixture(scope="module")

@@ -26,11 +26,18 @@ POD_KEY = "sk-pod-secret"
 AUTH = {"Authorization": f"Bearer {POD_KEY}"}
 
 
-@pytest.fixture
-def sandbox() -> Iterator[EmbeddedSandbox]:
-    with EmbeddedSandbox(provision_seconds=0.02, start_seconds=0.02, model_load_seconds=0.3,
+@pytest.fixture(scope="module")
+def module_sandbox() -> Iterator[EmbeddedSandbox]:
+    with EmbeddedSandbox(provision_seconds=0.02, start_seconds=0.02, model_load_seconds=0.02,
                          token_delay_seconds=0.0) as running:
         yield running
+
+
+@pytest.fixture
+def sandbox(module_sandbox: EmbeddedSandbox) -> EmbeddedSandbox:
+    """The module's emulator, reset to its starting world (no pods, default faults) for each test."""
+    module_sandbox.call(lambda world: world.reset())
+    return module_sandbox
 
 
 def create(sandbox: EmbeddedSandbox, args: str = f"--model {MODEL} --max-model-len 2048 --api-key {POD_KEY}",
@@ -83,6 +90,8 @@ def metric(url: str, name: str) -> float:
 
 
 def test_the_pod_url_is_502_until_the_model_loads_then_200(sandbox: EmbeddedSandbox) -> None:
+    # A load long enough to be seen: the module's emulator loads models at once so other tests need not wait.
+    assert sandbox.call(lambda world: world.faults.update({"model_load_seconds": 0.3})) == []
     url = pod_url(sandbox, create(sandbox))
     first = requests.get(url + "/v1/models", headers=AUTH, timeout=5)
     assert first.status_code == 502 and "text/html" in first.headers["Content-Type"]
