@@ -259,3 +259,42 @@ def test_an_idle_stop_closes_an_idle_open_socket_with_1001(rpm: Rpm, ports: tupl
     kind, code, reason = asyncio.run(idle_socket())
     assert (kind, code) == (aiohttp.WSMsgType.CLOSE, 1001), reason
     assert wait_until(lambda: _status_of(rpm, "comfy") == "EXITED", 10)
+
+
+def test_a_comfyui_pod_and_an_upload_service_with_jobs_wake_next_to_an_llm_pod_and_all_stop_idle(
+        rpm: Rpm, ports: tuple[int, int]) -> None:
+    """Issue #13's "done when": two http pods (ComfyUI-shaped with its listen port; a file-processing service
+    fed 202 jobs) beside an LLM pod, each woken by its first request, then all stopped when idle."""
+    proxy_port, listen_port = ports
+    write(rpm, proxy_port, listen_port, idle=1)
+    with rpm.config_path.open("a", encoding="utf-8") as config:
+        config.write('\n[pods.audio]\nkind = "http"\nimage = "acme/transcriber:1"\nport = 9000\n'
+                     'health_path = "/health"\ngpu_types = ["NVIDIA GeForce RTX 4090"]\n')
+    _start(rpm)
+    names = ("comfy", "audio", "chat")
+    assert wait_until(lambda: all(_status_of(rpm, name) == "EXITED" for name in names), 30)  # idle, unasked
+    base = f"http://127.0.0.1:{proxy_port}"
+
+    # A 20 MB file for the sleeping audio pod, as a job: 202 at once, then the pod wakes and the result stays.
+    body, digest = _chunks(20 * 1024 * 1024)
+    accepted = requests.post(f"{base}/pods/audio/upload", data=body, timeout=TIMEOUT,
+                             headers={"Prefer": "respond-async", "Content-Type": "application/octet-stream"})
+    assert accepted.status_code == 202, accepted.text
+    job = accepted.json()
+    assert (job["pod"], job["position"]) == ("audio", 1) and accepted.headers["Location"] == job["status_url"]
+
+    def job_state() -> str:
+        return str(requests.get(base + job["status_url"], timeout=TIMEOUT).json()["state"])
+
+    assert wait_until(lambda: job_state() == "done", 60)
+    result = requests.get(base + job["result_url"], timeout=TIMEOUT).json()
+    assert (result["sha256"], result["bytes"]) == (digest, 20 * 1024 * 1024)
+
+    # ComfyUI's page at its own port wakes its pod; the LLM wakes for a chat; neither woke the other.
+    page = requests.get(f"http://127.0.0.1:{listen_port}/", timeout=TIMEOUT)
+    assert page.status_code == 200 and "/prompt" in page.text and "X-RPM-Cold-Start" in page.headers
+    chat = requests.post(f"{base}/v1/chat/completions", timeout=TIMEOUT, json={
+        "model": CHAT_MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4})
+    assert chat.status_code == 200 and "X-RPM-Cold-Start" in chat.headers
+    # Then, nobody asking, each stops on its own idle clock.
+    assert wait_until(lambda: all(_status_of(rpm, name) == "EXITED" for name in names), 30)
