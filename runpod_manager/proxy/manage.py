@@ -336,7 +336,8 @@ _NAMES = _nullable({"type": "array", "items": {"type": "string"}})
 _ERRORS = {
     "400": "A query parameter is invalid", "401": "No key, or an unknown, revoked or expired one",
     "403": "The key may not do this (user keys: their pods and their own usage only), or a web page asked",
-    "404": "No such pod", "409": "Refused: a limit forbids the start, or the pod is adopted (never terminated)",
+    "404": "No such pod (or job: unknown, expired, or another key's)",
+    "409": "Refused: a limit forbids the start, the pod is adopted (never terminated), or the job is running",
     "502": "RunPod refused or failed", "503": "The state is busy (retry) or the action failed",
 }
 
@@ -350,6 +351,8 @@ def _ok(description: str, schema: dict[str, Any], code: str = "200") -> dict[str
     return {code: {"description": description, "content": {"application/json": {"schema": schema}}}}
 
 
+_JOB_PARAMETER = {"name": "id", "in": "path", "required": True, "description": "The job's id, from its 202 "
+                  "(`Location`, `X-RPM-Job-Id`)", "schema": {"type": "string", "pattern": "^job_[A-Za-z0-9_-]{32}$"}}
 _NAME_PARAMETER = {"name": "name", "in": "path", "required": True, "description": "A configured pod's name, or a "
                    "replica's (`chat-r2`)", "schema": {"type": "string"}}
 
@@ -409,6 +412,27 @@ def openapi_document() -> dict[str, Any]:
                                       "properties": {"message": {"type": "string"}, "type": {"type": "string"},
                                                      "param": _nullable({"type": "string"}),
                                                      "code": _nullable({"type": "string"})}}}}
+    job_schema = {
+        "type": "object",
+        "required": ["id", "object", "state", "pod", "method", "path", "created_at", "started_at", "finished_at",
+                     "expires_at", "status_url", "result_url"],
+        "properties": {
+            "id": {"type": "string"}, "object": {"const": "rpm.job"},
+            "state": {"enum": ["queued", "waking", "running", "done", "failed"]},
+            "pod": {"type": "string"}, "method": {"type": "string"}, "path": {"type": "string"},
+            "owner": {"type": "string", "description": "the name of the key that submitted it"},
+            "position": {"type": "integer", "minimum": 1, "description": "queued: its place in its pod's queue"},
+            "created_at": _TIME, "started_at": _nullable(_TIME), "finished_at": _nullable(_TIME),
+            "expires_at": _nullable(_TIME), "status_url": {"type": "string"}, "result_url": {"type": "string"},
+            "error": {"type": "object", "required": ["message", "code"],
+                      "properties": {"message": {"type": "string"}, "code": {"type": "string"}}},
+            "response": {"type": "object", "required": ["status", "headers", "bytes"],
+                         "properties": {"status": {"type": "integer"},
+                                        "headers": {"type": "object", "additionalProperties": {"type": "string"}},
+                                        "bytes": {"type": "integer"},
+                                        "body": {"description": "the body, when it is JSON and small"}}},
+        },
+    }
     return {
         "openapi": "3.1.0",
         "info": {"title": "rpm management API", "version": __version__,
@@ -419,7 +443,8 @@ def openapi_document() -> dict[str, Any]:
         "servers": [{"url": "/"}],
         "components": {
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
-            "schemas": {"Pod": pod_schema, "KeyLimits": limits, "Usage": usage, "Key": key, "Error": error,
+            "schemas": {"Job": job_schema, "Pod": pod_schema, "KeyLimits": limits, "Usage": usage, "Key": key,
+                        "Error": error,
                         "PodAction": {"type": "object", "required": ["action", "pod"],
                                       "properties": {"action": {"enum": ["start", "stop", "terminate"]},
                                                      "pod": _ref("Pod")}}},
@@ -480,6 +505,31 @@ def openapi_document() -> dict[str, Any]:
                         "more": {"type": "boolean"}, "complete": {"type": "boolean"},
                         "next_since": _nullable({"type": "string"})}}),
                     **_error_responses("400", "401", "403")}}},
+            f"{PREFIX}/jobs/{{id}}": {
+                "get": {"operationId": "get_job", "summary": "Read a job", "tags": ["jobs"],
+                        "description": "A job made by sending any routed request (`/v1/…`, `/pods/<name>/…`) with "
+                        "`Prefer: respond-async`: its state (queued with its position in its pod's queue, waking, "
+                        "running, done with the stored response, failed with the error). A keyed job is its "
+                        "key's (and admins') to read.",
+                        "parameters": [_JOB_PARAMETER],
+                        "responses": {**_ok("The job", _ref("Job")), **_error_responses("401", "404")}},
+                "delete": {"operationId": "delete_job", "summary": "Cancel a queued job, or drop a finished one",
+                           "tags": ["jobs"], "parameters": [_JOB_PARAMETER],
+                           "responses": {**_ok("Cancelled or deleted", {
+                               "type": "object", "required": ["id", "object", "state", "deleted"],
+                               "properties": {"id": {"type": "string"}, "object": {"const": "rpm.job"},
+                                              "state": {"enum": ["cancelled", "deleted"]},
+                                              "deleted": {"const": True}}}),
+                               **_error_responses("401", "404", "409")}}},
+            f"{PREFIX}/jobs/{{id}}/result": {"get": {
+                "operationId": "get_job_result", "summary": "The stored response of a finished job",
+                "tags": ["jobs"], "parameters": [_JOB_PARAMETER],
+                "description": "Byte for byte as the service answered (its status, headers and body; so any "
+                "status). Not finished yet: 202 with the job. Failed: 502.",
+                "responses": {"200": {"description": "The service's answer, as it gave it"},
+                              "default": {"description": "The service's answer, with its own status"},
+                              **_ok("Not finished: the job, with Retry-After", _ref("Job"), "202"),
+                              **_error_responses("401", "404", "502")}}},
             OPENAPI_PATH: {"get": {"operationId": "openapi", "summary": "This document", "tags": ["docs"],
                                    "security": [], "responses": _ok("The OpenAPI document", {"type": "object"})}},
             DOCS_PATH: {"get": {"operationId": "docs", "summary": "This document as an HTML page", "tags": ["docs"],

@@ -21,6 +21,8 @@ import requests
 from runpod_manager.config import PodConfig
 from runpod_manager.paths import Paths, resolve_paths
 from runpod_manager.proxy.jobs import INTERRUPTED
+from runpod_manager.proxy.manage import openapi_document
+from tests.support.openapi_client import CheckedClient
 from tests.support.proxy_fakes import (
     MODEL,
     UPSTREAM_KEY,
@@ -60,8 +62,13 @@ def submit(url: str, body: Any = None, *, path: str = "/v1/chat/completions", he
                          headers={**ASYNC, **(headers or {})}, **kwargs)
 
 
-def status(url: str, job_id: str, **kwargs: Any) -> dict[str, Any]:
-    reply = requests.get(f"{url}/rpm/v1/jobs/{job_id}", timeout=TIMEOUT, **kwargs)
+def checked(url: str) -> CheckedClient:
+    """A client that fails any jobs call whose answer the /rpm/v1 OpenAPI document does not describe."""
+    return CheckedClient(url, openapi_document())
+
+
+def status(url: str, job_id: str, headers: dict[str, str] | None = None) -> dict[str, Any]:
+    reply = checked(url).get(f"/rpm/v1/jobs/{job_id}", headers=headers)
     assert reply.status_code == 200, reply.text
     return dict(reply.json())
 
@@ -101,7 +108,7 @@ def test_a_job_for_a_sleeping_pod_is_accepted_at_once_wakes_it_and_keeps_its_res
                                                                                                 ("queued", 2)]
         pod = requests.get(f"{proxy.url}/rpm/v1/pods/default", timeout=TIMEOUT).json()
         assert (pod["jobs_queued"], pod["jobs_running"]) == (2, 1) and pod["oldest_job_wait_seconds"] >= 0
-        still = requests.get(f"{proxy.url}/rpm/v1/jobs/{job['id']}/result", timeout=TIMEOUT)
+        still = checked(proxy.url).get(f"/rpm/v1/jobs/{job['id']}/result")
         assert still.status_code == 202 and still.headers["Retry-After"] == "1"
 
         controller.release_wake.set()
@@ -155,11 +162,11 @@ def test_cancel_a_queued_job_409_for_a_running_one_404_for_unknown_ids(upstream:
         queued = submit(proxy.url, chat("cancelled")).json()
         assert wait_until(lambda: state_of(proxy.url, running["id"]) == "waking", TIMEOUT)
 
-        cancelled = requests.delete(f"{proxy.url}/rpm/v1/jobs/{queued['id']}", timeout=TIMEOUT)
+        cancelled = checked(proxy.url).call("DELETE", f"/rpm/v1/jobs/{queued['id']}")
         assert cancelled.status_code == 200 and cancelled.json()["state"] == "cancelled"
-        gone = requests.get(f"{proxy.url}/rpm/v1/jobs/{queued['id']}", timeout=TIMEOUT)
+        gone = checked(proxy.url).get(f"/rpm/v1/jobs/{queued['id']}")
         assert gone.status_code == 404 and error_of(gone)["code"] == "job_not_found"
-        busy = requests.delete(f"{proxy.url}/rpm/v1/jobs/{running['id']}", timeout=TIMEOUT)
+        busy = checked(proxy.url).call("DELETE", f"/rpm/v1/jobs/{running['id']}")
         assert busy.status_code == 409 and error_of(busy)["code"] == "job_running"
         for unknown in ("job_" + "A" * 32, "nonsense", "..%2F..%2Fpod_state.json"):
             for method in ("GET", "DELETE"):
@@ -168,9 +175,9 @@ def test_cancel_a_queued_job_409_for_a_running_one_404_for_unknown_ids(upstream:
 
         controller.release_wake.set()
         assert wait_until(lambda: state_of(proxy.url, running["id"]) == "done", TIMEOUT)
-        deleted = requests.delete(f"{proxy.url}/rpm/v1/jobs/{running['id']}", timeout=TIMEOUT)
+        deleted = checked(proxy.url).call("DELETE", f"/rpm/v1/jobs/{running['id']}")
         assert deleted.status_code == 200 and deleted.json()["state"] == "deleted"
-        assert requests.get(f"{proxy.url}/rpm/v1/jobs/{running['id']}", timeout=TIMEOUT).status_code == 404
+        assert checked(proxy.url).get(f"/rpm/v1/jobs/{running['id']}").status_code == 404
         assert prompts_seen(upstream) == ["running"]
     assert [path.name for path in paths.jobs_dir.iterdir() if path.name.startswith("job_")] == []
 
