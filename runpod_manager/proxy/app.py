@@ -852,6 +852,9 @@ async def _handle_models(request: web.Request, state: ProxyState) -> web.StreamR
     costs one attempt, then the local answer, which is as good.
     """
     exchange = request[EXCHANGE]
+    principal = request.get(PRINCIPAL)
+    if principal is not None and (principal.pods is not None or principal.models is not None):
+        return _scoped_models(state, exchange, principal)
     if not state.models_passthrough:
         asked = await asyncio.gather(*(_ask_models(request, state, group) for group in state.model_groups))
         live = {group.name for group, answered in zip(state.model_groups, asked, strict=True) if answered}
@@ -954,6 +957,16 @@ def _local_models(state: ProxyState, exchange: Exchange, live: frozenset[str] | 
         body = json.dumps(document).encode()
     return web.Response(body=body, content_type="application/json",
                         headers={"X-RPM-Cache": "bypass", "X-RPM-Models": source})
+
+
+def _scoped_models(state: ProxyState, exchange: Exchange, principal: Principal) -> web.Response:
+    """The list a scoped key sees: the names it may send, of the pods it may use (an editor offers only what
+    will work); from what the proxy knows, never asking a pod."""
+    exchange.cache = "local"
+    data = [entry for group in state.model_groups if principal.may_use_pod(group.name)
+            for entry in _group_entries(state, group)[0] if principal.may_use_model(str(entry.get("id")))]
+    return web.Response(body=json.dumps({"object": "list", "data": data}).encode(), content_type="application/json",
+                        headers={"X-RPM-Cache": "bypass", "X-RPM-Models": f"scoped to the key {principal.name}"})
 
 
 def _local_model(state: ProxyState, exchange: Exchange, model_id: str) -> web.Response:

@@ -94,6 +94,25 @@ def test_scoped_keys_reach_only_their_pods_and_models_and_a_refusal_wakes_nothin
         assert requests.get(f"{proxy.url}/health", timeout=READ_TIMEOUT).status_code == 200
 
 
+def test_a_scoped_key_lists_only_the_models_it_may_use(upstream: FakeUpstream, paths: Paths) -> None:
+    store = KeyStore(paths.keys_file)
+    other_only = store.create("script", pods=("other",), now=0).token
+    alias_only = store.create("fast-only", models=("fast",), now=0).token
+    everything = store.create("admin", role="admin", now=0).token
+    config, controller = two_pods(upstream)
+    with running_proxy(config, controller, paths) as proxy:
+        def listed(token: str) -> list[str]:
+            reply = requests.get(f"{proxy.url}/v1/models", headers={"Authorization": f"Bearer {token}"},
+                                 timeout=READ_TIMEOUT)
+            assert reply.status_code == 200, reply.text
+            return sorted(entry["id"] for entry in reply.json()["data"])
+
+        assert listed(other_only) == [OTHER]
+        assert listed(alias_only) == ["fast"]
+        assert set(listed(everything)) >= {MODEL, "fast", OTHER}
+        assert controller.pods["other"].wake_calls == 0
+
+
 def test_a_revoked_key_is_refused_within_a_second_without_a_restart(upstream: FakeUpstream, paths: Paths) -> None:
     store = KeyStore(paths.keys_file)
     token = store.create("leaving", limits=KeyLimits(), now=0).token
