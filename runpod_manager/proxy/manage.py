@@ -85,6 +85,25 @@ def _may_see(principal: Principal | None, group: str) -> bool:
     return principal is None or principal.is_admin or principal.may_use_pod(group)
 
 
+# A script polling `GET /rpm/v1/pods` every few seconds must not flood the event log, which `rpm report` reads
+# for each pod's billed stretches (its files rotate by size): a key's successful reads of one thing are one
+# line per READ_LOG_SECONDS, the calls folded into it counted (`repeated`). Changes and refusals: every one.
+READ_LOG_SECONDS = 60.0
+READS = web.AppKey("rpm_manage_reads", dict)
+
+
+def _fold_read(reads: dict[tuple[str, str, str | None], list[float]], what: tuple[str, str, str | None]
+               ) -> int | None:
+    """None: fold this read into the next line; else write one now, with the reads folded since the last."""
+    now = time.monotonic()
+    seen = reads.get(what)
+    if seen is not None and now - seen[0] < READ_LOG_SECONDS:
+        seen[1] += 1
+        return None
+    reads[what] = [now, 0.0]
+    return 0 if seen is None else int(seen[1])
+
+
 def managed(action: str, *, admin: bool) -> Callable[[Handler], Handler]:
     """A management handler: the role check (admin-only actions) and the event log line, whatever happens."""
 
@@ -102,10 +121,16 @@ def managed(action: str, *, admin: bool) -> Callable[[Handler], Handler]:
                 status, code = exc.status, exc.code
                 raise
             finally:
-                request.app[STATE].events.write(
-                    "api_call", action=action, key=NO_KEY_NAME if principal is None else principal.name,
-                    role=None if principal is None else principal.role, method=request.method,
-                    pod=request.match_info.get("name"), status=status, error=code or None)
+                name = NO_KEY_NAME if principal is None else principal.name
+                pod = request.match_info.get("name")
+                folded: int | None = 0
+                if request.method == "GET" and status < 400:
+                    folded = _fold_read(request.app[READS], (name, action, pod))
+                if folded is not None:
+                    request.app[STATE].events.write(
+                        "api_call", action=action, key=name, role=None if principal is None else principal.role,
+                        method=request.method, pod=pod, status=status, error=code or None,
+                        **({"repeated": folded} if folded else {}))
 
         run.__doc__ = handler.__doc__
         return run
@@ -319,6 +344,7 @@ ROUTES: tuple[tuple[str, str, Handler], ...] = (
 
 
 def add_routes(app: web.Application) -> None:
+    app[READS] = {}
     for method, path, handler in ROUTES:
         app.router.add_route(method, path, handler)
 

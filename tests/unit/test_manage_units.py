@@ -6,6 +6,8 @@ import json
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import pytest
+
 from runpod_manager import events
 from runpod_manager.events import EventLog
 from runpod_manager.keys import KeyLimits, KeyRecord, KeyUsage, UsageReport, UsageRow
@@ -54,3 +56,21 @@ def test_the_dashboard_lists_each_keys_use_today_escaped_and_without_secrets() -
     page = _keys_html(rows)
     assert "dev&lt;b&gt;" in page and "<b>" not in page and "d" * 64 not in page
     assert _keys_html(_key_rows(None)) == ""
+
+
+def test_a_keys_repeated_reads_are_one_event_line_a_minute_with_the_reads_folded_in(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from runpod_manager.proxy import manage
+
+    now = [1000.0]
+    monkeypatch.setattr(manage.time, "monotonic", lambda: now[0])
+    reads: dict[tuple[str, str, str | None], list[float]] = {}
+    polled = ("script", "list pods", None)
+    assert manage._fold_read(reads, polled) == 0  # the first read is written
+    for _ in range(11):  # a poll every 5 s for the rest of the minute: folded
+        now[0] += 5
+        assert manage._fold_read(reads, polled) is None
+    assert manage._fold_read(reads, ("admin", "list pods", None)) == 0  # another key: its own line
+    now[0] += 5  # a minute after the first line: written, counting the 11 folded into it
+    assert manage._fold_read(reads, polled) == 11
+    assert manage._fold_read(reads, polled) is None
