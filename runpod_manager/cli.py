@@ -159,7 +159,8 @@ def start(
     as_json: JsonOpt = False,
     verbose: VerboseOpt = False,
 ) -> int:
-    """Open a lease and start the pod (create or resume); wait until the model answers.
+    """Open a lease and start the pod (create or resume); wait until it answers (its model server, or an
+    http pod's health_path).
 
     The proxy's port and bind are checked and the key is read before a lease opens. On a non-zero exit the
     lease is closed and nothing runs, unless the message says the pod is still coming up (not ready in

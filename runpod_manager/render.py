@@ -262,7 +262,7 @@ def show_fleet_status(r: Renderer, fleet: FleetStatus) -> None:
         if result.routes:
             r.line(f"pod {escape(result.config_name)} (http): {' · '.join(result.routes)}")
         if result.public_url_open:
-            r.line(f"[yellow]![/] pod {escape(result.config_name)}: {PUBLIC_URL_WARNING}")
+            r.line(f"[yellow]![/] pod {escape(result.config_name)}: {escape(PUBLIC_URL_WARNING)}")
     for name in fleet.unconfigured:
         r.line(f"[yellow]![/] pod {escape(name)} is in state but no longer in the config; "
                "`rpm shutdown --all` ends it")
@@ -332,7 +332,7 @@ def show_status(r: Renderer, result: StatusResult) -> None:
     if result.routes:
         grid.add_row("service", " · ".join(result.routes))
     if result.public_url_open:
-        grid.add_row("[yellow]![/] public", PUBLIC_URL_WARNING)
+        grid.add_row("[yellow]![/] public", escape(PUBLIC_URL_WARNING))
     if record.last_action:
         grid.add_row("last action", f"{record.last_action}: {escape(record.last_reason or '')}")
     r.out.print(grid)

@@ -220,7 +220,7 @@ def test_websocket_echo_progress_and_the_listen_port_next_to_an_llm_pod(rpm: Rpm
     assert comfy["kind"] == "http" and comfy["public_url_open"] is True
     assert f"http://127.0.0.1:{proxy_port}/pods/comfy/" in comfy["routes"]
     human = rpm.run("status").stdout
-    assert "answers without any key" in human
+    assert "answers without any key" in human and "([pods.<name>] headers sends one)" in human
 
 
 def test_a_limit_closes_open_sockets_with_1001(rpm: Rpm, ports: tuple[int, int]) -> None:
