@@ -102,6 +102,38 @@ def make_gateway_keys(home: str) -> str:
     return store.create("bench", limits=limits, now=time.time()).token
 
 
+def run_bare_proxy(port: int, upstream: str) -> None:
+    """The floor of any aiohttp proxy: an aiohttp server whose one handler reads the body, sends it with an
+    aiohttp client session and returns the answer (no auth, routing, metrics, log, streaming or error
+    handling), on the same event loop rpm's proxy picks. What rpm costs above it is rpm's own work."""
+    from aiohttp import web
+
+    from runpod_manager.proxy.server import loop_factory
+
+    async def forward(request: web.Request) -> web.Response:
+        session: aiohttp.ClientSession = request.app["session"]
+        async with session.post(upstream + request.path, data=await request.read(),
+                                headers={"Content-Type": "application/json"}) as reply:
+            return web.Response(body=await reply.read(), status=reply.status,
+                                content_type=reply.content_type)
+
+    async def main() -> None:
+        app = web.Application()
+        app["session"] = aiohttp.ClientSession()
+        app.router.add_post("/v1/chat/completions", forward)
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        await web.TCPSite(runner, "127.0.0.1", port).start()
+        stop = asyncio.Event()
+        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+        await stop.wait()
+        await app["session"].close()
+        await runner.cleanup()
+
+    with asyncio.Runner(loop_factory=loop_factory()) as runner:
+        runner.run(main())
+
+
 def run_rpm_proxy(port: int, upstream: str, cache_dir: str, gateway: bool = False) -> None:
     """rpm's real proxy in front of a fixed target, with its request log on, as `rpm proxy` runs it.
 
@@ -114,10 +146,7 @@ def run_rpm_proxy(port: int, upstream: str, cache_dir: str, gateway: bool = Fals
     from runpod_manager.proxy.controller import PodView, UpstreamTarget
     from runpod_manager.proxy.server import configure_proxy_logging, run_proxy
 
-    if os.environ.get("RPM_BENCH_UVLOOP") == "1":
-        import uvloop
-
-        uvloop.install()  # bench knob only: measures what the event loop alone changes (see BENCHMARKS.md)
+    use_uvloop = os.environ.get("RPM_BENCH_ASYNCIO_LOOP") != "1"  # the A/B of uvloop in one run
     pods = ((PodConfig(name="default", model=MODEL), PodConfig(name="other", model=OTHER_MODEL),
              PodConfig(name="svc", kind="http")) if gateway else (PodConfig(model=MODEL),))
     target = UpstreamTarget("pod-bench", upstream, "bench-upstream-key")
@@ -150,8 +179,18 @@ def run_rpm_proxy(port: int, upstream: str, cache_dir: str, gateway: bool = Fals
                     cache=CacheConfig(enabled=bool(cache_dir), dir=cache_dir))
     paths = resolve_paths()
     close_log = configure_proxy_logging(paths, level=logging.INFO)
+    profile_to = os.environ.get("RPM_BENCH_PROFILE")  # a file: cProfile of the proxy, timed in CPU time
     try:
-        run_proxy(config, FixedPod(), paths)
+        if profile_to:
+            import cProfile
+
+            profiler = cProfile.Profile(time.process_time)
+            try:
+                profiler.runcall(run_proxy, config, FixedPod(), paths, use_uvloop=use_uvloop)
+            finally:
+                profiler.dump_stats(profile_to)
+        else:
+            run_proxy(config, FixedPod(), paths, use_uvloop=use_uvloop)
     finally:
         close_log()
 
@@ -618,8 +657,10 @@ def litellm_proxy(port: int, upstream: str) -> Iterator[int | str]:
     home = tempfile.mkdtemp(prefix="rpm-bench-litellm-")
     conf = Path(home, "config.yaml")
     conf.write_text(LITELLM_CONF.format(model=MODEL, upstream=upstream))
+    # No master key (LiteLLM then asks no auth: it does less per request than rpm's keyed path), no database,
+    # the model cost map from the package (no fetch at start-up).
     env = {**os.environ, "LITELLM_LOCAL_MODEL_COST_MAP": "True", "LITELLM_LOG": "ERROR",
-           "DISABLE_SCHEMA_UPDATE": "True"}
+           "LITELLM_DANGEROUSLY_PERMIT_WEAK_OR_UNSET_MASTER_KEY": "true"}
     env.pop("DATABASE_URL", None)
     process = subprocess.Popen([*command, "--config", str(conf), "--host", "127.0.0.1", "--port", str(port),
                                 "--num_workers", "1"], env=env, stdout=subprocess.DEVNULL,
@@ -642,6 +683,8 @@ PEERS = {"nginx": nginx_proxy, "litellm": litellm_proxy}
 def run_role(role: str, port: int, upstream: str, cache_dir: str, gateway: bool) -> None:
     if role == "upstream":
         run_upstream(port)
+    elif role == "bare":
+        run_bare_proxy(port, upstream)
     else:
         run_rpm_proxy(port, upstream, cache_dir, gateway)
 
@@ -678,7 +721,7 @@ def main() -> None:
     parser.add_argument("--only-cpu", action="store_true", help="only the proxy's CPU time per request")
     parser.add_argument("--only-latency", action="store_true",
                         help="only direct vs rpm latency and throughput (no reference: needs no [bench] extras)")
-    parser.add_argument("--role", choices=["upstream", "rpm-proxy"], help=argparse.SUPPRESS)
+    parser.add_argument("--role", choices=["upstream", "rpm-proxy", "bare"], help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--upstream", help=argparse.SUPPRESS)
     parser.add_argument("--cache-dir", default="", help=argparse.SUPPRESS)
@@ -711,7 +754,7 @@ def main() -> None:
 
     token = make_gateway_keys(home)
     rounds = 1 if args.quick else args.rounds
-    print(f"rpm's proxy runs the team gateway's whole path: {len(PEERS)} peers, keys (20, the load's with every "
+    print("rpm's proxy runs the team gateway's whole path: keys (20, the load's with every "
           "per-key limit), routing by model over 3 pods, the request log; cache off.")
     with contextlib.ExitStack() as stack:
         stack.enter_context(server([me, "--role", "upstream", "--port", str(up_port)], up_port))
@@ -721,6 +764,21 @@ def main() -> None:
                                           str(ref_port)], ref_port))
         targets: dict[str, tuple[int, int | None]] = {"direct": (up_port, None), "rpm": (rpm_port, rpm.pid),
                                                       "reference": (ref_port, ref.pid)}
+        import importlib.util
+
+        if importlib.util.find_spec("uvloop") is not None:  # the same proxy on asyncio's loop: uvloop's share
+            asyncio_port = free_port()
+            rpm_asyncio = stack.enter_context(server(
+                [me, "--role", "rpm-proxy", "--gateway", "--port", str(asyncio_port), "--upstream", upstream],
+                asyncio_port, {**env, "RPM_BENCH_ASYNCIO_LOOP": "1"}))
+            targets["rpm on asyncio's loop"] = (asyncio_port, rpm_asyncio.pid)
+            print("- rpm runs on uvloop (installed); `rpm on asyncio's loop` is the same proxy without it")
+        else:
+            print("- rpm runs on asyncio's loop (uvloop not installed: `pip install -e '.[fast]'`)")
+        bare_port = free_port()
+        bare = stack.enter_context(server([me, "--role", "bare", "--port", str(bare_port), "--upstream", upstream],
+                                          bare_port))
+        targets["bare aiohttp"] = (bare_port, bare.pid)
         for name, start in PEERS.items():
             peer_port = free_port()
             started = stack.enter_context(start(peer_port, upstream))
@@ -780,7 +838,8 @@ def main() -> None:
             print(f"| {connections} | {bucket_quantile(before_hist, after_hist, .5)} "
                   f"| {bucket_quantile(before_hist, after_hist, .99)} |")
 
-        streamed = [name for name in targets if name != "litellm"]  # LiteLLM re-encodes events: no sent_at
+        # LiteLLM re-encodes events (no sent_at left); the bare forwarder reads answers whole
+        streamed = [name for name in targets if name not in ("litellm", "bare aiohttp")]
         print(f"\n## Streams: {streams} concurrent streams × {events} events, 2 ms apart\n")
         print("Delay = receive time − the upstream's send time, per event; time to first token = request sent → "
               "first event; coalesced = events that reached the client in one read with another (LiteLLM "
