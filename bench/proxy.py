@@ -689,6 +689,38 @@ def run_role(role: str, port: int, upstream: str, cache_dir: str, gateway: bool)
         run_rpm_proxy(port, upstream, cache_dir, gateway)
 
 
+def profile_section(me: str, env: dict[str, str], total: int, out: str) -> None:
+    """cProfile (CPU time) of the gateway proxy under `total` requests at 16 connections; its shares by package."""
+    import collections
+    import pstats
+
+    home = tempfile.mkdtemp(prefix="rpm-bench-profile-")
+    token = make_gateway_keys(home)
+    up_port, rpm_port = free_port(), free_port()
+    with (server([me, "--role", "upstream", "--port", str(up_port)], up_port),
+          server([me, "--role", "rpm-proxy", "--gateway", "--port", str(rpm_port), "--upstream",
+                  f"http://127.0.0.1:{up_port}"], rpm_port, {**env, "RPM_HOME": home, "RPM_BENCH_PROFILE": out})):
+        asyncio.run(load(f"http://127.0.0.1:{rpm_port}/v1/chat/completions", 16, total, token=token))
+    shares: collections.Counter[str] = collections.Counter()
+    stats = pstats.Stats(out).stats  # type: ignore[attr-defined]
+    for (filename, _, function), (_, _, own, _, _) in stats.items():
+        if "runpod_manager/" in filename:
+            group = "rpm: " + filename.split("runpod_manager/", 1)[1]
+        elif filename == "~":
+            group = "built-in: " + function.split(" of ")[0][:40]
+        else:
+            parts = Path(filename).parts
+            group = next((part for part in ("aiohttp", "yarl", "multidict", "limits", "prometheus_client",
+                                            "asyncio", "json", "uvloop") if part in parts),
+                         Path(filename).name)
+        shares[group] += own
+    whole = sum(shares.values())
+    print(f"\n## Profile: cProfile in CPU time, {total} requests at 16 connections (`{out}`)\n")
+    print("| share (own time) | where |\n|---|---|")
+    for group, own in shares.most_common(25):
+        print(f"| {own / whole:.1%} | {group} |")
+
+
 def latency_section(me: str, env: dict[str, str], total: int) -> None:
     """Direct vs through rpm at 1 and 16 connections (for A/B runs of one change to the proxy)."""
     up_port, rpm_port = free_port(), free_port()
@@ -726,6 +758,7 @@ def main() -> None:
     parser.add_argument("--upstream", help=argparse.SUPPRESS)
     parser.add_argument("--cache-dir", default="", help=argparse.SUPPRESS)
     parser.add_argument("--gateway", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--profile", metavar="FILE", help="only: cProfile the gateway proxy under load into FILE")
     parser.add_argument("--rounds", type=int, default=3, help="alternated rounds of the latency table (medians)")
     parser.add_argument("--no-wake", action="store_true", help="skip the wrk table and the wake measurement")
     args = parser.parse_args()
@@ -744,6 +777,9 @@ def main() -> None:
     print(f"# python bench/proxy.py --requests {total}{' --quick' if args.quick else ''}")
     if args.only_wrk:
         wrk_section(me, env, 2 if args.quick else 10)
+        return
+    if args.profile:
+        profile_section(me, env, total, args.profile)
         return
     if args.only_cpu:
         cpu_section(me, env, total, 2 if args.quick else 3)
