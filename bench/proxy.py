@@ -1,21 +1,23 @@
-"""Benchmark: what rpm's proxy adds, against going direct and against a FastAPI + httpx proxy.
+"""Benchmark: what rpm's proxy adds, against going direct, nginx, LiteLLM's proxy and a FastAPI + httpx proxy.
 
 Every server runs in its own process on loopback: a minimal fast upstream (fixed JSON answers, SSE
-streams stamped with their send time), rpm's real proxy (`run_proxy`, request logging on, cache off,
-a fixed pod target so no RunPod is involved) and the reference FastAPI + httpx proxy
-(`bench/reference_proxy.py`). The load client runs in this process. The wake measurement uses the
-embedded emulator and the real `rpm start` / idle stop / wake path.
+streams stamped with their send time); rpm's real proxy as the team gateway runs it (`run_proxy`, 20 keys
+with every per-key limit on the load's key, three pods so every request is routed by its model, the request
+log on, cache off, fixed pod targets so no RunPod is involved); the same proxy on asyncio's loop when uvloop
+is installed; a bare aiohttp forwarder (the framework's floor); the reference FastAPI + httpx proxy
+(`bench/reference_proxy.py`); LiteLLM's proxy when `litellm[proxy]` is installed (here or on PATH) and nginx
+as a proxy when nginx is installed (each says "not installed" otherwise). The load client runs in this
+process. The wake measurement uses the embedded emulator and the real `rpm start` / idle stop / wake path.
 
-Reported:
-- latency p50/p99 direct, through rpm and through the reference at 1 and 16 concurrent connections,
-  rpm's added latency (through minus direct), and throughput;
-- per-event forwarding delay on streams (receive time minus the upstream's send time, minus direct);
-- cache-hit latency (rpm with the cache on, a temperature-0 request already stored);
-- wake time: request arrival → response, minus the pod's own boot (the emulator's start + model load);
-- proxy RSS idle and with 200 open streams (rpm and the reference).
+Reported (rounds alternate every target; medians of the rounds):
+- latency p50/p99, throughput and the proxy process's CPU per request at 1 and 16 connections, the added
+  latency (through minus direct) and rpm's ratios against each peer;
+- 20 concurrent streams × 100 events 2 ms apart: added delay per event p50/p99, added time to first token,
+  events coalesced on the way; and the same streams one at a time (the single-stream figure);
+- cache-hit latency; proxy RSS idle and with 200 open streams; wake time minus the pod's own boot.
 
-Run:  pip install -e '.[bench]' && python bench/proxy.py [--requests 4000] [--quick]
-      (`--only-cpu`: just the proxy's CPU time per request, the measure that contention does not blur)
+Run:  pip install -e '.[bench,fast]' && python bench/proxy.py [--requests 4000] [--rounds 3] [--quick]
+      (`--only-cpu`, `--only-latency`, `--only-wrk`: one table; `--profile FILE`: cProfile of the gateway proxy)
 (2 cores here: the client, the proxy and the upstream share them, so absolute numbers are pessimistic;
 the comparisons run under the same conditions.)
 """
