@@ -1,21 +1,23 @@
-"""Benchmark: what rpm's proxy adds, against going direct and against a FastAPI + httpx proxy.
+"""Benchmark: what rpm's proxy adds, against going direct, nginx, LiteLLM's proxy and a FastAPI + httpx proxy.
 
 Every server runs in its own process on loopback: a minimal fast upstream (fixed JSON answers, SSE
-streams stamped with their send time), rpm's real proxy (`run_proxy`, request logging on, cache off,
-a fixed pod target so no RunPod is involved) and the reference FastAPI + httpx proxy
-(`bench/reference_proxy.py`). The load client runs in this process. The wake measurement uses the
-embedded emulator and the real `rpm start` / idle stop / wake path.
+streams stamped with their send time); rpm's real proxy as the team gateway runs it (`run_proxy`, 20 keys
+with every per-key limit on the load's key, three pods so every request is routed by its model, the request
+log on, cache off, fixed pod targets so no RunPod is involved); the same proxy on asyncio's loop when uvloop
+is installed; a bare aiohttp forwarder (the framework's floor); the reference FastAPI + httpx proxy
+(`bench/reference_proxy.py`); LiteLLM's proxy when `litellm[proxy]` is installed (here or on PATH) and nginx
+as a proxy when nginx is installed (each says "not installed" otherwise). The load client runs in this
+process. The wake measurement uses the embedded emulator and the real `rpm start` / idle stop / wake path.
 
-Reported:
-- latency p50/p99 direct, through rpm and through the reference at 1 and 16 concurrent connections,
-  rpm's added latency (through minus direct), and throughput;
-- per-event forwarding delay on streams (receive time minus the upstream's send time, minus direct);
-- cache-hit latency (rpm with the cache on, a temperature-0 request already stored);
-- wake time: request arrival → response, minus the pod's own boot (the emulator's start + model load);
-- proxy RSS idle and with 200 open streams (rpm and the reference).
+Reported (rounds alternate every target; medians of the rounds):
+- latency p50/p99, throughput and the proxy process's CPU per request at 1 and 16 connections, the added
+  latency (through minus direct) and rpm's ratios against each peer;
+- 20 concurrent streams × 100 events 2 ms apart: added delay per event p50/p99, added time to first token,
+  events coalesced on the way; and the same streams one at a time (the single-stream figure);
+- cache-hit latency; proxy RSS idle and with 200 open streams; wake time minus the pod's own boot.
 
-Run:  pip install -e '.[bench]' && python bench/proxy.py [--requests 4000] [--quick]
-      (`--only-cpu`: just the proxy's CPU time per request, the measure that contention does not blur)
+Run:  pip install -e '.[bench,fast]' && python bench/proxy.py [--requests 4000] [--rounds 3] [--quick]
+      (`--only-cpu`, `--only-latency`, `--only-wrk`: one table; `--profile FILE`: cProfile of the gateway proxy)
 (2 cores here: the client, the proxy and the upstream share them, so absolute numbers are pessimistic;
 the comparisons run under the same conditions.)
 """
@@ -85,8 +87,60 @@ def run_upstream(port: int) -> None:
     web.run_app(app, host="127.0.0.1", port=port, print=None, access_log=None, handle_signals=True)
 
 
-def run_rpm_proxy(port: int, upstream: str, cache_dir: str) -> None:
-    """rpm's real proxy in front of a fixed target, logging each request as `rpm proxy` does."""
+OTHER_MODEL = "bench/other"
+
+
+def make_gateway_keys(home: str) -> str:
+    """20 team keys in `home`'s store (so the proxy authenticates every request); the token of the one the
+    load uses, which carries every per-key limit (set far above the load: every check runs, all admitted)."""
+    from runpod_manager.keys import KeyLimits, KeyStore
+    from runpod_manager.paths import resolve_paths
+
+    store = KeyStore(resolve_paths({"RPM_HOME": home}).keys_file)
+    for number in range(19):
+        store.create(f"member-{number}", pods=("default",), now=time.time())
+    limits = KeyLimits(requests_per_minute=10**9, tokens_per_minute=10**12, max_concurrent=10_000,
+                       daily_budget_usd=10.0**9)
+    return store.create("bench", limits=limits, now=time.time()).token
+
+
+def run_bare_proxy(port: int, upstream: str) -> None:
+    """The floor of any aiohttp proxy: an aiohttp server whose one handler reads the body, sends it with an
+    aiohttp client session and returns the answer (no auth, routing, metrics, log, streaming or error
+    handling), on the same event loop rpm's proxy picks. What rpm costs above it is rpm's own work."""
+    from aiohttp import web
+
+    from runpod_manager.proxy.server import loop_factory
+
+    async def forward(request: web.Request) -> web.Response:
+        session: aiohttp.ClientSession = request.app["session"]
+        async with session.post(upstream + request.path, data=await request.read(),
+                                headers={"Content-Type": "application/json"}) as reply:
+            return web.Response(body=await reply.read(), status=reply.status,
+                                content_type=reply.content_type)
+
+    async def main() -> None:
+        app = web.Application()
+        app["session"] = aiohttp.ClientSession()
+        app.router.add_post("/v1/chat/completions", forward)
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        await web.TCPSite(runner, "127.0.0.1", port).start()
+        stop = asyncio.Event()
+        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+        await stop.wait()
+        await app["session"].close()
+        await runner.cleanup()
+
+    with asyncio.Runner(loop_factory=loop_factory()) as runner:
+        runner.run(main())
+
+
+def run_rpm_proxy(port: int, upstream: str, cache_dir: str, gateway: bool = False) -> None:
+    """rpm's real proxy in front of a fixed target, with its request log on, as `rpm proxy` runs it.
+
+    `gateway`: the team gateway's whole path: three pods (two model routes and an http service, so every
+    request is routed by its model), the keys in RPM_HOME (auth, scopes and per-key limits on every request)."""
     import logging
 
     from runpod_manager.config import CacheConfig, Config, PodConfig, ProxyConfig
@@ -94,13 +148,15 @@ def run_rpm_proxy(port: int, upstream: str, cache_dir: str) -> None:
     from runpod_manager.proxy.controller import PodView, UpstreamTarget
     from runpod_manager.proxy.server import configure_proxy_logging, run_proxy
 
+    use_uvloop = os.environ.get("RPM_BENCH_ASYNCIO_LOOP") != "1"  # the A/B of uvloop in one run
+    pods = ((PodConfig(name="default", model=MODEL), PodConfig(name="other", model=OTHER_MODEL),
+             PodConfig(name="svc", kind="http")) if gateway else (PodConfig(model=MODEL),))
     target = UpstreamTarget("pod-bench", upstream, "bench-upstream-key")
+    names = tuple(pod.name for pod in pods)
 
     class FixedPod:
-        view_of = PodView(name="default", pod_id="pod-bench", status="RUNNING", ready=True, lease_open=True)
-
         def pod_names(self) -> tuple[str, ...]:
-            return ("default",)
+            return names
 
         def current_target(self, pod: str) -> UpstreamTarget:
             return target
@@ -112,21 +168,31 @@ def run_rpm_proxy(port: int, upstream: str, cache_dir: str) -> None:
             return self.views()
 
         def view(self, pod: str) -> PodView:
-            return self.view_of
+            return PodView(name=pod, pod_id="pod-bench", status="RUNNING", ready=True, lease_open=True)
 
         def views(self) -> dict[str, PodView]:
-            return {"default": self.view_of}
+            return {name: self.view(name) for name in names}
 
         def mark_unreachable(self, pod: str, pod_id: str) -> None:
             pass
 
     # [pod] model is the name the upstream serves: the proxy answers other names itself with a 404.
-    config = Config(pod=PodConfig(model=MODEL), proxy=ProxyConfig(host="127.0.0.1", port=port),
+    config = Config(pod=pods[0], pods=pods if gateway else (), proxy=ProxyConfig(host="127.0.0.1", port=port),
                     cache=CacheConfig(enabled=bool(cache_dir), dir=cache_dir))
     paths = resolve_paths()
     close_log = configure_proxy_logging(paths, level=logging.INFO)
+    profile_to = os.environ.get("RPM_BENCH_PROFILE")  # a file: cProfile of the proxy, timed in CPU time
     try:
-        run_proxy(config, FixedPod(), paths)
+        if profile_to:
+            import cProfile
+
+            profiler = cProfile.Profile(time.process_time)
+            try:
+                profiler.runcall(run_proxy, config, FixedPod(), paths, use_uvloop=use_uvloop)
+            finally:
+                profiler.dump_stats(profile_to)
+        else:
+            run_proxy(config, FixedPod(), paths, use_uvloop=use_uvloop)
     finally:
         close_log()
 
@@ -180,6 +246,17 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def tree_cpu_seconds(pid: int) -> float:
+    """cpu_seconds of a process and its direct children (nginx's workers, a server's spawned worker)."""
+    total = cpu_seconds(pid)
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            if int(fields[1]) == pid:
+                total += cpu_seconds(int(stat.parent.name))
+    return total
+
+
 def cpu_section(me: str, env: dict[str, str], total: int, rounds: int) -> None:
     """The proxy's CPU time per forwarded request. Unlike latency, contention from other processes on a shared
     machine barely moves it, so it tells a change to the hot path from noise (run it on both trees)."""
@@ -201,12 +278,13 @@ def cpu_section(me: str, env: dict[str, str], total: int, rounds: int) -> None:
             print(f"| {connections} | {rounds} | {shown} | {statistics.median(per_request) * 1e6:.0f} µs |")
 
 
-def overhead_histogram(port: int) -> dict[float, float]:
+def overhead_histogram(port: int, token: str = "bench-client") -> dict[float, float]:  # noqa: S107
     """rpm's own `rpm_proxy_overhead_seconds` buckets (le -> cumulative count) from /metrics."""
     import requests
 
     buckets: dict[float, float] = {}
-    for line in requests.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text.splitlines():
+    for line in requests.get(f"http://127.0.0.1:{port}/metrics", timeout=10,
+                              headers={"Authorization": f"Bearer {token}"}).text.splitlines():
         if line.startswith("rpm_proxy_overhead_seconds_bucket{"):
             le = line.split('le="', 1)[1].split('"', 1)[0]
             buckets[float("inf") if le == "+Inf" else float(le)] = float(line.rsplit(" ", 1)[1])
@@ -265,13 +343,14 @@ async def load(url: str, connections: int, total: int, body: dict[str, Any] = CH
     return latencies, wall
 
 
-async def stream_delays(url: str, streams: int, events: int, interval_ms: float) -> list[float]:
-    """Receive time minus the upstream's send time for every event of `streams` sequential streams."""
+async def stream_delays(url: str, streams: int, events: int, interval_ms: float, token: str) -> list[float]:
+    """Receive time minus the upstream's send time for every event of `streams` streams, one at a time."""
     body = json.dumps({**CHAT, "stream": True, "bench_events": events, "bench_interval_ms": interval_ms}).encode()
     delays: list[float] = []
     async with aiohttp.ClientSession() as session:
         for _ in range(streams):
-            async with session.post(url, data=body, headers={"Content-Type": "application/json"}) as reply:
+            async with session.post(url, data=body, headers={"Content-Type": "application/json",
+                                                             "Authorization": f"Bearer {token}"}) as reply:
                 buffer = b""
                 async for chunk in reply.content.iter_any():
                     now = time.time()
@@ -283,7 +362,47 @@ async def stream_delays(url: str, streams: int, events: int, interval_ms: float)
     return delays
 
 
-async def hold_streams(url: str, count: int, pid: int) -> float:
+async def concurrent_streams(url: str, streams: int, events: int, interval_ms: float, token: str
+                             ) -> tuple[list[float], list[float], int, int]:
+    """`streams` streams at once: every event's delay (receive time minus the upstream's send time), each
+    stream's time to first token (request sent → first event received), the events that arrived in a read
+    together with another (coalesced somewhere on the way) and the events received."""
+    body = json.dumps({**CHAT, "stream": True, "bench_events": events, "bench_interval_ms": interval_ms}).encode()
+    headers = {"Content-Type": "application/json", "Authorization": f"Bearer {token}"}
+    delays: list[float] = []
+    first_tokens: list[float] = []
+    coalesced = received = 0
+    connector = aiohttp.TCPConnector(limit=streams + 5)
+    async with aiohttp.ClientSession(connector=connector) as session:
+
+        async def one() -> None:
+            nonlocal coalesced, received
+            sent = time.perf_counter()
+            first = True
+            async with session.post(url, data=body, headers=headers) as reply:
+                if reply.status != 200:
+                    raise RuntimeError(f"{url} answered {reply.status}")
+                buffer = b""
+                async for chunk in reply.content.iter_any():
+                    now, now_perf = time.time(), time.perf_counter()
+                    buffer += chunk
+                    in_read = 0
+                    while b"\n\n" in buffer:
+                        event, buffer = buffer.split(b"\n\n", 1)
+                        if event.startswith(b"data: {"):
+                            in_read += 1
+                            delays.append(now - json.loads(event[6:])["sent_at"])
+                            if first:
+                                first_tokens.append(now_perf - sent)
+                                first = False
+                    received += in_read
+                    coalesced += in_read if in_read > 1 else 0
+
+        await asyncio.gather(*(one() for _ in range(streams)))
+    return delays, first_tokens, coalesced, received
+
+
+async def hold_streams(url: str, count: int, pid: int, token: str) -> float:
     """Open `count` slow streams at once; once each has its first event, the proxy's RSS in MiB."""
     body = json.dumps({**CHAT, "stream": True, "bench_events": 30, "bench_interval_ms": 500}).encode()
     first = asyncio.Event()
@@ -293,7 +412,8 @@ async def hold_streams(url: str, count: int, pid: int) -> float:
 
         async def one() -> None:
             nonlocal opened
-            async with session.post(url, data=body, headers={"Content-Type": "application/json"}) as reply:
+            async with session.post(url, data=body, headers={"Content-Type": "application/json",
+                                                             "Authorization": f"Bearer {token}"}) as reply:
                 await reply.content.readuntil(b"\n\n")
                 opened += 1
                 if opened == count:
@@ -474,11 +594,133 @@ def wrk_section(me: str, env: dict[str, str], seconds: int) -> None:
               f"| {ratio:.2f}× |")
 
 
-def run_role(role: str, port: int, upstream: str, cache_dir: str) -> None:
+NGINX_PROXY_CONF = """
+daemon off; master_process on; worker_processes 1; user root; pid {home}/nginx.pid; error_log {home}/error.log;
+events {{ worker_connections 1024; }}
+http {{
+  access_log off; client_body_temp_path {home}; proxy_temp_path {home}; fastcgi_temp_path {home};
+  uwsgi_temp_path {home}; scgi_temp_path {home}; keepalive_requests 1000000;
+  upstream bench {{ server {upstream}; keepalive 64; }}
+  server {{
+    listen 127.0.0.1:{port};
+    location / {{ proxy_pass http://bench; proxy_http_version 1.1; proxy_set_header Connection "";
+                 proxy_buffering off; }}
+  }}
+}}
+"""
+
+
+@contextlib.contextmanager
+def nginx_proxy(port: int, upstream: str) -> Iterator[int | str]:
+    """nginx as a plain reverse proxy in front of the same upstream (the limit: what forwarding costs in C);
+    yields its master's pid (tree_cpu_seconds adds the worker), or why it does not run."""
+    import shutil
+
+    binary = shutil.which("nginx")
+    if binary is None:
+        yield "not installed (`apt-get install nginx-light` adds it to this run)"
+        return
+    home = tempfile.mkdtemp(prefix="rpm-bench-nginx-proxy-")
+    conf = Path(home, "nginx.conf")
+    conf.write_text(NGINX_PROXY_CONF.format(home=home, port=port, upstream=upstream.removeprefix("http://")))
+    process = subprocess.Popen([binary, "-c", str(conf), "-p", home], stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
+    try:
+        wait_listening(port, process)
+        yield process.pid
+    finally:
+        process.send_signal(signal.SIGQUIT)
+        process.wait(15)
+
+
+LITELLM_CONF = """model_list:
+  - model_name: {model}
+    litellm_params:
+      model: openai/{model}
+      api_base: {upstream}/v1
+      api_key: bench-upstream-key
+"""
+
+
+@contextlib.contextmanager
+def litellm_proxy(port: int, upstream: str) -> Iterator[int | str]:
+    """LiteLLM's proxy (the peer), one worker, no database, when `litellm[proxy]` is installed: in this
+    interpreter, or as a `litellm` command on PATH (e.g. its own venv: it is no dependency of rpm's)."""
+    import importlib.util
+    import shutil
+
+    if importlib.util.find_spec("litellm") is not None:
+        command = [sys.executable, "-m", "litellm"]
+    elif shutil.which("litellm"):
+        command = [str(shutil.which("litellm"))]
+    else:
+        yield "not installed (`pip install 'litellm[proxy]'`, here or in a venv whose bin is on PATH)"
+        return
+    home = tempfile.mkdtemp(prefix="rpm-bench-litellm-")
+    conf = Path(home, "config.yaml")
+    conf.write_text(LITELLM_CONF.format(model=MODEL, upstream=upstream))
+    # No master key (LiteLLM then asks no auth: it does less per request than rpm's keyed path), no database,
+    # the model cost map from the package (no fetch at start-up).
+    env = {**os.environ, "LITELLM_LOCAL_MODEL_COST_MAP": "True", "LITELLM_LOG": "ERROR",
+           "LITELLM_DANGEROUSLY_PERMIT_WEAK_OR_UNSET_MASTER_KEY": "true"}
+    env.pop("DATABASE_URL", None)
+    process = subprocess.Popen([*command, "--config", str(conf), "--host", "127.0.0.1", "--port", str(port),
+                                "--num_workers", "1"], env=env, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
+    try:
+        wait_listening(port, process, timeout=120)
+        yield process.pid
+    finally:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+PEERS = {"nginx": nginx_proxy, "litellm": litellm_proxy}
+
+
+def run_role(role: str, port: int, upstream: str, cache_dir: str, gateway: bool) -> None:
     if role == "upstream":
         run_upstream(port)
+    elif role == "bare":
+        run_bare_proxy(port, upstream)
     else:
-        run_rpm_proxy(port, upstream, cache_dir)
+        run_rpm_proxy(port, upstream, cache_dir, gateway)
+
+
+def profile_section(me: str, env: dict[str, str], total: int, out: str) -> None:
+    """cProfile (CPU time) of the gateway proxy under `total` requests at 16 connections; its shares by package."""
+    import collections
+    import pstats
+
+    home = tempfile.mkdtemp(prefix="rpm-bench-profile-")
+    token = make_gateway_keys(home)
+    up_port, rpm_port = free_port(), free_port()
+    with (server([me, "--role", "upstream", "--port", str(up_port)], up_port),
+          server([me, "--role", "rpm-proxy", "--gateway", "--port", str(rpm_port), "--upstream",
+                  f"http://127.0.0.1:{up_port}"], rpm_port, {**env, "RPM_HOME": home, "RPM_BENCH_PROFILE": out})):
+        asyncio.run(load(f"http://127.0.0.1:{rpm_port}/v1/chat/completions", 16, total, token=token))
+    shares: collections.Counter[str] = collections.Counter()
+    stats = pstats.Stats(out).stats  # type: ignore[attr-defined]
+    for (filename, _, function), (_, _, own, _, _) in stats.items():
+        if "runpod_manager/" in filename:
+            group = "rpm: " + filename.split("runpod_manager/", 1)[1]
+        elif filename == "~":
+            group = "built-in: " + function.split(" of ")[0][:40]
+        else:
+            parts = Path(filename).parts
+            group = next((part for part in ("aiohttp", "yarl", "multidict", "limits", "prometheus_client",
+                                            "asyncio", "json", "uvloop") if part in parts),
+                         Path(filename).name)
+        shares[group] += own
+    whole = sum(shares.values())
+    print(f"\n## Profile: cProfile in CPU time, {total} requests at 16 connections (`{out}`)\n")
+    print("| share (own time) | where |\n|---|---|")
+    for group, own in shares.most_common(25):
+        print(f"| {own / whole:.1%} | {group} |")
 
 
 def latency_section(me: str, env: dict[str, str], total: int) -> None:
@@ -513,13 +755,17 @@ def main() -> None:
     parser.add_argument("--only-cpu", action="store_true", help="only the proxy's CPU time per request")
     parser.add_argument("--only-latency", action="store_true",
                         help="only direct vs rpm latency and throughput (no reference: needs no [bench] extras)")
-    parser.add_argument("--role", choices=["upstream", "rpm-proxy"], help=argparse.SUPPRESS)
+    parser.add_argument("--role", choices=["upstream", "rpm-proxy", "bare"], help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--upstream", help=argparse.SUPPRESS)
     parser.add_argument("--cache-dir", default="", help=argparse.SUPPRESS)
+    parser.add_argument("--gateway", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--profile", metavar="FILE", help="only: cProfile the gateway proxy under load into FILE")
+    parser.add_argument("--rounds", type=int, default=3, help="alternated rounds of the latency table (medians)")
+    parser.add_argument("--no-wake", action="store_true", help="skip the wrk table and the wake measurement")
     args = parser.parse_args()
     if args.role is not None:  # one of the servers, started by the bench itself
-        run_role(args.role, args.port, args.upstream, args.cache_dir)
+        run_role(args.role, args.port, args.upstream, args.cache_dir, args.gateway)
         return
 
     total = 300 if args.quick else args.requests
@@ -534,6 +780,9 @@ def main() -> None:
     if args.only_wrk:
         wrk_section(me, env, 2 if args.quick else 10)
         return
+    if args.profile:
+        profile_section(me, env, total, args.profile)
+        return
     if args.only_cpu:
         cpu_section(me, env, total, 2 if args.quick else 3)
         return
@@ -541,71 +790,143 @@ def main() -> None:
         latency_section(me, env, total)
         return
 
-    with (server([me, "--role", "upstream", "--port", str(up_port)], up_port),
-          server([me, "--role", "rpm-proxy", "--port", str(rpm_port), "--upstream", upstream], rpm_port, env) as rpm,
-          server([str(HERE / "reference_proxy.py"), "--upstream", upstream, "--port", str(ref_port)], ref_port) as ref):
-        idle_rss = {"rpm": rss_mib(rpm.pid), "reference": rss_mib(ref.pid)}
-        targets = {"direct": up_port, "rpm": rpm_port, "reference": ref_port}
-        results: dict[tuple[str, int], tuple[list[float], float]] = {}
-        own: dict[int, tuple[str, str]] = {}
-        for connections in (1, 16):
-            for name, port in targets.items():
-                before = overhead_histogram(rpm_port)
-                results[(name, connections)] = asyncio.run(
-                    load(f"http://127.0.0.1:{port}/v1/chat/completions", connections, total))
-                if name == "rpm":
-                    after = overhead_histogram(rpm_port)
-                    own[connections] = (bucket_quantile(before, after, .5), bucket_quantile(before, after, .99))
-        print("\n## Latency and throughput (non-streaming chat, fixed upstream answer)\n")
-        print("| path | connections | p50 | p99 | requests/s |")
-        print("|---|---|---|---|---|")
-        for (name, connections), (latencies, wall) in results.items():
-            print(f"| {name} | {connections} | {ms(pct(latencies, .5))} | {ms(pct(latencies, .99))} "
-                  f"| {len(latencies) / wall:,.0f} |")
-        print("\n| added by | connections | p50 | p99 | throughput vs reference |")
-        print("|---|---|---|---|---|")
-        for name in ("rpm", "reference"):
-            for connections in (1, 16):
-                through, wall = results[(name, connections)]
-                direct, _ = results[("direct", connections)]
-                ratio = (len(through) / wall) / (len(results[("reference", connections)][0])
-                                                  / results[("reference", connections)][1])
-                print(f"| {name} | {connections} | {ms(pct(through, .5) - pct(direct, .5))} "
-                      f"| {ms(pct(through, .99) - pct(direct, .99))} | {ratio:.2f}× |")
+    token = make_gateway_keys(home)
+    rounds = 1 if args.quick else args.rounds
+    print("rpm's proxy runs the team gateway's whole path: keys (20, the load's with every "
+          "per-key limit), routing by model over 3 pods, the request log; cache off.")
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(server([me, "--role", "upstream", "--port", str(up_port)], up_port))
+        rpm = stack.enter_context(server([me, "--role", "rpm-proxy", "--gateway", "--port", str(rpm_port),
+                                          "--upstream", upstream], rpm_port, env))
+        ref = stack.enter_context(server([str(HERE / "reference_proxy.py"), "--upstream", upstream, "--port",
+                                          str(ref_port)], ref_port))
+        targets: dict[str, tuple[int, int | None]] = {"direct": (up_port, None), "rpm": (rpm_port, rpm.pid),
+                                                      "reference": (ref_port, ref.pid)}
+        import importlib.util
 
+        if importlib.util.find_spec("uvloop") is not None:  # the same proxy on asyncio's loop: uvloop's share
+            asyncio_port = free_port()
+            rpm_asyncio = stack.enter_context(server(
+                [me, "--role", "rpm-proxy", "--gateway", "--port", str(asyncio_port), "--upstream", upstream],
+                asyncio_port, {**env, "RPM_BENCH_ASYNCIO_LOOP": "1"}))
+            targets["rpm on asyncio's loop"] = (asyncio_port, rpm_asyncio.pid)
+            print("- rpm runs on uvloop (installed); `rpm on asyncio's loop` is the same proxy without it")
+        else:
+            print("- rpm runs on asyncio's loop (uvloop not installed: `pip install -e '.[fast]'`)")
+        bare_port = free_port()
+        bare = stack.enter_context(server([me, "--role", "bare", "--port", str(bare_port), "--upstream", upstream],
+                                          bare_port))
+        targets["bare aiohttp"] = (bare_port, bare.pid)
+        for name, start in PEERS.items():
+            peer_port = free_port()
+            started = stack.enter_context(start(peer_port, upstream))
+            if isinstance(started, str):
+                print(f"- {name}: {started}")
+            else:
+                targets[name] = (peer_port, started)
+                print(f"- {name}: pid {started}, port {peer_port}")
+        idle_rss = {name: rss_mib(pid) for name, (_, pid) in targets.items() if pid is not None}
+        # runs[(name, connections)]: one (p50, p99, requests/s, CPU s per request) per round
+        runs: dict[tuple[str, int], list[tuple[float, float, float, float]]] = {}
+        own: dict[int, tuple[dict[float, float], dict[float, float]]] = {}
+        for _ in range(rounds):  # alternated: every target once per round, so the machine's load hits all alike
+            for connections in (1, 16):
+                for name, (port, pid) in targets.items():
+                    count = total if name != "litellm" else max(200, total // 10)  # ~50× slower: fewer requests
+                    before_hist = overhead_histogram(rpm_port, token) if name == "rpm" else {}
+                    cpu_before = tree_cpu_seconds(pid) if pid else 0.0
+                    latencies, wall = asyncio.run(load(f"http://127.0.0.1:{port}/v1/chat/completions", connections,
+                                                       count, token=token))
+                    if name == "rpm":
+                        time.sleep(0.6)  # the request log's writer thread flushes its batch (every 0.5 s)
+                        first = own.get(connections, (before_hist, {}))[0]
+                        own[connections] = (first, overhead_histogram(rpm_port, token))
+                    cpu = (tree_cpu_seconds(pid) - cpu_before) / (len(latencies) + min(50, count)) if pid else 0.0
+                    runs.setdefault((name, connections), []).append(
+                        (pct(latencies, .5), pct(latencies, .99), len(latencies) / wall, cpu))
+        median = {key: tuple(statistics.median(run[i] for run in values) for i in range(4))
+                  for key, values in runs.items()}
+        print(f"\n## Latency, throughput and CPU (non-streaming chat, fixed upstream answer; medians of {rounds} "
+              "alternated rounds)\n")
+        print("| path | connections | p50 | p99 | requests/s | added p50 | added p99 | proxy CPU per request |")
+        print("|---|---|---|---|---|---|---|---|")
+        for connections in (1, 16):
+            d50, d99, _, _ = median[("direct", connections)]
+            for name in targets:
+                p50, p99, rate, cpu = median[(name, connections)]
+                shown_cpu = f"{cpu * 1e6:.0f} µs" if name != "direct" else "-"
+                print(f"| {name} | {connections} | {ms(p50)} | {ms(p99)} | {rate:,.0f} | {ms(p50 - d50)} "
+                      f"| {ms(p99 - d99)} | {shown_cpu} |")
+        print("\nRatios (rpm against each, same run):\n")
+        print("| connections | against | rpm throughput ÷ theirs | rpm CPU per request ÷ theirs |\n|---|---|---|---|")
+        for connections in (1, 16):
+            _, _, rate, cpu = median[("rpm", connections)]
+            for name in targets:
+                if name in ("direct", "rpm"):
+                    continue
+                _, _, their_rate, their_cpu = median[(name, connections)]
+                print(f"| {connections} | {name} | {rate / their_rate:.2f}× | {cpu / their_cpu:.2f}× |")
+            for name in PEERS:
+                if name not in targets:
+                    print(f"| {connections} | {name} | not installed | not installed |")
         print("\nrpm's own measure (its `rpm_proxy_overhead_seconds` histogram: time in the proxy minus time "
               "waiting on the upstream, so without the client's and upstream's share of the CPU):\n")
         print("| connections | overhead p50 | overhead p99 |\n|---|---|---|")
-        for connections, (p50, p99) in own.items():
-            print(f"| {connections} | {p50} | {p99} |")
+        for connections, (before_hist, after_hist) in own.items():
+            print(f"| {connections} | {bucket_quantile(before_hist, after_hist, .5)} "
+                  f"| {bucket_quantile(before_hist, after_hist, .99)} |")
 
-        delays = {name: asyncio.run(stream_delays(f"http://127.0.0.1:{port}/v1/chat/completions", streams,
-                                                  events, 2.0))
-                  for name, port in targets.items()}
-        print(f"\n## Streams: per-event delay ({streams} streams × {events} events, 2 ms apart)\n")
+        # LiteLLM re-encodes events (no sent_at left); the bare forwarder reads answers whole
+        streamed = [name for name in targets if name not in ("litellm", "bare aiohttp")]
+        print(f"\n## Streams: {streams} concurrent streams × {events} events, 2 ms apart\n")
+        print("Delay = receive time − the upstream's send time, per event; time to first token = request sent → "
+              "first event; coalesced = events that reached the client in one read with another (LiteLLM "
+              "rebuilds each event, dropping the upstream's send time: not measured).\n")
+        print("| path | events | delay p50 | delay p99 | added p50 | added p99 | first token p50 | added first token "
+              "p50 | coalesced |")
+        print("|---|---|---|---|---|---|---|---|---|")
+        concurrent: dict[str, tuple[list[float], list[float], int, int]] = {}
+        for _ in range(rounds):
+            for name in streamed:
+                delays, firsts, merged, received = asyncio.run(concurrent_streams(
+                    f"http://127.0.0.1:{targets[name][0]}/v1/chat/completions", streams, events, 2.0, token))
+                old = concurrent.get(name, ([], [], 0, 0))
+                concurrent[name] = (old[0] + delays, old[1] + firsts, old[2] + merged, old[3] + received)
+        base, base_first = concurrent["direct"][0], concurrent["direct"][1]
+        for name, (delays, firsts, merged, received) in concurrent.items():
+            print(f"| {name} | {len(delays)} | {ms(pct(delays, .5))} | {ms(pct(delays, .99))} "
+                  f"| {ms(pct(delays, .5) - pct(base, .5))} | {ms(pct(delays, .99) - pct(base, .99))} "
+                  f"| {ms(pct(firsts, .5))} | {ms(pct(firsts, .5) - pct(base_first, .5))} | {merged}/{received} |")
+
+        single = {name: asyncio.run(stream_delays(f"http://127.0.0.1:{targets[name][0]}/v1/chat/completions",
+                                                  streams, events, 2.0, token))
+                  for name in ("direct", "rpm", "reference")}
+        print(f"\n## Streams one at a time (single stream: {streams} streams × {events} events in sequence, "
+              "2 ms apart; not the concurrent figure)\n")
         print("| path | events | p50 delay | p99 delay | added p50 | added p99 |")
         print("|---|---|---|---|---|---|")
-        base = delays["direct"]
-        for name, values in delays.items():
+        base = single["direct"]
+        for name, values in single.items():
             print(f"| {name} | {len(values)} | {ms(pct(values, .5))} | {ms(pct(values, .99))} "
                   f"| {ms(pct(values, .5) - pct(base, .5))} | {ms(pct(values, .99) - pct(base, .99))} |")
 
-        held_rss = {"rpm": asyncio.run(hold_streams(f"http://127.0.0.1:{rpm_port}/v1/chat/completions", held,
-                                                     rpm.pid)),
-                    "reference": asyncio.run(hold_streams(f"http://127.0.0.1:{ref_port}/v1/chat/completions",
-                                                           held, ref.pid))}
+        held_rss = {name: asyncio.run(hold_streams(f"http://127.0.0.1:{targets[name][0]}/v1/chat/completions",
+                                                   held, pid, token))
+                    for name, (_, pid) in targets.items() if pid is not None and name in ("rpm", "reference")}
         print(f"\n## Memory (RSS of the proxy process)\n\n| proxy | idle | {held} open streams |\n|---|---|---|")
-        for name in ("rpm", "reference"):
-            print(f"| {name} | {idle_rss[name]:.1f} MiB | {held_rss[name]:.1f} MiB |")
+        for name, rss in idle_rss.items():
+            print(f"| {name} | {rss:.1f} MiB | {f'{held_rss[name]:.1f} MiB' if name in held_rss else '-'} |")
 
         cache_dir = tempfile.mkdtemp(prefix="rpm-bench-cache-")
         with server([me, "--role", "rpm-proxy", "--port", str(cached_port), "--upstream", upstream,
-                     "--cache-dir", cache_dir], cached_port, env):
+                     "--cache-dir", cache_dir], cached_port, {**os.environ, "RPM_HOME": tempfile.mkdtemp()}):
             hits = asyncio.run(cache_hits(f"http://127.0.0.1:{cached_port}/v1/chat/completions",
                                           200 if args.quick else 2000))
         print("\n## Cache hits (temperature 0, stored answer, 1 connection)\n")
         print(f"| hits | p50 | p99 |\n|---|---|---|\n| {len(hits)} | {ms(pct(hits, .5))} | {ms(pct(hits, .99))} |")
 
+    if args.no_wake:
+        return
     wrk_section(me, env, 2 if args.quick else 10)
 
     wakes = measure_wake(2 if args.quick else 5)

@@ -253,12 +253,27 @@ def _bound_port(runner: web.AppRunner, configured: int) -> int:
     return configured
 
 
+def loop_factory(use_uvloop: bool = True) -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """uvloop's event loop when it is installed (the optional `fast` extra), else None: asyncio's own.
+    What it gains is measured in BENCHMARKS.md ("uvloop"); never required, and the proxy behaves the same on
+    either loop (the suite passes on both)."""
+    if not use_uvloop:
+        return None
+    try:
+        import uvloop
+    except ImportError:
+        return None
+    factory: Callable[[], asyncio.AbstractEventLoop] = uvloop.new_event_loop
+    return factory
+
+
 def run_proxy(
     config: Config,
     controller: ProxyController,
     paths: Paths,
     *,
     ready_callback: Callable[[ProxyReady], None] | None = None,
+    use_uvloop: bool = True,
     **app_options: Any,
 ) -> str | None:
     """Serve the proxy on [proxy] host/port until SIGTERM/SIGINT or ProxyReady.stop(); blocks. Returns the
@@ -267,7 +282,8 @@ def run_proxy(
     Raises ConfigError before binding when the bind would be open to others without api_keys, when the
     TLS files cannot be loaded, or when the port is taken. `ready_callback` runs on the proxy's loop
     once it listens (keep it short: write a pid file, print the URL). `app_options` go to build_app
-    (test knobs). Signal handlers are installed only when called from the main thread.
+    (test knobs). Signal handlers are installed only when called from the main thread. The loop is
+    uvloop's when it is importable and `use_uvloop` (loop_factory), else asyncio's.
     """
     check_bind(config.proxy, team_keys=has_team_keys(paths))
     ssl_context = build_ssl_context(config.proxy)
@@ -276,5 +292,8 @@ def run_proxy(
     # second, which was most of the proxy's p99 (BENCHMARKS.md, "GC").
     gc.collect()
     gc.freeze()
-    return asyncio.run(serve(config, controller, paths, ready_callback=ready_callback, ssl_context=ssl_context,
-                             **app_options))
+    factory = loop_factory(use_uvloop)
+    with asyncio.Runner(loop_factory=factory) as runner:
+        log.info("event loop: %s", "uvloop" if factory is not None else "asyncio")
+        return runner.run(serve(config, controller, paths, ready_callback=ready_callback,
+                                ssl_context=ssl_context, **app_options))
