@@ -128,20 +128,26 @@ class ProxyError(Exception):
         return b"data: " + json.dumps(self.document()).encode() + b"\n\n"
 
 
-def upstream_request_headers(headers: Iterable[tuple[str, str]], upstream_key: str | None) -> CIMultiDict[str]:
-    """Client headers minus hop-by-hop and proxy-only ones, with the pod's key as the only credential."""
+def forwardable_headers(headers: Iterable[tuple[str, str]], drop: frozenset[str]) -> CIMultiDict[str]:
+    """A request's headers minus `drop` (lower-case names) and those its Connection header names, which are
+    hop-by-hop too (RFC 9110 §7.6.1; rare, so collected as they come). /v1 and the pass-through share it."""
     out: CIMultiDict[str] = CIMultiDict()
-    # Headers named in Connection are hop-by-hop too (RFC 9110 §7.6.1); rare, so checked lazily.
     extra_drop: set[str] = set()
     for name, value in headers:
         lowered = name.lower()
         if lowered == "connection":
             extra_drop.update(token.strip().lower() for token in value.split(","))
-        if lowered in _REQUEST_DROP:
+        if lowered in drop:
             continue
         out.add(name, value)
     for name in extra_drop:
         out.popall(name, None)
+    return out
+
+
+def upstream_request_headers(headers: Iterable[tuple[str, str]], upstream_key: str | None) -> CIMultiDict[str]:
+    """Client headers minus hop-by-hop and proxy-only ones, with the pod's key as the only credential."""
+    out = forwardable_headers(headers, _REQUEST_DROP)
     # Compressed upstream bytes would have to be inflated to split events; the pod is a fast link anyway.
     out["Accept-Encoding"] = "identity"
     if upstream_key is not None:

@@ -38,7 +38,14 @@ from multidict import CIMultiDict
 from yarl import URL
 
 from runpod_manager.proxy.controller import UpstreamTarget
-from runpod_manager.proxy.forward import HOP_BY_HOP, JOB_OWNER_HEADER, JOB_TOKEN_HEADER, RETRYABLE_STATUSES, ProxyError
+from runpod_manager.proxy.forward import (
+    HOP_BY_HOP,
+    JOB_OWNER_HEADER,
+    JOB_TOKEN_HEADER,
+    RETRYABLE_STATUSES,
+    ProxyError,
+    forwardable_headers,
+)
 from runpod_manager.proxy.routing import PodRoute
 from runpod_manager.proxy.wake import PodGroup, WakeGate
 
@@ -47,8 +54,9 @@ log = logging.getLogger("runpod_manager.proxy")
 IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
 BODY_CHUNK_BYTES = 256 * 1024  # read from the client (and written to the pod) this much at a time
 # The job token (jobs.py's replays) is the proxy's own credential: it never leaves the proxy.
-_REQUEST_DROP = HOP_BY_HOP | {"host", "expect", "x-rpm-cache", JOB_TOKEN_HEADER.lower(),
+_REQUEST_DROP: frozenset[str] = HOP_BY_HOP | {"host", "expect", "x-rpm-cache", JOB_TOKEN_HEADER.lower(),
                               JOB_OWNER_HEADER.lower()}
+_REQUEST_DROP_WITH_AUTHORIZATION = _REQUEST_DROP | {"authorization"}  # the proxy took the key
 # Bytes pass unchanged, so Content-Length and Content-Encoding stay; our server sets its own Date/Server.
 _RESPONSE_DROP = HOP_BY_HOP | {"date", "server"}
 
@@ -72,17 +80,7 @@ class ServiceRoute:
 def service_request_headers(headers: Iterable[tuple[str, str]], *, keep_authorization: bool,
                             added: Mapping[str, str], upstream_key: str | None) -> CIMultiDict[str]:
     """Client headers minus hop-by-hop ones, plus the pod's own (`added`, or the upstream key)."""
-    out: CIMultiDict[str] = CIMultiDict()
-    extra_drop: set[str] = set()
-    for name, value in headers:
-        lowered = name.lower()
-        if lowered == "connection":
-            extra_drop.update(token.strip().lower() for token in value.split(","))
-        if lowered in _REQUEST_DROP or (lowered == "authorization" and not keep_authorization):
-            continue
-        out.add(name, value)
-    for name in extra_drop:
-        out.popall(name, None)
+    out = forwardable_headers(headers, _REQUEST_DROP if keep_authorization else _REQUEST_DROP_WITH_AUTHORIZATION)
     if upstream_key is not None:
         out["Authorization"] = f"Bearer {upstream_key}"
     for name, value in added.items():
