@@ -226,6 +226,10 @@ class ProxyConfig:
     jobs_max_count: int = field(default=1000, metadata=_meta(
         "Most jobs kept (queued, running, and finished ones until their result expires); more get 503.",
         minimum=1))
+    wake_spool_max_bytes: int = field(default=4 * 1024 * 1024 * 1024, metadata=_meta(
+        "Uploads (with a Content-Length) to an http pod that is waking are received into 0600 files in the state "
+        "directory, at most this many bytes at once, so a client with a short write timeout finishes sending; "
+        "beyond it, or 0, a body waits for the pod in the client's socket.", minimum=0))
     jobs_max_bytes: int = field(default=1024 * 1024 * 1024, metadata=_meta(
         "Most bytes the jobs' request bodies and stored results take in the state directory; more get 503.",
         minimum=1024))

@@ -88,6 +88,11 @@ class Paths:
         return self.cache_dir / "responses"
 
     @property
+    def spool_dir(self) -> Path:
+        """Uploads received while their pod wakes (proxy/passthrough.py WakeSpool), 0700/0600, deleted when sent."""
+        return self.state_dir / "spool"
+
+    @property
     def jobs_dir(self) -> Path:
         """The proxy's queued jobs (proxy/jobs.py): their sqlite store and spooled bodies, 0700/0600."""
         return self.state_dir / "jobs"

@@ -75,7 +75,7 @@ from runpod_manager.proxy.jobs import add_routes as add_job_routes
 from runpod_manager.proxy.limits import USAGE_FLUSH_SECONDS, KeyLimiter, ShareMeter
 from runpod_manager.proxy.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from runpod_manager.proxy.metrics import ProxyMetrics, RecentRequest
-from runpod_manager.proxy.passthrough import PassThrough, RequestBody, ServiceRoute
+from runpod_manager.proxy.passthrough import PassThrough, RequestBody, ServiceRoute, SpooledBody, WakeSpool
 from runpod_manager.proxy.process import proxy_url
 from runpod_manager.proxy.routing import PODS_PATH_PREFIX, PathNotRouted, PathTarget, PodRoute, build_routes
 from runpod_manager.proxy.wake import PodGroup, WakeGate
@@ -225,6 +225,8 @@ class ProxyState:
         # /v1 reaches the model pods only (kind = "http" pods are routed by path); the model lists are theirs.
         self.model_groups = tuple(group for group in self.groups if group.route.kind != "http")
         self.passthrough: PassThrough | None = None  # made with the session (on startup)
+        self.wake_spool = WakeSpool(paths.spool_dir, proxy.wake_spool_max_bytes)
+        self.wake_spool.sweep()
         self.sockets = websocket.SocketRegistry()
         # Page origins that are the proxy's own (its port) or a listen port's: a service's page served there
         # may call its own routes (checked per app in _cross_origin).
@@ -1288,10 +1290,35 @@ async def serve_service(request: web.Request, state: ProxyState, service: Servic
     if pass_through is None:  # only between shutdown and cleanup
         raise ProxyError(503, "the proxy is shutting down", code="shutting_down", should_retry=True)
     has_body = request.body_exists
+    spooled: SpooledBody | None = None
+    try:
+        if has_body and group.pick() is None and state.wake_spool.reserve(length):
+            assert length is not None  # noqa: S101 - reserve takes only a declared length
+            # The pod sleeps: take the upload into a file while it wakes (WakeSpool says why), both at once.
+            waiting = asyncio.ensure_future(_service_target(request, state, exchange, service, hold=True))
+            try:
+                spooled = await state.wake_spool.fill(request, length, state.body_read_timeout_seconds)
+            except BaseException:
+                waiting.cancel()
+                raise
+            exchange.client_wait_seconds += spooled.client_wait_seconds
+            await waiting
+        return await _pass_service(request, state, exchange, service, pass_through, has_body, spooled)
+    finally:
+        if spooled is not None:
+            spooled.discard()
+
+
+async def _pass_service(request: web.Request, state: ProxyState, exchange: Exchange, service: ServiceRoute,
+                        pass_through: PassThrough, has_body: bool, spooled: SpooledBody | None
+                        ) -> web.StreamResponse:
+    group = service.group
     for attempt in (1, 2):
         gate, target = await _service_target(request, state, exchange, service, hold=True)
         exchange.pod, exchange.pod_id = gate.name, target.pod_id
-        body = RequestBody(request, service.max_body_bytes, state.body_read_timeout_seconds) if has_body else None
+        body: RequestBody | SpooledBody | None = spooled
+        if has_body and spooled is None:
+            body = RequestBody(request, service.max_body_bytes, state.body_read_timeout_seconds)
         group.begin(gate)
         meter = state.serve_meters.get(gate.name) or state.serve_meters.setdefault(gate.name, ShareMeter())
         joined = meter.join(time.perf_counter())
@@ -1310,7 +1337,7 @@ async def serve_service(request: web.Request, state: ProxyState, service: Servic
                 raise
             finally:
                 exchange.upstream_wait_seconds += time.perf_counter() - opened_at
-                if body is not None:
+                if isinstance(body, RequestBody):
                     exchange.client_wait_seconds += body.client_wait_seconds
             exchange.first_byte_at = time.perf_counter()
             try:

@@ -27,16 +27,21 @@ upstream key instead, as on /v1. A redirect to the pod's own URL is rewritten to
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import os
+import secrets
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 
 import aiohttp
 from aiohttp import web
 from multidict import CIMultiDict
 from yarl import URL
 
+from runpod_manager.paths import ensure_private_dir
 from runpod_manager.proxy.controller import UpstreamTarget
 from runpod_manager.proxy.forward import (
     HOP_BY_HOP,
@@ -148,6 +153,102 @@ class RequestBody:
             yield chunk
 
 
+class WakeSpool:
+    """Where uploads wait while their pod wakes: 0600 files in a 0700 directory, `max_bytes` at most at once.
+
+    Backpressure alone (RequestBody reading only as the pod takes it) leaves a large body in the client's
+    socket for the whole cold start, and a client with a write timeout (httpx: 5 s) gives up. So a body with
+    a Content-Length that fits what is left of the budget is received into a file while the pod wakes, then
+    sent from it; the file is deleted when the request ends. Others (chunked, or over the budget) wait by
+    backpressure as before.
+    """
+
+    def __init__(self, directory: Path, max_bytes: int) -> None:
+        self.directory = directory
+        self.max_bytes = max_bytes
+        self.held_bytes = 0
+
+    def sweep(self) -> None:
+        """Remove what a proxy killed mid-upload left (files named by a pid that no longer runs)."""
+        with contextlib.suppress(OSError):
+            for leftover in self.directory.glob("upload-*"):
+                pid = leftover.name.split("-")[1]
+                if pid.isdigit() and not _running(int(pid)):
+                    with contextlib.suppress(OSError):
+                        leftover.unlink()
+
+    def reserve(self, length: int | None) -> bool:
+        if length is None or length <= 0 or self.held_bytes + length > self.max_bytes:
+            return False
+        self.held_bytes += length
+        return True
+
+    async def fill(self, request: web.Request, length: int, read_timeout_seconds: float) -> SpooledBody:
+        """Receive the body (its `length` reserved) into a new file; 408 if it stalls, the file removed on
+        any failure. The caller releases the reservation when the request ends (SpooledBody.discard)."""
+        ensure_private_dir(self.directory)
+        path = self.directory / f"upload-{os.getpid()}-{secrets.token_hex(16)}"
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o600)
+        body = SpooledBody(self, path, length)
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                while True:
+                    waiting_since = time.perf_counter()
+                    try:
+                        async with asyncio.timeout(read_timeout_seconds):
+                            chunk = await request.content.read(BODY_CHUNK_BYTES)
+                    except TimeoutError:
+                        raise ProxyError(408, f"the request body stalled for {read_timeout_seconds:g} s",
+                                         code="request_timeout", should_retry=False) from None
+                    finally:
+                        body.client_wait_seconds += time.perf_counter() - waiting_since
+                    if not chunk:
+                        break
+                    handle.write(chunk)
+        except BaseException:
+            body.discard()
+            raise
+        return body
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class SpooledBody:
+    """A body received into a WakeSpool file: sent from it, as often as a retry needs (`started`: this
+    attempt began sending, so the request may have reached the service)."""
+
+    def __init__(self, spool: WakeSpool, path: Path, length: int) -> None:
+        self._spool = spool
+        self.path = path
+        self.length = length
+        self.started = False
+        self.too_large = False
+        self.client_wait_seconds = 0.0
+        self._released = False
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        self.started = False
+        with open(self.path, "rb") as handle:
+            while chunk := await asyncio.to_thread(handle.read, BODY_CHUNK_BYTES):
+                self.started = True
+                yield chunk
+
+    def discard(self) -> None:
+        if not self._released:
+            self._released = True
+            self._spool.held_bytes -= self.length
+            with contextlib.suppress(FileNotFoundError):
+                self.path.unlink()
+
+
 def too_large_error(limit_bytes: int, route: PodRoute) -> ProxyError:
     key = (f"[pods.{route.name}] max_body_bytes" if route.kind == "http" else "[proxy] max_body_bytes")
     return ProxyError(413, f"the request body is larger than {limit_bytes} bytes ({key}) for pod {route.name!r}",
@@ -175,7 +276,7 @@ class PassThrough:
     body_read_timeout_seconds: float
 
     async def open(self, request: web.Request, service: ServiceRoute, gate: WakeGate, target: UpstreamTarget,
-                   body: RequestBody | None) -> tuple[aiohttp.ClientResponse, str]:
+                   body: RequestBody | SpooledBody | None) -> tuple[aiohttp.ClientResponse, str]:
         """Send the request and return the pod's response (headers arrived) and the pod URL it went to.
         Raises ProxyError (413, 502) when it could not; retries as the module docstring says."""
         route = service.route

@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import gzip
+import hashlib
 import json
+import socket
+import stat
 import threading
 from collections.abc import Iterator
 from dataclasses import replace
@@ -158,6 +161,42 @@ def test_a_sleeping_pod_wakes_for_a_routed_request_and_its_upload_arrives_whole(
         assert answer.json() == {"sha256": digest, "bytes": 3 * 1024 * 1024 + 17}
         assert float(answer.headers["X-RPM-Cold-Start"]) >= 0
         assert controller.pods["chat"].wake_calls == 0  # the other pod was never woken
+
+
+def test_an_upload_with_a_length_is_received_while_the_pod_wakes_then_sent_and_its_file_removed(
+        service: ServiceFake, chat_upstream: FakeUpstream, paths: Paths) -> None:
+    # A client with a write timeout must be able to finish sending during a cold start: a body larger than
+    # the sockets' buffers is taken into a 0600 file while the pod wakes (with backpressure, sendall blocks).
+    size = 48 * 1024 * 1024
+    block = bytes(range(256)) * 4096  # 1 MiB
+    digest = hashlib.sha256(block * (size // len(block))).hexdigest()
+    controller = controller_for(service, chat_upstream, asleep=True, hold=True)
+    service.reset()
+    with running_proxy(proxy_config(comfy_pod()), controller, paths) as proxy:
+        port = int(proxy.url.rsplit(":", 1)[1])
+        sent = threading.Event()
+        with socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT) as client:
+            def send() -> None:
+                client.sendall(f"POST /pods/comfy/upload HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: {size}\r\n"
+                               "Content-Type: application/octet-stream\r\nConnection: close\r\n\r\n".encode())
+                for _ in range(size // len(block)):
+                    client.sendall(block)
+                sent.set()
+
+            sender = threading.Thread(target=send, daemon=True)
+            sender.start()
+            assert controller.pods["comfy"].wake_started.wait(TIMEOUT)
+            assert sent.wait(TIMEOUT), "the body stayed in the client's socket while the pod woke"
+            [spooled] = list(paths.spool_dir.iterdir())
+            assert stat.S_IMODE(spooled.stat().st_mode) == 0o600 and not service.requests
+            controller.pods["comfy"].release_wake.set()
+            answer = b""
+            while chunk := client.recv(65536):
+                answer += chunk
+        head, _, document = answer.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 200"), head
+        assert json.loads(document) == {"sha256": digest, "bytes": size}
+        assert list(paths.spool_dir.iterdir()) == []  # removed once sent
 
 
 def test_bad_routes_and_bodies_are_answered_without_a_wake(service: ServiceFake, chat_upstream: FakeUpstream,
