@@ -371,7 +371,7 @@ class KeyIndex:
         return principal
 
     def resolve(self, token: str, now: float) -> Principal | None:
-        principal = self.by_digest.get(hmac.new(self.secret, token.encode(), hashlib.sha256).hexdigest())
+        principal = self.by_digest.get(digest_of(self.secret, token))
         if principal is None or principal.expired(now):
             return None
         return principal
