@@ -284,7 +284,7 @@ class KeyStore:
         write_private_file(self.path, (json.dumps(_store_json(document), indent=1, sort_keys=True) + "\n").encode())
 
 
-def _limits_json(limits: KeyLimits) -> dict[str, Any]:
+def limits_json(limits: KeyLimits) -> dict[str, Any]:
     return {"requests_per_minute": limits.requests_per_minute, "tokens_per_minute": limits.tokens_per_minute,
             "max_concurrent": limits.max_concurrent, "daily_budget_usd": limits.daily_budget_usd}
 
@@ -294,9 +294,9 @@ def record_json(record: KeyRecord) -> dict[str, Any]:
     return {"name": record.name, "role": record.role,
             "pods": None if record.pods is None else list(record.pods),
             "models": None if record.models is None else list(record.models),
-            "limits": _limits_json(record.limits), "created_at": _iso(record.created_at),
-            "expires_at": None if record.expires_at is None else _iso(record.expires_at),
-            "revoked_at": None if record.revoked_at is None else _iso(record.revoked_at)}
+            "limits": limits_json(record.limits), "created_at": iso_utc(record.created_at),
+            "expires_at": None if record.expires_at is None else iso_utc(record.expires_at),
+            "revoked_at": None if record.revoked_at is None else iso_utc(record.revoked_at)}
 
 
 def _store_json(document: StoreDocument) -> dict[str, Any]:
@@ -337,7 +337,8 @@ def _parse_store(document: Any) -> StoreDocument:
     return StoreDocument(secret=bytes.fromhex(document["secret"]), keys=tuple(records))
 
 
-def _iso(epoch_seconds: float) -> str:
+def iso_utc(epoch_seconds: float) -> str:
+    """A moment as the key store and the management API write it: `2026-01-31T18:00:00Z`."""
     return datetime.fromtimestamp(epoch_seconds, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
@@ -371,7 +372,7 @@ class KeyIndex:
         return principal
 
     def resolve(self, token: str, now: float) -> Principal | None:
-        principal = self.by_digest.get(hmac.new(self.secret, token.encode(), hashlib.sha256).hexdigest())
+        principal = self.by_digest.get(digest_of(self.secret, token))
         if principal is None or principal.expired(now):
             return None
         return principal

@@ -202,3 +202,18 @@ def read_lines(path: Path, *, max_bytes: int) -> list[bytes]:
             return handle.read(max_bytes).splitlines()
         except OSError:
             return []
+
+
+def private_sqlite_files(db_path: Path) -> None:
+    """Create an sqlite database file 0600 before sqlite does (sqlite uses 0644 minus the umask, and gives -wal
+    and -shm the database file's mode), and tighten files of these names an older rpm left looser."""
+    fd = os.open(db_path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o600)
+    try:
+        os.fchmod(fd, 0o600)
+    finally:
+        os.close(fd)
+    for suffix in ("-wal", "-shm"):
+        with contextlib.suppress(FileNotFoundError):
+            companion = db_path.with_name(db_path.name + suffix)
+            if companion.lstat().st_mode & 0o077 and not companion.is_symlink():
+                companion.chmod(0o600)

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import contextlib
 import errno
 import hashlib
 import json
@@ -46,7 +45,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from runpod_manager.paths import make_dirs
+from runpod_manager.paths import make_dirs, private_sqlite_files
 from runpod_manager.proxy.forward import RequestFacts
 
 log = logging.getLogger("runpod_manager.proxy")
@@ -219,7 +218,7 @@ class ResponseCache:
         return connection
 
     def _create(self) -> None:
-        _private_files(self.path)
+        private_sqlite_files(self.path)
         connection = self._connect(busy_timeout_ms=5000)
         try:
             self._migrate(connection)
@@ -394,21 +393,6 @@ def _private_to_me(directory: Path) -> bool:
     """Owned by this user and writable by no one else, so nobody else can plant or swap files in it."""
     info = directory.stat()
     return info.st_uid == os.geteuid() and not info.st_mode & 0o022
-
-
-def _private_files(db_path: Path) -> None:
-    """Create the database file 0600 before sqlite does (sqlite uses 0644 minus the umask, and gives -wal and
-    -shm the database file's mode), and tighten files of these names an older rpm left looser."""
-    fd = os.open(db_path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o600)
-    try:
-        os.fchmod(fd, 0o600)
-    finally:
-        os.close(fd)
-    for suffix in ("-wal", "-shm"):
-        with contextlib.suppress(FileNotFoundError):
-            companion = db_path.with_name(db_path.name + suffix)
-            if companion.lstat().st_mode & 0o077 and not companion.is_symlink():
-                companion.chmod(0o600)
 
 
 def _log_failure(future: concurrent.futures.Future[None]) -> None:

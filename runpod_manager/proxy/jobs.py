@@ -51,7 +51,7 @@ from aiohttp import web
 from multidict import CIMultiDict
 
 from runpod_manager.keys import Principal
-from runpod_manager.paths import ensure_private_dir
+from runpod_manager.paths import ensure_private_dir, private_sqlite_files
 from runpod_manager.proxy.auth import PRINCIPAL, check_scope
 from runpod_manager.proxy.forward import HOP_BY_HOP, JOB_OWNER_HEADER, JOB_TOKEN_HEADER, ProxyError
 
@@ -214,15 +214,12 @@ class JobStore:
         except filelock.Timeout:
             raise JobStoreBusy(f"another proxy runs the jobs of {self.directory}") from None
         path = self.directory / DB_FILENAME
-        os.close(os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o600))
+        private_sqlite_files(path)
         db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         db.execute("PRAGMA journal_mode=WAL")
         db.execute("PRAGMA synchronous=NORMAL")
         db.execute("PRAGMA busy_timeout=5000")
         db.executescript(_SCHEMA)
-        for suffix in ("-wal", "-shm"):
-            with contextlib.suppress(FileNotFoundError):
-                os.chmod(self.directory / (DB_FILENAME + suffix), 0o600)
         self._db = db
         interrupted = [row[0] for row in db.execute("SELECT id FROM jobs WHERE state = ?", (JobState.RUNNING,))]
         now = self.clock()

@@ -32,6 +32,7 @@ from limits.storage import MemoryStorage
 from limits.strategies import FixedWindowRateLimiter
 
 from runpod_manager.keys import KeyUsage, Principal, load_usage, save_usage, usage_day
+from runpod_manager.policy import local_day_start
 from runpod_manager.proxy.forward import ProxyError
 
 USAGE_FLUSH_SECONDS = 1.0
@@ -151,10 +152,9 @@ class KeyLimiter:
         return self.days.setdefault(self._day, {})
 
     def next_day_at(self, now: float) -> float:
-        """When the day of `now` ends in the config's zone (when budgets reset)."""
-        local = datetime.fromtimestamp(now, self.zone)
-        # Naive (zone None): the machine's local zone, which .timestamp() assumes too.
-        return (datetime(local.year, local.month, local.day, tzinfo=local.tzinfo) + timedelta(days=1)).timestamp()
+        """When the day of `now` ends in the config's zone (when budgets reset): the spend ledger's day start."""
+        following = datetime.fromtimestamp(now, self.zone).date() + timedelta(days=1)
+        return local_day_start(following, self.zone).timestamp()
 
     def usage(self, name: str, now: float) -> KeyUsage:
         today = self.today(now)

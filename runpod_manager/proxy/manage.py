@@ -28,7 +28,7 @@ import html
 import json
 import time
 from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime
+from datetime import datetime
 from functools import cache
 from typing import Any
 
@@ -49,10 +49,6 @@ EVENTS_MAX_LIMIT = 1000
 NO_KEY_NAME = "(none)"  # the event log's `key` when the proxy has no keys at all (not a valid key name)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
-
-def _iso(epoch_seconds: float) -> str:
-    return datetime.fromtimestamp(epoch_seconds, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
 def _json(document: Any, status: int = 200) -> web.Response:
@@ -250,7 +246,7 @@ async def list_keys(request: web.Request) -> web.Response:
         raise _error_from_state(exc) from None
     return _json({"day": report.day, "keys": [
         {**keys.record_json(row.record), "status": row.status, "usage_today": _usage_json(row.today),
-         "last_used_at": None if row.last_used_at is None else _iso(row.last_used_at)} for row in report.rows]})
+         "last_used_at": None if row.last_used_at is None else keys.iso_utc(row.last_used_at)} for row in report.rows]})
 
 
 def _own_usage(state: ProxyState, principal: Principal) -> dict[str, Any]:
@@ -258,14 +254,12 @@ def _own_usage(state: ProxyState, principal: Principal) -> dict[str, Any]:
     now = time.time()
     day = keys.usage_day(now, state.config.zone)
     usage = state.limiter.today(now).get(principal.name) or keys.KeyUsage()
-    limits = principal.limits
     return {"day": day, "key": {
         "name": principal.name, "role": principal.role, "source": principal.source,
         "pods": None if principal.pods is None else sorted(principal.pods),
         "models": None if principal.models is None else sorted(principal.models),
-        "limits": {"requests_per_minute": limits.requests_per_minute, "tokens_per_minute": limits.tokens_per_minute,
-                   "max_concurrent": limits.max_concurrent, "daily_budget_usd": limits.daily_budget_usd},
-        "expires_at": None if principal.expires_at is None else _iso(principal.expires_at)},
+        "limits": keys.limits_json(principal.limits),
+        "expires_at": None if principal.expires_at is None else keys.iso_utc(principal.expires_at)},
         "usage_today": _usage_json(usage)}
 
 

@@ -21,7 +21,7 @@ import math
 import random
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
@@ -32,6 +32,7 @@ if TYPE_CHECKING:
     from runpod_manager.sandbox.service import ServiceServer
 
 MAX_BODY_BYTES = 8 * 1024 * 1024
+ModelRoute = Callable[[web.Request, Pod], Awaitable[web.StreamResponse]]
 VLLM_VERSION = "0.11.0+sandbox"
 _EMBEDDING_DIMENSIONS = 32
 
@@ -103,6 +104,15 @@ class ModelServer:
         self.world = world
         self.token_delay_seconds = token_delay_seconds
         self.service = service
+        self._routes: dict[str, tuple[str, ModelRoute]] = {
+            "/health": ("GET", self._health),
+            "/version": ("GET", self._version),
+            "/metrics": ("GET", self._metrics),
+            "/v1/models": ("GET", self._models),
+            "/v1/chat/completions": ("POST", self._chat),
+            "/v1/completions": ("POST", self._completions),
+            "/v1/embeddings": ("POST", self._embeddings),
+        }
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         target = request.match_info["target"]
@@ -120,24 +130,15 @@ class ModelServer:
         return await self._route(request, pod, path)
 
     async def _route(self, request: web.Request, pod: Pod, path: str) -> web.StreamResponse:
-        routes = {
-            "/health": ("GET", self._health),
-            "/version": ("GET", self._version),
-            "/metrics": ("GET", self._metrics),
-            "/v1/models": ("GET", self._models),
-            "/v1/chat/completions": ("POST", self._chat),
-            "/v1/completions": ("POST", self._completions),
-            "/v1/embeddings": ("POST", self._embeddings),
-        }
         api_key = self.world.model_api_key(pod)
         authorized = request.headers.get("Authorization", "") == f"Bearer {api_key}"
         if path.startswith("/v1") and request.method != "OPTIONS" and api_key is not None and not authorized:
             # vLLM's exact answer, which clients (and our proxy) recognise. Its middleware runs before
             # routing, so an unknown /v1 path without the key is a 401 too, not a 404.
             return web.json_response({"error": "Unauthorized"}, status=401)
-        if path not in routes:
+        if path not in self._routes:
             return web.json_response({"detail": "Not Found"}, status=404)
-        method, handler = routes[path]
+        method, handler = self._routes[path]
         if request.method != method:
             return web.json_response({"detail": "Method Not Allowed"}, status=405, headers={"Allow": method})
         try:
