@@ -15,44 +15,13 @@ from typing import Any
 import pytest
 import requests
 
-from tests.support.rpm import Rpm, wait_until
+from tests.support.rpm import Rpm, fast_config, wait_until
 
 pytestmark = pytest.mark.e2e
 
 CHAT, CODER = "org/chat-7b", "org/coder-1.5b"
-CONFIG = """\
-version = 1
-
-[limits]
-runtime_seconds = 3600
-daily_cutoff = ""
-timezone = "UTC"
-idle_timeout_seconds = 0
-max_daily_spend_usd = 0
-billing_check_seconds = 1800
-
-[startup]
-initial_wait_seconds = 0.05
-poll_interval_seconds = 0.1
-ready_timeout_seconds = 30
-
-[api]
-max_retries = 2
-read_timeout_seconds = 10
-
-[proxy]
-port = {port}
-reconcile_interval_seconds = 0.2
-retry_delay_seconds = 0.05
-
-[pods.chat]
-model = "{chat}"
-gpu_types = ["NVIDIA GeForce RTX 4090"]
-
-[pods.coder]
-model = "{coder}"
-gpu_types = ["NVIDIA GeForce RTX 4090"]
-"""
+PODS = {"chat": {"model": CHAT, "gpu_types": ["NVIDIA GeForce RTX 4090"]},
+        "coder": {"model": CODER, "gpu_types": ["NVIDIA GeForce RTX 4090"]}}
 
 
 def _free_port() -> int:
@@ -96,7 +65,7 @@ def pods_of(rpm: Rpm) -> set[str]:
 
 def test_a_team_of_three_keys_against_the_emulator(rpm: Rpm) -> None:
     port = _free_port()
-    rpm.config_path.write_text(CONFIG.format(port=port, chat=CHAT, coder=CODER), encoding="utf-8")
+    rpm.config_path.write_text(fast_config(proxy_port=port, pods=PODS), encoding="utf-8")
     outputs: list[str] = []
 
     def created(*args: str) -> str:

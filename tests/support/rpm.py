@@ -188,6 +188,26 @@ def config_text(*, tables: Mapping[str, Mapping[str, Any]] | None = None, **over
     return text
 
 
+def fast_config(*, limits: Mapping[str, Any] | None = None, proxy_port: int | None = None, api: bool = True,
+                **tables: Mapping[str, Any]) -> str:
+    """A config for the many-pod e2e tests: fast startup polling, default [limits] with `limits` over them,
+    [api] with few retries (unless `api` is false), a fast [proxy] on `proxy_port`, then `tables` ([pods])."""
+    import tomli_w
+
+    document: dict[str, Any] = {
+        "version": 1,
+        "limits": {"runtime_seconds": 3600, "daily_cutoff": "", "timezone": "UTC", "idle_timeout_seconds": 0,
+                   "idle_action": "stop", "max_daily_spend_usd": 0, "billing_check_seconds": 1800, **(limits or {})},
+        "startup": {"initial_wait_seconds": 0.05, "poll_interval_seconds": 0.1, "ready_timeout_seconds": 30},
+    }
+    if api:
+        document["api"] = {"max_retries": 2, "read_timeout_seconds": 10}
+    if proxy_port is not None:
+        document["proxy"] = {"port": proxy_port, "reconcile_interval_seconds": 0.2, "retry_delay_seconds": 0.05}
+    document.update({name: dict(keys) for name, keys in tables.items()})
+    return tomli_w.dumps(document)
+
+
 def wait_until(predicate: Any, timeout_seconds: float = 20.0, interval: float = 0.1) -> bool:
     deadline = time.monotonic() + timeout_seconds
     while time.monotonic() < deadline:
