@@ -7,10 +7,7 @@ the tests that start pods end them again.
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
-import signal
 import subprocess
 import sys
 import time
@@ -31,7 +28,7 @@ from runpod_manager.proxy.app import build_app
 from runpod_manager.proxy.manage import ROUTES, openapi_document
 from tests.support.openapi_client import CheckedClient
 from tests.support.proxy_fakes import FakeController, free_port, make_config
-from tests.support.rpm import Rpm, fast_config, run_sandbox, wait_until
+from tests.support.rpm import Rpm, fast_config, run_sandbox, stop_process_group, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -95,13 +92,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
             client = CheckedClient(url, requests.get(f"{url}/rpm/v1/openapi.json", timeout=10).json())
             yield Stack(rpm, url, admin, dev, adopted, proxy_log, client)
         finally:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(process.pid, signal.SIGTERM)
-            try:
-                process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
-                process.wait()
+            stop_process_group(process, timeout_seconds=20)
             rpm.run("shutdown", "--all", timeout=30)
 
 

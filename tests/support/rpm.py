@@ -101,13 +101,18 @@ def run_sandbox(*flags: str, api_key: str = "sk-e2e-sandbox-SECRET-4f1c") -> Ite
         threading.Thread(target=_drain, args=(process.stdout,), name="sandbox-output", daemon=True).start()
         yield Sandbox(process, values["RUNPOD_API_URL"], values["RUNPOD_API_KEY"], values["RPM_API_POD_URL_TEMPLATE"])
     finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
+        stop_process_group(process, timeout_seconds=10)
+
+
+def stop_process_group(process: subprocess.Popen[Any], *, timeout_seconds: float) -> None:
+    """SIGTERM the process's group (started with start_new_session), then SIGKILL it after `timeout_seconds`."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGTERM)
+    try:
+        process.wait(timeout=timeout_seconds)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
 
 
 def _drain(stream: Any) -> None:
