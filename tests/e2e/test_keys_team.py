@@ -7,7 +7,6 @@ and the spent budget survive a proxy restart, and no secret is in any output, lo
 from __future__ import annotations
 
 import contextlib
-import socket
 import subprocess
 from collections.abc import Iterator
 from typing import Any
@@ -15,6 +14,7 @@ from typing import Any
 import pytest
 import requests
 
+from tests.support.proxy_fakes import free_port
 from tests.support.rpm import Rpm, fast_config, wait_until
 
 pytestmark = pytest.mark.e2e
@@ -22,12 +22,6 @@ pytestmark = pytest.mark.e2e
 CHAT, CODER = "org/chat-7b", "org/coder-1.5b"
 PODS = {"chat": {"model": CHAT, "gpu_types": ["NVIDIA GeForce RTX 4090"]},
         "coder": {"model": CODER, "gpu_types": ["NVIDIA GeForce RTX 4090"]}}
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @contextlib.contextmanager
@@ -64,7 +58,7 @@ def pods_of(rpm: Rpm) -> set[str]:
 
 
 def test_a_team_of_three_keys_against_the_emulator(rpm: Rpm) -> None:
-    port = _free_port()
+    port = free_port()
     rpm.config_path.write_text(fast_config(proxy_port=port, pods=PODS), encoding="utf-8")
     outputs: list[str] = []
 
