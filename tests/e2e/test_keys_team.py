@@ -15,7 +15,7 @@ import pytest
 import requests
 
 from tests.support.proxy_fakes import free_port
-from tests.support.rpm import Rpm, fast_config, wait_until
+from tests.support.rpm import Rpm, fast_config, health_answers, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -29,20 +29,13 @@ def foreground_proxy(rpm: Rpm, port: int, outputs: list[str]) -> Iterator[subpro
     """`rpm proxy` until the block ends, then SIGTERM (a graceful stop: its counters are written)."""
     process = rpm.popen("proxy")
     try:
-        assert wait_until(lambda: _health(port), 20), "the proxy did not come up"
+        assert wait_until(lambda: health_answers(f"http://127.0.0.1:{port}"), 20), "the proxy did not come up"
         yield process
     finally:
         if process.poll() is None:
             process.terminate()
         out, err = process.communicate(timeout=30)
         outputs += [out, err]
-
-
-def _health(port: int) -> bool:
-    try:
-        return requests.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200
-    except requests.RequestException:
-        return False
 
 
 def ask(port: int, token: str, model: str, **extra: Any) -> requests.Response:

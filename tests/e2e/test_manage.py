@@ -28,7 +28,7 @@ from runpod_manager.proxy.app import build_app
 from runpod_manager.proxy.manage import ROUTES, openapi_document
 from tests.support.openapi_client import CheckedClient
 from tests.support.proxy_fakes import FakeController, free_port, make_config
-from tests.support.rpm import Rpm, fast_config, run_sandbox, stop_process_group, wait_until
+from tests.support.rpm import Rpm, fast_config, health_answers, run_sandbox, stop_process_group, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -88,19 +88,12 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
                                        stderr=subprocess.STDOUT, env=rpm.env(), cwd=home, start_new_session=True)
         url = f"http://127.0.0.1:{port}"
         try:
-            assert wait_until(lambda: _answers(url), 20), proxy_log.read_text()
+            assert wait_until(lambda: health_answers(url), 20), proxy_log.read_text()
             client = CheckedClient(url, requests.get(f"{url}/rpm/v1/openapi.json", timeout=10).json())
             yield Stack(rpm, url, admin, dev, adopted, proxy_log, client)
         finally:
             stop_process_group(process, timeout_seconds=20)
             rpm.run("shutdown", "--all", timeout=30)
-
-
-def _answers(url: str) -> bool:
-    try:
-        return requests.get(f"{url}/health", timeout=1).status_code == 200
-    except requests.RequestException:
-        return False
 
 
 def _error(response: requests.Response) -> dict[str, Any]:

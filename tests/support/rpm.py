@@ -213,6 +213,14 @@ def fast_config(*, limits: Mapping[str, Any] | None = None, proxy_port: int | No
     return tomli_w.dumps(document)
 
 
+def health_answers(url: str) -> bool:
+    """Whether a proxy at `url` answers GET /health with 200 (false while it is not yet listening)."""
+    try:
+        return requests.get(f"{url}/health", timeout=1).status_code == 200
+    except requests.RequestException:
+        return False
+
+
 def wait_until(predicate: Any, timeout_seconds: float = 20.0, interval: float = 0.1) -> bool:
     deadline = time.monotonic() + timeout_seconds
     while time.monotonic() < deadline:
