@@ -25,13 +25,14 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from proxy import free_port, rss_mib, server  # the sibling bench's process helpers
+from proxy import FixedPod, free_port, rss_mib, server  # the sibling bench's process helpers
 
 BLOCK = bytes(range(256)) * 256  # 64 KiB
 
@@ -70,33 +71,10 @@ def run_rpm_proxy(port: int, service: str) -> None:
 
     from runpod_manager.config import CacheConfig, Config, PodConfig, ProxyConfig
     from runpod_manager.paths import resolve_paths
-    from runpod_manager.proxy.controller import PodView, UpstreamTarget
+    from runpod_manager.proxy.controller import UpstreamTarget
     from runpod_manager.proxy.server import configure_proxy_logging, run_proxy
 
     target = UpstreamTarget("pod-bench", service, None)
-    view = PodView(name="svc", pod_id="pod-bench", status="RUNNING", ready=True, lease_open=True)
-
-    class FixedPod:
-        def pod_names(self) -> tuple[str, ...]:
-            return ("svc",)
-
-        def current_target(self, pod: str) -> UpstreamTarget:
-            return target
-
-        def wake(self, pod: str) -> UpstreamTarget:
-            return target
-
-        def reconcile(self, last_request_at: Any) -> dict[str, PodView]:
-            return self.views()
-
-        def view(self, pod: str) -> PodView:
-            return view
-
-        def views(self) -> dict[str, PodView]:
-            return {"svc": view}
-
-        def mark_unreachable(self, pod: str, pod_id: str) -> None:
-            pass
 
     pod = PodConfig(name="svc", kind="http", image="bench/service", max_body_bytes=64 * 1024**3)
     config = Config(pod=pod, pods=(pod,), proxy=ProxyConfig(host="127.0.0.1", port=port),
@@ -104,7 +82,7 @@ def run_rpm_proxy(port: int, service: str) -> None:
     paths = resolve_paths()
     close_log = configure_proxy_logging(paths, level=logging.INFO)
     try:
-        run_proxy(config, FixedPod(), paths)
+        run_proxy(config, FixedPod(("svc",), target), paths)
     finally:
         close_log()
 
@@ -153,6 +131,24 @@ async def upload(url: str, size_bytes: int) -> tuple[float, dict[str, Any]]:
         return time.perf_counter() - started, document
 
 
+def latency_table(title: str, rounds: int, urls: dict[str, str],
+                  measure: Callable[[str], Coroutine[Any, Any, list[float]]]) -> None:
+    """Print p50/p99 of `measure` per path (direct, rpm: alternated each round) and what rpm adds to them."""
+    rows: dict[str, list[tuple[float, float]]] = {name: [] for name in urls}
+    for _ in range(rounds):
+        for name, url in urls.items():
+            values = asyncio.run(measure(url))
+            rows[name].append((percentile(values, 0.5), percentile(values, 0.99)))
+    print(f"\n## {title}\n")
+    print("| path | p50 | p99 |\n|---|---|---|")
+    for name, results in rows.items():
+        print(f"| {name} | {statistics.median(r[0] for r in results) * 1e3:.3f} | "
+              f"{statistics.median(r[1] for r in results) * 1e3:.3f} |")
+    added = [(r[0] - d[0], r[1] - d[1]) for r, d in zip(rows["rpm"], rows["direct"], strict=True)]
+    print(f"| added by rpm | {statistics.median(a[0] for a in added) * 1e3:.3f} | "
+          f"{statistics.median(a[1] for a in added) * 1e3:.3f} |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--requests", type=int, default=2000)
@@ -180,33 +176,12 @@ def main() -> None:
           server([me, "--role", "rpm-proxy", "--port", str(rpm_port), "--service", f"http://127.0.0.1:{svc_port}"],
                  rpm_port, env) as proxy):
         direct, routed = f"http://127.0.0.1:{svc_port}", f"http://127.0.0.1:{rpm_port}/pods/svc"
-        rows: dict[str, list[tuple[float, float]]] = {"direct": [], "rpm": []}
-        for _ in range(args.rounds):
-            for name, base in (("direct", direct), ("rpm", routed)):
-                values = asyncio.run(get_latencies(f"{base}/small", count))
-                rows[name].append((percentile(values, 0.5), percentile(values, 0.99)))
-        print("\n## Small GET (1 connection, ms; median of rounds)\n")
-        print("| path | p50 | p99 |\n|---|---|---|")
-        for name, results in rows.items():
-            print(f"| {name} | {statistics.median(r[0] for r in results) * 1e3:.3f} | "
-                  f"{statistics.median(r[1] for r in results) * 1e3:.3f} |")
-        added = [(r[0] - d[0], r[1] - d[1]) for r, d in zip(rows["rpm"], rows["direct"], strict=True)]
-        print(f"| added by rpm | {statistics.median(a[0] for a in added) * 1e3:.3f} | "
-              f"{statistics.median(a[1] for a in added) * 1e3:.3f} |")
-
-        ws_rows: dict[str, list[tuple[float, float]]] = {"direct": [], "rpm": []}
-        for _ in range(args.rounds):
-            for name, base in (("direct", direct), ("rpm", routed)):
-                values = asyncio.run(ws_round_trips(f"{base.replace('http', 'ws', 1)}/ws", count))
-                ws_rows[name].append((percentile(values, 0.5), percentile(values, 0.99)))
-        print("\n## WebSocket round trip (one socket, ms; median of rounds)\n")
-        print("| path | p50 | p99 |\n|---|---|---|")
-        for name, results in ws_rows.items():
-            print(f"| {name} | {statistics.median(r[0] for r in results) * 1e3:.3f} | "
-                  f"{statistics.median(r[1] for r in results) * 1e3:.3f} |")
-        ws_added = [(r[0] - d[0], r[1] - d[1]) for r, d in zip(ws_rows["rpm"], ws_rows["direct"], strict=True)]
-        print(f"| added by rpm | {statistics.median(a[0] for a in ws_added) * 1e3:.3f} | "
-              f"{statistics.median(a[1] for a in ws_added) * 1e3:.3f} |")
+        bases = (("direct", direct), ("rpm", routed))
+        latency_table("Small GET (1 connection, ms; median of rounds)", args.rounds,
+                      {name: f"{base}/small" for name, base in bases}, lambda url: get_latencies(url, count))
+        latency_table("WebSocket round trip (one socket, ms; median of rounds)", args.rounds,
+                      {name: f"{base.replace('http', 'ws', 1)}/ws" for name, base in bases},
+                      lambda url: ws_round_trips(url, count))
 
         rates: dict[str, list[float]] = {"direct": [], "rpm": []}
         idle_rss = rss_mib(proxy.pid)

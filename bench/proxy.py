@@ -38,9 +38,12 @@ import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
+
+if TYPE_CHECKING:
+    from runpod_manager.proxy.controller import PodView, UpstreamTarget
 
 HERE = Path(__file__).resolve().parent
 MODEL = "bench/model"
@@ -145,7 +148,7 @@ def run_rpm_proxy(port: int, upstream: str, cache_dir: str, gateway: bool = Fals
 
     from runpod_manager.config import CacheConfig, Config, PodConfig, ProxyConfig
     from runpod_manager.paths import resolve_paths
-    from runpod_manager.proxy.controller import PodView, UpstreamTarget
+    from runpod_manager.proxy.controller import UpstreamTarget
     from runpod_manager.proxy.server import configure_proxy_logging, run_proxy
 
     use_uvloop = os.environ.get("RPM_BENCH_ASYNCIO_LOOP") != "1"  # the A/B of uvloop in one run
@@ -153,28 +156,6 @@ def run_rpm_proxy(port: int, upstream: str, cache_dir: str, gateway: bool = Fals
              PodConfig(name="svc", kind="http")) if gateway else (PodConfig(model=MODEL),))
     target = UpstreamTarget("pod-bench", upstream, "bench-upstream-key")
     names = tuple(pod.name for pod in pods)
-
-    class FixedPod:
-        def pod_names(self) -> tuple[str, ...]:
-            return names
-
-        def current_target(self, pod: str) -> UpstreamTarget:
-            return target
-
-        def wake(self, pod: str) -> UpstreamTarget:
-            return target
-
-        def reconcile(self, last_request_at: Any) -> dict[str, PodView]:
-            return self.views()
-
-        def view(self, pod: str) -> PodView:
-            return PodView(name=pod, pod_id="pod-bench", status="RUNNING", ready=True, lease_open=True)
-
-        def views(self) -> dict[str, PodView]:
-            return {name: self.view(name) for name in names}
-
-        def mark_unreachable(self, pod: str, pod_id: str) -> None:
-            pass
 
     # [pod] model is the name the upstream serves: the proxy answers other names itself with a 404.
     config = Config(pod=pods[0], pods=pods if gateway else (), proxy=ProxyConfig(host="127.0.0.1", port=port),
@@ -188,16 +169,56 @@ def run_rpm_proxy(port: int, upstream: str, cache_dir: str, gateway: bool = Fals
 
             profiler = cProfile.Profile(time.process_time)
             try:
-                profiler.runcall(run_proxy, config, FixedPod(), paths, use_uvloop=use_uvloop)
+                profiler.runcall(run_proxy, config, FixedPod(names, target), paths, use_uvloop=use_uvloop)
             finally:
                 profiler.dump_stats(profile_to)
         else:
-            run_proxy(config, FixedPod(), paths, use_uvloop=use_uvloop)
+            run_proxy(config, FixedPod(names, target), paths, use_uvloop=use_uvloop)
     finally:
         close_log()
 
 
 # ------------------------------------------------------------------------------------------- helpers
+
+
+class FixedPod:
+    """A ProxyController whose pods are always running at one target: the proxy's own cost, no RunPod."""
+
+    def __init__(self, names: tuple[str, ...], target: UpstreamTarget) -> None:
+        from runpod_manager.proxy.controller import PodView
+
+        self.names, self.target, self._pod_view = names, target, PodView
+
+    def pod_names(self) -> tuple[str, ...]:
+        return self.names
+
+    def current_target(self, pod: str) -> UpstreamTarget:
+        return self.target
+
+    def wake(self, pod: str) -> UpstreamTarget:
+        return self.target
+
+    def reconcile(self, last_request_at: Any) -> dict[str, PodView]:
+        return self.views()
+
+    def view(self, pod: str) -> PodView:
+        return self._pod_view(name=pod, pod_id="pod-bench", status="RUNNING", ready=True, lease_open=True)
+
+    def views(self) -> dict[str, PodView]:
+        return {name: self.view(name) for name in self.names}
+
+    def mark_unreachable(self, pod: str, pod_id: str) -> None:
+        pass
+
+
+def stop(process: subprocess.Popen[bytes]) -> None:
+    """SIGTERM, then SIGKILL a server that has not exited after 15 s."""
+    process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(15)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
 
 
 def free_port() -> int:
@@ -225,12 +246,7 @@ def server(args: list[str], port: int, env: dict[str, str] | None = None) -> Ite
         wait_listening(port, process)
         yield process
     finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop(process)
 
 
 def rss_mib(pid: int) -> float:
@@ -671,12 +687,7 @@ def litellm_proxy(port: int, upstream: str) -> Iterator[int | str]:
         wait_listening(port, process, timeout=120)
         yield process.pid
     finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop(process)
 
 
 PEERS = {"nginx": nginx_proxy, "litellm": litellm_proxy}

@@ -25,7 +25,7 @@ import pytest
 import requests
 
 from tests.support.proxy_fakes import free_port
-from tests.support.rpm import Rpm, wait_until
+from tests.support.rpm import Rpm, fast_config, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -54,39 +54,9 @@ def write(rpm: Rpm, proxy_port: int, listen_port: int, *, idle: int = 0, runtime
           comfy: dict[str, Any] | None = None) -> None:
     comfy_keys = {"kind": "http", "image": "comfyanonymous/comfyui:latest", "port": 8188, "health_path": "/health",
                   "listen_port": listen_port, "gpu_types": ["NVIDIA GeForce RTX 4090"], **(comfy or {})}
-    text = f"""\
-version = 1
-
-[limits]
-runtime_seconds = {runtime}
-daily_cutoff = ""
-timezone = "UTC"
-idle_timeout_seconds = {idle}
-idle_action = "stop"
-cutoff_action = "stop"
-max_daily_spend_usd = 0
-
-[startup]
-initial_wait_seconds = 0.05
-poll_interval_seconds = 0.1
-ready_timeout_seconds = 30
-
-[proxy]
-port = {proxy_port}
-reconcile_interval_seconds = 0.2
-retry_delay_seconds = 0.05
-
-[api]
-max_retries = 2
-read_timeout_seconds = 10
-
-[pods.comfy]
-{chr(10).join(f"{key} = {json.dumps(value)}" for key, value in comfy_keys.items())}
-
-[pods.chat]
-model = "{CHAT_MODEL}"
-gpu_types = ["NVIDIA L40S"]
-"""
+    text = fast_config(limits={"runtime_seconds": runtime, "idle_timeout_seconds": idle, "cutoff_action": "stop"},
+                       proxy_port=proxy_port,
+                       pods={"comfy": comfy_keys, "chat": {"model": CHAT_MODEL, "gpu_types": ["NVIDIA L40S"]}})
     rpm.config_path.write_text(text, encoding="utf-8")
 
 

@@ -16,6 +16,7 @@ import pytest
 import requests
 
 from runpod_manager.proxy.jobs import INTERRUPTED
+from tests.support import proxy_fakes
 from tests.support.rpm import Rpm, wait_until
 
 pytestmark = pytest.mark.e2e
@@ -109,8 +110,4 @@ def test_jobs_wake_the_pod_and_a_proxy_restart_fails_the_one_in_flight_and_runs_
 
 @pytest.fixture
 def free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    return proxy_fakes.free_port()

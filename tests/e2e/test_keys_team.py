@@ -7,7 +7,6 @@ and the spent budget survive a proxy restart, and no secret is in any output, lo
 from __future__ import annotations
 
 import contextlib
-import socket
 import subprocess
 from collections.abc import Iterator
 from typing import Any
@@ -15,50 +14,14 @@ from typing import Any
 import pytest
 import requests
 
-from tests.support.rpm import Rpm, wait_until
+from tests.support.proxy_fakes import free_port
+from tests.support.rpm import Rpm, fast_config, health_answers, wait_until
 
 pytestmark = pytest.mark.e2e
 
 CHAT, CODER = "org/chat-7b", "org/coder-1.5b"
-CONFIG = """\
-version = 1
-
-[limits]
-runtime_seconds = 3600
-daily_cutoff = ""
-timezone = "UTC"
-idle_timeout_seconds = 0
-max_daily_spend_usd = 0
-billing_check_seconds = 1800
-
-[startup]
-initial_wait_seconds = 0.05
-poll_interval_seconds = 0.1
-ready_timeout_seconds = 30
-
-[api]
-max_retries = 2
-read_timeout_seconds = 10
-
-[proxy]
-port = {port}
-reconcile_interval_seconds = 0.2
-retry_delay_seconds = 0.05
-
-[pods.chat]
-model = "{chat}"
-gpu_types = ["NVIDIA GeForce RTX 4090"]
-
-[pods.coder]
-model = "{coder}"
-gpu_types = ["NVIDIA GeForce RTX 4090"]
-"""
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+PODS = {"chat": {"model": CHAT, "gpu_types": ["NVIDIA GeForce RTX 4090"]},
+        "coder": {"model": CODER, "gpu_types": ["NVIDIA GeForce RTX 4090"]}}
 
 
 @contextlib.contextmanager
@@ -66,20 +29,13 @@ def foreground_proxy(rpm: Rpm, port: int, outputs: list[str]) -> Iterator[subpro
     """`rpm proxy` until the block ends, then SIGTERM (a graceful stop: its counters are written)."""
     process = rpm.popen("proxy")
     try:
-        assert wait_until(lambda: _health(port), 20), "the proxy did not come up"
+        assert wait_until(lambda: health_answers(f"http://127.0.0.1:{port}"), 20), "the proxy did not come up"
         yield process
     finally:
         if process.poll() is None:
             process.terminate()
         out, err = process.communicate(timeout=30)
         outputs += [out, err]
-
-
-def _health(port: int) -> bool:
-    try:
-        return requests.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200
-    except requests.RequestException:
-        return False
 
 
 def ask(port: int, token: str, model: str, **extra: Any) -> requests.Response:
@@ -95,8 +51,8 @@ def pods_of(rpm: Rpm) -> set[str]:
 
 
 def test_a_team_of_three_keys_against_the_emulator(rpm: Rpm) -> None:
-    port = _free_port()
-    rpm.config_path.write_text(CONFIG.format(port=port, chat=CHAT, coder=CODER), encoding="utf-8")
+    port = free_port()
+    rpm.config_path.write_text(fast_config(proxy_port=port, pods=PODS), encoding="utf-8")
     outputs: list[str] = []
 
     def created(*args: str) -> str:

@@ -7,10 +7,7 @@ the tests that start pods end them again.
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
-import signal
 import subprocess
 import sys
 import time
@@ -31,45 +28,15 @@ from runpod_manager.proxy.app import build_app
 from runpod_manager.proxy.manage import ROUTES, openapi_document
 from tests.support.openapi_client import CheckedClient
 from tests.support.proxy_fakes import FakeController, free_port, make_config
-from tests.support.rpm import Rpm, run_sandbox, wait_until
+from tests.support.rpm import Rpm, fast_config, health_answers, run_sandbox, stop_process_group, wait_until
 
 pytestmark = pytest.mark.e2e
 
 
-CONFIG = """\
-version = 1
-
-[limits]
-runtime_seconds = 3600
-daily_cutoff = ""
-timezone = "UTC"
-idle_timeout_seconds = 0
-idle_action = "stop"
-max_daily_spend_usd = 0
-billing_check_seconds = 1800
-
-[startup]
-initial_wait_seconds = 0.05
-poll_interval_seconds = 0.1
-ready_timeout_seconds = 30
-
-[api]
-max_retries = 2
-read_timeout_seconds = 10
-
-[proxy]
-port = {port}
-reconcile_interval_seconds = 0.2
-retry_delay_seconds = 0.05
-
-[pods.coder]
-model = "org/coder-7b"
-gpu_types = ["NVIDIA GeForce RTX 4090"]
-
-[pods.legacy]
-model = "org/legacy-7b"
-pod_id = "{adopted}"
-"""
+def _config(port: int, adopted_pod_id: str) -> str:
+    return fast_config(proxy_port=port, pods={
+        "coder": {"model": "org/coder-7b", "gpu_types": ["NVIDIA GeForce RTX 4090"]},
+        "legacy": {"model": "org/legacy-7b", "pod_id": adopted_pod_id}})
 
 
 @dataclass
@@ -112,7 +79,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         assert created.status_code == 201, created.text
         adopted = str(created.json()["id"])
         port = free_port()
-        rpm.config_path.write_text(CONFIG.format(port=port, adopted=adopted), encoding="utf-8")
+        rpm.config_path.write_text(_config(port, adopted), encoding="utf-8")
         admin = _create_key(rpm, "ops", "--role", "admin")
         dev = _create_key(rpm, "dev", "--pods", "coder", "--daily-budget-usd", "2")
         proxy_log = root / "proxy.log"
@@ -121,25 +88,12 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
                                        stderr=subprocess.STDOUT, env=rpm.env(), cwd=home, start_new_session=True)
         url = f"http://127.0.0.1:{port}"
         try:
-            assert wait_until(lambda: _answers(url), 20), proxy_log.read_text()
+            assert wait_until(lambda: health_answers(url), 20), proxy_log.read_text()
             client = CheckedClient(url, requests.get(f"{url}/rpm/v1/openapi.json", timeout=10).json())
             yield Stack(rpm, url, admin, dev, adopted, proxy_log, client)
         finally:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(process.pid, signal.SIGTERM)
-            try:
-                process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
-                process.wait()
+            stop_process_group(process, timeout_seconds=20)
             rpm.run("shutdown", "--all", timeout=30)
-
-
-def _answers(url: str) -> bool:
-    try:
-        return requests.get(f"{url}/health", timeout=1).status_code == 200
-    except requests.RequestException:
-        return False
 
 
 def _error(response: requests.Response) -> dict[str, Any]:

@@ -10,51 +10,16 @@ from typing import Any
 
 import pytest
 
-from tests.support.rpm import Rpm, wait_until
+from tests.support.rpm import Rpm, fast_config, wait_until
 
 pytestmark = pytest.mark.e2e
 
-HEAD = """\
-version = 1
-
-[limits]
-runtime_seconds = 3600
-daily_cutoff = ""
-timezone = "UTC"
-idle_timeout_seconds = {idle}
-idle_action = "stop"
-max_daily_spend_usd = {cap}
-billing_check_seconds = 1800
-
-[startup]
-initial_wait_seconds = 0.05
-poll_interval_seconds = 0.1
-ready_timeout_seconds = 30
-
-[api]
-max_retries = 2
-read_timeout_seconds = 10
-"""
-
-POD = """
-[pods.{name}]
-model = "{model}"
-gpu_types = {gpu_types}
-{extra}
-"""
-
 
 def write(rpm: Rpm, pods: dict[str, dict[str, Any]], *, idle: int = 0, cap: float = 0) -> None:
-    text = HEAD.format(idle=idle, cap=cap)
-    for name, keys in pods.items():
-        extra = "\n".join(f"{key} = {json.dumps(value)}" for key, value in keys.items()
-                          if key not in ("model", "limits", "gpu_types"))
-        gpu_types = json.dumps(keys.get("gpu_types", ["NVIDIA GeForce RTX 4090", "NVIDIA L40S"]))
-        text += POD.format(name=name, model=keys.get("model", f"org/{name}-model"), gpu_types=gpu_types,
-                           extra=extra)
-        if keys.get("limits"):
-            text += f"[pods.{name}.limits]\n" + "".join(f"{key} = {json.dumps(value)}\n"
-                                                         for key, value in keys["limits"].items())
+    tables = {name: {"model": f"org/{name}-model", "gpu_types": ["NVIDIA GeForce RTX 4090", "NVIDIA L40S"],
+                     **{key: value for key, value in keys.items() if key != "limits" or value}}
+              for name, keys in pods.items()}
+    text = fast_config(limits={"idle_timeout_seconds": idle, "max_daily_spend_usd": cap}, pods=tables)
     rpm.config_path.write_text(text, encoding="utf-8")
 
 

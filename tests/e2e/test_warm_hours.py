@@ -9,32 +9,14 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from tests.support.rpm import Rpm
+from tests.support.rpm import Rpm, fast_config
 
 pytestmark = pytest.mark.e2e
 
-CONFIG = """\
-version = 1
-
-[limits]
-runtime_seconds = 3600
-daily_cutoff = ""
-timezone = "UTC"
-idle_timeout_seconds = 60
-warm_hours = "{window}"
-warm_idle_timeout_seconds = 3600
-max_daily_spend_usd = 0
-
-[startup]
-initial_wait_seconds = 0.05
-poll_interval_seconds = 0.1
-ready_timeout_seconds = 30
-
-[pod]
-name = "warm"
-model = "org/warm-model"
-gpu_types = ["NVIDIA GeForce RTX 4090"]
-"""
+def _config(window: str) -> str:
+    return fast_config(limits={"idle_timeout_seconds": 60, "warm_hours": window, "warm_idle_timeout_seconds": 3600},
+                       api=False, pod={"name": "warm", "model": "org/warm-model",
+                                       "gpu_types": ["NVIDIA GeForce RTX 4090"]})
 
 
 def live(rpm: Rpm) -> list[str]:
@@ -48,7 +30,7 @@ def test_a_window_starting_soon_is_warmed_by_the_watchdog_once(rpm: Rpm) -> None
         pytest.skip("the window would cross midnight (UTC)")
     weekday = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")[start.weekday()]  # not %a: it follows the locale
     window = f"{weekday} {start:%H:%M}-{end:%H:%M}"
-    rpm.config_path.write_text(CONFIG.format(window=window), encoding="utf-8")
+    rpm.config_path.write_text(_config(window), encoding="utf-8")
     first = rpm.run("watchdog")
     assert first.returncode == 0, first.stderr
     record = rpm.state()["pods"]["warm"]

@@ -101,13 +101,18 @@ def run_sandbox(*flags: str, api_key: str = "sk-e2e-sandbox-SECRET-4f1c") -> Ite
         threading.Thread(target=_drain, args=(process.stdout,), name="sandbox-output", daemon=True).start()
         yield Sandbox(process, values["RUNPOD_API_URL"], values["RUNPOD_API_KEY"], values["RPM_API_POD_URL_TEMPLATE"])
     finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
+        stop_process_group(process, timeout_seconds=10)
+
+
+def stop_process_group(process: subprocess.Popen[Any], *, timeout_seconds: float) -> None:
+    """SIGTERM the process's group (started with start_new_session), then SIGKILL it after `timeout_seconds`."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGTERM)
+    try:
+        process.wait(timeout=timeout_seconds)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
 
 
 def _drain(stream: Any) -> None:
@@ -186,6 +191,34 @@ def config_text(*, tables: Mapping[str, Mapping[str, Any]] | None = None, **over
 
         text += "\n" + tomli_w.dumps({name: dict(keys) for name, keys in tables.items()})
     return text
+
+
+def fast_config(*, limits: Mapping[str, Any] | None = None, proxy_port: int | None = None, api: bool = True,
+                **tables: Mapping[str, Any]) -> str:
+    """A config for the many-pod e2e tests: fast startup polling, default [limits] with `limits` over them,
+    [api] with few retries (unless `api` is false), a fast [proxy] on `proxy_port`, then `tables` ([pods])."""
+    import tomli_w
+
+    document: dict[str, Any] = {
+        "version": 1,
+        "limits": {"runtime_seconds": 3600, "daily_cutoff": "", "timezone": "UTC", "idle_timeout_seconds": 0,
+                   "idle_action": "stop", "max_daily_spend_usd": 0, "billing_check_seconds": 1800, **(limits or {})},
+        "startup": {"initial_wait_seconds": 0.05, "poll_interval_seconds": 0.1, "ready_timeout_seconds": 30},
+    }
+    if api:
+        document["api"] = {"max_retries": 2, "read_timeout_seconds": 10}
+    if proxy_port is not None:
+        document["proxy"] = {"port": proxy_port, "reconcile_interval_seconds": 0.2, "retry_delay_seconds": 0.05}
+    document.update({name: dict(keys) for name, keys in tables.items()})
+    return tomli_w.dumps(document)
+
+
+def health_answers(url: str) -> bool:
+    """Whether a proxy at `url` answers GET /health with 200 (false while it is not yet listening)."""
+    try:
+        return requests.get(f"{url}/health", timeout=1).status_code == 200
+    except requests.RequestException:
+        return False
 
 
 def wait_until(predicate: Any, timeout_seconds: float = 20.0, interval: float = 0.1) -> bool:

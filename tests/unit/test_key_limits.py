@@ -12,6 +12,7 @@ import pytest
 
 from runpod_manager.keys import KeyLimits, KeyUsage, Principal, load_usage
 from runpod_manager.proxy.limits import KeyLimiter, RateLimited, ShareMeter, request_cost_usd, reset_words
+from tests.support.clock import Clock
 
 NOON = datetime(2026, 11, 29, 12, 0, tzinfo=UTC).timestamp()
 
@@ -52,14 +53,6 @@ def test_the_meter_splits_exactly_as_the_pure_function_and_the_shares_add_up_to_
         covered = sum(b - a for a, b in itertools.pairwise(moments)
                       if any(s <= a and e >= b for s, e in spans))
         assert sum(owned.values()) == pytest.approx(covered)
-
-
-class Clock:
-    def __init__(self, now: float) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def limiter(tmp_path: Path, **options: int) -> tuple[KeyLimiter, Clock]:

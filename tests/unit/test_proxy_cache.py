@@ -19,14 +19,7 @@ from runpod_manager.proxy.cache import (
     is_cacheable,
 )
 from runpod_manager.proxy.forward import NO_BODY, RequestFacts
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1_000_000.0
-
-    def __call__(self) -> float:
-        return self.now
+from tests.support.clock import Clock
 
 
 @pytest.fixture

@@ -20,14 +20,7 @@ from runpod_manager.proxy.jobs import (
     stored_headers,
     wants_async,
 )
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1_000_000.0
-
-    def __call__(self) -> float:
-        return self.now
+from tests.support.clock import Clock
 
 
 @pytest.fixture

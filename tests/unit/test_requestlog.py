@@ -26,19 +26,12 @@ from runpod_manager.requestlog import (
     read_requests,
     usage_tokens,
 )
+from tests.support.clock import Clock
 
 DAY = 86400.0
 T0 = 1_767_261_600.0  # 2026-01-01T10:00:00Z
 ANSWER = json.dumps({"id": "x", "choices": [{"index": 0, "message": {"content": "hi"}}],
                      "usage": {"prompt_tokens": 11, "completion_tokens": 7, "total_tokens": 18}}).encode()
-
-
-class Clock:
-    def __init__(self, now: float = T0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
 
 
 @pytest.fixture
@@ -60,7 +53,7 @@ def lines_of(path: Path) -> list[dict[str, Any]]:
 
 
 def test_a_flushed_entry_is_one_json_line_with_every_field(paths: Paths) -> None:
-    log = RequestLog(paths.request_log, keep_days=30, clock=Clock())
+    log = RequestLog(paths.request_log, keep_days=30, clock=Clock(T0))
     log.append(entry())
     assert not paths.request_log.exists()  # appending is not writing: nothing happens on the request path
     log.close()
@@ -75,7 +68,7 @@ def test_a_flushed_entry_is_one_json_line_with_every_field(paths: Paths) -> None
 def test_the_log_file_is_0600_in_a_0700_directory_whatever_the_umask(paths: Paths) -> None:
     old = os.umask(0)
     try:
-        log = RequestLog(paths.request_log, keep_days=30, clock=Clock())
+        log = RequestLog(paths.request_log, keep_days=30, clock=Clock(T0))
         log.append(entry())
         log.close()
     finally:
@@ -88,7 +81,7 @@ def test_a_loose_file_left_by_hand_is_tightened(paths: Paths) -> None:
     paths.log_dir.mkdir(parents=True)
     paths.request_log.write_text("")
     paths.request_log.chmod(0o644)
-    log = RequestLog(paths.request_log, keep_days=30, clock=Clock())
+    log = RequestLog(paths.request_log, keep_days=30, clock=Clock(T0))
     log.append(entry())
     log.close()
     assert stat.S_IMODE(paths.request_log.stat().st_mode) == 0o600
@@ -123,7 +116,7 @@ def test_a_full_batch_is_written_before_the_interval(paths: Paths) -> None:
 
 def test_rotation_by_size_keeps_every_line_and_each_file_bounded(paths: Paths) -> None:
     line_bytes = len(format_line(entry())) + 1
-    log = RequestLog(paths.request_log, keep_days=30, max_file_bytes=3 * line_bytes, clock=Clock())
+    log = RequestLog(paths.request_log, keep_days=30, max_file_bytes=3 * line_bytes, clock=Clock(T0))
     for _ in range(7):  # one batch each: the size is checked per batch
         log.append(entry())
         log.flush()
@@ -136,7 +129,7 @@ def test_rotation_by_size_keeps_every_line_and_each_file_bounded(paths: Paths) -
 
 
 def test_a_new_utc_day_starts_a_new_file(paths: Paths) -> None:
-    clock = Clock()
+    clock = Clock(T0)
     log = RequestLog(paths.request_log, keep_days=30, clock=clock)
     log.append(entry())
     log.flush()
@@ -157,7 +150,7 @@ def test_retention_deletes_files_last_written_before_keep_days(paths: Paths) -> 
     for file, written in ((old, T0 - 31 * DAY), (recent, T0 - 2 * DAY), (other, T0 - 400 * DAY)):
         file.write_text("{}\n")
         os.utime(file, (written, written))
-    log = RequestLog(paths.request_log, keep_days=30, clock=Clock())
+    log = RequestLog(paths.request_log, keep_days=30, clock=Clock(T0))
     log.start()
     log.close()
     assert not old.exists()
@@ -165,7 +158,7 @@ def test_retention_deletes_files_last_written_before_keep_days(paths: Paths) -> 
 
 
 def test_rotation_applies_retention_too(paths: Paths) -> None:
-    clock = Clock()
+    clock = Clock(T0)
     log = RequestLog(paths.request_log, keep_days=1, clock=clock)
     for _day in range(4):
         log.append(entry(clock.now))
@@ -179,7 +172,7 @@ def test_rotation_applies_retention_too(paths: Paths) -> None:
 def test_keep_days_zero_writes_nothing_and_deletes_what_was_kept(paths: Paths) -> None:
     paths.log_dir.mkdir(parents=True)
     paths.request_log.write_text(format_line(entry()) + "\n")
-    log = RequestLog(paths.request_log, keep_days=0, clock=Clock())
+    log = RequestLog(paths.request_log, keep_days=0, clock=Clock(T0))
     log.start()
     log.append(entry())
     log.close()
@@ -191,7 +184,7 @@ def test_a_line_cut_short_by_a_crash_hides_no_other_line(paths: Paths) -> None:
     whole = format_line(entry(T0 + 1))
     paths.request_log.write_text(whole + "\n" + whole[: len(whole) // 2])  # the crash cut the second line
     os.utime(paths.request_log, (T0 + 2, T0 + 2))  # written today (by the fake clock): no rotation
-    log = RequestLog(paths.request_log, keep_days=30, clock=Clock())
+    log = RequestLog(paths.request_log, keep_days=30, clock=Clock(T0))
     log.append(entry(T0 + 3))
     log.close()
     read = read_requests(paths.request_log)
@@ -208,7 +201,7 @@ def test_lines_that_are_not_requests_are_skipped(line: bytes) -> None:
 
 
 def test_reading_filters_by_window_and_pod_and_sorts_by_arrival(paths: Paths) -> None:
-    log = RequestLog(paths.request_log, keep_days=30, clock=Clock())
+    log = RequestLog(paths.request_log, keep_days=30, clock=Clock(T0))
     for ended in (T0 + 30, T0 + 10, T0 + 20):
         log.append(entry(ended))
     log.append((T0 + 40, 0.5, "chat", None, "m", False, "POST", "/v1/chat/completions", 200, None, None, 0.0,
