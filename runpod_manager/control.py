@@ -359,11 +359,11 @@ class Fleet:
             return [m for m in self.members.values() if replicas or m.config.pod.name == _group(config, m)]
         chosen: list[Lifecycle] = []
         for name in names:
-            group = config.pod_named(name)
-            if group is None and name not in self.members:
-                raise ConfigError(f"no pod named {name!r} in {config.source or 'the config'}",
-                                  hint=f"configured: {', '.join(p.name for p in config.all_pods)}")
-            wanted = [c.pod.name for c in config.replica_configs(name)] if group else [name]
+            # A replica's own name stands for itself; any other name not configured is Config.for_pod's error.
+            if config.pod_named(name) is None and name in self.members:
+                wanted = [name]
+            else:
+                wanted = [c.pod.name for c in config.replica_configs(name)]
             chosen += [self.members[n] for n in (wanted if replicas else wanted[:1]) if self.members[n] not in chosen]
         return chosen
 

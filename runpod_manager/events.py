@@ -113,6 +113,11 @@ class EventLog:
         return events, start == 0
 
 
+def log_files(path: Path) -> list[Path]:
+    """The log and the rotated files `EventLog.write` keeps, oldest first (path.3 … path.1, then path)."""
+    return [path.with_name(f"{path.name}.{index}") for index in range(KEEP_ROTATED, 0, -1)] + [path]
+
+
 @dataclass(frozen=True)
 class EventPage:
     events: list[dict[str, Any]]

@@ -89,9 +89,7 @@ class PassOutcome:
 
     @property
     def exit_code(self) -> ExitCode:
-        if self.auth_error is not None:
-            return ExitCode.AUTH
-        return ExitCode.FAILED if self.enforcement_failed else ExitCode.OK
+        return _pass_exit_code(self.auth_error, self.enforcement_failed)
 
 
 @dataclass
@@ -115,9 +113,7 @@ class FleetOutcome:
     @property
     def exit_code(self) -> ExitCode:
         """3 when the key no longer works, 1 when any pod's limit could not be enforced, else 0."""
-        if self.auth_error is not None:
-            return ExitCode.AUTH
-        return ExitCode.FAILED if self.enforcement_failed else ExitCode.OK
+        return _pass_exit_code(self.auth_error, self.enforcement_failed)
 
     @property
     def spend_today_usd(self) -> float:
@@ -220,3 +216,10 @@ class FleetStatus:
     account_spend_today_usd: float
     account_max_daily_spend_usd: float
     unconfigured: list[str]  # pods in state that the config no longer has (ended by `rpm shutdown --all`)
+
+
+def _pass_exit_code(auth_error: AuthError | None, enforcement_failed: bool) -> ExitCode:
+    """What a pass (of one pod or of a fleet) means for cron: the key first, then the limits."""
+    if auth_error is not None:
+        return ExitCode.AUTH
+    return ExitCode.FAILED if enforcement_failed else ExitCode.OK

@@ -36,6 +36,7 @@ from typing import Any, cast
 
 from runpod_manager.config import Config
 from runpod_manager.errors import UsageError
+from runpod_manager.events import log_files
 from runpod_manager.paths import Paths, read_lines
 from runpod_manager.requestlog import LoggedRequest, read_requests
 from runpod_manager.runpod.models import BillingRecord
@@ -124,9 +125,8 @@ class Timeline:
 def read_events(path: Path) -> list[Event]:
     """Every event of the log and its rotated files (events.jsonl.3 … .1, then events.jsonl), by time.
     Lines that do not parse are skipped."""
-    files = [path.with_name(f"{path.name}.{index}") for index in range(9, 0, -1)] + [path]
     events: list[Event] = []
-    for file in files:
+    for file in log_files(path):
         for line in read_lines(file, max_bytes=MAX_EVENT_FILE_BYTES):
             with contextlib.suppress(ValueError, TypeError, KeyError, AttributeError, RecursionError):
                 document = json.loads(line)
