@@ -51,6 +51,7 @@ from runpod_manager.proxy.forward import (
     ProxyError,
     forwardable_headers,
 )
+from runpod_manager.proxy.process import pid_exists
 from runpod_manager.proxy.routing import PodRoute
 from runpod_manager.proxy.wake import PodGroup, WakeGate
 
@@ -173,7 +174,7 @@ class WakeSpool:
         with contextlib.suppress(OSError):
             for leftover in self.directory.glob("upload-*"):
                 pid = leftover.name.split("-")[1]
-                if pid.isdigit() and not _running(int(pid)):
+                if pid.isdigit() and not pid_exists(int(pid)):
                     with contextlib.suppress(OSError):
                         leftover.unlink()
 
@@ -209,16 +210,6 @@ class WakeSpool:
             body.discard()
             raise
         return body
-
-
-def _running(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 class SpooledBody:

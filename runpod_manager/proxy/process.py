@@ -330,13 +330,18 @@ def _alive(pid: int) -> bool:
             return False
     except ChildProcessError:
         pass
+    return pid_exists(pid) and not _is_zombie(pid)
+
+
+def pid_exists(pid: int) -> bool:
+    """A process with this pid exists (perhaps another user's, perhaps a zombie)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         return True
-    return not _is_zombie(pid)
+    return True
 
 
 def _is_zombie(pid: int) -> bool:
