@@ -197,9 +197,10 @@ class ProxyState:
                                   window_seconds=proxy.key_limit_window_seconds)
         self.usage_task: asyncio.Task[None] | None = None
         # Each request's share of its pod's $/h (limits.request_cost_usd): one meter per pod for the requests
-        # in flight on it, one per configured pod for the requests waiting for its wake.
-        self.serve_meters: dict[str, ShareMeter] = {}
-        self.wait_meters: dict[str, ShareMeter] = {}
+        # in flight on it, one per configured pod for the requests waiting for its wake (made here, so a
+        # request looks its meter up once, without a miss to handle).
+        self.serve_meters = {name: ShareMeter() for name in self.gates}
+        self.wait_meters = {group.name: ShareMeter() for group in self.groups}
         self.cache: ResponseCache | None = None
         if config.cache.enabled:
             directory = Path(config.cache.dir).expanduser() if config.cache.dir else paths.response_cache_dir
@@ -730,7 +731,7 @@ async def _wait_and_forward(request: web.Request, state: ProxyState, exchange: E
         gate, target = chosen
     else:
         waiting_since = time.perf_counter()
-        wait_meter = state.wait_meters.get(group.name) or state.wait_meters.setdefault(group.name, ShareMeter())
+        wait_meter = state.wait_meters[group.name]
         joined = wait_meter.join(waiting_since)
         try:
             if facts.stream:
@@ -752,7 +753,7 @@ async def _wait_and_forward(request: web.Request, state: ProxyState, exchange: E
             exchange.cost_usd += _pod_rate(state, group) / 3600 * wait_meter.leave(ended, joined)
     exchange.pod = gate.name
     group.begin(gate)
-    meter = state.serve_meters.get(gate.name) or state.serve_meters.setdefault(gate.name, ShareMeter())
+    meter = state.serve_meters[gate.name]
     joined = meter.join(time.perf_counter())
     try:
         return await _forward(request, state, exchange, gate, target, body, facts, key, committed,
@@ -1256,7 +1257,7 @@ async def _service_target(request: web.Request, state: ProxyState, exchange: Exc
     if chosen is not None:
         return chosen
     waiting_since = time.perf_counter()
-    wait_meter = state.wait_meters.get(group.name) or state.wait_meters.setdefault(group.name, ShareMeter())
+    wait_meter = state.wait_meters[group.name]
     joined = wait_meter.join(waiting_since)
     try:
         answer_by = None
@@ -1320,7 +1321,7 @@ async def _pass_service(request: web.Request, state: ProxyState, exchange: Excha
         if has_body and spooled is None:
             body = RequestBody(request, service.max_body_bytes, state.body_read_timeout_seconds)
         group.begin(gate)
-        meter = state.serve_meters.get(gate.name) or state.serve_meters.setdefault(gate.name, ShareMeter())
+        meter = state.serve_meters[gate.name]
         joined = meter.join(time.perf_counter())
         try:
             opened_at = time.perf_counter()
