@@ -178,6 +178,9 @@ class ProxyState:
             solo=len(self.routes.routes) == 1)
             for route in self.routes.routes)
         self.group_by_route = {group.route.name: group for group in self.groups}
+        # The largest body each pod's routes take (an http pod's own limit; a model pod's is [proxy]
+        # max_body_bytes, as on /v1): read from the config once, not per request.
+        self.body_limits = {route.name: _body_limit(config, route.name) for route in self.routes.routes}
         self.gates = {gate.name: gate for group in self.groups for gate in group.gates}
         self.group_of = {gate.name: group for group in self.groups for gate in group.gates}
         self.default_group = None if self.routes.default is None else self.group_by_route[self.routes.default.name]
@@ -794,8 +797,7 @@ def job_body_limit(state: ProxyState, path: str) -> int:
     target = path_target(state, path)  # 404 for a pod that is not here, before any of the body is read
     if target is None:
         return state.config.proxy.max_body_bytes
-    pod = state.config.pod_named(target.route.name)
-    return pod.body_limit_bytes if pod is not None and pod.is_http else state.config.proxy.max_body_bytes
+    return state.body_limits[target.route.name]
 
 
 def job_pod(state: ProxyState, method: str, path: str, body: bytes | None, content_type: str) -> str:
@@ -1200,9 +1202,12 @@ async def _relay_stream(
 def service_route(state: ProxyState, route: PodRoute, port: int, raw_path: str, prefix: str) -> ServiceRoute:
     """A routed request's destination: the pod's group, its port, the path sent, and its body limit (an http
     pod's own; a model pod's is [proxy] max_body_bytes, as on /v1)."""
-    pod = state.config.pod_named(route.name)
-    limit = pod.body_limit_bytes if pod is not None and pod.is_http else state.config.proxy.max_body_bytes
-    return ServiceRoute(state.group_by_route[route.name], port, raw_path, prefix, limit)
+    return ServiceRoute(state.group_by_route[route.name], port, raw_path, prefix, state.body_limits[route.name])
+
+
+def _body_limit(config: Config, name: str) -> int:
+    pod = config.pod_named(name)
+    return pod.body_limit_bytes if pod is not None and pod.is_http else config.proxy.max_body_bytes
 
 
 def path_target(state: ProxyState, path: str) -> PathTarget | None:
