@@ -181,6 +181,7 @@ class ProxyState:
         # The largest body each pod's routes take (an http pod's own limit; a model pod's is [proxy]
         # max_body_bytes, as on /v1): read from the config once, not per request.
         self.body_limits = {route.name: _body_limit(config, route.name) for route in self.routes.routes}
+        self.pod_headers = {pod.name: pod.headers for pod in config.all_pods if pod.headers}  # [pod] headers
         self.gates = {gate.name: gate for group in self.groups for gate in group.gates}
         self.group_of = {gate.name: group for group in self.groups for gate in group.gates}
         self.default_group = None if self.routes.default is None else self.group_by_route[self.routes.default.name]
@@ -1376,8 +1377,7 @@ async def _serve_websocket(request: web.Request, state: ProxyState, exchange: Ex
     route = service.route
     base_url = passthrough.pod_port_url(target, route, service.port, state.config.api.pod_url_template)
     url = URL(base_url + service.raw_path, encoded=True)
-    pod = state.config.pod_named(route.name)
-    added: dict[str, str] = dict(pod.headers) if pod is not None else {}
+    added = dict(state.pod_headers.get(route.name, {}))
     if route.kind != "http" and target.upstream_key:
         added["Authorization"] = f"Bearer {target.upstream_key}"
     headers = websocket.forwarded_headers(request.headers, added,
@@ -1585,7 +1585,7 @@ async def _on_startup(app: web.Application) -> None:
     state.passthrough = PassThrough(
         state.session, max_retries=config.proxy.max_retries, retry_delay_seconds=config.proxy.retry_delay_seconds,
         pod_url_template=config.api.pod_url_template, keep_client_authorization=lambda: not state.keys.index.required,
-        added_headers={pod.name: pod.headers for pod in config.all_pods if pod.headers},
+        added_headers=state.pod_headers,
         body_read_timeout_seconds=state.body_read_timeout_seconds)
     if state.cache is not None:
         await asyncio.to_thread(state.cache.open)
