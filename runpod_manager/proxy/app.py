@@ -178,6 +178,10 @@ class ProxyState:
             solo=len(self.routes.routes) == 1)
             for route in self.routes.routes)
         self.group_by_route = {group.route.name: group for group in self.groups}
+        # The largest body each pod's routes take (an http pod's own limit; a model pod's is [proxy]
+        # max_body_bytes, as on /v1): read from the config once, not per request.
+        self.body_limits = {route.name: _body_limit(config, route.name) for route in self.routes.routes}
+        self.pod_headers = {pod.name: pod.headers for pod in config.all_pods if pod.headers}  # [pod] headers
         self.gates = {gate.name: gate for group in self.groups for gate in group.gates}
         self.group_of = {gate.name: group for group in self.groups for gate in group.gates}
         self.default_group = None if self.routes.default is None else self.group_by_route[self.routes.default.name]
@@ -197,9 +201,10 @@ class ProxyState:
                                   window_seconds=proxy.key_limit_window_seconds)
         self.usage_task: asyncio.Task[None] | None = None
         # Each request's share of its pod's $/h (limits.request_cost_usd): one meter per pod for the requests
-        # in flight on it, one per configured pod for the requests waiting for its wake.
-        self.serve_meters: dict[str, ShareMeter] = {}
-        self.wait_meters: dict[str, ShareMeter] = {}
+        # in flight on it, one per configured pod for the requests waiting for its wake (made here, so a
+        # request looks its meter up once, without a miss to handle).
+        self.serve_meters = {name: ShareMeter() for name in self.gates}
+        self.wait_meters = {group.name: ShareMeter() for group in self.groups}
         self.cache: ResponseCache | None = None
         if config.cache.enabled:
             directory = Path(config.cache.dir).expanduser() if config.cache.dir else paths.response_cache_dir
@@ -730,7 +735,7 @@ async def _wait_and_forward(request: web.Request, state: ProxyState, exchange: E
         gate, target = chosen
     else:
         waiting_since = time.perf_counter()
-        wait_meter = state.wait_meters.get(group.name) or state.wait_meters.setdefault(group.name, ShareMeter())
+        wait_meter = state.wait_meters[group.name]
         joined = wait_meter.join(waiting_since)
         try:
             if facts.stream:
@@ -752,7 +757,7 @@ async def _wait_and_forward(request: web.Request, state: ProxyState, exchange: E
             exchange.cost_usd += _pod_rate(state, group) / 3600 * wait_meter.leave(ended, joined)
     exchange.pod = gate.name
     group.begin(gate)
-    meter = state.serve_meters.get(gate.name) or state.serve_meters.setdefault(gate.name, ShareMeter())
+    meter = state.serve_meters[gate.name]
     joined = meter.join(time.perf_counter())
     try:
         return await _forward(request, state, exchange, gate, target, body, facts, key, committed,
@@ -793,8 +798,7 @@ def job_body_limit(state: ProxyState, path: str) -> int:
     target = path_target(state, path)  # 404 for a pod that is not here, before any of the body is read
     if target is None:
         return state.config.proxy.max_body_bytes
-    pod = state.config.pod_named(target.route.name)
-    return pod.body_limit_bytes if pod is not None and pod.is_http else state.config.proxy.max_body_bytes
+    return state.body_limits[target.route.name]
 
 
 def job_pod(state: ProxyState, method: str, path: str, body: bytes | None, content_type: str) -> str:
@@ -1199,9 +1203,12 @@ async def _relay_stream(
 def service_route(state: ProxyState, route: PodRoute, port: int, raw_path: str, prefix: str) -> ServiceRoute:
     """A routed request's destination: the pod's group, its port, the path sent, and its body limit (an http
     pod's own; a model pod's is [proxy] max_body_bytes, as on /v1)."""
-    pod = state.config.pod_named(route.name)
-    limit = pod.body_limit_bytes if pod is not None and pod.is_http else state.config.proxy.max_body_bytes
-    return ServiceRoute(state.group_by_route[route.name], port, raw_path, prefix, limit)
+    return ServiceRoute(state.group_by_route[route.name], port, raw_path, prefix, state.body_limits[route.name])
+
+
+def _body_limit(config: Config, name: str) -> int:
+    pod = config.pod_named(name)
+    return pod.body_limit_bytes if pod is not None and pod.is_http else config.proxy.max_body_bytes
 
 
 def path_target(state: ProxyState, path: str) -> PathTarget | None:
@@ -1256,7 +1263,7 @@ async def _service_target(request: web.Request, state: ProxyState, exchange: Exc
     if chosen is not None:
         return chosen
     waiting_since = time.perf_counter()
-    wait_meter = state.wait_meters.get(group.name) or state.wait_meters.setdefault(group.name, ShareMeter())
+    wait_meter = state.wait_meters[group.name]
     joined = wait_meter.join(waiting_since)
     try:
         answer_by = None
@@ -1320,7 +1327,7 @@ async def _pass_service(request: web.Request, state: ProxyState, exchange: Excha
         if has_body and spooled is None:
             body = RequestBody(request, service.max_body_bytes, state.body_read_timeout_seconds)
         group.begin(gate)
-        meter = state.serve_meters.get(gate.name) or state.serve_meters.setdefault(gate.name, ShareMeter())
+        meter = state.serve_meters[gate.name]
         joined = meter.join(time.perf_counter())
         try:
             opened_at = time.perf_counter()
@@ -1370,8 +1377,7 @@ async def _serve_websocket(request: web.Request, state: ProxyState, exchange: Ex
     route = service.route
     base_url = passthrough.pod_port_url(target, route, service.port, state.config.api.pod_url_template)
     url = URL(base_url + service.raw_path, encoded=True)
-    pod = state.config.pod_named(route.name)
-    added: dict[str, str] = dict(pod.headers) if pod is not None else {}
+    added = dict(state.pod_headers.get(route.name, {}))
     if route.kind != "http" and target.upstream_key:
         added["Authorization"] = f"Bearer {target.upstream_key}"
     headers = websocket.forwarded_headers(request.headers, added,
@@ -1579,7 +1585,7 @@ async def _on_startup(app: web.Application) -> None:
     state.passthrough = PassThrough(
         state.session, max_retries=config.proxy.max_retries, retry_delay_seconds=config.proxy.retry_delay_seconds,
         pod_url_template=config.api.pod_url_template, keep_client_authorization=lambda: not state.keys.index.required,
-        added_headers={pod.name: pod.headers for pod in config.all_pods if pod.headers},
+        added_headers=state.pod_headers,
         body_read_timeout_seconds=state.body_read_timeout_seconds)
     if state.cache is not None:
         await asyncio.to_thread(state.cache.open)

@@ -6,12 +6,12 @@ takes them (never held whole), the response is written to the client as each chu
 answers, large downloads), bytes untouched (no decompression: Content-Encoding and Content-Length pass).
 
 Waking: a request for a pod with no ready target waits through the pod's WakeGate like a /v1 request (the
-bounded queue, wake_hold_seconds then a retryable 503 with Retry-After, queue_full 503). Its body waits by
-**backpressure**: nothing of it is read until the pod is ready, so it stays in the client's socket and kernel
-buffers and the proxy's memory does not grow whatever the upload's size. Chosen over spooling to a file:
-no disk to fill or clean, no copy of user data at rest, and nothing to replay. A client with a short write
-timeout may give up during a long cold start; such clients should wake the pod first (`GET` the route or
-`rpm start`) — the README says so.
+bounded queue, wake_hold_seconds then a retryable 503 with Retry-After, queue_full 503). A body with a
+Content-Length that fits [proxy] wake_spool_max_bytes is received into a 0600 file meanwhile (WakeSpool says
+why), then sent from it. Any other body waits by **backpressure**: nothing of it is read until the pod is
+ready, so it stays in the client's socket and kernel buffers and the proxy's memory does not grow whatever
+the upload's size. A client with a short write timeout may give up then during a long cold start; such
+clients should wake the pod first (`GET` the route or `rpm start`) — the README says so.
 
 Retries before the first response byte (the pod's HTTP proxy answers 502 until the service listens): a
 connection that could not be opened is retried whenever no body byte was read; a retryable status or a
@@ -51,6 +51,7 @@ from runpod_manager.proxy.forward import (
     ProxyError,
     forwardable_headers,
 )
+from runpod_manager.proxy.process import pid_exists
 from runpod_manager.proxy.routing import PodRoute
 from runpod_manager.proxy.wake import PodGroup, WakeGate
 
@@ -173,7 +174,7 @@ class WakeSpool:
         with contextlib.suppress(OSError):
             for leftover in self.directory.glob("upload-*"):
                 pid = leftover.name.split("-")[1]
-                if pid.isdigit() and not _running(int(pid)):
+                if pid.isdigit() and not pid_exists(int(pid)):
                     with contextlib.suppress(OSError):
                         leftover.unlink()
 
@@ -209,16 +210,6 @@ class WakeSpool:
             body.discard()
             raise
         return body
-
-
-def _running(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 class SpooledBody:

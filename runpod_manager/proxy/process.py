@@ -195,22 +195,12 @@ def claim_port(config: Config, paths: Paths) -> int | None:
     build_ssl_context(config.proxy)
     host, port = config.proxy.host, config.proxy.port
     where = f"[proxy] host/port {host}:{port}"
-    try:
-        infos = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
-    except OSError as exc:
-        raise ConfigError(f"{where}: cannot resolve the host ({exc.strerror or exc})") from None
-    family, kind, proto, _name, address = infos[0]
-    with socket.socket(family, kind, proto) as probe:
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the proxy binds: TIME_WAIT is no owner
-        try:
-            probe.bind(address)
-        except OSError as exc:
-            if exc.errno != errno.EADDRINUSE:
-                raise ConfigError(f"{where}: cannot listen there ({exc.strerror or exc})") from None
-        else:
-            probe.close()
-            _claim_listen_ports(config)
-            return None
+    error = _bind_error(host, port, where)
+    if error is None:
+        _claim_listen_ports(config)
+        return None
+    if error.errno != errno.EADDRINUSE:
+        raise ConfigError(f"{where}: cannot listen there ({error.strerror or error})")
     owner = _health_instance(config)
     if owner is not None and owner.get("state_dir") == str(paths.state_dir):
         pid = _as_pid(owner.get("pid"))
@@ -229,19 +219,27 @@ def _claim_listen_ports(config: Config) -> None:
             continue
         table = f"pods.{pod.name}" if config.pods else "pod"
         where = f"[{table}] listen_port {pod.listen_port}"
+        error = _bind_error(config.proxy.host, pod.listen_port, where)
+        if error is not None:
+            raise ConfigError(f"{where} is in use ({error.strerror or error}); nothing was started",
+                              hint="stop the program that holds it, or choose another listen_port")
+
+
+def _bind_error(host: str, port: int, where: str) -> OSError | None:
+    """Why a socket could not bind host:port as the proxy binds it (None: it could); ConfigError naming
+    `where` when the host does not resolve."""
+    try:
+        infos = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except OSError as exc:
+        raise ConfigError(f"{where}: cannot resolve the host ({exc.strerror or exc})") from None
+    family, kind, proto, _name, address = infos[0]
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the proxy binds: TIME_WAIT is no owner
         try:
-            infos = socket.getaddrinfo(config.proxy.host or None, pod.listen_port, type=socket.SOCK_STREAM,
-                                       flags=socket.AI_PASSIVE)
+            probe.bind(address)
         except OSError as exc:
-            raise ConfigError(f"{where}: cannot resolve the host ({exc.strerror or exc})") from None
-        family, kind, proto, _name, address = infos[0]
-        with socket.socket(family, kind, proto) as probe:
-            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            try:
-                probe.bind(address)
-            except OSError as exc:
-                raise ConfigError(f"{where} is in use ({exc.strerror or exc}); nothing was started",
-                                  hint="stop the program that holds it, or choose another listen_port") from None
+            return exc
+    return None
 
 
 def _health_instance(config: Config) -> Mapping[str, object] | None:
@@ -330,13 +328,18 @@ def _alive(pid: int) -> bool:
             return False
     except ChildProcessError:
         pass
+    return pid_exists(pid) and not _is_zombie(pid)
+
+
+def pid_exists(pid: int) -> bool:
+    """A process with this pid exists (perhaps another user's, perhaps a zombie)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         return True
-    return not _is_zombie(pid)
+    return True
 
 
 def _is_zombie(pid: int) -> bool:

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from functools import cached_property
 from types import MappingProxyType
 
 from runpod_manager.config import Config, PodConfig, replica_name
@@ -94,7 +95,15 @@ class Routes:
         return tuple(route for route in self.routes if route.kind != "http")
 
     def route_named(self, name: str) -> PodRoute | None:
-        return next((route for route in self.routes if route.name == name), None)
+        return self._by_name.get(name)
+
+    @cached_property
+    def _by_name(self) -> Mapping[str, PodRoute]:
+        # Built on first use, not scanned per /pods/ request (pod_for_path); the first route of a name wins.
+        by_name: dict[str, PodRoute] = {}
+        for route in self.routes:
+            by_name.setdefault(route.name, route)
+        return by_name
 
     @property
     def listen_ports(self) -> Mapping[int, PodRoute]:
