@@ -66,6 +66,7 @@ from runpod_manager.proxy.forward import (
     client_response_headers,
     inspect_json_body,
     is_json_content_type,
+    json_response,
     normalize_upstream_error,
     relay_events,
     upstream_request_headers,
@@ -1395,9 +1396,6 @@ async def _serve_websocket(request: web.Request, state: ProxyState, exchange: Ex
 # --------------------------------------------------------------------------------- own endpoints
 
 
-def _json(document: Any, status: int = 200) -> web.Response:
-    return web.Response(status=status, body=json.dumps(document).encode(), content_type="application/json")
-
 
 def _iso(moment: object) -> object:
     """A limit's time as ISO 8601 UTC (a PodView may also carry a reason text, passed through)."""
@@ -1433,7 +1431,7 @@ async def handle_health(request: web.Request) -> web.Response:
     await state.fresh_views()
     pods = [_pod_entry(state, name) for name in state.gates]
     groups = state.groups
-    return _json({
+    return json_response({
         "status": "ok",
         "version": __version__,
         "proxy": {"queue_depth": sum(group.waiting for group in groups),
@@ -1463,13 +1461,13 @@ async def handle_ready(request: web.Request) -> web.Response:
     if len(ready) == 1:
         [pod_id] = ready.values()
         if pod_id is None:
-            return _json({"ready": False, "reason": f"no ready pod; the next /v1 request {wake_words}"}, 503)
-        return _json({"ready": True, "pod_id": pod_id})
+            return json_response({"ready": False, "reason": f"no ready pod; the next /v1 request {wake_words}"}, 503)
+        return json_response({"ready": True, "pod_id": pod_id})
     asleep = [name for name, pod_id in ready.items() if pod_id is None]
     if asleep:
-        return _json({"ready": False, "pods": ready, "reason": f"no ready pod for {', '.join(asleep)}; the next "
-                      f"request for its model {wake_words}"}, 503)
-    return _json({"ready": True, "pods": ready})
+        reason = f"no ready pod for {', '.join(asleep)}; the next request for its model {wake_words}"
+        return json_response({"ready": False, "pods": ready, "reason": reason}, 503)
+    return json_response({"ready": True, "pods": ready})
 
 
 async def _refresh_cache_stats(state: ProxyState) -> CacheStats:
@@ -1525,7 +1523,7 @@ async def handle_dashboard(request: web.Request) -> web.Response:
     if dashboard.wants_html(request.headers.get("Accept", "")):
         return web.Response(text=dashboard.render_html(document, now=now, zone=state.config.zone),
                             content_type="text/html")
-    return _json(document)
+    return json_response(document)
 
 
 async def key_report(state: ProxyState) -> UsageReport:
@@ -1543,7 +1541,7 @@ async def handle_debug_cache(request: web.Request) -> web.Response:
         raise web.HTTPNotFound()
     stats = await _refresh_cache_stats(state)
     entries = await asyncio.to_thread(state.cache.describe) if state.cache is not None else []
-    return _json({
+    return json_response({
         "enabled": state.cache is not None and state.cache.available,
         "path": None if state.cache is None else str(state.cache.path),
         "entries": stats.entries, "bytes": stats.bytes,

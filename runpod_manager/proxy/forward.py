@@ -37,9 +37,10 @@ HOP_BY_HOP = frozenset({
 JOB_TOKEN_HEADER = "X-RPM-Job-Token"  # noqa: S105 - a header name, not a secret
 # With the token: the name of the key that submitted the job, whose scopes and limits its replay gets.
 JOB_OWNER_HEADER = "X-RPM-Job-Owner"
-_REQUEST_DROP = HOP_BY_HOP | {"host", "content-length", "authorization", "accept-encoding", "expect",
-                              "x-rpm-cache", JOB_TOKEN_HEADER.lower(),
-                              JOB_OWNER_HEADER.lower()}
+# Request headers never passed on as the client sent them, on /v1 or the pass-through (passthrough.py).
+PROXY_ONLY_REQUEST_HEADERS = frozenset({"host", "expect", "x-rpm-cache", JOB_TOKEN_HEADER.lower(),
+                                        JOB_OWNER_HEADER.lower()})
+_REQUEST_DROP = HOP_BY_HOP | PROXY_ONLY_REQUEST_HEADERS | {"content-length", "authorization", "accept-encoding"}
 # The body may be re-framed (chunked) or was decompressed by the client session; our server sets its own
 # date/server.
 _RESPONSE_DROP = HOP_BY_HOP | {"content-length", "content-encoding", "date", "server"}
@@ -126,6 +127,11 @@ class ProxyError(Exception):
     def sse_event(self) -> bytes:
         """The error as a stream event, for streams whose 200 status already went out."""
         return b"data: " + json.dumps(self.document()).encode() + b"\n\n"
+
+
+def json_response(document: Any, status: int = 200) -> web.Response:
+    """A JSON answer of the proxy's own (its routes under /rpm/v1, /health, the jobs')."""
+    return web.Response(status=status, body=json.dumps(document).encode(), content_type="application/json")
 
 
 def forwardable_headers(headers: Iterable[tuple[str, str]], drop: frozenset[str]) -> CIMultiDict[str]:

@@ -53,7 +53,7 @@ from multidict import CIMultiDict
 from runpod_manager.keys import Principal
 from runpod_manager.paths import ensure_private_dir, private_sqlite_files
 from runpod_manager.proxy.auth import PRINCIPAL, check_scope
-from runpod_manager.proxy.forward import HOP_BY_HOP, JOB_OWNER_HEADER, JOB_TOKEN_HEADER, ProxyError
+from runpod_manager.proxy.forward import HOP_BY_HOP, JOB_OWNER_HEADER, JOB_TOKEN_HEADER, ProxyError, json_response
 
 log = logging.getLogger("runpod_manager.proxy")
 
@@ -717,7 +717,7 @@ JOBS = web.AppKey("rpm_jobs", JobRunner)
 async def handle_job(request: web.Request) -> web.Response:
     """GET /rpm/v1/jobs/{id}: the job's status document."""
     runner = request.app[JOBS]
-    return _json(runner.document(runner.find(request)))
+    return json_response(runner.document(runner.find(request)))
 
 
 async def handle_result(request: web.Request) -> web.StreamResponse:
@@ -759,11 +759,8 @@ async def handle_delete(request: web.Request) -> web.Response:
     runner.store.delete(job.id)
     outcome = "cancelled" if job.state == JobState.QUEUED else "deleted"
     log.info("job %s %s", _shown(job.id), outcome)
-    return _json({"id": job.id, "object": "rpm.job", "state": outcome, "deleted": True})
+    return json_response({"id": job.id, "object": "rpm.job", "state": outcome, "deleted": True})
 
-
-def _json(document: Any, status: int = 200) -> web.Response:
-    return web.Response(status=status, body=json.dumps(document).encode(), content_type="application/json")
 
 
 def add_routes(app: web.Application) -> None:

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import asyncio
 import html
-import json
 import time
 from collections.abc import Awaitable, Callable
 from datetime import datetime
@@ -40,7 +39,7 @@ from runpod_manager.events import redact
 from runpod_manager.keys import Principal
 from runpod_manager.proxy.app import STATE, ProxyState, _pod_entry, key_report
 from runpod_manager.proxy.auth import PRINCIPAL, PUBLIC_PATHS
-from runpod_manager.proxy.forward import ProxyError
+from runpod_manager.proxy.forward import ProxyError, json_response
 
 PREFIX = "/rpm/v1"
 OPENAPI_PATH, DOCS_PATH = sorted(PUBLIC_PATHS, reverse=True)  # /rpm/v1/openapi.json, /rpm/v1/docs
@@ -50,9 +49,6 @@ NO_KEY_NAME = "(none)"  # the event log's `key` when the proxy has no keys at al
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
-
-def _json(document: Any, status: int = 200) -> web.Response:
-    return web.Response(status=status, body=json.dumps(document).encode(), content_type="application/json")
 
 
 # ------------------------------------------------------------------------------------------ who may
@@ -143,7 +139,7 @@ async def list_pods(request: web.Request) -> web.Response:
     state = request.app[STATE]
     principal = _principal(request)
     await state.fresh_views()
-    return _json({"pods": [_pod_entry(state, name) for name in state.gates
+    return json_response({"pods": [_pod_entry(state, name) for name in state.gates
                            if _may_see(principal, state.group_of[name].name)]})
 
 
@@ -159,7 +155,7 @@ async def get_pod(request: web.Request) -> web.Response:
         raise ProxyError(403, f"the key {principal.name!r} may not use pod {group!r}", code="pod_not_allowed",
                          error_type="permission_error", param="name", should_retry=False)
     await state.fresh_views()
-    return _json(_pod_entry(state, name))
+    return json_response(_pod_entry(state, name))
 
 
 def _control_error(exc: RpmError, name: str) -> ProxyError:
@@ -199,7 +195,7 @@ async def start_pod(request: web.Request) -> web.Response:
         else:  # the readiness wait, as a request's wake does it: the pod joins the routing when it answers
             gate.start_wake(asyncio.get_running_loop(), None if principal is None else principal.name)
     entry = _pod_entry(state, name)
-    return _json({"action": "start", "pod": entry}, 200 if entry["ready"] else 202)
+    return json_response({"action": "start", "pod": entry}, 200 if entry["ready"] else 202)
 
 
 async def _end(request: web.Request, *, terminate: bool) -> web.Response:
@@ -210,7 +206,7 @@ async def _end(request: web.Request, *, terminate: bool) -> web.Response:
     await _control(state, name, lambda: state.controller.stop(name, terminate=terminate))
     if gate.target is not None:  # nothing more is sent there
         gate.forget(gate.target.pod_id)
-    return _json({"action": "terminate" if terminate else "stop", "pod": _pod_entry(state, name)})
+    return json_response({"action": "terminate" if terminate else "stop", "pod": _pod_entry(state, name)})
 
 
 @managed("stop a pod", admin=True)
@@ -244,7 +240,7 @@ async def list_keys(request: web.Request) -> web.Response:
         report = await key_report(request.app[STATE])
     except RpmError as exc:
         raise _error_from_state(exc) from None
-    return _json({"day": report.day, "keys": [
+    return json_response({"day": report.day, "keys": [
         {**keys.record_json(row.record), "status": row.status, "usage_today": _usage_json(row.today),
          "last_used_at": None if row.last_used_at is None else keys.iso_utc(row.last_used_at)} for row in report.rows]})
 
@@ -271,7 +267,7 @@ async def own_usage(request: web.Request) -> web.Response:
     if principal is None:
         raise ProxyError(404, "this proxy has no keys, so no usage is counted per key; create one with "
                          "`rpm keys create NAME`", code="no_keys", should_retry=False)
-    return _json(_own_usage(state, principal))
+    return json_response(_own_usage(state, principal))
 
 
 # ------------------------------------------------------------------------------------------ events
@@ -307,7 +303,8 @@ async def list_events(request: web.Request) -> web.Response:
     since, limit = _query_since(request), _query_limit(request)
     page = await asyncio.to_thread(request.app[STATE].events.page, since, limit)
     next_since = page.events[-1].get("time") if page.events else request.query.get("since")
-    return _json({"events": page.events, "more": page.more, "complete": page.complete, "next_since": next_since})
+    return json_response({"events": page.events, "more": page.more, "complete": page.complete,
+                          "next_since": next_since})
 
 
 # ------------------------------------------------------------------------------------------ the document
@@ -315,7 +312,7 @@ async def list_events(request: web.Request) -> web.Response:
 
 async def openapi_json(_request: web.Request) -> web.Response:
     """GET /rpm/v1/openapi.json: this API's OpenAPI 3.1 document."""
-    return _json(openapi_document())
+    return json_response(openapi_document())
 
 
 async def docs_page(_request: web.Request) -> web.Response:

@@ -45,8 +45,7 @@ from runpod_manager.paths import ensure_private_dir
 from runpod_manager.proxy.controller import UpstreamTarget
 from runpod_manager.proxy.forward import (
     HOP_BY_HOP,
-    JOB_OWNER_HEADER,
-    JOB_TOKEN_HEADER,
+    PROXY_ONLY_REQUEST_HEADERS,
     RETRYABLE_STATUSES,
     ProxyError,
     forwardable_headers,
@@ -60,8 +59,7 @@ log = logging.getLogger("runpod_manager.proxy")
 IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
 BODY_CHUNK_BYTES = 256 * 1024  # read from the client (and written to the pod) this much at a time
 # The job token (jobs.py's replays) is the proxy's own credential: it never leaves the proxy.
-_REQUEST_DROP: frozenset[str] = HOP_BY_HOP | {"host", "expect", "x-rpm-cache", JOB_TOKEN_HEADER.lower(),
-                              JOB_OWNER_HEADER.lower()}
+_REQUEST_DROP: frozenset[str] = HOP_BY_HOP | PROXY_ONLY_REQUEST_HEADERS
 _REQUEST_DROP_WITH_AUTHORIZATION = _REQUEST_DROP | {"authorization"}  # the proxy took the key
 # Bytes pass unchanged, so Content-Length and Content-Encoding stay; our server sets its own Date/Server.
 _RESPONSE_DROP = HOP_BY_HOP | {"date", "server"}
