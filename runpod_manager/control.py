@@ -26,6 +26,7 @@ from runpod_manager.errors import (
     NotReady,
     ResumeRefused,
     RpmError,
+    StopRefused,
 )
 from runpod_manager.lifecycle import Lifecycle
 from runpod_manager.outcomes import (
@@ -207,7 +208,8 @@ def shutdown(lc: Lifecycle | Sequence[Lifecycle], *, stop: bool = False, all_pod
         raise _retold(failed[0].error, "could not end pod " + ", ".join(
             f"{a.action.pod_id} ({a.error.message if a.error else '?'})" for a in failed)
             + (f"; {done}" if done else ""),
-            hint="it may still bill: run `rpm shutdown` again; the watchdog also retries")
+            hint=failed[0].error.hint if isinstance(failed[0].error, StopRefused)  # what blocks it, and the way out
+            else "it may still bill: run `rpm shutdown` again; the watchdog also retries")
     unverified = [(pod, record, outcome) for pod, record, outcome in outcomes if outcome.observe_errors]
     if unverified and not dry_run:
         pod, record, outcome = unverified[0]

@@ -39,6 +39,9 @@ class ActionKind(StrEnum):
 
 
 STARTS = frozenset({ActionKind.CREATE, ActionKind.RESUME, ActionKind.REPLACE})
+# Limits that exist to end billing (a deadline, the spend cap): when the pod is locked (RunPod refuses its stop),
+# they terminate an owned pod instead. Idle and `rpm shutdown --stop` asked for a kept pod: they report the lock.
+TERMINATING_LIMITS = frozenset({"spend_cap", "cutoff", "runtime"})
 ENDS = frozenset({ActionKind.STOP, ActionKind.TERMINATE})
 # Pod statuses in which the idle limit is checked. A booting pod (PROVISIONING, STARTING) and one whose
 # status rpm does not know are left alone; a stopped, failed or vanished pod is not recovered for a
@@ -265,6 +268,11 @@ def plan(
         if lease is not None:
             actions.append(Action(ActionKind.CLOSE_LEASE, reason, limit=limit))
         kind = ActionKind.STOP if action == "stop" or adopted else ActionKind.TERMINATE
+        if (kind is ActionKind.STOP and not adopted and limit in TERMINATING_LIMITS and pod_exists
+                and pod is not None and pod.locked and pod.status in ACTIVE_STATUSES):
+            # A locked pod refuses stop and would bill on: a limit that ends billing ends it the other way.
+            kind, reason = ActionKind.TERMINATE, (f"{reason}; the pod is locked and cannot be stopped, so this "
+                                                  "owned pod is terminated instead")
         if pod_exists and pod is not None:
             if kind is ActionKind.STOP and pod.status in (PodStatus.EXITED,):
                 pass  # already stopped
