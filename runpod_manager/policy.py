@@ -17,6 +17,7 @@ from enum import StrEnum
 from runpod_manager.config import Config
 from runpod_manager.runpod.models import Pod, PodStatus
 from runpod_manager.state import Lease, PodRecord
+from runpod_manager.units import usd
 
 # Statuses in which a pod holds (and bills) a GPU.
 ACTIVE_STATUSES = frozenset({PodStatus.PROVISIONING, PodStatus.STARTING, PodStatus.RUNNING})
@@ -234,14 +235,14 @@ def lease_deadline(opened_at: datetime, config: Config) -> datetime:
 def start_refusal(now: datetime, config: Config, record: PodRecord, spend_today_usd: float,
                   account_spend_today_usd: float = 0.0) -> str | None:
     """Why a lease may not be opened now, or None. Used by `rpm start` and by the proxy's wake."""
+    # The spend today against the cap in force now, nothing remembered: raising the cap (config or env) lifts
+    # the refusal at once, as its message promises, and the ledger's day ends it at the local midnight.
     cap, account_cap = config.limits.max_daily_spend_usd, config.account.max_daily_spend_usd
-    today = local_day(now, config.zone).isoformat()
-    account_hit = bool(account_cap and account_spend_today_usd >= account_cap)
-    if cap and (spend_today_usd >= cap or (record.spend_cap_day == today and not account_hit)):
-        return (f"spend cap reached: ${spend_today_usd:.2f} of ${cap:.2f} today; starting is refused until "
+    if cap and spend_today_usd >= cap:
+        return (f"spend cap reached: {usd(spend_today_usd)} of {usd(cap)} today; starting is refused until "
                 f"the day rolls over (or raise max_daily_spend_usd)")
-    if account_hit:
-        return (f"account spend cap reached: ${account_spend_today_usd:.2f} of ${account_cap:.2f} today across "
+    if account_cap and account_spend_today_usd >= account_cap:
+        return (f"account spend cap reached: {usd(account_spend_today_usd)} of {usd(account_cap)} today across "
                 "all pods; starting is refused until the day rolls over (or raise [limits] max_daily_spend_usd)")
     return None
 
@@ -297,13 +298,13 @@ def plan(
     # and refuse starts for the rest of the day.
     cap, account_cap = config.limits.max_daily_spend_usd, config.account.max_daily_spend_usd
     if cap and observed.spend_today_usd >= cap and (lease is not None or pod_exists):
-        end_pod("spend_cap", f"spend cap reached: ${observed.spend_today_usd:.2f} of ${cap:.2f} today",
+        end_pod("spend_cap", f"spend cap reached: {usd(observed.spend_today_usd)} of {usd(cap)} today",
                 "terminate")
         return _finish(actions, now, config, record, observed, options, activity)
     if (account_cap and observed.account_spend_today_usd >= account_cap
             and (lease is not None or pod_exists)):
-        end_pod("spend_cap", f"account spend cap reached: ${observed.account_spend_today_usd:.2f} of "
-                f"${account_cap:.2f} today across all pods", "terminate")
+        end_pod("spend_cap", f"account spend cap reached: {usd(observed.account_spend_today_usd)} of "
+                f"{usd(account_cap)} today across all pods", "terminate")
         return _finish(actions, now, config, record, observed, options, activity)
 
     if lease is not None:

@@ -21,6 +21,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from runpod_manager.errors import RpmError
+from runpod_manager.units import usd
 
 if TYPE_CHECKING:  # the results are imported by the commands that make them, not by `rpm --help`
     from runpod_manager.catalog import CatalogResult
@@ -119,7 +120,7 @@ def _json_default(value: Any) -> Any:
 
 
 def money(value: float | None) -> str:
-    return "-" if value is None else f"${value:.2f}"
+    return "-" if value is None else usd(value)
 
 
 def duration(seconds: float | None) -> str:
@@ -691,6 +692,6 @@ def show_key_usage(r: Renderer, report: UsageReport) -> None:
     for row in report.rows:
         today = row.today
         listing.add_row(escape(row.record.name), row.status, str(today.requests), str(today.tokens),
-                        f"${today.spend_usd:.4f}", money(row.record.limits.daily_budget_usd), str(today.refused),
+                        money(today.spend_usd), money(row.record.limits.daily_budget_usd), str(today.refused),
                         _epoch_words(row.last_used_at))
     r.out.print(listing)

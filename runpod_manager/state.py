@@ -162,7 +162,8 @@ class PodRecord:
     last_status: str | None = None
     spend_day: str | None = None  # the local date (YYYY-MM-DD) spend_usd belongs to
     spend_usd: float = 0.0  # spend of the day by pods of this config that are gone (billing of live pods adds)
-    spend_cap_day: str | None = None  # the day the cap was hit; start/wake refused until it changes
+    # The day the cap was hit (a record of it; the refusal itself is the day's spend against the cap in force).
+    spend_cap_day: str | None = None
     replacing_pod_id: str | None = None  # old pod kept until its replacement is ready
     last_action: str | None = None
     last_reason: str | None = None

@@ -87,3 +87,28 @@ def test_a_runtime_limit_terminates_a_locked_owned_pod_instead_of_stopping_it_an
     assert f"terminate {pod_id}: runtime limit 2 s reached" in watchdog.stdout
     assert "locked and cannot be stopped" in watchdog.stdout and "✓" in watchdog.stdout
     assert _status_of(rpm, pod_id) == "gone"
+
+
+# --- 2. raising the spend cap lifts its refusal at once; amounts keep their digits ------------------------
+
+
+def test_raising_the_spend_cap_by_env_lifts_the_refusal_and_small_amounts_keep_their_digits(rpm: Rpm) -> None:
+    rpm.write_config(max_daily_spend_usd=0.0001)  # $0.69/h spends it in about half a second
+    pod_id = _start(rpm)
+    time.sleep(0.8)
+
+    capped = rpm.run("watchdog")
+
+    assert capped.returncode == 0, capped.stderr
+    assert f"terminate {pod_id}: spend cap reached" in capped.stdout and "of $0.0001 today" in capped.stdout
+    assert "$0.00 " not in capped.stdout
+    refused = rpm.run("start", "--no-proxy")
+    assert refused.returncode == 1
+    assert "of $0.0001 today" in refused.stderr and "raise max_daily_spend_usd" in refused.stderr
+    assert "of $0.00 " not in rpm.run("status").stdout
+
+    raised = rpm.run("start", "--no-proxy", env={"RPM_LIMITS_MAX_DAILY_SPEND_USD": "5"})
+
+    assert raised.returncode == 0, raised.stderr
+    assert rpm.record()["lease"] is not None
+    rpm.run("shutdown")

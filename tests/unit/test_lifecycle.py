@@ -619,6 +619,35 @@ def test_the_spend_cap_terminates_on_the_estimate_and_refuses_a_start_the_same_d
     assert control.start(rig.lifecycle).created
 
 
+def test_raising_the_spend_cap_lifts_its_refusal_at_once(tmp_path: Path) -> None:
+    rig = make_lifecycle(tmp_path, max_daily_spend_usd=1.0, idle_timeout_seconds=0)
+    rig.started()
+    rig.later(5400)  # $1.035 of $1.00: terminated, starts refused
+    rig.lifecycle.reconcile()
+    with pytest.raises(LimitRefused, match="raise max_daily_spend_usd"):
+        control.start(rig.lifecycle)
+
+    raised = make_lifecycle(tmp_path, fake=rig.fake, max_daily_spend_usd=5.0, idle_timeout_seconds=0)
+    raised.clock.set(T0 + timedelta(seconds=5500))  # the same day: the spend still counts against the new cap
+
+    assert control.start(raised.lifecycle).created
+    assert raised.saved().spend_usd == pytest.approx(0.69 * 1.5)
+
+
+def test_a_spend_cap_refusal_prints_the_cap_and_the_spend_with_the_digits_they_have(tmp_path: Path) -> None:
+    rig = make_lifecycle(tmp_path, max_daily_spend_usd=0.001, idle_timeout_seconds=0)
+    rig.started()
+    rig.later(6)  # $0.69/h for 6 s: $0.00115
+    ended = rig.lifecycle.reconcile()
+    assert summary_of(ended.plan.actions) == ["close_lease:spend_cap", "terminate"]
+    assert "$0.0011 of $0.001 today" in ended.plan.actions[0].reason
+
+    with pytest.raises(LimitRefused) as refused:
+        control.start(rig.lifecycle)
+
+    assert "$0.0011 of $0.001 today" in refused.value.message and "$0.00 " not in refused.value.message
+
+
 def test_billing_above_the_estimate_counts_against_the_spend_cap(tmp_path: Path) -> None:
     rig = make_lifecycle(tmp_path, max_daily_spend_usd=2.0, idle_timeout_seconds=0, billing_check_seconds=1800)
     pod_id = rig.started()
