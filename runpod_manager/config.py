@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from runpod_manager import display
 from runpod_manager.errors import ConfigError
 from runpod_manager.paths import CONFIG_FILENAME, Paths, make_dirs, read_regular_file, write_private_file
 
@@ -799,7 +800,7 @@ def _check_range(origin: str, value: float, rules: Mapping[str, Any]) -> None:
 
 def _check_url(origin: str, value: str) -> str:
     if not re.match(r"^https?://[^\s/]+", value):
-        raise ConfigError(f"{origin} must be an http(s) URL, got {value!r}")
+        raise ConfigError(f"{origin} must be an http(s) URL, got {display.url(value)!r}")
     return value.rstrip("/")
 
 

@@ -15,7 +15,7 @@ from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 from typing import NoReturn
 
-from runpod_manager import policy, spend
+from runpod_manager import display, policy, spend
 from runpod_manager.config import Config
 from runpod_manager.errors import (
     ApiError,
@@ -309,7 +309,7 @@ def _start_failure(config: Config, record: PodRecord, outcome: PassOutcome) -> R
     alarms = [a for a in outcome.applied if a.action.kind == ActionKind.ALARM]
     if config.pod.pod_id and not outcome.observe_errors and outcome.pod is None:
         return ConfigError(f"pod_id {config.pod.pod_id!r} of pod '{config.pod.name}' does not exist at RunPod "
-                           f"{config.api.base_url}; nothing was created in its place",
+                           f"{display.url(config.api.base_url)}; nothing was created in its place",
                            hint="check the id in the console, or remove pod_id to let rpm create the pod")
     if alarms and config.pod.pod_id and record.pod_id is not None:
         return ResumeRefused(f"could not start adopted pod {record.pod_id}: {alarms[0].action.reason}")

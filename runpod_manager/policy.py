@@ -15,9 +15,9 @@ from datetime import UTC, date, datetime, timedelta, tzinfo
 from enum import StrEnum
 
 from runpod_manager.config import Config
+from runpod_manager.display import usd
 from runpod_manager.runpod.models import Pod, PodStatus
 from runpod_manager.state import Lease, PodRecord
-from runpod_manager.units import usd
 
 # Statuses in which a pod holds (and bills) a GPU.
 ACTIVE_STATUSES = frozenset({PodStatus.PROVISIONING, PodStatus.STARTING, PodStatus.RUNNING})

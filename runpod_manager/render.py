@@ -20,8 +20,8 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from runpod_manager.display import usd
 from runpod_manager.errors import RpmError
-from runpod_manager.units import usd
 
 if TYPE_CHECKING:  # the results are imported by the commands that make them, not by `rpm --help`
     from runpod_manager.catalog import CatalogResult

@@ -22,10 +22,10 @@ from datetime import UTC, datetime, timedelta, tzinfo
 from typing import Any
 
 from runpod_manager import __version__
+from runpod_manager.display import usd
 from runpod_manager.keys import UsageReport
 from runpod_manager.proxy.controller import PodView
 from runpod_manager.proxy.metrics import ProxyMetrics, RecentRequest
-from runpod_manager.units import usd
 
 SHOWN_REQUESTS = 50
 CHART_POINTS = 100

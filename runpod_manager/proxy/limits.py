@@ -31,10 +31,10 @@ from limits import RateLimitItemPerSecond
 from limits.storage import MemoryStorage
 from limits.strategies import FixedWindowRateLimiter
 
+from runpod_manager.display import usd
 from runpod_manager.keys import KeyUsage, Principal, load_usage, save_usage, usage_day
 from runpod_manager.policy import local_day_start
 from runpod_manager.proxy.forward import ProxyError
-from runpod_manager.units import usd
 
 USAGE_FLUSH_SECONDS = 1.0
 

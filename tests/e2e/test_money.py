@@ -112,3 +112,44 @@ def test_raising_the_spend_cap_by_env_lifts_the_refusal_and_small_amounts_keep_t
     assert raised.returncode == 0, raised.stderr
     assert rpm.record()["lease"] is not None
     rpm.run("shutdown")
+
+
+# --- 10. a key inside RUNPOD_API_URL is never shown ---------------------------------------------------------
+
+
+URL_SECRET = "sk-url-SECRET-9d2e"
+
+
+def test_a_key_inside_runpod_api_url_appears_in_no_output_log_or_state(rpm: Rpm) -> None:
+    host = rpm.sandbox.url.split("://", 1)[1]
+    with_userinfo = f"http://user:{URL_SECRET}@{host}"
+    rpm.extra_env["RUNPOD_API_URL"] = with_userinfo
+    outputs = []
+
+    def run(*args: str, env: dict[str, str] | None = None) -> None:
+        result = rpm.run(*args, env=env)
+        outputs.append((args, result.returncode, result.stdout + result.stderr))
+
+    run("start", "--no-proxy")
+    assert outputs[-1][1] == 0, outputs[-1]
+    for args in (("status", "-v"), ("status", "--json", "-v"), ("watchdog", "-v"), ("watchdog", "--json")):
+        run(*args)
+    # Another API than the state's: the "this run talks to …" refusal names both URLs.
+    for other in (f"http://user:{URL_SECRET}@127.0.0.1:9/", f"http://127.0.0.1:9/?api_key={URL_SECRET}",
+                  f"ftp://user:{URL_SECRET}@127.0.0.1:9/"):
+        run("status", "-v", env={"RUNPOD_API_URL": other})
+        assert outputs[-1][1] != 0 and "127.0.0.1:9" in outputs[-1][2], outputs[-1]
+        run("status", "--json", env={"RUNPOD_API_URL": other})
+    run("shutdown")
+    assert outputs[-1][1] == 0, outputs[-1]
+    # Nothing held any more: the other API is taken, and cannot be reached (the client's own errors).
+    run("watchdog", "-v", env={"RUNPOD_API_URL": f"http://user:{URL_SECRET}@127.0.0.1:9/"})
+    run("status", "-v", "--json", env={"RUNPOD_API_URL": f"http://user:{URL_SECRET}@127.0.0.1:9/"})
+
+    assert any("this run talks to http://127.0.0.1:9" in text for _args, _code, text in outputs), outputs
+    for args, _code, text in outputs:
+        assert URL_SECRET not in text, (args, text)
+    logs = rpm.home / "state"
+    for path in logs.rglob("*"):
+        if path.is_file():
+            assert URL_SECRET not in path.read_text(encoding="utf-8", errors="replace"), path
