@@ -849,12 +849,12 @@ def _cross_checks(where: str, config: Config, from_env: Mapping[tuple[str, str],
     template = api.pod_url_template
     if "{pod_id}" not in template or not template.startswith(("http://", "https://")):
         raise ConfigError(f"{at('api', 'pod_url_template')} must be an http(s) URL containing {{pod_id}}, "
-                          f"got {template!r}")
+                          f"got {display.url(template)!r}")
     try:
         template.format(pod_id="x", port=1)
     except (KeyError, IndexError, ValueError):
         raise ConfigError(f"{at('api', 'pod_url_template')} may only use {{pod_id}} and {{port}}, "
-                          f"got {template!r}") from None
+                          f"got {display.url(template)!r}") from None
 
 
 _REPLICA_SUFFIX = re.compile(r"-r\d+$")
