@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from runpod_manager import display
 from runpod_manager.errors import ConfigError
 from runpod_manager.paths import CONFIG_FILENAME, Paths, make_dirs, read_regular_file, write_private_file
 
@@ -799,7 +800,7 @@ def _check_range(origin: str, value: float, rules: Mapping[str, Any]) -> None:
 
 def _check_url(origin: str, value: str) -> str:
     if not re.match(r"^https?://[^\s/]+", value):
-        raise ConfigError(f"{origin} must be an http(s) URL, got {value!r}")
+        raise ConfigError(f"{origin} must be an http(s) URL, got {display.url(value)!r}")
     return value.rstrip("/")
 
 
@@ -848,12 +849,12 @@ def _cross_checks(where: str, config: Config, from_env: Mapping[tuple[str, str],
     template = api.pod_url_template
     if "{pod_id}" not in template or not template.startswith(("http://", "https://")):
         raise ConfigError(f"{at('api', 'pod_url_template')} must be an http(s) URL containing {{pod_id}}, "
-                          f"got {template!r}")
+                          f"got {display.url(template)!r}")
     try:
         template.format(pod_id="x", port=1)
     except (KeyError, IndexError, ValueError):
         raise ConfigError(f"{at('api', 'pod_url_template')} may only use {{pod_id}} and {{port}}, "
-                          f"got {template!r}") from None
+                          f"got {display.url(template)!r}") from None
 
 
 _REPLICA_SUFFIX = re.compile(r"-r\d+$")

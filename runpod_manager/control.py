@@ -15,7 +15,7 @@ from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 from typing import NoReturn
 
-from runpod_manager import policy, spend
+from runpod_manager import display, policy, spend
 from runpod_manager.config import Config
 from runpod_manager.errors import (
     ApiError,
@@ -26,6 +26,7 @@ from runpod_manager.errors import (
     NotReady,
     ResumeRefused,
     RpmError,
+    StopRefused,
 )
 from runpod_manager.lifecycle import Lifecycle
 from runpod_manager.outcomes import (
@@ -207,7 +208,8 @@ def shutdown(lc: Lifecycle | Sequence[Lifecycle], *, stop: bool = False, all_pod
         raise _retold(failed[0].error, "could not end pod " + ", ".join(
             f"{a.action.pod_id} ({a.error.message if a.error else '?'})" for a in failed)
             + (f"; {done}" if done else ""),
-            hint="it may still bill: run `rpm shutdown` again; the watchdog also retries")
+            hint=failed[0].error.hint if isinstance(failed[0].error, StopRefused)  # what blocks it, and the way out
+            else "it may still bill: run `rpm shutdown` again; the watchdog also retries")
     unverified = [(pod, record, outcome) for pod, record, outcome in outcomes if outcome.observe_errors]
     if unverified and not dry_run:
         pod, record, outcome = unverified[0]
@@ -307,7 +309,7 @@ def _start_failure(config: Config, record: PodRecord, outcome: PassOutcome) -> R
     alarms = [a for a in outcome.applied if a.action.kind == ActionKind.ALARM]
     if config.pod.pod_id and not outcome.observe_errors and outcome.pod is None:
         return ConfigError(f"pod_id {config.pod.pod_id!r} of pod '{config.pod.name}' does not exist at RunPod "
-                           f"{config.api.base_url}; nothing was created in its place",
+                           f"{display.url(config.api.base_url)}; nothing was created in its place",
                            hint="check the id in the console, or remove pod_id to let rpm create the pod")
     if alarms and config.pod.pod_id and record.pod_id is not None:
         return ResumeRefused(f"could not start adopted pod {record.pod_id}: {alarms[0].action.reason}")

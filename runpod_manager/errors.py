@@ -88,6 +88,22 @@ class NotReady(RpmError):
     exit_code = ExitCode.FAILED
 
 
+class StopRefused(RpmError):
+    """RunPod refused to stop a pod that a fresh look shows still running (and billing): the pod's own state
+    blocks the stop. Not an API failure, so not exit 4: the pass failed to enforce a limit (exit 1)."""
+
+    exit_code = ExitCode.FAILED
+
+    def __init__(self, message: str, *, pod_id: str = "", status: str = "", hint: str | None = None) -> None:
+        super().__init__(message, hint=hint)
+        self.pod_id = pod_id
+        self.status = status
+
+
+class PodLocked(StopRefused):
+    """The pod is locked (RunPod's `locked`: a locked pod cannot be stopped or reset) while it runs."""
+
+
 class ApiError(RpmError):
     """RunPod (or the emulator) answered with an error, or could not be reached."""
 

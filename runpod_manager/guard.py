@@ -17,6 +17,8 @@ import math
 import shlex
 from datetime import datetime
 
+from runpod_manager import display
+
 # The vLLM server started after the guard when [pod] args is empty.
 VLLM_COMMAND = "python3 -m vllm.entrypoints.openai.api_server"
 
@@ -28,7 +30,10 @@ def guard_command(deadline: datetime, api_base_url: str) -> str:
     script = (
         "import os,time,urllib.request as u\n"
         f"time.sleep(max(0.0,{epoch}-time.time()))\n"
-        f"r=u.Request({api_base_url.rstrip('/')!r}+'/v2/pods/'+os.environ['RUNPOD_POD_ID'],method='DELETE',"
+        # The URL as shown (display.url): the pod's args are visible in the console, so no key of the URL goes
+        # there; the guard authenticates with the pod's own key.
+        f"r=u.Request({display.url(api_base_url).rstrip('/')!r}+'/v2/pods/'+os.environ['RUNPOD_POD_ID'],"
+        "method='DELETE',"
         "headers={'Authorization':'Bearer '+os.environ['RUNPOD_API_KEY']})\n"
         "u.urlopen(r,timeout=30)\n"
     )

@@ -26,8 +26,10 @@ from runpod_manager.errors import (
     LockBusy,
     NotFound,
     NotReady,
+    PodLocked,
     ResumeRefused,
     RpmError,
+    StopRefused,
 )
 from runpod_manager.events import EventLog
 from runpod_manager.outcomes import AppliedAction, PassOutcome, Progress
@@ -343,14 +345,21 @@ class Lifecycle:
             record.last_status = self.client.start_pod(pod_id).status.value
             record.spend_accounted_at = now
         elif kind == ActionKind.STOP:
+            stopped: Pod | None
             try:
-                record.last_status = self.client.stop_pod(pod_id).status.value
+                stopped = self.client.stop_pod(pod_id)
             except Conflict:
-                # RunPod refuses stop only for a pod that is not running (EXITED or ERROR): the goal, a pod
-                # that bills no GPU time, holds. (Reached when the pod could not be observed first.)
-                record.last_status = PodStatus.EXITED.value
+                # A 409 alone does not say the pod is stopped: a locked pod refuses stop while it runs and bills.
+                stopped = self.get_or_none(pod_id)
+                if stopped is not None and stopped.status in spend.BILLED_STATUSES:
+                    _note_pod(record, stopped, now)
+                    raise _stop_refused(stopped, adopted=bool(self.config.pod.pod_id)) from None
             except NotFound:
+                stopped = None
+            if stopped is None:
                 _forget(record, pod_id)
+            else:
+                record.last_status = stopped.status.value
             record.ready_pod_id, record.cost_per_hour = None, 0.0  # a stopped pod bills no GPU
         elif kind in (ActionKind.TERMINATE, ActionKind.TERMINATE_ORPHAN):
             with contextlib.suppress(NotFound):  # already gone is what terminate wants
@@ -434,6 +443,17 @@ def _note_pod(record: PodRecord, pod: Pod, now: datetime) -> None:
     record.last_status = pod.status.value
     if pod.runtime and any((gpu.util_percent or 0) > 0 for gpu in pod.runtime.gpus):
         record.last_gpu_busy_at = now
+
+
+def _stop_refused(pod: Pod, *, adopted: bool) -> StopRefused:
+    """What blocks the stop of a pod that still runs: the lock (the user's), or a status RunPod refused in."""
+    if pod.locked:
+        instead = "" if adopted else ", or terminate it: `rpm shutdown` without --stop"
+        return PodLocked(f"RunPod refused to stop pod {pod.id}: the pod is locked; it is {pod.status.value} and "
+                         "still bills", pod_id=pod.id, status=pod.status.value,
+                         hint=f"unlock it in the RunPod console{instead}")
+    return StopRefused(f"RunPod refused to stop pod {pod.id} although it is {pod.status.value}; it still bills",
+                       pod_id=pod.id, status=pod.status.value, hint="the next pass tries again; see `rpm status`")
 
 
 def _forget(record: PodRecord, pod_id: str) -> None:

@@ -15,6 +15,7 @@ from datetime import UTC, date, datetime, timedelta, tzinfo
 from enum import StrEnum
 
 from runpod_manager.config import Config
+from runpod_manager.display import usd
 from runpod_manager.runpod.models import Pod, PodStatus
 from runpod_manager.state import Lease, PodRecord
 
@@ -39,6 +40,9 @@ class ActionKind(StrEnum):
 
 
 STARTS = frozenset({ActionKind.CREATE, ActionKind.RESUME, ActionKind.REPLACE})
+# Limits that exist to end billing (a deadline, the spend cap): when the pod is locked (RunPod refuses its stop),
+# they terminate an owned pod instead. Idle and `rpm shutdown --stop` asked for a kept pod: they report the lock.
+TERMINATING_LIMITS = frozenset({"spend_cap", "cutoff", "runtime"})
 ENDS = frozenset({ActionKind.STOP, ActionKind.TERMINATE})
 # Pod statuses in which the idle limit is checked. A booting pod (PROVISIONING, STARTING) and one whose
 # status rpm does not know are left alone; a stopped, failed or vanished pod is not recovered for a
@@ -231,14 +235,14 @@ def lease_deadline(opened_at: datetime, config: Config) -> datetime:
 def start_refusal(now: datetime, config: Config, record: PodRecord, spend_today_usd: float,
                   account_spend_today_usd: float = 0.0) -> str | None:
     """Why a lease may not be opened now, or None. Used by `rpm start` and by the proxy's wake."""
+    # The spend today against the cap in force now, nothing remembered: raising the cap (config or env) lifts
+    # the refusal at once, as its message promises, and the ledger's day ends it at the local midnight.
     cap, account_cap = config.limits.max_daily_spend_usd, config.account.max_daily_spend_usd
-    today = local_day(now, config.zone).isoformat()
-    account_hit = bool(account_cap and account_spend_today_usd >= account_cap)
-    if cap and (spend_today_usd >= cap or (record.spend_cap_day == today and not account_hit)):
-        return (f"spend cap reached: ${spend_today_usd:.2f} of ${cap:.2f} today; starting is refused until "
+    if cap and spend_today_usd >= cap:
+        return (f"spend cap reached: {usd(spend_today_usd)} of {usd(cap)} today; starting is refused until "
                 f"the day rolls over (or raise max_daily_spend_usd)")
-    if account_hit:
-        return (f"account spend cap reached: ${account_spend_today_usd:.2f} of ${account_cap:.2f} today across "
+    if account_cap and account_spend_today_usd >= account_cap:
+        return (f"account spend cap reached: {usd(account_spend_today_usd)} of {usd(account_cap)} today across "
                 "all pods; starting is refused until the day rolls over (or raise [limits] max_daily_spend_usd)")
     return None
 
@@ -265,6 +269,11 @@ def plan(
         if lease is not None:
             actions.append(Action(ActionKind.CLOSE_LEASE, reason, limit=limit))
         kind = ActionKind.STOP if action == "stop" or adopted else ActionKind.TERMINATE
+        if (kind is ActionKind.STOP and not adopted and limit in TERMINATING_LIMITS and pod_exists
+                and pod is not None and pod.locked and pod.status in ACTIVE_STATUSES):
+            # A locked pod refuses stop and would bill on: a limit that ends billing ends it the other way.
+            kind, reason = ActionKind.TERMINATE, (f"{reason}; the pod is locked and cannot be stopped, so this "
+                                                  "owned pod is terminated instead")
         if pod_exists and pod is not None:
             if kind is ActionKind.STOP and pod.status in (PodStatus.EXITED,):
                 pass  # already stopped
@@ -289,13 +298,13 @@ def plan(
     # and refuse starts for the rest of the day.
     cap, account_cap = config.limits.max_daily_spend_usd, config.account.max_daily_spend_usd
     if cap and observed.spend_today_usd >= cap and (lease is not None or pod_exists):
-        end_pod("spend_cap", f"spend cap reached: ${observed.spend_today_usd:.2f} of ${cap:.2f} today",
+        end_pod("spend_cap", f"spend cap reached: {usd(observed.spend_today_usd)} of {usd(cap)} today",
                 "terminate")
         return _finish(actions, now, config, record, observed, options, activity)
     if (account_cap and observed.account_spend_today_usd >= account_cap
             and (lease is not None or pod_exists)):
-        end_pod("spend_cap", f"account spend cap reached: ${observed.account_spend_today_usd:.2f} of "
-                f"${account_cap:.2f} today across all pods", "terminate")
+        end_pod("spend_cap", f"account spend cap reached: {usd(observed.account_spend_today_usd)} of "
+                f"{usd(account_cap)} today across all pods", "terminate")
         return _finish(actions, now, config, record, observed, options, activity)
 
     if lease is not None:

@@ -20,6 +20,8 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from runpod_manager import display
+from runpod_manager.display import usd
 from runpod_manager.errors import RpmError
 
 if TYPE_CHECKING:  # the results are imported by the commands that make them, not by `rpm --help`
@@ -119,7 +121,7 @@ def _json_default(value: Any) -> Any:
 
 
 def money(value: float | None) -> str:
-    return "-" if value is None else f"${value:.2f}"
+    return "-" if value is None else usd(value)
 
 
 def duration(seconds: float | None) -> str:
@@ -198,7 +200,7 @@ def show_start(r: Renderer, result: StartResult) -> None:
     if result.proxy_url:
         r.line(f"  OpenAI base URL: [bold]{result.proxy_url}[/]")
     elif result.base_url:
-        r.line(f"  pod URL: {result.base_url}  (start the proxy with `rpm proxy` for wake/idle handling)")
+        r.line(f"  pod URL: {display.url(result.base_url)}  (start the proxy with `rpm proxy` for wake/idle handling)")
 
 
 def show_starts(r: Renderer, starts: ManyStarts) -> None:
@@ -230,7 +232,8 @@ def show_starts(r: Renderer, starts: ManyStarts) -> None:
 def _start_json(result: StartResult) -> dict[str, Any]:
     return {"dry_run": result.dry_run, "pod": pod_json(result.pod), "created": result.created,
             "resumed": result.resumed, "already_running": result.already_running, "ready": result.ready,
-            "base_url": result.base_url, "proxy_url": result.proxy_url, "lease": lease_json(result.record),
+            "base_url": result.base_url and display.url(result.base_url), "proxy_url": result.proxy_url,
+            "lease": lease_json(result.record),
             "plan": [a.describe() for a in result.plan.actions]}
 
 
@@ -278,7 +281,7 @@ def _status_json(result: StatusResult) -> dict[str, Any]:
         "deadline": limits.deadline, "runtime_ends_at": limits.runtime_ends_at, "cutoff_at": limits.cutoff_at,
         "idle_ends_at": limits.idle_ends_at, "idle_seconds": result.idle_seconds,
         "proxy": {"pid": result.proxy_pid, "url": result.proxy_url},
-        "pod_url": result.pod_url,
+        "pod_url": result.pod_url and display.url(result.pod_url),
         "ready": result.ready,
         "kind": result.kind, "routes": result.routes, "public_url_open": result.public_url_open,
         "last_action": record.last_action, "last_reason": record.last_reason,
@@ -328,7 +331,7 @@ def show_status(r: Renderer, result: StatusResult) -> None:
                  + (f" (stops at {when(limits.idle_ends_at, now, bare=True)})" if limits.idle_ends_at else ""))
     grid.add_row("proxy", f"pid {result.proxy_pid} · {result.proxy_url}" if result.proxy_pid else "not running")
     if result.pod_url:
-        grid.add_row("pod URL", result.pod_url)
+        grid.add_row("pod URL", display.url(result.pod_url))
     if result.routes:
         grid.add_row("service", " · ".join(result.routes))
     if result.public_url_open:
@@ -691,6 +694,6 @@ def show_key_usage(r: Renderer, report: UsageReport) -> None:
     for row in report.rows:
         today = row.today
         listing.add_row(escape(row.record.name), row.status, str(today.requests), str(today.tokens),
-                        f"${today.spend_usd:.4f}", money(row.record.limits.daily_budget_usd), str(today.refused),
+                        money(today.spend_usd), money(row.record.limits.daily_budget_usd), str(today.refused),
                         _epoch_words(row.last_used_at))
     r.out.print(listing)

@@ -57,6 +57,20 @@ WAKE_ERRORS = frozenset({"pod_waking", "queue_timeout", "limit_refused", "state_
 # (model lists, unknown models, refused methods) are "local" or "-".
 ACTIVITY_CACHE = frozenset({"hit", "miss", "bypass"})
 MODELS_ROUTE = "/v1/models"
+# Route labels of the pass-through to a pod's service (/pods/<name>/…, a listen port): the proxy logs those only
+# once the request has its pod, and there is no cache on that path, so their cache is always "-".
+SERVICE_ROUTE_PREFIXES = ("/pods/", "listen:")
+
+
+def proxied(cache: object, route: object, pod: object) -> bool:
+    """Whether a logged request reached a pod or the cache (what idle stop counts as activity, and what `rpm
+    report` and `rpm simulate --from-log` count): /v1's cache outcomes, and every pass-through request to a
+    pod whatever its cache field. The one reading of a line's kind, for parsed lines and raw trace rows alike."""
+    if route == MODELS_ROUTE:
+        return False
+    if cache in ACTIVITY_CACHE:
+        return True
+    return isinstance(pod, str) and isinstance(route, str) and route.startswith(SERVICE_ROUTE_PREFIXES)
 
 # What the proxy appends per request, in this order (a plain tuple: the cheapest thing to build):
 # ended_at (unix time), duration (s), pod (name; None: answered without a pod), pod_id, model (the
@@ -344,7 +358,7 @@ class LoggedRequest:
     @property
     def activity(self) -> bool:
         """Whether it counted as activity for idle stop (reached the pod or the cache), as the proxy counts it."""
-        return self.cache in ACTIVITY_CACHE and self.route != MODELS_ROUTE
+        return proxied(self.cache, self.route, self.pod)
 
     @property
     def ended_at(self) -> float:

@@ -174,6 +174,7 @@ def trace_from_file(path: Path, zone: tzinfo | None) -> Trace:
     as they are) or a CSV file (`.csv`: a header naming `time` and optionally `duration_seconds`). `time` is
     ISO 8601 (UTC when it names no zone) or unix seconds."""
     from runpod_manager.paths import read_regular_file
+    from runpod_manager.requestlog import proxied
 
     try:
         text = read_regular_file(path, max_bytes=MAX_TRACE_BYTES).decode("utf-8")
@@ -186,7 +187,7 @@ def trace_from_file(path: Path, zone: tzinfo | None) -> Trace:
         rows = (_json_object(line, path, number) for number, line in enumerate(text.splitlines(), 1) if line.strip())
     arrivals, durations = [], []
     for number, row in enumerate(rows, 1):
-        if "status" in row and "cache" in row and row.get("cache") not in ("hit", "miss", "bypass"):
+        if "status" in row and "cache" in row and not proxied(row.get("cache"), row.get("route"), row.get("pod")):
             continue  # a request-log line the proxy answered itself: not activity
         arrivals.append(_trace_time(row.get("time"), path, number))
         durations.append(_trace_duration(row, path, number))

@@ -26,6 +26,7 @@ from typing import Any
 
 import filelock
 
+from runpod_manager import display
 from runpod_manager.errors import ConfigError, LockBusy, StateError
 from runpod_manager.paths import (
     FileTooLarge,
@@ -162,7 +163,8 @@ class PodRecord:
     last_status: str | None = None
     spend_day: str | None = None  # the local date (YYYY-MM-DD) spend_usd belongs to
     spend_usd: float = 0.0  # spend of the day by pods of this config that are gone (billing of live pods adds)
-    spend_cap_day: str | None = None  # the day the cap was hit; start/wake refused until it changes
+    # The day the cap was hit (a record of it; the refusal itself is the day's spend against the cap in force).
+    spend_cap_day: str | None = None
     replacing_pod_id: str | None = None  # old pod kept until its replacement is ready
     last_action: str | None = None
     last_reason: str | None = None
@@ -214,15 +216,18 @@ class PodRecord:
     def bind_api(self, base_url: str, state_path: Path) -> None:
         """State belongs to one RunPod API (account): a record holding a pod, an intent or a lease of another
         is refused (ConfigError, exit 2), never acted upon, where a 404 from the wrong API would silently
-        drop its pod. A record holding nothing takes the API it is used with."""
-        if self.api_base_url and self.api_base_url != base_url and self.holds_something:
+        drop its pod. A record holding nothing takes the API it is used with. The API is known by its shown
+        URL (`display.url`: a key in the URL's userinfo or query never reaches the file or a message)."""
+        current = display.url(base_url)
+        kept = display.url(self.api_base_url) if self.api_base_url else None  # an older rpm stored it whole
+        if kept and kept != current and self.holds_something:
             held = f"pod {self.pod_id}" if self.pod_id else "an open lease"
             raise ConfigError(
                 f"the state of config '{self.config_name}' ({state_path}) holds {held} at RunPod API "
-                f"{self.api_base_url}, but this run talks to {base_url}; nothing was changed",
-                hint=f"run rpm with RUNPOD_API_URL={self.api_base_url} (e.g. `rpm shutdown`) first, or use "
+                f"{kept}, but this run talks to {current}; nothing was changed",
+                hint=f"run rpm with RUNPOD_API_URL={kept} (e.g. `rpm shutdown`) first, or use "
                      "another RPM_HOME for the other API")
-        self.api_base_url = base_url
+        self.api_base_url = current
 
     @property
     def holds_something(self) -> bool:

@@ -22,6 +22,7 @@ from datetime import UTC, datetime, timedelta, tzinfo
 from typing import Any
 
 from runpod_manager import __version__
+from runpod_manager.display import usd
 from runpod_manager.keys import UsageReport
 from runpod_manager.proxy.controller import PodView
 from runpod_manager.proxy.metrics import ProxyMetrics, RecentRequest
@@ -280,7 +281,7 @@ def reason_explains_state(view: PodView, *, waking: bool) -> bool:
 
 
 def _money(value_usd: float | None) -> str:
-    return "–" if value_usd is None else f"${value_usd:,.2f}"
+    return "–" if value_usd is None else usd(value_usd)
 
 
 def _seconds_text(value: float | None) -> str:

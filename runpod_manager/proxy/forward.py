@@ -25,6 +25,7 @@ from aiohttp import web
 from multidict import CIMultiDict
 from yarl import URL
 
+from runpod_manager import display
 from runpod_manager.proxy.controller import UpstreamTarget
 
 # RFC 9110 §7.6.1 hop-by-hop headers; they describe one connection, never the end-to-end message.
@@ -501,7 +502,7 @@ class Upstream:
             if attempt >= retries:
                 raise UpstreamUnreachable(
                     502,
-                    f"the pod at {target.base_url} could not be reached after {attempt + 1} attempt(s) "
+                    f"the pod at {display.url(target.base_url)} could not be reached after {attempt + 1} attempt(s) "
                     f"({last_failure}); the next request will check the pod again and wake it if needed",
                     code="upstream_unreachable", retry_after_seconds=max(self.retry_delay_seconds, 1.0),
                     should_retry=True)

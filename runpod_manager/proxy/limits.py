@@ -31,6 +31,7 @@ from limits import RateLimitItemPerSecond
 from limits.storage import MemoryStorage
 from limits.strategies import FixedWindowRateLimiter
 
+from runpod_manager.display import usd
 from runpod_manager.keys import KeyUsage, Principal, load_usage, save_usage, usage_day
 from runpod_manager.policy import local_day_start
 from runpod_manager.proxy.forward import ProxyError
@@ -205,7 +206,7 @@ class KeyLimiter:
             resets_in = max(1.0, self._day_ends_at - now)
             resets_at = datetime.fromtimestamp(self._day_ends_at, self.zone).isoformat(timespec="minutes")
             raise RateLimited(
-                f"the key {name!r} spent its daily budget (${usage.spend_usd:.4f} of ${budget:.2f}); it resets "
+                f"the key {name!r} spent its daily budget ({usd(usage.spend_usd)} of {usd(budget)}); it resets "
                 f"at {resets_at} (in {reset_words(resets_in)})", code="daily_budget_exceeded",
                 retry_after_seconds=resets_in, should_retry=False, limit_headers={})
         cap = limits.max_concurrent

@@ -34,7 +34,7 @@ from typing import Any
 from aiohttp import web
 
 from runpod_manager import __version__, keys
-from runpod_manager.errors import ApiError, LimitRefused, LockBusy, NotOwned, RpmError
+from runpod_manager.errors import ApiError, LimitRefused, LockBusy, NotOwned, PodLocked, RpmError, StopRefused
 from runpod_manager.events import redact
 from runpod_manager.keys import Principal
 from runpod_manager.proxy.app import STATE, ProxyState, _pod_entry, key_report
@@ -165,6 +165,9 @@ def _control_error(exc: RpmError, name: str) -> ProxyError:
                           error_type="invalid_request_error", param="name", should_retry=False)
     if isinstance(exc, LockBusy):
         return ProxyError(503, message, code="state_busy", retry_after_seconds=5.0, should_retry=True)
+    if isinstance(exc, StopRefused):  # the pod runs and bills on; what blocks it is the pod's own state
+        return ProxyError(409, message, code="pod_locked" if isinstance(exc, PodLocked) else "stop_refused",
+                          error_type="invalid_request_error", param="name", should_retry=False)
     if isinstance(exc, ApiError):
         return ProxyError(502, f"RunPod refused or failed for pod {name!r}: {message}", code="runpod_error",
                           should_retry=False)

@@ -41,7 +41,7 @@ import requests
 import urllib3
 from requests.auth import AuthBase
 
-from runpod_manager import __version__
+from runpod_manager import __version__, display
 from runpod_manager.errors import (
     ApiError,
     ApiUnavailable,
@@ -94,18 +94,9 @@ def normalise_base_url(base_url: str) -> str:
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname or parts.query or parts.fragment:
         raise ConfigError(
-            f"RunPod API base URL {_display_url(url)!r} is not an http(s) URL like {DEFAULT_BASE_URL}"
+            f"RunPod API base URL {display.url(url)!r} is not an http(s) URL like {DEFAULT_BASE_URL}"
         )
     return url
-
-
-def _display_url(url: str) -> str:
-    # Never echo userinfo (a URL could carry credentials) in a message.
-    parts = urlsplit(url)
-    if parts.hostname is None:
-        return url if "@" not in url else "<unparseable URL>"
-    host = parts.hostname + (f":{parts.port}" if parts.port else "")
-    return f"{parts.scheme}://{host}{parts.path}"
 
 
 class _BearerAuth(AuthBase):
@@ -191,7 +182,7 @@ class RunPodClient:
         if max_retries < 0:
             raise ValueError(f"max_retries must be 0 or more, not {max_retries}")
         self.base_url = normalise_base_url(base_url)
-        self._host = _display_url(self.base_url).split("://", 1)[1].split("/", 1)[0]
+        self._host = display.url(self.base_url).split("://", 1)[1].split("/", 1)[0]
         self._timeout = (connect_timeout_seconds, read_timeout_seconds)
         self._max_retries = max_retries
         self._backoff_base_seconds = backoff_base_seconds
@@ -212,7 +203,7 @@ class RunPodClient:
         self.calls = 0
 
     def __repr__(self) -> str:
-        return f"RunPodClient(base_url={_display_url(self.base_url)!r})"
+        return f"RunPodClient(base_url={display.url(self.base_url)!r})"
 
     def close(self) -> None:
         self._session.close()

@@ -291,6 +291,7 @@ class Pod:
     ports: tuple[str, ...] = ()
     args: str = ""
     cuda_version: str | None = None
+    locked: bool = False  # RunPod: "a locked pod cannot be stopped or reset"
 
     def __repr__(self) -> str:
         return _redacted_repr(self)
@@ -330,6 +331,7 @@ class Pod:
             ports=_str_tuple(pod.get("ports")),
             args=pod["args"] if isinstance(pod.get("args"), str) else "",
             cuda_version=_opt_str(pod.get("cudaVersion")),
+            locked=pod.get("locked") is True,
         )
 
     def proxy_url(self, port: int) -> str:

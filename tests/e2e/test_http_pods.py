@@ -268,3 +268,24 @@ def test_a_comfyui_pod_and_an_upload_service_with_jobs_wake_next_to_an_llm_pod_a
     assert chat.status_code == 200 and "X-RPM-Cold-Start" in chat.headers
     # Then, nobody asking, each stops on its own idle clock.
     assert wait_until(lambda: all(_status_of(rpm, name) == "EXITED" for name in names), 30)
+
+
+def test_report_and_simulate_count_the_requests_of_an_http_pod(rpm: Rpm, ports: tuple[int, int]) -> None:
+    # Issue #20: the proxy logs pass-through requests with cache "-"; `rpm report` counted none of them.
+    proxy_port, listen_port = ports
+    write(rpm, proxy_port, listen_port)
+    _start(rpm, "comfy")
+    for _ in range(3):
+        assert requests.get(f"http://127.0.0.1:{proxy_port}/pods/comfy/", timeout=TIMEOUT).status_code == 200
+    assert requests.post(f"http://127.0.0.1:{listen_port}/prompt", json={"workflow": 1}, timeout=TIMEOUT,
+                         headers={"Origin": f"http://127.0.0.1:{listen_port}"}).status_code == 200
+    log = rpm.home / "state" / "logs" / "requests.jsonl"
+    assert wait_until(lambda: log.exists() and len(log.read_text().splitlines()) >= 4)
+    assert {json.loads(line)["cache"] for line in log.read_text().splitlines()} == {"-"}
+
+    report = rpm.json("report", "--since", "1h", "--pod", "comfy")["data"]
+
+    assert report["pods"][0]["totals"]["requests"] == 4
+    replayed = rpm.run("simulate", "--from-log", "--pod", "comfy", "--since", "1h")
+    assert replayed.returncode == 0, replayed.stderr
+    assert "4 requests from the request log" in replayed.stdout

@@ -4,8 +4,8 @@
   JSON the fake keeps, so every answer goes through the same parser as a real one.
 - Statuses move only when a test says so (`advance(pod_id, status)`) or, with `auto_progress`, one step
   (PROVISIONING → STARTING → RUNNING) per `get_pod`. The actions follow runpod-api.md: start needs EXITED or
-  ERROR, stop needs a pod that is not stopped (409 `Conflict` otherwise), an unknown id is `NotFound`, a
-  terminated pod is gone (404 on get, absent from the list), a stopped pod costs 0 per hour.
+  ERROR, stop needs a pod that is not stopped nor locked (`lock()`; 409 `Conflict` otherwise), an unknown id
+  is `NotFound`, a terminated pod is gone (404 on get, absent from the list), a stopped pod costs 0 per hour.
 - Every call is recorded in order in `history` as `(verb, subject)`: `("create", name)`, `("get", id)`,
   `("list", prefix)`, `("start", id)`, `("stop", id)`, `("terminate", id)`, `("update", id)`,
   `("spend", id)`, `("gpu_types", cloud)`. `calls` counts them, like `RunPodClient.calls` counts requests.
@@ -59,13 +59,16 @@ class FakePod:
     env: dict[str, str] = field(default_factory=dict)
     ports: tuple[str, ...] = ()
     gpu_util_percent: int = 0
+    locked: bool = False  # RunPod: a locked pod cannot be stopped or reset (terminate is allowed)
 
     def to_api(self) -> dict[str, Any]:
         running = self.status == PodStatus.RUNNING
         active = self.status in _BOOT_ORDER
         data: dict[str, Any] = {
             "id": self.id, "name": self.name, "status": self.status.value,
-            "actions": list(ALLOWED_ACTIONS.get(self.status, ())), "image": self.image,
+            "actions": [a for a in ALLOWED_ACTIONS.get(self.status, ())
+                        if not (self.locked and a in ("stop", "restart"))], "image": self.image,
+            "locked": self.locked,
             "gpu": {"id": self.gpu_type_id, "count": 1}, "cloud": "SECURE", "dataCenterId": DATA_CENTER,
             "cost": self.cost_per_hour if active else 0, "createdAt": _iso(self.created_at),
             "env": dict(self.env), "ports": list(self.ports), "args": self.args,
@@ -148,6 +151,10 @@ class FakeRunPod:
         if status == PodStatus.RUNNING and pod.started_at is None:
             pod.started_at = self.clock()
 
+    def lock(self, pod_id: str, locked: bool = True) -> None:
+        """PATCH `locked` as a user would in the console: stop is refused (409) while it is set."""
+        self.pods[pod_id].locked = locked
+
     def set_gpu_util(self, pod_id: str, percent: int) -> None:
         self.pods[pod_id].gpu_util_percent = percent
 
@@ -219,7 +226,7 @@ class FakeRunPod:
     def stop_pod(self, pod_id: str) -> Pod:
         self._call("stop", pod_id)
         pod = self._existing(pod_id, "stop")
-        if pod.status not in _BOOT_ORDER:
+        if pod.status not in _BOOT_ORDER or pod.locked:
             raise Conflict(f"stop pod {pod_id}: 409 not allowed in status {pod.status.value}", status=409)
         pod.status = PodStatus.EXITED
         return Pod.from_api(pod.to_api())

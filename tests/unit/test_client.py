@@ -799,6 +799,22 @@ def test_stop_retry_conflict_in_another_state_is_a_conflict(
         client.stop_pod("pod1")
 
 
+def test_stop_retry_conflict_on_a_locked_running_pod_is_a_conflict_with_the_lock_read(
+    client: RunPodClient, api: responses.RequestsMock
+) -> None:
+    # A locked pod refuses stop with 409 while it runs: that is never "already stopped".
+    api.post(ACTION, status=503)
+    api.post(ACTION, json=problem(409, "cannot stop pod pod1 in status RUNNING (the pod is locked)"), status=409)
+    api.get(POD, json=pod_json(status="RUNNING", locked=True, actions=["terminate"]))
+    with pytest.raises(Conflict, match="stop pod pod1"):
+        client.stop_pod("pod1")
+    api.replace(responses.GET, POD, json=pod_json(status="RUNNING", locked=True, actions=["terminate"]))
+    pod = client.get_pod("pod1")
+    assert pod.locked and pod.actions == ("terminate",)
+    api.replace(responses.GET, POD, json=pod_json(status="RUNNING"))
+    assert client.get_pod("pod1").locked is False  # absent means unlocked (the spec's default)
+
+
 def test_first_attempt_conflict_is_a_conflict_without_lookup(
     client: RunPodClient, api: responses.RequestsMock
 ) -> None:

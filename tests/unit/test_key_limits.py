@@ -126,7 +126,7 @@ def test_a_spent_budget_refuses_until_the_day_ends_in_the_configs_zone(tmp_path:
         keys.admit(script)
     error = refused.value
     assert error.code == "daily_budget_exceeded" and error.headers()["x-should-retry"] == "false"
-    assert "spent its daily budget ($2.5000 of $2.00); it resets at 2026-11-30T00:00+00:00 (in 12h0m0s)" in (
+    assert "spent its daily budget ($2.50 of $2.00); it resets at 2026-11-30T00:00+00:00 (in 12h0m0s)" in (
         error.message)
     assert error.headers()["Retry-After"] == str(12 * 3600)
     keys.admit(key("other", daily_budget_usd=2.0))  # another key continues

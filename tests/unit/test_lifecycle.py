@@ -31,6 +31,7 @@ from runpod_manager.errors import (
     NoCapacity,
     NotFound,
     NotReady,
+    PodLocked,
     ResumeRefused,
 )
 from runpod_manager.events import EventLog
@@ -618,6 +619,35 @@ def test_the_spend_cap_terminates_on_the_estimate_and_refuses_a_start_the_same_d
     assert control.start(rig.lifecycle).created
 
 
+def test_raising_the_spend_cap_lifts_its_refusal_at_once(tmp_path: Path) -> None:
+    rig = make_lifecycle(tmp_path, max_daily_spend_usd=1.0, idle_timeout_seconds=0)
+    rig.started()
+    rig.later(5400)  # $1.035 of $1.00: terminated, starts refused
+    rig.lifecycle.reconcile()
+    with pytest.raises(LimitRefused, match="raise max_daily_spend_usd"):
+        control.start(rig.lifecycle)
+
+    raised = make_lifecycle(tmp_path, fake=rig.fake, max_daily_spend_usd=5.0, idle_timeout_seconds=0)
+    raised.clock.set(T0 + timedelta(seconds=5500))  # the same day: the spend still counts against the new cap
+
+    assert control.start(raised.lifecycle).created
+    assert raised.saved().spend_usd == pytest.approx(0.69 * 1.5)
+
+
+def test_a_spend_cap_refusal_prints_the_cap_and_the_spend_with_the_digits_they_have(tmp_path: Path) -> None:
+    rig = make_lifecycle(tmp_path, max_daily_spend_usd=0.001, idle_timeout_seconds=0)
+    rig.started()
+    rig.later(6)  # $0.69/h for 6 s: $0.00115
+    ended = rig.lifecycle.reconcile()
+    assert summary_of(ended.plan.actions) == ["close_lease:spend_cap", "terminate"]
+    assert "$0.0011 of $0.001 today" in ended.plan.actions[0].reason
+
+    with pytest.raises(LimitRefused) as refused:
+        control.start(rig.lifecycle)
+
+    assert "$0.0011 of $0.001 today" in refused.value.message and "$0.00 " not in refused.value.message
+
+
 def test_billing_above_the_estimate_counts_against_the_spend_cap(tmp_path: Path) -> None:
     rig = make_lifecycle(tmp_path, max_daily_spend_usd=2.0, idle_timeout_seconds=0, billing_check_seconds=1800)
     pod_id = rig.started()
@@ -789,6 +819,101 @@ def test_shutdown_that_ends_the_pod_but_cannot_list_says_it_could_not_verify(rig
 
     assert rig.fake.mutations() == [("terminate", pod_id)]  # ended by id although unobserved
     assert rig.fake.status_of(pod_id) == PodStatus.TERMINATED
+
+
+# ------------------------------------------------------------------------------------- a locked pod
+# RunPod: "a locked pod cannot be stopped or reset" (409 on stop); terminate is allowed.
+
+
+def test_idle_stop_of_a_locked_pod_fails_as_pod_locked_and_its_spend_keeps_counting(rig: Rig) -> None:
+    pod_id = rig.started()
+    rig.fake.lock(pod_id)
+
+    rig.later(1000)  # idle 900 s: stop
+    result = rig.lifecycle.reconcile()
+
+    assert summary_of(result.plan.actions) == ["close_lease:idle", "stop"]
+    [failed] = result.failures
+    assert isinstance(failed.error, PodLocked) and "locked" in failed.error.message
+    assert result.exit_code == ExitCode.FAILED and result.enforcement_failed
+    assert rig.fake.status_of(pod_id) == PodStatus.RUNNING
+    record = rig.saved()
+    assert (record.pod_id, record.last_status, record.cost_per_hour) == (pod_id, "RUNNING", 0.69)
+    spent = record.spend_usd
+
+    rig.later(4600)  # an hour later: still refused, still counted
+    again = rig.lifecycle.reconcile()
+
+    assert [type(a.error) for a in again.failures] == [PodLocked]
+    assert rig.saved().spend_usd == pytest.approx(spent + 0.69)
+
+
+def test_shutdown_stop_of_a_locked_pod_raises_pod_locked_and_leaves_it_counted(rig: Rig) -> None:
+    pod_id = rig.started()
+    rig.fake.lock(pod_id)
+
+    with pytest.raises(PodLocked) as raised:
+        control.shutdown(rig.lifecycle, stop=True)
+
+    assert raised.value.exit_code == ExitCode.FAILED
+    assert pod_id in raised.value.message and "locked" in raised.value.message
+    assert raised.value.hint is not None and "unlock" in raised.value.hint
+    record = rig.saved()
+    assert (record.lease, record.pod_id, record.last_status, record.cost_per_hour) == (None, pod_id, "RUNNING", 0.69)
+
+
+def test_a_locked_pod_is_still_terminated_by_a_plain_shutdown(rig: Rig) -> None:
+    pod_id = rig.started()
+    rig.fake.lock(pod_id)
+
+    control.shutdown(rig.lifecycle)
+
+    assert rig.fake.status_of(pod_id) == PodStatus.TERMINATED
+
+
+def test_a_runtime_limit_that_would_stop_a_locked_owned_pod_terminates_it_and_says_so(tmp_path: Path) -> None:
+    rig = make_lifecycle(tmp_path, runtime_seconds=3600, idle_timeout_seconds=0, cutoff_action="stop")
+    pod_id = rig.started()
+    rig.fake.lock(pod_id)
+
+    rig.later(3600)
+    result = rig.lifecycle.reconcile()
+
+    assert summary_of(result.plan.actions) == ["close_lease:runtime", "terminate"]
+    assert "locked" in result.plan.actions[1].reason and "terminat" in result.plan.actions[1].reason
+    assert not result.failures and result.exit_code == ExitCode.OK
+    assert rig.fake.mutations() == [("terminate", pod_id)]
+
+
+def test_a_locked_adopted_pod_is_never_terminated_by_a_limit(tmp_path: Path) -> None:
+    fake = FakeRunPod()
+    pod_id = fake.add_pod("my-own-pod")
+    rig = make_lifecycle(tmp_path, fake=fake, pod={"pod_id": pod_id}, runtime_seconds=3600,
+                         idle_timeout_seconds=0, cutoff_action="terminate")
+    rig.started()
+    fake.lock(pod_id)
+
+    rig.later(3600)
+    result = rig.lifecycle.reconcile()
+
+    assert [type(a.error) for a in result.failures] == [PodLocked]
+    assert rig.fake.mutations() == [("stop", pod_id)]
+    assert rig.fake.status_of(pod_id) == PodStatus.RUNNING
+
+
+def test_a_stop_refused_because_the_pod_is_already_stopped_counts_as_stopped(tmp_path: Path) -> None:
+    rig = make_lifecycle(tmp_path, runtime_seconds=3600, idle_timeout_seconds=0, cutoff_action="stop")
+    pod_id = rig.started()
+    rig.fake.advance(pod_id, PodStatus.EXITED)  # stopped meanwhile, e.g. in the console
+    rig.fake.fail("get", ApiUnavailable("get pod: 503 Service Unavailable", status=503), times=1)
+
+    rig.later(3600)
+    result = rig.lifecycle.reconcile()  # status unknown: stop by id, 409, a fresh look says EXITED
+
+    assert summary_of(result.plan.actions) == ["close_lease:runtime", "stop"]
+    assert not result.failures
+    assert rig.fake.history[-2:] == [("stop", pod_id), ("get", pod_id)]
+    assert (rig.saved().last_status, rig.saved().cost_per_hour) == ("EXITED", 0.0)
 
 
 def _add_neighbours(fake: FakeRunPod) -> dict[str, str]:

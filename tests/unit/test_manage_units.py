@@ -74,3 +74,13 @@ def test_a_keys_repeated_reads_are_one_event_line_a_minute_with_the_reads_folded
     now[0] += 5  # a minute after the first line: written, counting the 11 folded into it
     assert manage._fold_read(reads, polled) == 11
     assert manage._fold_read(reads, polled) is None
+
+
+def test_a_stop_refused_by_the_pods_lock_is_a_409_naming_the_lock() -> None:
+    from runpod_manager.errors import PodLocked
+    from runpod_manager.proxy.manage import _control_error
+
+    error = _control_error(PodLocked("RunPod refused to stop pod p1: the pod is locked", pod_id="p1",
+                                     status="RUNNING"), "coder")
+
+    assert (error.status, error.code) == (409, "pod_locked") and "locked" in error.message

@@ -16,6 +16,7 @@ from zoneinfo import ZoneInfo
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from runpod_manager import spend
 from runpod_manager.config import Config
 from runpod_manager.policy import (
     ENDS,
@@ -356,9 +357,12 @@ def _exists(naive: datetime, zone: ZoneInfo | None) -> bool:
 @given(configs(), instants, st.integers(1, 3 * DAY))
 def test_cap_day_refusal_ends_exactly_when_the_local_date_changes(config: Config, capped_at: datetime,
                                                                  later_seconds: int) -> None:
-    if not config.limits.max_daily_spend_usd:
+    cap = config.limits.max_daily_spend_usd
+    if not cap:
         return
-    record = PodRecord(config_name=CONFIG_NAME, spend_cap_day=local_day(capped_at, config.zone).isoformat())
+    day = local_day(capped_at, config.zone).isoformat()
+    record = PodRecord(config_name=CONFIG_NAME, spend_day=day, spend_usd=cap, spend_of_ended_pods_usd=cap,
+                       spend_cap_day=day)
     later = capped_at + timedelta(seconds=later_seconds)
-    refused = start_refusal(later, config, record, 0.0) is not None
+    refused = start_refusal(later, config, record, spend.today_usd(record, local_day(later, config.zone))) is not None
     assert refused == (local_day(later, config.zone) == local_day(capped_at, config.zone))

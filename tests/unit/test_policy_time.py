@@ -14,6 +14,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
+from runpod_manager import spend
 from runpod_manager.policy import (
     STARTS,
     ActionKind,
@@ -391,11 +392,18 @@ def test_pod_times_in_the_future_do_not_crash_or_end_the_pod(status: PodStatus) 
 
 
 def capped(zone: str, cap_day: str) -> tuple[Scenario, PodRecord]:
+    """A record whose ledger holds the $20 cap spent on `cap_day` (the pod that spent it ended)."""
     scenario = Scenario(limits={"timezone": zone, "max_daily_spend_usd": 20.0}, opened_at=None, pod_id=None,
                         pod_status=None, listed=False)
     _, record, _, _ = scenario.inputs()
-    record.spend_cap_day = cap_day
+    record.spend_cap_day = record.spend_day = cap_day
+    record.spend_usd = record.spend_of_ended_pods_usd = 20.0
     return scenario, record
+
+
+def spent(record: PodRecord, now: datetime, scenario: Scenario) -> float:
+    """Today's spend as every caller of start_refusal passes it: the ledger's, 0 once its day is over."""
+    return spend.today_usd(record, local_day(now, scenario.config().zone))
 
 
 @pytest.mark.parametrize(("zone", "last_capped_instant", "rollover"), [
@@ -412,10 +420,10 @@ def test_spend_cap_refuses_starts_until_the_local_day_rolls_over(
     config = scenario.config()
     assert local_day(last_capped_instant, config.zone).isoformat() == "2026-06-10"
     assert local_day(rollover, config.zone).isoformat() == "2026-06-11"
-    # Spend was reset to 0 by the new day; the cap day alone refuses until the local day changes.
-    refusal = start_refusal(last_capped_instant, config, record, 0.0)
+    # The cap day's spend refuses until the local day changes; the new day's ledger starts empty.
+    refusal = start_refusal(last_capped_instant, config, record, spent(record, last_capped_instant, scenario))
     assert refusal is not None and "spend cap reached" in refusal
-    assert start_refusal(rollover, config, record, 0.0) is None
+    assert start_refusal(rollover, config, record, spent(record, rollover, scenario)) is None
     # But a day's own spend over the cap refuses on the new day too.
     assert start_refusal(rollover, config, record, 20.0) is not None
 
@@ -425,8 +433,8 @@ def test_spend_day_rolls_over_when_midnight_is_skipped() -> None:
     scenario, record = capped("America/Havana", "2026-03-07")
     config = scenario.config()
     just_before = datetime(2026, 3, 8, 4, 59, 59, tzinfo=UTC)  # 23:59:59 -05:00 on the 7th
-    assert start_refusal(just_before, config, record, 0.0) is not None
-    assert start_refusal(just_before + SECOND, config, record, 0.0) is None
+    assert start_refusal(just_before, config, record, spent(record, just_before, scenario)) is not None
+    assert start_refusal(just_before + SECOND, config, record, spent(record, just_before + SECOND, scenario)) is None
 
 
 def test_spend_cap_closes_the_lease_and_no_start_follows_on_the_same_local_day() -> None:
@@ -438,8 +446,8 @@ def test_spend_cap_closes_the_lease_and_no_start_follows_on_the_same_local_day()
     check_sane(result)
     assert summary(result) == ["close_lease:spend_cap", f"terminate:{MAIN}"]
     assert not STARTS & set(result.kinds())
-    _, record, _, _ = scenario.inputs()
-    record.spend_cap_day = local_day(now, scenario.config().zone).isoformat()
-    assert record.spend_cap_day == "2026-06-10"
-    assert start_refusal(now + timedelta(minutes=29), scenario.config(), record, 0.0) is not None
-    assert start_refusal(now + timedelta(minutes=30), scenario.config(), record, 0.0) is None
+    _, record = capped("America/New_York", local_day(now, scenario.config().zone).isoformat())
+    assert record.spend_day == "2026-06-10"
+    for minutes, refused in ((29, True), (30, False)):
+        later = now + timedelta(minutes=minutes)
+        assert (start_refusal(later, scenario.config(), record, spent(record, later, scenario)) is not None) is refused

@@ -6,6 +6,7 @@ The recorded session against the emulator (its billing computed independently) i
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -22,7 +23,7 @@ from runpod_manager.report import (
     parse_since,
     percentile,
 )
-from runpod_manager.requestlog import LoggedRequest
+from runpod_manager.requestlog import LoggedRequest, RequestLog, read_requests
 from runpod_manager.runpod.models import BillingRecord
 
 UTC_ZONE = ZoneInfo("UTC")
@@ -125,6 +126,23 @@ def test_requests_and_tokens_count_what_reached_the_pod_or_the_cache() -> None:
     total = report_of().pods[0].total
     assert (total.requests, total.failed_requests) == (7, 1)
     assert (total.tokens_in, total.tokens_out) == (70, 140)
+
+
+def test_every_proxied_request_of_an_http_pod_counts(tmp_path: Path) -> None:
+    # As the proxy writes them: a pass-through request has no cache outcome ("-"), whatever its route.
+    log = RequestLog(tmp_path / "requests.jsonl", keep_days=30, clock=lambda: T + 20 * H)
+    for offset, route in ((9 * H + 300, "/pods/coder"), (9 * H + 600, "listen:coder"), (13 * H + 5, "/pods/coder")):
+        log.append((T + offset + 2.0, 2.0, "coder", "p1", None, False, "POST", route, 200, 0.1, None, 0.0, "-",
+                    None, None, None))
+    log.append((T + 9 * H + 700, 0.01, None, None, None, False, "GET", "other", 404, None, None, 0.0, "-", None,
+                None, None))  # answered by the proxy itself: no pod reached
+    log.close()
+    requests = read_requests(tmp_path / "requests.jsonl")
+
+    report = assemble(build_timeline(EVENTS, until=UNTIL.timestamp()), requests, None, since=DAY_START,
+                      until=UNTIL, zone=UTC_ZONE, zone_name="UTC", pods=["coder"])
+
+    assert report.pods[0].total.requests == 3
 
 
 def test_idle_billed_runs_from_the_last_request_to_the_end_of_billing() -> None:

@@ -278,6 +278,35 @@ def test_the_request_log_replays_only_what_counted_as_activity(isolated_home: Pa
         trace_from_log(paths.request_log, since=T + DAY, until=T + 2 * DAY, pod=None, zone=None)
 
 
+def _log_http_pod_requests(path: Path) -> None:
+    """Lines as the proxy writes them for an http pod: pass-through requests have no cache ("-"), routed by
+    /pods/<name> or a listen port; one answered by the proxy itself (no pod) is not a request to the pod."""
+    log = RequestLog(path, keep_days=30, clock=lambda: T + 3600)
+    for ended, pod, route in ((T + 100, "comfy", "/pods/comfy"), (T + 200, None, "other"),
+                              (T + 300, "comfy", "listen:comfy"), (T + 400, "comfy", "/pods/comfy")):
+        log.append((ended, 2.0, pod, "pod9" if pod else None, None, False, "GET", route, 200, 0.1, None, 0.0, "-",
+                    None, None, None))
+    log.close()
+
+
+def test_the_request_log_of_an_http_pod_is_replayed(isolated_home: Path) -> None:
+    paths = resolve_paths()
+    _log_http_pod_requests(paths.request_log)
+
+    loaded = trace_from_log(paths.request_log, since=T, until=T + DAY, pod="comfy", zone=None)
+
+    assert [a - T for a in loaded.arrivals] == [98, 298, 398]
+
+
+def test_request_log_lines_of_an_http_pod_are_a_trace(isolated_home: Path) -> None:
+    paths = resolve_paths()
+    _log_http_pod_requests(paths.request_log)
+
+    loaded = trace_from_file(paths.request_log, None)
+
+    assert len(loaded.arrivals) == 3
+
+
 # ------------------------------------------------------------------------------------- recommendation
 
 
