@@ -1390,7 +1390,8 @@ async def _serve_websocket(request: web.Request, state: ProxyState, exchange: Ex
     finally:
         group.end(gate)
     exchange.first_byte_at = time.perf_counter()
-    return await websocket.pipe(request, upstream, gate, target, state.sockets)
+    return await websocket.pipe(request, upstream, gate, target, state.sockets,
+                                service_activity=route.websocket_activity == "both")
 
 
 # --------------------------------------------------------------------------------- own endpoints
