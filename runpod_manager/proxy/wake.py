@@ -65,7 +65,11 @@ class WakeGate:
         self.on_started: Callable[[WakeGate], None] | None = None  # on the loop, as a wake starts
         self._controller = controller
         self._metrics = metrics
-        self._waking_since: float | None = None  # time.monotonic() when the wake in progress started
+        self._loop: asyncio.AbstractEventLoop | None = None  # the loop of the latest wake (its clock)
+        self._waking_since: float | None = None  # loop time the wake in progress started
+        # Loop times the last wake that made this pod ready began and ended: the wake's whole length, which a
+        # request that waited for it is told (its retry after a 503 too), not only its own part of it.
+        self.last_wake_span: tuple[float, float] | None = None
 
     @property
     def waking(self) -> bool:
@@ -73,7 +77,9 @@ class WakeGate:
 
     def wake_seconds(self) -> float:
         """How long the wake in progress has taken so far (0 when none runs)."""
-        return 0.0 if self._waking_since is None else time.monotonic() - self._waking_since
+        if self._waking_since is None or self._loop is None:
+            return 0.0
+        return self._loop.time() - self._waking_since
 
     def set_target(self, target: UpstreamTarget | None) -> None:
         """Called by the reconcile loop with the controller's latest answer."""
@@ -91,7 +97,8 @@ class WakeGate:
         `woken_by`: the name of the key whose request (or management call) asked for it."""
         if self._waking_since is not None:
             return
-        started = self._waking_since = time.monotonic()
+        self._loop = loop
+        started = self._waking_since = loop.time()
         self.woken_by, self.woken_at = woken_by, time.time()
         if self.on_started is not None:
             self.on_started(self)
@@ -100,13 +107,15 @@ class WakeGate:
 
         def settle(target: UpstreamTarget | None, error: BaseException | None) -> None:
             self._waking_since = None
-            duration = time.monotonic() - started
+            ended = loop.time()
+            duration = ended - started
             if error is None and not isinstance(target, UpstreamTarget):
                 error = TypeError(f"controller.wake() returned {type(target).__name__}, not UpstreamTarget")
             if error is None:
                 assert isinstance(target, UpstreamTarget)  # noqa: S101 - narrowed for mypy; checked above
                 self.target = target
                 self.last_wake_error = None
+                self.last_wake_span = (started, ended)
                 outcome = "ok"
                 log.info("pod %s (%s) ready after %.1f s", name, target.pod_id, duration)
             else:
@@ -261,19 +270,22 @@ class PodGroup:
             future.exception()  # retrieved here so asyncio does not log it again
 
     async def wait_for_target(self, on_tick: TickCallback | None = None, *, answer_by: float | None = None,
-                              woken_by: str | None = None) -> tuple[WakeGate, UpstreamTarget, float | None]:
-        """The replica to send to, its target, and how long this request waited for a wake (None: no wait).
+                              woken_by: str | None = None
+                              ) -> tuple[WakeGate, UpstreamTarget, float | None, float | None]:
+        """The replica to send to, its target, how long this request waited for a wake, and how long that wake
+        took from its start (X-RPM-Cold-Start: a retry after a 503 joined a wake older than itself). Nones:
+        the request did not wait.
 
         `answer_by` (loop time): when no replica is ready by then, raise a retryable 503 (pod_waking).
         `woken_by`: the request's key name, recorded on the gate when this request starts a wake.
         """
         chosen = self.pick()
         if chosen is not None:
-            return chosen[0], chosen[1], None
+            return chosen[0], chosen[1], None, None
         if not self.waking:
             chosen = await self.refresh()
             if chosen is not None:
-                return chosen[0], chosen[1], None
+                return chosen[0], chosen[1], None, None
         self._check_may_wait()
         loop = asyncio.get_running_loop()
         started = loop.time()
@@ -303,7 +315,12 @@ class PodGroup:
         finally:
             del self._waiting_since[token]
             self._set_waiting(self.waiting - 1)
-        return chosen[0], chosen[1], loop.time() - started
+        waited = loop.time() - started
+        span = chosen[0].last_wake_span
+        # The wake this request waited for is the one that ended while it waited; a replica found ready
+        # another way (the reconcile loop saw `rpm start`'s pod) had no wake of the proxy's: its own wait.
+        wake_seconds = span[1] - span[0] if span is not None and span[1] >= started else waited
+        return chosen[0], chosen[1], waited, max(wake_seconds, waited)
 
     def _check_may_wait(self) -> None:
         """Raise the answer of a request that may not wait for a wake: wakes are off, or the queue is full."""

@@ -163,7 +163,7 @@ def test_one_wake_for_waiting_requests_a_stopped_replica_before_one_never_create
         assert group.oldest_wait_seconds() == 2.5
         controller.pods["chat-r3"].release_wake.set()
         served = await asyncio.gather(*waiters)
-        assert {(gate.name, target) for gate, target, _ in served} == {("chat-r3", TWO)}
+        assert {(gate.name, target) for gate, target, *_ in served} == {("chat-r3", TWO)}
         assert controller.wake_order == ["chat-r3"] and group.waiting == 0
         assert group.oldest_wait_seconds() is None
 
@@ -210,5 +210,34 @@ def test_each_pod_reports_its_own_activity() -> None:
         ended = first.last_request_at
         assert ended is not None and group.activity(first, now) == ended
         assert group.activity(third, now) is None
+
+    run(scenario)
+
+
+def test_a_retry_after_the_waking_503_is_told_the_wakes_whole_length_not_only_its_own_wait() -> None:
+    """240 s held and answered 503, a retry 2 s later, ready 87 s after that: the caller waited for the wake
+    329 s, and that is what it is told (its own wait, 87 s, is kept beside it)."""
+    async def scenario(loop: ClockLoop) -> None:
+        controller = FakeController(None, wake_target=ONE, hold_wake=True, name="chat")
+        group = PodGroup(route_of(PodConfig(name="chat", model="m/chat")), controller, wake_on_request=True,
+                         max_queue_size=50, queue_timeout_seconds=900)
+        first = asyncio.ensure_future(group.wait_for_target(answer_by=loop.time() + 240))
+        await until(controller.wake_started.is_set)
+        await advance(loop, 240)
+        await until(first.done)
+        with pytest.raises(ProxyError) as caught:
+            await first
+        assert caught.value.code == "pod_waking"
+        await advance(loop, 2)
+        retry = asyncio.ensure_future(group.wait_for_target(answer_by=loop.time() + 240))
+        await until(lambda: group.waiting == 1)  # it joined the wake in progress
+        await advance(loop, 87)
+        controller.release_wake.set()
+        await until(retry.done)
+        _gate, target, waited, wake_seconds = await retry
+        assert target == ONE
+        assert (waited, wake_seconds) == (87, 329)
+        # A request that finds the pod ready waited for nothing.
+        assert (await group.wait_for_target())[2:] == (None, None)
 
     run(scenario)
