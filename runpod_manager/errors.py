@@ -88,6 +88,11 @@ class NotReady(RpmError):
     exit_code = ExitCode.FAILED
 
 
+class LeaseClosed(NotReady):
+    """The lease was closed (a stop, a shutdown, a limit) while a start waited for the pod to be ready: the
+    wait ends, but nothing failed; a new start opens a new lease."""
+
+
 class ApiError(RpmError):
     """RunPod (or the emulator) answered with an error, or could not be reached."""
 

@@ -54,7 +54,7 @@ USAGE_TAIL_BYTES = 4096  # vLLM puts `usage` at the end of an answer (and in a s
 MAX_MODEL_CHARS = 200
 # Errors a request can end with while it waits for a wake: its wait is logged as its cold start.
 WAKE_ERRORS = frozenset({"pod_waking", "queue_timeout", "limit_refused", "state_busy", "pod_not_ready",
-                         "wake_failed", "client_gone", "proxy_stopped"})
+                         "pod_stopped", "wake_failed", "client_gone", "proxy_stopped"})
 # Cache outcomes of requests that reached `_serve_v1`: those count as activity for idle stop. Local answers
 # (model lists, unknown models, refused methods) are "local" or "-".
 ACTIVITY_CACHE = frozenset({"hit", "miss", "bypass"})

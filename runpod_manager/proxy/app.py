@@ -294,6 +294,7 @@ class ProxyState:
             if name in self.views:
                 self.views[name] = view
                 self.metrics.update_pod(name, view)
+                self.gates[name].observe_lease(view.lease_open)  # a stop during a wake (wake.py)
 
     # ---------------------------------------------------------------------------- controller calls
 

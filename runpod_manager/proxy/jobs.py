@@ -64,8 +64,8 @@ JOB_ID_HEADER = "X-RPM-Job-Id"
 ERROR_HEADER = "X-RPM-Error"
 # The proxy's own refusals that prove the request never left it and will pass later: asked again after their
 # Retry-After. (A key's rate and concurrency limits too: the job waits its turn; a spent budget fails it.)
-RETRIED_CODES = frozenset({"pod_waking", "queue_full", "state_busy", "rate_limit_requests", "rate_limit_tokens",
-                           "concurrency_limit_exceeded"})
+RETRIED_CODES = frozenset({"pod_waking", "pod_stopped", "queue_full", "state_busy", "rate_limit_requests",
+                           "rate_limit_tokens", "concurrency_limit_exceeded"})
 JOBS_PATH = "/rpm/v1/jobs"
 _JOB_ID_RE = re.compile(r"^job_[A-Za-z0-9_-]{32}$")
 _CHUNK_BYTES = 64 * 1024

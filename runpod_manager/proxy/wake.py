@@ -37,7 +37,7 @@ import threading
 import time
 from collections.abc import Awaitable, Callable, Mapping
 
-from runpod_manager.errors import ApiError, LimitRefused, LockBusy, NotReady, RpmError
+from runpod_manager.errors import ApiError, LeaseClosed, LimitRefused, LockBusy, NotReady, RpmError
 from runpod_manager.proxy.controller import PodView, ProxyController, UpstreamTarget
 from runpod_manager.proxy.forward import ProxyError
 from runpod_manager.proxy.metrics import ProxyMetrics
@@ -70,6 +70,11 @@ class WakeGate:
         # Loop times the last wake that made this pod ready began and ended: the wake's whole length, which a
         # request that waited for it is told (its retry after a 503 too), not only its own part of it.
         self.last_wake_span: tuple[float, float] | None = None
+        # A stop during the wake: the loop time the proxy saw the wake's lease close (its own management
+        # API's stop, or the views showing the lease closed after the wake opened it), None while not seen.
+        # Requests that came after it are not answered by the doomed wake's end: they wake the pod again.
+        self.lease_closed_at: float | None = None
+        self._lease_seen = False  # the views showed this wake's lease open
 
     @property
     def waking(self) -> bool:
@@ -87,6 +92,20 @@ class WakeGate:
             return  # the wake in progress will set it; do not race it with a stale None
         self.target = target
 
+    def observe_lease(self, lease_open: bool) -> None:
+        """The views' word on this pod's lease (each reconcile): closed after the wake opened it is a stop."""
+        if self._waking_since is None:
+            return
+        if lease_open:
+            self._lease_seen = True
+        elif self._lease_seen:
+            self.note_stopped()
+
+    def note_stopped(self) -> None:
+        """The pod was stopped while it woke: the wake in progress ends without it (see lease_closed_at)."""
+        if self._waking_since is not None and self._loop is not None and self.lease_closed_at is None:
+            self.lease_closed_at = self._loop.time()
+
     def forget(self, pod_id: str) -> None:
         """The pod stopped answering: the next request goes through the slow path (and wakes)."""
         if self.target is not None and self.target.pod_id == pod_id:
@@ -98,6 +117,7 @@ class WakeGate:
         if self._waking_since is not None:
             return
         self._loop = loop
+        self.lease_closed_at, self._lease_seen = None, False
         started = self._waking_since = loop.time()
         self.woken_by, self.woken_at = woken_by, time.time()
         if self.on_started is not None:
@@ -189,6 +209,8 @@ class PodGroup:
         self._refresh: asyncio.Future[list[UpstreamTarget | None]] | None = None
         self._changed: asyncio.Future[None] | None = None  # resolved when a wake starts or ends
         self._waiting_since: dict[object, float] = {}  # loop time each waiting request arrived
+        # Waiting requests whose wake a stop ended (they waited before the stop): the error each gets.
+        self._stopped_waits: dict[object, BaseException] = {}
         self._deep_since: float | None = None  # loop time the load went over replica_queue_depth
         self._scale_timer: asyncio.TimerHandle | None = None
         for gate in self.gates:
@@ -301,6 +323,9 @@ class PodGroup:
                 chosen = self.pick()
                 if chosen is not None:
                     break
+                stopped = self._stopped_waits.pop(token, None)
+                if stopped is not None:
+                    raise wake_error(stopped)
                 if not self.waking:
                     if self.last_failure is not None:
                         raise wake_error(self.last_failure)
@@ -314,6 +339,7 @@ class PodGroup:
                     await on_tick(loop.time() - started)
         finally:
             del self._waiting_since[token]
+            self._stopped_waits.pop(token, None)
             self._set_waiting(self.waiting - 1)
         waited = loop.time() - started
         span = chosen[0].last_wake_span
@@ -390,8 +416,23 @@ class PodGroup:
         gate.start_wake(loop, woken_by)
         self._notify()
 
+    def note_stopped(self, gate: WakeGate) -> None:
+        """`gate`'s pod was stopped (by this proxy's management API): a wake in progress ends without it."""
+        gate.note_stopped()
+
     def _settled(self, gate: WakeGate, error: BaseException | None) -> None:
-        self.last_failure = error
+        if isinstance(error, LeaseClosed) and not self.waking:
+            # A stop ended the wake. The requests that waited before it get a retryable answer (their
+            # retry wakes the pod, as any request to a stopped pod does); those that came after the proxy
+            # saw the stop are such requests already: they wake it again now (last_failure stays None).
+            closed_at = gate.lease_closed_at
+            for token, since in self._waiting_since.items():
+                if closed_at is None or since <= closed_at:
+                    self._stopped_waits[token] = error
+            error_for_waiters: BaseException | None = None
+        else:
+            error_for_waiters = error
+        self.last_failure = error_for_waiters
         if self.on_wake_settled is not None:
             self.on_wake_settled(gate, error)
         self._notify()
@@ -442,6 +483,9 @@ def wake_error(exc: BaseException) -> ProxyError:
     """A failed wake as the answer every waiting request gets."""
     if isinstance(exc, LimitRefused):
         return ProxyError(503, f"the pod was not started: {exc}", code="limit_refused", should_retry=False)
+    if isinstance(exc, LeaseClosed):
+        return ProxyError(503, f"the pod was stopped while it woke: {exc}; a retry wakes it again",
+                          code="pod_stopped", retry_after_seconds=1.0, should_retry=True)
     if isinstance(exc, LockBusy):
         return ProxyError(503, f"the pod could not be woken now: {exc}", code="state_busy",
                           retry_after_seconds=5.0, should_retry=True)

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from runpod_manager.config import PodConfig
-from runpod_manager.errors import LimitRefused
+from runpod_manager.errors import LeaseClosed, LimitRefused
 from runpod_manager.proxy.controller import PodView, UpstreamTarget
 from runpod_manager.proxy.forward import ProxyError
 from runpod_manager.proxy.routing import route_of
@@ -239,5 +239,85 @@ def test_a_retry_after_the_waking_503_is_told_the_wakes_whole_length_not_only_it
         assert (waited, wake_seconds) == (87, 329)
         # A request that finds the pod ready waited for nothing.
         assert (await group.wait_for_target())[2:] == (None, None)
+
+    run(scenario)
+
+
+def test_a_stop_during_a_wake_answers_its_waiters_retryable_and_a_request_after_it_opens_a_new_wake() -> None:
+    """The pod is stopped (the management API, `rpm shutdown <pod>`, another process) while requests wait for
+    its wake: the wake ends with LeaseClosed when the lifecycle sees the closed lease. The waits of that
+    moment end with a retryable 503 (x-should-retry: true; the SDKs' retry wakes it again, as a second later
+    any request would); a request that came after the stop was noticed waits on and is served by a new wake."""
+    async def scenario(loop: ClockLoop) -> None:
+        controller = FakeController(None, wake_target=ONE, hold_wake=True, name="chat")
+        stops = [LeaseClosed("the lease was closed while waiting (stopped by the API)")]
+        wake = controller.wake
+
+        def wake_once_stopped(pod: str) -> UpstreamTarget:
+            target = wake(pod)
+            if stops:
+                raise stops.pop()
+            return target
+
+        controller.wake = wake_once_stopped  # type: ignore[method-assign]
+        group = PodGroup(route_of(PodConfig(name="chat", model="m/chat")), controller, wake_on_request=True,
+                         max_queue_size=50, queue_timeout_seconds=900)
+        gate = group.gates[0]
+        before = asyncio.ensure_future(group.wait_for_target())
+        await until(controller.wake_started.is_set)
+        await advance(loop, 1)
+        group.note_stopped(gate)  # the proxy saw the lease close (its own stop, or the views)
+        await advance(loop, 1)
+        after = asyncio.ensure_future(group.wait_for_target())
+        await until(lambda: group.waiting == 2)
+        controller.release_wake.set()
+        await until(before.done)
+        with pytest.raises(ProxyError) as caught:
+            await before
+        assert (caught.value.status, caught.value.code, caught.value.should_retry) == (503, "pod_stopped", True)
+        assert caught.value.retry_after_seconds is not None
+        await until(after.done)
+        assert controller.wake_calls == 2  # the request after the stop woke the pod again
+        assert (await after)[:2] == (gate, ONE)
+
+    run(scenario)
+
+
+def test_a_stop_the_proxy_did_not_notice_before_the_wake_ended_answers_every_waiter_retryable() -> None:
+    async def scenario(loop: ClockLoop) -> None:
+        controller = FakeController(None, wake_target=ONE, hold_wake=True, name="chat",
+                                    wake_error=LeaseClosed("the lease was closed while waiting (shutdown)"))
+        group = PodGroup(route_of(PodConfig(name="chat", model="m/chat")), controller, wake_on_request=True,
+                         max_queue_size=50, queue_timeout_seconds=900)
+        waiters = [asyncio.ensure_future(group.wait_for_target()) for _ in range(2)]
+        await until(lambda: group.waiting == 2 and controller.wake_started.is_set())
+        controller.release_wake.set()
+        for waiter in waiters:
+            await until(waiter.done)
+            assert isinstance(waiter.exception(), ProxyError)
+            assert waiter.exception().should_retry is True  # type: ignore[union-attr]
+        assert controller.wake_calls == 1 and not group.waking  # a retry opens a new lease
+
+    run(scenario)
+
+
+def test_the_views_tell_a_stop_during_a_wake_only_after_they_showed_its_lease_open() -> None:
+    async def scenario(loop: ClockLoop) -> None:
+        controller = FakeController(None, wake_target=ONE, hold_wake=True, name="chat")
+        group = PodGroup(route_of(PodConfig(name="chat", model="m/chat")), controller, wake_on_request=True,
+                         max_queue_size=50, queue_timeout_seconds=900)
+        gate = group.gates[0]
+        waiter = asyncio.ensure_future(group.wait_for_target())
+        await until(controller.wake_started.is_set)
+        gate.observe_lease(False)  # a view from before the wake opened its lease: not a stop
+        assert gate.lease_closed_at is None
+        gate.observe_lease(True)
+        await advance(loop, 3)
+        gate.observe_lease(False)  # open, then closed: stopped
+        assert gate.lease_closed_at == loop.now
+        controller.release_wake.set()
+        await until(waiter.done)
+        gate.observe_lease(False)  # no wake runs: nothing to note
+        assert gate.lease_closed_at == loop.now
 
     run(scenario)
