@@ -52,6 +52,7 @@ from runpod_manager.proxy.cache import CachedResponse, CacheStats, ResponseCache
 from runpod_manager.proxy.controller import PodView, ProxyController, UpstreamTarget
 from runpod_manager.proxy.forward import (
     FIM_MISSING_MESSAGE,
+    JOB_ID_HEADER,
     JOB_OWNER_HEADER,
     JOB_TOKEN_HEADER,
     JSON_ROUTES,
@@ -71,7 +72,7 @@ from runpod_manager.proxy.forward import (
     relay_events,
     upstream_request_headers,
 )
-from runpod_manager.proxy.jobs import ERROR_HEADER, JOBS, JobRunner, JobStore, PodJobs, wants_async
+from runpod_manager.proxy.jobs import ERROR_HEADER, JOBS, REPLAYED_JOB, JobRunner, JobStore, PodJobs, wants_async
 from runpod_manager.proxy.jobs import add_routes as add_job_routes
 from runpod_manager.proxy.limits import USAGE_FLUSH_SECONDS, KeyLimiter, ShareMeter
 from runpod_manager.proxy.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
@@ -412,6 +413,8 @@ def _make_middleware(state: ProxyState, listen: PodRoute | None = None
                 response = local
             else:
                 if replay:
+                    if JOB_ID_HEADER in headers:  # marked sent as it leaves toward the pod (jobs.py)
+                        request[REPLAYED_JOB] = headers[JOB_ID_HEADER]
                     owner = headers.get(JOB_OWNER_HEADER)
                     if owner is not None:  # the job is its key's: its scopes and limits hold when it runs
                         request[PRINCIPAL] = _job_owner(state, owner)
@@ -761,6 +764,8 @@ async def _wait_and_forward(request: web.Request, state: ProxyState, exchange: E
             exchange.wake_wait_seconds += ended - waiting_since
             exchange.cost_usd += _pod_rate(state, group) / 3600 * wait_meter.leave(ended, joined)
     exchange.pod = gate.name
+    if (job_id := request.get(REPLAYED_JOB)) is not None:
+        state.jobs.sending(job_id)  # before a byte leaves: a restart must not send it again
     group.begin(gate)
     meter = state.serve_meters[gate.name]
     joined = meter.join(time.perf_counter())
@@ -1331,6 +1336,8 @@ async def _pass_service(request: web.Request, state: ProxyState, exchange: Excha
         body: RequestBody | SpooledBody | None = spooled
         if has_body and spooled is None:
             body = RequestBody(request, service.max_body_bytes, state.body_read_timeout_seconds)
+        if (job_id := request.get(REPLAYED_JOB)) is not None:
+            state.jobs.sending(job_id)  # before a byte leaves: a restart must not send it again
         group.begin(gate)
         meter = state.serve_meters[gate.name]
         joined = meter.join(time.perf_counter())
