@@ -63,7 +63,7 @@ def new_line(request_log: RequestLog, log: logging.Logger) -> Callable[[], None]
         request_log.append((time.time(), duration, "default", "pod-bench", None if facts is None else facts.model,
                             facts is not None and facts.stream, "POST", "/v1/chat/completions", 200,
                             None if first_byte_at is None else first_byte_at - started, cold, wake_wait,
-                            exchange_cache, error, ANSWER, None))
+                            exchange_cache, error, ANSWER, None, cold))
         if log.isEnabledFor(logging.DEBUG):
             log.debug("never at INFO")
     return call

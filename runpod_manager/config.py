@@ -118,6 +118,11 @@ class PodConfig:
     max_body_bytes: int = field(default=0, metadata=_meta(
         f"kind = http: largest request body forwarded to the service (413 above it); 0 = "
         f"{DEFAULT_HTTP_MAX_BODY_BYTES // 1024**3} GiB. /v1 requests keep [proxy] max_body_bytes.", minimum=0))
+    websocket_activity: str = field(default="client", metadata=_meta(
+        "Which WebSocket frames through /pods/<name>/ (and listen_port) count as activity for idle stop: client "
+        "(frames the client sends; the service's own only while a request to the pod is in flight, so a "
+        "forgotten tab on a service that pushes status does not hold the GPU) or both (every data frame).",
+        choices=("client", "both")))
 
     @property
     def is_http(self) -> bool:

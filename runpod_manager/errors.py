@@ -104,6 +104,11 @@ class PodLocked(StopRefused):
     """The pod is locked (RunPod's `locked`: a locked pod cannot be stopped or reset) while it runs."""
 
 
+class LeaseClosed(NotReady):
+    """The lease was closed (a stop, a shutdown, a limit) while a start waited for the pod to be ready: the
+    wait ends, but nothing failed; a new start opens a new lease."""
+
+
 class ApiError(RpmError):
     """RunPod (or the emulator) answered with an error, or could not be reached."""
 

@@ -23,6 +23,7 @@ from runpod_manager.config import Config
 from runpod_manager.errors import (
     ApiError,
     Conflict,
+    LeaseClosed,
     LockBusy,
     NotFound,
     NotReady,
@@ -383,7 +384,8 @@ class Lifecycle:
             attempt += 1
             record = self.store.load().record(self.name)
             if record.lease is None:
-                raise NotReady(f"the lease was closed while waiting ({record.last_lease_end_reason or 'shutdown'})")
+                raise LeaseClosed(
+                    f"the lease was closed while waiting ({record.last_lease_end_reason or 'shutdown'})")
             if record.pod_id is None:
                 raise NotReady("the pod disappeared while waiting")
             elapsed = self.monotonic() - started

@@ -8,7 +8,8 @@ Sources, and what each is the authority for:
   or terminated (billing ends) — and the wakes (a `lease_opened` by `wake`, then its `ready`). Pod ids come
   from its `created` and `adopt` events and from state.
 - The request log (`requests.jsonl`): requests served, their tokens, and the wait each cold start caused
-  (the longest `cold_start_s` of the requests that waited for that wake).
+  (the longest `wake_s` of the requests that waited for that wake: its length from its start, which a retry
+  after a 503 was told too; `cold_start_s` in logs written before `wake_s`).
 
 Derived per local day (the config's timezone) and per pod:
 - idle billed: for each stop or terminate, the time from the last request's end (or the pod being ready)
@@ -396,9 +397,9 @@ def _total(pod: str, rows: Sequence[Row]) -> Row:
 
 
 def _attach_waits(wakes: list[Wake], requests: Sequence[LoggedRequest]) -> None:
-    """Each wake's wait: the longest cold-start wait of a request that arrived for it (from just before the
-    lease opened to its ready); ready − opened when the request log has none."""
-    waited = sorted((r.at, r.cold_start_seconds) for r in requests if r.cold_start_seconds is not None)
+    """Each wake's wait: the longest wait felt by a request that arrived for it (from just before the lease
+    opened to its ready; `LoggedRequest.felt_wait_seconds`); ready − opened when the request log has none."""
+    waited = sorted((r.at, wait) for r in requests if (wait := r.felt_wait_seconds) is not None)
     previous_end = -math.inf  # a request that waited for the wake before arrived before that one's ready
     for index, wake in enumerate(wakes):
         following = wakes[index + 1].opened_at if index + 1 < len(wakes) else math.inf

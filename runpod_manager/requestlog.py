@@ -11,7 +11,9 @@ calls it on shutdown, so only a killed proxy loses its last half second.
 
 A line holds the arrival time, the pod's config name and id, the model, the method, the route label
 (`/v1/chat/completions`, or `/v1/other`: never the raw path, never a query string), the status, the
-duration, the time to the first byte of the pod's answer, the wait for a cold start, the token counts of
+duration, the time to the first byte of the pod's answer, the request's own wait for a cold start
+(`cold_start_s`) and the length of the wake it waited for since that wake began (`wake_s`: what
+X-RPM-Cold-Start told; more than its own wait for a retry after a 503), the token counts of
 the answer's `usage` (for streams when the client asked for `stream_options.include_usage`, or had a team
 key: the proxy then asks for it), the cache outcome, the error code and the key's name (null without keys).
 Never a header, a body or a key.
@@ -52,7 +54,7 @@ USAGE_TAIL_BYTES = 4096  # vLLM puts `usage` at the end of an answer (and in a s
 MAX_MODEL_CHARS = 200
 # Errors a request can end with while it waits for a wake: its wait is logged as its cold start.
 WAKE_ERRORS = frozenset({"pod_waking", "queue_timeout", "limit_refused", "state_busy", "pod_not_ready",
-                         "wake_failed", "client_gone", "proxy_stopped"})
+                         "pod_stopped", "wake_failed", "client_gone", "proxy_stopped"})
 # Cache outcomes of requests that reached `_serve_v1`: those count as activity for idle stop. Local answers
 # (model lists, unknown models, refused methods) are "local" or "-".
 ACTIVITY_CACHE = frozenset({"hit", "miss", "bypass"})
@@ -75,10 +77,11 @@ def proxied(cache: object, route: object, pod: object) -> bool:
 # What the proxy appends per request, in this order (a plain tuple: the cheapest thing to build):
 # ended_at (unix time), duration (s), pod (name; None: answered without a pod), pod_id, model (the
 # request's `model`, any JSON value), stream (bool), method, route label, status, first_byte_after (s,
-# None), cold_start (s, None), wake_wait (s), cache, error code, usage_source (the answer's bytes, or a
-# stream's last event, None), key (the name of the request's key, None without keys).
+# None), cold_start (s, None: the request's own wait for a wake), wake_wait (s), cache, error code,
+# usage_source (the answer's bytes, or a stream's last event, None), key (the name of the request's key, None
+# without keys), wake (s, None: the length of the wake it waited for, from that wake's start).
 RequestEntry = tuple[float, float, str | None, str | None, Any, bool, str, str, int, float | None, float | None,
-                     float, str, str | None, bytes | None, str | None]
+                     float, str, str | None, bytes | None, str | None, float | None]
 
 
 class RequestLog:
@@ -260,14 +263,14 @@ def log_files(path: Path) -> list[Path]:
 # Every string goes through the json module's own C escaper, numbers through repr (valid JSON for finite
 # floats); a test parses lines back with json.loads.
 _LINE = ('{"time":"%s","pod":%s,"pod_id":%s,"model":%s,"method":%s,"route":%s,"status":%d,"duration_ms":%s,'
-         '"ttfb_ms":%s,"cold_start_s":%s,"tokens_in":%s,"tokens_out":%s,"stream":%s,"cache":%s,"error":%s,'
+         '"ttfb_ms":%s,"cold_start_s":%s,"wake_s":%s,"tokens_in":%s,"tokens_out":%s,"stream":%s,"cache":%s,"error":%s,'
          '"key":%s}')
 
 
 def format_line(entry: RequestEntry) -> str:
     """One entry as its JSON line (without the newline). Runs on the flush thread."""
     (ended_at, duration, pod, pod_id, model, stream, method, route, status, first_byte_after, cold_start,
-     wake_wait, cache, error, usage_source, key) = entry
+     wake_wait, cache, error, usage_source, key, wake) = entry
     if cold_start is None and error in WAKE_ERRORS and wake_wait > 0:
         cold_start = wake_wait  # it waited for a wake and ended before the pod was ready
     tokens_in, tokens_out = usage_tokens(usage_source)
@@ -276,6 +279,7 @@ def format_line(entry: RequestEntry) -> str:
         _text_json(model[:MAX_MODEL_CHARS] if isinstance(model, str) else None), _text_json(method),
         _text_json(route), status, _number_json(duration * 1000), _number_json(
             None if first_byte_after is None else first_byte_after * 1000), _number_json(cold_start),
+        _number_json(wake),
         _int_json(tokens_in), _int_json(tokens_out), "true" if stream else "false", _text_json(cache),
         _text_json(error), _text_json(key))
 
@@ -348,12 +352,19 @@ class LoggedRequest:
     status: int
     duration_seconds: float
     ttfb_seconds: float | None
-    cold_start_seconds: float | None
+    cold_start_seconds: float | None  # the request's own wait for a wake
     tokens_in: int | None
     tokens_out: int | None
     cache: str
     error: str | None
     key: str | None
+    wake_seconds: float | None = None  # the wake it waited for, from that wake's start (older logs: None)
+
+    @property
+    def felt_wait_seconds(self) -> float | None:
+        """The cold start this request's caller felt: the whole wake it waited for (a retry after a 503 joined
+        it late), or its own wait in a log written before wake_s."""
+        return self.cold_start_seconds if self.wake_seconds is None else self.wake_seconds
 
     @property
     def activity(self) -> bool:
@@ -407,7 +418,7 @@ def parse_line(line: bytes) -> LoggedRequest | None:
             cold_start_seconds=_seconds(document.get("cold_start_s"), 1),
             tokens_in=_count(document.get("tokens_in")), tokens_out=_count(document.get("tokens_out")),
             cache=_text(document.get("cache")) or "-", error=_text(document.get("error")),
-            key=_text(document.get("key")))
+            key=_text(document.get("key")), wake_seconds=_seconds(document.get("wake_s"), 1))
     except (KeyError, TypeError, ValueError, AttributeError, OverflowError):
         return None
 

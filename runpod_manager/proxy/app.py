@@ -52,6 +52,7 @@ from runpod_manager.proxy.cache import CachedResponse, CacheStats, ResponseCache
 from runpod_manager.proxy.controller import PodView, ProxyController, UpstreamTarget
 from runpod_manager.proxy.forward import (
     FIM_MISSING_MESSAGE,
+    JOB_ID_HEADER,
     JOB_OWNER_HEADER,
     JOB_TOKEN_HEADER,
     JSON_ROUTES,
@@ -71,7 +72,7 @@ from runpod_manager.proxy.forward import (
     relay_events,
     upstream_request_headers,
 )
-from runpod_manager.proxy.jobs import ERROR_HEADER, JOBS, JobRunner, JobStore, PodJobs, wants_async
+from runpod_manager.proxy.jobs import ERROR_HEADER, JOBS, REPLAYED_JOB, JobRunner, JobStore, PodJobs, wants_async
 from runpod_manager.proxy.jobs import add_routes as add_job_routes
 from runpod_manager.proxy.limits import USAGE_FLUSH_SECONDS, KeyLimiter, ShareMeter
 from runpod_manager.proxy.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
@@ -116,12 +117,15 @@ class Exchange:
 
     __slots__ = ("cache", "client_gone", "client_wait_seconds", "cold_start_seconds", "cost_usd", "error_code",
                  "facts", "first_byte_at", "hide_usage", "pod", "pod_id", "principal", "route", "started",
-                 "upstream_wait_seconds", "usage_source", "wake_wait_seconds")
+                 "upstream_wait_seconds", "usage_source", "wake_seconds", "wake_wait_seconds")
 
     def __init__(self, started: float) -> None:
         self.started = started  # time.perf_counter() when the request reached the middleware
         self.cache = "-"
-        self.cold_start_seconds: float | None = None  # told to the client (X-RPM-Cold-Start)
+        self.cold_start_seconds: float | None = None  # this request's own wait for a wake (cold_start_s)
+        # The length of the wake it waited for, from the wake's start (a retry after a 503 joined a wake older
+        # than itself): told to the client (X-RPM-Cold-Start, a stream's `: pod ready after N s`) and logged.
+        self.wake_seconds: float | None = None
         self.upstream_wait_seconds = 0.0
         self.wake_wait_seconds = 0.0
         self.client_wait_seconds = 0.0
@@ -291,6 +295,7 @@ class ProxyState:
             if name in self.views:
                 self.views[name] = view
                 self.metrics.update_pod(name, view)
+                self.gates[name].observe_lease(view.lease_open)  # a stop during a wake (wake.py)
 
     # ---------------------------------------------------------------------------- controller calls
 
@@ -408,6 +413,8 @@ def _make_middleware(state: ProxyState, listen: PodRoute | None = None
                 response = local
             else:
                 if replay:
+                    if JOB_ID_HEADER in headers:  # marked sent as it leaves toward the pod (jobs.py)
+                        request[REPLAYED_JOB] = headers[JOB_ID_HEADER]
                     owner = headers.get(JOB_OWNER_HEADER)
                     if owner is not None:  # the job is its key's: its scopes and limits hold when it runs
                         request[PRINCIPAL] = _job_owner(state, owner)
@@ -561,11 +568,12 @@ def _log_request(state: ProxyState, request: web.Request, exchange: Exchange, st
                  duration: float, route: str, path: str) -> None:
     """The request's line in the request log and the dashboard's recent list (`path` as shown there)."""
     cold = exchange.cold_start_seconds
+    wake = exchange.wake_seconds
     duration_ms = duration * 1000
     ended_at = time.time()
     model = None if exchange.facts is None else exchange.facts.model
     state.metrics.remember(RecentRequest(ended_at, request.method, path, status, duration_ms,
-                                         exchange.cache, None if cold is None else round(cold, 3), exchange.pod,
+                                         exchange.cache, None if wake is None else round(wake, 3), exchange.pod,
                                          model if isinstance(model, str) else None))
     # One line per request in the request log, formatted off the hot path (requestlog.py). It replaced a
     # log.info line here: <1 µs instead of 13-15 µs on this path, and a quarter less of the proxy's CPU per
@@ -577,7 +585,7 @@ def _log_request(state: ProxyState, request: web.Request, exchange: Exchange, st
         facts is not None and facts.stream, request.method, route, status,
         None if first_byte_at is None else first_byte_at - started, cold, exchange.wake_wait_seconds,
         exchange.cache, exchange.error_code, exchange.usage_source,
-        None if (named := request.get(PRINCIPAL)) is None else named.name))
+        None if (named := request.get(PRINCIPAL)) is None else named.name, wake))
     if log.isEnabledFor(logging.DEBUG):  # `rpm proxy -v`; the path only (a query string could carry a key)
         log.debug("%s %s %d %.1fms cache=%s cold=%s pod=%s%s", request.method, path, status, duration_ms,
                   exchange.cache, "-" if cold is None else f"{cold:.1f}s", exchange.pod or "-",
@@ -749,14 +757,15 @@ async def _wait_and_forward(request: web.Request, state: ProxyState, exchange: E
                 # attempt at a pod that went away), so the client's 300 s limit is never reached.
                 held_seconds = waiting_since - exchange.started
                 answer_by = asyncio.get_running_loop().time() + state.config.proxy.wake_hold_seconds - held_seconds
-                gate, target, waited = await group.wait_for_target(answer_by=answer_by,
-                                                                   woken_by=key_name(request))
-                exchange.cold_start_seconds = waited
+                gate, target, exchange.cold_start_seconds, exchange.wake_seconds = await group.wait_for_target(
+                    answer_by=answer_by, woken_by=key_name(request))
         finally:  # whatever the outcome (served, timed out, client gone), the wait was the wake's
             ended = time.perf_counter()
             exchange.wake_wait_seconds += ended - waiting_since
             exchange.cost_usd += _pod_rate(state, group) / 3600 * wait_meter.leave(ended, joined)
     exchange.pod = gate.name
+    if (job_id := request.get(REPLAYED_JOB)) is not None:
+        state.jobs.sending(job_id)  # before a byte leaves: a restart must not send it again
     group.begin(gate)
     meter = state.serve_meters[gate.name]
     joined = meter.join(time.perf_counter())
@@ -990,8 +999,8 @@ def _local_model(state: ProxyState, exchange: Exchange, model_id: str) -> web.Re
 
 def _extra_headers(exchange: Exchange) -> dict[str, str]:
     headers = {"X-RPM-Cache": exchange.cache}
-    if exchange.cold_start_seconds is not None:
-        headers["X-RPM-Cold-Start"] = f"{exchange.cold_start_seconds:.3f}"
+    if exchange.wake_seconds is not None:
+        headers["X-RPM-Cold-Start"] = f"{exchange.wake_seconds:.3f}"
     return headers
 
 
@@ -1027,7 +1036,7 @@ async def _wait_streaming(
         await committed.write(f": waking pod ({elapsed_seconds:.0f} s)\n\n".encode())
 
     try:
-        gate, target, waited = await group.wait_for_target(keep_alive, woken_by=key_name(request))
+        gate, target, waited, wake_seconds = await group.wait_for_target(keep_alive, woken_by=key_name(request))
     except ProxyError as exc:
         if committed is None:
             raise
@@ -1035,9 +1044,9 @@ async def _wait_streaming(
         await committed.write(exc.sse_event() + SSE_DONE)
         await committed.write_eof()
         return committed
-    exchange.cold_start_seconds = waited
-    if committed is not None and waited is not None:
-        await committed.write(_ready_comment(waited))
+    exchange.cold_start_seconds, exchange.wake_seconds = waited, wake_seconds
+    if committed is not None and wake_seconds is not None:
+        await committed.write(_ready_comment(wake_seconds))
     return gate, target, committed
 
 
@@ -1161,8 +1170,8 @@ async def _relay_stream(
         out_headers["X-RPM-Cache"] = exchange.cache
         client = web.StreamResponse(status=200, headers=out_headers)
         await client.prepare(request)
-        if exchange.cold_start_seconds is not None:  # a wake shorter than the first keep-alive
-            await client.write(_ready_comment(exchange.cold_start_seconds))
+        if exchange.wake_seconds is not None:  # a wake shorter than the first keep-alive
+            await client.write(_ready_comment(exchange.wake_seconds))
     else:
         client = committed
     cache = state.cache
@@ -1271,8 +1280,8 @@ async def _service_target(request: web.Request, state: ProxyState, exchange: Exc
         if hold:
             answer_by = (asyncio.get_running_loop().time() + state.config.proxy.wake_hold_seconds
                          - (waiting_since - exchange.started))
-        gate, target, waited = await group.wait_for_target(answer_by=answer_by, woken_by=key_name(request))
-        exchange.cold_start_seconds = waited
+        gate, target, exchange.cold_start_seconds, exchange.wake_seconds = await group.wait_for_target(
+            answer_by=answer_by, woken_by=key_name(request))
         return gate, target
     finally:
         ended = time.perf_counter()
@@ -1327,6 +1336,8 @@ async def _pass_service(request: web.Request, state: ProxyState, exchange: Excha
         body: RequestBody | SpooledBody | None = spooled
         if has_body and spooled is None:
             body = RequestBody(request, service.max_body_bytes, state.body_read_timeout_seconds)
+        if (job_id := request.get(REPLAYED_JOB)) is not None:
+            state.jobs.sending(job_id)  # before a byte leaves: a restart must not send it again
         group.begin(gate)
         meter = state.serve_meters[gate.name]
         joined = meter.join(time.perf_counter())
@@ -1351,8 +1362,8 @@ async def _pass_service(request: web.Request, state: ProxyState, exchange: Excha
             try:
                 headers = passthrough.service_response_headers(upstream.headers.items(), pod_base_url=base_url,
                                                                prefix=service.prefix)
-                if exchange.cold_start_seconds is not None:
-                    headers["X-RPM-Cold-Start"] = f"{exchange.cold_start_seconds:.3f}"
+                if exchange.wake_seconds is not None:
+                    headers["X-RPM-Cold-Start"] = f"{exchange.wake_seconds:.3f}"
                 if upstream.status >= 500:
                     exchange.error_code = f"upstream_{upstream.status}"
                 client, clean = await passthrough.relay_response(request, upstream, headers)
@@ -1390,7 +1401,8 @@ async def _serve_websocket(request: web.Request, state: ProxyState, exchange: Ex
     finally:
         group.end(gate)
     exchange.first_byte_at = time.perf_counter()
-    return await websocket.pipe(request, upstream, gate, target, state.sockets)
+    return await websocket.pipe(request, upstream, gate, target, state.sockets,
+                                service_activity=route.websocket_activity == "both")
 
 
 # --------------------------------------------------------------------------------- own endpoints

@@ -38,9 +38,12 @@ HOP_BY_HOP = frozenset({
 JOB_TOKEN_HEADER = "X-RPM-Job-Token"  # noqa: S105 - a header name, not a secret
 # With the token: the name of the key that submitted the job, whose scopes and limits its replay gets.
 JOB_OWNER_HEADER = "X-RPM-Job-Owner"
+# A job's id: its 202's and its result's header; with the token, the job a replay runs (marked sent by the
+# proxy just before the replay's request leaves toward the pod: jobs.JobRunner.sending).
+JOB_ID_HEADER = "X-RPM-Job-Id"
 # Request headers never passed on as the client sent them, on /v1 or the pass-through (passthrough.py).
 PROXY_ONLY_REQUEST_HEADERS = frozenset({"host", "expect", "x-rpm-cache", JOB_TOKEN_HEADER.lower(),
-                                        JOB_OWNER_HEADER.lower()})
+                                        JOB_OWNER_HEADER.lower(), JOB_ID_HEADER.lower()})
 _REQUEST_DROP = HOP_BY_HOP | PROXY_ONLY_REQUEST_HEADERS | {"content-length", "authorization", "accept-encoding"}
 # The body may be re-framed (chunked) or was decompressed by the client session; our server sets its own
 # date/server.

@@ -10,9 +10,12 @@ it, and its short transactions run on the loop (BENCHMARKS.md, "Jobs"). WAL with
 commit survives the proxy's crash or restart; only an operating-system crash may lose the last ones.
 
 Running (`JobRunner`): per pod, the oldest queued jobs first, at most [proxy] jobs_concurrency at once. A job
-is marked running in the store *before* its request is sent, and a job found running when the store opens
-(the proxy stopped or crashed under it) becomes failed, never re-sent: its request may have reached the
-service, and a non-idempotent one must reach it at most once. A job still queued runs after the restart.
+is marked running in the store *before* its request is sent, and marked sent (`sent_at`) by the proxy's
+forwarder just before the replay's request leaves toward the pod (`JobRunner.sending`, from the job id the
+replay carries). A job found running when the store opens (the proxy stopped or crashed under it) becomes
+failed, never re-sent, when it was sent: its request may have reached the service, and a non-idempotent one
+must reach it at most once. One never sent (it waited for its pod's wake) provably did not: it is queued again
+in its place. A job still queued runs after the restart.
 
 The request is replayed through the proxy itself, over loopback HTTP to its own bound address, carrying a
 per-process random token (`X-RPM-Job-Token`, held in memory only, never logged, stored or sent upstream)
@@ -53,19 +56,27 @@ from multidict import CIMultiDict
 from runpod_manager.keys import Principal
 from runpod_manager.paths import ensure_private_dir, private_sqlite_files
 from runpod_manager.proxy.auth import PRINCIPAL, check_scope
-from runpod_manager.proxy.forward import HOP_BY_HOP, JOB_OWNER_HEADER, JOB_TOKEN_HEADER, ProxyError, json_response
+from runpod_manager.proxy.forward import (
+    HOP_BY_HOP,
+    JOB_ID_HEADER,
+    JOB_OWNER_HEADER,
+    JOB_TOKEN_HEADER,
+    ProxyError,
+    json_response,
+)
 
 log = logging.getLogger("runpod_manager.proxy")
 
 DB_FILENAME = "jobs.sqlite3"
-JOB_ID_HEADER = "X-RPM-Job-Id"
+# On a replay's request (set by the middleware from JOB_ID_HEADER, with the job token only): its job's id.
+REPLAYED_JOB = web.RequestKey("rpm_replayed_job", str)
 # Set by the middleware on the proxy's own error answers to a job's replay: the error's code, so the runner
 # tells "the proxy answered and the request never left" from anything a service could say.
 ERROR_HEADER = "X-RPM-Error"
 # The proxy's own refusals that prove the request never left it and will pass later: asked again after their
 # Retry-After. (A key's rate and concurrency limits too: the job waits its turn; a spent budget fails it.)
-RETRIED_CODES = frozenset({"pod_waking", "queue_full", "state_busy", "rate_limit_requests", "rate_limit_tokens",
-                           "concurrency_limit_exceeded"})
+RETRIED_CODES = frozenset({"pod_waking", "pod_stopped", "queue_full", "state_busy", "rate_limit_requests",
+                           "rate_limit_tokens", "concurrency_limit_exceeded"})
 JOBS_PATH = "/rpm/v1/jobs"
 _JOB_ID_RE = re.compile(r"^job_[A-Za-z0-9_-]{32}$")
 _CHUNK_BYTES = 64 * 1024
@@ -100,7 +111,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     status INTEGER,
     response_headers TEXT,
     result_bytes INTEGER NOT NULL DEFAULT 0,
-    error TEXT
+    error TEXT,
+    sent_at REAL
 );
 CREATE INDEX IF NOT EXISTS jobs_queue ON jobs (pod, state, seq);
 """
@@ -140,6 +152,9 @@ class Job:
     response_headers: tuple[tuple[str, str], ...]
     result_bytes: int
     error: str | None
+    # When its request last left the proxy toward the pod (JobStore.mark_sent); None: it never did, so a job
+    # interrupted while running (its pod waking) provably never reached the service and is queued again.
+    sent_at: float | None
 
 
 @dataclass(frozen=True)
@@ -194,6 +209,7 @@ class JobStore:
         self.ttl_seconds = ttl_seconds
         self.clock = clock
         self._db: sqlite3.Connection | None = None
+        self.requeued = 0  # jobs the last open() queued again (left running, never sent)
         # Held while open: only one process runs (and recovers) the jobs of a state directory.
         self._lock = filelock.FileLock(str(directory / ".lock"), mode=0o600)
 
@@ -206,8 +222,9 @@ class JobStore:
         return self.directory / f"{job_id}.result"
 
     def open(self) -> list[str]:
-        """Open (creating) the store and recover it: jobs left running failed, expired ones and stray files
-        removed. Returns the ids of the jobs that were running."""
+        """Open (creating, or upgrading) the store and recover it: jobs left running whose request was sent
+        failed, those whose request never left the proxy queued again (in their place), expired ones and stray
+        files removed. Returns the ids of the jobs that failed."""
         ensure_private_dir(self.directory)
         try:
             self._lock.acquire(timeout=0)
@@ -220,7 +237,10 @@ class JobStore:
         db.execute("PRAGMA synchronous=NORMAL")
         db.execute("PRAGMA busy_timeout=5000")
         db.executescript(_SCHEMA)
+        _upgrade(db)
         self._db = db
+        self.requeued = db.execute("UPDATE jobs SET state = ?, started_at = NULL WHERE state = ? AND sent_at IS NULL",
+                                   (JobState.QUEUED, JobState.RUNNING)).rowcount
         interrupted = [row[0] for row in db.execute("SELECT id FROM jobs WHERE state = ?", (JobState.RUNNING,))]
         now = self.clock()
         db.execute("UPDATE jobs SET state = ?, error = ?, finished_at = ?, expires_at = ? WHERE state = ?",
@@ -288,6 +308,23 @@ class JobStore:
         cursor = self.db.execute("UPDATE jobs SET state = ?, started_at = ? WHERE id = ? AND state = ?",
                                  (JobState.RUNNING, self.clock(), job_id, JobState.QUEUED))
         return cursor.rowcount == 1
+
+    def mark_sent(self, job_id: str) -> bool:
+        """Its request leaves toward the pod now (committed before a byte is sent). False when the job is no
+        longer running (put back in the queue by a stopping proxy): then it must not be sent."""
+        cursor = self.db.execute("UPDATE jobs SET sent_at = ? WHERE id = ? AND state = ?",
+                                 (self.clock(), job_id, JobState.RUNNING))
+        return cursor.rowcount == 1
+
+    def interrupt(self, job_id: str) -> bool:
+        """The proxy stops under a running job: queued again when its request never left the proxy (False),
+        else failed with INTERRUPTED (True), never sent twice."""
+        cursor = self.db.execute("UPDATE jobs SET state = ?, started_at = NULL WHERE id = ? AND state = ? "
+                                 "AND sent_at IS NULL", (JobState.QUEUED, job_id, JobState.RUNNING))
+        if cursor.rowcount == 1:
+            return False
+        self.fail(job_id, INTERRUPTED)
+        return True
 
     def finish(self, job_id: str, *, status: int, headers: tuple[tuple[str, str], ...], result_bytes: int) -> None:
         now = self.clock()
@@ -359,7 +396,24 @@ class JobStore:
 
 
 _COLUMNS = ("seq", "id", "pod", "owner", "method", "path", "headers", "request_bytes", "state", "created_at",
-            "started_at", "finished_at", "expires_at", "status", "response_headers", "result_bytes", "error")
+            "started_at", "finished_at", "expires_at", "status", "response_headers", "result_bytes", "error",
+            "sent_at")
+
+
+def _upgrade(db: sqlite3.Connection) -> None:
+    """Bring a store made by an older rpm to this schema, keeping every job. Before sent_at: a running job may
+    have been sent (it failed on restart, and still does), so it gets its start as its send."""
+    columns = {row[1] for row in db.execute("PRAGMA table_info(jobs)")}
+    if "sent_at" in columns:
+        return
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        db.execute("ALTER TABLE jobs ADD COLUMN sent_at REAL")
+        db.execute("UPDATE jobs SET sent_at = coalesce(started_at, created_at) WHERE state = ?", (JobState.RUNNING,))
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
+    db.execute("COMMIT")
 
 
 def _pairs(text: str | None) -> tuple[tuple[str, str], ...]:
@@ -374,7 +428,7 @@ def _job_of(row: tuple[Any, ...]) -> Job:
                created_at=values["created_at"], started_at=values["started_at"],
                finished_at=values["finished_at"], expires_at=values["expires_at"], status=values["status"],
                response_headers=_pairs(values["response_headers"]), result_bytes=values["result_bytes"],
-               error=values["error"])
+               error=values["error"], sent_at=values["sent_at"])
 
 
 # ------------------------------------------------------------------------------------------ the runner
@@ -427,8 +481,11 @@ class JobRunner:
             log.error("%s; jobs are refused until the proxy restarts", self.unavailable)  # noqa: TRY400 - said
             return
         if interrupted:
-            log.warning("%d job(s) were running when the proxy stopped; they failed without being sent again",
-                        len(interrupted))
+            log.warning("%d job(s) were running when the proxy stopped and may have reached the service; they "
+                        "failed without being sent again", len(interrupted))
+        if self.store.requeued:
+            log.info("%d job(s) were waiting for their pod when the proxy stopped; never sent, they are queued "
+                     "again", self.store.requeued)
         self.unavailable = None
 
     async def start(self, base_url: str) -> None:
@@ -551,8 +608,9 @@ class JobRunner:
     async def _run(self, job: Job) -> None:
         try:
             outcome = await self._send(job)
-        except asyncio.CancelledError:
-            self.store.fail(job.id, INTERRUPTED)
+        except asyncio.CancelledError:  # the proxy stops: queued again if never sent, else failed
+            with contextlib.suppress(sqlite3.Error, RuntimeError):
+                self.store.interrupt(job.id)
             raise
         except Exception as exc:
             log.warning("job %s failed: %s", _shown(job.id), type(exc).__name__)
@@ -573,6 +631,7 @@ class JobRunner:
         assert session is not None and base_url is not None  # noqa: S101 - pump runs only after start
         headers: CIMultiDict[str] = CIMultiDict(job.headers)
         headers[JOB_TOKEN_HEADER] = self._token
+        headers[JOB_ID_HEADER] = job.id  # the proxy marks it sent as the request leaves toward the pod
         if job.owner is not None:
             headers[JOB_OWNER_HEADER] = job.owner
         # Only what the client sent: no Content-Type or Content-Disposition of aiohttp's own for the file.
@@ -619,6 +678,19 @@ class JobRunner:
                         if name.lower() not in _RESULT_HEADERS_DROPPED)
         self.store.finish(job.id, status=response.status, headers=headers, result_bytes=written)
         return None
+
+    def sending(self, job_id: str) -> None:
+        """A replay's request leaves toward its pod now: record it (a restart must not send it again), or
+        refuse to send it when its job is no longer running (a stopping proxy queued it again)."""
+        try:
+            sent = self.store.mark_sent(job_id)
+        except (sqlite3.Error, RuntimeError) as exc:  # a closed or failing store: not sent unrecorded
+            log.warning("job %s: could not record its request as sent (%s); not sent", _shown(job_id),
+                        type(exc).__name__)
+            sent = False
+        if not sent:
+            raise ProxyError(503, "the job is no longer running (the proxy is stopping); it was not sent",
+                             code="job_not_running", should_retry=False)
 
     # ---------------------------------------------------------------------------------- answers
 

@@ -207,6 +207,7 @@ async def _end(request: web.Request, *, terminate: bool) -> web.Response:
     _pod_group(state, name)
     gate = state.gates[name]
     await _control(state, name, lambda: state.controller.stop(name, terminate=terminate))
+    state.group_of[name].note_stopped(gate)  # a wake in progress ends; a request from now on wakes it again
     if gate.target is not None:  # nothing more is sent there
         gate.forget(gate.target.pod_id)
     return json_response({"action": "terminate" if terminate else "stop", "pod": _pod_entry(state, name)})

@@ -62,6 +62,7 @@ class PodRoute:
     kind: str = "openai"  # [pod] kind: "http" routes never serve /v1 (routed by path only)
     ports: tuple[int, ...] = (8000,)  # the pod's HTTP ports, port first (/pods/<name>:<port>/ for the others)
     listen_port: int = 0
+    websocket_activity: str = "client"  # [pod] websocket_activity: whose WebSocket frames are activity
 
     @property
     def upstream_model(self) -> str:
@@ -171,7 +172,7 @@ def route_of(pod: PodConfig) -> PodRoute:
         max_model_len=pod.max_model_len, replica_queue_depth=pod.replica_queue_depth,
         replica_queue_seconds=pod.replica_queue_seconds,
         rewrite=MappingProxyType({alias: upstream for alias in pod.aliases if alias not in known}),
-        kind=pod.kind, ports=pod.ports, listen_port=pod.listen_port,
+        kind=pod.kind, ports=pod.ports, listen_port=pod.listen_port, websocket_activity=pod.websocket_activity,
     )
 
 

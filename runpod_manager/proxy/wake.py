@@ -37,7 +37,7 @@ import threading
 import time
 from collections.abc import Awaitable, Callable, Mapping
 
-from runpod_manager.errors import ApiError, LimitRefused, LockBusy, NotReady, RpmError
+from runpod_manager.errors import ApiError, LeaseClosed, LimitRefused, LockBusy, NotReady, RpmError
 from runpod_manager.proxy.controller import PodView, ProxyController, UpstreamTarget
 from runpod_manager.proxy.forward import ProxyError
 from runpod_manager.proxy.metrics import ProxyMetrics
@@ -65,7 +65,16 @@ class WakeGate:
         self.on_started: Callable[[WakeGate], None] | None = None  # on the loop, as a wake starts
         self._controller = controller
         self._metrics = metrics
-        self._waking_since: float | None = None  # time.monotonic() when the wake in progress started
+        self._loop: asyncio.AbstractEventLoop | None = None  # the loop of the latest wake (its clock)
+        self._waking_since: float | None = None  # loop time the wake in progress started
+        # Loop times the last wake that made this pod ready began and ended: the wake's whole length, which a
+        # request that waited for it is told (its retry after a 503 too), not only its own part of it.
+        self.last_wake_span: tuple[float, float] | None = None
+        # A stop during the wake: the loop time the proxy saw the wake's lease close (its own management
+        # API's stop, or the views showing the lease closed after the wake opened it), None while not seen.
+        # Requests that came after it are not answered by the doomed wake's end: they wake the pod again.
+        self.lease_closed_at: float | None = None
+        self._lease_seen = False  # the views showed this wake's lease open
 
     @property
     def waking(self) -> bool:
@@ -73,13 +82,29 @@ class WakeGate:
 
     def wake_seconds(self) -> float:
         """How long the wake in progress has taken so far (0 when none runs)."""
-        return 0.0 if self._waking_since is None else time.monotonic() - self._waking_since
+        if self._waking_since is None or self._loop is None:
+            return 0.0
+        return self._loop.time() - self._waking_since
 
     def set_target(self, target: UpstreamTarget | None) -> None:
         """Called by the reconcile loop with the controller's latest answer."""
         if target is None and self.waking:
             return  # the wake in progress will set it; do not race it with a stale None
         self.target = target
+
+    def observe_lease(self, lease_open: bool) -> None:
+        """The views' word on this pod's lease (each reconcile): closed after the wake opened it is a stop."""
+        if self._waking_since is None:
+            return
+        if lease_open:
+            self._lease_seen = True
+        elif self._lease_seen:
+            self.note_stopped()
+
+    def note_stopped(self) -> None:
+        """The pod was stopped while it woke: the wake in progress ends without it (see lease_closed_at)."""
+        if self._waking_since is not None and self._loop is not None and self.lease_closed_at is None:
+            self.lease_closed_at = self._loop.time()
 
     def forget(self, pod_id: str) -> None:
         """The pod stopped answering: the next request goes through the slow path (and wakes)."""
@@ -91,7 +116,9 @@ class WakeGate:
         `woken_by`: the name of the key whose request (or management call) asked for it."""
         if self._waking_since is not None:
             return
-        started = self._waking_since = time.monotonic()
+        self._loop = loop
+        self.lease_closed_at, self._lease_seen = None, False
+        started = self._waking_since = loop.time()
         self.woken_by, self.woken_at = woken_by, time.time()
         if self.on_started is not None:
             self.on_started(self)
@@ -100,13 +127,15 @@ class WakeGate:
 
         def settle(target: UpstreamTarget | None, error: BaseException | None) -> None:
             self._waking_since = None
-            duration = time.monotonic() - started
+            ended = loop.time()
+            duration = ended - started
             if error is None and not isinstance(target, UpstreamTarget):
                 error = TypeError(f"controller.wake() returned {type(target).__name__}, not UpstreamTarget")
             if error is None:
                 assert isinstance(target, UpstreamTarget)  # noqa: S101 - narrowed for mypy; checked above
                 self.target = target
                 self.last_wake_error = None
+                self.last_wake_span = (started, ended)
                 outcome = "ok"
                 log.info("pod %s (%s) ready after %.1f s", name, target.pod_id, duration)
             else:
@@ -180,6 +209,8 @@ class PodGroup:
         self._refresh: asyncio.Future[list[UpstreamTarget | None]] | None = None
         self._changed: asyncio.Future[None] | None = None  # resolved when a wake starts or ends
         self._waiting_since: dict[object, float] = {}  # loop time each waiting request arrived
+        # Waiting requests whose wake a stop ended (they waited before the stop): the error each gets.
+        self._stopped_waits: dict[object, BaseException] = {}
         self._deep_since: float | None = None  # loop time the load went over replica_queue_depth
         self._scale_timer: asyncio.TimerHandle | None = None
         for gate in self.gates:
@@ -261,19 +292,22 @@ class PodGroup:
             future.exception()  # retrieved here so asyncio does not log it again
 
     async def wait_for_target(self, on_tick: TickCallback | None = None, *, answer_by: float | None = None,
-                              woken_by: str | None = None) -> tuple[WakeGate, UpstreamTarget, float | None]:
-        """The replica to send to, its target, and how long this request waited for a wake (None: no wait).
+                              woken_by: str | None = None
+                              ) -> tuple[WakeGate, UpstreamTarget, float | None, float | None]:
+        """The replica to send to, its target, how long this request waited for a wake, and how long that wake
+        took from its start (X-RPM-Cold-Start: a retry after a 503 joined a wake older than itself). Nones:
+        the request did not wait.
 
         `answer_by` (loop time): when no replica is ready by then, raise a retryable 503 (pod_waking).
         `woken_by`: the request's key name, recorded on the gate when this request starts a wake.
         """
         chosen = self.pick()
         if chosen is not None:
-            return chosen[0], chosen[1], None
+            return chosen[0], chosen[1], None, None
         if not self.waking:
             chosen = await self.refresh()
             if chosen is not None:
-                return chosen[0], chosen[1], None
+                return chosen[0], chosen[1], None, None
         self._check_may_wait()
         loop = asyncio.get_running_loop()
         started = loop.time()
@@ -289,6 +323,9 @@ class PodGroup:
                 chosen = self.pick()
                 if chosen is not None:
                     break
+                stopped = self._stopped_waits.pop(token, None)
+                if stopped is not None:
+                    raise wake_error(stopped)
                 if not self.waking:
                     if self.last_failure is not None:
                         raise wake_error(self.last_failure)
@@ -302,8 +339,14 @@ class PodGroup:
                     await on_tick(loop.time() - started)
         finally:
             del self._waiting_since[token]
+            self._stopped_waits.pop(token, None)
             self._set_waiting(self.waiting - 1)
-        return chosen[0], chosen[1], loop.time() - started
+        waited = loop.time() - started
+        span = chosen[0].last_wake_span
+        # The wake this request waited for is the one that ended while it waited; a replica found ready
+        # another way (the reconcile loop saw `rpm start`'s pod) had no wake of the proxy's: its own wait.
+        wake_seconds = span[1] - span[0] if span is not None and span[1] >= started else waited
+        return chosen[0], chosen[1], waited, max(wake_seconds, waited)
 
     def _check_may_wait(self) -> None:
         """Raise the answer of a request that may not wait for a wake: wakes are off, or the queue is full."""
@@ -373,8 +416,23 @@ class PodGroup:
         gate.start_wake(loop, woken_by)
         self._notify()
 
+    def note_stopped(self, gate: WakeGate) -> None:
+        """`gate`'s pod was stopped (by this proxy's management API): a wake in progress ends without it."""
+        gate.note_stopped()
+
     def _settled(self, gate: WakeGate, error: BaseException | None) -> None:
-        self.last_failure = error
+        if isinstance(error, LeaseClosed) and not self.waking:
+            # A stop ended the wake. The requests that waited before it get a retryable answer (their
+            # retry wakes the pod, as any request to a stopped pod does); those that came after the proxy
+            # saw the stop are such requests already: they wake it again now (last_failure stays None).
+            closed_at = gate.lease_closed_at
+            for token, since in self._waiting_since.items():
+                if closed_at is None or since <= closed_at:
+                    self._stopped_waits[token] = error
+            error_for_waiters: BaseException | None = None
+        else:
+            error_for_waiters = error
+        self.last_failure = error_for_waiters
         if self.on_wake_settled is not None:
             self.on_wake_settled(gate, error)
         self._notify()
@@ -425,6 +483,9 @@ def wake_error(exc: BaseException) -> ProxyError:
     """A failed wake as the answer every waiting request gets."""
     if isinstance(exc, LimitRefused):
         return ProxyError(503, f"the pod was not started: {exc}", code="limit_refused", should_retry=False)
+    if isinstance(exc, LeaseClosed):
+        return ProxyError(503, f"the pod was stopped while it woke: {exc}; a retry wakes it again",
+                          code="pod_stopped", retry_after_seconds=1.0, should_retry=True)
     if isinstance(exc, LockBusy):
         return ProxyError(503, f"the pod could not be woken now: {exc}", code="state_busy",
                           retry_after_seconds=5.0, should_retry=True)

@@ -7,9 +7,11 @@ accepts the client's, so a client never holds an open socket to nothing. Frames 
 order, text and binary, pings and pongs included (neither side's library answers them: the far end does);
 a close from either side is passed on with its code and reason, and the other side is closed.
 
-Activity: an open socket is not activity by itself. Each data frame (text or binary) that flows marks the
-pod used (the gate's `last_request_at`), so a forgotten tab does not keep a pod up past
-idle_timeout_seconds, and a busy one does; pings and pongs, which clients exchange on their own, do not.
+Activity: an open socket is not activity by itself. Each data frame (text or binary) the client sends marks
+the pod used (the gate's `last_request_at`); a frame the service sends does only while a request the proxy
+forwarded to that pod is in flight, or when the pod sets `websocket_activity = "both"`. So a forgotten tab
+does not keep a pod up past idle_timeout_seconds, even on a service that pushes a status frame every second
+(ComfyUI's), and a tab someone uses does; pings and pongs, which clients exchange on their own, never count.
 `SocketRegistry` knows every open socket per pod: when the reconcile loop sees a pod's target go (a limit,
 idle stop, a shutdown) or change, and when the proxy stops, the sockets are closed with 1001 (going away)
 and a reason.
@@ -141,8 +143,10 @@ async def open_upstream(session: aiohttp.ClientSession, url: str | URL, headers:
 
 
 async def pipe(request: web.Request, upstream: aiohttp.ClientWebSocketResponse, gate: WakeGate,
-               target: UpstreamTarget, registry: SocketRegistry) -> web.WebSocketResponse:
-    """Accept the client's socket and pipe frames both ways until either side closes."""
+               target: UpstreamTarget, registry: SocketRegistry, *, service_activity: bool = False
+               ) -> web.WebSocketResponse:
+    """Accept the client's socket and pipe frames both ways until either side closes. `service_activity`: the
+    service's frames are activity too (websocket_activity = "both"), not only while a request is in flight."""
     client = web.WebSocketResponse(protocols=(upstream.protocol,) if upstream.protocol else (),
                                    autoping=False, autoclose=False, max_msg_size=MAX_MESSAGE_BYTES)
     try:
@@ -152,8 +156,8 @@ async def pipe(request: web.Request, upstream: aiohttp.ClientWebSocketResponse, 
         raise
     registry.add(gate.name, target.pod_id, client)
     try:
-        to_pod = asyncio.create_task(_copy(client, upstream, gate))
-        to_client = asyncio.create_task(_copy(upstream, client, gate))
+        to_pod = asyncio.create_task(_copy(client, upstream, gate, always_activity=True))
+        to_client = asyncio.create_task(_copy(upstream, client, gate, always_activity=service_activity))
         _done, pending = await asyncio.wait((to_pod, to_client), return_when=asyncio.FIRST_COMPLETED)
         # One side closed (or failed) and its close was passed on: the other side gets a moment to answer it.
         if pending:
@@ -177,14 +181,18 @@ def _close_code(code: int | None) -> int:
 
 
 async def _copy(source: web.WebSocketResponse | aiohttp.ClientWebSocketResponse,
-                sink: web.WebSocketResponse | aiohttp.ClientWebSocketResponse, gate: WakeGate) -> None:
-    """Copy frames from source to sink in order until source closes; then close sink with its code."""
+                sink: web.WebSocketResponse | aiohttp.ClientWebSocketResponse, gate: WakeGate, *,
+                always_activity: bool) -> None:
+    """Copy frames from source to sink in order until source closes; then close sink with its code.
+    A data frame is activity when `always_activity` (the client's frames; the service's with "both"), or
+    while a request forwarded to the pod is in flight (the service's answer to work someone asked for)."""
     while True:
         message = await source.receive()
         kind = message.type
-        if kind in (WSMsgType.TEXT, WSMsgType.BINARY):
-            # Data flowing: the pod is in use. Pings and pongs are not: browsers and client libraries
-            # exchange them on their own, and a forgotten tab must not keep a GPU up.
+        if kind in (WSMsgType.TEXT, WSMsgType.BINARY) and (always_activity or gate.in_flight):
+            # Data someone sent, or that answers work in flight: the pod is in use. Pings and pongs are not:
+            # browsers and client libraries exchange them on their own, and a forgotten tab must not keep a
+            # GPU up; nor may a service's own status pushes to it.
             gate.last_request_at = time.time()
         if kind == WSMsgType.TEXT:
             await sink.send_str(message.data)

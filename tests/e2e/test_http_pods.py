@@ -231,6 +231,34 @@ def test_an_idle_stop_closes_an_idle_open_socket_with_1001(rpm: Rpm, ports: tupl
     assert wait_until(lambda: _status_of(rpm, "comfy") == "EXITED", 10)
 
 
+def test_a_forgotten_tab_on_a_service_that_pushes_progress_does_not_hold_the_pod(
+        rpm: Rpm, ports: tuple[int, int]) -> None:
+    """The emulator's /ws pushes a progress frame every 0.1 s; the client never sends one. Frames from the
+    service are not activity (websocket_activity = "client", the default), so idle stop ends the pod after
+    idle_timeout_seconds (2) and closes the socket with 1001. Before, every pushed frame kept it up."""
+    proxy_port, listen_port = ports
+    write(rpm, proxy_port, listen_port, idle=2)
+    _start(rpm, "comfy")
+
+    async def forgotten_tab() -> tuple[Any, ...]:
+        pushed = 0
+        async with aiohttp.ClientSession() as session, session.ws_connect(
+                f"ws://127.0.0.1:{proxy_port}/pods/comfy/ws") as ws:
+            give_up = asyncio.get_running_loop().time() + TIMEOUT  # a bound on the bug, not on speed
+            while asyncio.get_running_loop().time() < give_up:
+                message = await ws.receive(timeout=TIMEOUT)
+                if message.type != aiohttp.WSMsgType.TEXT:
+                    return pushed, message.type, message.data, message.extra
+                pushed += 1
+            return pushed, None, None, "the pushed frames kept the pod up"
+
+    pushed, kind, code, reason = asyncio.run(forgotten_tab())
+    assert pushed > 0  # the service did push while the tab sat there
+    assert (kind, code) == (aiohttp.WSMsgType.CLOSE, 1001), reason
+    assert "idle" in reason
+    assert wait_until(lambda: _status_of(rpm, "comfy") == "EXITED", 10)
+
+
 def test_a_comfyui_pod_and_an_upload_service_with_jobs_wake_next_to_an_llm_pod_and_all_stop_idle(
         rpm: Rpm, ports: tuple[int, int]) -> None:
     """Issue #13's "done when": two http pods (ComfyUI-shaped with its listen port; a file-processing service

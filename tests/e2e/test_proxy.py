@@ -385,6 +385,35 @@ def test_a_long_wake_answers_a_plain_request_503_that_its_retry_turns_into_an_an
     assert controller.wake_calls == 1  # every retry joined the one wake
 
 
+def test_the_retry_of_a_waking_503_is_told_the_wakes_whole_length_in_the_header_and_the_log(
+        upstream: FakeUpstream, paths: Paths) -> None:
+    """X-RPM-Cold-Start is the wake's length since it began, not only the retry's own wait: a caller held
+    wake_hold_seconds twice, then served, waited all of it. The request log keeps both (wake_s, cold_start_s)."""
+    hold_seconds = 0.5
+    controller = FakeController(None, wake_target=upstream.target(), hold_wake=True)
+    try:
+        with running_proxy(make_config(wake_hold_seconds=hold_seconds), controller, paths,
+                           wake_retry_after_seconds=0.05) as proxy:
+            url = f"{proxy.url}/v1/chat/completions"
+            for _ in range(2):
+                assert requests.post(url, json=chat(), timeout=READ_TIMEOUT).status_code == 503
+            with ThreadPoolExecutor(max_workers=1) as pool:
+                retry = pool.submit(requests.post, url, json=chat(), timeout=READ_TIMEOUT)
+                assert wait_until(lambda: 'rpm_proxy_queue_depth{pod="default"} 1.0' in requests.get(
+                    f"{proxy.url}/metrics", timeout=READ_TIMEOUT).text)
+                controller.release_wake.set()
+                served = retry.result()
+    finally:
+        controller.release_wake.set()
+    assert served.status_code == 200, served.text
+    told = float(served.headers["X-RPM-Cold-Start"])
+    line = request_lines(paths)[-1]
+    assert line["status"] == 200 and line["wake_s"] == pytest.approx(told, abs=0.001)
+    # The wake ran through both holds before the retry waited its own part (a margin for the moments
+    # between the holds and the wake's own start, never a bound on speed).
+    assert told >= line["cold_start_s"] + hold_seconds
+
+
 def test_a_queue_timeout_shorter_than_the_hold_still_ends_the_wait(upstream: FakeUpstream, paths: Paths) -> None:
     controller = FakeController(None, wake_target=upstream.target(), hold_wake=True)
     try:

@@ -262,6 +262,25 @@ def test_across_a_restart_a_queued_job_runs_a_job_in_flight_fails_unsent_and_res
     assert prompts_seen(upstream) == ["finished", "in flight", "queued"]  # nothing sent twice
 
 
+def test_a_job_stopped_while_its_pod_wakes_never_reached_the_service_and_runs_after_the_restart(
+        upstream: FakeUpstream, paths: Paths) -> None:
+    """Running, "waking": the proxy stops before the replay's request left toward the pod. Nothing can have
+    reached the service, so the job is queued again (first in line) and runs once after the restart."""
+    waking = FakeController(None, wake_target=upstream.target(), hold_wake=True)
+    try:
+        with running_proxy(make_config(), waking, paths) as proxy:
+            job = submit(proxy.url, chat("woken later")).json()
+            queued = submit(proxy.url, chat("behind it")).json()
+            assert wait_until(lambda: state_of(proxy.url, job["id"]) == "waking", TIMEOUT)
+    finally:
+        waking.release_wake.set()
+    with running_proxy(make_config(), FakeController(upstream.target()), paths) as proxy:
+        assert wait_until(lambda: state_of(proxy.url, queued["id"]) == "done", TIMEOUT)
+        done = status(proxy.url, job["id"])
+        assert done["state"] == "done" and done["response"]["status"] == 200, done
+    assert prompts_seen(upstream)[-2:] == ["woken later", "behind it"]  # each sent once, in order
+
+
 def test_jobs_concurrency_runs_several_at_once_and_running_jobs_are_the_pods_activity(
         held: FakeUpstream, paths: Paths) -> None:
     upstream = held

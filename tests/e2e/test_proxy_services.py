@@ -455,28 +455,39 @@ def test_a_socket_waits_for_the_wake_and_is_closed_1001_when_the_pod_stops(
         assert wait_until(lambda: service.sockets_open == 0, timeout=TIMEOUT)
 
 
-def test_an_open_socket_without_frames_is_not_activity(service: ServiceFake, chat_upstream: FakeUpstream,
-                                                       paths: Paths) -> None:
+@pytest.mark.parametrize("websocket_activity", ["client", "both"])
+def test_an_open_socket_without_frames_is_not_activity_and_a_services_push_only_with_both(
+        websocket_activity: str, service: ServiceFake, chat_upstream: FakeUpstream, paths: Paths) -> None:
+    """A client's frame is activity; a frame the service pushes is not (a forgotten tab on a service that pushes
+    status would hold the GPU forever), unless the pod sets websocket_activity = "both"."""
     controller = controller_for(service, chat_upstream)
-    with running_proxy(proxy_config(comfy_pod()), controller, paths) as proxy:
+    pod = comfy_pod() if websocket_activity == "client" else comfy_pod(websocket_activity=websocket_activity)
+    with running_proxy(proxy_config(pod), controller, paths) as proxy:
+        async def passes(count: int) -> list[Any]:
+            seen = len(controller.reconcile_calls)
+            await asyncio.to_thread(wait_until, lambda: len(controller.reconcile_calls) >= seen + count, TIMEOUT)
+            return controller.last_request_times("comfy")[seen:]
+
         async def steps(ws: aiohttp.ClientWebSocketResponse) -> Any:
+            await passes(1)
+            before = controller.last_request_times("comfy")[-1]
             await ws.send_str("one frame")
             await ws.receive(timeout=TIMEOUT)
-            frames_at = controller.last_request_times("comfy")
-            seen = len(controller.reconcile_calls)
+            frames_at = (await passes(1))[-1]
             # Passes go by with the socket open and silent: the pod's last use stays the last frame.
-            await asyncio.to_thread(wait_until, lambda: len(controller.reconcile_calls) >= seen + 3, TIMEOUT)
-            silent = controller.last_request_times("comfy")[seen:]
+            silent = await passes(3)
             service.push("from the service")
             await ws.receive(timeout=TIMEOUT)
-            seen = len(controller.reconcile_calls)
-            await asyncio.to_thread(wait_until, lambda: len(controller.reconcile_calls) >= seen + 1, TIMEOUT)
-            return frames_at, silent, controller.last_request_times("comfy")[-1]
+            after_push = (await passes(2))[-1]
+            return before, frames_at, silent, after_push
 
-        frames_at, silent, after_push = asyncio.run(_ws_session(f"{proxy.url}/pods/comfy/ws/push", steps))
-        last_frame = max(moment for moment in frames_at + silent if moment is not None)
-        assert len(set(silent)) == 1  # unchanged while silent
-        assert after_push is not None and after_push > last_frame  # a frame from the service is activity
+        before, frames_at, silent, after_push = asyncio.run(_ws_session(f"{proxy.url}/pods/comfy/ws/push", steps))
+        assert frames_at is not None and (before is None or frames_at > before)  # a client's frame is activity
+        assert set(silent) == {frames_at}  # unchanged while silent
+        if websocket_activity == "both":
+            assert after_push is not None and after_push > frames_at
+        else:
+            assert after_push == frames_at  # the service's push is not
 
 
 def test_a_job_to_a_routed_path_wakes_the_http_pod_and_keeps_the_services_answer(

@@ -24,7 +24,7 @@ import openai
 import pytest
 import requests
 
-from tests.support.rpm import Rpm, wait_until
+from tests.support.rpm import Rpm, fast_config, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -313,3 +313,37 @@ def test_no_key_reaches_the_logs_and_the_upstream_key_only_the_private_state(rpm
     for path in Path(rpm.home).rglob("*"):
         if path.is_file() and path != state_file:
             assert upstream_key.encode() not in path.read_bytes(), path
+
+
+@pytest.mark.parametrize("sandbox_flags", [["--start-seconds", "3"]])
+def test_a_stop_during_a_wake_answers_its_waiter_retryable_and_a_request_after_it_wakes_the_pod_again(
+        rpm: Rpm, proxy_port: int) -> None:
+    """Stopped (here by the management API) while a request waits for its wake: that request gets a retryable
+    503 (before: `x-should-retry: false`, so the SDKs gave up), and a request sent just after the stop opens a
+    new lease and is served (before: it joined the dead wake and got the same final 503). The lifecycle's
+    readiness poll is slow (2 s), so the wake notices the closed lease well after the second request came."""
+    text = fast_config(proxy_port=proxy_port, startup={"initial_wait_seconds": 0.05, "poll_interval_seconds": 2,
+                                                       "ready_timeout_seconds": 60},
+                       pod={"name": "e2e", "gpu_types": ["NVIDIA GeForce RTX 4090"]})
+    rpm.config_path.write_text(text, encoding="utf-8")
+    url = f"http://127.0.0.1:{proxy_port}"
+    proxy = rpm.popen("proxy")
+    try:
+        assert wait_until(lambda: _port_open(proxy_port), 20)
+        body = {"model": MODEL, "messages": chat(), "max_tokens": 4}
+        with ThreadPoolExecutor(max_workers=2) as pool:
+            waiting = pool.submit(requests.post, f"{url}/v1/chat/completions", json=body, timeout=60)
+            assert wait_until(lambda: rpm.record().get("lease") is not None and rpm.record().get("pod_id"), 20)
+            stopped = requests.post(f"{url}/rpm/v1/pods/e2e/stop", timeout=30)
+            assert stopped.status_code == 200, stopped.text
+            after = pool.submit(requests.post, f"{url}/v1/chat/completions", json=body, timeout=60)
+            first, second = waiting.result(), after.result()
+        assert first.status_code == 503, first.text
+        assert first.headers["x-should-retry"] == "true" and "Retry-After" in first.headers
+        assert first.json()["error"]["code"] == "pod_stopped"
+        assert second.status_code == 200, second.text
+        opened = [e["opened_by"] for e in rpm.events() if e["event"] == "lease_opened"]
+        assert opened == ["wake", "wake"]  # the request after the stop opened a lease of its own
+    finally:
+        proxy.terminate()
+        proxy.communicate(timeout=20)

@@ -31,6 +31,13 @@ def comfy(**extra: Any) -> dict[str, Any]:
     return {"kind": "http", "image": "comfy/ui", "port": 8188, **extra}
 
 
+def test_websocket_activity_is_the_clients_by_default_and_may_be_both_on_any_pod() -> None:
+    config = build({"comfy": comfy(websocket_activity="both"), "chat": {"model": "org/chat"}})
+    routes = {route.name: route for route in build_routes(config).routes}
+    assert (routes["comfy"].websocket_activity, routes["chat"].websocket_activity) == ("both", "client")
+    assert build({"chat": {"model": "org/chat", "websocket_activity": "both"}}).pod_named("chat") is not None
+
+
 def test_an_http_pod_next_to_a_model_pod() -> None:
     config = build({"comfy": comfy(extra_ports=[8189], listen_port=9188, health_path="/system_stats",
                                    headers={"X-Api-Key": SECRET}),
@@ -67,6 +74,7 @@ def test_env_gives_a_single_pods_ports_as_a_list() -> None:
     ({"chat": {"health_path": "/x"}}, {}, "health_path only apply"),
     ({"comfy": comfy(kind="grpc")}, {}, "must be one of openai, http"),
     ({"comfy": comfy(limits={"pod_guard": True})}, {}, "with pod_guard needs args"),
+    ({"comfy": comfy(websocket_activity="server")}, {}, "must be one of client, both"),
 ])
 def test_refusals_name_the_table_and_key(pods: dict[str, Any], top: dict[str, Any], words: str) -> None:
     with pytest.raises(ConfigError) as caught:

@@ -3,12 +3,14 @@ private files, what is stored of a request. The runner itself is tested over HTT
 
 from __future__ import annotations
 
+import sqlite3
 import stat
 from pathlib import Path
 
 import pytest
 
 from runpod_manager.proxy.jobs import (
+    DB_FILENAME,
     INTERRUPTED,
     JobsFull,
     JobState,
@@ -105,6 +107,7 @@ def test_reopening_fails_the_jobs_that_were_running_and_keeps_the_queued_ones_in
     store = open_store(tmp_path / "jobs", clock)
     running, queued_1, queued_2 = add(store), add(store), add(store)
     store.mark_running(running)
+    assert store.mark_sent(running)  # its request left toward the pod: it may have reached the service
     store.close()
     (tmp_path / "jobs" / "job_stray.request.part").write_bytes(b"half a body")  # the proxy died mid-upload
 
@@ -119,10 +122,88 @@ def test_reopening_fails_the_jobs_that_were_running_and_keeps_the_queued_ones_in
     assert reopened.body_path(queued_1).read_bytes() == b"{}"
 
 
+def test_a_job_whose_request_never_left_the_proxy_is_queued_again_first_in_line_after_a_restart(
+        tmp_path: Path, clock: Clock) -> None:
+    """Killed while its pod woke (never sent): it runs after the restart, before the jobs queued behind it."""
+    store = open_store(tmp_path / "jobs", clock)
+    waking, queued = add(store, body=b"waking"), add(store)
+    store.mark_running(waking)
+    store.close()
+
+    reopened = JobStore(tmp_path / "jobs", max_count=100, max_bytes=1 << 20, ttl_seconds=60, clock=clock)
+    assert reopened.open() == []  # none failed
+    job = reopened.get(waking)
+    assert job is not None and (job.state, job.started_at, job.sent_at, job.error) == (JobState.QUEUED, None, None,
+                                                                                        None)
+    assert reopened.body_path(waking).read_bytes() == b"waking"
+    assert [reopened.next_queued("chat").id] == [waking]  # type: ignore[union-attr]
+    assert reopened.position(reopened.get(queued)) == 2  # type: ignore[arg-type]
+
+
+def test_marking_sent_is_refused_once_the_job_is_no_longer_running(tmp_path: Path, clock: Clock) -> None:
+    """The replay marks its job sent just before the request leaves; a job put back in the queue (the proxy
+    stopping) or finished in the meantime is not sent: the mark and the state are one row."""
+    store = open_store(tmp_path / "jobs", clock)
+    job_id = add(store)
+    assert not store.mark_sent(job_id)  # queued: not running
+    store.mark_running(job_id)
+    assert store.interrupt(job_id) is False  # never sent: queued again (False: it did not fail)
+    assert store.get(job_id).state == JobState.QUEUED  # type: ignore[union-attr]
+    assert not store.mark_sent(job_id)
+    store.mark_running(job_id)
+    clock.now += 1
+    assert store.mark_sent(job_id) and store.mark_sent(job_id)  # a second attempt (the pod went away) is fine
+    assert store.get(job_id).sent_at == clock.now  # type: ignore[union-attr]
+    assert store.interrupt(job_id) is True  # sent: it may have reached the service
+    failed = store.get(job_id)
+    assert failed is not None and failed.state == JobState.FAILED and failed.error == INTERRUPTED
+
+
+def test_a_store_written_before_sent_at_is_upgraded_in_place_keeping_every_job(tmp_path: Path, clock: Clock) -> None:
+    """The first schema had no sent_at: its running jobs may have been sent (they fail, as they did), queued and
+    finished ones stay as they were."""
+    directory = tmp_path / "jobs"
+    directory.mkdir(mode=0o700)
+    db = sqlite3.connect(directory / DB_FILENAME)
+    db.executescript(OLD_SCHEMA)
+    rows = [("job_" + "r" * 32, "running", 5.0), ("job_" + "q" * 32, "queued", None),
+            ("job_" + "d" * 32, "done", 5.0)]
+    for job_id, state, started_at in rows:
+        db.execute("INSERT INTO jobs (id, pod, method, path, headers, request_bytes, state, created_at, started_at) "
+                   "VALUES (?, 'chat', 'POST', '/v1/chat/completions', '[]', 2, ?, 1.0, ?)",
+                   (job_id, state, started_at))
+        (directory / f"{job_id}.request").write_bytes(b"{}")
+    db.commit()
+    db.close()
+
+    store = JobStore(directory, max_count=100, max_bytes=1 << 20, ttl_seconds=60, clock=clock)
+    assert store.open() == ["job_" + "r" * 32]
+    assert store.get("job_" + "r" * 32).error == INTERRUPTED  # type: ignore[union-attr]
+    assert store.get("job_" + "q" * 32).state == JobState.QUEUED  # type: ignore[union-attr]
+    assert store.get("job_" + "d" * 32).state == JobState.DONE  # type: ignore[union-attr]
+    store.mark_running("job_" + "q" * 32)
+    assert store.mark_sent("job_" + "q" * 32)
+    store.close()
+    assert JobStore(directory, max_count=100, max_bytes=1 << 20, ttl_seconds=60, clock=clock).open() == [
+        "job_" + "q" * 32]  # upgraded once; the new column is used from then on
+
+
+OLD_SCHEMA = """
+CREATE TABLE jobs (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT, id TEXT NOT NULL UNIQUE, pod TEXT NOT NULL, owner TEXT,
+    method TEXT NOT NULL, path TEXT NOT NULL, headers TEXT NOT NULL, request_bytes INTEGER NOT NULL,
+    state TEXT NOT NULL, created_at REAL NOT NULL, started_at REAL, finished_at REAL, expires_at REAL,
+    status INTEGER, response_headers TEXT, result_bytes INTEGER NOT NULL DEFAULT 0, error TEXT
+);
+CREATE INDEX jobs_queue ON jobs (pod, state, seq);
+"""
+
+
 def test_one_process_at_a_time_opens_a_store(tmp_path: Path, clock: Clock) -> None:
     store = open_store(tmp_path / "jobs", clock)
     running = add(store)
     store.mark_running(running)
+    store.mark_sent(running)
     other = JobStore(tmp_path / "jobs", max_count=100, max_bytes=1 << 20, ttl_seconds=60, clock=clock)
     with pytest.raises(JobStoreBusy, match="another proxy"):
         other.open()

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from runpod_manager.config import PodConfig
-from runpod_manager.errors import LimitRefused
+from runpod_manager.errors import LeaseClosed, LimitRefused
 from runpod_manager.proxy.controller import PodView, UpstreamTarget
 from runpod_manager.proxy.forward import ProxyError
 from runpod_manager.proxy.routing import route_of
@@ -163,7 +163,7 @@ def test_one_wake_for_waiting_requests_a_stopped_replica_before_one_never_create
         assert group.oldest_wait_seconds() == 2.5
         controller.pods["chat-r3"].release_wake.set()
         served = await asyncio.gather(*waiters)
-        assert {(gate.name, target) for gate, target, _ in served} == {("chat-r3", TWO)}
+        assert {(gate.name, target) for gate, target, *_ in served} == {("chat-r3", TWO)}
         assert controller.wake_order == ["chat-r3"] and group.waiting == 0
         assert group.oldest_wait_seconds() is None
 
@@ -210,5 +210,114 @@ def test_each_pod_reports_its_own_activity() -> None:
         ended = first.last_request_at
         assert ended is not None and group.activity(first, now) == ended
         assert group.activity(third, now) is None
+
+    run(scenario)
+
+
+def test_a_retry_after_the_waking_503_is_told_the_wakes_whole_length_not_only_its_own_wait() -> None:
+    """240 s held and answered 503, a retry 2 s later, ready 87 s after that: the caller waited for the wake
+    329 s, and that is what it is told (its own wait, 87 s, is kept beside it)."""
+    async def scenario(loop: ClockLoop) -> None:
+        controller = FakeController(None, wake_target=ONE, hold_wake=True, name="chat")
+        group = PodGroup(route_of(PodConfig(name="chat", model="m/chat")), controller, wake_on_request=True,
+                         max_queue_size=50, queue_timeout_seconds=900)
+        first = asyncio.ensure_future(group.wait_for_target(answer_by=loop.time() + 240))
+        await until(controller.wake_started.is_set)
+        await advance(loop, 240)
+        await until(first.done)
+        with pytest.raises(ProxyError) as caught:
+            await first
+        assert caught.value.code == "pod_waking"
+        await advance(loop, 2)
+        retry = asyncio.ensure_future(group.wait_for_target(answer_by=loop.time() + 240))
+        await until(lambda: group.waiting == 1)  # it joined the wake in progress
+        await advance(loop, 87)
+        controller.release_wake.set()
+        await until(retry.done)
+        _gate, target, waited, wake_seconds = await retry
+        assert target == ONE
+        assert (waited, wake_seconds) == (87, 329)
+        # A request that finds the pod ready waited for nothing.
+        assert (await group.wait_for_target())[2:] == (None, None)
+
+    run(scenario)
+
+
+def test_a_stop_during_a_wake_answers_its_waiters_retryable_and_a_request_after_it_opens_a_new_wake() -> None:
+    """The pod is stopped (the management API, `rpm shutdown <pod>`, another process) while requests wait for
+    its wake: the wake ends with LeaseClosed when the lifecycle sees the closed lease. The waits of that
+    moment end with a retryable 503 (x-should-retry: true; the SDKs' retry wakes it again, as a second later
+    any request would); a request that came after the stop was noticed waits on and is served by a new wake."""
+    async def scenario(loop: ClockLoop) -> None:
+        controller = FakeController(None, wake_target=ONE, hold_wake=True, name="chat")
+        stops = [LeaseClosed("the lease was closed while waiting (stopped by the API)")]
+        wake = controller.wake
+
+        def wake_once_stopped(pod: str) -> UpstreamTarget:
+            target = wake(pod)
+            if stops:
+                raise stops.pop()
+            return target
+
+        controller.wake = wake_once_stopped  # type: ignore[method-assign]
+        group = PodGroup(route_of(PodConfig(name="chat", model="m/chat")), controller, wake_on_request=True,
+                         max_queue_size=50, queue_timeout_seconds=900)
+        gate = group.gates[0]
+        before = asyncio.ensure_future(group.wait_for_target())
+        await until(controller.wake_started.is_set)
+        await advance(loop, 1)
+        group.note_stopped(gate)  # the proxy saw the lease close (its own stop, or the views)
+        await advance(loop, 1)
+        after = asyncio.ensure_future(group.wait_for_target())
+        await until(lambda: group.waiting == 2)
+        controller.release_wake.set()
+        await until(before.done)
+        with pytest.raises(ProxyError) as caught:
+            await before
+        assert (caught.value.status, caught.value.code, caught.value.should_retry) == (503, "pod_stopped", True)
+        assert caught.value.retry_after_seconds is not None
+        await until(after.done)
+        assert controller.wake_calls == 2  # the request after the stop woke the pod again
+        assert (await after)[:2] == (gate, ONE)
+
+    run(scenario)
+
+
+def test_a_stop_the_proxy_did_not_notice_before_the_wake_ended_answers_every_waiter_retryable() -> None:
+    async def scenario(loop: ClockLoop) -> None:
+        controller = FakeController(None, wake_target=ONE, hold_wake=True, name="chat",
+                                    wake_error=LeaseClosed("the lease was closed while waiting (shutdown)"))
+        group = PodGroup(route_of(PodConfig(name="chat", model="m/chat")), controller, wake_on_request=True,
+                         max_queue_size=50, queue_timeout_seconds=900)
+        waiters = [asyncio.ensure_future(group.wait_for_target()) for _ in range(2)]
+        await until(lambda: group.waiting == 2 and controller.wake_started.is_set())
+        controller.release_wake.set()
+        for waiter in waiters:
+            await until(waiter.done)
+            assert isinstance(waiter.exception(), ProxyError)
+            assert waiter.exception().should_retry is True  # type: ignore[union-attr]
+        assert controller.wake_calls == 1 and not group.waking  # a retry opens a new lease
+
+    run(scenario)
+
+
+def test_the_views_tell_a_stop_during_a_wake_only_after_they_showed_its_lease_open() -> None:
+    async def scenario(loop: ClockLoop) -> None:
+        controller = FakeController(None, wake_target=ONE, hold_wake=True, name="chat")
+        group = PodGroup(route_of(PodConfig(name="chat", model="m/chat")), controller, wake_on_request=True,
+                         max_queue_size=50, queue_timeout_seconds=900)
+        gate = group.gates[0]
+        waiter = asyncio.ensure_future(group.wait_for_target())
+        await until(controller.wake_started.is_set)
+        gate.observe_lease(False)  # a view from before the wake opened its lease: not a stop
+        assert gate.lease_closed_at is None
+        gate.observe_lease(True)
+        await advance(loop, 3)
+        gate.observe_lease(False)  # open, then closed: stopped
+        assert gate.lease_closed_at == loop.now
+        controller.release_wake.set()
+        await until(waiter.done)
+        gate.observe_lease(False)  # no wake runs: nothing to note
+        assert gate.lease_closed_at == loop.now
 
     run(scenario)

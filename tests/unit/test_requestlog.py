@@ -42,10 +42,10 @@ def paths(isolated_home: Path) -> Paths:
 def entry(ended_at: float = T0 + 1.5, *, duration: float = 0.5, status: int = 200, model: Any = "m",
           stream: bool = False, route: str = "/v1/chat/completions", cold: float | None = None,
           wake_wait: float = 0.0, cache: str = "miss", error: str | None = None,
-          usage: bytes | None = ANSWER, first_byte_after: float | None = 0.2, pod_id: str | None = "pod1"
-          ) -> RequestEntry:
+          usage: bytes | None = ANSWER, first_byte_after: float | None = 0.2, pod_id: str | None = "pod1",
+          wake: float | None = None) -> RequestEntry:
     return (ended_at, duration, "coder", pod_id, model, stream, "POST", route, status, first_byte_after, cold,
-            wake_wait, cache, error, usage, None)
+            wake_wait, cache, error, usage, None, wake)
 
 
 def lines_of(path: Path) -> list[dict[str, Any]]:
@@ -61,7 +61,7 @@ def test_a_flushed_entry_is_one_json_line_with_every_field(paths: Paths) -> None
     assert line == {
         "time": "2026-01-01T10:00:01.000Z", "pod": "coder", "pod_id": "pod1", "model": "m", "method": "POST",
         "route": "/v1/chat/completions", "status": 200, "duration_ms": 500.0, "ttfb_ms": 200.0,
-        "cold_start_s": None, "tokens_in": 11, "tokens_out": 7, "stream": False, "cache": "miss",
+        "cold_start_s": None, "wake_s": None, "tokens_in": 11, "tokens_out": 7, "stream": False, "cache": "miss",
         "error": None, "key": None}
 
 
@@ -205,7 +205,7 @@ def test_reading_filters_by_window_and_pod_and_sorts_by_arrival(paths: Paths) ->
     for ended in (T0 + 30, T0 + 10, T0 + 20):
         log.append(entry(ended))
     log.append((T0 + 40, 0.5, "chat", None, "m", False, "POST", "/v1/chat/completions", 200, None, None, 0.0,
-                "miss", None, None, "script"))
+                "miss", None, None, "script", None))
     log.close()
     assert [r.key for r in read_requests(paths.request_log)] == [None, None, None, "script"]
     assert [r.at for r in read_requests(paths.request_log)] == [T0 + 9.5, T0 + 19.5, T0 + 29.5, T0 + 39.5]
@@ -221,6 +221,16 @@ def test_a_request_that_ended_while_waiting_for_a_wake_logs_its_wait_as_its_cold
     assert served["cold_start_s"] == 8.25
     quick = json.loads(format_line(entry(cold=None, wake_wait=0.001)))  # no wake: a look at the state
     assert quick["cold_start_s"] is None
+
+
+def test_a_retry_that_joined_an_older_wake_logs_its_own_wait_and_the_wakes_length_which_the_report_uses() -> None:
+    line = json.loads(format_line(entry(cold=87.0, wake_wait=87.0, wake=329.0)))
+    assert (line["cold_start_s"], line["wake_s"]) == (87.0, 329.0)
+    parsed = parse_line(format_line(entry(cold=87.0, wake_wait=87.0, wake=329.0)).encode())
+    assert parsed is not None and (parsed.cold_start_seconds, parsed.wake_seconds) == (87.0, 329.0)
+    assert parsed.felt_wait_seconds == 329.0
+    older = parse_line(b'{"time": "2026-01-01T10:00:00Z", "status": 200, "duration_ms": 5, "cold_start_s": 8}')
+    assert older is not None and older.felt_wait_seconds == 8.0  # a line from before wake_s
 
 
 def test_only_a_string_model_is_logged_and_it_is_bounded() -> None:

@@ -270,7 +270,7 @@ def test_the_request_log_replays_only_what_counted_as_activity(isolated_home: Pa
     for ended, route, cache in ((T + 100, "/v1/chat/completions", "miss"), (T + 200, "/v1/models", "bypass"),
                                 (T + 300, "/v1/chat/completions", "-"), (T + 400, "/v1/completions", "hit")):
         log.append((ended, 2.0, "default", None, "m", False, "POST", route, 200, None, None, 0.0, cache, None, None,
-                    None))
+                    None, None))
     log.close()
     loaded = trace_from_log(paths.request_log, since=T, until=T + DAY, pod=None, zone=None)
     assert [a - T for a in loaded.arrivals] == [98, 398] and loaded.durations == [2.0, 2.0]
@@ -370,7 +370,7 @@ def test_replaying_the_log_uses_the_pods_measured_boots_and_price(isolated_home:
     paths.event_log.write_text("".join(json.dumps(event) + "\n" for event in events))
     log = RequestLog(paths.request_log, keep_days=30)
     log.append((now - 1800, 1.0, "default", "p", "m", False, "POST", "/v1/completions", 200, None, None, 0.0,
-                "miss", None, None, None))
+                "miss", None, None, None, None))
     log.close()
     simulation = run_simulation_command(
         CONFIG, paths, profile=None, from_log=True, trace_file=None, since_text="1d", pod=None, days=7, seed=0,
