@@ -133,9 +133,9 @@ def test_every_proxied_request_of_an_http_pod_counts(tmp_path: Path) -> None:
     log = RequestLog(tmp_path / "requests.jsonl", keep_days=30, clock=lambda: T + 20 * H)
     for offset, route in ((9 * H + 300, "/pods/coder"), (9 * H + 600, "listen:coder"), (13 * H + 5, "/pods/coder")):
         log.append((T + offset + 2.0, 2.0, "coder", "p1", None, False, "POST", route, 200, 0.1, None, 0.0, "-",
-                    None, None, None))
+                    None, None, None, None))
     log.append((T + 9 * H + 700, 0.01, None, None, None, False, "GET", "other", 404, None, None, 0.0, "-", None,
-                None, None))  # answered by the proxy itself: no pod reached
+                None, None, None))  # answered by the proxy itself: no pod reached
     log.close()
     requests = read_requests(tmp_path / "requests.jsonl")
 

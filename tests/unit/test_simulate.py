@@ -285,7 +285,7 @@ def _log_http_pod_requests(path: Path) -> None:
     for ended, pod, route in ((T + 100, "comfy", "/pods/comfy"), (T + 200, None, "other"),
                               (T + 300, "comfy", "listen:comfy"), (T + 400, "comfy", "/pods/comfy")):
         log.append((ended, 2.0, pod, "pod9" if pod else None, None, False, "GET", route, 200, 0.1, None, 0.0, "-",
-                    None, None, None))
+                    None, None, None, None))
     log.close()
 
 
