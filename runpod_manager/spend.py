@@ -81,4 +81,3 @@ def account_today_usd(records: Iterable[PodRecord], today: date) -> float:
 def today_usd_unchecked(record: PodRecord) -> float:
     current_estimate = record.spend_usd - record.spend_of_ended_pods_usd
     return record.spend_of_ended_pods_usd + max(current_estimate, record.billed_usd)
-
