@@ -71,6 +71,7 @@ from runpod_manager.proxy.forward import (
     relay_events,
     upstream_request_headers,
 )
+from runpod_manager.proxy.hosts import host_check
 from runpod_manager.proxy.jobs import ERROR_HEADER, JOBS, JobRunner, JobStore, PodJobs, wants_async
 from runpod_manager.proxy.jobs import add_routes as add_job_routes
 from runpod_manager.proxy.limits import USAGE_FLUSH_SECONDS, KeyLimiter, ShareMeter
@@ -387,6 +388,7 @@ def _make_middleware(state: ProxyState, listen: PodRoute | None = None
     path needs the key and is guarded against other sites' pages, and the service's own page is allowed)."""
     protected = "/" if listen is not None else _PROTECTED_PREFIXES
     own_origins = state.own_origins if listen is None else _origins_of(state.config, listen.listen_port)
+    hosts = host_check(state.config.proxy, state.config.proxy.port if listen is None else listen.listen_port)
 
     @web.middleware
     async def middleware(request: web.Request,
@@ -400,6 +402,8 @@ def _make_middleware(state: ProxyState, listen: PodRoute | None = None
         # A job's replay (jobs.py): the proxy's own token stands in for a client key, and it is never a new job.
         replay = JOB_TOKEN_HEADER in headers and state.jobs.is_replay(headers[JOB_TOKEN_HEADER])
         try:
+            if hosts is not None:
+                hosts.check(request)  # ProxyError 421 for a Host that does not name this proxy (DNS rebinding)
             local: web.StreamResponse | None = None
             if request.method == "OPTIONS" or "Origin" in headers or "Sec-Fetch-Site" in headers:
                 # raises ProxyError for a page that is refused

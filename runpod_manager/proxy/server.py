@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
-import ipaddress
 import logging
 import logging.handlers
 import os
@@ -31,6 +30,7 @@ from runpod_manager.paths import Paths, ensure_private_dir
 from runpod_manager.proxy.app import SHUTDOWN_GRACE_SECONDS, STATE, build_app, build_listen_app, start_jobs
 from runpod_manager.proxy.connection import IDLE_CONNECTION_TIMEOUT_SECONDS, ProxyAppRunner
 from runpod_manager.proxy.controller import ProxyController
+from runpod_manager.proxy.hosts import is_loopback_host
 
 log = logging.getLogger("runpod_manager.proxy")
 
@@ -46,15 +46,6 @@ class ProxyReady:
 
     def stop(self) -> None:
         self._stop()
-
-
-def is_loopback_host(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False  # a host name could resolve anywhere; treat it as reachable from outside
 
 
 def check_bind(proxy: ProxyConfig, *, team_keys: bool = False) -> None:
