@@ -52,7 +52,7 @@ from multidict import CIMultiDict
 
 from runpod_manager.keys import Principal
 from runpod_manager.paths import ensure_private_dir, private_sqlite_files
-from runpod_manager.proxy.auth import PRINCIPAL, check_scope
+from runpod_manager.proxy.auth import PRINCIPAL
 from runpod_manager.proxy.forward import HOP_BY_HOP, JOB_OWNER_HEADER, JOB_TOKEN_HEADER, ProxyError, json_response
 
 log = logging.getLogger("runpod_manager.proxy")
@@ -379,9 +379,10 @@ def _job_of(row: tuple[Any, ...]) -> Job:
 
 # ------------------------------------------------------------------------------------------ the runner
 
-# Routing's answer for a job: (method, path, the spooled body when it is small enough to read for routing,
-# its Content-Type) → the configured pod's name; raises ProxyError as a direct request would be answered.
-Resolver = Callable[[str, str, bytes | None, str], str]
+# Routing's answer for a job: (method, path, a reader of the spooled body, called only when routing or the
+# key's model scope needs it, its Content-Type, the submitting key) → the configured pod's name; raises
+# ProxyError as a direct request would be answered, a scope the key lacks included.
+Resolver = Callable[[str, str, Callable[[], bytes], str, Principal | None], str]
 
 
 class JobRunner:
@@ -465,7 +466,7 @@ class JobRunner:
     async def submit(self, request: web.Request, principal: Principal | None = None) -> web.Response:
         """Store the request as a job and answer 202 (or the error a direct request would get). A keyed job
         belongs to its key (`owner`, the name only): only that key (or an admin) reads it, and its replay gets
-        that key's scopes and limits; a pod the key may not use is refused here, before anything is stored."""
+        that key's scopes and limits; a pod or model the key may not use is refused here, before anything is stored."""
         owner = None if principal is None else principal.name
         if self.unavailable is not None:
             raise ProxyError(503, f"jobs are not available: {self.unavailable}", code="jobs_unavailable",
@@ -482,11 +483,9 @@ class JobRunner:
         self._spooling_count += 1
         try:
             received = await self._spool(request, body_path, limit)
-            small = None
-            if request.path.startswith("/v1/"):
-                small = body_path.read_bytes()  # /v1 routes by the body's model; [proxy] max_body_bytes bounds it
-            pod = self._resolve(request.method, request.path, small, request.headers.get("Content-Type", ""))
-            check_scope(principal, pod, None)  # its model, if any, is checked when it runs
+            # The body is read for /v1's model and a scoped key's (within [proxy] max_body_bytes: a model pod's).
+            pod = self._resolve(request.method, request.path, body_path.read_bytes,
+                                request.headers.get("Content-Type", ""), principal)
             job = store.add(job_id, pod=pod, method=request.method, path=request.raw_path,
                             headers=stored_headers(request.headers.items()), request_bytes=received, owner=owner)
         except BaseException:

@@ -238,6 +238,23 @@ class SpooledBody:
                 self.path.unlink()
 
 
+class HeldBody:
+    """A body read whole before it is sent (a scoped key's JSON request, whose `model` was checked: auth.
+    routed_model): sent from memory, as often as a retry needs (`started`: as SpooledBody's)."""
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+        self.started = False
+        self.too_large = False
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        self.started = True
+        yield self.data
+
+    def discard(self) -> None:
+        """Nothing to release (SpooledBody's counterpart)."""
+
+
 def too_large_error(limit_bytes: int, route: PodRoute) -> ProxyError:
     key = (f"[pods.{route.name}] max_body_bytes" if route.kind == "http" else "[proxy] max_body_bytes")
     return ProxyError(413, f"the request body is larger than {limit_bytes} bytes ({key}) for pod {route.name!r}",
@@ -265,7 +282,7 @@ class PassThrough:
     body_read_timeout_seconds: float
 
     async def open(self, request: web.Request, service: ServiceRoute, gate: WakeGate, target: UpstreamTarget,
-                   body: RequestBody | SpooledBody | None) -> tuple[aiohttp.ClientResponse, str]:
+                   body: RequestBody | SpooledBody | HeldBody | None) -> tuple[aiohttp.ClientResponse, str]:
         """Send the request and return the pod's response (headers arrived) and the pod URL it went to.
         Raises ProxyError (413, 502) when it could not; retries as the module docstring says."""
         route = service.route

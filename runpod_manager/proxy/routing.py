@@ -62,6 +62,13 @@ class PodRoute:
     kind: str = "openai"  # [pod] kind: "http" routes never serve /v1 (routed by path only)
     ports: tuple[int, ...] = (8000,)  # the pod's HTTP ports, port first (/pods/<name>:<port>/ for the others)
     listen_port: int = 0
+    # The names that are one model for a key's --models scope: the configured model, the name its server
+    # answers to, and the aliases rewritten to it (a key scoped to any of them may use them all).
+    one_model: frozenset[str] = frozenset()
+
+    def same_model(self, name: str) -> frozenset[str]:
+        """The names a key's scope must hold one of to use `name` on this route (`name` alone if no alias)."""
+        return self.one_model if name in self.one_model else frozenset((name,))
 
     @property
     def upstream_model(self) -> str:
@@ -172,6 +179,8 @@ def route_of(pod: PodConfig) -> PodRoute:
         replica_queue_seconds=pod.replica_queue_seconds,
         rewrite=MappingProxyType({alias: upstream for alias in pod.aliases if alias not in known}),
         kind=pod.kind, ports=pod.ports, listen_port=pod.listen_port,
+        one_model=frozenset((pod.model, upstream, *(alias for alias in pod.aliases if alias not in known)))
+        if pod.kind != "http" else frozenset(),
     )
 
 

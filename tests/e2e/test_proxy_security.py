@@ -10,6 +10,8 @@ from typing import Any
 import pytest
 import requests
 
+from runpod_manager.config import PodConfig
+from runpod_manager.keys import KeyStore
 from runpod_manager.paths import Paths, resolve_paths
 from runpod_manager.proxy.controller import PodView
 from tests.support.proxy_fakes import MODEL, FakeController, FakePod, FakeUpstream, make_config, running_proxy
@@ -79,3 +81,53 @@ def test_allowed_hosts_adds_names_and_a_bind_beyond_loopback_with_keys_takes_any
     with running_proxy(keyed, sleeping_pod(upstream), paths) as proxy:
         answered = requests.get(f"{proxy.url}/health", headers={"Host": "whatever.example"}, timeout=READ_TIMEOUT)
         assert answered.status_code == 200
+
+
+# ------------------------------------------------------------------------------ 9. model scopes everywhere
+
+
+def two_pods(upstream: FakeUpstream) -> tuple[Any, FakeController]:
+    """`default` runs (serving MODEL, alias `fast`); `other` sleeps and must never be woken here."""
+    config = make_config(pods=(PodConfig(name="default", model=MODEL, aliases=("fast",)),
+                               PodConfig(name="other", model=OTHER)))
+    controller = FakeController(pods={
+        "default": FakePod(upstream.target()),
+        "other": FakePod(None, wake_target=upstream.target("pod-other"), view=PodView(status="EXITED"))})
+    return config, controller
+
+
+def test_a_model_scoped_key_cannot_reach_another_model_through_its_pods_path_or_a_job(
+        upstream: FakeUpstream, paths: Paths) -> None:
+    store = KeyStore(paths.keys_file)
+    fast_only = store.create("fast-only", models=("fast",), now=0).token
+    model_only = store.create("model-only", models=(MODEL,), now=0).token
+    keyed = {"Authorization": f"Bearer {fast_only}"}
+    config, controller = two_pods(upstream)
+    with running_proxy(config, controller, paths) as proxy:
+        def post(path: str, token: str, model: str, **headers: str) -> requests.Response:
+            return requests.post(f"{proxy.url}{path}", json={"model": model, **CHAT}, timeout=READ_TIMEOUT,
+                                 headers={"Authorization": f"Bearer {token}", **headers})
+
+        for extra in ({}, {"Prefer": "respond-async"}):
+            denied = post("/pods/other/v1/chat/completions", fast_only, OTHER, **extra)
+            assert denied.status_code == 403, denied.text
+            assert error_of(denied)["code"] == "model_not_allowed"
+        # A request that names no model it may use (a GET, a WebSocket) cannot go to a pod serving other models.
+        denied = requests.get(f"{proxy.url}/pods/other/v1/models", headers=keyed, timeout=READ_TIMEOUT)
+        assert denied.status_code == 403 and error_of(denied)["code"] == "model_not_allowed"
+        assert controller.pods["other"].wake_calls == 0
+        assert not [r for r in upstream.requests if OTHER.encode() in r.body]
+
+        # An alias and its model are one model: either scope reaches the pod by either name, on every route.
+        for token in (fast_only, model_only):
+            for model in (MODEL, "fast"):
+                assert post("/v1/chat/completions", token, model).status_code == 200, (token, model)
+            assert post("/pods/default/v1/chat/completions", token, MODEL).status_code == 200
+            reply = requests.get(f"{proxy.url}/pods/default/v1/models", headers={"Authorization": f"Bearer {token}"},
+                                 timeout=READ_TIMEOUT)
+            assert reply.status_code == 200  # every model of the pod is the key's: passed through as it is
+            listed = requests.get(f"{proxy.url}/v1/models", headers={"Authorization": f"Bearer {token}"},
+                                  timeout=READ_TIMEOUT).json()
+            assert sorted(entry["id"] for entry in listed["data"]) == sorted([MODEL, "fast"])
+        job = post("/pods/default/v1/chat/completions", fast_only, MODEL, Prefer="respond-async")
+        assert job.status_code == 202, job.text
