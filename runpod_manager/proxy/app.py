@@ -63,6 +63,7 @@ from runpod_manager.proxy.controller import PodView, ProxyController, UpstreamTa
 from runpod_manager.proxy.forward import (
     FIM_MISSING_MESSAGE,
     JOB_OWNER_HEADER,
+    JOB_REPLAY,
     JOB_TOKEN_HEADER,
     JSON_ROUTES,
     NO_BODY,
@@ -74,6 +75,7 @@ from runpod_manager.proxy.forward import (
     UpstreamUnreachable,
     apply_fim_template,
     client_response_headers,
+    forwarded_for,
     inspect_json_body,
     is_json_content_type,
     json_response,
@@ -96,7 +98,14 @@ from runpod_manager.proxy.passthrough import (
     WakeSpool,
 )
 from runpod_manager.proxy.process import proxy_url
-from runpod_manager.proxy.routing import PODS_PATH_PREFIX, PathNotRouted, PathTarget, PodRoute, build_routes
+from runpod_manager.proxy.routing import (
+    PODS_PATH_PREFIX,
+    PathNotRouted,
+    PathTarget,
+    PodRoute,
+    build_routes,
+    check_service_path,
+)
 from runpod_manager.proxy.wake import PodGroup, WakeGate
 from runpod_manager.requestlog import USAGE_TAIL_BYTES, RequestLog, usage_tokens
 
@@ -245,7 +254,8 @@ class ProxyState:
             concurrency=proxy.jobs_concurrency, body_limit=lambda path: job_body_limit(self, path),
             resolve=lambda method, path, read_body, content_type, principal: job_pod(
                 self, method, path, read_body, content_type, principal),
-            pod_waking=self._pod_waking, full_retry_after_seconds=queue_full_retry_after_seconds)
+            pod_waking=self._pod_waking, full_retry_after_seconds=queue_full_retry_after_seconds,
+            trust_forwarded=proxy.trust_forwarded)
         self.in_flight = 0  # read by the in-flight gauge at scrape time (no lock per request)
         # /v1 reaches the model pods only (kind = "http" pods are routed by path); the model lists are theirs.
         self.model_groups = tuple(group for group in self.groups if group.route.kind != "http")
@@ -430,6 +440,7 @@ def _make_middleware(state: ProxyState, listen: PodRoute | None = None
                 response = local
             else:
                 if replay:
+                    request[JOB_REPLAY] = True  # its X-Forwarded-For is the job's own (forward.forwarded_for)
                     owner = headers.get(JOB_OWNER_HEADER)
                     if owner is not None:  # the job is its key's: its scopes and limits hold when it runs
                         request[PRINCIPAL] = _job_owner(state, owner)
@@ -931,7 +942,8 @@ async def _ask_models(request: web.Request, state: ProxyState, group: PodGroup) 
     if chosen is None or upstream is None:
         return False
     gate, target = chosen
-    headers = upstream_request_headers(request.headers.items(), target.upstream_key)
+    headers = upstream_request_headers(request.headers.items(), target.upstream_key,
+                                       forwarded=forwarded_for(request, trust=state.config.proxy.trust_forwarded))
     try:
         async with asyncio.timeout(MODELS_ASK_TIMEOUT_SECONDS):
             reply = await upstream.open(target, "GET", MODELS_PATH, headers, None, max_retries=0)
@@ -1118,7 +1130,8 @@ async def _forward(
         raise ProxyError(503, "the proxy is shutting down", code="shutting_down", should_retry=True)
     metrics = state.metrics
     exchange.pod_id = target.pod_id
-    headers = upstream_request_headers(request.headers.items(), target.upstream_key)
+    headers = upstream_request_headers(request.headers.items(), target.upstream_key,
+                                       forwarded=forwarded_for(request, trust=state.config.proxy.trust_forwarded))
     opened_at = time.perf_counter()
     try:
         reply = await upstream.open(target, request.method, request.raw_path, headers, body,
@@ -1244,7 +1257,8 @@ async def _relay_stream(
 
 def service_route(state: ProxyState, route: PodRoute, port: int, raw_path: str, prefix: str) -> ServiceRoute:
     """A routed request's destination: the pod's group, its port, the path sent, and its body limit (an http
-    pod's own; a model pod's is [proxy] max_body_bytes, as on /v1)."""
+    pod's own; a model pod's is [proxy] max_body_bytes, as on /v1). A `..` path is refused (400), never sent."""
+    check_service_path(raw_path)
     return ServiceRoute(state.group_by_route[route.name], port, raw_path, prefix, state.body_limits[route.name])
 
 
@@ -1443,7 +1457,8 @@ async def _serve_websocket(request: web.Request, state: ProxyState, exchange: Ex
     if route.kind != "http" and target.upstream_key:
         added["Authorization"] = f"Bearer {target.upstream_key}"
     headers = websocket.forwarded_headers(request.headers, added,
-                                          keep_authorization=not state.keys.index.required and route.kind == "http")
+                                          keep_authorization=not state.keys.index.required and route.kind == "http",
+                                          forwarded=forwarded_for(request, trust=state.config.proxy.trust_forwarded))
     group = service.group
     group.begin(gate)  # the handshake is a request; the open socket is not (its frames are)
     try:
@@ -1645,7 +1660,7 @@ async def _on_startup(app: web.Application) -> None:
         state.session, max_retries=config.proxy.max_retries, retry_delay_seconds=config.proxy.retry_delay_seconds,
         pod_url_template=config.api.pod_url_template, keep_client_authorization=lambda: not state.keys.index.required,
         added_headers=state.pod_headers,
-        body_read_timeout_seconds=state.body_read_timeout_seconds)
+        body_read_timeout_seconds=state.body_read_timeout_seconds, trust_forwarded=config.proxy.trust_forwarded)
     if state.cache is not None:
         await asyncio.to_thread(state.cache.open)
     await _check_pod_names(state)

@@ -53,7 +53,15 @@ from multidict import CIMultiDict
 from runpod_manager.keys import Principal
 from runpod_manager.paths import ensure_private_dir, private_sqlite_files
 from runpod_manager.proxy.auth import PRINCIPAL
-from runpod_manager.proxy.forward import HOP_BY_HOP, JOB_OWNER_HEADER, JOB_TOKEN_HEADER, ProxyError, json_response
+from runpod_manager.proxy.forward import (
+    FORWARDED_FOR_HEADER,
+    HOP_BY_HOP,
+    JOB_OWNER_HEADER,
+    JOB_TOKEN_HEADER,
+    ProxyError,
+    forwarded_for,
+    json_response,
+)
 
 log = logging.getLogger("runpod_manager.proxy")
 
@@ -76,6 +84,7 @@ INTERRUPTED = ("the proxy stopped while this job's request was in flight; it was
 # credential (the proxy's key, a service's key or cookie). A pod's own key comes from the config, never
 # from a stored job.
 _NOT_STORED = HOP_BY_HOP | {"host", "content-length", "expect", "prefer", "authorization", "cookie", "origin",
+                            FORWARDED_FOR_HEADER.lower(),
                             "x-rpm-cache", JOB_TOKEN_HEADER.lower(), JOB_ID_HEADER.lower()}
 # Of a job's response: framing (the stored body is served with its own length), the proxy's date and server.
 _RESULT_HEADERS_DROPPED = HOP_BY_HOP | {"content-length", "date", "server", JOB_ID_HEADER.lower(),
@@ -170,9 +179,11 @@ def wants_async(prefer_values: Iterable[str]) -> bool:
     return False
 
 
-def stored_headers(headers: Iterable[tuple[str, str]]) -> tuple[tuple[str, str], ...]:
-    """The request headers a job keeps: end-to-end ones that describe the request, never a credential."""
-    kept = []
+def stored_headers(headers: Iterable[tuple[str, str]], *, forwarded: str | None = None
+                   ) -> tuple[tuple[str, str], ...]:
+    """The request headers a job keeps: end-to-end ones that describe the request, never a credential; and
+    `forwarded` (forward.forwarded_for of the submission) as X-Forwarded-For, which its replay passes on."""
+    kept = [] if forwarded is None else [(FORWARDED_FOR_HEADER, forwarded)]
     for name, value in headers:
         lowered = name.lower()
         if lowered in _NOT_STORED or lowered.startswith("sec-fetch-"):
@@ -390,7 +401,8 @@ class JobRunner:
 
     def __init__(self, store: JobStore, *, concurrency: int, body_limit: Callable[[str], int], resolve: Resolver,
                  pod_waking: Callable[[str], bool], full_retry_after_seconds: float = 5.0,
-                 sleep: Callable[[float], Any] = asyncio.sleep) -> None:
+                 sleep: Callable[[float], Any] = asyncio.sleep, trust_forwarded: bool = False) -> None:
+        self.trust_forwarded = trust_forwarded  # [proxy] trust_forwarded: what X-Forwarded-For a job stores
         self.store = store
         self.concurrency = concurrency
         # A path's largest body: a job takes what a direct request to the same route takes ([proxy]
@@ -487,7 +499,9 @@ class JobRunner:
             pod = self._resolve(request.method, request.path, body_path.read_bytes,
                                 request.headers.get("Content-Type", ""), principal)
             job = store.add(job_id, pod=pod, method=request.method, path=request.raw_path,
-                            headers=stored_headers(request.headers.items()), request_bytes=received, owner=owner)
+                            headers=stored_headers(request.headers.items(),
+                                                   forwarded=forwarded_for(request, trust=self.trust_forwarded)),
+                            request_bytes=received, owner=owner)
         except BaseException:
             JobStore._unlink(body_path)
             raise

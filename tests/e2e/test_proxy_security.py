@@ -4,6 +4,8 @@ paths and log files planted as symlinks."""
 
 from __future__ import annotations
 
+import http.client
+import json
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +16,15 @@ from runpod_manager.config import PodConfig
 from runpod_manager.keys import KeyStore
 from runpod_manager.paths import Paths, resolve_paths
 from runpod_manager.proxy.controller import PodView
-from tests.support.proxy_fakes import MODEL, FakeController, FakePod, FakeUpstream, make_config, running_proxy
+from tests.support.proxy_fakes import (
+    MODEL,
+    FakeController,
+    FakePod,
+    FakeUpstream,
+    make_config,
+    running_proxy,
+    wait_until,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -131,3 +141,54 @@ def test_a_model_scoped_key_cannot_reach_another_model_through_its_pods_path_or_
             assert sorted(entry["id"] for entry in listed["data"]) == sorted([MODEL, "fast"])
         job = post("/pods/default/v1/chat/completions", fast_only, MODEL, Prefer="respond-async")
         assert job.status_code == 202, job.text
+
+
+# ------------------------------------------------------------- 11. forwarded headers, paths, log files
+
+
+def forwarded_seen(upstream: FakeUpstream) -> list[str | None]:
+    return [next((value for name, value in r.headers.items() if name.lower() == "x-forwarded-for"), None)
+            for r in upstream.requests]
+
+
+@pytest.mark.parametrize(("trust", "expected"), [(False, "127.0.0.1"), (True, "6.6.6.6, 127.0.0.1")])
+def test_x_forwarded_for_is_the_peer_unless_a_reverse_proxy_is_trusted(
+        upstream: FakeUpstream, paths: Paths, trust: bool, expected: str) -> None:
+    controller = FakeController(pods={"default": FakePod(upstream.target())})
+    with running_proxy(make_config(trust_forwarded=trust), controller, paths) as proxy:
+        spoofed = {"X-Forwarded-For": "6.6.6.6"}
+        for path in ("/v1/chat/completions", "/pods/default/v1/chat/completions"):
+            answer = requests.post(f"{proxy.url}{path}", json={"model": MODEL, **CHAT}, headers=spoofed,
+                                   timeout=READ_TIMEOUT)
+            assert answer.status_code == 200, answer.text
+        plain = requests.post(f"{proxy.url}/v1/chat/completions", json={"model": MODEL, **CHAT}, timeout=READ_TIMEOUT)
+        assert plain.status_code == 200
+        # A job is replayed by the proxy itself: it carries what its submission was given, not the proxy's own.
+        job = requests.post(f"{proxy.url}/v1/chat/completions", json={"model": MODEL, **CHAT}, timeout=READ_TIMEOUT,
+                            headers={**spoofed, "Prefer": "respond-async"})
+        assert job.status_code == 202, job.text
+        assert wait_until(lambda: requests.get(f"{proxy.url}{job.headers['Location']}",
+                                               timeout=READ_TIMEOUT).json()["state"] == "done")
+    assert forwarded_seen(upstream) == [expected, expected, "127.0.0.1", expected]
+
+
+DOT_DOT_PATHS = ("/pods/default/v1/../../../etc/passwd", "/pods/default/v1/a/../models",
+                 "/pods/default/v1/%2e%2e/%2E%2E/admin", "/pods/default/v1/..%2f..%2fadmin",
+                 "/pods/default/v1/%2e%2e%5cadmin", "/pods/default/v1/.%2e/models?x=1")
+
+
+def test_dot_dot_segments_are_never_forwarded_to_a_pod(upstream: FakeUpstream, paths: Paths) -> None:
+    controller = FakeController(pods={"default": FakePod(upstream.target())})
+    with running_proxy(make_config(), controller, paths) as proxy:
+        port = proxy.ready.port if proxy.ready else 0
+        for path in DOT_DOT_PATHS:
+            connection = http.client.HTTPConnection("127.0.0.1", port, timeout=READ_TIMEOUT)
+            connection.request("GET", path)  # sent as written: requests would normalise it first
+            answer = connection.getresponse()
+            body = answer.read()
+            connection.close()
+            assert answer.status == 400, (path, answer.status, body)
+            assert json.loads(body)["error"]["code"] == "invalid_path"
+        # A dot inside a name is not a segment of its own.
+        assert requests.get(f"{proxy.url}/pods/default/v1/models.json..x", timeout=READ_TIMEOUT).status_code != 400
+    assert [r.path_qs for r in upstream.requests] == ["/v1/models.json..x"]
