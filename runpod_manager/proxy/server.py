@@ -12,7 +12,6 @@ import contextlib
 import gc
 import logging
 import logging.handlers
-import os
 import queue
 import signal
 import ssl
@@ -26,7 +25,7 @@ from aiohttp import web
 
 from runpod_manager.config import Config, ProxyConfig
 from runpod_manager.errors import ConfigError
-from runpod_manager.paths import Paths, ensure_private_dir
+from runpod_manager.paths import Paths, ensure_private_dir, log_open_error, open_private_log
 from runpod_manager.proxy.app import SHUTDOWN_GRACE_SECONDS, STATE, build_app, build_listen_app, start_jobs
 from runpod_manager.proxy.connection import IDLE_CONNECTION_TIMEOUT_SECONDS, ProxyAppRunner
 from runpod_manager.proxy.controller import ProxyController
@@ -96,13 +95,7 @@ class PrivateRotatingFileHandler(logging.handlers.RotatingFileHandler):
     client addresses). A file left looser by an older rpm is tightened when opened."""
 
     def _open(self) -> Any:
-        flags = os.O_WRONLY | os.O_CREAT | (os.O_APPEND if "a" in self.mode else os.O_TRUNC)
-        fd = os.open(self.baseFilename, flags, 0o600)
-        try:
-            os.fchmod(fd, 0o600)
-        except OSError:
-            os.close(fd)
-            raise
+        fd = open_private_log(Path(self.baseFilename))  # appends (maxBytes forces mode "a"); never via a symlink
         return open(fd, self.mode.replace("b", ""), encoding=self.encoding, errors=self.errors)
 
 
@@ -114,8 +107,11 @@ def configure_proxy_logging(paths: Paths, *, level: int = logging.INFO) -> Calla
     detaches the handlers (call it after run_proxy returns).
     """
     ensure_private_dir(paths.log_dir)
-    file_handler = PrivateRotatingFileHandler(paths.proxy_log, maxBytes=PROXY_LOG_MAX_BYTES, backupCount=3,
-                                              encoding="utf-8")
+    try:
+        file_handler = PrivateRotatingFileHandler(paths.proxy_log, maxBytes=PROXY_LOG_MAX_BYTES, backupCount=3,
+                                                  encoding="utf-8")
+    except OSError as exc:
+        raise log_open_error(paths.proxy_log, exc) from None
     file_handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
     records: queue.SimpleQueue[logging.LogRecord] = queue.SimpleQueue()
     queue_handler = logging.handlers.QueueHandler(records)
