@@ -21,6 +21,7 @@ from tests.support.proxy_fakes import (
     FakeController,
     FakePod,
     FakeUpstream,
+    free_port,
     make_config,
     running_proxy,
     wait_until,
@@ -91,6 +92,23 @@ def test_allowed_hosts_adds_names_and_a_bind_beyond_loopback_with_keys_takes_any
     with running_proxy(keyed, sleeping_pod(upstream), paths) as proxy:
         answered = requests.get(f"{proxy.url}/health", headers={"Host": "whatever.example"}, timeout=READ_TIMEOUT)
         assert answered.status_code == 200
+
+
+def test_a_listen_port_answers_only_hosts_that_name_it_with_its_own_port(upstream: FakeUpstream, paths: Paths
+                                                                          ) -> None:
+    listen_port = free_port()
+    service = PodConfig(name="svc", kind="http", image="any/service", port=8188, listen_port=listen_port)
+    config = make_config(pods=(service, PodConfig(name="default", model=MODEL)))
+    controller = FakeController(pods={"svc": FakePod(upstream.target("pod-svc")),
+                                      "default": FakePod(upstream.target())})
+    with running_proxy(config, controller, paths) as proxy:
+        port = proxy.ready.port if proxy.ready else 0
+        url = f"http://127.0.0.1:{listen_port}/v1/models"
+        assert requests.get(url, timeout=READ_TIMEOUT).status_code == 401  # the service answered (it wants a key)
+        for host in ("evil.example", f"evil.example:{listen_port}", f"127.0.0.1:{port}"):
+            refused = requests.get(url, headers={"Host": host}, timeout=READ_TIMEOUT)
+            assert refused.status_code == 421 and error_of(refused)["code"] == "host_not_allowed", host
+    assert len(upstream.requests) == 1
 
 
 # ------------------------------------------------------------------------------ 9. model scopes everywhere
