@@ -850,7 +850,7 @@ def job_pod(state: ProxyState, method: str, path: str, read_body: Callable[[], b
     if target is None:  # /v1: by the body's model
         body = read_body()
         facts = inspect_json_body(body) if body and is_json_content_type(content_type) else NO_BODY
-        group = _route(state, facts)
+        group = target_group(state, path, facts)
         check_scope(principal, group.route, _model_of(facts, group.route))
         return group.name
     route = target.route
