@@ -38,6 +38,8 @@ _NAME_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,39}$")
 _CUTOFF_RE = re.compile(r"^(\d{1,2}):(\d{2})(?::(\d{2}))?$")
 _CUDA_RE = re.compile(r"^\d+\.\d+$")
 _PORT_RE = re.compile(r"^\d{1,5}/(http|tcp)$")
+# host, IPv4 or [IPv6], with an optional port (a Host header's form), or "*" for any
+_HOST_RE = re.compile(r"^(\*|(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.-]+)(:[0-9]{1,5})?)$")
 _ORIGIN_RE = re.compile(r"^(\*|[a-z][a-z0-9+.-]*://[^/\s]+)$")  # scheme://host[:port], as browsers send it
 _HEADER_NAME_RE = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")  # an RFC 9110 token
 # An http pod takes uploads (audio, images, archives): its default body limit is far above [proxy]
@@ -201,6 +203,15 @@ class ProxyConfig:
         "Web page origins (e.g. \"http://localhost:3000\", or \"*\" for any) allowed to call the proxy from a "
         "browser; empty refuses every web page, so no site you visit can spend GPU time through it.",
         pattern=_ORIGIN_RE))
+    allowed_hosts: tuple[str, ...] = field(default=(), metadata=_meta(
+        "Host header values the proxy answers besides its own (127.0.0.1, localhost and [::1] with its port), "
+        "e.g. \"gpu.example.com\" behind a reverse proxy (a name without a port: any port); other Hosts get "
+        "421, so a web page cannot reach a loopback proxy through DNS rebinding. On a bind beyond loopback "
+        "(which needs keys) any Host is answered unless this is set; \"*\" answers any Host.",
+        pattern=_HOST_RE))
+    trust_forwarded: bool = field(default=False, metadata=_meta(
+        "Behind a reverse proxy that sets X-Forwarded-For: pass the client's X-Forwarded-For on with the peer's "
+        "address appended; false replaces it with the peer's address."))
     wake_on_request: bool = field(default=True, metadata=_meta("Start the pod when a request arrives."))
     max_queue_size: int = field(default=64, metadata=_meta(
         "Requests that may wait for a wake at once.", minimum=1))

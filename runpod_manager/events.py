@@ -17,7 +17,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from runpod_manager.paths import ensure_private_dir
+from runpod_manager.paths import ensure_private_dir, open_private_log
 
 MAX_LOG_BYTES = 2 * 1024 * 1024
 KEEP_ROTATED = 3
@@ -52,10 +52,8 @@ class EventLog:
         with contextlib.suppress(OSError):  # logging must never break enforcement
             ensure_private_dir(self.path.parent)
             self._rotate_if_needed()
-            fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+            fd = open_private_log(self.path)  # never through a symlink (an event is lost, nothing else)
             with os.fdopen(fd, "a", encoding="utf-8") as handle:
-                if os.fstat(fd).st_mode & 0o077:  # left looser by an older rpm or by hand
-                    os.fchmod(fd, 0o600)
                 handle.write(line + "\n")
 
     def _rotate_if_needed(self) -> None:

@@ -20,6 +20,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from runpod_manager.errors import StateError
+
 APP = "rpm"
 CONFIG_FILENAME = "pod_config.toml"
 STATE_FILENAME = "pod_state.json"
@@ -202,6 +204,34 @@ def read_lines(path: Path, *, max_bytes: int) -> list[bytes]:
             return handle.read(max_bytes).splitlines()
         except OSError:
             return []
+
+
+def open_private_log(path: Path) -> int:
+    """A descriptor appending to the log file `path`, created 0600 (one left looser is tightened). Never
+    through a symbolic link (O_NOFOLLOW, as `write_private_file` and `private_sqlite_files`): a link planted
+    where a log goes must not make rpm append to, or chmod, the file it points at. O_NONBLOCK: a FIFO planted
+    there fails at once instead of hanging the open. OSError (ELOOP: a link) when it cannot."""
+    flags = (os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NONBLOCK | getattr(os, "O_NOFOLLOW", 0)
+             | getattr(os, "O_CLOEXEC", 0))
+    fd = os.open(path, flags, 0o600)
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise OSError(errno.EINVAL, "not a regular file", str(path))
+        if info.st_mode & 0o077:  # left looser by an older rpm or by hand
+            os.fchmod(fd, 0o600)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def log_open_error(path: Path, exc: OSError) -> StateError:
+    """The error of a log file that `open_private_log` could not open, naming it."""
+    if exc.errno == errno.ELOOP:
+        return StateError(f"{path} is a symbolic link: rpm never writes a log through one",
+                          hint="remove the link; rpm creates the file itself")
+    return StateError(f"cannot open the log file {path}: {exc.strerror or exc}")
 
 
 def private_sqlite_files(db_path: Path) -> None:

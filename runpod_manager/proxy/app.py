@@ -47,13 +47,24 @@ from runpod_manager.events import EventLog
 from runpod_manager.keys import KeyStore, KeyWatcher, Principal, UsageReport, report_of
 from runpod_manager.paths import Paths
 from runpod_manager.proxy import dashboard, passthrough, websocket
-from runpod_manager.proxy.auth import PRINCIPAL, PUBLIC_PATHS, authenticate, check_scope, key_name, watch_keys
+from runpod_manager.proxy.auth import (
+    PRINCIPAL,
+    PUBLIC_PATHS,
+    authenticate,
+    check_scope,
+    key_name,
+    may_use_model,
+    reads_routed_model,
+    routed_model,
+    watch_keys,
+)
 from runpod_manager.proxy.cache import CachedResponse, CacheStats, ResponseCache, cache_key, is_cacheable
 from runpod_manager.proxy.controller import PodView, ProxyController, UpstreamTarget
 from runpod_manager.proxy.forward import (
     FIM_MISSING_MESSAGE,
     JOB_ID_HEADER,
     JOB_OWNER_HEADER,
+    JOB_REPLAY,
     JOB_TOKEN_HEADER,
     JSON_ROUTES,
     NO_BODY,
@@ -65,6 +76,7 @@ from runpod_manager.proxy.forward import (
     UpstreamUnreachable,
     apply_fim_template,
     client_response_headers,
+    forwarded_for,
     inspect_json_body,
     is_json_content_type,
     json_response,
@@ -72,14 +84,29 @@ from runpod_manager.proxy.forward import (
     relay_events,
     upstream_request_headers,
 )
+from runpod_manager.proxy.hosts import host_check
 from runpod_manager.proxy.jobs import ERROR_HEADER, JOBS, REPLAYED_JOB, JobRunner, JobStore, PodJobs, wants_async
 from runpod_manager.proxy.jobs import add_routes as add_job_routes
 from runpod_manager.proxy.limits import USAGE_FLUSH_SECONDS, KeyLimiter, ShareMeter
 from runpod_manager.proxy.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from runpod_manager.proxy.metrics import ProxyMetrics, RecentRequest
-from runpod_manager.proxy.passthrough import PassThrough, RequestBody, ServiceRoute, SpooledBody, WakeSpool
+from runpod_manager.proxy.passthrough import (
+    HeldBody,
+    PassThrough,
+    RequestBody,
+    ServiceRoute,
+    SpooledBody,
+    WakeSpool,
+)
 from runpod_manager.proxy.process import proxy_url
-from runpod_manager.proxy.routing import PODS_PATH_PREFIX, PathNotRouted, PathTarget, PodRoute, build_routes
+from runpod_manager.proxy.routing import (
+    PODS_PATH_PREFIX,
+    PathNotRouted,
+    PathTarget,
+    PodRoute,
+    build_routes,
+    check_service_path,
+)
 from runpod_manager.proxy.wake import PodGroup, WakeGate
 from runpod_manager.requestlog import USAGE_TAIL_BYTES, RequestLog, usage_tokens
 
@@ -229,8 +256,10 @@ class ProxyState:
             JobStore(paths.jobs_dir, max_count=proxy.jobs_max_count, max_bytes=proxy.jobs_max_bytes,
                      ttl_seconds=proxy.jobs_result_ttl_seconds),
             concurrency=proxy.jobs_concurrency, body_limit=lambda path: job_body_limit(self, path),
-            resolve=lambda method, path, body, content_type: job_pod(self, method, path, body, content_type),
-            pod_waking=self._pod_waking, full_retry_after_seconds=queue_full_retry_after_seconds)
+            resolve=lambda method, path, read_body, content_type, principal: job_pod(
+                self, method, path, read_body, content_type, principal),
+            pod_waking=self._pod_waking, full_retry_after_seconds=queue_full_retry_after_seconds,
+            trust_forwarded=proxy.trust_forwarded)
         self.in_flight = 0  # read by the in-flight gauge at scrape time (no lock per request)
         # /v1 reaches the model pods only (kind = "http" pods are routed by path); the model lists are theirs.
         self.model_groups = tuple(group for group in self.groups if group.route.kind != "http")
@@ -392,6 +421,7 @@ def _make_middleware(state: ProxyState, listen: PodRoute | None = None
     path needs the key and is guarded against other sites' pages, and the service's own page is allowed)."""
     protected = "/" if listen is not None else _PROTECTED_PREFIXES
     own_origins = state.own_origins if listen is None else _origins_of(state.config, listen.listen_port)
+    hosts = host_check(state.config.proxy, state.config.proxy.port if listen is None else listen.listen_port)
 
     @web.middleware
     async def middleware(request: web.Request,
@@ -405,6 +435,8 @@ def _make_middleware(state: ProxyState, listen: PodRoute | None = None
         # A job's replay (jobs.py): the proxy's own token stands in for a client key, and it is never a new job.
         replay = JOB_TOKEN_HEADER in headers and state.jobs.is_replay(headers[JOB_TOKEN_HEADER])
         try:
+            if hosts is not None:
+                hosts.check(request)  # ProxyError 421 for a Host that does not name this proxy (DNS rebinding)
             local: web.StreamResponse | None = None
             if request.method == "OPTIONS" or "Origin" in headers or "Sec-Fetch-Site" in headers:
                 # raises ProxyError for a page that is refused
@@ -413,6 +445,7 @@ def _make_middleware(state: ProxyState, listen: PodRoute | None = None
                 response = local
             else:
                 if replay:
+                    request[JOB_REPLAY] = True  # its X-Forwarded-For is the job's own (forward.forwarded_for)
                     if JOB_ID_HEADER in headers:  # marked sent as it leaves toward the pod (jobs.py)
                         request[REPLAYED_JOB] = headers[JOB_ID_HEADER]
                     owner = headers.get(JOB_OWNER_HEADER)
@@ -667,8 +700,7 @@ def _admit(state: ProxyState, exchange: Exchange, principal: Principal, group: P
     """The key's scopes and limits, before the cache and any wake: a request its key may not make costs
     nothing and wakes nothing. A stream of a keyed request asks the pod for its usage (tokens count against
     the key); the client that did not ask never sees the usage-only event (`Exchange.hide_usage`)."""
-    model = facts.model if isinstance(facts.model, str) and facts.model else group.route.model
-    _admit_key(state, exchange, principal, group.name, model)
+    _admit_key(state, exchange, principal, group.route, _model_of(facts, group.route))
     document = facts.document
     if facts.stream and document is not None and path in _USAGE_ROUTES:
         options = document.get("stream_options")
@@ -680,11 +712,17 @@ def _admit(state: ProxyState, exchange: Exchange, principal: Principal, group: P
     return facts, body
 
 
-def _admit_key(state: ProxyState, exchange: Exchange, principal: Principal, pod: str, model: str | None) -> None:
+def _model_of(facts: RequestFacts, route: PodRoute) -> str:
+    """The model a /v1 request uses, for its key's scope: the body's, else the pod's own."""
+    return facts.model if isinstance(facts.model, str) and facts.model else route.model
+
+
+def _admit_key(state: ProxyState, exchange: Exchange, principal: Principal, route: PodRoute,
+               model: str | None) -> None:
     """A keyed request's scopes (403) and limits (429), before anything wakes; `model` None for a request
-    routed by path (/pods/<name>/…, a listen port), where the pod is all there is to check."""
+    routed by path (/pods/<name>/…, a listen port) to a pod all of whose models the key may use."""
     try:
-        check_scope(principal, pod, model)
+        check_scope(principal, route, model)
     except ProxyError:
         state.limiter.refuse(principal)
         raise
@@ -811,12 +849,26 @@ def job_body_limit(state: ProxyState, path: str) -> int:
     return state.body_limits[target.route.name]
 
 
-def job_pod(state: ProxyState, method: str, path: str, body: bytes | None, content_type: str) -> str:
-    """The queue a job joins (jobs.Resolver): its target's name, or the ProxyError the request would get."""
+def job_pod(state: ProxyState, method: str, path: str, read_body: Callable[[], bytes], content_type: str,
+            principal: Principal | None) -> str:
+    """The queue a job joins (jobs.Resolver): its target's name, or the ProxyError the request would get, its
+    key's scopes included (checked as on the request's own route), so no job its key may not make is stored."""
     if method not in _BODY_METHODS and path in JSON_ROUTES:
         raise web.HTTPMethodNotAllowed(method, ["POST"])
-    facts = inspect_json_body(body) if body and is_json_content_type(content_type) else NO_BODY
-    return target_group(state, path, facts).name
+    target = path_target(state, path)
+    if target is None:  # /v1: by the body's model
+        body = read_body()
+        facts = inspect_json_body(body) if body and is_json_content_type(content_type) else NO_BODY
+        group = target_group(state, path, facts)
+        check_scope(principal, group.route, _model_of(facts, group.route))
+        return group.name
+    route = target.route
+    model = None
+    if principal is not None and reads_routed_model(principal, route):
+        check_scope(principal, route, None)  # the pod first: a body is read only for a pod the key may use
+        model = routed_model(principal, route, read_body(), content_type)
+    check_scope(principal, route, model)
+    return route.name
 
 
 def _route(state: ProxyState, facts: RequestFacts) -> PodGroup:
@@ -899,7 +951,8 @@ async def _ask_models(request: web.Request, state: ProxyState, group: PodGroup) 
     if chosen is None or upstream is None:
         return False
     gate, target = chosen
-    headers = upstream_request_headers(request.headers.items(), target.upstream_key)
+    headers = upstream_request_headers(request.headers.items(), target.upstream_key,
+                                       forwarded=forwarded_for(request, trust=state.config.proxy.trust_forwarded))
     try:
         async with asyncio.timeout(MODELS_ASK_TIMEOUT_SECONDS):
             reply = await upstream.open(target, "GET", MODELS_PATH, headers, None, max_retries=0)
@@ -980,7 +1033,7 @@ def _scoped_models(state: ProxyState, exchange: Exchange, principal: Principal) 
     will work); from what the proxy knows, never asking a pod."""
     exchange.cache = "local"
     data = [entry for group in state.model_groups if principal.may_use_pod(group.name)
-            for entry in _group_entries(state, group)[0] if principal.may_use_model(str(entry.get("id")))]
+            for entry in _group_entries(state, group)[0] if may_use_model(principal, group.route, str(entry.get("id")))]
     return web.Response(body=json.dumps({"object": "list", "data": data}).encode(), content_type="application/json",
                         headers={"X-RPM-Cache": "bypass", "X-RPM-Models": f"scoped to the key {principal.name}"})
 
@@ -1086,7 +1139,8 @@ async def _forward(
         raise ProxyError(503, "the proxy is shutting down", code="shutting_down", should_retry=True)
     metrics = state.metrics
     exchange.pod_id = target.pod_id
-    headers = upstream_request_headers(request.headers.items(), target.upstream_key)
+    headers = upstream_request_headers(request.headers.items(), target.upstream_key,
+                                       forwarded=forwarded_for(request, trust=state.config.proxy.trust_forwarded))
     opened_at = time.perf_counter()
     try:
         reply = await upstream.open(target, request.method, request.raw_path, headers, body,
@@ -1212,7 +1266,8 @@ async def _relay_stream(
 
 def service_route(state: ProxyState, route: PodRoute, port: int, raw_path: str, prefix: str) -> ServiceRoute:
     """A routed request's destination: the pod's group, its port, the path sent, and its body limit (an http
-    pod's own; a model pod's is [proxy] max_body_bytes, as on /v1)."""
+    pod's own; a model pod's is [proxy] max_body_bytes, as on /v1). A `..` path is refused (400), never sent."""
+    check_service_path(raw_path)
     return ServiceRoute(state.group_by_route[route.name], port, raw_path, prefix, state.body_limits[route.name])
 
 
@@ -1295,8 +1350,7 @@ async def serve_service(request: web.Request, state: ProxyState, service: Servic
     group = service.group
     exchange.route = f"{PODS_PATH_PREFIX}{group.name}" if service.prefix else f"listen:{group.name}"
     principal = request.get(PRINCIPAL)
-    if principal is not None:
-        _admit_key(state, exchange, principal, group.name, None)
+    held = None if principal is None else await _admit_routed(request, state, exchange, principal, service)
     if websocket.is_upgrade(request):
         websocket.check_upgrade(request)
         return await _serve_websocket(request, state, exchange, service)
@@ -1307,9 +1361,9 @@ async def serve_service(request: web.Request, state: ProxyState, service: Servic
     if pass_through is None:  # only between shutdown and cleanup
         raise ProxyError(503, "the proxy is shutting down", code="shutting_down", should_retry=True)
     has_body = request.body_exists
-    spooled: SpooledBody | None = None
+    spooled: SpooledBody | HeldBody | None = held
     try:
-        if has_body and group.pick() is None and state.wake_spool.reserve(length):
+        if spooled is None and has_body and group.pick() is None and state.wake_spool.reserve(length):
             assert length is not None  # noqa: S101 - reserve takes only a declared length
             # The pod sleeps: take the upload into a file while it wakes (WakeSpool says why), both at once.
             waiting = asyncio.ensure_future(_service_target(request, state, exchange, service, hold=True))
@@ -1326,14 +1380,35 @@ async def serve_service(request: web.Request, state: ProxyState, service: Servic
             spooled.discard()
 
 
+async def _admit_routed(request: web.Request, state: ProxyState, exchange: Exchange, principal: Principal,
+                        service: ServiceRoute) -> HeldBody | None:
+    """A keyed routed request's scopes and limits (`_admit_key`). To a model pod serving models outside the
+    key's --models, the request must name one it may use (auth.routed_model): its JSON body is read (within
+    [proxy] max_body_bytes, a model pod's limit) and returned to be sent as it came."""
+    route = service.route
+    if not reads_routed_model(principal, route):
+        _admit_key(state, exchange, principal, route, None)
+        return None
+    try:
+        check_scope(principal, route, None)  # the pod first: a body is read only for a pod the key may use
+        body = await _read_body(request, state) if request.body_exists else b""
+        model = routed_model(principal, route, body, request.headers.get("Content-Type", ""))
+    except ProxyError as exc:
+        if exc.status == 403:
+            state.limiter.refuse(principal)
+        raise
+    _admit_key(state, exchange, principal, route, model)
+    return HeldBody(body) if body else None
+
+
 async def _pass_service(request: web.Request, state: ProxyState, exchange: Exchange, service: ServiceRoute,
-                        pass_through: PassThrough, has_body: bool, spooled: SpooledBody | None
+                        pass_through: PassThrough, has_body: bool, spooled: SpooledBody | HeldBody | None
                         ) -> web.StreamResponse:
     group = service.group
     for attempt in (1, 2):
         gate, target = await _service_target(request, state, exchange, service, hold=True)
         exchange.pod, exchange.pod_id = gate.name, target.pod_id
-        body: RequestBody | SpooledBody | None = spooled
+        body: RequestBody | SpooledBody | HeldBody | None = spooled
         if has_body and spooled is None:
             body = RequestBody(request, service.max_body_bytes, state.body_read_timeout_seconds)
         if (job_id := request.get(REPLAYED_JOB)) is not None:
@@ -1393,7 +1468,8 @@ async def _serve_websocket(request: web.Request, state: ProxyState, exchange: Ex
     if route.kind != "http" and target.upstream_key:
         added["Authorization"] = f"Bearer {target.upstream_key}"
     headers = websocket.forwarded_headers(request.headers, added,
-                                          keep_authorization=not state.keys.index.required and route.kind == "http")
+                                          keep_authorization=not state.keys.index.required and route.kind == "http",
+                                          forwarded=forwarded_for(request, trust=state.config.proxy.trust_forwarded))
     group = service.group
     group.begin(gate)  # the handshake is a request; the open socket is not (its frames are)
     try:
@@ -1596,7 +1672,7 @@ async def _on_startup(app: web.Application) -> None:
         state.session, max_retries=config.proxy.max_retries, retry_delay_seconds=config.proxy.retry_delay_seconds,
         pod_url_template=config.api.pod_url_template, keep_client_authorization=lambda: not state.keys.index.required,
         added_headers=state.pod_headers,
-        body_read_timeout_seconds=state.body_read_timeout_seconds)
+        body_read_timeout_seconds=state.body_read_timeout_seconds, trust_forwarded=config.proxy.trust_forwarded)
     if state.cache is not None:
         await asyncio.to_thread(state.cache.open)
     await _check_pod_names(state)

@@ -21,7 +21,8 @@ from aiohttp import web
 
 from runpod_manager.errors import RpmError
 from runpod_manager.keys import KeyWatcher, Principal
-from runpod_manager.proxy.forward import ProxyError
+from runpod_manager.proxy.forward import ProxyError, inspect_json_body, is_json_content_type
+from runpod_manager.proxy.routing import PodRoute
 
 log = logging.getLogger("runpod_manager.proxy")
 
@@ -53,19 +54,53 @@ def authenticate(watcher: KeyWatcher, header: str | None) -> Principal:
     return principal
 
 
-def check_scope(principal: Principal | None, pod: str, model: str | None) -> None:
+def check_scope(principal: Principal | None, route: PodRoute, model: str | None) -> None:
     """ProxyError 403 naming what the key may use, before anything is woken for the request."""
     if principal is None:
         return
-    if not principal.may_use_pod(pod):
-        raise ProxyError(403, f"the key {principal.name!r} may not use pod {pod!r}; it may use pods "
+    if not principal.may_use_pod(route.name):
+        raise ProxyError(403, f"the key {principal.name!r} may not use pod {route.name!r}; it may use pods "
                          f"{_listing(principal.pods)}; no pod was started for this request",
                          code="pod_not_allowed", error_type="permission_error", should_retry=False)
-    if model is not None and not principal.may_use_model(model):
+    if model is not None and not may_use_model(principal, route, model):
         raise ProxyError(403, f"the key {principal.name!r} may not use model {model!r}; it may use models "
                          f"{_listing(principal.models)}; no pod was started for this request",
                          code="model_not_allowed", error_type="permission_error", param="model",
                          should_retry=False)
+
+
+def may_use_model(principal: Principal, route: PodRoute, model: str) -> bool:
+    """The key's --models scope holds `model` on this route: the name, or one that is the same model there
+    (an alias and the model it stands for are one model: PodRoute.one_model)."""
+    models = principal.models
+    return models is None or model in models or not models.isdisjoint(route.same_model(model))
+
+
+def reads_routed_model(principal: Principal | None, route: PodRoute) -> bool:
+    """A request of this key routed by path to this pod (`/pods/<name>/…`, a job to it) must name its model:
+    the pod is a model server and serves a model outside the key's --models (an open route serves names the
+    config cannot list). A key that may use every model of the pod passes through untouched (streamed)."""
+    if principal is None or principal.models is None or route.kind == "http":
+        return False
+    return route.open or not all(may_use_model(principal, route, name) for name in route.names)
+
+
+def routed_model(principal: Principal, route: PodRoute, body: bytes | None, content_type: str) -> str:
+    """The model a routed request to a pod that `reads_routed_model` names: its JSON body's `model` (none: the
+    one the server answers with). ProxyError 403 for a request that names none (a GET, a form, a WebSocket):
+    what it would reach cannot be told; 400 for a body that is not a JSON object."""
+    if not body or not is_json_content_type(content_type):
+        raise ProxyError(403, f"the key {principal.name!r} may use only some models of pod {route.name!r} (it may "
+                         f"use models {_listing(principal.models)}), so a request to /pods/{route.name}/ must be a "
+                         "JSON body naming one of them in `model` (or use /v1); no pod was started for this request",
+                         code="model_not_allowed", error_type="permission_error", param="model",
+                         should_retry=False)
+    model = inspect_json_body(body).model
+    if model is None or model == "":
+        return route.upstream_model
+    if not isinstance(model, str):
+        raise ProxyError(400, "model must be a string", code="invalid_model", param="model")
+    return model
 
 
 def _listing(names: Iterable[str] | None) -> str:

@@ -41,9 +41,15 @@ JOB_OWNER_HEADER = "X-RPM-Job-Owner"
 # A job's id: its 202's and its result's header; with the token, the job a replay runs (marked sent by the
 # proxy just before the replay's request leaves toward the pod: jobs.JobRunner.sending).
 JOB_ID_HEADER = "X-RPM-Job-Id"
-# Request headers never passed on as the client sent them, on /v1 or the pass-through (passthrough.py).
+FORWARDED_FOR_HEADER = "X-Forwarded-For"
+# Request headers never passed on as the client sent them, on /v1 or the pass-through (passthrough.py);
+# X-Forwarded-For is set anew (`forwarded_for`).
 PROXY_ONLY_REQUEST_HEADERS = frozenset({"host", "expect", "x-rpm-cache", JOB_TOKEN_HEADER.lower(),
-                                        JOB_OWNER_HEADER.lower(), JOB_ID_HEADER.lower()})
+                                        JOB_OWNER_HEADER.lower(), JOB_ID_HEADER.lower(),
+                                        FORWARDED_FOR_HEADER.lower()})
+# Set by the middleware on a job's replay whose token it verified (jobs.py): its X-Forwarded-For is the
+# proxy's own, written when the job was submitted.
+JOB_REPLAY = web.RequestKey("rpm_job_replay", bool)
 _REQUEST_DROP = HOP_BY_HOP | PROXY_ONLY_REQUEST_HEADERS | {"content-length", "authorization", "accept-encoding"}
 # The body may be re-framed (chunked) or was decompressed by the client session; our server sets its own
 # date/server.
@@ -155,9 +161,27 @@ def forwardable_headers(headers: Iterable[tuple[str, str]], drop: frozenset[str]
     return out
 
 
-def upstream_request_headers(headers: Iterable[tuple[str, str]], upstream_key: str | None) -> CIMultiDict[str]:
-    """Client headers minus hop-by-hop and proxy-only ones, with the pod's key as the only credential."""
+def forwarded_for(request: web.Request, *, trust: bool) -> str | None:
+    """The X-Forwarded-For a pod gets. The client's own is a claim anyone can make (a spoofed address in a
+    service's logs or allow-list), so by default it is replaced with the peer's address; behind a reverse
+    proxy that sets it (`[proxy] trust_forwarded`) the peer is appended to it. A job's replay comes from the
+    proxy itself: it carries what the job's submission was given."""
+    claimed = ", ".join(request.headers.getall(FORWARDED_FOR_HEADER, ())) or None
+    if request.get(JOB_REPLAY):
+        return claimed
+    peer = request.remote or None
+    if trust and claimed is not None:
+        return claimed if peer is None else f"{claimed}, {peer}"
+    return peer
+
+
+def upstream_request_headers(headers: Iterable[tuple[str, str]], upstream_key: str | None, *,
+                             forwarded: str | None = None) -> CIMultiDict[str]:
+    """Client headers minus hop-by-hop and proxy-only ones, with the pod's key as the only credential and
+    `forwarded` (`forwarded_for`) as X-Forwarded-For."""
     out = forwardable_headers(headers, _REQUEST_DROP)
+    if forwarded is not None:
+        out[FORWARDED_FOR_HEADER] = forwarded
     # Compressed upstream bytes would have to be inflated to split events; the pod is a fast link anyway.
     out["Accept-Encoding"] = "identity"
     if upstream_key is not None:

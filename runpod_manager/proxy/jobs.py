@@ -55,13 +55,15 @@ from multidict import CIMultiDict
 
 from runpod_manager.keys import Principal
 from runpod_manager.paths import ensure_private_dir, private_sqlite_files
-from runpod_manager.proxy.auth import PRINCIPAL, check_scope
+from runpod_manager.proxy.auth import PRINCIPAL
 from runpod_manager.proxy.forward import (
+    FORWARDED_FOR_HEADER,
     HOP_BY_HOP,
     JOB_ID_HEADER,
     JOB_OWNER_HEADER,
     JOB_TOKEN_HEADER,
     ProxyError,
+    forwarded_for,
     json_response,
 )
 
@@ -87,6 +89,7 @@ INTERRUPTED = ("the proxy stopped while this job's request was in flight; it was
 # credential (the proxy's key, a service's key or cookie). A pod's own key comes from the config, never
 # from a stored job.
 _NOT_STORED = HOP_BY_HOP | {"host", "content-length", "expect", "prefer", "authorization", "cookie", "origin",
+                            FORWARDED_FOR_HEADER.lower(),
                             "x-rpm-cache", JOB_TOKEN_HEADER.lower(), JOB_ID_HEADER.lower()}
 # Of a job's response: framing (the stored body is served with its own length), the proxy's date and server.
 _RESULT_HEADERS_DROPPED = HOP_BY_HOP | {"content-length", "date", "server", JOB_ID_HEADER.lower(),
@@ -185,9 +188,11 @@ def wants_async(prefer_values: Iterable[str]) -> bool:
     return False
 
 
-def stored_headers(headers: Iterable[tuple[str, str]]) -> tuple[tuple[str, str], ...]:
-    """The request headers a job keeps: end-to-end ones that describe the request, never a credential."""
-    kept = []
+def stored_headers(headers: Iterable[tuple[str, str]], *, forwarded: str | None = None
+                   ) -> tuple[tuple[str, str], ...]:
+    """The request headers a job keeps: end-to-end ones that describe the request, never a credential; and
+    `forwarded` (forward.forwarded_for of the submission) as X-Forwarded-For, which its replay passes on."""
+    kept = [] if forwarded is None else [(FORWARDED_FOR_HEADER, forwarded)]
     for name, value in headers:
         lowered = name.lower()
         if lowered in _NOT_STORED or lowered.startswith("sec-fetch-"):
@@ -433,9 +438,10 @@ def _job_of(row: tuple[Any, ...]) -> Job:
 
 # ------------------------------------------------------------------------------------------ the runner
 
-# Routing's answer for a job: (method, path, the spooled body when it is small enough to read for routing,
-# its Content-Type) → the configured pod's name; raises ProxyError as a direct request would be answered.
-Resolver = Callable[[str, str, bytes | None, str], str]
+# Routing's answer for a job: (method, path, a reader of the spooled body, called only when routing or the
+# key's model scope needs it, its Content-Type, the submitting key) → the configured pod's name; raises
+# ProxyError as a direct request would be answered, a scope the key lacks included.
+Resolver = Callable[[str, str, Callable[[], bytes], str, Principal | None], str]
 
 
 class JobRunner:
@@ -443,7 +449,8 @@ class JobRunner:
 
     def __init__(self, store: JobStore, *, concurrency: int, body_limit: Callable[[str], int], resolve: Resolver,
                  pod_waking: Callable[[str], bool], full_retry_after_seconds: float = 5.0,
-                 sleep: Callable[[float], Any] = asyncio.sleep) -> None:
+                 sleep: Callable[[float], Any] = asyncio.sleep, trust_forwarded: bool = False) -> None:
+        self.trust_forwarded = trust_forwarded  # [proxy] trust_forwarded: what X-Forwarded-For a job stores
         self.store = store
         self.concurrency = concurrency
         # A path's largest body: a job takes what a direct request to the same route takes ([proxy]
@@ -522,7 +529,7 @@ class JobRunner:
     async def submit(self, request: web.Request, principal: Principal | None = None) -> web.Response:
         """Store the request as a job and answer 202 (or the error a direct request would get). A keyed job
         belongs to its key (`owner`, the name only): only that key (or an admin) reads it, and its replay gets
-        that key's scopes and limits; a pod the key may not use is refused here, before anything is stored."""
+        that key's scopes and limits; a pod or model the key may not use is refused here, before anything is stored."""
         owner = None if principal is None else principal.name
         if self.unavailable is not None:
             raise ProxyError(503, f"jobs are not available: {self.unavailable}", code="jobs_unavailable",
@@ -539,13 +546,13 @@ class JobRunner:
         self._spooling_count += 1
         try:
             received = await self._spool(request, body_path, limit)
-            small = None
-            if request.path.startswith("/v1/"):
-                small = body_path.read_bytes()  # /v1 routes by the body's model; [proxy] max_body_bytes bounds it
-            pod = self._resolve(request.method, request.path, small, request.headers.get("Content-Type", ""))
-            check_scope(principal, pod, None)  # its model, if any, is checked when it runs
+            # The body is read for /v1's model and a scoped key's (within [proxy] max_body_bytes: a model pod's).
+            pod = self._resolve(request.method, request.path, body_path.read_bytes,
+                                request.headers.get("Content-Type", ""), principal)
             job = store.add(job_id, pod=pod, method=request.method, path=request.raw_path,
-                            headers=stored_headers(request.headers.items()), request_bytes=received, owner=owner)
+                            headers=stored_headers(request.headers.items(),
+                                                   forwarded=forwarded_for(request, trust=self.trust_forwarded)),
+                            request_bytes=received, owner=owner)
         except BaseException:
             JobStore._unlink(body_path)
             raise

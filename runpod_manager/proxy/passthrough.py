@@ -44,11 +44,13 @@ from yarl import URL
 from runpod_manager.paths import ensure_private_dir
 from runpod_manager.proxy.controller import UpstreamTarget
 from runpod_manager.proxy.forward import (
+    FORWARDED_FOR_HEADER,
     HOP_BY_HOP,
     PROXY_ONLY_REQUEST_HEADERS,
     RETRYABLE_STATUSES,
     ProxyError,
     forwardable_headers,
+    forwarded_for,
 )
 from runpod_manager.proxy.process import pid_exists
 from runpod_manager.proxy.routing import PodRoute
@@ -82,9 +84,13 @@ class ServiceRoute:
 
 
 def service_request_headers(headers: Iterable[tuple[str, str]], *, keep_authorization: bool,
-                            added: Mapping[str, str], upstream_key: str | None) -> CIMultiDict[str]:
-    """Client headers minus hop-by-hop ones, plus the pod's own (`added`, or the upstream key)."""
+                            added: Mapping[str, str], upstream_key: str | None,
+                            forwarded: str | None = None) -> CIMultiDict[str]:
+    """Client headers minus hop-by-hop ones, plus the pod's own (`added`, or the upstream key) and `forwarded`
+    (forward.forwarded_for) as X-Forwarded-For."""
     out = forwardable_headers(headers, _REQUEST_DROP if keep_authorization else _REQUEST_DROP_WITH_AUTHORIZATION)
+    if forwarded is not None:
+        out[FORWARDED_FOR_HEADER] = forwarded
     if upstream_key is not None:
         out["Authorization"] = f"Bearer {upstream_key}"
     for name, value in added.items():
@@ -238,6 +244,23 @@ class SpooledBody:
                 self.path.unlink()
 
 
+class HeldBody:
+    """A body read whole before it is sent (a scoped key's JSON request, whose `model` was checked: auth.
+    routed_model): sent from memory, as often as a retry needs (`started`: as SpooledBody's)."""
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+        self.started = False
+        self.too_large = False
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        self.started = True
+        yield self.data
+
+    def discard(self) -> None:
+        """Nothing to release (SpooledBody's counterpart)."""
+
+
 def too_large_error(limit_bytes: int, route: PodRoute) -> ProxyError:
     key = (f"[pods.{route.name}] max_body_bytes" if route.kind == "http" else "[proxy] max_body_bytes")
     return ProxyError(413, f"the request body is larger than {limit_bytes} bytes ({key}) for pod {route.name!r}",
@@ -263,9 +286,10 @@ class PassThrough:
     keep_client_authorization: Callable[[], bool]
     added_headers: Mapping[str, Mapping[str, str]]  # pod name → its configured headers
     body_read_timeout_seconds: float
+    trust_forwarded: bool = False  # [proxy] trust_forwarded (forward.forwarded_for)
 
     async def open(self, request: web.Request, service: ServiceRoute, gate: WakeGate, target: UpstreamTarget,
-                   body: RequestBody | SpooledBody | None) -> tuple[aiohttp.ClientResponse, str]:
+                   body: RequestBody | SpooledBody | HeldBody | None) -> tuple[aiohttp.ClientResponse, str]:
         """Send the request and return the pod's response (headers arrived) and the pod URL it went to.
         Raises ProxyError (413, 502) when it could not; retries as the module docstring says."""
         route = service.route
@@ -273,7 +297,8 @@ class PassThrough:
         headers = service_request_headers(
             request.headers.items(), keep_authorization=self.keep_client_authorization() and route.kind == "http",
             added=self.added_headers.get(route.name, {}),
-            upstream_key=target.upstream_key if route.kind != "http" else None)
+            upstream_key=target.upstream_key if route.kind != "http" else None,
+            forwarded=forwarded_for(request, trust=self.trust_forwarded))
         url = URL(base_url + service.raw_path, encoded=True)
         method = request.method
         attempt = 0

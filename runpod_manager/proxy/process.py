@@ -31,6 +31,8 @@ from runpod_manager.errors import ConfigError, RpmError
 from runpod_manager.paths import (
     Paths,
     ensure_private_dir,
+    log_open_error,
+    open_private_log,
     read_regular_file,
     resolve_paths,
     write_private_file,
@@ -256,6 +258,14 @@ def _health_instance(config: Config) -> Mapping[str, object] | None:
 # ------------------------------------------------------------------------------------- start / stop
 
 
+def open_proxy_log(paths: Paths) -> int:
+    """The descriptor a background proxy's output goes to: its log, never through a symlink (StateError)."""
+    try:
+        return open_private_log(paths.proxy_log)
+    except OSError as exc:
+        raise log_open_error(paths.proxy_log, exc) from None
+
+
 def start_proxy_process(config: Config, paths: Paths, *, ready_deadline_seconds: float = READY_DEADLINE_SECONDS,
                         wait: bool = True) -> int:
     """Start the proxy in the background unless one runs; return its pid once /health answers as it (at once
@@ -269,7 +279,7 @@ def start_proxy_process(config: Config, paths: Paths, *, ready_deadline_seconds:
     command = [sys.executable, "-P", "-m", "runpod_manager", "proxy"]
     if config.source is not None:
         command += ["--config", str(config.source.resolve())]
-    log_fd = os.open(paths.proxy_log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    log_fd = open_proxy_log(paths)
     try:
         process = subprocess.Popen(  # noqa: S603 - our own interpreter and module
             command, stdin=subprocess.DEVNULL, stdout=log_fd, stderr=log_fd, start_new_session=True,

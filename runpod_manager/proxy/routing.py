@@ -36,10 +36,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
 from types import MappingProxyType
+from urllib.parse import unquote
 
 from runpod_manager.config import Config, PodConfig, replica_name
 from runpod_manager.errors import ConfigError
-from runpod_manager.proxy.forward import served_model_names
+from runpod_manager.proxy.forward import ProxyError, served_model_names
 
 RUNTIME_LORA_VARIABLE = "VLLM_ALLOW_RUNTIME_LORA_UPDATING"
 
@@ -63,6 +64,13 @@ class PodRoute:
     ports: tuple[int, ...] = (8000,)  # the pod's HTTP ports, port first (/pods/<name>:<port>/ for the others)
     listen_port: int = 0
     websocket_activity: str = "client"  # [pod] websocket_activity: whose WebSocket frames are activity
+    # The names that are one model for a key's --models scope: the configured model, the name its server
+    # answers to, and the aliases rewritten to it (a key scoped to any of them may use them all).
+    one_model: frozenset[str] = frozenset()
+
+    def same_model(self, name: str) -> frozenset[str]:
+        """The names a key's scope must hold one of to use `name` on this route (`name` alone if no alias)."""
+        return self.one_model if name in self.one_model else frozenset((name,))
 
     @property
     def upstream_model(self) -> str:
@@ -140,6 +148,28 @@ class Routes:
 
 
 PODS_PATH_PREFIX = "/pods/"
+_DECODE_ROUNDS = 3  # %252e%252e is `..` to a server that decodes twice
+
+
+def check_service_path(raw_path: str) -> None:
+    """ProxyError 400 for a path (with its query) to a service with a `..` segment, written plainly or
+    percent-encoded (`%2e%2e`, `..%2f`, `..%5c`, encoded twice): sent on, it could climb out of the route on a
+    server that decodes or normalises it. Such a path is never forwarded; a path without a dot or a `%` (most
+    of them) is passed after one scan."""
+    path = raw_path.partition("?")[0]
+    if "." not in path and "%" not in path:
+        return
+    for _ in range(_DECODE_ROUNDS):
+        if ".." in path.replace("\\", "/").split("/"):
+            raise ProxyError(400, "the path has a `..` segment (plainly or percent-encoded): the proxy never sends "
+                             "such a path to a pod; send the path it resolves to", code="invalid_path",
+                             should_retry=False)
+        decoded = unquote(path)
+        if decoded == path:
+            return
+        path = decoded
+    raise ProxyError(400, "the path is percent-encoded more than the proxy decodes", code="invalid_path",
+                     should_retry=False)
 
 
 @dataclass(frozen=True)
@@ -173,6 +203,8 @@ def route_of(pod: PodConfig) -> PodRoute:
         replica_queue_seconds=pod.replica_queue_seconds,
         rewrite=MappingProxyType({alias: upstream for alias in pod.aliases if alias not in known}),
         kind=pod.kind, ports=pod.ports, listen_port=pod.listen_port, websocket_activity=pod.websocket_activity,
+        one_model=frozenset((pod.model, upstream, *(alias for alias in pod.aliases if alias not in known)))
+        if pod.kind != "http" else frozenset(),
     )
 
 

@@ -10,10 +10,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
-import ipaddress
 import logging
 import logging.handlers
-import os
 import queue
 import signal
 import ssl
@@ -27,10 +25,11 @@ from aiohttp import web
 
 from runpod_manager.config import Config, ProxyConfig
 from runpod_manager.errors import ConfigError
-from runpod_manager.paths import Paths, ensure_private_dir
+from runpod_manager.paths import Paths, ensure_private_dir, log_open_error, open_private_log
 from runpod_manager.proxy.app import SHUTDOWN_GRACE_SECONDS, STATE, build_app, build_listen_app, start_jobs
 from runpod_manager.proxy.connection import IDLE_CONNECTION_TIMEOUT_SECONDS, ProxyAppRunner
 from runpod_manager.proxy.controller import ProxyController
+from runpod_manager.proxy.hosts import is_loopback_host
 
 log = logging.getLogger("runpod_manager.proxy")
 
@@ -46,15 +45,6 @@ class ProxyReady:
 
     def stop(self) -> None:
         self._stop()
-
-
-def is_loopback_host(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False  # a host name could resolve anywhere; treat it as reachable from outside
 
 
 def check_bind(proxy: ProxyConfig, *, team_keys: bool = False) -> None:
@@ -105,13 +95,7 @@ class PrivateRotatingFileHandler(logging.handlers.RotatingFileHandler):
     client addresses). A file left looser by an older rpm is tightened when opened."""
 
     def _open(self) -> Any:
-        flags = os.O_WRONLY | os.O_CREAT | (os.O_APPEND if "a" in self.mode else os.O_TRUNC)
-        fd = os.open(self.baseFilename, flags, 0o600)
-        try:
-            os.fchmod(fd, 0o600)
-        except OSError:
-            os.close(fd)
-            raise
+        fd = open_private_log(Path(self.baseFilename))  # appends (maxBytes forces mode "a"); never via a symlink
         return open(fd, self.mode.replace("b", ""), encoding=self.encoding, errors=self.errors)
 
 
@@ -123,8 +107,11 @@ def configure_proxy_logging(paths: Paths, *, level: int = logging.INFO) -> Calla
     detaches the handlers (call it after run_proxy returns).
     """
     ensure_private_dir(paths.log_dir)
-    file_handler = PrivateRotatingFileHandler(paths.proxy_log, maxBytes=PROXY_LOG_MAX_BYTES, backupCount=3,
-                                              encoding="utf-8")
+    try:
+        file_handler = PrivateRotatingFileHandler(paths.proxy_log, maxBytes=PROXY_LOG_MAX_BYTES, backupCount=3,
+                                                  encoding="utf-8")
+    except OSError as exc:
+        raise log_open_error(paths.proxy_log, exc) from None
     file_handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
     records: queue.SimpleQueue[logging.LogRecord] = queue.SimpleQueue()
     queue_handler = logging.handlers.QueueHandler(records)

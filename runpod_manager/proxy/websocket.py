@@ -32,7 +32,7 @@ from aiohttp import WSMsgType, web
 from yarl import URL
 
 from runpod_manager.proxy.controller import PodView, UpstreamTarget
-from runpod_manager.proxy.forward import JOB_OWNER_HEADER, JOB_TOKEN_HEADER, ProxyError
+from runpod_manager.proxy.forward import FORWARDED_FOR_HEADER, JOB_OWNER_HEADER, JOB_TOKEN_HEADER, ProxyError
 from runpod_manager.proxy.wake import WakeGate
 
 log = logging.getLogger("runpod_manager.proxy")
@@ -45,7 +45,7 @@ CLOSE_WAIT_SECONDS = 5.0  # how long one side's close waits for the other side's
 _WS_OWN_HEADERS = frozenset({"host", "connection", "upgrade", "sec-websocket-key", "sec-websocket-version",
                              "sec-websocket-extensions", "sec-websocket-protocol", "sec-websocket-accept",
                              "content-length", "transfer-encoding", "keep-alive", "te", "expect",
-                             JOB_TOKEN_HEADER.lower(), JOB_OWNER_HEADER.lower()})
+                             JOB_TOKEN_HEADER.lower(), JOB_OWNER_HEADER.lower(), FORWARDED_FOR_HEADER.lower()})
 
 
 def is_upgrade(request: web.Request) -> bool:
@@ -76,12 +76,14 @@ def check_upgrade(request: web.Request) -> None:
                          should_retry=False)
 
 
-def forwarded_headers(headers: Mapping[str, str], added: Mapping[str, str], *, keep_authorization: bool
-                      ) -> dict[str, str]:
-    """The client's handshake headers worth passing to the pod (cookies, origin, the service's own), and
-    the pod's configured headers."""
+def forwarded_headers(headers: Mapping[str, str], added: Mapping[str, str], *, keep_authorization: bool,
+                      forwarded: str | None = None) -> dict[str, str]:
+    """The client's handshake headers worth passing to the pod (cookies, origin, the service's own), the
+    pod's configured headers, and `forwarded` (forward.forwarded_for) as X-Forwarded-For."""
     out = {name: value for name, value in headers.items()
            if name.lower() not in _WS_OWN_HEADERS and (keep_authorization or name.lower() != "authorization")}
+    if forwarded is not None:
+        out[FORWARDED_FOR_HEADER] = forwarded
     out.update(added)
     return out
 

@@ -971,7 +971,7 @@ def test_bad_input_gets_4xx_in_openai_shape_and_the_proxy_keeps_serving(upstream
         # A client that announces a body and never sends it gets a 408, not a stuck connection.
         port = int(proxy.url.rsplit(":", 1)[1])
         with socket.create_connection(("127.0.0.1", port), timeout=READ_TIMEOUT) as slow:
-            slow.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            slow.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
                          b"Content-Length: 100\r\n\r\n{\"model\":")
             answer = slow.recv(65536)
         assert answer.startswith(b"HTTP/1.1 408")
@@ -1079,7 +1079,7 @@ def _hang_up_after(url: str, raw: bytes, ready: Any, held_seconds: float) -> flo
 
 def _raw_post(path: str, body: dict[str, Any], *, send_bytes: int | None = None) -> bytes:
     payload = json.dumps(body).encode()
-    head = (f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+    head = (f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
             f"Content-Length: {len(payload)}\r\n\r\n").encode()
     return head + payload[:send_bytes]
 

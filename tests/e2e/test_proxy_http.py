@@ -29,21 +29,21 @@ READ_TIMEOUT = 5.0  # seconds a read may block before the test fails
 SECRET = "sk-client-secret-0c4f9e"
 
 MALFORMED = {
-    "huge-header": b"GET /health HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 20_000 + b"\r\n\r\n",
-    "huge-header-with-a-key": (b"GET /v1/models HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + SECRET.encode()
+    "huge-header": b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Big: " + b"a" * 20_000 + b"\r\n\r\n",
+    "huge-header-with-a-key": (b"GET /v1/models HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer " + SECRET.encode()
                                + b"a" * 9000 + b"\r\n\r\n"),
-    "2000-headers": (b"GET /health HTTP/1.1\r\nHost: x\r\n"
+    "2000-headers": (b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n"
                      + b"".join(b"X-H%d: v\r\n" % i for i in range(2000)) + b"\r\n"),
-    "bad-method": b"G@T /health HTTP/1.1\r\nHost: x\r\n\r\n",
-    "negative-content-length": b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: -5\r\n\r\n",
-    "content-length-and-chunked": (b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n"
+    "bad-method": b"G@T /health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n",
+    "negative-content-length": b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: -5\r\n\r\n",
+    "content-length-and-chunked": (b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 5\r\n"
                                    b"Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n"),
-    "nul-in-path": b"GET /he\x00alth HTTP/1.1\r\nHost: x\r\n\r\n",
+    "nul-in-path": b"GET /he\x00alth HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n",
     "tls-on-the-http-port": b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03",
-    "bad-version": b"GET /health HTTP/9.9\r\nHost: x\r\n\r\n",
-    "bad-chunk-size": (b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+    "bad-version": b"GET /health HTTP/9.9\r\nHost: 127.0.0.1\r\n\r\n",
+    "bad-chunk-size": (b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
                        b"Transfer-Encoding: chunked\r\n\r\nzz\r\n"),
-    "huge-url": b"GET /" + b"a" * 20_000 + b" HTTP/1.1\r\nHost: x\r\n\r\n",
+    "huge-url": b"GET /" + b"a" * 20_000 + b" HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n",
 }
 
 
@@ -133,7 +133,7 @@ def test_clients_that_never_finish_their_headers_are_closed(upstream: FakeUpstre
     async def idle_keep_alive(port: int) -> tuple[bytes, bool]:
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
         try:
-            writer.write(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+            writer.write(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
             first = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), READ_TIMEOUT)
             _, headers, _ = parse(first)
             await asyncio.wait_for(reader.readexactly(int(headers["content-length"])), READ_TIMEOUT)

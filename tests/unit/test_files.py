@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from runpod_manager import events
+from runpod_manager.errors import StateError
 from runpod_manager.paths import (
     FileTooLarge,
     NotRegularFile,
@@ -29,6 +30,7 @@ from runpod_manager.paths import (
 )
 from runpod_manager.proxy import process
 from runpod_manager.proxy.server import configure_proxy_logging
+from runpod_manager.requestlog import RequestLog
 from runpod_manager.state import StateStore
 
 
@@ -165,6 +167,41 @@ def test_a_loose_event_log_left_by_an_older_rpm_is_tightened(paths: Paths) -> No
     paths.event_log.chmod(0o644)
     events.EventLog(paths.event_log).write("tick")
     assert mode_of(paths.event_log) == 0o600
+
+
+def plant_symlink(link: Path, tmp_path: Path) -> Path:
+    """A link where rpm writes a log, to a file of the user's that must stay as it is."""
+    target = tmp_path / "precious.txt"
+    target.write_text("precious\n")
+    target.chmod(0o644)
+    link.parent.mkdir(parents=True, exist_ok=True)
+    link.symlink_to(target)
+    return target
+
+
+def test_the_event_log_is_never_written_through_a_symlink(paths: Paths, tmp_path: Path) -> None:
+    target = plant_symlink(paths.event_log, tmp_path)
+    events.EventLog(paths.event_log).write("tick", reason="x")  # logging never breaks enforcement: no raise
+    assert target.read_text() == "precious\n" and mode_of(target) == 0o644
+
+
+def test_the_proxy_log_is_never_written_through_a_symlink(paths: Paths, tmp_path: Path) -> None:
+    target = plant_symlink(paths.proxy_log, tmp_path)
+    with pytest.raises(StateError, match="symbolic link"):
+        configure_proxy_logging(paths)
+    with pytest.raises(StateError, match="symbolic link"):
+        process.open_proxy_log(paths)  # what a background proxy's output goes to
+    assert target.read_text() == "precious\n" and mode_of(target) == 0o644
+
+
+def test_the_request_log_is_never_written_through_a_symlink(paths: Paths, tmp_path: Path) -> None:
+    target = plant_symlink(paths.request_log, tmp_path)
+    log = RequestLog(paths.request_log, keep_days=30)
+    log.start()
+    log.append((1.0, 0.1, "default", "pod-1", "m", False, "POST", "/v1/chat/completions", 200, 0.05, None, 0.0,
+                "miss", None, None, None))
+    log.close()
+    assert target.read_text() == "precious\n" and mode_of(target) == 0o644
 
 
 def test_the_event_log_tail_reads_only_the_end(paths: Paths) -> None:

@@ -23,8 +23,10 @@ from runpod_manager.proxy.forward import (
     served_model_names,
     upstream_request_headers,
 )
+from runpod_manager.proxy.passthrough import service_request_headers
 from runpod_manager.proxy.server import build_ssl_context, check_bind, is_loopback_host
 from runpod_manager.proxy.wake import wake_error
+from runpod_manager.proxy.websocket import forwarded_headers
 
 # ------------------------------------------------------------------------------------------------ headers
 
@@ -53,6 +55,18 @@ def test_request_headers_drop_hop_by_hop_and_replace_the_key() -> None:
 def test_request_headers_without_upstream_key_carry_no_credential() -> None:
     out = upstream_request_headers([("Authorization", "Bearer client-key")], None)
     assert "Authorization" not in out
+
+
+def test_the_clients_x_forwarded_for_is_never_passed_on_as_it_came_on_any_route() -> None:
+    incoming = [("X-Forwarded-For", "6.6.6.6"), ("x-forwarded-for", "7.7.7.7"), ("Accept", "*/*")]
+    assert "X-Forwarded-For" not in upstream_request_headers(incoming, None)
+    assert upstream_request_headers(incoming, None, forwarded="10.0.0.9").getall("X-Forwarded-For") == ["10.0.0.9"]
+    routed = service_request_headers(incoming, keep_authorization=True, added={}, upstream_key=None,
+                                     forwarded="10.0.0.9")
+    assert routed.getall("X-Forwarded-For") == ["10.0.0.9"]
+    socket_headers = forwarded_headers({"X-Forwarded-For": "6.6.6.6"}, {}, keep_authorization=False,
+                                       forwarded="10.0.0.9")
+    assert socket_headers == {"X-Forwarded-For": "10.0.0.9"}
 
 
 def test_response_headers_drop_framing_and_hop_by_hop() -> None:
