@@ -73,7 +73,14 @@ from runpod_manager.proxy.forward import (
 )
 from runpod_manager.proxy.jobs import ERROR_HEADER, JOBS, JobRunner, JobStore, PodJobs, wants_async
 from runpod_manager.proxy.jobs import add_routes as add_job_routes
-from runpod_manager.proxy.limits import USAGE_FLUSH_SECONDS, KeyLimiter, ShareMeter
+from runpod_manager.proxy.limits import (
+    USAGE_FLUSH_SECONDS,
+    Admission,
+    AnswerTimes,
+    KeyLimiter,
+    ShareMeter,
+    estimate_tokens,
+)
 from runpod_manager.proxy.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from runpod_manager.proxy.metrics import ProxyMetrics, RecentRequest
 from runpod_manager.proxy.passthrough import PassThrough, RequestBody, ServiceRoute, SpooledBody, WakeSpool
@@ -114,8 +121,8 @@ class Exchange:
     Each wait is added as it ends, cancellation included, so a request cut short is measured right.
     """
 
-    __slots__ = ("cache", "client_gone", "client_wait_seconds", "cold_start_seconds", "cost_usd", "error_code",
-                 "facts", "first_byte_at", "hide_usage", "pod", "pod_id", "principal", "route", "started",
+    __slots__ = ("admission", "cache", "client_gone", "client_wait_seconds", "cold_start_seconds", "cost_usd",
+                 "error_code", "facts", "first_byte_at", "hide_usage", "pod", "pod_id", "principal", "route", "started",
                  "upstream_wait_seconds", "usage_source", "wake_wait_seconds")
 
     def __init__(self, started: float) -> None:
@@ -139,6 +146,7 @@ class Exchange:
         # Team keys (proxy/limits.py): the key admitted against its limits (its end is counted in _finish),
         # the request's share of its pod's cost, and whether the proxy asked the pod for a stream's usage.
         self.principal: Principal | None = None
+        self.admission: Admission | None = None  # what its admission reserved (tokens, cost), settled at its end
         self.cost_usd = 0.0
         self.hide_usage = False
 
@@ -206,6 +214,7 @@ class ProxyState:
         # request looks its meter up once, without a miss to handle).
         self.serve_meters = {name: ShareMeter() for name in self.gates}
         self.wait_meters = {group.name: ShareMeter() for group in self.groups}
+        self.answer_times = {group.name: AnswerTimes() for group in self.groups}  # a key's expected wait and cost
         self.cache: ResponseCache | None = None
         if config.cache.enabled:
             directory = Path(config.cache.dir).expanduser() if config.cache.dir else paths.response_cache_dir
@@ -539,7 +548,10 @@ def _finish(state: ProxyState, request: web.Request, exchange: Exchange, status:
     principal = exchange.principal
     if principal is not None:  # admitted against its key's limits: its end, tokens and cost
         tokens_in, tokens_out = usage_tokens(exchange.usage_source)
-        state.limiter.finish(principal, tokens=(tokens_in or 0) + (tokens_out or 0), cost_usd=exchange.cost_usd)
+        state.limiter.finish(principal, tokens=(tokens_in or 0) + (tokens_out or 0), cost_usd=exchange.cost_usd,
+                             admission=exchange.admission)
+    if exchange.pod is not None and status < 400:  # how long its pod takes to answer, wakes left out
+        state.answer_times[state.group_of[exchange.pod].name].add(duration - exchange.wake_wait_seconds)
     path = request.path
     route = exchange.route or _route_label(path)
     is_v1 = path.startswith("/v1/") and exchange.route is None
@@ -640,7 +652,7 @@ async def _handle_v1(request: web.Request, state: ProxyState) -> web.StreamRespo
     group = target_group(state, request.path, facts)
     principal = request.get(PRINCIPAL)
     if principal is not None:
-        facts, body = _admit(state, exchange, principal, group, facts, body, path)
+        facts, body = await _admit(state, exchange, principal, group, facts, body, path)
     rewrite = group.route.rewrite
     if rewrite and facts.model in rewrite:  # an alias: the pod's server answers only to its own names
         document = {**(facts.document or {}), "model": rewrite[facts.model]}
@@ -654,13 +666,13 @@ async def _handle_v1(request: web.Request, state: ProxyState) -> web.StreamRespo
     return await _serve_v1(request, state, exchange, body, facts, group)
 
 
-def _admit(state: ProxyState, exchange: Exchange, principal: Principal, group: PodGroup, facts: RequestFacts,
-           body: bytes | None, path: str) -> tuple[RequestFacts, bytes | None]:
+async def _admit(state: ProxyState, exchange: Exchange, principal: Principal, group: PodGroup,
+                 facts: RequestFacts, body: bytes | None, path: str) -> tuple[RequestFacts, bytes | None]:
     """The key's scopes and limits, before the cache and any wake: a request its key may not make costs
     nothing and wakes nothing. A stream of a keyed request asks the pod for its usage (tokens count against
     the key); the client that did not ask never sees the usage-only event (`Exchange.hide_usage`)."""
     model = facts.model if isinstance(facts.model, str) and facts.model else group.route.model
-    _admit_key(state, exchange, principal, group.name, model)
+    await _admit_key(state, exchange, principal, group.name, model, facts.document)
     document = facts.document
     if facts.stream and document is not None and path in _USAGE_ROUTES:
         options = document.get("stream_options")
@@ -672,15 +684,24 @@ def _admit(state: ProxyState, exchange: Exchange, principal: Principal, group: P
     return facts, body
 
 
-def _admit_key(state: ProxyState, exchange: Exchange, principal: Principal, pod: str, model: str | None) -> None:
+async def _admit_key(state: ProxyState, exchange: Exchange, principal: Principal, pod: str, model: str | None,
+                     document: dict[str, Any] | None = None) -> None:
     """A keyed request's scopes (403) and limits (429), before anything wakes; `model` None for a request
-    routed by path (/pods/<name>/…, a listen port), where the pod is all there is to check."""
+    routed by path (/pods/<name>/…, a listen port), where the pod is all there is to check. Its expected
+    tokens (from the body `document`) and cost are reserved until its end (limits.py)."""
     try:
         check_scope(principal, pod, model)
     except ProxyError:
         state.limiter.refuse(principal)
         raise
-    state.limiter.admit(principal)  # RateLimited (429) when a limit is reached
+    limits = principal.limits
+    answer_seconds = state.answer_times[pod].median() if limits.any else None
+    exchange.admission = await state.limiter.admit_queued(  # RateLimited (429) when a limit is reached
+        principal, queue_seconds=state.config.keys.queue_seconds, answer_seconds=answer_seconds,
+        tokens=0 if limits.tokens_per_minute is None or model is None else estimate_tokens(
+            document, state.config.keys.default_max_tokens_estimate),
+        cost_usd=0.0 if limits.daily_budget_usd is None or answer_seconds is None else (
+            _pod_rate(state, state.group_by_route[pod]) / 3600 * answer_seconds))
     exchange.principal = principal  # its end (concurrency, tokens, cost) is counted in _finish
 
 
@@ -1287,7 +1308,7 @@ async def serve_service(request: web.Request, state: ProxyState, service: Servic
     exchange.route = f"{PODS_PATH_PREFIX}{group.name}" if service.prefix else f"listen:{group.name}"
     principal = request.get(PRINCIPAL)
     if principal is not None:
-        _admit_key(state, exchange, principal, group.name, None)
+        await _admit_key(state, exchange, principal, group.name, None)
     if websocket.is_upgrade(request):
         websocket.check_upgrade(request)
         return await _serve_websocket(request, state, exchange, service)
