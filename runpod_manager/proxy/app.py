@@ -57,6 +57,7 @@ from runpod_manager.proxy.forward import (
     JSON_ROUTES,
     NO_BODY,
     SSE_DONE,
+    ConnectionBudget,
     ProxyError,
     RequestFacts,
     StreamOutcome,
@@ -215,6 +216,9 @@ class ProxyState:
         self.serve_meters = {name: ShareMeter() for name in self.gates}
         self.wait_meters = {group.name: ShareMeter() for group in self.groups}
         self.answer_times = {group.name: AnswerTimes() for group in self.groups}  # a key's expected wait and cost
+        # Each pod's own upstream connections (forward.ConnectionBudget): one pod's sockets never starve another.
+        self.connections = {gate.name: _connection_budget(config, group.name)
+                            for group in self.groups for gate in group.gates}
         self.cache: ResponseCache | None = None
         if config.cache.enabled:
             directory = Path(config.cache.dir).expanduser() if config.cache.dir else paths.response_cache_dir
@@ -778,6 +782,8 @@ async def _wait_and_forward(request: web.Request, state: ProxyState, exchange: E
             exchange.wake_wait_seconds += ended - waiting_since
             exchange.cost_usd += _pod_rate(state, group) / 3600 * wait_meter.leave(ended, joined)
     exchange.pod = gate.name
+    connections = state.connections[gate.name]
+    await connections.take()  # 503 when the pod's connections stay full
     group.begin(gate)
     meter = state.serve_meters[gate.name]
     joined = meter.join(time.perf_counter())
@@ -785,6 +791,7 @@ async def _wait_and_forward(request: web.Request, state: ProxyState, exchange: E
         return await _forward(request, state, exchange, gate, target, body, facts, key, committed,
                               rewake=rewake and committed is None)
     finally:
+        connections.give()
         group.end(gate)
         exchange.cost_usd += state.views[gate.name].cost_per_hour / 3600 * meter.leave(time.perf_counter(), joined)
 
@@ -1228,6 +1235,11 @@ def service_route(state: ProxyState, route: PodRoute, port: int, raw_path: str, 
     return ServiceRoute(state.group_by_route[route.name], port, raw_path, prefix, state.body_limits[route.name])
 
 
+def _connection_budget(config: Config, name: str) -> ConnectionBudget:
+    table = f"[pods.{name}]" if config.pods else "[pod]"
+    return ConnectionBudget((config.pod_named(name) or config.pod).max_connections, f"{table} max_connections")
+
+
 def _body_limit(config: Config, name: str) -> int:
     pod = config.pod_named(name)
     return pod.body_limit_bytes if pod is not None and pod.is_http else config.proxy.max_body_bytes
@@ -1348,6 +1360,8 @@ async def _pass_service(request: web.Request, state: ProxyState, exchange: Excha
         body: RequestBody | SpooledBody | None = spooled
         if has_body and spooled is None:
             body = RequestBody(request, service.max_body_bytes, state.body_read_timeout_seconds)
+        connections = state.connections[gate.name]
+        await connections.take()  # 503 when the pod's connections stay full
         group.begin(gate)
         meter = state.serve_meters[gate.name]
         joined = meter.join(time.perf_counter())
@@ -1383,6 +1397,7 @@ async def _pass_service(request: web.Request, state: ProxyState, exchange: Excha
             finally:
                 upstream.close()
         finally:
+            connections.give()
             group.end(gate)
             exchange.cost_usd += (state.views[gate.name].cost_per_hour / 3600
                                   * meter.leave(time.perf_counter(), joined))
@@ -1405,13 +1420,18 @@ async def _serve_websocket(request: web.Request, state: ProxyState, exchange: Ex
     headers = websocket.forwarded_headers(request.headers, added,
                                           keep_authorization=not state.keys.index.required and route.kind == "http")
     group = service.group
-    group.begin(gate)  # the handshake is a request; the open socket is not (its frames are)
+    connections = state.connections[gate.name]
+    connections.take_now()  # a socket over the pod's budget: 503 at once
     try:
-        upstream = await websocket.open_upstream(session, url, headers, request, gate.name)
+        group.begin(gate)  # the handshake is a request; the open socket is not (its frames are)
+        try:
+            upstream = await websocket.open_upstream(session, url, headers, request, gate.name)
+        finally:
+            group.end(gate)
+        exchange.first_byte_at = time.perf_counter()
+        return await websocket.pipe(request, upstream, gate, target, state.sockets)
     finally:
-        group.end(gate)
-    exchange.first_byte_at = time.perf_counter()
-    return await websocket.pipe(request, upstream, gate, target, state.sockets)
+        connections.give()
 
 
 # --------------------------------------------------------------------------------- own endpoints
@@ -1578,7 +1598,9 @@ async def handle_debug_cache(request: web.Request) -> web.Response:
 
 def _connector() -> aiohttp.TCPConnector:
     return aiohttp.TCPConnector(
-        limit=512,  # long-lived streams hold connections; aiohttp's default 100 would queue requests
+        # No overall limit: each pod has its own budget (ProxyState.connections). One pool of 512 for all
+        # pods let one pod's WebSockets starve the others' requests (issue #20).
+        limit=0,
         limit_per_host=0,
         ttl_dns_cache=300,
         keepalive_timeout=60,  # reuse pod connections across an editor's typing pauses
