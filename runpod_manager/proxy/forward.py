@@ -13,13 +13,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import json
+import os
 import re
 import shlex
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -129,6 +132,27 @@ class ProxyError(Exception):
     def sse_event(self) -> bytes:
         """The error as a stream event, for streams whose 200 status already went out."""
         return b"data: " + json.dumps(self.document()).encode() + b"\n\n"
+
+
+# A write that failed for want of room: a full disk, a quota, a file-size limit (RLIMIT_FSIZE).
+DISK_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    return isinstance(exc, OSError) and exc.errno in DISK_FULL_ERRNOS
+
+
+def disk_full_error(directory: Path, what: str) -> ProxyError:
+    """507 for a write the disk had no room for; nothing of it was kept (the caller removed what it wrote)."""
+    return ProxyError(507, f"the disk holding {directory} is full: {what} could not be stored and nothing of it "
+                      "was kept; free space there, then retry", code="insufficient_storage", should_retry=False)
+
+
+def write_fully(fd: int, data: bytes | memoryview) -> None:
+    """Write all of `data` to `fd` (os.write may write part of it); OSError as os.write raises it."""
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
 
 
 def json_response(document: Any, status: int = 200) -> web.Response:
