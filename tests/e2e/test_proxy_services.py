@@ -33,6 +33,7 @@ from tests.support.proxy_fakes import (
     free_port,
     make_config,
     running_proxy,
+    start_proxy_subprocess,
     wait_until,
 )
 from tests.support.service_fake import ServiceFake, upload_digest
@@ -573,3 +574,28 @@ def test_600_sockets_to_one_pod_get_503_past_its_budget_and_never_delay_another_
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
     failures = [record for record in caplog.records if record.exc_info or record.levelno >= logging.ERROR]
     assert failures == [], [record.getMessage() for record in failures[:3]]
+
+
+def test_an_upload_the_spool_has_no_room_for_is_held_in_the_clients_connection_and_arrives_whole(
+        service: ServiceFake, chat_upstream: FakeUpstream, isolated_home: Path) -> None:
+    """A full disk under the wake spool once failed the upload with a 500 and lost it. The proxy in its own
+    process under RLIMIT_FSIZE (1 MiB): writing a 3 MiB upload for a sleeping pod into the spool fails with
+    EFBIG after 1 MiB, as a full disk's would; the rest then waits in the client's connection and the whole
+    body reaches the service, with no file left behind (issue #20, 14)."""
+    size = 3 * 1024 * 1024 + 17
+    block = bytes(range(256)) * 4096
+    payload = (block * 4)[:size]
+    service.reset()
+    process, url = start_proxy_subprocess(chat_upstream.url, isolated_home, "--service", service.target().base_url,
+                                          "--max-file-bytes", str(1024 * 1024))
+    try:
+        answer = requests.post(f"{url}/pods/svc/upload", data=payload, timeout=30,
+                               headers={"Content-Type": "application/octet-stream"})
+        assert answer.status_code == 200, answer.text
+        assert answer.json() == {"sha256": hashlib.sha256(payload).hexdigest(), "bytes": size}
+        assert list(resolve_paths().spool_dir.iterdir()) == []
+    finally:
+        process.terminate()
+        process.wait(timeout=15)
+    log_text = (isolated_home / "state" / "logs" / "proxy.log").read_text()
+    assert "Traceback" not in log_text and "waits in the client's connection" in log_text

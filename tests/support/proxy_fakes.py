@@ -617,6 +617,8 @@ def _subprocess_main(argv: list[str]) -> None:
     parser.add_argument("--upstream", required=True)
     parser.add_argument("--upstream-key", default=UPSTREAM_KEY)
     parser.add_argument("--api-key", action="append", default=[])
+    parser.add_argument("--service", default="",
+                        help="the URL of an http service: pod `svc` (kind = http), asleep until a request wakes it")
     parser.add_argument("--max-file-bytes", type=int, default=0,
                         help="RLIMIT_FSIZE: a write past it fails with EFBIG, as a disk without room would")
     args = parser.parse_args(argv)
@@ -630,6 +632,12 @@ def _subprocess_main(argv: list[str]) -> None:
     close_log = configure_proxy_logging(paths, level=logging.INFO)
     controller = FakeController(UpstreamTarget("pod-sub", args.upstream, args.upstream_key))
     config = make_config(api_keys=tuple(args.api_key))
+    if args.service:
+        controller = FakeController(pods={
+            "default": controller.first,
+            "svc": FakePod(None, wake_target=UpstreamTarget("pod-svc", args.service, None), wake_delay_seconds=0.2)})
+        config = make_config(api_keys=tuple(args.api_key), pods=(
+            PodConfig(name="default", model=MODEL), PodConfig(name="svc", kind="http", image="svc/ui", port=8188)))
 
     def ready(info: ProxyReady) -> None:
         print(f"READY {info.url}", flush=True)
