@@ -554,7 +554,7 @@ def _finish(state: ProxyState, request: web.Request, exchange: Exchange, status:
         tokens_in, tokens_out = usage_tokens(exchange.usage_source)
         state.limiter.finish(principal, tokens=(tokens_in or 0) + (tokens_out or 0), cost_usd=exchange.cost_usd,
                              admission=exchange.admission)
-    if exchange.pod is not None and status < 400:  # how long its pod takes to answer, wakes left out
+    if exchange.pod is not None and 200 <= status < 400:  # its pod's answer time, wakes (and sockets: 101) left out
         state.answer_times[state.group_of[exchange.pod].name].add(duration - exchange.wake_wait_seconds)
     path = request.path
     route = exchange.route or _route_label(path)
