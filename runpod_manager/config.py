@@ -125,6 +125,11 @@ class PodConfig:
         "(frames the client sends; the service's own only while a request to the pod is in flight, so a "
         "forgotten tab on a service that pushes status does not hold the GPU) or both (every data frame).",
         choices=("client", "both")))
+    max_connections: int = field(default=256, metadata=_meta(
+        "Most connections the proxy holds open to this pod at once (each replica its own): its requests in "
+        "flight and its WebSockets. A WebSocket beyond it is answered 503 at once; a request beyond it waits "
+        "up to 30 s for one to free, then 503. Other pods never wait for this pod's connections.",
+        minimum=1, maximum=100_000))
 
     @property
     def is_http(self) -> bool:
@@ -258,6 +263,20 @@ class ProxyConfig:
 
 
 @dataclass(frozen=True)
+class KeysConfig:
+    """How the proxy applies team keys' limits (`rpm keys create --tpm/--max-concurrent/--daily-budget-usd`)."""
+
+    queue_seconds: float = field(default=30.0, metadata=_meta(
+        "How long a request of a key at its max_concurrent (--max-concurrent) waits for one of the key's requests to "
+        "end, first come first served, before it is answered 429 (with a Retry-After of at least its pod's "
+        "median answer time); 0 answers at once.", minimum=0))
+    default_max_tokens_estimate: int = field(default=512, metadata=_meta(
+        "Tokens a request that names no max_tokens is expected to generate: reserved against its key's tokens "
+        "per minute (--tpm) when it is admitted, with its prompt at ~4 characters a token, and settled with "
+        "the pod's reported usage when it ends.", minimum=1))
+
+
+@dataclass(frozen=True)
 class CacheConfig:
     enabled: bool = field(default=True, metadata=_meta("Cache deterministic responses."))
     dir: str = field(default="", metadata=_meta("Cache directory; empty = rpm's cache dir."))
@@ -291,6 +310,7 @@ class Config:
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     startup: StartupConfig = field(default_factory=StartupConfig)
     proxy: ProxyConfig = field(default_factory=ProxyConfig)
+    keys: KeysConfig = field(default_factory=KeysConfig)
     cache: CacheConfig = field(default_factory=CacheConfig)
     api: ApiConfig = field(default_factory=ApiConfig)
     version: int = CONFIG_VERSION
@@ -369,6 +389,7 @@ TABLES: dict[str, type] = {
     "limits": LimitsConfig,
     "startup": StartupConfig,
     "proxy": ProxyConfig,
+    "keys": KeysConfig,
     "cache": CacheConfig,
     "api": ApiConfig,
 }

@@ -69,6 +69,7 @@ from runpod_manager.proxy.forward import (
     JSON_ROUTES,
     NO_BODY,
     SSE_DONE,
+    ConnectionBudget,
     ProxyError,
     RequestFacts,
     StreamOutcome,
@@ -87,7 +88,14 @@ from runpod_manager.proxy.forward import (
 from runpod_manager.proxy.hosts import host_check
 from runpod_manager.proxy.jobs import ERROR_HEADER, JOBS, REPLAYED_JOB, JobRunner, JobStore, PodJobs, wants_async
 from runpod_manager.proxy.jobs import add_routes as add_job_routes
-from runpod_manager.proxy.limits import USAGE_FLUSH_SECONDS, KeyLimiter, ShareMeter
+from runpod_manager.proxy.limits import (
+    USAGE_FLUSH_SECONDS,
+    Admission,
+    AnswerTimes,
+    KeyLimiter,
+    ShareMeter,
+    estimate_tokens,
+)
 from runpod_manager.proxy.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from runpod_manager.proxy.metrics import ProxyMetrics, RecentRequest
 from runpod_manager.proxy.passthrough import (
@@ -142,8 +150,8 @@ class Exchange:
     Each wait is added as it ends, cancellation included, so a request cut short is measured right.
     """
 
-    __slots__ = ("cache", "client_gone", "client_wait_seconds", "cold_start_seconds", "cost_usd", "error_code",
-                 "facts", "first_byte_at", "hide_usage", "pod", "pod_id", "principal", "route", "started",
+    __slots__ = ("admission", "cache", "client_gone", "client_wait_seconds", "cold_start_seconds", "cost_usd",
+                 "error_code", "facts", "first_byte_at", "hide_usage", "pod", "pod_id", "principal", "route", "started",
                  "upstream_wait_seconds", "usage_source", "wake_seconds", "wake_wait_seconds")
 
     def __init__(self, started: float) -> None:
@@ -170,6 +178,7 @@ class Exchange:
         # Team keys (proxy/limits.py): the key admitted against its limits (its end is counted in _finish),
         # the request's share of its pod's cost, and whether the proxy asked the pod for a stream's usage.
         self.principal: Principal | None = None
+        self.admission: Admission | None = None  # what its admission reserved (tokens, cost), settled at its end
         self.cost_usd = 0.0
         self.hide_usage = False
 
@@ -237,6 +246,10 @@ class ProxyState:
         # request looks its meter up once, without a miss to handle).
         self.serve_meters = {name: ShareMeter() for name in self.gates}
         self.wait_meters = {group.name: ShareMeter() for group in self.groups}
+        self.answer_times = {group.name: AnswerTimes() for group in self.groups}  # a key's expected wait and cost
+        # Each pod's own upstream connections (forward.ConnectionBudget): one pod's sockets never starve another.
+        self.connections = {gate.name: _connection_budget(config, group.name)
+                            for group in self.groups for gate in group.gates}
         self.cache: ResponseCache | None = None
         if config.cache.enabled:
             directory = Path(config.cache.dir).expanduser() if config.cache.dir else paths.response_cache_dir
@@ -579,7 +592,10 @@ def _finish(state: ProxyState, request: web.Request, exchange: Exchange, status:
     principal = exchange.principal
     if principal is not None:  # admitted against its key's limits: its end, tokens and cost
         tokens_in, tokens_out = usage_tokens(exchange.usage_source)
-        state.limiter.finish(principal, tokens=(tokens_in or 0) + (tokens_out or 0), cost_usd=exchange.cost_usd)
+        state.limiter.finish(principal, tokens=(tokens_in or 0) + (tokens_out or 0), cost_usd=exchange.cost_usd,
+                             admission=exchange.admission)
+    if exchange.pod is not None and 200 <= status < 400:  # its pod's answer time, wakes (and sockets: 101) left out
+        state.answer_times[state.group_of[exchange.pod].name].add(duration - exchange.wake_wait_seconds)
     path = request.path
     route = exchange.route or _route_label(path)
     is_v1 = path.startswith("/v1/") and exchange.route is None
@@ -681,7 +697,7 @@ async def _handle_v1(request: web.Request, state: ProxyState) -> web.StreamRespo
     group = target_group(state, request.path, facts)
     principal = request.get(PRINCIPAL)
     if principal is not None:
-        facts, body = _admit(state, exchange, principal, group, facts, body, path)
+        facts, body = await _admit(state, exchange, principal, group, facts, body, path)
     rewrite = group.route.rewrite
     if rewrite and facts.model in rewrite:  # an alias: the pod's server answers only to its own names
         document = {**(facts.document or {}), "model": rewrite[facts.model]}
@@ -695,12 +711,12 @@ async def _handle_v1(request: web.Request, state: ProxyState) -> web.StreamRespo
     return await _serve_v1(request, state, exchange, body, facts, group)
 
 
-def _admit(state: ProxyState, exchange: Exchange, principal: Principal, group: PodGroup, facts: RequestFacts,
-           body: bytes | None, path: str) -> tuple[RequestFacts, bytes | None]:
+async def _admit(state: ProxyState, exchange: Exchange, principal: Principal, group: PodGroup,
+                 facts: RequestFacts, body: bytes | None, path: str) -> tuple[RequestFacts, bytes | None]:
     """The key's scopes and limits, before the cache and any wake: a request its key may not make costs
     nothing and wakes nothing. A stream of a keyed request asks the pod for its usage (tokens count against
     the key); the client that did not ask never sees the usage-only event (`Exchange.hide_usage`)."""
-    _admit_key(state, exchange, principal, group.route, _model_of(facts, group.route))
+    await _admit_key(state, exchange, principal, group.route, _model_of(facts, group.route), facts.document)
     document = facts.document
     if facts.stream and document is not None and path in _USAGE_ROUTES:
         options = document.get("stream_options")
@@ -717,16 +733,25 @@ def _model_of(facts: RequestFacts, route: PodRoute) -> str:
     return facts.model if isinstance(facts.model, str) and facts.model else route.model
 
 
-def _admit_key(state: ProxyState, exchange: Exchange, principal: Principal, route: PodRoute,
-               model: str | None) -> None:
+async def _admit_key(state: ProxyState, exchange: Exchange, principal: Principal, route: PodRoute,
+                     model: str | None, document: dict[str, Any] | None = None) -> None:
     """A keyed request's scopes (403) and limits (429), before anything wakes; `model` None for a request
-    routed by path (/pods/<name>/…, a listen port) to a pod all of whose models the key may use."""
+    routed by path (/pods/<name>/…, a listen port) to a pod all of whose models the key may use. Its expected
+    tokens (from the body `document`) and cost are reserved until its end (limits.py)."""
+    pod = route.name
     try:
         check_scope(principal, route, model)
     except ProxyError:
         state.limiter.refuse(principal)
         raise
-    state.limiter.admit(principal)  # RateLimited (429) when a limit is reached
+    limits = principal.limits
+    answer_seconds = state.answer_times[pod].median() if limits.any else None
+    exchange.admission = await state.limiter.admit_queued(  # RateLimited (429) when a limit is reached
+        principal, queue_seconds=state.config.keys.queue_seconds, answer_seconds=answer_seconds,
+        tokens=0 if limits.tokens_per_minute is None or model is None else estimate_tokens(
+            document, state.config.keys.default_max_tokens_estimate),
+        cost_usd=0.0 if limits.daily_budget_usd is None or answer_seconds is None else (
+            _pod_rate(state, state.group_by_route[pod]) / 3600 * answer_seconds))
     exchange.principal = principal  # its end (concurrency, tokens, cost) is counted in _finish
 
 
@@ -802,6 +827,8 @@ async def _wait_and_forward(request: web.Request, state: ProxyState, exchange: E
             exchange.wake_wait_seconds += ended - waiting_since
             exchange.cost_usd += _pod_rate(state, group) / 3600 * wait_meter.leave(ended, joined)
     exchange.pod = gate.name
+    connections = state.connections[gate.name]
+    await connections.take()  # 503 when the pod's connections stay full
     if (job_id := request.get(REPLAYED_JOB)) is not None:
         state.jobs.sending(job_id)  # before a byte leaves: a restart must not send it again
     group.begin(gate)
@@ -811,6 +838,7 @@ async def _wait_and_forward(request: web.Request, state: ProxyState, exchange: E
         return await _forward(request, state, exchange, gate, target, body, facts, key, committed,
                               rewake=rewake and committed is None)
     finally:
+        connections.give()
         group.end(gate)
         exchange.cost_usd += state.views[gate.name].cost_per_hour / 3600 * meter.leave(time.perf_counter(), joined)
 
@@ -1271,6 +1299,11 @@ def service_route(state: ProxyState, route: PodRoute, port: int, raw_path: str, 
     return ServiceRoute(state.group_by_route[route.name], port, raw_path, prefix, state.body_limits[route.name])
 
 
+def _connection_budget(config: Config, name: str) -> ConnectionBudget:
+    table = f"[pods.{name}]" if config.pods else "[pod]"
+    return ConnectionBudget((config.pod_named(name) or config.pod).max_connections, f"{table} max_connections")
+
+
 def _body_limit(config: Config, name: str) -> int:
     pod = config.pod_named(name)
     return pod.body_limit_bytes if pod is not None and pod.is_http else config.proxy.max_body_bytes
@@ -1387,7 +1420,7 @@ async def _admit_routed(request: web.Request, state: ProxyState, exchange: Excha
     [proxy] max_body_bytes, a model pod's limit) and returned to be sent as it came."""
     route = service.route
     if not reads_routed_model(principal, route):
-        _admit_key(state, exchange, principal, route, None)
+        await _admit_key(state, exchange, principal, route, None)
         return None
     try:
         check_scope(principal, route, None)  # the pod first: a body is read only for a pod the key may use
@@ -1397,7 +1430,7 @@ async def _admit_routed(request: web.Request, state: ProxyState, exchange: Excha
         if exc.status == 403:
             state.limiter.refuse(principal)
         raise
-    _admit_key(state, exchange, principal, route, model)
+    await _admit_key(state, exchange, principal, route, model)
     return HeldBody(body) if body else None
 
 
@@ -1411,6 +1444,8 @@ async def _pass_service(request: web.Request, state: ProxyState, exchange: Excha
         body: RequestBody | SpooledBody | HeldBody | None = spooled
         if has_body and spooled is None:
             body = RequestBody(request, service.max_body_bytes, state.body_read_timeout_seconds)
+        connections = state.connections[gate.name]
+        await connections.take()  # 503 when the pod's connections stay full
         if (job_id := request.get(REPLAYED_JOB)) is not None:
             state.jobs.sending(job_id)  # before a byte leaves: a restart must not send it again
         group.begin(gate)
@@ -1448,6 +1483,7 @@ async def _pass_service(request: web.Request, state: ProxyState, exchange: Excha
             finally:
                 upstream.close()
         finally:
+            connections.give()
             group.end(gate)
             exchange.cost_usd += (state.views[gate.name].cost_per_hour / 3600
                                   * meter.leave(time.perf_counter(), joined))
@@ -1471,14 +1507,19 @@ async def _serve_websocket(request: web.Request, state: ProxyState, exchange: Ex
                                           keep_authorization=not state.keys.index.required and route.kind == "http",
                                           forwarded=forwarded_for(request, trust=state.config.proxy.trust_forwarded))
     group = service.group
-    group.begin(gate)  # the handshake is a request; the open socket is not (its frames are)
+    connections = state.connections[gate.name]
+    connections.take_now()  # a socket over the pod's budget: 503 at once
     try:
-        upstream = await websocket.open_upstream(session, url, headers, request, gate.name)
+        group.begin(gate)  # the handshake is a request; the open socket is not (its frames are)
+        try:
+            upstream = await websocket.open_upstream(session, url, headers, request, gate.name)
+        finally:
+            group.end(gate)
+        exchange.first_byte_at = time.perf_counter()
+        return await websocket.pipe(request, upstream, gate, target, state.sockets,
+                                    service_activity=route.websocket_activity == "both")
     finally:
-        group.end(gate)
-    exchange.first_byte_at = time.perf_counter()
-    return await websocket.pipe(request, upstream, gate, target, state.sockets,
-                                service_activity=route.websocket_activity == "both")
+        connections.give()
 
 
 # --------------------------------------------------------------------------------- own endpoints
@@ -1645,7 +1686,9 @@ async def handle_debug_cache(request: web.Request) -> web.Response:
 
 def _connector() -> aiohttp.TCPConnector:
     return aiohttp.TCPConnector(
-        limit=512,  # long-lived streams hold connections; aiohttp's default 100 would queue requests
+        # No overall limit: each pod has its own budget (ProxyState.connections). One pool of 512 for all
+        # pods let one pod's WebSockets starve the others' requests (issue #20).
+        limit=0,
         limit_per_host=0,
         ttl_dns_cache=300,
         keepalive_timeout=60,  # reuse pod connections across an editor's typing pauses

@@ -12,12 +12,17 @@ Bodies are forwarded as the client sent them: a body is parsed only to read `mod
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import errno
 import json
+import os
 import re
 import shlex
 import time
+from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -137,6 +142,27 @@ class ProxyError(Exception):
     def sse_event(self) -> bytes:
         """The error as a stream event, for streams whose 200 status already went out."""
         return b"data: " + json.dumps(self.document()).encode() + b"\n\n"
+
+
+# A write that failed for want of room: a full disk, a quota, a file-size limit (RLIMIT_FSIZE).
+DISK_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    return isinstance(exc, OSError) and exc.errno in DISK_FULL_ERRNOS
+
+
+def disk_full_error(directory: Path, what: str) -> ProxyError:
+    """507 for a write the disk had no room for; nothing of it was kept (the caller removed what it wrote)."""
+    return ProxyError(507, f"the disk holding {directory} is full: {what} could not be stored and nothing of it "
+                      "was kept; free space there, then retry", code="insufficient_storage", should_retry=False)
+
+
+def write_fully(fd: int, data: bytes | memoryview) -> None:
+    """Write all of `data` to `fd` (os.write may write part of it); OSError as os.write raises it."""
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
 
 
 def json_response(document: Any, status: int = 200) -> web.Response:
@@ -539,6 +565,71 @@ class Upstream:
             delay_started = time.perf_counter()
             await asyncio.sleep(self.retry_delay_seconds)
             waited += time.perf_counter() - delay_started
+
+
+CONNECTION_WAIT_SECONDS = 30.0  # how long a request waits for a connection of its pod's budget, then 503
+
+
+class ConnectionBudget:
+    """One pod's upstream connections (each replica its own): `[pods.<name>] max_connections`.
+
+    The session's pool has no overall limit: a shared one (512) let the sockets of one pod starve every
+    other pod's requests (issue #20). Each pod's requests in flight and open WebSockets count here instead.
+    A WebSocket over the budget is refused at once (`take_now`, 503: a socket is held for minutes or hours,
+    so waiting for one to close helps nobody); a request waits its turn, first come first served, up to
+    CONNECTION_WAIT_SECONDS (`take`, then 503). A freed connection is handed to the oldest waiter.
+    """
+
+    __slots__ = ("_waiters", "limit", "open", "setting")
+
+    def __init__(self, limit: int, setting: str) -> None:
+        self.limit = limit
+        self.setting = setting  # e.g. "[pods.comfy] max_connections", for the refusal
+        self.open = 0
+        self._waiters: deque[asyncio.Future[None]] = deque()
+
+    def _full(self, what: str) -> ProxyError:
+        return ProxyError(503, f"{what}: the pod has {self.open} connections open, its {self.setting} = "
+                          f"{self.limit}; retry when some close, or raise the setting",
+                          code="pod_connections_full", retry_after_seconds=1.0, should_retry=True)
+
+    def take_now(self) -> None:
+        """A WebSocket's connection, or ProxyError 503 at once."""
+        if self.open >= self.limit or self._waiters:
+            raise self._full("the WebSocket was refused")
+        self.open += 1
+
+    async def take(self, wait_seconds: float = CONNECTION_WAIT_SECONDS) -> None:
+        """A request's connection, waiting up to `wait_seconds` for one; ProxyError 503 past that."""
+        if self.open < self.limit and not self._waiters:
+            self.open += 1
+            return
+        turn: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.append(turn)
+        try:
+            async with asyncio.timeout(wait_seconds):
+                await turn
+        except TimeoutError:
+            if not (turn.done() and not turn.cancelled()):  # handed one at the last moment: keep it
+                raise self._full(f"no connection freed within {wait_seconds:g} s") from None
+        except BaseException:  # the client left while it waited: a connection handed to it is passed on
+            if turn.done() and not turn.cancelled():
+                self.give()
+            raise
+        finally:
+            if not turn.done():
+                turn.cancel()
+            with contextlib.suppress(ValueError):
+                self._waiters.remove(turn)
+
+    def give(self) -> None:
+        """A connection of the budget closed (or its request ended): the oldest waiter gets it."""
+        while self._waiters:
+            turn = self._waiters.popleft()
+            if not turn.done():
+                turn.set_result(None)  # handed over: `open` stays as it is
+                return
+        self.open -= 1
 
 
 def _describe_connection_error(exc: BaseException) -> str:

@@ -26,6 +26,10 @@ rebuild an aiohttp request for every handler; the loopback hop costs a fraction 
 BENCHMARKS.md.) While the replay waits for a wake the job shows as `waking`. The proxy's own retryable
 answers that prove the request never left it (the wake queue was full, the pod still wakes: marked with
 `X-RPM-Error`) are retried after their Retry-After; any other answer is the job's result.
+
+A full disk (ENOSPC, a quota, a file-size limit; sqlite's SQLITE_FULL) while a job is submitted is a 507
+naming the directory, with the body file removed and no row added; while a result is stored, the job fails
+saying so and the partial result file is removed. Nothing half-written is kept.
 """
 
 from __future__ import annotations
@@ -63,8 +67,11 @@ from runpod_manager.proxy.forward import (
     JOB_OWNER_HEADER,
     JOB_TOKEN_HEADER,
     ProxyError,
+    disk_full_error,
     forwarded_for,
+    is_disk_full,
     json_response,
+    write_fully,
 )
 
 log = logging.getLogger("runpod_manager.proxy")
@@ -553,8 +560,11 @@ class JobRunner:
                             headers=stored_headers(request.headers.items(),
                                                    forwarded=forwarded_for(request, trust=self.trust_forwarded)),
                             request_bytes=received, owner=owner)
-        except BaseException:
+        except BaseException as exc:
             JobStore._unlink(body_path)
+            if _store_full(exc):
+                log.warning("job refused: the disk holding %s is full (%s)", store.directory, exc)
+                raise disk_full_error(store.directory, "the job's request") from None
             raise
         finally:
             self._spooling_count -= 1
@@ -582,19 +592,19 @@ class JobRunner:
         received = 0
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o600)
         try:
-            with os.fdopen(fd, "wb") as handle:
-                if not request.body_exists:
-                    return 0
-                async for chunk in request.content.iter_chunked(_CHUNK_BYTES):
-                    received += len(chunk)
-                    self._spooling_bytes += len(chunk)
-                    if received > limit:
-                        raise _too_large(limit)
-                    if request.content_length is None:
-                        self._check_room(0, spooling=True)  # a chunked body is counted as it comes
-                    handle.write(chunk)
+            if not request.body_exists:
+                return 0
+            async for chunk in request.content.iter_chunked(_CHUNK_BYTES):
+                received += len(chunk)
+                self._spooling_bytes += len(chunk)
+                if received > limit:
+                    raise _too_large(limit)
+                if request.content_length is None:
+                    self._check_room(0, spooling=True)  # a chunked body is counted as it comes
+                write_fully(fd, chunk)  # unbuffered: a full disk fails here, never at a later close
             return received
         finally:  # spooled bytes count against the bound until the job is stored (or refused)
+            os.close(fd)
             self._spooling_bytes -= received
 
     # -------------------------------------------------------------------------------------- run
@@ -670,20 +680,32 @@ class JobRunner:
         written = 0
         # What jobs_max_bytes leaves once this job's request body (deleted when it finishes) is not counted.
         limit = self.store.max_bytes - (self.store.totals()[1] - job.request_bytes)
-        fd = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_NOFOLLOW", 0), 0o600)
-        with os.fdopen(fd, "wb") as handle:
-            async for chunk in response.content.iter_chunked(_CHUNK_BYTES):
-                written += len(chunk)
-                if written > limit:
-                    JobStore._unlink(part)
-                    return (f"the response did not fit in what [proxy] jobs_max_bytes = {self.store.max_bytes} "
-                            "leaves beside the other stored jobs; it was not kept")
-                handle.write(chunk)
-        os.replace(part, result)
-        # The bytes as they came (the session does not decompress), so their Content-Encoding is kept with them.
-        headers = tuple((name, value) for name, value in response.headers.items()
-                        if name.lower() not in _RESULT_HEADERS_DROPPED)
-        self.store.finish(job.id, status=response.status, headers=headers, result_bytes=written)
+        try:
+            fd = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_NOFOLLOW", 0), 0o600)
+            try:
+                async for chunk in response.content.iter_chunked(_CHUNK_BYTES):
+                    written += len(chunk)
+                    if written > limit:
+                        JobStore._unlink(part)
+                        return (f"the response did not fit in what [proxy] jobs_max_bytes = {self.store.max_bytes} "
+                                "leaves beside the other stored jobs; it was not kept")
+                    write_fully(fd, chunk)
+            finally:
+                os.close(fd)
+            os.replace(part, result)
+            # The bytes as they came (the session does not decompress), so their Content-Encoding stays with them.
+            headers = tuple((name, value) for name, value in response.headers.items()
+                            if name.lower() not in _RESULT_HEADERS_DROPPED)
+            self.store.finish(job.id, status=response.status, headers=headers, result_bytes=written)
+        except (OSError, sqlite3.Error) as exc:
+            if not _store_full(exc):
+                raise
+            JobStore._unlink(part)
+            JobStore._unlink(result)
+            log.warning("job %s: the disk holding %s is full; its response was not kept", _shown(job.id),
+                        self.store.directory)
+            return (f"the disk holding {self.store.directory} is full: the response (HTTP {response.status}) was "
+                    "not kept")
         return None
 
     def sending(self, job_id: str) -> None:
@@ -747,6 +769,12 @@ class JobRunner:
 
     def summary(self) -> dict[str, PodJobs]:
         return {} if self.unavailable is not None else self.store.summary()
+
+
+def _store_full(exc: BaseException) -> bool:
+    """A write the job store's disk had no room for: a file's (ENOSPC, EDQUOT, EFBIG) or sqlite's."""
+    return is_disk_full(exc) or (isinstance(exc, sqlite3.Error)
+                                 and getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL)
 
 
 def _shown(job_id: str) -> str:

@@ -51,6 +51,7 @@ from runpod_manager.proxy.forward import (
     ProxyError,
     forwardable_headers,
     forwarded_for,
+    is_disk_full,
 )
 from runpod_manager.proxy.process import pid_exists
 from runpod_manager.proxy.routing import PodRoute
@@ -165,7 +166,9 @@ class WakeSpool:
     socket for the whole cold start, and a client with a write timeout (httpx: 5 s) gives up. So a body with
     a Content-Length that fits what is left of the budget is received into a file while the pod wakes, then
     sent from it; the file is deleted when the request ends. Others (chunked, or over the budget) wait by
-    backpressure as before.
+    backpressure as before. So does the rest of a body whose file the disk had no room for (ENOSPC, a quota,
+    a file-size limit): what was received is sent from the file (and memory, for the last chunk), the rest
+    from the client's socket when the pod is ready. A full disk never loses an upload nor fails it.
     """
 
     def __init__(self, directory: Path, max_bytes: int) -> None:
@@ -190,13 +193,20 @@ class WakeSpool:
 
     async def fill(self, request: web.Request, length: int, read_timeout_seconds: float) -> SpooledBody:
         """Receive the body (its `length` reserved) into a new file; 408 if it stalls, the file removed on
-        any failure. The caller releases the reservation when the request ends (SpooledBody.discard)."""
-        ensure_private_dir(self.directory)
+        any failure. The caller releases the reservation when the request ends (SpooledBody.discard). A
+        disk with no room stops the spooling, not the request: the rest stays in the client's socket."""
         path = self.directory / f"upload-{os.getpid()}-{secrets.token_hex(16)}"
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o600)
         body = SpooledBody(self, path, length)
         try:
-            with os.fdopen(fd, "wb") as handle:
+            ensure_private_dir(self.directory)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o600)
+        except OSError as exc:
+            if not is_disk_full(exc):
+                body.discard()
+                raise
+            return self._held_by_client(body, request, b"", exc, read_timeout_seconds)
+        try:
+            try:
                 while True:
                     waiting_since = time.perf_counter()
                     try:
@@ -209,10 +219,29 @@ class WakeSpool:
                         body.client_wait_seconds += time.perf_counter() - waiting_since
                     if not chunk:
                         break
-                    handle.write(chunk)
+                    view = memoryview(chunk)
+                    try:
+                        while view:  # unbuffered, so what reached the file is known to the byte
+                            written = os.write(fd, view)
+                            body.spooled_bytes += written
+                            view = view[written:]
+                    except OSError as exc:
+                        if not is_disk_full(exc):
+                            raise
+                        return self._held_by_client(body, request, bytes(view), exc, read_timeout_seconds)
+            finally:
+                os.close(fd)
         except BaseException:
             body.discard()
             raise
+        return body
+
+    def _held_by_client(self, body: SpooledBody, request: web.Request, pending: bytes, exc: OSError,
+                        read_timeout_seconds: float) -> SpooledBody:
+        log.warning("the disk holding %s is full (%s): the rest of an upload of %d bytes waits in the client's "
+                    "connection until its pod is ready", self.directory, exc.strerror or exc, body.length)
+        body.pending = pending
+        body.rest = RequestBody(request, body.length, read_timeout_seconds)  # read once the pod is ready
         return body
 
 
@@ -224,16 +253,33 @@ class SpooledBody:
         self._spool = spool
         self.path = path
         self.length = length
-        self.started = False
+        self.spooled_bytes = 0  # in the file
+        self.pending = b""  # received, but the disk had no room for it (the file's last chunk)
+        self.rest: RequestBody | None = None  # the rest, still in the client's socket (a full disk)
+        self._started = False
         self.too_large = False
         self.client_wait_seconds = 0.0
         self._released = False
 
+    @property
+    def started(self) -> bool:
+        """This attempt began sending, or the client's part of the body was read (it cannot be sent again)."""
+        return self._started or (self.rest is not None and self.rest.started)
+
     async def chunks(self) -> AsyncIterator[bytes]:
-        self.started = False
-        with open(self.path, "rb") as handle:
-            while chunk := await asyncio.to_thread(handle.read, BODY_CHUNK_BYTES):
-                self.started = True
+        self._started = False
+        if self.spooled_bytes:
+            with open(self.path, "rb") as handle:
+                left = self.spooled_bytes
+                while left and (chunk := await asyncio.to_thread(handle.read, min(BODY_CHUNK_BYTES, left))):
+                    self._started = True
+                    left -= len(chunk)
+                    yield chunk
+        if self.pending:
+            self._started = True
+            yield self.pending
+        if self.rest is not None:
+            async for chunk in self.rest.chunks():
                 yield chunk
 
     def discard(self) -> None:

@@ -4,13 +4,15 @@ second without a restart, and `[proxy] api_keys` keep working next to the store.
 
 from __future__ import annotations
 
+import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import pytest
 import requests
 
-from runpod_manager.config import PodConfig
+from runpod_manager.config import KeysConfig, PodConfig
 from runpod_manager.keys import KeyLimits, KeyStore
 from runpod_manager.paths import Paths, resolve_paths
 from runpod_manager.proxy.controller import PodView
@@ -233,21 +235,69 @@ def test_a_budget_spent_by_one_key_stops_it_and_not_the_others_and_survives_a_re
     assert after["script"]["spend_usd"] == before["script"]["spend_usd"]
 
 
-def test_max_concurrent_refuses_the_request_beyond_it(upstream: FakeUpstream, paths: Paths) -> None:
+def test_max_concurrent_refuses_the_request_beyond_it_with_its_pods_answer_time(upstream: FakeUpstream,
+                                                                               paths: Paths) -> None:
+    """With `[keys] queue_seconds = 0` the request beyond max_concurrent is refused at once, and its Retry-After
+    is at least the pod's median answer time (here over 2 s), not 1 s: an SDK's retries must not run out
+    while the answer it waits for takes seconds (issue #20, 15)."""
     from concurrent.futures import ThreadPoolExecutor
 
     token = KeyStore(paths.keys_file).create("one-at-a-time", limits=KeyLimits(max_concurrent=1), now=0).token
-    upstream.hold_streams = True
-    with running_proxy(make_config(), FakeController(upstream.target()), paths) as proxy, \
-            ThreadPoolExecutor(1) as pool:
+    config = replace(make_config(), keys=KeysConfig(queue_seconds=0))
+    with running_proxy(config, FakeController(upstream.target()), paths) as proxy, ThreadPoolExecutor(1) as pool:
+        upstream.response_delay_seconds = 2.0
+        assert ask(proxy.url, token, MODEL).status_code == 200  # the pod's answers take 2 s and more
+        upstream.response_delay_seconds = 0.0
+        upstream.hold_streams = True
         held = pool.submit(ask, proxy.url, token, MODEL, stream=True)
         assert upstream.stream_started.wait(READ_TIMEOUT)
         refused = ask(proxy.url, token, MODEL)
         assert refused.status_code == 429 and error_of(refused)["code"] == "concurrency_limit_exceeded"
+        assert int(refused.headers["Retry-After"]) >= 2 and int(refused.headers["retry-after-ms"]) >= 2000
+        assert refused.headers["x-should-retry"] == "true"
         upstream.hold_streams = False
         upstream.release(50)
         assert held.result(READ_TIMEOUT).status_code == 200
         assert ask(proxy.url, token, MODEL).status_code == 200
+
+
+def test_a_request_beyond_max_concurrent_waits_its_turn_within_queue_seconds(upstream: FakeUpstream,
+                                                                            paths: Paths) -> None:
+    """By default a key at its max_concurrent queues (first come first served) for up to `[keys]
+    queue_seconds`: three parallel requests of a key limited to one at a time are all answered, one after
+    the other, never two at once at the pod (issue #20, 15)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    token = KeyStore(paths.keys_file).create("one-at-a-time", limits=KeyLimits(max_concurrent=1), now=0).token
+    upstream.response_delay_seconds = 0.3
+    most_at_once = 0
+    with running_proxy(make_config(), FakeController(upstream.target()), paths) as proxy, \
+            ThreadPoolExecutor(3) as pool:
+        answers = [pool.submit(ask, proxy.url, token, MODEL, stream=True) for _ in range(3)]
+        while not all(answer.done() for answer in answers):
+            most_at_once = max(most_at_once, upstream.running)
+            time.sleep(0.005)
+        statuses = [answer.result(READ_TIMEOUT).status_code for answer in answers]
+    assert statuses == [200, 200, 200] and most_at_once <= 1
+    usage = {entry["name"]: entry for entry in _usage(paths)}
+    assert usage["one-at-a-time"]["requests"] == 3 and usage["one-at-a-time"]["refused"] == 0
+
+
+def test_parallel_requests_pass_a_keys_tokens_per_minute_by_one_request_at_most(upstream: FakeUpstream,
+                                                                               paths: Paths) -> None:
+    """Tokens are reserved when a request is admitted (its prompt and max_tokens), not only counted when it
+    ends: 100 parallel requests against a limit of 50 tokens a minute were once all let in (issue #20, 13)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    token = KeyStore(paths.keys_file).create("tpm", limits=KeyLimits(tokens_per_minute=50), now=0).token
+    upstream.response_delay_seconds = 0.5  # every request is admitted while the first ones are still in flight
+    with running_proxy(make_config(), FakeController(upstream.target()), paths) as proxy, \
+            ThreadPoolExecutor(25) as pool:
+        answers = list(pool.map(lambda _: ask(proxy.url, token, MODEL, max_tokens=20), range(100)))
+    served = [answer.json()["usage"]["total_tokens"] for answer in answers if answer.status_code == 200]
+    refused = [error_of(answer)["code"] for answer in answers if answer.status_code != 200]
+    assert served and set(refused) == {"rate_limit_tokens"}
+    assert sum(served) <= 50 + max(served), served
 
 
 def test_the_request_log_names_the_key_and_no_secret_is_written_anywhere(upstream: FakeUpstream,

@@ -18,7 +18,6 @@ import signal
 import socket
 import stat
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -44,6 +43,7 @@ from tests.support.proxy_fakes import (
     free_port,
     make_config,
     running_proxy,
+    start_proxy_subprocess,
     wait_until,
 )
 
@@ -1219,19 +1219,7 @@ def test_reconcile_runs_with_the_last_request_time_and_survives_errors(upstream:
 
 
 def _start_subprocess(upstream: FakeUpstream, home: Path) -> tuple[subprocess.Popen[str], str]:
-    env = {key: value for key, value in os.environ.items() if not key.startswith(("RPM_", "RUNPOD_"))}
-    env["RPM_HOME"] = str(home)
-    env["PYTHONPATH"] = str(Path(__file__).resolve().parents[2])
-    process = subprocess.Popen([sys.executable, "-m", "tests.support.proxy_fakes", "--upstream", upstream.url],
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
-                               cwd=env["PYTHONPATH"])
-    assert process.stdout is not None
-    line = ""
-    for line in process.stdout:
-        if line.startswith("READY "):
-            return process, line.split()[1]
-    process.kill()
-    raise AssertionError(f"proxy subprocess did not start: {line}")
+    return start_proxy_subprocess(upstream.url, home)
 
 
 def _refuses_connections(url: str) -> bool:

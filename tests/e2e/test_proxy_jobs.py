@@ -29,8 +29,10 @@ from tests.support.proxy_fakes import (
     FakeController,
     FakePod,
     FakeUpstream,
+    disk_with_room,
     make_config,
     running_proxy,
+    start_proxy_subprocess,
 )
 from tests.support.rpm import wait_until
 
@@ -368,3 +370,57 @@ def test_each_pod_has_its_own_queue_chosen_by_the_routing_of_the_request(paths: 
     finally:
         chat_upstream.stop()
         coder_upstream.stop()
+
+
+def test_a_full_disk_answers_507_naming_the_job_store_and_keeps_nothing_half_written(
+        upstream: FakeUpstream, paths: Paths, caplog: pytest.LogCaptureFixture) -> None:
+    """ENOSPC while a job's body is stored was a 500 "the proxy failed unexpectedly" with a traceback; while
+    its result is stored, a failed job with a partial file left behind (issue #20, 14)."""
+    import logging
+
+    caplog.set_level(logging.INFO)
+    payload = json.dumps(chat("y" * 3000)).encode()
+    with running_proxy(make_config(), FakeController(upstream.target()), paths) as proxy:
+        with disk_with_room(paths.jobs_dir, 1000):
+            refused = submit(proxy.url, chat("x" * 5000))
+        assert refused.status_code == 507, refused.text
+        error = error_of(refused)
+        assert error["code"] == "insufficient_storage" and error["type"] == "server_error"
+        assert str(paths.jobs_dir) in error["message"] and refused.headers["x-should-retry"] == "false"
+        assert [path.name for path in paths.jobs_dir.iterdir() if path.name.startswith("job_")] == []
+        assert upstream.requests == []  # nothing was queued, nothing ran
+
+        # Room for the request's body, none for the pod's answer: the job fails saying why, no partial result.
+        with disk_with_room(paths.jobs_dir, len(payload)):
+            job = requests.post(proxy.url + "/v1/chat/completions", data=payload, timeout=TIMEOUT,
+                                headers={**ASYNC, "Content-Type": "application/json"}).json()
+            assert wait_until(lambda: state_of(proxy.url, job["id"]) == "failed", TIMEOUT)
+        failed = status(proxy.url, job["id"])
+        assert "is full" in failed["error"]["message"] and str(paths.jobs_dir) in failed["error"]["message"]
+        assert [path.name for path in paths.jobs_dir.iterdir() if path.name.startswith("job_")] == []
+
+        accepted = submit(proxy.url, chat("room again"))  # the store works once there is room
+        assert accepted.status_code == 202
+        assert wait_until(lambda: state_of(proxy.url, accepted.json()["id"]) == "done", TIMEOUT)
+    assert not [record for record in caplog.records if record.exc_info or record.levelno >= logging.ERROR]
+
+
+def test_a_proxy_whose_files_may_not_grow_answers_507_for_a_job_and_logs_no_traceback(
+        upstream: FakeUpstream, isolated_home: Path) -> None:
+    """The same with a real limit: the proxy in its own process under RLIMIT_FSIZE (64 KiB), where writing a
+    job's 200 KB body fails with EFBIG as it would on a full disk."""
+    process, url = start_proxy_subprocess(upstream.url, isolated_home, "--max-file-bytes", str(64 * 1024))
+    try:
+        refused = submit(url, chat("z" * 200_000))
+        assert refused.status_code == 507, refused.text
+        assert error_of(refused)["code"] == "insufficient_storage"
+        jobs_dir = resolve_paths().jobs_dir
+        assert [path.name for path in jobs_dir.iterdir() if path.name.startswith("job_")] == []
+        small = submit(url, chat("fits"))
+        assert small.status_code == 202
+        assert wait_until(lambda: state_of(url, small.json()["id"]) == "done", TIMEOUT)
+    finally:
+        process.terminate()
+        process.wait(timeout=15)
+    log_text = (isolated_home / "state" / "logs" / "proxy.log").read_text()
+    assert "Traceback" not in log_text and "is full" in log_text

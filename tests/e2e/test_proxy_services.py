@@ -33,6 +33,7 @@ from tests.support.proxy_fakes import (
     free_port,
     make_config,
     running_proxy,
+    start_proxy_subprocess,
     wait_until,
 )
 from tests.support.service_fake import ServiceFake, upload_digest
@@ -520,3 +521,92 @@ def test_a_job_to_a_routed_path_wakes_the_http_pod_and_keeps_the_services_answer
         own = requests.post(f"http://127.0.0.1:{listen_port}/prompt", json={"n": 2}, timeout=TIMEOUT,
                             headers={"Prefer": "respond-async"})
         assert own.status_code == 200 and own.json() == {"echo": {"n": 2}}
+
+
+@pytest.mark.slow
+def test_600_sockets_to_one_pod_get_503_past_its_budget_and_never_delay_another_pods_requests(
+        service: ServiceFake, chat_upstream: FakeUpstream, paths: Paths, caplog: pytest.LogCaptureFixture) -> None:
+    """One shared pool of 512 upstream connections once let 512 sockets to an http pod starve every other pod:
+    `/v1` requests timed out, the 513th socket hung and the log filled with tracebacks. Each pod now has its
+    own budget (`max_connections`, 256 by default): the sockets past it get a 503 at once, the other pod
+    answers while they are open, and nothing is logged as a failure (issue #20, 12)."""
+    import base64
+    import logging
+    import os
+    import resource
+
+    sockets_wanted = 600
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    needed = 4 * sockets_wanted + 256  # the client's, the proxy's both sides, the service's
+    if soft < needed:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (min(needed, hard), hard))
+    service.reset()
+    caplog.set_level(logging.INFO)
+    try:
+        with running_proxy(proxy_config(comfy_pod()), controller_for(service, chat_upstream), paths) as proxy:
+            async def scenario() -> tuple[list[Any], int, dict[str, Any], list[str]]:
+                async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
+                    async def open_one() -> Any:
+                        try:
+                            return await session.ws_connect(f"{proxy.url}/pods/comfy/ws", autoping=False)
+                        except aiohttp.WSServerHandshakeError as exc:
+                            return exc.status
+
+                    # Bounded, never a timing assertion: a socket that hangs fails the test after a minute.
+                    outcomes = await asyncio.gather(*(asyncio.wait_for(open_one(), 60)
+                                                      for _ in range(sockets_wanted)), return_exceptions=True)
+                    handshake = {"Upgrade": "websocket", "Connection": "Upgrade", "Sec-WebSocket-Version": "13",
+                                 "Sec-WebSocket-Key": base64.b64encode(os.urandom(16)).decode()}
+                    async with session.get(f"{proxy.url}/pods/comfy/ws", headers=handshake) as over:
+                        refusal = {"status": over.status, **(await over.json())["error"],
+                                   "retry": over.headers.get("x-should-retry")}
+                    async with session.post(f"{proxy.url}/v1/chat/completions",
+                                            json={"model": CHAT, "messages": [{"role": "user", "content": "hi"}]},
+                                            timeout=aiohttp.ClientTimeout(total=TIMEOUT)) as answer:
+                        chat_status = answer.status
+                    opened = [ws for ws in outcomes if isinstance(ws, aiohttp.ClientWebSocketResponse)]
+                    echoes = []
+                    for ws in opened[:3]:  # the sockets that were let in work
+                        await ws.send_str("still here")
+                        echoes.append((await ws.receive(timeout=TIMEOUT)).data)
+                    await asyncio.gather(*(ws.close() for ws in opened))
+                    others = [outcome for outcome in outcomes
+                              if not isinstance(outcome, aiohttp.ClientWebSocketResponse)]
+                    return others, chat_status, refusal, echoes
+
+            others, chat_status, refusal, echoes = asyncio.run(scenario())
+            assert chat_status == 200
+            assert others == [503] * (sockets_wanted - 256), {repr(outcome) for outcome in others}
+            assert echoes == ["still here"] * 3
+            assert refusal["status"] == 503 and refusal["code"] == "pod_connections_full"
+            assert "max_connections" in refusal["message"] and refusal["retry"] == "true"
+            assert wait_until(lambda: service.sockets_open == 0, timeout=TIMEOUT), service.sockets_open
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    failures = [record for record in caplog.records if record.exc_info or record.levelno >= logging.ERROR]
+    assert failures == [], [record.getMessage() for record in failures[:3]]
+
+
+def test_an_upload_the_spool_has_no_room_for_is_held_in_the_clients_connection_and_arrives_whole(
+        service: ServiceFake, chat_upstream: FakeUpstream, isolated_home: Path) -> None:
+    """A full disk under the wake spool once failed the upload with a 500 and lost it. The proxy in its own
+    process under RLIMIT_FSIZE (1 MiB): writing a 3 MiB upload for a sleeping pod into the spool fails with
+    EFBIG after 1 MiB, as a full disk's would; the rest then waits in the client's connection and the whole
+    body reaches the service, with no file left behind (issue #20, 14)."""
+    size = 3 * 1024 * 1024 + 17
+    block = bytes(range(256)) * 4096
+    payload = (block * 4)[:size]
+    service.reset()
+    process, url = start_proxy_subprocess(chat_upstream.url, isolated_home, "--service", service.target().base_url,
+                                          "--max-file-bytes", str(1024 * 1024))
+    try:
+        answer = requests.post(f"{url}/pods/svc/upload", data=payload, timeout=30,
+                               headers={"Content-Type": "application/octet-stream"})
+        assert answer.status_code == 200, answer.text
+        assert answer.json() == {"sha256": hashlib.sha256(payload).hexdigest(), "bytes": size}
+        assert list(resolve_paths().spool_dir.iterdir()) == []
+    finally:
+        process.terminate()
+        process.wait(timeout=15)
+    log_text = (isolated_home / "state" / "logs" / "proxy.log").read_text()
+    assert "Traceback" not in log_text and "waits in the client's connection" in log_text

@@ -7,6 +7,8 @@
   test releases it, observe client disconnects, and read back every request it received.
 - `ProxyThread` runs the real `run_proxy` on a thread (real sockets, real runner); `python -m
   tests.support.proxy_fakes` runs it as a subprocess with a FakeController aimed at an upstream.
+- `disk_with_room` makes the files under one directory share a small disk: writes past its room fail with
+  ENOSPC, as on a full filesystem (the proxy writes its spools with os.write).
 """
 
 from __future__ import annotations
@@ -14,9 +16,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import errno
 import json
 import logging
+import os
 import socket
+import subprocess
 import sys
 import threading
 import time
@@ -537,6 +542,54 @@ def running_proxy(config: Config, controller: Any, paths: Paths, **app_options: 
         proxy.stop()
 
 
+@contextlib.contextmanager
+def disk_with_room(directory: Path, room_bytes: int) -> Iterator[list[int]]:
+    """Files under `directory` get `room_bytes` in all; an os.write past that writes what fits, then fails
+    with ENOSPC, as on a full filesystem (other files are untouched). Yields the bytes refused so far."""
+    real_write = os.write
+    used = [0]
+    refused = [0]
+    root = str(directory.resolve())
+
+    def write(fd: int, data: Any) -> int:
+        try:
+            target = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            target = ""
+        if not target.startswith(root + os.sep):
+            return real_write(fd, data)
+        room = room_bytes - used[0]
+        if room <= 0:
+            refused[0] += len(data)
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        written = real_write(fd, bytes(memoryview(data)[:room]))
+        used[0] += written
+        return written
+
+    with contextlib.ExitStack() as stack:
+        stack.callback(setattr, os, "write", real_write)
+        os.write = write
+        yield refused
+
+
+def start_proxy_subprocess(upstream_url: str, home: Path, *options: str) -> tuple[subprocess.Popen[str], str]:
+    """`python -m tests.support.proxy_fakes` (the proxy in its own process) with RPM_HOME `home`: the process
+    (its output piped) and its URL once it listens. The caller ends it."""
+    env = {key: value for key, value in os.environ.items() if not key.startswith(("RPM_", "RUNPOD_"))}
+    env["RPM_HOME"] = str(home)
+    env["PYTHONPATH"] = str(Path(__file__).resolve().parents[2])
+    process = subprocess.Popen([sys.executable, "-m", "tests.support.proxy_fakes", "--upstream", upstream_url,
+                                *options], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+                               cwd=env["PYTHONPATH"])
+    assert process.stdout is not None
+    line = ""
+    for line in process.stdout:
+        if line.startswith("READY "):
+            return process, line.split()[1]
+    process.kill()
+    raise AssertionError(f"proxy subprocess did not start: {line}")
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -564,11 +617,27 @@ def _subprocess_main(argv: list[str]) -> None:
     parser.add_argument("--upstream", required=True)
     parser.add_argument("--upstream-key", default=UPSTREAM_KEY)
     parser.add_argument("--api-key", action="append", default=[])
+    parser.add_argument("--service", default="",
+                        help="the URL of an http service: pod `svc` (kind = http), asleep until a request wakes it")
+    parser.add_argument("--max-file-bytes", type=int, default=0,
+                        help="RLIMIT_FSIZE: a write past it fails with EFBIG, as a disk without room would")
     args = parser.parse_args(argv)
+    if args.max_file_bytes:
+        import resource
+        import signal
+
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # the write fails instead of the process being killed
+        resource.setrlimit(resource.RLIMIT_FSIZE, (args.max_file_bytes, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))
     paths = resolve_paths()
     close_log = configure_proxy_logging(paths, level=logging.INFO)
     controller = FakeController(UpstreamTarget("pod-sub", args.upstream, args.upstream_key))
     config = make_config(api_keys=tuple(args.api_key))
+    if args.service:
+        controller = FakeController(pods={
+            "default": controller.first,
+            "svc": FakePod(None, wake_target=UpstreamTarget("pod-svc", args.service, None), wake_delay_seconds=0.2)})
+        config = make_config(api_keys=tuple(args.api_key), pods=(
+            PodConfig(name="default", model=MODEL), PodConfig(name="svc", kind="http", image="svc/ui", port=8188)))
 
     def ready(info: ProxyReady) -> None:
         print(f"READY {info.url}", flush=True)

@@ -142,7 +142,7 @@ def test_an_unknown_table_names_it_and_lists_the_tables(config_file: Path, paths
     error = error_of(config_file, paths, body)
     expected = f"{config_file}: unknown table or key '{name}'"
     assert error.message == expected + (f" (did you mean '{guess}'?)" if guess else "")
-    assert error.hint == "allowed tables: pod, limits, startup, proxy, cache, api, pods.<name>"
+    assert error.hint == "allowed tables: pod, limits, startup, proxy, keys, cache, api, pods.<name>"
 
 
 def test_a_table_given_as_a_value_is_refused(config_file: Path, paths: Paths) -> None:

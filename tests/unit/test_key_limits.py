@@ -11,7 +11,14 @@ from pathlib import Path
 import pytest
 
 from runpod_manager.keys import KeyLimits, KeyUsage, Principal, load_usage
-from runpod_manager.proxy.limits import KeyLimiter, RateLimited, ShareMeter, request_cost_usd, reset_words
+from runpod_manager.proxy.limits import (
+    KeyLimiter,
+    RateLimited,
+    ShareMeter,
+    estimate_tokens,
+    request_cost_usd,
+    reset_words,
+)
 from tests.support.clock import Clock
 
 NOON = datetime(2026, 11, 29, 12, 0, tzinfo=UTC).timestamp()
@@ -179,3 +186,88 @@ def test_hits_start_no_thread_and_windows_still_expire(tmp_path: Path, monkeypat
         keys.admit(one)
     clock["now"] += 61
     keys.admit(one)  # the window ended: the counter was dropped when read
+
+
+def test_tokens_are_reserved_at_admission_and_settled_with_the_reported_usage(tmp_path: Path) -> None:
+    keys, _ = limiter(tmp_path)
+    dev = key(tokens_per_minute=100)
+    first = keys.admit(dev, tokens=60)
+    with pytest.raises(RateLimited) as refused:  # 60 reserved + 60 expected > 100, though nothing ended yet
+        keys.admit(dev, tokens=60)
+    assert refused.value.code == "rate_limit_tokens"
+    keys.finish(dev, tokens=10, cost_usd=0.0, admission=first)  # the answer was short: 50 given back
+    second = keys.admit(dev, tokens=60)
+    keys.finish(dev, tokens=95, cost_usd=0.0, admission=second)  # longer than reserved: the rest is counted
+    with pytest.raises(RateLimited):
+        keys.admit(dev, tokens=1)
+    assert keys.usage("dev", NOON).tokens == 105
+    big = key("big", tokens_per_minute=100)
+    keys.admit(big, tokens=10_000)  # more than a window's worth: let in alone, reserving the whole window
+    with pytest.raises(RateLimited):
+        keys.admit(big, tokens=1)
+
+
+@pytest.mark.parametrize(("document", "tokens"), [
+    (None, 512),
+    ({"messages": [{"role": "user", "content": "x" * 400}]}, 100 + 512),
+    ({"messages": [{"role": "user", "content": "hi"}], "max_tokens": 20}, 1 + 20),
+    ({"prompt": "y" * 40, "max_completion_tokens": 7, "n": 3}, 10 + 21),
+    ({"input": ["a" * 8, "b" * 8]}, 4),  # embeddings generate nothing
+])
+def test_a_requests_tokens_are_estimated_from_its_prompt_and_max_tokens(document: dict[str, object] | None,
+                                                                       tokens: int) -> None:
+    assert estimate_tokens(document, 512) == tokens
+
+
+def test_the_daily_budget_reserves_the_expected_cost_of_requests_in_flight(tmp_path: Path) -> None:
+    keys, _ = limiter(tmp_path)
+    script = key("script", daily_budget_usd=1.0)
+    first = keys.admit(script, cost_usd=0.6)
+    with pytest.raises(RateLimited) as refused:  # $0.6 in flight + $0.6 expected > $1: would pass the budget
+        keys.admit(script, cost_usd=0.6, answer_seconds=4.0)
+    assert refused.value.code == "daily_budget_reserved" and refused.value.headers()["Retry-After"] == "4"
+    keys.finish(script, tokens=0, cost_usd=0.3, admission=first)
+    second = keys.admit(script, cost_usd=0.6)  # $0.3 spent + $0.6 expected fits
+    assert keys.reserved_usd == {"script": 0.6}
+    keys.finish(script, tokens=0, cost_usd=0.5, admission=second)
+    assert keys.reserved_usd == {} and keys.usage("script", NOON).spend_usd == pytest.approx(0.8)
+
+
+def test_a_key_at_max_concurrent_queues_first_come_first_served_for_queue_seconds(tmp_path: Path) -> None:
+    import asyncio
+
+    async def scenario() -> None:
+        keys, _ = limiter(tmp_path)
+        dev = key(max_concurrent=1)
+        first = await keys.admit_queued(dev, queue_seconds=5)
+        order: list[str] = []
+
+        async def queued(name: str) -> None:
+            admission = await keys.admit_queued(dev, queue_seconds=5)
+            order.append(name)
+            await asyncio.sleep(0)
+            keys.finish(dev, tokens=0, cost_usd=0.0, admission=admission)
+
+        waiting = [asyncio.create_task(queued(name)) for name in ("second", "third")]
+        await asyncio.sleep(0.01)
+        assert order == [] and keys.in_flight == {"dev": 1} and len(keys.waiting["dev"]) == 2
+        with pytest.raises(RateLimited) as refused:  # refused at once: the queue is a choice of the caller
+            keys.admit(dev, answer_seconds=3.0)
+        assert refused.value.headers()["Retry-After"] == "3"
+        keys.finish(dev, tokens=0, cost_usd=0.0, admission=first)
+        await asyncio.gather(*waiting)
+        assert order == ["second", "third"] and keys.in_flight == {} and keys.waiting == {}
+        held = await keys.admit_queued(dev, queue_seconds=5)
+        with pytest.raises(RateLimited) as timed_out:  # nothing ended within queue_seconds
+            await keys.admit_queued(dev, queue_seconds=0.01, answer_seconds=7.0)
+        assert timed_out.value.code == "concurrency_limit_exceeded" and timed_out.value.retry_after_seconds == 7.0
+        assert keys.waiting == {}
+        leaving = asyncio.create_task(keys.admit_queued(dev, queue_seconds=5))
+        await asyncio.sleep(0.01)
+        leaving.cancel()  # the client left while it waited
+        with pytest.raises(asyncio.CancelledError):
+            await leaving
+        keys.finish(dev, tokens=0, cost_usd=0.0, admission=held)
+        assert keys.in_flight == {} and keys.waiting == {}
+
+    asyncio.run(scenario())

@@ -3,6 +3,7 @@ bind and TLS checks, wake-error mapping."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from pathlib import Path
 
@@ -296,3 +297,35 @@ def test_the_default_hold_lets_default_sdk_retries_span_a_ten_minute_wake() -> N
     assert hold_seconds < 300
     attempts = DEFAULT_MAX_RETRIES + 1
     assert attempts * hold_seconds + DEFAULT_MAX_RETRIES * WAKE_RETRY_AFTER_SECONDS >= 600
+
+
+def test_a_pods_connection_budget_refuses_sockets_at_once_and_lets_requests_wait_their_turn() -> None:
+    from runpod_manager.proxy.forward import ConnectionBudget
+
+    async def scenario() -> None:
+        budget = ConnectionBudget(2, "[pods.comfy] max_connections")
+        budget.take_now()
+        await budget.take()
+        with pytest.raises(ProxyError) as refused:  # a socket over the budget: at once
+            budget.take_now()
+        assert refused.value.status == 503 and refused.value.code == "pod_connections_full"
+        assert "[pods.comfy] max_connections = 2" in refused.value.message
+        waiting = asyncio.create_task(budget.take(5))
+        await asyncio.sleep(0)
+        with pytest.raises(ProxyError):  # nobody overtakes a request that waits
+            budget.take_now()
+        budget.give()  # handed to the waiter: still 2 open
+        await waiting
+        assert budget.open == 2
+        with pytest.raises(ProxyError, match=r"no connection freed within 0\.01 s"):
+            await budget.take(0.01)
+        leaving = asyncio.create_task(budget.take(5))
+        await asyncio.sleep(0)
+        leaving.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await leaving
+        budget.give()
+        budget.give()
+        assert budget.open == 0
+
+    asyncio.run(scenario())
