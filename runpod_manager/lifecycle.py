@@ -205,8 +205,8 @@ class Lifecycle:
         today = policy.local_day(now, self.config.zone)
         account = spend.account_today_usd(state.pods.values(), today)
         return Observation(pod=pod, pod_observed=observed, spend_today_usd=own, account_spend_today_usd=account,
-                           named_pods=named, replaced_pod=replaced, resume_refused=resume_refused,
-                           pod_ready=ready, proxy_running=proxy_running)
+                           named_pods=named, install_id=state.install_id, replaced_pod=replaced,
+                           resume_refused=resume_refused, pod_ready=ready, proxy_running=proxy_running)
 
     def _replaced_pod(self, record: PodRecord) -> Pod | None:
         """The old pod kept while its replacement starts; forgotten once it is gone."""
@@ -274,6 +274,7 @@ class Lifecycle:
                                         check_ready=check_ready or record.replacing_pod_id is not None,
                                         errors=outcome.observe_errors, prefetched=prefetched, listing=listing)
             prefetched, listing = None, None  # a second look (after a refused resume) asks RunPod again
+            outcome.other_installs = other_installs(state, observation)
             plan = policy.plan(now, self.config, record, observation, policy.activity_of(record), options)
             outcome.plan = policy.Plan(outcome.plan.actions + plan.actions)
             outcome.pod, outcome.spend_today_usd = observation.pod, observation.spend_today_usd
@@ -424,6 +425,19 @@ class Lifecycle:
         self.events.write("ready", config=self.name, pod_id=pod.id)
         if record.replacing_pod_id:
             self.reconcile(wait_seconds=None)  # the replacement is ready: the old pod goes now
+
+
+def other_installs(state: State, observation: Observation) -> list[Pod]:
+    """The listed pods named like this pod's that this install cannot claim: no record holds them (by id, or
+    by the name of a pending create) and their names do not carry this install's id. Another rpm install's,
+    or an older rpm's: shown, never touched."""
+    if observation.named_pods is None:
+        return []
+    held = {pod_id for record in state.pods.values() for pod_id in (record.pod_id, record.replacing_pod_id)}
+    pending = {record.intent.pod_name for record in state.pods.values() if record.intent is not None}
+    return [pod for pod in observation.named_pods
+            if pod.id not in held and pod.name not in pending and pod.status != PodStatus.TERMINATED
+            and not podspec.made_by(pod.name, state.install_id)]
 
 
 def _note_pod(record: PodRecord, pod: Pod, now: datetime) -> None:

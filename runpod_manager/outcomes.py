@@ -54,6 +54,8 @@ class PassOutcome:
     api_calls: int = 0
     notices: list[str] = field(default_factory=list)
     observe_errors: list[ApiError] = field(default_factory=list)  # what the pass could not see
+    # Listed pods named like this pod's that are another rpm install's (or an older rpm's): left alone.
+    other_installs: list[Pod] = field(default_factory=list)
 
     def _done(self, *kinds: ActionKind) -> bool:
         return any(a.ok and a.action.kind in kinds for a in self.applied)
@@ -160,6 +162,7 @@ class ShutdownResult:
     dry_run: bool = False
     plan: Plan = field(default_factory=Plan)
     notices: list[str] = field(default_factory=list)
+    other_installs: list[str] = field(default_factory=list)  # "id (name)" of rpm pods left alone: not this install's
 
     @property
     def proxy_stopped(self) -> bool:

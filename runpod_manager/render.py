@@ -343,7 +343,7 @@ def show_shutdown(r: Renderer, result: ShutdownResult) -> None:
     if r.as_json:
         r.emit({"dry_run": result.dry_run, "ended": [a.action.describe() for a in result.ended],
                 "orphans_terminated": result.orphans_terminated, "proxy_stopped": result.proxy_stopped,
-                "proxies_stopped": result.proxies_stopped})
+                "proxies_stopped": result.proxies_stopped, "other_installs": result.other_installs})
         return
     prefix = "[bold]dry run[/]: would " if result.dry_run else ""
     done = "" if result.dry_run else " ✓"
@@ -360,6 +360,8 @@ def show_shutdown(r: Renderer, result: ShutdownResult) -> None:
         r.line(f"{prefix}terminate unknown rpm pod {escape(orphan)}{done}")
     if not result.ended and not result.orphans_terminated:
         r.line("nothing running; lease closed")
+    for other in result.other_installs:
+        r.line(f"left alone: pod {escape(other)} is another rpm install's (or an older rpm's)")
 
 
 def show_proxy_stopped(r: Renderer, results: list[ProxyStopResult], url: str) -> None:
