@@ -27,7 +27,7 @@ from runpod_manager.errors import (
     ResumeRefused,
     RpmError,
 )
-from runpod_manager.lifecycle import Lifecycle
+from runpod_manager.lifecycle import Lifecycle, other_installs
 from runpod_manager.outcomes import (
     AppliedAction,
     FleetOutcome,
@@ -234,13 +234,12 @@ def _sweep_all_rpm_pods(lead: Lifecycle, state: State, pods: Sequence[Lifecycle]
     known = {pod_id for pod in pods for pod_id in (state.record(pod.name).pod_id,
                                                     state.record(pod.name).replacing_pod_id)}
     known |= {p.config.pod.pod_id for p in pods if p.config.pod.pod_id}
-    held = {pod_id for record in state.pods.values() for pod_id in (record.pod_id, record.replacing_pod_id)}
-    swept, others = [], []
-    for pod in lead.client.list_pods_with_prefix(podspec.RPM_PREFIX):
-        if pod.id in known or pod.status == PodStatus.TERMINATED:
-            continue
-        if not (pod.id in held or podspec.made_by(pod.name, state.install_id)):
-            others.append(f"{pod.id} ({pod.name})")
+    listed = lead.client.list_pods_with_prefix(podspec.RPM_PREFIX)
+    others = other_installs(state, listed)
+    left_alone = {pod.id for pod in others}
+    swept = []
+    for pod in listed:
+        if pod.id in known or pod.status == PodStatus.TERMINATED or pod.id in left_alone:
             continue
         if not dry_run:
             lead.client.terminate_pod(pod.id)
@@ -252,7 +251,7 @@ def _sweep_all_rpm_pods(lead: Lifecycle, state: State, pods: Sequence[Lifecycle]
         if name not in configured and (record.lease or record.pod_id) and not dry_run:
             record.lease, record.last_lease_end_reason = None, "shutdown --all (not in the config)"
             record.pod_id = record.ready_pod_id = None
-    return swept, others
+    return swept, [f"{pod.id} ({pod.name})" for pod in others]
 
 
 def ensure_proxy(lc: Lifecycle, running_pid: int | None = None) -> str:

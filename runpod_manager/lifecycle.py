@@ -15,7 +15,7 @@ import contextlib
 import copy
 import functools
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from datetime import datetime
 
 from runpod_manager import create, podspec, policy, spend
@@ -274,7 +274,7 @@ class Lifecycle:
                                         check_ready=check_ready or record.replacing_pod_id is not None,
                                         errors=outcome.observe_errors, prefetched=prefetched, listing=listing)
             prefetched, listing = None, None  # a second look (after a refused resume) asks RunPod again
-            outcome.other_installs = other_installs(state, observation)
+            outcome.other_installs = other_installs(state, observation.named_pods or ())
             plan = policy.plan(now, self.config, record, observation, policy.activity_of(record), options)
             outcome.plan = policy.Plan(outcome.plan.actions + plan.actions)
             outcome.pod, outcome.spend_today_usd = observation.pod, observation.spend_today_usd
@@ -427,17 +427,16 @@ class Lifecycle:
             self.reconcile(wait_seconds=None)  # the replacement is ready: the old pod goes now
 
 
-def other_installs(state: State, observation: Observation) -> list[Pod]:
-    """The listed pods named like this pod's that this install cannot claim: no record holds them (by id, or
-    by the name of a pending create) and their names do not carry this install's id. Another rpm install's,
-    or an older rpm's: shown, never touched."""
-    if observation.named_pods is None:
-        return []
+def other_installs(state: State, pods: Iterable[Pod]) -> list[Pod]:
+    """The pods (of a listing) that are rpm's but that this install cannot claim: no record of this state holds
+    them (by id, or by the name of a pending create) and their names do not carry this install's id. Another
+    rpm install's, or an older rpm's: shown, never touched. The one derivation for the sweep's passes,
+    `shutdown --all` and `rpm status`."""
     held = {pod_id for record in state.pods.values() for pod_id in (record.pod_id, record.replacing_pod_id)}
     pending = {record.intent.pod_name for record in state.pods.values() if record.intent is not None}
-    return [pod for pod in observation.named_pods
-            if pod.id not in held and pod.name not in pending and pod.status != PodStatus.TERMINATED
-            and not podspec.made_by(pod.name, state.install_id)]
+    return [pod for pod in pods
+            if pod.name.startswith(podspec.RPM_PREFIX) and pod.id not in held and pod.name not in pending
+            and pod.status != PodStatus.TERMINATED and not podspec.made_by(pod.name, state.install_id)]
 
 
 def _note_pod(record: PodRecord, pod: Pod, now: datetime) -> None:

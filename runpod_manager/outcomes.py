@@ -209,6 +209,7 @@ class StatusResult:
     # kind = "http", pod running: its public RunPod URL answered a request that carried no key (anyone with
     # the URL reaches the service without rpm); None when not asked.
     public_url_open: bool | None = None
+    other_installs: list[Pod] = field(default_factory=list)  # rpm pods of the account this install leaves alone
 
 
 @dataclass
@@ -219,6 +220,7 @@ class FleetStatus:
     account_spend_today_usd: float
     account_max_daily_spend_usd: float
     unconfigured: list[str]  # pods in state that the config no longer has (ended by `rpm shutdown --all`)
+    other_installs: list[Pod] = field(default_factory=list)  # rpm pods of the account this install leaves alone
 
 
 def _pass_exit_code(auth_error: AuthError | None, enforcement_failed: bool) -> ExitCode:

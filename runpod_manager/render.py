@@ -242,7 +242,8 @@ def show_fleet_status(r: Renderer, fleet: FleetStatus) -> None:
                "max_daily_spend_usd": fleet.account_max_daily_spend_usd}
     if r.as_json:
         r.emit({"pods": [{"name": result.config_name, **_status_json(result)} for result in fleet.pods],
-                "account": account, "unconfigured": fleet.unconfigured})
+                "account": account, "unconfigured": fleet.unconfigured,
+                "other_installs": [pod_json(pod) for pod in fleet.other_installs]})
         return
     grid = table("rpm · pods", ["pod", "status", "GPU", "$/h", "spend today", "lease", "deadline", "idle stop"])
     for result in fleet.pods:
@@ -266,6 +267,13 @@ def show_fleet_status(r: Renderer, fleet: FleetStatus) -> None:
     for name in fleet.unconfigured:
         r.line(f"[yellow]![/] pod {escape(name)} is in state but no longer in the config; "
                "`rpm shutdown --all` ends it")
+    _show_other_installs(r, fleet.other_installs)
+
+
+def _show_other_installs(r: Renderer, pods: list[Pod]) -> None:
+    for pod in pods:
+        r.line(f"pod {pod.id} ({escape(pod.name)}, {pod.status_text}) is another rpm install's (or an older "
+               "rpm's): rpm leaves it alone")
 
 
 def _status_json(result: StatusResult) -> dict[str, Any]:
@@ -283,6 +291,7 @@ def _status_json(result: StatusResult) -> dict[str, Any]:
         "kind": result.kind, "routes": result.routes, "public_url_open": result.public_url_open,
         "last_action": record.last_action, "last_reason": record.last_reason,
         "last_lease_end_reason": record.last_lease_end_reason,
+        "other_installs": [pod_json(pod) for pod in result.other_installs],
     }
 
 
@@ -304,6 +313,7 @@ def show_status(r: Renderer, result: StatusResult) -> None:
                + ". Start one with `rpm start`.")
         if result.spend_today_usd:
             r.line(f"spend today: {money(result.spend_today_usd)} of {money(result.max_daily_spend_usd)}")
+        _show_other_installs(r, result.other_installs)
         return
     grid = table(f"rpm · {result.config_name}", ["", ""])
     grid.show_header = False
@@ -336,6 +346,7 @@ def show_status(r: Renderer, result: StatusResult) -> None:
     if record.last_action:
         grid.add_row("last action", f"{record.last_action}: {escape(record.last_reason or '')}")
     r.out.print(grid)
+    _show_other_installs(r, result.other_installs)
 
 
 def show_shutdown(r: Renderer, result: ShutdownResult) -> None:

@@ -62,6 +62,11 @@ def test_two_installs_with_the_same_pod_name_never_sweep_each_other(rpm: Rpm, tm
 def test_shutdown_and_shutdown_all_leave_the_other_installs_pod_running(rpm: Rpm, tmp_path: Path) -> None:
     other = second_install(rpm, tmp_path)
     theirs = started(other)
+    # `rpm status` of the idle install shows what bills on the account: the other install's pod, as such.
+    status = rpm.run("status")
+    assert status.returncode == 0 and theirs in status.stdout and "another rpm install" in status.stdout
+    assert [pod["id"] for pod in rpm.json("status")["data"]["other_installs"]] == [theirs]
+    assert other.json("status")["data"]["other_installs"] == []  # its own pod is not another install's
     # An idle install (nothing of its own) shuts down: the other's pod is listed, never touched.
     idle = rpm.run("shutdown")
     assert idle.returncode == 0, idle.stderr

@@ -844,6 +844,14 @@ def test_shutdown_without_all_pods_ends_only_this_configs_pods(rig: Rig) -> None
         f"{pods['other-install']} (rpm-llm-zzzzzzzz-5f5f5f)", f"{pods['older-rpm']} (rpm-llm-6a6a6a)"])
 
 
+def test_status_lists_the_rpm_pods_of_other_installs_and_not_this_ones(rig: Rig) -> None:
+    pod_id = rig.started()
+    pods = _add_neighbours(rig.fake, rig.lifecycle.store.load().install_id)
+    others = {pod.id for pod in build_status(rig.lifecycle).other_installs}
+    assert others == {pods["other-install"], pods["older-rpm"], pods["other-install-config"]}
+    assert pod_id not in others and rig.fake.mutations() == []
+
+
 def test_a_record_keeps_its_older_named_pod_and_a_sweep_never_claims_one_by_name(rig: Rig) -> None:
     """State upgraded from version 2 holds a live pod named without an install id: still this record's pod
     (ended by shutdown); an older-named pod no record holds is never swept."""
@@ -983,14 +991,14 @@ def test_a_wake_costs_what_a_start_does_plus_one_look_at_the_target(rig: Rig) ->
 # -------------------------------------------------------------------------------------------- status
 
 
-def test_status_observes_the_pod_with_one_call_and_writes_nothing(rig: Rig) -> None:
+def test_status_observes_the_pod_with_one_call_lists_other_installs_with_one_and_writes_nothing(rig: Rig) -> None:
     pod_id = rig.started()
     rig.later(600)
     before = rig.state_bytes()
 
     status = build_status(rig.lifecycle)
 
-    assert rig.fake.history == [("get", pod_id)]
+    assert rig.fake.history == [("get", pod_id), ("list", "rpm-")]
     assert rig.state_bytes() == before
     assert status.pod_observed and status.pod is not None and status.pod.status == PodStatus.RUNNING
     assert status.pod_url == rig.config.pod_url(pod_id)
