@@ -370,7 +370,7 @@ def show_shutdown(r: Renderer, result: ShutdownResult) -> None:
     for orphan in result.orphans_terminated:
         r.line(f"{prefix}terminate unknown rpm pod {escape(orphan)}{done}")
     if not result.ended and not result.orphans_terminated:
-        r.line("nothing running; lease closed")
+        r.line(f"nothing {'of this install ' if result.other_installs else ''}running; lease closed")
     for other in result.other_installs:
         r.line(f"left alone: pod {escape(other)} is another rpm install's (or an older rpm's)")
 
