@@ -272,8 +272,8 @@ def show_fleet_status(r: Renderer, fleet: FleetStatus) -> None:
 
 def _show_other_installs(r: Renderer, pods: list[Pod]) -> None:
     for pod in pods:
-        r.line(f"pod {pod.id} ({escape(pod.name)}, {pod.status_text}) is another rpm install's (or an older "
-               "rpm's): rpm leaves it alone")
+        r.line(f"pod {escape(pod.id)} ({escape(pod.name)}, {escape(pod.status_text)}) is another rpm install's (or an "
+               "older rpm's): rpm leaves it alone")
 
 
 def _status_json(result: StatusResult) -> dict[str, Any]:
