@@ -222,8 +222,8 @@ def shutdown(
     r: Renderer,
     names: NamesArg = None,
     stop: Annotated[bool, typer.Option("--stop", help="Stop the pod (keep its disk) instead of terminating.")] = False,
-    all_pods: Annotated[bool, typer.Option("--all", help="Also terminate every rpm- pod that state does not know.")
-                        ] = False,
+    all_pods: Annotated[bool, typer.Option("--all", help="Also terminate every pod of this rpm install that state "
+                                           "does not know (never another install's).")] = False,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Show what would be done; change nothing.")] = False,
     config: ConfigOpt = None,
     as_json: JsonOpt = False,

@@ -54,7 +54,8 @@ def _meta(doc: str, **rules: Any) -> dict[str, Any]:
 @dataclass(frozen=True)
 class PodConfig:
     name: str = field(default="default", metadata=_meta(
-        "Config name: pods are named rpm-<name>-<random>; the rpm- prefix marks pods rpm owns."))
+        "Config name: pods are named rpm-<name>-<install id>-<random>; the rpm- prefix marks pods rpm owns, "
+        "the install id (pod_state.json) the state directory that made them."))
     model: str = field(default="Qwen/Qwen2.5-Coder-1.5B-Instruct", metadata=_meta(
         "Model the pod serves (passed to vLLM as --model)."))
     gpu_types: tuple[str, ...] = field(default=("NVIDIA GeForce RTX 4090",), metadata=_meta(
@@ -172,7 +173,8 @@ class LimitsConfig:
         "How often a pass reads RunPod billing to correct the spend estimate (always near the cap).",
         minimum=0))
     sweep_orphans: bool = field(default=True, metadata=_meta(
-        "Terminate rpm-<name>-… pods that state does not own."))
+        "Terminate this install's rpm-<name>-<install id>-… pods that state does not own (never another "
+        "install's)."))
     warm_hours: str = field(default="", metadata=_meta(
         "Local windows (in timezone) in which the pod is kept warm, e.g. \"Mon-Fri 08:55-18:00\" or "
         "\"Mon-Fri 09:00-17:00, Sat 10:00-14:00\": a lease opens so that the pod is ready at the start, and "

@@ -15,7 +15,7 @@ from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 from typing import NoReturn
 
-from runpod_manager import display, policy, spend
+from runpod_manager import display, podspec, policy, spend
 from runpod_manager.config import Config
 from runpod_manager.errors import (
     ApiError,
@@ -28,7 +28,7 @@ from runpod_manager.errors import (
     RpmError,
     StopRefused,
 )
-from runpod_manager.lifecycle import Lifecycle
+from runpod_manager.lifecycle import Lifecycle, other_installs
 from runpod_manager.outcomes import (
     AppliedAction,
     FleetOutcome,
@@ -193,7 +193,7 @@ def shutdown(lc: Lifecycle | Sequence[Lifecycle], *, stop: bool = False, all_pod
             record.proxy_wanted = False
             outcome = pod.run_pass(state, Options(shutdown_action=end_action), dry_run=dry_run, sweep=True)
             outcomes.append((pod, record, outcome))
-        orphans = _sweep_all_rpm_pods(lead, state, pods, dry_run=dry_run) if all_pods else []
+        orphans, others = _sweep_all_rpm_pods(lead, state, pods, dry_run=dry_run) if all_pods else ([], [])
     if not dry_run and stop_proxies:  # a watchdog may have restarted one before the lock was ours
         stopped += [pid for pid in lead.proxy.stop_all() if pid not in stopped]
     ending = (*policy.ENDS, ActionKind.TERMINATE_ORPHAN)
@@ -218,21 +218,30 @@ def shutdown(lc: Lifecycle | Sequence[Lifecycle], *, stop: bool = False, all_pod
         first = outcome.observe_errors[0]
         raise _retold(first, f"could not verify that nothing of config '{pod.name}' runs: {first.message} "
                       f"({known})", hint="the lease is closed; run `rpm shutdown` again when RunPod answers")
-    return ShutdownResult(ended=ended, orphans_terminated=orphans, proxies_stopped=stopped,
+    if not all_pods:  # --all listed every rpm pod; otherwise each pass listed the pods named like its own
+        others = list(dict.fromkeys(f"{pod.id} ({pod.name})" for _p, _r, outcome in outcomes
+                                    for pod in outcome.other_installs))
+    return ShutdownResult(ended=ended, orphans_terminated=orphans, proxies_stopped=stopped, other_installs=others,
                           record=outcomes[0][1], dry_run=dry_run, plan=policy.Plan(tuple(
                               a for _p, _r, outcome in outcomes for a in outcome.plan.actions)),
                           notices=lead.store.take_notices())
 
 
-def _sweep_all_rpm_pods(lead: Lifecycle, state: State, pods: Sequence[Lifecycle], *, dry_run: bool) -> list[str]:
-    """--all: every rpm- pod of the account that no record of these pods holds (pods of configs removed from
-    the file included; their records are closed). Adopted pods are never touched."""
+def _sweep_all_rpm_pods(lead: Lifecycle, state: State, pods: Sequence[Lifecycle], *, dry_run: bool
+                        ) -> tuple[list[str], list[str]]:
+    """--all: every pod of this install that no record of these pods holds (pods of configs removed from the
+    file included; their records are closed): named with this install's id, or held by a record of this
+    state. Adopted pods are never touched, nor any other `rpm-` pod: another rpm install's (or an older
+    rpm's), returned second, "id (name)", to be shown."""
     known = {pod_id for pod in pods for pod_id in (state.record(pod.name).pod_id,
                                                     state.record(pod.name).replacing_pod_id)}
     known |= {p.config.pod.pod_id for p in pods if p.config.pod.pod_id}
+    listed = lead.client.list_pods_with_prefix(podspec.RPM_PREFIX)
+    others = other_installs(state, listed)
+    left_alone = {pod.id for pod in others}
     swept = []
-    for pod in lead.client.list_pods_with_prefix("rpm-"):
-        if pod.id in known or pod.status == PodStatus.TERMINATED:
+    for pod in listed:
+        if pod.id in known or pod.status == PodStatus.TERMINATED or pod.id in left_alone:
             continue
         if not dry_run:
             lead.client.terminate_pod(pod.id)
@@ -244,7 +253,7 @@ def _sweep_all_rpm_pods(lead: Lifecycle, state: State, pods: Sequence[Lifecycle]
         if name not in configured and (record.lease or record.pod_id) and not dry_run:
             record.lease, record.last_lease_end_reason = None, "shutdown --all (not in the config)"
             record.pod_id = record.ready_pod_id = None
-    return swept
+    return swept, [f"{pod.id} ({pod.name})" for pod in others]
 
 
 def ensure_proxy(lc: Lifecycle, running_pid: int | None = None) -> str:

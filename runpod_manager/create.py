@@ -31,7 +31,7 @@ def create(lc: Lifecycle, state: State, record: PodRecord, now: datetime, *, rep
     if not candidates:
         raise NoCapacity("no configured GPU type is within [pod] max_price_per_hour",
                          hint="run `rpm refresh-catalog` to see prices")
-    pod_name = f"{lc.config.pod_name_prefix}{secrets.token_hex(3)}"
+    pod_name = podspec.new_pod_name(lc.config, state.install_id)
     if replacing is not None or not record.upstream_key:
         record.upstream_key = secrets.token_urlsafe(32)
     record.intent = Intent(pod_name=pod_name, created_at=now, purpose="replace" if replacing else "create")

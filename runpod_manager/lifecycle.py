@@ -15,7 +15,7 @@ import contextlib
 import copy
 import functools
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from datetime import datetime
 
 from runpod_manager import create, podspec, policy, spend
@@ -208,8 +208,8 @@ class Lifecycle:
         today = policy.local_day(now, self.config.zone)
         account = spend.account_today_usd(state.pods.values(), today)
         return Observation(pod=pod, pod_observed=observed, spend_today_usd=own, account_spend_today_usd=account,
-                           named_pods=named, replaced_pod=replaced, resume_refused=resume_refused,
-                           pod_ready=ready, proxy_running=proxy_running)
+                           named_pods=named, install_id=state.install_id, replaced_pod=replaced,
+                           resume_refused=resume_refused, pod_ready=ready, proxy_running=proxy_running)
 
     def _replaced_pod(self, record: PodRecord) -> Pod | None:
         """The old pod kept while its replacement starts; forgotten once it is gone."""
@@ -277,6 +277,7 @@ class Lifecycle:
                                         check_ready=check_ready or record.replacing_pod_id is not None,
                                         errors=outcome.observe_errors, prefetched=prefetched, listing=listing)
             prefetched, listing = None, None  # a second look (after a refused resume) asks RunPod again
+            outcome.other_installs = other_installs(state, observation.named_pods or ())
             plan = policy.plan(now, self.config, record, observation, policy.activity_of(record), options)
             outcome.plan = policy.Plan(outcome.plan.actions + plan.actions)
             outcome.pod, outcome.spend_today_usd = observation.pod, observation.spend_today_usd
@@ -435,6 +436,18 @@ class Lifecycle:
         self.events.write("ready", config=self.name, pod_id=pod.id)
         if record.replacing_pod_id:
             self.reconcile(wait_seconds=None)  # the replacement is ready: the old pod goes now
+
+
+def other_installs(state: State, pods: Iterable[Pod]) -> list[Pod]:
+    """The pods (of a listing) that are rpm's but that this install cannot claim: no record of this state holds
+    them (by id, or by the name of a pending create) and their names do not carry this install's id. Another
+    rpm install's, or an older rpm's: shown, never touched. The one derivation for the sweep's passes,
+    `shutdown --all` and `rpm status`."""
+    held = {pod_id for record in state.pods.values() for pod_id in (record.pod_id, record.replacing_pod_id)}
+    pending = {record.intent.pod_name for record in state.pods.values() if record.intent is not None}
+    return [pod for pod in pods
+            if pod.name.startswith(podspec.RPM_PREFIX) and pod.id not in held and pod.name not in pending
+            and pod.status != PodStatus.TERMINATED and not podspec.made_by(pod.name, state.install_id)]
 
 
 def _note_pod(record: PodRecord, pod: Pod, now: datetime) -> None:

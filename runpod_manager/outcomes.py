@@ -54,6 +54,8 @@ class PassOutcome:
     api_calls: int = 0
     notices: list[str] = field(default_factory=list)
     observe_errors: list[ApiError] = field(default_factory=list)  # what the pass could not see
+    # Listed pods named like this pod's that are another rpm install's (or an older rpm's): left alone.
+    other_installs: list[Pod] = field(default_factory=list)
 
     def _done(self, *kinds: ActionKind) -> bool:
         return any(a.ok and a.action.kind in kinds for a in self.applied)
@@ -160,6 +162,7 @@ class ShutdownResult:
     dry_run: bool = False
     plan: Plan = field(default_factory=Plan)
     notices: list[str] = field(default_factory=list)
+    other_installs: list[str] = field(default_factory=list)  # "id (name)" of rpm pods left alone: not this install's
 
     @property
     def proxy_stopped(self) -> bool:
@@ -206,6 +209,7 @@ class StatusResult:
     # kind = "http", pod running: its public RunPod URL answered a request that carried no key (anyone with
     # the URL reaches the service without rpm); None when not asked.
     public_url_open: bool | None = None
+    other_installs: list[Pod] = field(default_factory=list)  # rpm pods of the account this install leaves alone
 
 
 @dataclass
@@ -216,6 +220,7 @@ class FleetStatus:
     account_spend_today_usd: float
     account_max_daily_spend_usd: float
     unconfigured: list[str]  # pods in state that the config no longer has (ended by `rpm shutdown --all`)
+    other_installs: list[Pod] = field(default_factory=list)  # rpm pods of the account this install leaves alone
 
 
 def _pass_exit_code(auth_error: AuthError | None, enforcement_failed: bool) -> ExitCode:

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta, tzinfo
 from enum import StrEnum
 
+from runpod_manager import podspec
 from runpod_manager.config import Config
 from runpod_manager.display import usd
 from runpod_manager.runpod.models import Pod, PodStatus
@@ -88,6 +89,8 @@ class Observation:
     account_spend_today_usd: float = 0.0
     # Pods whose names start with this config's prefix; None when not listed this pass.
     named_pods: tuple[Pod, ...] | None = None
+    # The state directory's install id: only a pod whose name carries it can be this install's orphan.
+    install_id: str = ""
     # The pod kept while its replacement starts (record.replacing_pod_id), None when gone or not asked.
     replaced_pod: Pod | None = None
     resume_refused: bool = False
@@ -435,13 +438,14 @@ def _finish(
             if (not lease_ends and observed.pod_observed and record.pod_id is None
                     and not any(a.kind in ENDS or a.kind in STARTS for a in actions)):
                 actions.append(Action(ActionKind.CREATE, "interrupted create left no pod; creating it again"))
-    # 7. Orphans: pods with this config's prefix that state does not own. Never touch other pods.
+    # 7. Orphans: pods named by this install for this config that state does not own. Never touch other pods:
+    # not another config's, not another rpm install's (same pod name, another install id), not an older rpm's.
     if observed.named_pods is not None and config.limits.sweep_orphans:
         owned = {record.pod_id, record.replacing_pod_id}
         adopted = {a.pod_id for a in actions if a.kind == ActionKind.ADOPT}
         for other in observed.named_pods:
             if (other.id in owned or other.id in adopted or other.status == PodStatus.TERMINATED
-                    or not _named_for(other.name, config)):
+                    or not podspec.is_own_pod(other.name, config, observed.install_id)):
                 continue
             if record.intent is not None and other.name == record.intent.pod_name:
                 continue
@@ -456,14 +460,6 @@ def _finish(
             and not any(a.kind == ActionKind.CLOSE_LEASE for a in actions)):
         actions.append(Action(ActionKind.RESTART_PROXY, "the proxy should run for the open lease and does not"))
     return Plan(tuple(_dedupe(actions)))
-
-
-def _named_for(pod_name: str, config: Config) -> bool:
-    """Whether a pod is named rpm-<this config's name>-<random>. Config names may contain dashes, so
-    rpm-llm-big-3f2a1c belongs to config "llm-big", not to "llm": the random part has no dash."""
-    prefix = config.pod_name_prefix
-    suffix = pod_name[len(prefix):]
-    return pod_name.startswith(prefix) and bool(suffix) and "-" not in suffix
 
 
 def _dedupe(actions: list[Action]) -> list[Action]:

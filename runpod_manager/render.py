@@ -245,7 +245,8 @@ def show_fleet_status(r: Renderer, fleet: FleetStatus) -> None:
                "max_daily_spend_usd": fleet.account_max_daily_spend_usd}
     if r.as_json:
         r.emit({"pods": [{"name": result.config_name, **_status_json(result)} for result in fleet.pods],
-                "account": account, "unconfigured": fleet.unconfigured})
+                "account": account, "unconfigured": fleet.unconfigured,
+                "other_installs": [pod_json(pod) for pod in fleet.other_installs]})
         return
     grid = table("rpm · pods", ["pod", "status", "GPU", "$/h", "spend today", "lease", "deadline", "idle stop"])
     for result in fleet.pods:
@@ -269,6 +270,13 @@ def show_fleet_status(r: Renderer, fleet: FleetStatus) -> None:
     for name in fleet.unconfigured:
         r.line(f"[yellow]![/] pod {escape(name)} is in state but no longer in the config; "
                "`rpm shutdown --all` ends it")
+    _show_other_installs(r, fleet.other_installs)
+
+
+def _show_other_installs(r: Renderer, pods: list[Pod]) -> None:
+    for pod in pods:
+        r.line(f"pod {escape(pod.id)} ({escape(pod.name)}, {escape(pod.status_text)}) is another rpm install's (or an "
+               "older rpm's): rpm leaves it alone")
 
 
 def _status_json(result: StatusResult) -> dict[str, Any]:
@@ -286,6 +294,7 @@ def _status_json(result: StatusResult) -> dict[str, Any]:
         "kind": result.kind, "routes": result.routes, "public_url_open": result.public_url_open,
         "last_action": record.last_action, "last_reason": record.last_reason,
         "last_lease_end_reason": record.last_lease_end_reason,
+        "other_installs": [pod_json(pod) for pod in result.other_installs],
     }
 
 
@@ -307,6 +316,7 @@ def show_status(r: Renderer, result: StatusResult) -> None:
                + ". Start one with `rpm start`.")
         if result.spend_today_usd:
             r.line(f"spend today: {money(result.spend_today_usd)} of {money(result.max_daily_spend_usd)}")
+        _show_other_installs(r, result.other_installs)
         return
     grid = table(f"rpm · {result.config_name}", ["", ""])
     grid.show_header = False
@@ -339,6 +349,7 @@ def show_status(r: Renderer, result: StatusResult) -> None:
     if record.last_action:
         grid.add_row("last action", f"{record.last_action}: {escape(record.last_reason or '')}")
     r.out.print(grid)
+    _show_other_installs(r, result.other_installs)
 
 
 def show_shutdown(r: Renderer, result: ShutdownResult) -> None:
@@ -346,7 +357,7 @@ def show_shutdown(r: Renderer, result: ShutdownResult) -> None:
     if r.as_json:
         r.emit({"dry_run": result.dry_run, "ended": [a.action.describe() for a in result.ended],
                 "orphans_terminated": result.orphans_terminated, "proxy_stopped": result.proxy_stopped,
-                "proxies_stopped": result.proxies_stopped})
+                "proxies_stopped": result.proxies_stopped, "other_installs": result.other_installs})
         return
     prefix = "[bold]dry run[/]: would " if result.dry_run else ""
     done = "" if result.dry_run else " ✓"
@@ -362,7 +373,9 @@ def show_shutdown(r: Renderer, result: ShutdownResult) -> None:
     for orphan in result.orphans_terminated:
         r.line(f"{prefix}terminate unknown rpm pod {escape(orphan)}{done}")
     if not result.ended and not result.orphans_terminated:
-        r.line("nothing running; lease closed")
+        r.line(f"nothing {'of this install ' if result.other_installs else ''}running; lease closed")
+    for other in result.other_installs:
+        r.line(f"left alone: pod {escape(other)} is another rpm install's (or an older rpm's)")
 
 
 def show_proxy_stopped(r: Renderer, results: list[ProxyStopResult], url: str) -> None:

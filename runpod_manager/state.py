@@ -1,20 +1,27 @@
 """pod_state.json: the versioned record of the pods rpm owns, written so it cannot be half-written.
 
-Layout: `{"version": N, "pods": {config_name: record}}`. The file is 0600 in a 0700 directory, written to
-a temp file in the same directory, fsynced and renamed. Every read-modify-write holds the file lock
-(`StateStore.transaction`). A corrupt file is moved aside as `.corrupt-<time>` and reported; a file from
+Layout: `{"version": N, "install_id": id, "pods": {config_name: record}}`. The file is 0600 in a 0700
+directory, written to a temp file in the same directory, fsynced and renamed. Every read-modify-write holds
+the file lock (`StateStore.transaction`). A corrupt file is moved aside as `.corrupt-<time>` and reported; a file from
 a newer rpm is refused; older versions are upgraded by the named steps in `UPGRADES`.
 
 The record holds the upstream key (the pod's vLLM key), which is why the file is private.
+
+The install id is this state directory's identity at RunPod: made once (with the file, or by the upgrade to
+version 3), carried in the name of every pod this install creates (`podspec.new_pod_name`), and the only
+proof a sweep accepts that an unrecorded pod is this install's (DESIGN.md: one install, one identity).
 """
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import dataclasses
 import json
 import math
 import os
+import re
+import secrets
 import tempfile
 import time
 import typing
@@ -37,7 +44,10 @@ from runpod_manager.paths import (
     write_private_file,
 )
 
-STATE_VERSION = 2
+STATE_VERSION = 3
+# 8 lowercase base32 characters (40 random bits): short enough for a pod's name, and two installs on one
+# account sharing one by chance is a one-in-a-trillion event.
+INSTALL_ID_RE = re.compile(r"^[a-z2-7]{8}$")
 
 # The range of what rpm ever writes. A value outside it is a hand edit, a broken clock or another program:
 # acting on it would disable a limit (every comparison with NaN is false, so a NaN spend never reaches the
@@ -252,9 +262,17 @@ def _check_record_types(values: dict[str, Any]) -> None:
                                                 high=LATEST.timestamp())
 
 
+def new_install_id() -> str:
+    """A fresh install id (see the module docstring); made once per state directory."""
+    return base64.b32encode(secrets.token_bytes(5)).decode("ascii").lower()
+
+
 @dataclass
 class State:
     pods: dict[str, PodRecord] = field(default_factory=dict)
+    # A state that is not on disk yet gets its id here; it is saved before any pod is named with it (a create
+    # saves its intent first), so an id no file holds never reaches RunPod.
+    install_id: str = field(default_factory=new_install_id)
 
     def record(self, config_name: str) -> PodRecord:
         """The record of a config, created empty when absent."""
@@ -263,7 +281,8 @@ class State:
         return self.pods[config_name]
 
     def to_json(self) -> dict[str, Any]:
-        return {"version": STATE_VERSION, "pods": {name: rec.to_json() for name, rec in self.pods.items()}}
+        return {"version": STATE_VERSION, "install_id": self.install_id,
+                "pods": {name: rec.to_json() for name, rec in self.pods.items()}}
 
 
 # --------------------------------------------------------------------------------------------- upgrades
@@ -285,7 +304,15 @@ def _upgrade_1_to_2(document: dict[str, Any]) -> dict[str, Any]:
     return document
 
 
-UPGRADES: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {1: _upgrade_1_to_2}
+def _upgrade_2_to_3(document: dict[str, Any]) -> dict[str, Any]:
+    """v3 gives the state directory its install id, made here once. The pods its records hold keep their
+    older names (`rpm-<name>-<random>`): they stay this install's by their ids, never by their names."""
+    document["install_id"] = new_install_id()
+    document["version"] = 3
+    return document
+
+
+UPGRADES: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {1: _upgrade_1_to_2, 2: _upgrade_2_to_3}
 
 
 def decode_state(text: str) -> State:
@@ -316,7 +343,10 @@ def decode_state(text: str) -> State:
     where = _non_finite(document)  # in fields this rpm does not know (json.loads accepts NaN and Infinity)
     if where is not None:
         raise ValueError(f"{where} is not a finite number")
-    return State(pods=pods)
+    install_id = document.get("install_id")
+    if not isinstance(install_id, str) or not INSTALL_ID_RE.match(install_id):
+        raise ValueError("missing or invalid 'install_id' (8 characters a-z, 2-7)")
+    return State(pods=pods, install_id=install_id)
 
 
 def _non_finite(document: Any) -> str | None:

@@ -12,23 +12,25 @@ import copy
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from runpod_manager import policy, spend
-from runpod_manager.errors import ApiError, NotFound
+from runpod_manager import podspec, policy, spend
+from runpod_manager.errors import ApiError, ConfigError, NotFound
 from runpod_manager.outcomes import FleetStatus, StatusResult
 from runpod_manager.ports import answers_without_key
 from runpod_manager.runpod.models import Pod
-from runpod_manager.state import PodRecord
+from runpod_manager.state import PodRecord, State
 
 if TYPE_CHECKING:
     from runpod_manager.control import Fleet
     from runpod_manager.lifecycle import Lifecycle
 
 
-def build_status(lifecycle: Lifecycle) -> StatusResult:
+def build_status(lifecycle: Lifecycle, *, list_others: bool = True) -> StatusResult:
+    """One pod's status; `list_others`: also list the account's rpm pods of other installs (one call)."""
     from runpod_manager.control import proxy_base_url
 
     config = lifecycle.config
-    record = lifecycle.store.load().pods.get(lifecycle.name) or PodRecord(config_name=lifecycle.name)
+    state = lifecycle.store.load()
+    record = state.pods.get(lifecycle.name) or PodRecord(config_name=lifecycle.name)
     lifecycle.check_world(copy.deepcopy(record))  # the same refusal as every command
     now = lifecycle.clock()
     pod: Pod | None = None
@@ -66,14 +68,25 @@ def build_status(lifecycle: Lifecycle) -> StatusResult:
         pod_url=lifecycle.pod_url(record.pod_id) if record.pod_id else None,
         max_daily_spend_usd=config.limits.max_daily_spend_usd, idle_seconds=idle,
         ready=ready, notices=lifecycle.store.take_notices(), kind=config.pod.kind, routes=routes,
-        public_url_open=public_url_open,
+        public_url_open=public_url_open, other_installs=other_install_pods(lifecycle, state) if list_others else [],
     )
+
+
+def other_install_pods(lifecycle: Lifecycle, state: State) -> list[Pod]:
+    """The account's rpm pods that this install cannot claim (another install's, or an older rpm's), so that
+    a pod billing on the account is never a mystery. One list call; nothing when RunPod does not answer."""
+    from runpod_manager.lifecycle import other_installs
+
+    try:
+        return other_installs(state, lifecycle.client.list_pods_with_prefix(podspec.RPM_PREFIX))
+    except (ApiError, ConfigError):  # ConfigError: no key (status of a config that holds no pod works without)
+        return []
 
 
 def build_fleet_status(fleet: Fleet, members: Sequence[Lifecycle]) -> FleetStatus:
     """`rpm status` of several pods: each pod's status (one RunPod GET each), the account's spend today
     against the account cap, and the records of pods that are no longer in the config."""
-    pods = [build_status(member) for member in members]
+    pods = [build_status(member, list_others=False) for member in members]
     lead = fleet.lead
     state = lead.store.load()
     today = policy.local_day(lead.clock(), lead.config.zone)
@@ -85,4 +98,4 @@ def build_fleet_status(fleet: Fleet, members: Sequence[Lifecycle]) -> FleetStatu
                     if name not in fleet.members and (record.pod_id or record.lease)]
     return FleetStatus(pods=pods, account_spend_today_usd=account,
                        account_max_daily_spend_usd=lead.config.account.max_daily_spend_usd,
-                       unconfigured=unconfigured)
+                       unconfigured=unconfigured, other_installs=other_install_pods(lead, state))

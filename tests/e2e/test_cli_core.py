@@ -88,14 +88,18 @@ def test_stop_then_start_resumes_the_same_pod(rpm: Rpm) -> None:
     assert resumed["resumed"] is True and resumed["pod"]["id"] == pod_id
 
 
-def test_shutdown_all_sweeps_unknown_rpm_pods_only(rpm: Rpm) -> None:
+def test_shutdown_all_sweeps_unknown_rpm_pods_of_this_install_only(rpm: Rpm) -> None:
+    assert rpm.run("watchdog").returncode == 0  # the state directory (and its install id) exists
+    install = rpm.state()["install_id"]
     body = {"image": "vllm/vllm-openai:latest", "gpu": {"id": "NVIDIA GeForce RTX 4090", "count": 1}}
-    stray = rpm.sandbox.api("POST", "/v2/pods", json={"name": "rpm-other-abc123", **body}).json()
+    stray = rpm.sandbox.api("POST", "/v2/pods", json={"name": f"rpm-other-{install}-abc123", **body}).json()
+    other_install = rpm.sandbox.api("POST", "/v2/pods", json={"name": "rpm-other-zzzzzzzz-abc123", **body}).json()
     foreign = rpm.sandbox.api("POST", "/v2/pods", json={"name": "my-own-pod", **body}).json()
     result = rpm.json("shutdown", "--all")["data"]
     assert any(stray["id"] in line for line in result["orphans_terminated"])
+    assert any(other_install["id"] in line for line in result["other_installs"])
     remaining = {p["id"] for p in _live_pods(rpm)}
-    assert remaining == {foreign["id"]}
+    assert remaining == {foreign["id"], other_install["id"]}
 
 
 def test_refresh_catalog_table_json_and_problems(rpm: Rpm) -> None:

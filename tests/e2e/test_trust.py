@@ -244,8 +244,10 @@ def test_state_of_another_runpod_is_refused_and_its_pod_never_silently_dropped(r
 
 
 def test_shutdown_says_when_it_terminates_an_orphan(rpm: Rpm) -> None:
+    assert rpm.run("watchdog").returncode == 0  # the state directory (and its install id) exists
     body = {"image": "vllm/vllm-openai:latest", "gpu": {"id": "NVIDIA GeForce RTX 4090", "count": 1}}
-    stray = rpm.sandbox.api("POST", "/v2/pods", json={"name": "rpm-e2e-abc123", **body}).json()
+    name = f"rpm-e2e-{rpm.state()['install_id']}-abc123"
+    stray = rpm.sandbox.api("POST", "/v2/pods", json={"name": name, **body}).json()
     result = rpm.run("shutdown")
     assert result.returncode == 0, result.stderr
     assert stray["id"] in result.stdout and "nothing running" not in result.stdout

@@ -168,18 +168,21 @@ def test_limit_enforced_despite_flaky_api(rpm: Rpm) -> None:
 
 
 def test_orphans_reported_then_swept_never_foreign(rpm: Rpm) -> None:
+    assert rpm.run("watchdog").returncode == 0  # the state directory (and its install id) exists
+    install = rpm.state()["install_id"]
     body = {"image": "vllm/vllm-openai:latest", "gpu": {"id": "NVIDIA GeForce RTX 4090", "count": 1}}
-    orphan = rpm.sandbox.api("POST", "/v2/pods", json={"name": "rpm-e2e-0rphan", **body}).json()
-    other_config = rpm.sandbox.api("POST", "/v2/pods", json={"name": "rpm-other-123456", **body}).json()
+    orphan = rpm.sandbox.api("POST", "/v2/pods", json={"name": f"rpm-e2e-{install}-0a0a0a", **body}).json()
+    other_config = rpm.sandbox.api("POST", "/v2/pods", json={"name": f"rpm-other-{install}-123456", **body}).json()
+    other_install = rpm.sandbox.api("POST", "/v2/pods", json={"name": "rpm-e2e-zzzzzzzz-0a0a0a", **body}).json()
     foreign = rpm.sandbox.api("POST", "/v2/pods", json={"name": "notebook", **body}).json()
     report = rpm.run("watchdog", "--sweep", "--report-orphans-only")
     assert f"report_orphan {orphan['id']}" in report.stdout
-    assert len(_live(rpm)) == 3
+    assert len(_live(rpm)) == 4
     dry = rpm.run("watchdog", "--sweep", "--dry-run")
-    assert "terminate_orphan" in dry.stdout and len(_live(rpm)) == 3
+    assert "terminate_orphan" in dry.stdout and len(_live(rpm)) == 4
     swept = rpm.run("watchdog", "--sweep")
     assert f"terminate_orphan {orphan['id']}" in swept.stdout
-    assert {p["id"] for p in _live(rpm)} == {other_config["id"], foreign["id"]}
+    assert {p["id"] for p in _live(rpm)} == {other_config["id"], other_install["id"], foreign["id"]}
 
 
 def test_pod_guard_removes_the_pod_with_no_rpm_running(rpm: Rpm) -> None:

@@ -42,7 +42,7 @@ from runpod_manager.policy import Action, ActionKind
 from runpod_manager.proxy.bridge import LifecycleProxyController
 from runpod_manager.proxy.controller import UpstreamTarget
 from runpod_manager.runpod.models import PodSpec, PodStatus
-from runpod_manager.state import PodRecord, State, StateStore
+from runpod_manager.state import Lease, PodRecord, State, StateStore
 from runpod_manager.status import build_status
 from tests.support.fake_runpod import FakeRunPod
 
@@ -918,20 +918,26 @@ def test_a_stop_refused_because_the_pod_is_already_stopped_counts_as_stopped(tmp
     assert (rig.saved().last_status, rig.saved().cost_per_hour) == ("EXITED", 0.0)
 
 
-def _add_neighbours(fake: FakeRunPod) -> dict[str, str]:
+def _add_neighbours(fake: FakeRunPod, install: str) -> dict[str, str]:
     return {
-        "orphan": fake.add_pod("rpm-llm-0a0a0a"),  # this config's name pattern, unknown to state
-        "other-config": fake.add_pod("rpm-other-1b1b1b"),
-        "other-config-stopped": fake.add_pod("rpm-big-2c2c2c", PodStatus.EXITED),
-        "longer-config": fake.add_pod("rpm-llm-big-3d3d3d"),  # config "llm-big" shares the "rpm-llm-" prefix
+        "orphan": fake.add_pod(f"rpm-llm-{install}-0a0a0a"),  # this config's name and install, unknown to state
+        "other-config": fake.add_pod(f"rpm-other-{install}-1b1b1b"),
+        "other-config-stopped": fake.add_pod(f"rpm-big-{install}-2c2c2c", PodStatus.EXITED),
+        # config "llm-big" shares the "rpm-llm-" prefix
+        "longer-config": fake.add_pod(f"rpm-llm-big-{install}-3d3d3d"),
         "notebook": fake.add_pod("my-notebook"),
-        "lookalike": fake.add_pod("rpmx-4e4e4e"),
+        "lookalike": fake.add_pod(f"rpmx-{install}-4e4e4e"),
+        # Another rpm install on the same account (same pod name, another install id), and an older rpm's pod
+        # (no install id) that no record holds: neither can be proved this install's.
+        "other-install": fake.add_pod("rpm-llm-zzzzzzzz-5f5f5f"),
+        "older-rpm": fake.add_pod("rpm-llm-6a6a6a"),
+        "other-install-config": fake.add_pod("rpm-other-zzzzzzzz-7b7b7b"),
     }
 
 
-def test_shutdown_all_pods_terminates_unknown_rpm_pods_and_never_other_names(rig: Rig) -> None:
+def test_shutdown_all_pods_terminates_unknown_rpm_pods_of_this_install_and_never_others(rig: Rig) -> None:
     pod_id = rig.started()
-    pods = _add_neighbours(rig.fake)
+    pods = _add_neighbours(rig.fake, rig.lifecycle.store.load().install_id)
 
     result = control.shutdown(rig.lifecycle, all_pods=True)
 
@@ -939,22 +945,55 @@ def test_shutdown_all_pods_terminates_unknown_rpm_pods_and_never_other_names(rig
     assert terminated == {pod_id, pods["orphan"], pods["other-config"], pods["other-config-stopped"],
                           pods["longer-config"]}
     assert len(rig.fake.mutations()) == len(terminated)  # each once
-    for untouched in ("notebook", "lookalike"):
+    for untouched in ("notebook", "lookalike", "other-install", "older-rpm", "other-install-config"):
         assert rig.fake.status_of(pods[untouched]) == PodStatus.RUNNING
+    install = rig.lifecycle.store.load().install_id
     assert sorted(result.orphans_terminated) == sorted([
-        f"{pods['other-config']} (rpm-other-1b1b1b)", f"{pods['other-config-stopped']} (rpm-big-2c2c2c)",
-        f"{pods['longer-config']} (rpm-llm-big-3d3d3d)"])
+        f"{pods['other-config']} (rpm-other-{install}-1b1b1b)",
+        f"{pods['other-config-stopped']} (rpm-big-{install}-2c2c2c)",
+        f"{pods['longer-config']} (rpm-llm-big-{install}-3d3d3d)"])
+    assert sorted(result.other_installs) == sorted([
+        f"{pods['other-install']} (rpm-llm-zzzzzzzz-5f5f5f)", f"{pods['older-rpm']} (rpm-llm-6a6a6a)",
+        f"{pods['other-install-config']} (rpm-other-zzzzzzzz-7b7b7b)"])
 
 
 def test_shutdown_without_all_pods_ends_only_this_configs_pods(rig: Rig) -> None:
     pod_id = rig.started()
-    pods = _add_neighbours(rig.fake)
+    pods = _add_neighbours(rig.fake, rig.lifecycle.store.load().install_id)
 
-    control.shutdown(rig.lifecycle)
+    result = control.shutdown(rig.lifecycle)
 
     assert sorted(rig.fake.mutations()) == sorted([("terminate", pod_id), ("terminate", pods["orphan"])])
-    for other in ("other-config", "longer-config", "notebook", "lookalike"):
+    for other in ("other-config", "longer-config", "notebook", "lookalike", "other-install", "older-rpm"):
         assert rig.fake.status_of(pods[other]) == PodStatus.RUNNING
+    # The pods named like this one that are not this install's are shown (a pod of another config is not).
+    assert sorted(result.other_installs) == sorted([
+        f"{pods['other-install']} (rpm-llm-zzzzzzzz-5f5f5f)", f"{pods['older-rpm']} (rpm-llm-6a6a6a)"])
+
+
+def test_status_lists_the_rpm_pods_of_other_installs_and_not_this_ones(rig: Rig) -> None:
+    pod_id = rig.started()
+    pods = _add_neighbours(rig.fake, rig.lifecycle.store.load().install_id)
+    others = {pod.id for pod in build_status(rig.lifecycle).other_installs}
+    assert others == {pods["other-install"], pods["older-rpm"], pods["other-install-config"]}
+    assert pod_id not in others and rig.fake.mutations() == []
+
+
+def test_a_record_keeps_its_older_named_pod_and_a_sweep_never_claims_one_by_name(rig: Rig) -> None:
+    """State upgraded from version 2 holds a live pod named without an install id: still this record's pod
+    (ended by shutdown); an older-named pod no record holds is never swept."""
+    held, stray = rig.fake.add_pod("rpm-llm-3f2a1c"), rig.fake.add_pod("rpm-llm-4e5f6a")
+    with rig.lifecycle.store.transaction() as state:
+        record = state.record("llm")
+        record.pod_id, record.pod_name = held, "rpm-llm-3f2a1c"
+        now = rig.lifecycle.clock()
+        record.lease = Lease(opened_at=now, deadline=now + timedelta(hours=1))
+        record.last_activity_at = now
+    rig.lifecycle.reconcile(sweep=True)
+    assert rig.fake.mutations() == []
+    result = control.shutdown(rig.lifecycle)
+    assert rig.fake.mutations() == [("terminate", held)]
+    assert result.other_installs == [f"{stray} (rpm-llm-4e5f6a)"]
 
 
 # ------------------------------------------------------------------------------------------ dry runs
@@ -1079,14 +1118,14 @@ def test_a_wake_costs_what_a_start_does_plus_one_look_at_the_target(rig: Rig) ->
 # -------------------------------------------------------------------------------------------- status
 
 
-def test_status_observes_the_pod_with_one_call_and_writes_nothing(rig: Rig) -> None:
+def test_status_observes_the_pod_with_one_call_lists_other_installs_with_one_and_writes_nothing(rig: Rig) -> None:
     pod_id = rig.started()
     rig.later(600)
     before = rig.state_bytes()
 
     status = build_status(rig.lifecycle)
 
-    assert rig.fake.history == [("get", pod_id)]
+    assert rig.fake.history == [("get", pod_id), ("list", "rpm-")]
     assert rig.state_bytes() == before
     assert status.pod_observed and status.pod is not None and status.pod.status == PodStatus.RUNNING
     assert status.pod_url == rig.config.pod_url(pod_id)

@@ -10,12 +10,14 @@ close, a stop where the winner terminates).
 from __future__ import annotations
 
 import itertools
+import re
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
 
+from runpod_manager import podspec
 from runpod_manager.config import Config
 from runpod_manager.policy import (
     ENDS,
@@ -33,18 +35,22 @@ from runpod_manager.runpod.models import Pod, PodStatus
 from runpod_manager.state import Intent, Lease, PodRecord
 
 NOW = datetime(2026, 6, 10, 12, 0, 0, tzinfo=UTC)
-CONFIG_NAME = "llm"  # pods are rpm-llm-<random>
+CONFIG_NAME = "llm"  # pods are rpm-llm-<install id>-<random>
+INSTALL = "lq7xw2ab"  # this state directory's install id
 MAIN = "pod-main"
 OLD = "pod-old"
-INTENT_NAME = "rpm-llm-0a0a0a"
+INTENT_NAME = f"rpm-llm-{INSTALL}-0a0a0a"
 INTENT_POD = "pod-intent"
 ORPHAN = "pod-orphan"
 # Present in every listing: none of them may ever appear in an action.
 FOREIGN_PODS = (
     ("pod-notebook", "my-notebook"),  # no prefix at all
-    ("pod-other-config", "rpm-llm-big-1b1b1b"),  # config "llm-big": shares the "rpm-llm-" prefix
-    ("pod-other-rpm", "rpm-other-2c2c2c"),  # another config
-    ("pod-lookalike", "rpm-llmx-3d3d3d"),  # "rpm-llm" without the dash
+    ("pod-other-config", f"rpm-llm-big-{INSTALL}-1b1b1b"),  # config "llm-big": shares the "rpm-llm-" prefix
+    ("pod-other-rpm", f"rpm-other-{INSTALL}-2c2c2c"),  # another config
+    ("pod-lookalike", f"rpm-llmx-{INSTALL}-3d3d3d"),  # "rpm-llm" without the dash
+    ("pod-other-install", "rpm-llm-zzzzzzzz-4e4e4e"),  # this pod's name, another rpm install's id
+    ("pod-older-rpm", "rpm-llm-6f6f6f"),  # an older rpm's naming (no install id), held by no record
+    ("pod-config-like-id", f"rpm-llm-{INSTALL}-{INSTALL}-7a7a7a"),  # config "llm-<id>", not "llm"
 )
 FOREIGN_IDS = {pod_id for pod_id, _ in FOREIGN_PODS}
 
@@ -119,7 +125,7 @@ class Scenario:
                 make_pod(pod_id, name) for pod_id, name in FOREIGN_PODS)
         observation = Observation(
             pod=pod, pod_observed=self.pod_observed, spend_today_usd=self.spend,
-            account_spend_today_usd=self.account_spend, named_pods=named,
+            account_spend_today_usd=self.account_spend, named_pods=named, install_id=INSTALL,
             replaced_pod=replaced, resume_refused=self.resume_refused, pod_ready=self.pod_ready,
             proxy_running=self.proxy_running,
         )
@@ -174,7 +180,7 @@ IDLE = {"last_request_at": NOW - timedelta(minutes=20)}  # idle_timeout_seconds 
 RECOVERY = {"pod_status": None}  # the lease's pod vanished
 INTENT = {"pod_id": None, "pod_status": None, "intent": INTENT_NAME,
           "named": (make_pod(INTENT_POD, INTENT_NAME, PodStatus.PROVISIONING),)}
-ORPHANS = {"named": (make_pod(ORPHAN, "rpm-llm-5e5e5e"),)}
+ORPHANS = {"named": (make_pod(ORPHAN, f"rpm-llm-{INSTALL}-5e5e5e"),)}
 PROXY = {"proxy_wanted": True, "proxy_running": False}
 
 RULES: dict[str, dict[str, Any]] = {
@@ -278,7 +284,7 @@ SINGLE_ROWS = [
      [f"report_orphan:{ORPHAN}"]),
     ("orphans: sweep_orphans off", [ORPHANS, {"limits": {"sweep_orphans": False}}], []),
     ("orphans: a TERMINATED orphan is left alone",
-     [{"named": (make_pod(ORPHAN, "rpm-llm-5e5e5e", PodStatus.TERMINATED),)}], []),
+     [{"named": (make_pod(ORPHAN, f"rpm-llm-{INSTALL}-5e5e5e", PodStatus.TERMINATED),)}], []),
     ("orphans: also swept without a lease", [ORPHANS, {"opened_at": None, "pod_id": None, "pod_status": None}],
      [f"terminate_orphan:{ORPHAN}"]),
     # 8. proxy
@@ -466,17 +472,17 @@ def test_reasons_say_which_limit_and_by_how_much(triggers: list[dict[str, Any]],
 
 def test_orphan_actions_name_the_pod() -> None:
     action = Scenario().merged(ORPHANS).plan().actions[0]
-    assert (action.pod_id, action.pod_name) == (ORPHAN, "rpm-llm-5e5e5e")
+    assert (action.pod_id, action.pod_name) == (ORPHAN, f"rpm-llm-{INSTALL}-5e5e5e")
 
 
 def test_a_config_name_with_dashes_does_not_claim_the_pods_of_a_shorter_name() -> None:
     """Config "llm-big" must not see "rpm-llm-…" pods as its orphans, nor "llm" those of "llm-big"."""
-    big = Scenario(named=(make_pod(ORPHAN, "rpm-llm-big-5e5e5e"),))
+    big = Scenario(named=(make_pod(ORPHAN, f"rpm-llm-big-{INSTALL}-5e5e5e"),))
     config, record, observation, activity = big.inputs()
     config_big = replace(config, pod=replace(config.pod, name="llm-big"))
     result = plan(NOW, config_big, replace(record, pod_id=None), replace(observation, pod=None), activity)
-    # From "llm-big"'s side, its own pods are orphans ("pod-other-config" is rpm-llm-big-1b1b1b) and
-    # "llm"'s pod rpm-llm-aaaaaa is not.
+    # From "llm-big"'s side, its own pods are orphans ("pod-other-config" is rpm-llm-big-<id>-1b1b1b) and
+    # "llm"'s pods are not.
     assert summary(result) == ["create", f"terminate_orphan:{ORPHAN}", "terminate_orphan:pod-other-config"]
     assert summary(big.plan()) == []  # from "llm"'s side, rpm-llm-big-… is not an orphan
 
@@ -495,3 +501,18 @@ def test_resume_reason_tells_a_wake_from_an_interruption(started_ago: timedelta 
     result = plan(NOW, config, record, observation, activity, Options())
     [resume] = [a for a in result.actions if a.kind == ActionKind.RESUME]
     assert resume.reason.startswith(expected)
+
+
+def test_a_new_pod_name_carries_the_install_id_and_reads_back_as_this_installs() -> None:
+    config = Scenario().config()
+    name = podspec.new_pod_name(config, INSTALL)
+    assert re.fullmatch(rf"rpm-llm-{INSTALL}-[0-9a-f]{{6}}", name)
+    assert podspec.is_own_pod(name, config, INSTALL) and podspec.made_by(name, INSTALL)
+    assert podspec.install_of(name) == INSTALL
+    assert not podspec.is_own_pod(name, config, "zzzzzzzz") and not podspec.is_own_pod(name, config, "")
+    spec = podspec.build_spec(config, name, "NVIDIA L40S", "upstream-key", None)
+    assert spec.env[podspec.INSTALL_ID_ENV] == INSTALL
+    # An older rpm's name (no install id) and names that only look alike are nobody's proof.
+    for other in ("rpm-llm-3f2a1c", "rpm-llm-big-3f2a1c", f"rpm-llm-{INSTALL}-3F2A1C", f"llm-{INSTALL}-3f2a1c",
+                  f"rpm-{INSTALL}-3f2a1c", f"rpm-llm-{INSTALL}-3f2a1c-x"):
+        assert not podspec.made_by(other, INSTALL) and not podspec.is_own_pod(other, config, INSTALL), other

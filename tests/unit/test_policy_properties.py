@@ -38,6 +38,7 @@ from tests.unit.test_policy import (
     CONFIG_NAME,
     FOREIGN_IDS,
     FOREIGN_PODS,
+    INSTALL,
     INTENT_NAME,
     INTENT_POD,
     MAIN,
@@ -159,13 +160,13 @@ def inputs(draw: st.DrawFn, lease_open: bool | None = None) -> Inputs:
         if draw(st.booleans()):
             extra.append(make_pod(INTENT_POD, INTENT_NAME, draw(statuses)))
         if draw(st.booleans()):
-            extra.append(make_pod(ORPHAN, "rpm-llm-5e5e5e", draw(statuses)))
+            extra.append(make_pod(ORPHAN, f"rpm-llm-{INSTALL}-5e5e5e", draw(statuses)))
         named = (*(p for p in (pod, replaced) if p is not None), *extra,
                  *(make_pod(foreign_id, name) for foreign_id, name in FOREIGN_PODS))
     observed = Observation(
         pod=pod, pod_observed=draw(st.sampled_from([True, True, True, False])),
         spend_today_usd=draw(st.one_of(st.just(0.0), st.floats(0.0, 60.0), st.floats(0.0, 60.0))),
-        named_pods=named, replaced_pod=replaced,
+        named_pods=named, install_id=INSTALL, replaced_pod=replaced,
         resume_refused=draw(st.booleans()), pod_ready=draw(st.booleans()),
         proxy_running=draw(st.sampled_from([None, True, False])),
     )

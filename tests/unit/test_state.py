@@ -11,6 +11,7 @@ import contextlib
 import dataclasses
 import json
 import os
+import re
 import stat
 import subprocess
 import sys
@@ -109,7 +110,8 @@ def test_every_record_field_survives_save_and_load(store: StateStore, paths: Pat
 def test_the_file_layout_is_versioned_with_utc_timestamps(store: StateStore, paths: Paths) -> None:
     store.save(State(pods={"main": full_record()}))
     document = json.loads(paths.state_file.read_text(encoding="utf-8"))
-    assert set(document) == {"version", "pods"} and document["version"] == STATE_VERSION == 2
+    assert set(document) == {"version", "install_id", "pods"} and document["version"] == STATE_VERSION == 3
+    assert re.fullmatch(r"[a-z2-7]{8}", document["install_id"])
     record = document["pods"]["main"]
     assert set(record) == {f.name for f in dataclasses.fields(PodRecord)}
     assert record["lease"] == {"opened_at": "2026-11-23T09:30:00Z", "deadline": "2026-11-23T13:30:00Z",
@@ -209,7 +211,7 @@ def test_a_crash_mid_write_keeps_the_old_file_whole_and_leaves_no_temp_file(
     monkeypatch.undo()
     assert paths.state_file.read_bytes() == before
     assert leftovers(paths) == []
-    assert store.load() == State(pods={"main": full_record()})
+    assert store.load().pods == {"main": full_record()}
 
 
 def test_an_interrupt_mid_write_also_cleans_up(store: StateStore, paths: Paths,
@@ -476,7 +478,7 @@ CORRUPT: dict[str, bytes] = {
 def test_a_corrupt_file_is_moved_aside_byte_for_byte_and_reported(store: StateStore, paths: Paths,
                                                                   content: bytes) -> None:
     put(paths, content)
-    assert store.load() == State()
+    assert store.load().pods == {}
     aside = paths.state_dir / f"pod_state.json.corrupt-{STAMP}"
     assert aside.read_bytes() == content
     assert not paths.state_file.exists()
@@ -489,7 +491,7 @@ def test_a_corrupt_file_is_moved_aside_byte_for_byte_and_reported(store: StateSt
 def test_a_corrupt_file_is_never_replaced_in_place(store: StateStore, paths: Paths) -> None:
     content = put(paths, b'{"version": 2, "pods": {"main": {"pod_id": "p1"')
     with store.transaction() as state:
-        assert state == State()
+        assert state.pods == {}
         state.record("main").pod_id = "p2"
     assert (paths.state_dir / f"pod_state.json.corrupt-{STAMP}").read_bytes() == content
     assert store.load().pods["main"].pod_id == "p2"
@@ -547,7 +549,7 @@ def test_a_state_path_rpm_never_wrote_is_refused_without_reading_it_whole(store:
 
 
 def test_no_file_is_an_empty_state_and_no_notice(store: StateStore, paths: Paths) -> None:
-    assert store.load() == State() and store.notices == []
+    assert store.load().pods == {} and store.notices == []
     assert not paths.state_dir.exists()  # reading creates nothing
 
 
@@ -559,7 +561,7 @@ def test_no_file_is_an_empty_state_and_no_notice(store: StateStore, paths: Paths
 def test_a_null_required_timestamp_is_corrupt_not_a_crash(store: StateStore, paths: Paths,
                                                           record: dict[str, Any]) -> None:
     content = put(paths, {"version": 2, "pods": {"main": record}})
-    assert store.load() == State()
+    assert store.load().pods == {}
     assert (paths.state_dir / f"pod_state.json.corrupt-{STAMP}").read_bytes() == content
 
 
@@ -568,7 +570,7 @@ def test_a_null_required_timestamp_is_corrupt_not_a_crash(store: StateStore, pat
 ], ids=["pod_id-list", "proxy_wanted-string", "upstream_key-number", "sweep-epoch-string"])
 def test_a_record_field_of_the_wrong_type_is_corrupt(store: StateStore, paths: Paths, record: dict[str, Any]) -> None:
     put(paths, {"version": 2, "pods": {"main": record}})
-    assert store.load() == State()
+    assert store.load().pods == {}
     assert len(store.notices) == 1
 
 
@@ -613,7 +615,7 @@ IMPOSSIBLE_VALUES = {
 def test_an_impossible_value_makes_the_record_corrupt_moved_aside_and_reported(store: StateStore, paths: Paths,
                                                                                record: str) -> None:
     content = put(paths, '{"version": 2, "pods": {"main": ' + record + "}}")
-    assert store.load() == State()
+    assert store.load().pods == {}
     assert (paths.state_dir / f"pod_state.json.corrupt-{STAMP}").read_bytes() == content
     assert not paths.state_file.exists()
     (notice,) = store.notices
@@ -740,6 +742,36 @@ def test_version_1_becomes_a_lease_with_its_deadline(store: StateStore, paths: P
     assert written["pods"]["main"]["lease"]["deadline"] == "2026-11-23T11:00:00Z"
 
 
+def test_version_2_gets_its_install_id_once_and_keeps_its_records(store: StateStore, paths: Paths) -> None:
+    """The upgrade to 3 makes the state directory's install id. The pods its records hold keep their older
+    names (no install id): they stay this install's by their ids (the sweeps never claim a pod by such a name)."""
+    record = {"pod_id": "old1", "pod_name": "rpm-main-3f2a1c", "upstream_key": "k1",
+              "lease": {"opened_at": "2026-11-23T09:30:00Z", "deadline": "2026-11-23T11:00:00Z"}}
+    content = put(paths, {"version": 2, "pods": {"main": record}})
+    state = store.load()
+    assert paths.state_file.read_bytes() == content  # reading upgrades in memory only
+    assert re.fullmatch(r"[a-z2-7]{8}", state.install_id)
+    assert (state.pods["main"].pod_id, state.pods["main"].pod_name) == ("old1", "rpm-main-3f2a1c")
+    store.save(state)
+    assert json.loads(paths.state_file.read_text())["install_id"] == state.install_id
+    assert StateStore(paths).load().install_id == state.install_id  # made once: read back, never made again
+
+
+@pytest.mark.parametrize("install_id", [None, "", "UPPER123", "short", "abcdefgh1", 12345678],
+                         ids=["missing", "empty", "upper", "short", "long", "number"])
+def test_a_current_file_without_a_valid_install_id_is_corrupt(store: StateStore, paths: Paths,
+                                                              install_id: Any) -> None:
+    document: dict[str, Any] = {"version": STATE_VERSION, "pods": {}}
+    if install_id is not None:
+        document["install_id"] = install_id
+    put(paths, document)
+    assert store.load().pods == {} and len(store.notices) == 1
+
+
+def test_a_new_state_has_an_install_id_of_its_own() -> None:
+    assert State().install_id != State().install_id and re.fullmatch(r"[a-z2-7]{8}", State().install_id)
+
+
 def test_version_1_keeps_a_lease_it_already_had(store: StateStore, paths: Paths) -> None:
     lease = {"opened_at": "2026-11-23T08:00:00Z", "deadline": "2026-11-23T10:00:00Z", "opened_by": "wake"}
     put(paths, {"version": 1, "pods": {"main": {"started_at": "2026-11-23T09:30:00Z", "runtime_seconds": 60,
@@ -754,7 +786,7 @@ def test_version_1_keeps_a_lease_it_already_had(store: StateStore, paths: Paths)
 ], ids=["record-a-list", "start-a-number", "runtime-a-word", "start-a-word"])
 def test_a_malformed_version_1_file_is_corrupt(store: StateStore, paths: Paths, record: Any) -> None:
     content = put(paths, {"version": 1, "pods": {"main": record}})
-    assert store.load() == State()
+    assert store.load().pods == {}
     assert (paths.state_dir / f"pod_state.json.corrupt-{STAMP}").read_bytes() == content
     assert len(store.notices) == 1
 
@@ -764,12 +796,13 @@ def test_a_version_1_runtime_out_of_range_is_corrupt_not_a_crash(store: StateSto
                                                                  runtime: str) -> None:
     put(paths, '{"version": 1, "pods": {"main": {"started_at": "2026-11-23T09:30:00Z", "runtime_seconds": '
                + runtime + "}}}")
-    assert store.load() == State()
+    assert store.load().pods == {}
     assert len(store.notices) == 1
 
 
 def test_unknown_fields_of_the_current_version_are_dropped_quietly(store: StateStore, paths: Paths) -> None:
-    put(paths, {"version": STATE_VERSION, "pods": {"main": {"pod_id": "p1", "from_a_later_patch": [1, 2]}}})
+    put(paths, {"version": STATE_VERSION, "install_id": "lq7xw2ab",
+                "pods": {"main": {"pod_id": "p1", "from_a_later_patch": [1, 2]}}})
     state = store.load()
     assert state.pods["main"] == PodRecord(config_name="main", pod_id="p1") and store.notices == []
 
