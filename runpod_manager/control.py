@@ -19,6 +19,7 @@ from runpod_manager import policy, spend
 from runpod_manager.config import Config
 from runpod_manager.errors import (
     ApiError,
+    AuthError,
     ConfigError,
     Interrupted,
     LimitRefused,
@@ -180,6 +181,8 @@ def shutdown(lc: Lifecycle | Sequence[Lifecycle], *, stop: bool = False, all_pod
     pods = [lc] if isinstance(lc, Lifecycle) else list(lc)
     lead = pods[0]
     end_action = "stop" if stop else "terminate"
+    if not dry_run:
+        _check_shutdown(lead, pods, wait_seconds)
     # The proxies go first: their in-flight streams finish on a pod that still runs, and they cannot wake
     # the pod again (a new lease) between the end of the pod below and their own end.
     stopped = [] if dry_run or not stop_proxies else lead.proxy.stop_all()
@@ -220,6 +223,31 @@ def shutdown(lc: Lifecycle | Sequence[Lifecycle], *, stop: bool = False, all_pod
                           record=outcomes[0][1], dry_run=dry_run, plan=policy.Plan(tuple(
                               a for _p, _r, outcome in outcomes for a in outcome.plan.actions)),
                           notices=lead.store.take_notices())
+
+
+def _check_shutdown(lead: Lifecycle, pods: Sequence[Lifecycle], wait_seconds: float | None) -> None:
+    """Whatever can refuse a shutdown, checked before its first change (the proxies' stop, which would leave a
+    pod billing with nothing to idle-stop it): the state lock, each record's RunPod API (its ConfigError says
+    that nothing was changed), the key and RunPod's answer to it. A RunPod that does not answer refuses
+    nothing: the shutdown goes on and says what it could not verify."""
+    unchanged = "; nothing was changed"
+    try:
+        with lead.transaction(lead.lock_wait(wait_seconds), dry_run=True) as state:
+            records = [state.record(pod.name) for pod in pods]
+            for pod, record in zip(pods, records, strict=True):
+                pod.check_world(record)
+            pod_id = next((record.pod_id for record in records if record.pod_id), None)
+            try:
+                if pod_id is None:
+                    _ = lead.client  # no key: ConfigError
+                else:
+                    lead.get_or_none(pod_id)  # a revoked key refuses here, not after the proxies stopped
+            except (AuthError, ConfigError) as exc:
+                raise _retold(exc, exc.message + unchanged, hint=exc.hint) from None
+            except ApiError:
+                pass
+    except LockBusy as exc:
+        raise _retold(exc, exc.message + unchanged, hint=exc.hint) from None
 
 
 def _sweep_all_rpm_pods(lead: Lifecycle, state: State, pods: Sequence[Lifecycle], *, dry_run: bool) -> list[str]:

@@ -726,7 +726,8 @@ def test_shutdown_stops_the_proxies_first_terminates_the_pod_and_closes_the_leas
     result = control.shutdown(rig.lifecycle)
 
     assert [(a.action.kind, a.action.pod_id) for a in result.ended] == [(ActionKind.TERMINATE, pod_id)]
-    assert rig.fake.history == [("get", pod_id), ("list", PREFIX), ("terminate", pod_id)]
+    # The first GET checks the key before anything changes; the pass's own comes after the proxies stopped.
+    assert rig.fake.history == [("get", pod_id), ("get", pod_id), ("list", PREFIX), ("terminate", pod_id)]
     # The proxies go before the pod (their streams finish on a live pod), and are looked for again after.
     assert mutations_when_proxies_stopped[0] == []
     assert len(mutations_when_proxies_stopped) == 2
@@ -773,7 +774,8 @@ def test_shutdown_with_runpod_unreachable_raises_the_api_error_naming_the_pod(ri
 
     assert type(raised.value) is ApiUnavailable and raised.value.exit_code == ExitCode.API
     assert raised.value.message.startswith(f"could not end pod {pod_id}")
-    assert rig.fake.history == [("get", pod_id), ("list", PREFIX), ("terminate", pod_id)]
+    # The key's check before any change (unanswered: it refuses nothing), then the pass.
+    assert rig.fake.history == [("get", pod_id), ("get", pod_id), ("list", PREFIX), ("terminate", pod_id)]
     record = rig.saved()
     assert record.lease is None  # closed anyway: no pass may start it again
     assert record.pod_id == pod_id  # kept, so the next shutdown or watchdog ends it
