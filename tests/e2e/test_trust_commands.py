@@ -6,10 +6,15 @@ what the lease in state says, which proxies run, and what the message told the u
 
 from __future__ import annotations
 
+import signal
+import time
+
 import pytest
 
-from tests.e2e.test_trust import _free_port, _health, _running, _with_proxy
-from tests.support.rpm import Rpm
+from runpod_manager.paths import resolve_paths
+from runpod_manager.proxy.process import find_proxies
+from tests.e2e.test_trust import _foreground_proxy, _free_port, _health, _running, _with_proxy
+from tests.support.rpm import Rpm, fast_config, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -41,3 +46,117 @@ def test_shutdown_with_a_revoked_key_refuses_before_stopping_the_proxy(rpm: Rpm)
     assert _health(port)["instance"]["pid"] == proxy_pid  # type: ignore[index]
     assert [p["id"] for p in _running(rpm)] == [started["pod"]["id"]]
     assert rpm.record().get("lease") is not None
+
+
+# --------------------------------------------------------- 19. a failed start leaves no lease and no proxy of its own
+
+
+def _creates(rpm: Rpm) -> int:
+    return rpm.sandbox.calls().get("createPod", 0)
+
+
+def _assert_nothing_left(rpm: Rpm, names: tuple[str, ...], port: int) -> None:
+    """No pod billing, no lease open, and no create after a few of a running proxy's reconcile periods."""
+    assert _running(rpm) == [], rpm.sandbox.pods()
+    assert all(rpm.record(name).get("lease") is None for name in names), rpm.state()
+    creates = _creates(rpm)
+    time.sleep(1.5)  # five reconcile periods of a proxy (0.3 s), were one running
+    assert _creates(rpm) == creates and _running(rpm) == []
+
+
+def test_a_start_whose_pod_keeps_failing_at_boot_closes_its_lease_and_starts_no_proxy(rpm: Rpm) -> None:
+    port = _free_port()
+    _with_proxy(rpm, port)
+    rpm.sandbox.control("faults", {"fail_boots": 100})
+    result = rpm.run("start")
+    assert result.returncode == 1, (result.stdout, result.stderr)
+    assert "times while starting" in result.stderr and "lease is closed" in result.stderr
+    assert _health(port) is None and find_proxies(resolve_paths(rpm.env()), scan=True) == []
+    _assert_nothing_left(rpm, ("e2e",), port)
+    assert [p for p in rpm.sandbox.pods() if p["status"] != "TERMINATED"] == []  # the ERROR pod too
+
+
+def test_a_failed_start_leaves_a_proxy_that_ran_before_it_but_closes_its_lease(rpm: Rpm) -> None:
+    port = _free_port()
+    _with_proxy(rpm, port)
+    with _foreground_proxy(rpm, port) as foreground:
+        rpm.sandbox.control("faults", {"fail_boots": 100})
+        result = rpm.run("start")
+        assert result.returncode == 1, (result.stdout, result.stderr)
+        assert _health(port)["instance"]["pid"] == foreground.pid  # type: ignore[index]
+        _assert_nothing_left(rpm, ("e2e",), port)
+
+
+def test_a_start_of_several_pods_that_all_fail_starts_no_proxy_and_closes_every_lease(rpm: Rpm) -> None:
+    port = _free_port()
+    pods = {name: {"model": f"org/{name}-model", "gpu_types": ["NVIDIA GeForce RTX 4090"]} for name in ("a", "b")}
+    rpm.config_path.write_text(fast_config(proxy_port=port, pods=pods), encoding="utf-8")
+    rpm.sandbox.control("faults", {"fail_boots": 100})
+    result = rpm.run("start")
+    assert result.returncode == 1, (result.stdout, result.stderr)
+    assert _health(port) is None and find_proxies(resolve_paths(rpm.env()), scan=True) == []
+    _assert_nothing_left(rpm, ("a", "b"), port)
+
+
+# ------------------------------------------------------------------- 17. Ctrl-C during `rpm start` means cancel
+
+
+def _interrupt_start(rpm: Rpm, until: str, *args: str) -> tuple[int, str]:
+    """Run `rpm start ARGS`, SIGINT it once the record has `until` (its pod id, or a pending create's intent),
+    and return its exit code and stderr."""
+    process = rpm.popen("start", *args)
+    try:
+        assert wait_until(lambda: rpm.record().get(until) is not None, 30), rpm.record()
+        process.send_signal(signal.SIGINT)
+        _out, err = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+    return process.returncode, err
+
+
+def test_ctrl_c_while_waiting_with_nothing_enforcing_stops_the_pod_and_says_so(rpm: Rpm) -> None:
+    rpm.sandbox.control("faults", {"model_load_seconds": 600})  # RUNNING, but the model never answers in time
+    code, err = _interrupt_start(rpm, "pod_id", "--no-proxy")
+    assert code == 130, err
+    pod_id = rpm.record()["pod_id"]
+    assert f"pod {pod_id} was stopped" in err and "nothing would enforce its limits" in err, err
+    assert "idle stop applies" not in err and "Traceback" not in err
+    assert [p["status"] for p in rpm.sandbox.pods()] == ["EXITED"]
+    assert rpm.record().get("lease") is None
+
+
+def test_ctrl_c_while_waiting_leaves_the_pod_to_a_running_proxy_and_says_so(rpm: Rpm) -> None:
+    port = _free_port()
+    _with_proxy(rpm, port, idle_timeout_seconds=600)
+    with _foreground_proxy(rpm, port) as foreground:
+        rpm.sandbox.control("faults", {"model_load_seconds": 600})
+        code, err = _interrupt_start(rpm, "pod_id", "--no-proxy")
+        assert code == 130, err
+        pod_id = rpm.record()["pod_id"]
+        assert f"pod {pod_id} keeps coming up" in err and f"the proxy (pid {foreground.pid}) enforces" in err, err
+        assert [p["id"] for p in _running(rpm)] == [pod_id]
+        assert rpm.record().get("lease") is not None
+
+
+def test_ctrl_c_while_waiting_leaves_the_pod_to_a_watchdog_that_cron_runs(rpm: Rpm) -> None:
+    assert rpm.run("watchdog").returncode == 0  # cron's last pass: a minute ago at most
+    rpm.sandbox.control("faults", {"model_load_seconds": 600})
+    code, err = _interrupt_start(rpm, "pod_id", "--no-proxy")
+    assert code == 130, err
+    assert "the watchdog (cron) enforces its limits" in err, err
+    assert [p["id"] for p in _running(rpm)] == [rpm.record()["pod_id"]]
+
+
+@pytest.mark.parametrize("sandbox_flags", [["--latency", "1.0"]])
+def test_ctrl_c_during_the_create_ends_the_pod_it_made_without_a_watchdog(rpm: Rpm) -> None:
+    code, err = _interrupt_start(rpm, "intent", "--no-proxy")
+    assert code == 130, err
+    assert "lease is closed" in err and "Traceback" not in err, err
+    rpm.sandbox.control("faults", {"latency_seconds": 0.0})
+    assert rpm.record().get("lease") is None
+    # No watchdog runs here: what the create made (if it reached RunPod) was ended by the command itself.
+    assert _running(rpm) == [], (err, rpm.sandbox.pods())
+    if rpm.sandbox.pods():
+        assert "that its create made was terminated" in err, err

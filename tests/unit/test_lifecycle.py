@@ -293,19 +293,55 @@ def test_a_pod_coming_up_is_polled_until_running_and_only_then_probed(tmp_path: 
     assert rig.saved().last_status == "RUNNING"
 
 
-def test_a_model_server_that_never_answers_is_not_ready_and_the_pod_keeps_its_lease(tmp_path: Path) -> None:
+def test_a_model_server_that_never_answers_keeps_its_lease_while_the_watchdog_enforces(tmp_path: Path) -> None:
     # The wait's deadline is time.monotonic() (not the injected clock), so a zero timeout is the only
     # way to reach it without waiting for real.
     rig = make_lifecycle(tmp_path, probe=Probe(never=True), startup={"ready_timeout_seconds": 0.0})
+    control._note_watchdog_pass(rig.paths, rig.clock() - timedelta(minutes=4))  # cron ran it 4 minutes ago
 
     with pytest.raises(NotReady, match="not ready after") as raised:
         control.start(rig.lifecycle)
 
     assert raised.value.exit_code == ExitCode.FAILED
+    assert raised.value.hint is not None and "the watchdog (cron) enforces its limits" in raised.value.hint
     record = rig.saved()
     assert record.lease is not None and record.pod_id is not None and not record.ready
     assert rig.fake.status_of(record.pod_id) == PodStatus.RUNNING
     assert rig.fake.mutations() == [("create", record.pod_name)]
+
+
+@pytest.mark.parametrize("watchdog_minutes_ago", [None, 11])
+def test_a_start_not_ready_in_time_with_nothing_enforcing_stops_its_pod(
+    tmp_path: Path, watchdog_minutes_ago: int | None,
+) -> None:
+    rig = make_lifecycle(tmp_path, probe=Probe(never=True), startup={"ready_timeout_seconds": 0.0})
+    if watchdog_minutes_ago is not None:  # cron stopped running it
+        control._note_watchdog_pass(rig.paths, rig.clock() - timedelta(minutes=watchdog_minutes_ago))
+
+    with pytest.raises(NotReady, match="not ready after") as raised:
+        control.start(rig.lifecycle)
+
+    record = rig.saved()
+    assert raised.value.hint is not None
+    assert f"the lease is closed and pod {record.pod_id} was stopped" in raised.value.hint
+    assert "nothing would enforce its limits" in raised.value.hint
+    assert record.lease is None and record.pod_id is not None
+    assert rig.fake.status_of(record.pod_id) == PodStatus.EXITED
+    assert rig.fake.mutations() == [("create", record.pod_name), ("stop", record.pod_id)]
+
+
+def test_a_watchdog_pass_is_recorded_also_when_the_lock_is_busy_and_never_by_a_dry_run(rig: Rig) -> None:
+    fleet = control.Fleet(rig.lifecycle)
+    control.reconcile(fleet, dry_run=True, watchdog=True)
+    assert control.last_watchdog_pass(rig.paths) is None
+    control.reconcile(fleet)  # the proxy's pass: not the watchdog's
+    assert control.last_watchdog_pass(rig.paths) is None
+    with StateStore(rig.paths).lock(wait_seconds=None):
+        assert control.reconcile(fleet, watchdog=True).busy
+    assert control.last_watchdog_pass(rig.paths) == rig.clock()
+    assert control.enforcer(rig.lifecycle) == "the watchdog (cron)"
+    rig.later(3600)
+    assert control.enforcer(rig.lifecycle) is None
 
 
 def test_a_pod_that_stops_while_waiting_is_resumed_by_the_wait(rig: Rig) -> None:
