@@ -287,7 +287,7 @@ def last_watchdog_pass(paths: Paths) -> datetime | None:
     return at if at.tzinfo is not None else None
 
 
-def _note_watchdog_pass(paths: Paths, now: datetime) -> None:
+def note_watchdog_pass(paths: Paths, now: datetime) -> None:
     with contextlib.suppress(OSError):  # a read-only state dir: the pass itself says what failed
         ensure_private_dir(paths.state_dir)
         write_private_file(paths.watchdog_pass_file, now.isoformat().encode())
@@ -550,13 +550,13 @@ def reconcile(fleet: Fleet, *, wait_seconds: float | None = 0, dry_run: bool = F
     except LockBusy:
         if wait_seconds == 0:
             if watchdog and not dry_run:
-                _note_watchdog_pass(lead.paths, lead.clock())
+                note_watchdog_pass(lead.paths, lead.clock())
             return FleetOutcome(busy=True, notices=lead.store.take_notices())
         raise
     calls = (lead.client.calls if lead.client_made else 0) - calls_before
     result = FleetOutcome(outcomes=outcomes, api_calls=calls, dry_run=dry_run, notices=lead.store.take_notices())
     if watchdog and not dry_run and result.auth_error is None:  # a pass with a revoked key enforces nothing
-        _note_watchdog_pass(lead.paths, lead.clock())
+        note_watchdog_pass(lead.paths, lead.clock())
     return result
 
 

@@ -206,6 +206,10 @@ class StatusResult:
     # kind = "http", pod running: its public RunPod URL answered a request that carried no key (anyone with
     # the URL reaches the service without rpm); None when not asked.
     public_url_open: bool | None = None
+    # The pod runs past its idle time or deadline and nothing enforces them (no proxy runs, no recent
+    # watchdog pass): what is past, as a sentence; None when nothing is (control.enforcer).
+    unenforced: str | None = None
+    watchdog_last_pass_at: datetime | None = None
 
 
 @dataclass

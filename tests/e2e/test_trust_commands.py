@@ -13,7 +13,7 @@ import pytest
 
 from runpod_manager.paths import resolve_paths
 from runpod_manager.proxy.process import find_proxies
-from tests.e2e.test_trust import _foreground_proxy, _free_port, _health, _running, _with_proxy
+from tests.e2e.test_trust import _edit_record, _foreground_proxy, _free_port, _health, _running, _with_proxy
 from tests.support.rpm import Rpm, fast_config, wait_until
 
 pytestmark = pytest.mark.e2e
@@ -160,3 +160,25 @@ def test_ctrl_c_during_the_create_ends_the_pod_it_made_without_a_watchdog(rpm: R
     assert _running(rpm) == [], (err, rpm.sandbox.pods())
     if rpm.sandbox.pods():
         assert "that its create made was terminated" in err, err
+
+
+def test_status_flags_a_pod_past_its_idle_time_that_nothing_enforces(rpm: Rpm) -> None:
+    rpm.write_config(idle_timeout_seconds=600)
+    rpm.json("start", "--no-proxy")
+    status = rpm.json("status")["data"]
+    assert status["unenforced"] is None  # within its idle time
+    past = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() - 1200))
+    lease = rpm.record()["lease"]
+    _edit_record(rpm, lease={**lease, "opened_at": past}, last_activity_at=past)
+    status = rpm.json("status")["data"]
+    assert "past its idle time" in status["unenforced"] and status["watchdog_last_pass_at"] is None
+    assert "nothing enforces it" in rpm.run("status").stdout
+    # A watchdog that cron runs will enforce it: its pass a minute ago (recorded as `rpm watchdog` does).
+    from datetime import UTC, datetime, timedelta
+
+    from runpod_manager.control import note_watchdog_pass
+
+    note_watchdog_pass(resolve_paths(rpm.env()), datetime.now(UTC) - timedelta(minutes=1))
+    status = rpm.json("status")["data"]
+    assert status["unenforced"] is None and status["watchdog_last_pass_at"] is not None
+    assert status["lease"] is not None

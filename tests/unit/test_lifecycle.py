@@ -297,7 +297,7 @@ def test_a_model_server_that_never_answers_keeps_its_lease_while_the_watchdog_en
     # The wait's deadline is time.monotonic() (not the injected clock), so a zero timeout is the only
     # way to reach it without waiting for real.
     rig = make_lifecycle(tmp_path, probe=Probe(never=True), startup={"ready_timeout_seconds": 0.0})
-    control._note_watchdog_pass(rig.paths, rig.clock() - timedelta(minutes=4))  # cron ran it 4 minutes ago
+    control.note_watchdog_pass(rig.paths, rig.clock() - timedelta(minutes=4))  # cron ran it 4 minutes ago
 
     with pytest.raises(NotReady, match="not ready after") as raised:
         control.start(rig.lifecycle)
@@ -316,7 +316,7 @@ def test_a_start_not_ready_in_time_with_nothing_enforcing_stops_its_pod(
 ) -> None:
     rig = make_lifecycle(tmp_path, probe=Probe(never=True), startup={"ready_timeout_seconds": 0.0})
     if watchdog_minutes_ago is not None:  # cron stopped running it
-        control._note_watchdog_pass(rig.paths, rig.clock() - timedelta(minutes=watchdog_minutes_ago))
+        control.note_watchdog_pass(rig.paths, rig.clock() - timedelta(minutes=watchdog_minutes_ago))
 
     with pytest.raises(NotReady, match="not ready after") as raised:
         control.start(rig.lifecycle)
