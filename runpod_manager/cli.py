@@ -187,7 +187,7 @@ def start(
         # The proxy serves the pods that started; a failed pod's lease is closed (control.failed_wait).
         started = [fleet.members[name] for name in starts.results if name not in starts.errors]
         if proxy and not dry_run and started:
-            starts.proxy_url = control.ensure_proxy(started[0], own_proxy)
+            starts.proxy_url = control.ensure_proxy(started, own_proxy)
         show_starts(r, starts)
         return starts.exit_code
     lifecycle = members[0]

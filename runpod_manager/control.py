@@ -181,7 +181,8 @@ def _cancel_start(lc: Lifecycle, keeper: str | None) -> tuple[str, bool]:
             return (f"pod {pod_id} keeps coming up under its lease {until}; {keeper} enforces its limits "
                     "(idle stop applies)"), True
         if record.lease is None and pod_id is not None:
-            return f"the lease was closed meanwhile ({record.last_lease_end_reason or 'shutdown'})", False
+            return (f"no lease is open (last closed: {record.last_lease_end_reason or 'shutdown'}); pod {pod_id} "
+                    f"stays {record.last_status or 'as it is'}"), False
         if pod_id is not None:
             ends = _end_lease(lc, state, record, "start interrupted", action=lc.config.limits.idle_action)
             return _ended_words(pod_id, ends, record) + f" ({NOTHING_ENFORCES})", False
@@ -397,27 +398,45 @@ def _sweep_all_rpm_pods(lead: Lifecycle, state: State, pods: Sequence[Lifecycle]
     return swept
 
 
-def ensure_proxy(lc: Lifecycle, running_pid: int | None = None) -> str:
+def ensure_proxy(lc: Lifecycle | Sequence[Lifecycle], running_pid: int | None = None) -> str:
     """Run the proxy in the background for the open lease (restarted by reconcile if it dies); return the
     OpenAI base URL. `running_pid`: this config's own proxy already serves the port (process.claim_port),
-    so none is started and none is marked wanted (it is not ours to restart)."""
+    so none is started and none is marked wanted (it is not ours to restart). Several pods (a start of
+    several): the first one's record marks the proxy wanted. A proxy that fails to start leaves the pods it
+    was to serve running only when something else enforces their limits (`enforcer`); else they are ended."""
+    members = [lc] if isinstance(lc, Lifecycle) else list(lc)
+    lead = members[0]
     if running_pid is None:
-        with lc.transaction(None) as state:
-            record = state.record(lc.name)
+        with lead.transaction(None) as state:
+            record = state.record(lead.name)
             if record.lease is None:
                 raise NotReady("the lease was closed before the proxy started (shutdown or a limit)",
                                hint="nothing of this config runs; see `rpm status`")
             record.proxy_wanted = True
         try:
-            lc.proxy.start()
+            lead.proxy.start()
         except RpmError as exc:
-            record = lc.store.load().record(lc.name)
-            still = (f"pod {record.pod_id} keeps running under its lease (until "
-                     f"{record.lease.deadline.astimezone():%Y-%m-%d %H:%M %Z}); `rpm proxy` serves it, "
-                     "`rpm shutdown` ends it") if record.pod_id and record.lease else "nothing else runs"
+            keeper = enforcer(lead)
+            still = "; ".join(_without_proxy(member, keeper) for member in members)
             exc.hint = f"{exc.hint}; {still}" if exc.hint else still
             raise
-    return proxy_base_url(lc.config)
+    return proxy_base_url(lead.config)
+
+
+def _without_proxy(lc: Lifecycle, keeper: str | None) -> str:
+    """A started pod whose proxy could not start: kept while `keeper` enforces its limits, else ended."""
+    with lc.transaction(lc.config.startup.lock_wait_seconds) as state:
+        record = state.record(lc.name)
+        pod_id = record.pod_id
+        if pod_id is None or record.lease is None:
+            return "nothing else runs"
+        if keeper is not None:
+            return (f"pod {pod_id} keeps running under its lease (until "
+                    f"{record.lease.deadline.astimezone():%Y-%m-%d %H:%M %Z}); {keeper} enforces its limits; "
+                    "`rpm proxy` serves it, `rpm shutdown` ends it")
+        ends = _end_lease(lc, state, record, "the proxy could not start", action=lc.config.limits.idle_action)
+        return _ended_words(pod_id, ends, record) + f" ({NOTHING_ENFORCES})"
+
 
 def proxy_stopped(lc: Lifecycle, stopped_by: str | None = None) -> ProxyStopResult:
     """A proxy of this config stopped: what that means for the pod (README, "Stopping the proxy").

@@ -32,6 +32,7 @@ from runpod_manager.errors import (
     NotFound,
     NotReady,
     ResumeRefused,
+    RpmError,
 )
 from runpod_manager.events import EventLog
 from runpod_manager.lifecycle import Lifecycle
@@ -1198,3 +1199,29 @@ def test_the_fake_injects_failures_per_subject_and_counts() -> None:
         fake.create_pod(spec)
     assert "rpm-llm-cccccc" in fake.live_pods()  # made at RunPod although the call raised
     assert fake.calls == len(fake.history) == 5
+
+
+@pytest.mark.parametrize("watchdog_runs", [False, True])
+def test_a_proxy_that_cannot_start_leaves_the_pod_running_only_when_something_enforces(
+    rig: Rig, monkeypatch: pytest.MonkeyPatch, watchdog_runs: bool,
+) -> None:
+    from runpod_manager.proxy import process
+
+    def fails(*_: Any, **__: Any) -> int:
+        raise RpmError("the proxy exited at start (code 1)")
+
+    monkeypatch.setattr(process, "start_proxy_process", fails)
+    pod_id = rig.started()
+    if watchdog_runs:
+        control.note_watchdog_pass(rig.paths, rig.clock())
+
+    with pytest.raises(RpmError, match="the proxy exited at start") as raised:
+        control.ensure_proxy(rig.lifecycle)
+
+    assert raised.value.hint is not None
+    if watchdog_runs:
+        assert "the watchdog (cron) enforces its limits" in raised.value.hint
+        assert rig.saved().lease is not None and rig.fake.mutations() == []
+    else:
+        assert f"pod {pod_id} was stopped" in raised.value.hint and "nothing would enforce" in raised.value.hint
+        assert rig.saved().lease is None and rig.fake.mutations() == [("stop", pod_id)]
