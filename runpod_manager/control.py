@@ -5,7 +5,9 @@ pass (`Lifecycle.run_pass`: observe → plan → apply) inside one state transac
 nothing itself. This is the layer that will run passes for several pods at once.
 
 A lease opens only for a start that has what it needs (the key here; the caller checks the proxy's port and
-bind first), and a start that fails closes its lease unless its own pod is verifiably coming up.
+bind first), and a start that fails or is interrupted closes its lease and ends its pod, unless the pod is
+verifiably coming up and something enforces its limits once rpm exits (`enforcer`: a live proxy, or a
+recent `rpm watchdog` pass). Shutdown checks whatever can refuse before its first change.
 """
 
 from __future__ import annotations
@@ -53,7 +55,8 @@ def start(lc: Lifecycle, *, wait: bool = True, dry_run: bool = False, wait_secon
 
     A lease opens only for a start that has what it needs (the key here; the caller checks the proxy's
     port and bind first), and a start that fails closes its lease unless its own pod is verifiably still
-    coming up: a later watchdog pass must never create or resume a pod for a start that gave up.
+    coming up (and, for a failed readiness wait, something enforces its limits: `failed_wait`): a later
+    watchdog or proxy pass must never create or resume a pod for a start that gave up.
     wait_seconds: how long to wait for the state lock (-1: the configured lock_wait_seconds).
     """
     _ = lc.client  # no key, no lease (ConfigError before anything is written)
@@ -248,6 +251,7 @@ def _end_lease(lc: Lifecycle, state: State, record: PodRecord, reason: str, *, a
 
 
 def _ended_words(pod_id: str, ends: Sequence[AppliedAction], record: PodRecord) -> str:
+    """What `_end_lease` did to the pod, in words for the message."""
     failed = next((a for a in ends if a.error is not None), None)
     if failed is not None and failed.error is not None:
         return (f"the lease is closed, but pod {pod_id} could not be ended ({failed.error.message}): it may "
@@ -289,6 +293,7 @@ def last_watchdog_pass(paths: Paths) -> datetime | None:
 
 
 def note_watchdog_pass(paths: Paths, now: datetime) -> None:
+    """Record a pass of `rpm watchdog` (read by `enforcer`)."""
     with contextlib.suppress(OSError):  # a read-only state dir: the pass itself says what failed
         ensure_private_dir(paths.state_dir)
         write_private_file(paths.watchdog_pass_file, now.isoformat().encode())
