@@ -28,6 +28,7 @@ from runpod_manager.errors import (
     InsufficientBalance,
     InvalidRequest,
     LimitRefused,
+    LockBusy,
     NoCapacity,
     NotFound,
     NotReady,
@@ -800,6 +801,17 @@ def test_a_second_shutdown_makes_no_mutating_call(rig: Rig, stop: bool) -> None:
     assert rig.fake.mutations() == []
     assert set(rig.fake.verbs()) <= READ_VERBS
     assert rig.saved().pod_id == saved_after_first.pod_id and rig.saved().lease is None
+
+
+def test_shutdown_refused_by_a_busy_lock_or_a_revoked_key_stops_no_proxy(rig: Rig, proxy_stops: list[Paths]) -> None:
+    pod_id = rig.started()
+    with StateStore(rig.paths).lock(wait_seconds=None), pytest.raises(LockBusy, match="nothing was changed"):
+        control.shutdown(rig.lifecycle, wait_seconds=0)
+    rig.fake.fail("get", AuthError("RunPod rejected the API key"), times=None)
+    with pytest.raises(AuthError, match="nothing was changed"):
+        control.shutdown(rig.lifecycle)
+    assert proxy_stops == [] and rig.fake.mutations() == []
+    assert rig.saved().lease is not None and rig.saved().pod_id == pod_id
 
 
 def test_shutdown_with_runpod_unreachable_raises_the_api_error_naming_the_pod(rig: Rig) -> None:
