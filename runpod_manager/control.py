@@ -168,7 +168,10 @@ def interrupted_start(lc: Lifecycle | Sequence[Lifecycle]) -> Interrupted:
     keeper = enforcer(members[0])
     told, kept = [], False
     for member in members:
-        words, keeps = _cancel_start(member, keeper)
+        try:
+            words, keeps = _cancel_start(member, keeper)
+        except RpmError as exc:  # the lock, the state: say so rather than lose what the cancel could not do
+            words, keeps = f"the lease could not be closed ({exc.message}); `rpm shutdown` ends the pod", True
         told.append(f"{member.name}: {words}" if len(members) > 1 else words)
         kept |= keeps
     return Interrupted("interrupted; " + "; ".join(told), hint="`rpm shutdown` ends it now" if kept else None)
@@ -220,11 +223,22 @@ def failed_wait(lc: Lifecycle, error: RpmError) -> RpmError:
     only while its own pod is verifiably coming up and something enforces its limits once rpm exits;
     otherwise the lease closes and the pod is ended (stopped; a pod in ERROR terminated), so that no proxy
     or watchdog pass creates again for a start that gave up. Returns the error, its hint saying what runs."""
+    try:
+        still = _after_failed_wait(lc, error)
+    except RpmError as exc:  # the lock, the state: the wait's error stays the one told
+        still = f"the lease could not be closed ({exc.message}); `rpm shutdown` ends the pod"
+    if still is not None:
+        error.hint = f"{error.hint}; {still}" if error.hint else still
+    return error
+
+
+def _after_failed_wait(lc: Lifecycle, error: RpmError) -> str | None:
+    """failed_wait's work under the lock: what still runs, in words (None: nothing of this start's is left)."""
     with lc.transaction(lc.config.startup.lock_wait_seconds) as state:
         record = state.record(lc.name)
         pod_id = record.pod_id
         if record.lease is None or pod_id is None:
-            return error  # a limit or a shutdown closed it; that pass ended the pod and its message said so
+            return None  # a limit or a shutdown closed it; that pass ended the pod and its message said so
         pod, observed = None, False
         with contextlib.suppress(ApiError):
             pod, observed = lc.get_or_none(pod_id), True
@@ -237,8 +251,7 @@ def failed_wait(lc: Lifecycle, error: RpmError) -> RpmError:
             still = _ended_words(pod_id, ends, record)
             if pod is not None and pod.status in policy.ACTIVE_STATUSES:
                 still += f" ({NOTHING_ENFORCES})"
-    error.hint = f"{error.hint}; {still}" if error.hint else still
-    return error
+    return still
 
 
 def _end_lease(lc: Lifecycle, state: State, record: PodRecord, reason: str, *, action: str = "stop",
