@@ -221,7 +221,7 @@ def _end_interrupted_create(lc: Lifecycle, pod_name: str) -> str:
 def failed_wait(lc: Lifecycle, error: RpmError) -> RpmError:
     """A start's readiness wait failed (not ready in time, or the pod kept failing at boot). Its lease stays
     only while its own pod is verifiably coming up and something enforces its limits once rpm exits;
-    otherwise the lease closes and the pod is ended (stopped; a pod in ERROR terminated), so that no proxy
+    otherwise the lease closes and the pod is ended (idle_action; a pod in ERROR terminated), so that no proxy
     or watchdog pass creates again for a start that gave up. Returns the error, its hint saying what runs."""
     try:
         still = _after_failed_wait(lc, error)
@@ -247,14 +247,14 @@ def _after_failed_wait(lc: Lifecycle, error: RpmError) -> str | None:
             still = f"pod {pod_id} is still coming up under its lease; {keeper} enforces its limits"
         else:
             ends = _end_lease(lc, state, record, f"start failed: {error.message}",
-                              prefetched=(pod,) if observed else None)
+                              action=lc.config.limits.idle_action, prefetched=(pod,) if observed else None)
             still = _ended_words(pod_id, ends, record)
             if pod is not None and pod.status in policy.ACTIVE_STATUSES:
                 still += f" ({NOTHING_ENFORCES})"
     return still
 
 
-def _end_lease(lc: Lifecycle, state: State, record: PodRecord, reason: str, *, action: str = "stop",
+def _end_lease(lc: Lifecycle, state: State, record: PodRecord, reason: str, *, action: str,
                prefetched: tuple[Pod | None] | None = None) -> list[AppliedAction]:
     """Close the lease and run the pass that ends its pod now (not at the next watchdog pass, which may never
     come); the ends it applied."""

@@ -7,7 +7,9 @@ what the lease in state says, which proxies run, and what the message told the u
 from __future__ import annotations
 
 import signal
+import subprocess
 import time
+from collections.abc import Callable
 
 import pytest
 
@@ -105,8 +107,13 @@ def _interrupt_start(rpm: Rpm, until: str, *args: str) -> tuple[int, str]:
     """Run `rpm start ARGS`, SIGINT it once the record has `until` (its pod id, or a pending create's intent),
     and return its exit code and stderr."""
     process = rpm.popen("start", *args)
+    return _interrupt(process, lambda: rpm.record().get(until) is not None)
+
+
+def _interrupt(process: subprocess.Popen[str], when: Callable[[], bool]) -> tuple[int, str]:
+    """SIGINT `process` once `when` holds; its exit code and stderr (it is killed if anything fails)."""
     try:
-        assert wait_until(lambda: rpm.record().get(until) is not None, 30), rpm.record()
+        assert wait_until(when, 30), "the start never reached the point to interrupt"
         process.send_signal(signal.SIGINT)
         _out, err = process.communicate(timeout=60)
     finally:
@@ -116,14 +123,25 @@ def _interrupt_start(rpm: Rpm, until: str, *args: str) -> tuple[int, str]:
     return process.returncode, err
 
 
-def test_ctrl_c_while_waiting_with_nothing_enforcing_stops_the_pod_and_says_so(rpm: Rpm) -> None:
+@pytest.mark.parametrize(("idle_action", "ended", "left"), [("stop", "stopped", ["EXITED"]),
+                                                          ("terminate", "terminated", [])])
+def test_ctrl_c_while_waiting_with_nothing_enforcing_ends_the_pod_and_says_so(
+    rpm: Rpm, idle_action: str, ended: str, left: list[str],
+) -> None:
+    rpm.write_config(idle_action=idle_action)
     rpm.sandbox.control("faults", {"model_load_seconds": 600})  # RUNNING, but the model never answers in time
-    code, err = _interrupt_start(rpm, "pod_id", "--no-proxy")
+    seen: list[str] = []  # the record forgets a terminated pod: its id as the start saved it
+
+    def has_pod() -> bool:
+        seen.append(rpm.record().get("pod_id") or "")
+        return bool(seen[-1])
+
+    code, err = _interrupt(rpm.popen("start", "--no-proxy"), has_pod)
     assert code == 130, err
-    pod_id = rpm.record()["pod_id"]
-    assert f"pod {pod_id} was stopped" in err and "nothing would enforce its limits" in err, err
+    pod_id = seen[-1]
+    assert f"pod {pod_id} was {ended}" in err and "nothing would enforce its limits" in err, err
     assert "idle stop applies" not in err and "Traceback" not in err
-    assert [p["status"] for p in rpm.sandbox.pods()] == ["EXITED"]
+    assert [p["status"] for p in rpm.sandbox.pods()] == left
     assert rpm.record().get("lease") is None
 
 
