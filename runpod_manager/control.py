@@ -30,6 +30,7 @@ from runpod_manager.errors import (
     NotReady,
     ResumeRefused,
     RpmError,
+    StateError,
 )
 from runpod_manager.lifecycle import Lifecycle
 from runpod_manager.outcomes import (
@@ -389,7 +390,7 @@ def _check_shutdown(lead: Lifecycle, pods: Sequence[Lifecycle], wait_seconds: fl
                 raise _retold(exc, exc.message + unchanged, hint=exc.hint) from None
             except ApiError:
                 pass
-    except LockBusy as exc:
+    except (LockBusy, StateError) as exc:
         raise _retold(exc, exc.message + unchanged, hint=exc.hint) from None
 
 

@@ -34,6 +34,7 @@ from runpod_manager.errors import (
     NotReady,
     ResumeRefused,
     RpmError,
+    StateError,
 )
 from runpod_manager.events import EventLog
 from runpod_manager.lifecycle import Lifecycle
@@ -812,6 +813,14 @@ def test_shutdown_refused_by_a_busy_lock_or_a_revoked_key_stops_no_proxy(rig: Ri
         control.shutdown(rig.lifecycle)
     assert proxy_stops == [] and rig.fake.mutations() == []
     assert rig.saved().lease is not None and rig.saved().pod_id == pod_id
+
+
+def test_shutdown_refused_by_a_newer_state_stops_no_proxy(rig: Rig, proxy_stops: list[Paths]) -> None:
+    rig.started()
+    rig.paths.state_file.write_text('{"version": 999, "pods": {}}', encoding="utf-8")
+    with pytest.raises(StateError, match="nothing was changed"):
+        control.shutdown(rig.lifecycle)
+    assert proxy_stops == [] and rig.fake.mutations() == []
 
 
 def test_shutdown_with_runpod_unreachable_raises_the_api_error_naming_the_pod(rig: Rig) -> None:
