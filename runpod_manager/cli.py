@@ -162,9 +162,10 @@ def start(
     """Open a lease and start the pod (create or resume); wait until it answers (its model server, or an
     http pod's health_path).
 
-    The proxy's port and bind are checked and the key is read before a lease opens. On a non-zero exit the
-    lease is closed and nothing runs, unless the message says the pod is still coming up (not ready in
-    time, exit 1; Ctrl-C, 130): then it keeps to its limits and `rpm shutdown` ends it.
+    The proxy's port and bind are checked and the key is read before a lease opens. On a non-zero exit
+    (Ctrl-C: 130) the lease is closed and the pod this start asked for is ended, unless the message says it
+    is still coming up and what enforces its limits (a running proxy, or the watchdog from cron): then `rpm
+    shutdown` ends it.
     """
     from runpod_manager import control
     from runpod_manager.render import show_start, show_starts
@@ -182,10 +183,11 @@ def start(
             with r.progress("opening the leases…") as progress:
                 starts = control.start_many(members, wait=not no_wait, dry_run=dry_run, progress=progress)
         except KeyboardInterrupt:
-            raise control.interrupted_start(members[0]) from None
-        started = [fleet.members[name] for name in starts.results]
+            raise control.interrupted_start(members) from None
+        # The proxy serves the pods that started; a failed pod's lease is closed (control.failed_wait).
+        started = [fleet.members[name] for name in starts.results if name not in starts.errors]
         if proxy and not dry_run and started:
-            starts.proxy_url = control.ensure_proxy(started[0], own_proxy)
+            starts.proxy_url = control.ensure_proxy(started, own_proxy)
         show_starts(r, starts)
         return starts.exit_code
     lifecycle = members[0]
@@ -287,7 +289,7 @@ def watchdog(
     from runpod_manager.render import show_watchdog
 
     result = control.reconcile(control.Fleet(_lifecycle(config)), wait_seconds=30.0 if wait else 0,
-                               dry_run=dry_run, report_orphans_only=report_orphans_only, sweep=sweep)
+                               dry_run=dry_run, report_orphans_only=report_orphans_only, sweep=sweep, watchdog=True)
     show_watchdog(r, result)
     return result.exit_code
 

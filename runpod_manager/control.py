@@ -5,11 +5,14 @@ pass (`Lifecycle.run_pass`: observe → plan → apply) inside one state transac
 nothing itself. This is the layer that will run passes for several pods at once.
 
 A lease opens only for a start that has what it needs (the key here; the caller checks the proxy's port and
-bind first), and a start that fails closes its lease unless its own pod is verifiably coming up.
+bind first), and a start that fails or is interrupted closes its lease and ends its pod, unless the pod is
+verifiably coming up and something enforces its limits once rpm exits (`enforcer`: a live proxy, or a
+recent `rpm watchdog` pass). Shutdown checks whatever can refuse before its first change.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
@@ -19,6 +22,7 @@ from runpod_manager import display, podspec, policy, spend
 from runpod_manager.config import Config
 from runpod_manager.errors import (
     ApiError,
+    AuthError,
     ConfigError,
     Interrupted,
     LimitRefused,
@@ -26,6 +30,7 @@ from runpod_manager.errors import (
     NotReady,
     ResumeRefused,
     RpmError,
+    StateError,
     StopRefused,
 )
 from runpod_manager.lifecycle import Lifecycle, other_installs
@@ -39,6 +44,7 @@ from runpod_manager.outcomes import (
     ShutdownResult,
     StartResult,
 )
+from runpod_manager.paths import Paths, ensure_private_dir, read_regular_file, write_private_file
 from runpod_manager.policy import ActionKind, Options
 from runpod_manager.ports import Listing
 from runpod_manager.runpod.models import Pod, PodStatus
@@ -51,7 +57,8 @@ def start(lc: Lifecycle, *, wait: bool = True, dry_run: bool = False, wait_secon
 
     A lease opens only for a start that has what it needs (the key here; the caller checks the proxy's
     port and bind first), and a start that fails closes its lease unless its own pod is verifiably still
-    coming up: a later watchdog pass must never create or resume a pod for a start that gave up.
+    coming up (and, for a failed readiness wait, something enforces its limits: `failed_wait`): a later
+    watchdog or proxy pass must never create or resume a pod for a start that gave up.
     wait_seconds: how long to wait for the state lock (-1: the configured lock_wait_seconds).
     """
     _ = lc.client  # no key, no lease (ConfigError before anything is written)
@@ -87,7 +94,10 @@ def start(lc: Lifecycle, *, wait: bool = True, dry_run: bool = False, wait_secon
                           "created" if outcome.created else "resumed" if outcome.resumed else ""))
     ready, waited = record.ready, 0.0
     if wait and not ready:
-        pod, waited = lc.wait_ready(progress=progress)
+        try:
+            pod, waited = lc.wait_ready(progress=progress)
+        except RpmError as exc:
+            raise failed_wait(lc, exc) from None
         ready = True
         if pod.id == record.pod_id:
             record.ready_pod_id = pod.id  # as wait_ready saved it
@@ -141,32 +151,167 @@ def _fail_start(lc: Lifecycle, state: State, record: PodRecord, pod: Pod | None,
     error.hint = f"{error.hint}; {still}" if error.hint else still
     raise error
 
-def _close_lease(lc: Lifecycle, state: State, record: PodRecord, reason: str) -> None:
-    """Close a lease no pod serves: a stopped pod stays stopped (a fast resume later); a pod that a lost
-    create may have made is terminated when a later pass finds it by name."""
+def _close_lease(lc: Lifecycle, state: State, record: PodRecord, reason: str, *, action: str = "stop") -> None:
+    """Close a lease no pod serves: its pod is ended with `action` (a stopped pod stays stopped: a fast resume
+    later); a pod that a lost create may have made is terminated when a later pass finds it by name."""
     if record.lease is None:
         return
     record.lease, record.last_lease_end_reason = None, reason
-    record.lease_end_action = "stop" if record.pod_id is not None else "terminate"
+    record.lease_end_action = action if record.pod_id is not None else "terminate"
     record.proxy_wanted = False
     lc.store.save(state)
     lc.events.write("lease_closed", config=lc.name, reason=reason)
 
-def interrupted_start(lc: Lifecycle) -> Interrupted:
-    """Ctrl-C during a start: the pod it asked for keeps to its limits; say which and until when."""
+def interrupted_start(lc: Lifecycle | Sequence[Lifecycle]) -> Interrupted:
+    """Ctrl-C during a start means cancel: the lease of each pod closes and its pod is ended (the idle action),
+    unless something enforces its limits once rpm exits (`enforcer`: a running proxy, or cron's watchdog).
+    A create that was under way is looked for by name and its pod terminated. The message says which."""
+    members = [lc] if isinstance(lc, Lifecycle) else list(lc)
+    keeper = enforcer(members[0])
+    told, kept = [], False
+    for member in members:
+        try:
+            words, keeps = _cancel_start(member, keeper)
+        except RpmError as exc:  # the lock, the state: say so rather than lose what the cancel could not do
+            words, keeps = f"the lease could not be closed ({exc.message}); `rpm shutdown` ends the pod", True
+        told.append(f"{member.name}: {words}" if len(members) > 1 else words)
+        kept |= keeps
+    return Interrupted("interrupted; " + "; ".join(told), hint="`rpm shutdown` ends it now" if kept else None)
+
+
+def _cancel_start(lc: Lifecycle, keeper: str | None) -> tuple[str, bool]:
+    """One pod of an interrupted start: what was done and still runs, and whether its lease stays."""
     with lc.transaction(lc.config.startup.lock_wait_seconds) as state:
         record = state.record(lc.name)
-        if record.pod_id is None:
-            # No pod of its own yet: like any failed start, it leaves no lease for cron to act on.
-            _close_lease(lc, state, record, "start interrupted")
-    if record.lease is None:
-        return Interrupted("interrupted; the lease is closed and nothing of this config runs"
-                           + (" (a pod being created is terminated by the next `rpm watchdog` or "
-                              "`rpm shutdown`)" if record.intent else ""))
-    until = f"until {record.lease.deadline.astimezone():%Y-%m-%d %H:%M %Z} at the latest"
-    return Interrupted(f"interrupted; pod {record.pod_id} keeps coming up under its lease {until} "
-                       "(idle stop applies)", hint="`rpm shutdown` ends it now")
+        pod_id, intent = record.pod_id, record.intent
+        if record.lease is not None and pod_id is not None and keeper is not None:
+            until = f"until {record.lease.deadline.astimezone():%Y-%m-%d %H:%M %Z} at the latest"
+            return (f"pod {pod_id} keeps coming up under its lease {until}; {keeper} enforces its limits "
+                    "(idle stop applies)"), True
+        if record.lease is None and pod_id is not None:
+            return (f"no lease is open (last closed: {record.last_lease_end_reason or 'shutdown'}); pod {pod_id} "
+                    f"stays {record.last_status or 'as it is'}"), False
+        if pod_id is not None:
+            ends = _end_lease(lc, state, record, "start interrupted", action=lc.config.limits.idle_action)
+            return _ended_words(pod_id, ends, record) + f" ({NOTHING_ENFORCES})", False
+        _close_lease(lc, state, record, "start interrupted")
+    if intent is None:
+        return "the lease is closed and nothing of this config runs", False
+    return "the lease is closed; " + _end_interrupted_create(lc, intent.pod_name), False
 
+
+def _end_interrupted_create(lc: Lifecycle, pod_name: str) -> str:
+    """A create was under way at Ctrl-C: look for its pod by name a few times (the call may still be arriving
+    at RunPod) and terminate it; a pod never seen is left to the next pass (the intent stays)."""
+    for look in range(INTERRUPTED_CREATE_LOOKS):
+        if look:
+            lc.sleep(1.0)
+        try:
+            named = lc.client.list_pods_with_prefix(lc.config.pod_name_prefix)
+        except ApiError:
+            continue
+        if any(pod.name == pod_name and pod.status != PodStatus.TERMINATED for pod in named):
+            with lc.transaction(lc.config.startup.lock_wait_seconds) as state:
+                outcome = lc.run_pass(state, Options(), dry_run=False, sweep=True)
+            ends = [a for a in outcome.applied if a.action.kind in policy.ENDS]
+            if ends and all(a.ok for a in ends):
+                return f"pod {ends[0].action.pod_id} that its create made was terminated"
+            break
+    return "a pod being created is terminated by the next `rpm watchdog` or `rpm shutdown`"
+
+
+def failed_wait(lc: Lifecycle, error: RpmError) -> RpmError:
+    """A start's readiness wait failed (not ready in time, or the pod kept failing at boot). Its lease stays
+    only while its own pod is verifiably coming up and something enforces its limits once rpm exits;
+    otherwise the lease closes and the pod is ended (idle_action; a pod in ERROR terminated), so that no proxy
+    or watchdog pass creates again for a start that gave up. Returns the error, its hint saying what runs."""
+    try:
+        still = _after_failed_wait(lc, error)
+    except RpmError as exc:  # the lock, the state: the wait's error stays the one told
+        still = f"the lease could not be closed ({exc.message}); `rpm shutdown` ends the pod"
+    if still is not None:
+        error.hint = f"{error.hint}; {still}" if error.hint else still
+    return error
+
+
+def _after_failed_wait(lc: Lifecycle, error: RpmError) -> str | None:
+    """failed_wait's work under the lock: what still runs, in words (None: nothing of this start's is left)."""
+    with lc.transaction(lc.config.startup.lock_wait_seconds) as state:
+        record = state.record(lc.name)
+        pod_id = record.pod_id
+        if record.lease is None or pod_id is None:
+            return None  # a limit or a shutdown closed it; that pass ended the pod and its message said so
+        pod, observed = None, False
+        with contextlib.suppress(ApiError):
+            pod, observed = lc.get_or_none(pod_id), True
+        keeper = enforcer(lc) if pod is not None and pod.status in policy.ACTIVE_STATUSES else None
+        if keeper is not None:
+            still = f"pod {pod_id} is still coming up under its lease; {keeper} enforces its limits"
+        else:
+            ends = _end_lease(lc, state, record, f"start failed: {error.message}",
+                              action=lc.config.limits.idle_action, prefetched=(pod,) if observed else None)
+            still = _ended_words(pod_id, ends, record)
+            if pod is not None and pod.status in policy.ACTIVE_STATUSES:
+                still += f" ({NOTHING_ENFORCES})"
+    return still
+
+
+def _end_lease(lc: Lifecycle, state: State, record: PodRecord, reason: str, *, action: str,
+               prefetched: tuple[Pod | None] | None = None) -> list[AppliedAction]:
+    """Close the lease and run the pass that ends its pod now (not at the next watchdog pass, which may never
+    come); the ends it applied."""
+    _close_lease(lc, state, record, reason, action=action)
+    outcome = lc.run_pass(state, Options(), dry_run=False, prefetched=prefetched)
+    return [a for a in outcome.applied if a.action.kind in policy.ENDS]
+
+
+def _ended_words(pod_id: str, ends: Sequence[AppliedAction], record: PodRecord) -> str:
+    """What `_end_lease` did to the pod, in words for the message."""
+    failed = next((a for a in ends if a.error is not None), None)
+    if failed is not None and failed.error is not None:
+        return (f"the lease is closed, but pod {pod_id} could not be ended ({failed.error.message}): it may "
+                "still bill; run `rpm shutdown`")
+    if ends:
+        return (f"the lease is closed and pod {pod_id} was "
+                f"{'stopped' if ends[-1].action.kind is ActionKind.STOP else 'terminated'}")
+    return f"the lease is closed; pod {pod_id} stays {record.last_status or 'as it is'}"
+
+
+# ------------------------------------------------------------------------ who enforces the limits
+
+
+WATCHDOG_RECENT_SECONDS = 600.0  # a watchdog pass this recent means cron runs it (crontab.example: every 5 min)
+INTERRUPTED_CREATE_LOOKS = 3
+NOTHING_ENFORCES = (f"nothing would enforce its limits once rpm exits: no proxy runs and `rpm watchdog` "
+                    f"has not run in the last {int(WATCHDOG_RECENT_SECONDS // 60)} minutes")
+
+
+def enforcer(lc: Lifecycle) -> str | None:
+    """What enforces this config's limits (idle stop, the deadline) while no rpm command runs: a live proxy of
+    this state directory, or cron's `rpm watchdog` when it passed within WATCHDOG_RECENT_SECONDS; None."""
+    pid = lc.proxy.running_pid()
+    if pid is not None:
+        return f"the proxy (pid {pid})"
+    last = last_watchdog_pass(lc.paths)
+    if last is not None and 0 <= (lc.clock() - last).total_seconds() <= WATCHDOG_RECENT_SECONDS:
+        return "the watchdog (cron)"
+    return None
+
+
+def last_watchdog_pass(paths: Paths) -> datetime | None:
+    """When `rpm watchdog` last ran a pass in this state directory (None: never, or unreadable)."""
+    try:
+        at = datetime.fromisoformat(read_regular_file(paths.watchdog_pass_file, max_bytes=100).decode().strip())
+    except (OSError, ValueError):
+        return None
+    return at if at.tzinfo is not None else None
+
+
+def note_watchdog_pass(paths: Paths, now: datetime) -> None:
+    """Record a pass of `rpm watchdog` (read by `enforcer`)."""
+    with contextlib.suppress(OSError):  # a read-only state dir: the pass itself says what failed
+        ensure_private_dir(paths.state_dir)
+        write_private_file(paths.watchdog_pass_file, now.isoformat().encode())
 
 
 def shutdown(lc: Lifecycle | Sequence[Lifecycle], *, stop: bool = False, all_pods: bool = False,
@@ -181,6 +326,8 @@ def shutdown(lc: Lifecycle | Sequence[Lifecycle], *, stop: bool = False, all_pod
     pods = [lc] if isinstance(lc, Lifecycle) else list(lc)
     lead = pods[0]
     end_action = "stop" if stop else "terminate"
+    if not dry_run:
+        _check_shutdown(lead, pods, wait_seconds)
     # The proxies go first: their in-flight streams finish on a pod that still runs, and they cannot wake
     # the pod again (a new lease) between the end of the pod below and their own end.
     stopped = [] if dry_run or not stop_proxies else lead.proxy.stop_all()
@@ -227,6 +374,31 @@ def shutdown(lc: Lifecycle | Sequence[Lifecycle], *, stop: bool = False, all_pod
                           notices=lead.store.take_notices())
 
 
+def _check_shutdown(lead: Lifecycle, pods: Sequence[Lifecycle], wait_seconds: float | None) -> None:
+    """Whatever can refuse a shutdown, checked before its first change (the proxies' stop, which would leave a
+    pod billing with nothing to idle-stop it): the state lock, each record's RunPod API (its ConfigError says
+    that nothing was changed), the key and RunPod's answer to it. A RunPod that does not answer refuses
+    nothing: the shutdown goes on and says what it could not verify."""
+    unchanged = "; nothing was changed"
+    try:
+        with lead.transaction(lead.lock_wait(wait_seconds), dry_run=True) as state:
+            records = [state.record(pod.name) for pod in pods]
+            for pod, record in zip(pods, records, strict=True):
+                pod.check_world(record)
+            pod_id = next((record.pod_id for record in records if record.pod_id), None)
+            try:
+                if pod_id is None:
+                    _ = lead.client  # no key: ConfigError
+                else:
+                    lead.get_or_none(pod_id)  # a revoked key refuses here, not after the proxies stopped
+            except (AuthError, ConfigError) as exc:
+                raise _retold(exc, exc.message + unchanged, hint=exc.hint) from None
+            except ApiError:
+                pass
+    except (LockBusy, StateError) as exc:
+        raise _retold(exc, exc.message + unchanged, hint=exc.hint) from None
+
+
 def _sweep_all_rpm_pods(lead: Lifecycle, state: State, pods: Sequence[Lifecycle], *, dry_run: bool
                         ) -> tuple[list[str], list[str]]:
     """--all: every pod of this install that no record of these pods holds (pods of configs removed from the
@@ -256,27 +428,45 @@ def _sweep_all_rpm_pods(lead: Lifecycle, state: State, pods: Sequence[Lifecycle]
     return swept, [f"{pod.id} ({pod.name})" for pod in others]
 
 
-def ensure_proxy(lc: Lifecycle, running_pid: int | None = None) -> str:
+def ensure_proxy(lc: Lifecycle | Sequence[Lifecycle], running_pid: int | None = None) -> str:
     """Run the proxy in the background for the open lease (restarted by reconcile if it dies); return the
     OpenAI base URL. `running_pid`: this config's own proxy already serves the port (process.claim_port),
-    so none is started and none is marked wanted (it is not ours to restart)."""
+    so none is started and none is marked wanted (it is not ours to restart). Several pods (a start of
+    several): the first one's record marks the proxy wanted. A proxy that fails to start leaves the pods it
+    was to serve running only when something else enforces their limits (`enforcer`); else they are ended."""
+    members = [lc] if isinstance(lc, Lifecycle) else list(lc)
+    lead = members[0]
     if running_pid is None:
-        with lc.transaction(None) as state:
-            record = state.record(lc.name)
+        with lead.transaction(None) as state:
+            record = state.record(lead.name)
             if record.lease is None:
                 raise NotReady("the lease was closed before the proxy started (shutdown or a limit)",
                                hint="nothing of this config runs; see `rpm status`")
             record.proxy_wanted = True
         try:
-            lc.proxy.start()
+            lead.proxy.start()
         except RpmError as exc:
-            record = lc.store.load().record(lc.name)
-            still = (f"pod {record.pod_id} keeps running under its lease (until "
-                     f"{record.lease.deadline.astimezone():%Y-%m-%d %H:%M %Z}); `rpm proxy` serves it, "
-                     "`rpm shutdown` ends it") if record.pod_id and record.lease else "nothing else runs"
+            keeper = enforcer(lead)
+            still = "; ".join(_without_proxy(member, keeper) for member in members)
             exc.hint = f"{exc.hint}; {still}" if exc.hint else still
             raise
-    return proxy_base_url(lc.config)
+    return proxy_base_url(lead.config)
+
+
+def _without_proxy(lc: Lifecycle, keeper: str | None) -> str:
+    """A started pod whose proxy could not start: kept while `keeper` enforces its limits, else ended."""
+    with lc.transaction(lc.config.startup.lock_wait_seconds) as state:
+        record = state.record(lc.name)
+        pod_id = record.pod_id
+        if pod_id is None or record.lease is None:
+            return "nothing else runs"
+        if keeper is not None:
+            return (f"pod {pod_id} keeps running under its lease (until "
+                    f"{record.lease.deadline.astimezone():%Y-%m-%d %H:%M %Z}); {keeper} enforces its limits; "
+                    "`rpm proxy` serves it, `rpm shutdown` ends it")
+        ends = _end_lease(lc, state, record, "the proxy could not start", action=lc.config.limits.idle_action)
+        return _ended_words(pod_id, ends, record) + f" ({NOTHING_ENFORCES})"
+
 
 def proxy_stopped(lc: Lifecycle, stopped_by: str | None = None) -> ProxyStopResult:
     """A proxy of this config stopped: what that means for the pod (README, "Stopping the proxy").
@@ -389,10 +579,11 @@ def _group(config: Config, member: Lifecycle) -> str:
 
 def reconcile(fleet: Fleet, *, wait_seconds: float | None = 0, dry_run: bool = False,
               report_orphans_only: bool = False, sweep: bool = False,
-              last_request_at: Mapping[str, datetime | None] | None = None) -> FleetOutcome:
+              last_request_at: Mapping[str, datetime | None] | None = None, watchdog: bool = False) -> FleetOutcome:
     """One enforcement pass over every pod: one lock, one load, one `GET /v2/pods` when any pod is live (or
     the orphan sweep is due), one save. Each pod is planned and acted on independently: one pod's failure
-    never stops the others'. wait_seconds=0 (cron) returns busy instead of waiting."""
+    never stops the others'. wait_seconds=0 (cron) returns busy instead of waiting. `watchdog`: the pass is
+    `rpm watchdog`'s, and its time is recorded (`enforcer`), also when it was skipped for a busy lock."""
     lead = fleet.lead
     activity = last_request_at or {}
     calls_before = lead.client.calls if lead.client_made else 0
@@ -407,10 +598,15 @@ def reconcile(fleet: Fleet, *, wait_seconds: float | None = 0, dry_run: bool = F
                         for name, member in fleet.members.items()}
     except LockBusy:
         if wait_seconds == 0:
+            if watchdog and not dry_run:
+                note_watchdog_pass(lead.paths, lead.clock())
             return FleetOutcome(busy=True, notices=lead.store.take_notices())
         raise
     calls = (lead.client.calls if lead.client_made else 0) - calls_before
-    return FleetOutcome(outcomes=outcomes, api_calls=calls, dry_run=dry_run, notices=lead.store.take_notices())
+    result = FleetOutcome(outcomes=outcomes, api_calls=calls, dry_run=dry_run, notices=lead.store.take_notices())
+    if watchdog and not dry_run and result.auth_error is None:  # a pass with a revoked key enforces nothing
+        note_watchdog_pass(lead.paths, lead.clock())
+    return result
 
 
 def _open_warm_lease(lc: Lifecycle, state: State, *, dry_run: bool) -> tuple[Pod | None] | None:
@@ -469,5 +665,5 @@ def start_many(members: Sequence[Lifecycle], *, wait: bool = True, dry_run: bool
                 result.pod, result.wait_seconds = by_name[name].wait_ready(progress=progress)
                 result.ready = True
             except RpmError as exc:
-                starts.errors[name] = exc
+                starts.errors[name] = failed_wait(by_name[name], exc)
     return starts

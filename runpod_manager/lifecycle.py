@@ -416,9 +416,8 @@ class Lifecycle:
                 self._mark_ready(pod)
                 return pod, elapsed
             if self.monotonic() >= deadline:
-                raise NotReady(f"pod {pod.id} not ready after {int(elapsed)} s (status {pod.status.value})",
-                               hint="the pod keeps running under its lease limits; check `rpm status`, or "
-                                    "`rpm shutdown`")
+                # What runs afterwards is the caller's to decide and say (control.failed_wait).
+                raise NotReady(f"pod {pod.id} not ready after {int(elapsed)} s (status {pod.status.value})")
             self.sleep(startup.poll_interval_seconds)
 
     def get_or_none(self, pod_id: str) -> Pod | None:

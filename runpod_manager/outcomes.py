@@ -210,6 +210,10 @@ class StatusResult:
     # the URL reaches the service without rpm); None when not asked.
     public_url_open: bool | None = None
     other_installs: list[Pod] = field(default_factory=list)  # rpm pods of the account this install leaves alone
+    # The pod runs past its idle time or deadline and nothing enforces them (no proxy runs, no recent
+    # watchdog pass): what is past, as a sentence; None when nothing is (control.enforcer).
+    unenforced: str | None = None
+    watchdog_last_pass_at: datetime | None = None
 
 
 @dataclass

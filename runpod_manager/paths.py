@@ -77,6 +77,11 @@ class Paths:
         return self.state_dir / "proxy.pid"
 
     @property
+    def watchdog_pass_file(self) -> Path:
+        """When `rpm watchdog` last ran a pass (control.py: whether cron enforces the limits)."""
+        return self.state_dir / "watchdog_last_pass"
+
+    @property
     def proxy_registry_dir(self) -> Path:
         """One file per running proxy (background or foreground), written by the proxy itself."""
         return self.state_dir / "proxies"

@@ -267,6 +267,8 @@ def show_fleet_status(r: Renderer, fleet: FleetStatus) -> None:
             r.line(f"pod {escape(result.config_name)} (http): {' · '.join(result.routes)}")
         if result.public_url_open:
             r.line(f"[yellow]![/] pod {escape(result.config_name)}: {escape(PUBLIC_URL_WARNING)}")
+        if result.unenforced:
+            r.line(f"[yellow]![/] pod {escape(result.config_name)}: {escape(result.unenforced)}")
     for name in fleet.unconfigured:
         r.line(f"[yellow]![/] pod {escape(name)} is in state but no longer in the config; "
                "`rpm shutdown --all` ends it")
@@ -295,6 +297,7 @@ def _status_json(result: StatusResult) -> dict[str, Any]:
         "last_action": record.last_action, "last_reason": record.last_reason,
         "last_lease_end_reason": record.last_lease_end_reason,
         "other_installs": [pod_json(pod) for pod in result.other_installs],
+        "unenforced": result.unenforced, "watchdog_last_pass_at": result.watchdog_last_pass_at,
     }
 
 
@@ -346,6 +349,8 @@ def show_status(r: Renderer, result: StatusResult) -> None:
         grid.add_row("service", " · ".join(result.routes))
     if result.public_url_open:
         grid.add_row("[yellow]![/] public", escape(PUBLIC_URL_WARNING))
+    if result.unenforced:
+        grid.add_row("[yellow]![/] limits", escape(result.unenforced))
     if record.last_action:
         grid.add_row("last action", f"{record.last_action}: {escape(record.last_reason or '')}")
     r.out.print(grid)

@@ -26,7 +26,7 @@ if TYPE_CHECKING:
 
 def build_status(lifecycle: Lifecycle, *, list_others: bool = True) -> StatusResult:
     """One pod's status; `list_others`: also list the account's rpm pods of other installs (one call)."""
-    from runpod_manager.control import proxy_base_url
+    from runpod_manager.control import enforcer, last_watchdog_pass, proxy_base_url
 
     config = lifecycle.config
     state = lifecycle.store.load()
@@ -61,14 +61,23 @@ def build_status(lifecycle: Lifecycle, *, list_others: bool = True) -> StatusRes
         if ready and pod is not None and record.pod_id:
             public_url_open = any(answers_without_key(lifecycle.config.pod_url(record.pod_id, port))
                                   for port in config.pod.ports)
+    limits = policy.limit_view(now, config, record, activity)
+    unenforced = None
+    if record.lease is not None and pod is not None and pod.status in policy.ACTIVE_STATUSES:
+        past = [name for name, at in (("its idle time", limits.idle_ends_at), ("its deadline", limits.deadline))
+                if at is not None and now >= at]
+        if past and enforcer(lifecycle) is None:
+            unenforced = (f"past {' and '.join(past)} and nothing enforces it: no proxy runs and `rpm watchdog` "
+                          "has not run lately; `rpm watchdog` or `rpm shutdown` ends it")
     return StatusResult(
         config_name=lifecycle.name, record=record, pod=pod, pod_observed=observed, observe_error=error,
-        spend_today_usd=spend_today, limits=policy.limit_view(now, config, record, activity), now=now,
+        spend_today_usd=spend_today, limits=limits, now=now,
         proxy_pid=proxy_pid, proxy_url=proxy_base_url(config) if proxy_pid else None,
         pod_url=lifecycle.pod_url(record.pod_id) if record.pod_id else None,
         max_daily_spend_usd=config.limits.max_daily_spend_usd, idle_seconds=idle,
         ready=ready, notices=lifecycle.store.take_notices(), kind=config.pod.kind, routes=routes,
         public_url_open=public_url_open, other_installs=other_install_pods(lifecycle, state) if list_others else [],
+        unenforced=unenforced, watchdog_last_pass_at=last_watchdog_pass(lifecycle.paths),
     )
 
 

@@ -211,9 +211,10 @@ class Faults:
     latency_seconds: float = 0.0
     latency_rate: float = 1.0
     create_5xx_but_created: int = 0
+    fail_boots: int = 0  # the next N pods to finish STARTING go to ERROR instead of RUNNING (a broken host)
     model_load_seconds: float | None = None
 
-    _COUNTERS = ("fail_creates", "refuse_resumes", "rate_limit", "create_5xx_but_created")
+    _COUNTERS = ("fail_creates", "refuse_resumes", "rate_limit", "create_5xx_but_created", "fail_boots")
     _RATES = ("error_rate", "latency_rate")
 
     def take(self, name: str) -> bool:
@@ -557,6 +558,10 @@ class World:
                 self._log(pod, "system", f"Image {pod.image} pulled; starting container", at)
             elif pod.status == PodStatus.STARTING and now >= pod.phase_started_at + settings.start_seconds:
                 at = pod.phase_started_at + settings.start_seconds
+                if self.faults.take("fail_boots"):
+                    self._stop(pod, PodStatus.ERROR, "Pod failed at start: the host's GPU did not initialise")
+                    pod.phase_started_at = at
+                    break
                 self._become_running(pod, at)
             else:
                 break

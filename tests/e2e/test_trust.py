@@ -399,7 +399,10 @@ def test_ctrl_c_before_the_pod_exists_closes_the_lease(rpm: Rpm) -> None:
     process.send_signal(signal.SIGINT)
     _out, err = process.communicate(timeout=30)
     assert process.returncode == 130, err
-    assert "nothing of this config runs" in err
+    # Nothing was created yet, or what the create made was terminated by the command (issue #20 item 17), or
+    # the create was not seen at RunPod (yet): the watchdog below ends what it may make.
+    assert any(words in err for words in ("nothing of this config runs", "that its create made was terminated",
+                                          "a pod being created is terminated by the next")), err
     assert rpm.record().get("lease") is None
     rpm.sandbox.control("faults", {"latency_seconds": 0.0})
     assert rpm.run("watchdog", "--sweep").returncode == 0

@@ -29,11 +29,14 @@ from runpod_manager.errors import (
     InvalidRequest,
     LeaseClosed,
     LimitRefused,
+    LockBusy,
     NoCapacity,
     NotFound,
     NotReady,
     PodLocked,
     ResumeRefused,
+    RpmError,
+    StateError,
 )
 from runpod_manager.events import EventLog
 from runpod_manager.lifecycle import Lifecycle
@@ -295,19 +298,55 @@ def test_a_pod_coming_up_is_polled_until_running_and_only_then_probed(tmp_path: 
     assert rig.saved().last_status == "RUNNING"
 
 
-def test_a_model_server_that_never_answers_is_not_ready_and_the_pod_keeps_its_lease(tmp_path: Path) -> None:
+def test_a_model_server_that_never_answers_keeps_its_lease_while_the_watchdog_enforces(tmp_path: Path) -> None:
     # The wait's deadline is time.monotonic() (not the injected clock), so a zero timeout is the only
     # way to reach it without waiting for real.
     rig = make_lifecycle(tmp_path, probe=Probe(never=True), startup={"ready_timeout_seconds": 0.0})
+    control.note_watchdog_pass(rig.paths, rig.clock() - timedelta(minutes=4))  # cron ran it 4 minutes ago
 
     with pytest.raises(NotReady, match="not ready after") as raised:
         control.start(rig.lifecycle)
 
     assert raised.value.exit_code == ExitCode.FAILED
+    assert raised.value.hint is not None and "the watchdog (cron) enforces its limits" in raised.value.hint
     record = rig.saved()
     assert record.lease is not None and record.pod_id is not None and not record.ready
     assert rig.fake.status_of(record.pod_id) == PodStatus.RUNNING
     assert rig.fake.mutations() == [("create", record.pod_name)]
+
+
+@pytest.mark.parametrize("watchdog_minutes_ago", [None, 11])
+def test_a_start_not_ready_in_time_with_nothing_enforcing_stops_its_pod(
+    tmp_path: Path, watchdog_minutes_ago: int | None,
+) -> None:
+    rig = make_lifecycle(tmp_path, probe=Probe(never=True), startup={"ready_timeout_seconds": 0.0})
+    if watchdog_minutes_ago is not None:  # cron stopped running it
+        control.note_watchdog_pass(rig.paths, rig.clock() - timedelta(minutes=watchdog_minutes_ago))
+
+    with pytest.raises(NotReady, match="not ready after") as raised:
+        control.start(rig.lifecycle)
+
+    record = rig.saved()
+    assert raised.value.hint is not None
+    assert f"the lease is closed and pod {record.pod_id} was stopped" in raised.value.hint
+    assert "nothing would enforce its limits" in raised.value.hint
+    assert record.lease is None and record.pod_id is not None
+    assert rig.fake.status_of(record.pod_id) == PodStatus.EXITED
+    assert rig.fake.mutations() == [("create", record.pod_name), ("stop", record.pod_id)]
+
+
+def test_a_watchdog_pass_is_recorded_also_when_the_lock_is_busy_and_never_by_a_dry_run(rig: Rig) -> None:
+    fleet = control.Fleet(rig.lifecycle)
+    control.reconcile(fleet, dry_run=True, watchdog=True)
+    assert control.last_watchdog_pass(rig.paths) is None
+    control.reconcile(fleet)  # the proxy's pass: not the watchdog's
+    assert control.last_watchdog_pass(rig.paths) is None
+    with StateStore(rig.paths).lock(wait_seconds=None):
+        assert control.reconcile(fleet, watchdog=True).busy
+    assert control.last_watchdog_pass(rig.paths) == rig.clock()
+    assert control.enforcer(rig.lifecycle) == "the watchdog (cron)"
+    rig.later(3600)
+    assert control.enforcer(rig.lifecycle) is None
 
 
 def test_a_pod_that_stops_while_waiting_is_resumed_by_the_wait(rig: Rig) -> None:
@@ -758,7 +797,8 @@ def test_shutdown_stops_the_proxies_first_terminates_the_pod_and_closes_the_leas
     result = control.shutdown(rig.lifecycle)
 
     assert [(a.action.kind, a.action.pod_id) for a in result.ended] == [(ActionKind.TERMINATE, pod_id)]
-    assert rig.fake.history == [("get", pod_id), ("list", PREFIX), ("terminate", pod_id)]
+    # The first GET checks the key before anything changes; the pass's own comes after the proxies stopped.
+    assert rig.fake.history == [("get", pod_id), ("get", pod_id), ("list", PREFIX), ("terminate", pod_id)]
     # The proxies go before the pod (their streams finish on a live pod), and are looked for again after.
     assert mutations_when_proxies_stopped[0] == []
     assert len(mutations_when_proxies_stopped) == 2
@@ -796,6 +836,25 @@ def test_a_second_shutdown_makes_no_mutating_call(rig: Rig, stop: bool) -> None:
     assert rig.saved().pod_id == saved_after_first.pod_id and rig.saved().lease is None
 
 
+def test_shutdown_refused_by_a_busy_lock_or_a_revoked_key_stops_no_proxy(rig: Rig, proxy_stops: list[Paths]) -> None:
+    pod_id = rig.started()
+    with StateStore(rig.paths).lock(wait_seconds=None), pytest.raises(LockBusy, match="nothing was changed"):
+        control.shutdown(rig.lifecycle, wait_seconds=0)
+    rig.fake.fail("get", AuthError("RunPod rejected the API key"), times=None)
+    with pytest.raises(AuthError, match="nothing was changed"):
+        control.shutdown(rig.lifecycle)
+    assert proxy_stops == [] and rig.fake.mutations() == []
+    assert rig.saved().lease is not None and rig.saved().pod_id == pod_id
+
+
+def test_shutdown_refused_by_a_newer_state_stops_no_proxy(rig: Rig, proxy_stops: list[Paths]) -> None:
+    rig.started()
+    rig.paths.state_file.write_text('{"version": 999, "pods": {}}', encoding="utf-8")
+    with pytest.raises(StateError, match="nothing was changed"):
+        control.shutdown(rig.lifecycle)
+    assert proxy_stops == [] and rig.fake.mutations() == []
+
+
 def test_shutdown_with_runpod_unreachable_raises_the_api_error_naming_the_pod(rig: Rig) -> None:
     pod_id = rig.started()
     rig.fake.unreachable()
@@ -805,7 +864,8 @@ def test_shutdown_with_runpod_unreachable_raises_the_api_error_naming_the_pod(ri
 
     assert type(raised.value) is ApiUnavailable and raised.value.exit_code == ExitCode.API
     assert raised.value.message.startswith(f"could not end pod {pod_id}")
-    assert rig.fake.history == [("get", pod_id), ("list", PREFIX), ("terminate", pod_id)]
+    # The key's check before any change (unanswered: it refuses nothing), then the pass.
+    assert rig.fake.history == [("get", pod_id), ("get", pod_id), ("list", PREFIX), ("terminate", pod_id)]
     record = rig.saved()
     assert record.lease is None  # closed anyway: no pass may start it again
     assert record.pod_id == pod_id  # kept, so the next shutdown or watchdog ends it
@@ -1326,3 +1386,29 @@ def test_the_fake_injects_failures_per_subject_and_counts() -> None:
         fake.create_pod(spec)
     assert "rpm-llm-cccccc" in fake.live_pods()  # made at RunPod although the call raised
     assert fake.calls == len(fake.history) == 5
+
+
+@pytest.mark.parametrize("watchdog_runs", [False, True])
+def test_a_proxy_that_cannot_start_leaves_the_pod_running_only_when_something_enforces(
+    rig: Rig, monkeypatch: pytest.MonkeyPatch, watchdog_runs: bool,
+) -> None:
+    from runpod_manager.proxy import process
+
+    def fails(*_: Any, **__: Any) -> int:
+        raise RpmError("the proxy exited at start (code 1)")
+
+    monkeypatch.setattr(process, "start_proxy_process", fails)
+    pod_id = rig.started()
+    if watchdog_runs:
+        control.note_watchdog_pass(rig.paths, rig.clock())
+
+    with pytest.raises(RpmError, match="the proxy exited at start") as raised:
+        control.ensure_proxy(rig.lifecycle)
+
+    assert raised.value.hint is not None
+    if watchdog_runs:
+        assert "the watchdog (cron) enforces its limits" in raised.value.hint
+        assert rig.saved().lease is not None and rig.fake.mutations() == []
+    else:
+        assert f"pod {pod_id} was stopped" in raised.value.hint and "nothing would enforce" in raised.value.hint
+        assert rig.saved().lease is None and rig.fake.mutations() == [("stop", pod_id)]

@@ -356,6 +356,16 @@ def test_fail_creates_fails_exactly_n_creates_for_capacity(clock: Clock) -> None
     assert world.faults.fail_creates == 0
 
 
+def test_fail_boots_sends_the_next_n_pods_to_error_instead_of_running(clock: Clock) -> None:
+    world = make_world(clock, faults=Faults(fail_boots=1))
+    broken, healthy = world.create_pod(request()), world.create_pod(request())
+    clock.tick(10)
+    assert world.get_pod(broken.id).status == PodStatus.ERROR
+    assert world.cost_usd_per_hour(broken) == 0.0  # a failed pod bills no GPU
+    assert world.get_pod(healthy.id).status == PodStatus.RUNNING
+    assert world.faults.fail_boots == 0
+
+
 def test_refuse_resumes_refuses_the_next_n_resumes_only(clock: Clock) -> None:
     world = make_world(clock, faults=Faults(refuse_resumes=1))
     pod = world.create_pod(request())
