@@ -32,7 +32,7 @@ from aiohttp import WSMsgType, web
 from yarl import URL
 
 from runpod_manager.proxy.controller import PodView, UpstreamTarget
-from runpod_manager.proxy.forward import FORWARDED_FOR_HEADER, JOB_OWNER_HEADER, JOB_TOKEN_HEADER, ProxyError
+from runpod_manager.proxy.forward import FORWARDED_FOR_HEADER, PROXY_ONLY_REQUEST_HEADERS, ProxyError
 from runpod_manager.proxy.wake import WakeGate
 
 log = logging.getLogger("runpod_manager.proxy")
@@ -41,11 +41,11 @@ GOING_AWAY = 1001
 MAX_REASON_BYTES = 120  # a close frame's reason is at most 123 bytes (RFC 6455 §5.5)
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024  # ComfyUI sends preview images as binary frames
 CLOSE_WAIT_SECONDS = 5.0  # how long one side's close waits for the other side's answering close
-# Headers the proxy negotiates itself on each of the two sockets: never copied across.
-_WS_OWN_HEADERS = frozenset({"host", "connection", "upgrade", "sec-websocket-key", "sec-websocket-version",
-                             "sec-websocket-extensions", "sec-websocket-protocol", "sec-websocket-accept",
-                             "content-length", "transfer-encoding", "keep-alive", "te", "expect",
-                             JOB_TOKEN_HEADER.lower(), JOB_OWNER_HEADER.lower(), FORWARDED_FOR_HEADER.lower()})
+# Headers the proxy negotiates itself on each of the two sockets, and those only the proxy reads (the same set
+# as /v1 and the pass-through: job headers, X-Forwarded-For, Host…): never copied across.
+_WS_OWN_HEADERS = PROXY_ONLY_REQUEST_HEADERS | {
+    "connection", "upgrade", "sec-websocket-key", "sec-websocket-version", "sec-websocket-extensions",
+    "sec-websocket-protocol", "sec-websocket-accept", "content-length", "transfer-encoding", "keep-alive", "te"}
 
 
 def is_upgrade(request: web.Request) -> bool:

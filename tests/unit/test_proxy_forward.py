@@ -329,3 +329,11 @@ def test_a_pods_connection_budget_refuses_sockets_at_once_and_lets_requests_wait
         assert budget.open == 0
 
     asyncio.run(scenario())
+
+
+def test_a_socket_handshake_never_passes_on_the_proxys_own_request_headers() -> None:
+    # The same set as /v1 and the pass-through (forward.PROXY_ONLY_REQUEST_HEADERS): a client's copy of the job
+    # headers or the cache switch is never the service's business.
+    incoming = {"X-RPM-Job-Id": "job-1", "X-RPM-Job-Token": "t", "X-RPM-Job-Owner": "o", "X-RPM-Cache": "off",
+                "Cookie": "a=b"}
+    assert forwarded_headers(incoming, {}, keep_authorization=False) == {"Cookie": "a=b"}
