@@ -26,7 +26,7 @@ from runpod_manager.config import build_config
 from runpod_manager.lifecycle import Lifecycle
 from runpod_manager.outcomes import PassOutcome
 from runpod_manager.paths import resolve_paths
-from runpod_manager.policy import ActionKind, Options
+from runpod_manager.policy import Action, ActionKind, Options
 from runpod_manager.runpod.models import PodStatus
 from runpod_manager.state import Lease, State, StateStore
 from tests.support.fake_runpod import DEFAULT_GPU_PRICES, FakeRunPod
@@ -267,3 +267,16 @@ def test_spend_today_comes_from_the_ledger_the_pass_keeps(make: Callable[..., Ha
         spent = h.backends["llm"].spend_today(state, h.clock())
     assert spent == pytest.approx(outcome.spend_today_usd)
     assert spent == pytest.approx(h.price_per_hour, rel=0.05)
+
+
+def test_a_planned_end_applied_alone_is_saved_ahead_and_done(make: Callable[..., Harness]) -> None:
+    h = make()
+    instance = started(h)
+    backend = h.backends["llm"]
+    with transaction(h) as state:
+        state.record("llm").lease = None
+        applied = backend.apply(state, Action(ActionKind.STOP, "shutdown --stop", pod_id=instance))
+        assert h.store.load().record("llm").lease is None  # on disk before RunPod was asked
+    assert applied.ok and ActionKind.STOP in backend.actions
+    assert h.instances() == {instance: "stopped"}
+    assert not backend.ready(h.store.load().record("llm")) and upstreams(h) == ()
