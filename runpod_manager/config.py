@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from runpod_manager import display
+from runpod_manager import backends, display
 from runpod_manager.errors import ConfigError
 from runpod_manager.paths import CONFIG_FILENAME, Paths, make_dirs, read_regular_file, write_private_file
 
@@ -107,6 +107,9 @@ class PodConfig:
     kind: str = field(default="openai", metadata=_meta(
         "openai: a model server (vLLM), routed by model under /v1; http: any HTTP/WebSocket service (ComfyUI, "
         "a FastAPI app), routed by path under /pods/<name>/ and at listen_port.", choices=("openai", "http")))
+    backend: str = field(default=backends.POD, metadata=_meta(
+        "How the entry runs on RunPod: pod (a GPU pod rpm creates or adopts, resumes, stops and terminates). "
+        "kind is its protocol; serverless (an endpoint) is not available yet.", choices=backends.NAMES))
     health_path: str = field(default="/", metadata=_meta(
         "kind = http: the path whose answer below 500 (with RunPod saying RUNNING) makes the pod ready."))
     extra_ports: tuple[int, ...] = field(default=(), metadata=_meta(
@@ -901,6 +904,9 @@ _POD_ID_RE = re.compile(r"^[a-z0-9]{6,40}$")
 
 
 def _check_pod(where: str, table: str, pod: PodConfig, at: Any) -> None:
+    if pod.backend != backends.POD:  # a known name whose backend this rpm does not have yet
+        raise ConfigError(f"{at(table, 'backend')} {pod.backend!r} is not available yet: this rpm runs every "
+                          "entry as a pod", hint=f'remove backend from [{table}], or set backend = "pod"')
     if not _NAME_RE.match(pod.name):
         raise ConfigError(f"{at(table, 'name')} must be 1-40 lowercase letters, digits or dashes, got {pod.name!r}")
     if _REPLICA_SUFFIX.search(pod.name):

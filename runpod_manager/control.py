@@ -16,9 +16,12 @@ import contextlib
 import copy
 from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from runpod_manager import display, podspec, policy, spend
+from runpod_manager.backends import registry
+from runpod_manager.backends.base import Backend
+from runpod_manager.backends.pod import PodBackend
 from runpod_manager.config import Config
 from runpod_manager.errors import (
     ApiError,
@@ -46,7 +49,6 @@ from runpod_manager.outcomes import (
 )
 from runpod_manager.paths import Paths, ensure_private_dir, read_regular_file, write_private_file
 from runpod_manager.policy import ActionKind, Options
-from runpod_manager.ports import Listing
 from runpod_manager.runpod.models import Pod, PodStatus
 from runpod_manager.state import Lease, PodRecord, State
 
@@ -536,21 +538,32 @@ def _retold(error: RpmError, message: str, *, hint: str | None) -> RpmError:
 
 
 class Fleet:
-    """Every pod of a config (each configured pod and each replica), each with its Lifecycle, sharing one
-    state store, one RunPod client, the event log and the proxy process. For a config of one pod without
-    replicas its only member is the lifecycle it was made from."""
+    """Every pod of a config (each configured pod and each replica) as its backend (`backends`, made by
+    `backends.registry` from the entry's `backend` key), sharing one state store, one RunPod client, the
+    event log and the proxy process. `members`: the pod backends' Lifecycles, which start, shutdown and the
+    proxy's wakes act on. For a config of one pod without replicas its only member is the lifecycle it was
+    made from."""
 
     def __init__(self, lead: Lifecycle) -> None:
         self.lead = lead
         configs = lead.config.every_pod()
         if len(configs) == 1 and configs[0].pod.name == lead.name:
-            self.members: dict[str, Lifecycle] = {lead.name: lead}
+            self.backends: dict[str, Backend[Any]] = {lead.name: registry.backend_for(lead)}
         else:
-            self.members = {c.pod.name: lead.sibling(c, share_client=True) for c in configs}
+            self.backends = {c.pod.name: registry.backend_for(lead, c) for c in configs}
+        self.members: dict[str, Lifecycle] = {name: backend.lifecycle for name, backend in self.backends.items()
+                                              if isinstance(backend, PodBackend)}
 
     @property
     def names(self) -> tuple[str, ...]:
-        return tuple(self.members)
+        return tuple(self.backends)
+
+    def groups(self) -> list[list[Backend[Any]]]:
+        """The members by backend, in config order: a pass makes one list call per group."""
+        by_backend: dict[str, list[Backend[Any]]] = {}
+        for backend in self.backends.values():
+            by_backend.setdefault(backend.backend, []).append(backend)
+        return list(by_backend.values())
 
     def select(self, names: Sequence[str] = (), *, replicas: bool = True) -> list[Lifecycle]:
         """The members for NAMEs given on the command line (a configured pod's name stands for its replicas
@@ -589,13 +602,16 @@ def reconcile(fleet: Fleet, *, wait_seconds: float | None = 0, dry_run: bool = F
     calls_before = lead.client.calls if lead.client_made else 0
     try:
         with lead.transaction(wait_seconds, dry_run=dry_run) as state:
-            prefetched = {name: _open_warm_lease(member, state, dry_run=dry_run)
-                          for name, member in fleet.members.items()}
-            listing = _listing(fleet, state, sweep)
-            outcomes = {name: member.run_pass(state, Options(report_orphans_only=report_orphans_only),
-                                              dry_run=dry_run, sweep=sweep, activity_at=activity.get(name),
-                                              listing=listing, prefetched=prefetched[name])
-                        for name, member in fleet.members.items()}
+            for member in fleet.members.values():
+                _open_warm_lease(member, state, dry_run=dry_run)
+            passes: dict[str, PassOutcome] = {}
+            for group in fleet.groups():  # each backend's one look at RunPod, read by each of its members
+                listing = group[0].listing(wanted=any(b.wants_listing(state, sweep=sweep) for b in group))
+                for backend in group:
+                    passes[backend.name] = backend.run_pass(
+                        state, Options(report_orphans_only=report_orphans_only), dry_run=dry_run, sweep=sweep,
+                        activity_at=activity.get(backend.name), listing=listing)
+            outcomes = {name: passes[name] for name in fleet.names}
     except LockBusy:
         if wait_seconds == 0:
             if watchdog and not dry_run:
@@ -628,22 +644,6 @@ def _open_warm_lease(lc: Lifecycle, state: State, *, dry_run: bool) -> tuple[Pod
         if not dry_run:
             lc.events.write("warm_start_refused", config=lc.name, reason=exc.message)
         return None
-
-
-def _listing(fleet: Fleet, state: State, sweep: bool) -> Listing:
-    """The pass's one look at RunPod: every pod of the account, when any pod is live or a sweep is due."""
-    lead = fleet.lead
-    now = lead.clock()
-    live = sweep or any(
-        state.record(name).holds_something or member.config.pod.pod_id or member.sweep_due(state.record(name), now)
-        for name, member in fleet.members.items())
-    if not live:
-        return Listing(complete=False)
-    try:
-        return Listing(pods=tuple(lead.client.list_pods()))
-    except ApiError as exc:
-        lead.events.write("list_failed", config=lead.name, error=exc.message)
-        return Listing(error=exc)
 
 
 def start_many(members: Sequence[Lifecycle], *, wait: bool = True, dry_run: bool = False,

@@ -298,6 +298,19 @@ class Lifecycle:
         outcome.api_calls = self._calls() - calls_before
         return outcome
 
+    def observe(self, state: State, listing: Listing, *, check_ready: bool = False) -> Observation:
+        """The pod as `listing` shows it, as a pass would see it (the ledger accrues; nothing is acted on):
+        the pod backend's `observe` (backends/pod.py)."""
+        record = state.record(self.name)
+        return self._observe_listed(state, record, self.clock(), listing, resume_refused=False,
+                                    check_ready=check_ready, errors=[])
+
+    def apply(self, state: State, action: Action) -> AppliedAction:
+        """One planned action outside a pass, saved ahead as a pass saves it: the pod backend's `apply`."""
+        if action.kind in _WRITE_AHEAD:
+            self.store.save(state)
+        return self._apply(state, state.record(self.name), action, self.clock())
+
     # ---------------------------------------------------------------------------------------- apply
 
     def _apply(self, state: State, record: PodRecord, action: Action, now: datetime) -> AppliedAction:

@@ -33,7 +33,7 @@ from typing import Any
 
 import filelock
 
-from runpod_manager import display
+from runpod_manager import backends, display
 from runpod_manager.errors import ConfigError, LockBusy, StateError
 from runpod_manager.paths import (
     FileTooLarge,
@@ -44,7 +44,7 @@ from runpod_manager.paths import (
     write_private_file,
 )
 
-STATE_VERSION = 3
+STATE_VERSION = 4
 # 8 lowercase base32 characters (40 random bits): short enough for a pod's name, and two installs on one
 # account sharing one by chance is a one-in-a-trillion event.
 INSTALL_ID_RE = re.compile(r"^[a-z2-7]{8}$")
@@ -192,6 +192,7 @@ class PodRecord:
     # ISO start of the warm_hours window a lease was opened (or already open) for: one warm lease per window,
     # so a limit or a shutdown that closes it inside the window is not undone by the next pass.
     warm_opened_for: str | None = None
+    backend: str = backends.POD  # how the entry runs on RunPod (backends.NAMES); `kind` is its protocol
 
     def to_json(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
@@ -256,6 +257,8 @@ def _check_record_types(values: dict[str, Any]) -> None:
             raise ValueError(f"{key} must be a string or null")
     if not isinstance(values.get("proxy_wanted", False), bool):
         raise ValueError("proxy_wanted must be true or false")
+    if values.get("backend", backends.POD) not in backends.NAMES:
+        raise ValueError(f"backend must be one of {', '.join(backends.NAMES)}")
     sweep = values.get("last_sweep_at_epoch")
     if sweep is not None:
         values["last_sweep_at_epoch"] = _number(sweep, "last_sweep_at_epoch", low=EARLIEST.timestamp(),
@@ -312,7 +315,17 @@ def _upgrade_2_to_3(document: dict[str, Any]) -> dict[str, Any]:
     return document
 
 
-UPGRADES: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {1: _upgrade_1_to_2, 2: _upgrade_2_to_3}
+def _upgrade_3_to_4(document: dict[str, Any]) -> dict[str, Any]:
+    """v4 records carry their backend (`backends.NAMES`): every record before it was a pod's."""
+    for record in document.get("pods", {}).values():
+        if isinstance(record, dict):  # anything else is corrupt, and said so by decode_state
+            record["backend"] = backends.POD
+    document["version"] = 4
+    return document
+
+
+UPGRADES: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {1: _upgrade_1_to_2, 2: _upgrade_2_to_3,
+                                                                   3: _upgrade_3_to_4}
 
 
 def decode_state(text: str) -> State:

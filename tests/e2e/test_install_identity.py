@@ -103,7 +103,7 @@ def test_a_previous_version_state_keeps_its_live_pod_through_the_upgrade_and_a_s
         result = rpm.run("watchdog", "--sweep")
         assert result.returncode == 0, (result.stdout, result.stderr)
     upgraded = rpm.state()
-    assert upgraded["version"] == 3 and len(upgraded["install_id"]) == 8
+    assert upgraded["version"] == 4 and len(upgraded["install_id"]) == 8
     assert upgraded["pods"]["chat"]["pod_id"] == held["id"]
     assert set(running(rpm)) == {held["id"], stray["id"]}
     assert install_id(rpm) == upgraded["install_id"]  # made once: the second pass kept it

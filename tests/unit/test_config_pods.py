@@ -104,3 +104,32 @@ def test_the_pods_example_rpm_init_writes_is_a_valid_config(tmp_path: Any) -> No
 def test_a_per_pod_cutoff_is_checked_like_the_accounts() -> None:
     with pytest.raises(ConfigError, match=r"\[pods.a.limits\] daily_cutoff '25:00' is not a time of day"):
         build({"version": 1, "pods": {"a": {"limits": {"daily_cutoff": "25:00"}}}})
+
+
+# --- backend: how an entry runs on RunPod (issue #21), separate from kind (its protocol) --------------------
+
+
+def test_every_entry_runs_as_a_pod_unless_it_says_otherwise() -> None:
+    config = build({**TWO_PODS, "pods": {**TWO_PODS["pods"], "coder": {"backend": "POD"}}})
+    assert [pod.backend for pod in config.all_pods] == ["pod", "pod", "pod"]
+    assert build({"pod": {"backend": "pod", "kind": "openai"}}).pod.backend == "pod"
+
+
+@pytest.mark.parametrize(("document", "env", "where"), [
+    ({"pods": {"coder": {"backend": "serverless"}}}, {}, "built-in defaults: [pods.coder] backend"),
+    ({"pod": {"backend": "serverless"}}, {}, "built-in defaults: [pod] backend"),
+    ({}, {"RPM_POD_BACKEND": "serverless"}, "RPM_POD_BACKEND"),
+], ids=["pods-table", "pod-table", "variable"])
+def test_the_serverless_backend_is_refused_until_it_exists(document: dict[str, Any], env: dict[str, str],
+                                                          where: str) -> None:
+    with pytest.raises(ConfigError) as raised:
+        build({"version": 1, **document}, **env)
+    assert raised.value.message.startswith(f"{where} 'serverless' is not available yet"), raised.value.message
+    assert raised.value.hint is not None and 'backend = "pod"' in raised.value.hint
+
+
+def test_an_unknown_backend_names_the_table_key_and_choices(tmp_path: Any) -> None:
+    source = tmp_path / "pod_config.toml"
+    with pytest.raises(ConfigError) as raised:
+        build_config({"version": 1, "pods": {"chat": {"backend": "lambda"}}}, source=source, env={})
+    assert raised.value.message == f"{source}: [pods.chat] backend must be one of pod, serverless, got 'lambda'"

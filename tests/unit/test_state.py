@@ -83,7 +83,7 @@ def full_record(name: str = "main") -> PodRecord:
         ready_pod_id="pod-abc", last_sweep_at_epoch=T0.timestamp() + 0.5,
         spend_accounted_at=T0 + timedelta(minutes=5), spend_of_ended_pods_usd=0.5, billed_usd=0.75,
         billing_checked_at=T0 + timedelta(minutes=6), api_base_url="https://api.runpod.io",
-        warm_opened_for="2026-06-10T08:55:00+00:00",
+        warm_opened_for="2026-06-10T08:55:00+00:00", backend="serverless",
     )
 
 
@@ -110,7 +110,7 @@ def test_every_record_field_survives_save_and_load(store: StateStore, paths: Pat
 def test_the_file_layout_is_versioned_with_utc_timestamps(store: StateStore, paths: Paths) -> None:
     store.save(State(pods={"main": full_record()}))
     document = json.loads(paths.state_file.read_text(encoding="utf-8"))
-    assert set(document) == {"version", "install_id", "pods"} and document["version"] == STATE_VERSION == 3
+    assert set(document) == {"version", "install_id", "pods"} and document["version"] == STATE_VERSION == 4
     assert re.fullmatch(r"[a-z2-7]{8}", document["install_id"])
     record = document["pods"]["main"]
     assert set(record) == {f.name for f in dataclasses.fields(PodRecord)}
@@ -574,6 +574,17 @@ def test_a_record_field_of_the_wrong_type_is_corrupt(store: StateStore, paths: P
     assert len(store.notices) == 1
 
 
+@pytest.mark.parametrize("backend", ["lambda", None, ["pod"], "POD", 1],
+                         ids=["unknown", "null", "list", "upper", "number"])
+def test_a_record_of_no_known_backend_is_corrupt(store: StateStore, paths: Paths, backend: Any) -> None:
+    content = put(paths, {"version": STATE_VERSION, "install_id": "lq7xw2ab",
+                          "pods": {"main": {"pod_id": "pod-abc", "backend": backend}}})
+    assert store.load().pods == {}
+    assert (paths.state_dir / f"pod_state.json.corrupt-{STAMP}").read_bytes() == content
+    (notice,) = store.notices
+    assert "'main'" in notice and "backend" in notice, notice
+
+
 # Values no rpm writes: acting on them would disable a limit (every comparison with NaN is false, so a NaN
 # spend never reaches the cap) or crash every command (dates at datetime's edges overflow in arithmetic).
 IMPOSSIBLE_VALUES = {
@@ -755,6 +766,20 @@ def test_version_2_gets_its_install_id_once_and_keeps_its_records(store: StateSt
     store.save(state)
     assert json.loads(paths.state_file.read_text())["install_id"] == state.install_id
     assert StateStore(paths).load().install_id == state.install_id  # made once: read back, never made again
+
+
+def test_version_3_records_become_the_pod_backend(store: StateStore, paths: Paths) -> None:
+    """The upgrade to 4 gives every record its backend: each record before it was a pod's."""
+    record = {"pod_id": "old1", "pod_name": "rpm-main-lq7xw2ab-3f2a", "upstream_key": "k1"}
+    content = put(paths, {"version": 3, "install_id": "lq7xw2ab", "pods": {"main": record, "idle": {}}})
+    state = store.load()
+    assert paths.state_file.read_bytes() == content  # reading upgrades in memory only
+    assert store.notices == [] and state.install_id == "lq7xw2ab"
+    assert {name: r.backend for name, r in state.pods.items()} == {"main": "pod", "idle": "pod"}
+    assert (state.pods["main"].pod_id, state.pods["main"].upstream_key) == ("old1", "k1")
+    store.save(state)
+    written = json.loads(paths.state_file.read_text())
+    assert written["version"] == 4 and written["pods"]["main"]["backend"] == "pod"
 
 
 @pytest.mark.parametrize("install_id", [None, "", "UPPER123", "short", "abcdefgh1", 12345678],
