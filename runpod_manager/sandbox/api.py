@@ -26,6 +26,9 @@ from typing import Any
 
 from aiohttp import web
 
+from runpod_manager.sandbox.billing import bucket_ceil, bucket_floor, bucket_next, rfc3339
+from runpod_manager.sandbox.containers import ContainerRunner
+from runpod_manager.sandbox.errors import WorldError
 from runpod_manager.sandbox.model import ModelServer
 from runpod_manager.sandbox.service import PROGRESS_SECONDS, ServiceServer
 from runpod_manager.sandbox.validate import (
@@ -40,15 +43,7 @@ from runpod_manager.sandbox.validate import (
     validate_pod_action,
     validate_update_pod,
 )
-from runpod_manager.sandbox.world import (
-    ContainerRunner,
-    World,
-    WorldError,
-    bucket_ceil,
-    bucket_floor,
-    bucket_next,
-    rfc3339,
-)
+from runpod_manager.sandbox.world import World
 
 log = logging.getLogger("runpod_manager.sandbox")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]

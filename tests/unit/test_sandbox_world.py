@@ -11,24 +11,12 @@ from typing import Any
 
 import pytest
 
-from runpod_manager.sandbox.world import (
-    ALLOWED_ACTIONS,
-    LOW_BALANCE_DETAIL,
-    NO_CAPACITY_DETAIL,
-    RESUME_REFUSED_DETAIL,
-    Faults,
-    PodStatus,
-    Settings,
-    World,
-    WorldError,
-    availability_level,
-    bucket_ceil,
-    bucket_floor,
-    cuda_key,
-    initial_stock,
-    rfc3339,
-    serves_vllm,
-)
+from runpod_manager.sandbox.billing import bucket_ceil, bucket_floor, rfc3339
+from runpod_manager.sandbox.errors import LOW_BALANCE_DETAIL, NO_CAPACITY_DETAIL, RESUME_REFUSED_DETAIL, WorldError
+from runpod_manager.sandbox.faults import Faults, Settings
+from runpod_manager.sandbox.gpus import availability_level, cuda_key, initial_stock
+from runpod_manager.sandbox.pods import ALLOWED_ACTIONS, PodStatus, serves_vllm
+from runpod_manager.sandbox.world import World
 
 T0 = 1_767_225_600.0  # 2026-01-01T00:00:00Z, an hour boundary
 GPU = "NVIDIA GeForce RTX 4090"
