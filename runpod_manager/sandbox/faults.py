@@ -1,10 +1,11 @@
 """The world's knobs: `Settings`, how it behaves (timings, billing speed, balance, API quota; fixed at
 start except the balance), and `Faults`, the failures to inject, changed at run time through
 `/_sandbox/faults`. The world consumes the counter faults where they apply (creates, resumes, boots); the
-API layer applies the per-call ones (rate limit, error rate, latency)."""
+API layer applies the per-call ones (rate limit, and `injected_error` / `injected_latency`)."""
 
 from __future__ import annotations
 
+import random
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields
 from typing import Any
@@ -47,6 +48,18 @@ class Faults:
             setattr(self, name, remaining - 1)
             return True
         return False
+
+    def injected_latency(self, rng: random.Random) -> float:
+        """Seconds to hold this call's answer (0 when the latency fault does not hit it)."""
+        if self.latency_seconds > 0 and rng.random() < self.latency_rate:
+            return self.latency_seconds
+        return 0.0
+
+    def injected_error(self, rng: random.Random) -> int | None:
+        """The 5xx status this call fails with instead of being handled, or None."""
+        if self.error_rate > 0 and rng.random() < self.error_rate:
+            return rng.choice((500, 502, 503))
+        return None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

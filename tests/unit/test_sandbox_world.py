@@ -406,6 +406,16 @@ def test_fault_updates_are_checked_and_all_or_nothing(changes: dict[str, Any], p
     assert faults.refuse_resumes == 0  # the valid part was not applied either
 
 
+def test_per_call_faults_hit_at_their_rate_and_draw_nothing_when_off() -> None:
+    rng = random.Random(1)
+    state = rng.getstate()
+    assert Faults().injected_error(rng) is None and Faults().injected_latency(rng) == 0.0
+    assert rng.getstate() == state  # off: the random source is not consumed, so seeded runs stay the same
+    assert Faults(error_rate=1.0).injected_error(rng) in (500, 502, 503)
+    assert Faults(latency_seconds=2.5, latency_rate=1.0).injected_latency(rng) == 2.5
+    assert Faults(latency_seconds=2.5, latency_rate=0.0).injected_latency(rng) == 0.0
+
+
 def test_a_pod_key_finds_only_its_own_pod(world: World) -> None:
     first, second = world.create_pod(request()), world.create_pod(request())
     assert first.pod_key.startswith("rpa_") and first.pod_key != second.pod_key
