@@ -26,6 +26,9 @@ from typing import Any
 
 from aiohttp import web
 
+from runpod_manager.sandbox.billing import bucket_ceil, bucket_floor, bucket_next, rfc3339
+from runpod_manager.sandbox.containers import ContainerRunner
+from runpod_manager.sandbox.errors import WorldError
 from runpod_manager.sandbox.model import ModelServer
 from runpod_manager.sandbox.service import PROGRESS_SECONDS, ServiceServer
 from runpod_manager.sandbox.validate import (
@@ -40,15 +43,7 @@ from runpod_manager.sandbox.validate import (
     validate_pod_action,
     validate_update_pod,
 )
-from runpod_manager.sandbox.world import (
-    ContainerRunner,
-    World,
-    WorldError,
-    bucket_ceil,
-    bucket_floor,
-    bucket_next,
-    rfc3339,
-)
+from runpod_manager.sandbox.world import World
 
 log = logging.getLogger("runpod_manager.sandbox")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -171,11 +166,11 @@ class SandboxApi:
         if operation is not None:
             self.world.count_call(operation)
         response = await self._v2(request, handler, operation)
-        faults = self.world.faults
-        if faults.latency_seconds > 0 and self.world.rng.random() < faults.latency_rate:
+        latency = self.world.faults.injected_latency(self.world.rng)
+        if latency > 0:
             # Held after the work is done, like a slow network: a client that gives up on a slow create
             # still leaves the pod behind, which is exactly the case rpm's saved intent must handle.
-            await asyncio.sleep(faults.latency_seconds)
+            await asyncio.sleep(latency)
         return response
 
     async def _v2(self, request: web.Request, handler: Handler, operation: str | None) -> web.StreamResponse:
@@ -206,8 +201,8 @@ class SandboxApi:
         route_error = request.match_info.http_exception
         if route_error is not None:
             return self._route_problem(route_error, request)
-        if faults.error_rate > 0 and self.world.rng.random() < faults.error_rate:
-            status = self.world.rng.choice((500, 502, 503))
+        status = faults.injected_error(self.world.rng)
+        if status is not None:
             return problem(status, "upstream failure (injected by the sandbox)")
         try:
             return await handler(request)

@@ -26,7 +26,8 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
-from runpod_manager.sandbox.world import ModelStats, Pod, World, serves_vllm
+from runpod_manager.sandbox.pods import ModelStats, Pod, serves_vllm
+from runpod_manager.sandbox.world import World
 
 if TYPE_CHECKING:
     from runpod_manager.sandbox.service import ServiceServer

@@ -34,7 +34,10 @@ from aiohttp import web
 from runpod_manager.errors import ExitCode, RpmError, UsageError
 from runpod_manager.events import redact
 from runpod_manager.sandbox.api import create_app
-from runpod_manager.sandbox.world import Clock, ContainerRunner, Faults, Settings, World
+from runpod_manager.sandbox.containers import ContainerRunner
+from runpod_manager.sandbox.faults import Faults, Settings
+from runpod_manager.sandbox.timeline import Clock
+from runpod_manager.sandbox.world import World
 
 log = logging.getLogger("runpod_manager.sandbox")
 

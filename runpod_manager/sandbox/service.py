@@ -41,7 +41,8 @@ from typing import Any
 
 from aiohttp import WSMsgType, web
 
-from runpod_manager.sandbox.world import Pod, ServiceStats, World
+from runpod_manager.sandbox.pods import Pod, ServiceStats
+from runpod_manager.sandbox.world import World
 
 PROGRESS_SECONDS = 1.0
 MAX_PROMPT_BYTES = 8 * 1024 * 1024

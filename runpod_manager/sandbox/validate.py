@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from runpod_manager.sandbox.world import BUCKET_SIZES
+from runpod_manager.sandbox.billing import BUCKET_SIZES
 
 Schema = Mapping[str, Any]
 

@@ -16,8 +16,8 @@ from typing import Any
 import pytest
 import requests
 
+from runpod_manager.sandbox.errors import LOW_BALANCE_DETAIL, NO_CAPACITY_DETAIL, RESUME_REFUSED_DETAIL
 from runpod_manager.sandbox.server import EmbeddedSandbox
-from runpod_manager.sandbox.world import LOW_BALANCE_DETAIL, NO_CAPACITY_DETAIL, RESUME_REFUSED_DETAIL
 from tests.support.spec import assert_valid, load_spec, request_validator, response_schema, schema_validator
 
 GPU = "NVIDIA GeForce RTX 4090"

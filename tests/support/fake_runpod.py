@@ -27,7 +27,7 @@ from typing import Any
 
 from runpod_manager.errors import ApiUnavailable, Conflict, InvalidRequest, NoCapacity, NotFound, RpmError
 from runpod_manager.runpod.models import GpuType, Pod, PodSpec, PodStatus
-from runpod_manager.sandbox.world import ALLOWED_ACTIONS  # the spec's table, as the emulator has it
+from runpod_manager.sandbox.pods import ALLOWED_ACTIONS  # the spec's table, as the emulator has it
 
 DEFAULT_GPU_PRICES: Mapping[str, float] = {
     "NVIDIA GeForce RTX 4090": 0.69,

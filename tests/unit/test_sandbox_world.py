@@ -11,24 +11,12 @@ from typing import Any
 
 import pytest
 
-from runpod_manager.sandbox.world import (
-    ALLOWED_ACTIONS,
-    LOW_BALANCE_DETAIL,
-    NO_CAPACITY_DETAIL,
-    RESUME_REFUSED_DETAIL,
-    Faults,
-    PodStatus,
-    Settings,
-    World,
-    WorldError,
-    availability_level,
-    bucket_ceil,
-    bucket_floor,
-    cuda_key,
-    initial_stock,
-    rfc3339,
-    serves_vllm,
-)
+from runpod_manager.sandbox.billing import bucket_ceil, bucket_floor, rfc3339
+from runpod_manager.sandbox.errors import LOW_BALANCE_DETAIL, NO_CAPACITY_DETAIL, RESUME_REFUSED_DETAIL, WorldError
+from runpod_manager.sandbox.faults import Faults, Settings
+from runpod_manager.sandbox.gpus import availability_level, cuda_key, initial_stock
+from runpod_manager.sandbox.pods import ALLOWED_ACTIONS, PodStatus, serves_vllm
+from runpod_manager.sandbox.world import World
 
 T0 = 1_767_225_600.0  # 2026-01-01T00:00:00Z, an hour boundary
 GPU = "NVIDIA GeForce RTX 4090"
@@ -416,6 +404,16 @@ def test_fault_updates_are_checked_and_all_or_nothing(changes: dict[str, Any], p
     faults = Faults()
     assert faults.update({"refuse_resumes": 3, **changes}) == [problem]
     assert faults.refuse_resumes == 0  # the valid part was not applied either
+
+
+def test_per_call_faults_hit_at_their_rate_and_draw_nothing_when_off() -> None:
+    rng = random.Random(1)
+    state = rng.getstate()
+    assert Faults().injected_error(rng) is None and Faults().injected_latency(rng) == 0.0
+    assert rng.getstate() == state  # off: the random source is not consumed, so seeded runs stay the same
+    assert Faults(error_rate=1.0).injected_error(rng) in (500, 502, 503)
+    assert Faults(latency_seconds=2.5, latency_rate=1.0).injected_latency(rng) == 2.5
+    assert Faults(latency_seconds=2.5, latency_rate=0.0).injected_latency(rng) == 0.0
 
 
 def test_a_pod_key_finds_only_its_own_pod(world: World) -> None:
