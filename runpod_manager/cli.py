@@ -361,10 +361,11 @@ def report(
     from runpod_manager.paths import resolve_paths
     from runpod_manager.render import show_report
     from runpod_manager.report import run_report
+    from runpod_manager.report_html import render_html
 
     paths = resolve_paths()
     settings = load_config(config, paths=paths, required=False)
-    show_report(r, run_report(settings, paths, since_text=since, pod=pod, html=html))
+    show_report(r, run_report(settings, paths, since_text=since, pod=pod, html=html, render_html=render_html))
     return ExitCode.OK
 
 

@@ -10,17 +10,39 @@ from __future__ import annotations
 
 import secrets
 from datetime import datetime
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from runpod_manager import catalog, podspec, spend
 from runpod_manager.errors import AuthError, InsufficientBalance, InvalidRequest, NoCapacity
 from runpod_manager.state import Intent, PodRecord, State
 
 if TYPE_CHECKING:
-    from runpod_manager.lifecycle import Lifecycle
+    from runpod_manager.config import Config
+    from runpod_manager.events import EventLog
+    from runpod_manager.paths import Paths
+    from runpod_manager.ports import RunPodPort
+    from runpod_manager.state import StateStore
 
 
-def create(lc: Lifecycle, state: State, record: PodRecord, now: datetime, *, replacing: str | None) -> None:
+class Executor(Protocol):
+    """What a create uses of the executor that applies it (`lifecycle.Lifecycle`), described here so that this
+    module, which the lifecycle calls, does not import it back."""
+
+    @property
+    def config(self) -> Config: ...
+    @property
+    def paths(self) -> Paths: ...
+    @property
+    def client(self) -> RunPodPort: ...
+    @property
+    def store(self) -> StateStore: ...
+    @property
+    def events(self) -> EventLog: ...
+    @property
+    def name(self) -> str: ...
+
+
+def create(lc: Executor, state: State, record: PodRecord, now: datetime, *, replacing: str | None) -> None:
     """Create the pod, trying GPU types in order within the max price.
 
     The intent (the name about to be created) is saved before the call; a crash between the call and the

@@ -330,11 +330,9 @@ class Lifecycle:
         if kind == ActionKind.CLOSE_LEASE:
             record.lease = None
             record.last_lease_end_reason = action.reason
-            if action.limit == "spend_cap":
+            if action.limit is policy.Limit.SPEND_CAP:
                 record.spend_cap_day = policy.local_day(now, self.config.zone).isoformat()
-            limits = self.config.limits
-            record.lease_end_action = {"idle": limits.idle_action, "cutoff": limits.cutoff_action,
-                                       "runtime": limits.cutoff_action}.get(action.limit or "", "terminate")
+            record.lease_end_action = (action.lease_end or ActionKind.TERMINATE).value  # the planner decided it
         elif kind in (ActionKind.CREATE, ActionKind.REPLACE):
             create.create(self, state, record, now, replacing=pod_id if kind == ActionKind.REPLACE else None)
         elif kind == ActionKind.ADOPT:

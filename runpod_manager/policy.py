@@ -40,10 +40,20 @@ class ActionKind(StrEnum):
     ALARM = "alarm"  # a limit or a wanted pod could not be handled: cron should mail this
 
 
+class Limit(StrEnum):
+    """What closed a lease (`Action.limit` of a CLOSE_LEASE). The values are the names events and JSON carry."""
+
+    SPEND_CAP = "spend_cap"  # the pod's [limits] max_daily_spend_usd, or the account's (all pods together)
+    CUTOFF = "cutoff"  # [limits] daily_cutoff passed
+    RUNTIME = "runtime"  # the lease's deadline or [limits] runtime_seconds reached
+    IDLE = "idle"  # idle_timeout_seconds (warm_idle_timeout_seconds inside a warm_hours window)
+    GONE = "gone"  # an adopted pod no longer exists at RunPod
+
+
 STARTS = frozenset({ActionKind.CREATE, ActionKind.RESUME, ActionKind.REPLACE})
 # Limits that exist to end billing (a deadline, the spend cap): when the pod is locked (RunPod refuses its stop),
 # they terminate an owned pod instead. Idle and `rpm shutdown --stop` asked for a kept pod: they report the lock.
-TERMINATING_LIMITS = frozenset({"spend_cap", "cutoff", "runtime"})
+TERMINATING_LIMITS = frozenset({Limit.SPEND_CAP, Limit.CUTOFF, Limit.RUNTIME})
 ENDS = frozenset({ActionKind.STOP, ActionKind.TERMINATE})
 # Pod statuses in which the idle limit is checked. A booting pod (PROVISIONING, STARTING) and one whose
 # status rpm does not know are left alone; a stopped, failed or vanished pod is not recovered for a
@@ -57,8 +67,13 @@ class Action:
     reason: str
     pod_id: str | None = None
     pod_name: str | None = None
-    # For CLOSE_LEASE: which limit ended it ("spend_cap", "cutoff", "runtime", "idle", "shutdown").
-    limit: str | None = None
+    # For CLOSE_LEASE: which limit ended it.
+    limit: Limit | None = None
+    # For CLOSE_LEASE: what the lease's end does to its pod, STOP (kept for a fast resume) or TERMINATE, as the
+    # config asks for that limit. The executors (the lifecycle, the simulator) record it as the record's
+    # `lease_end_action` and never decide it themselves. The pod's own end action may differ (an adopted pod is
+    # only stopped; a locked one is terminated).
+    lease_end: ActionKind | None = None
 
     def describe(self) -> str:
         target = f" {self.pod_id}" if self.pod_id else (f" {self.pod_name}" if self.pod_name else "")
@@ -228,11 +243,41 @@ def _localize(naive: datetime, zone: tzinfo | None) -> datetime:
     return first
 
 
+# The deadlines, one derivation each: the planner's rules, `limit_view` (status, the dashboard) and the simulator's
+# next moment to act all call these.
+
+
+def runtime_ends_at(opened_at: datetime, config: Config) -> datetime:
+    """When the runtime limit ends a lease opened at `opened_at`, by the runtime_seconds in force (a lowered
+    value shortens a lease already open)."""
+    return opened_at + timedelta(seconds=config.limits.runtime_seconds)
+
+
 def lease_deadline(opened_at: datetime, config: Config) -> datetime:
-    """min(opened + runtime, next cutoff)."""
-    by_runtime = opened_at + timedelta(seconds=config.limits.runtime_seconds)
+    """The deadline a lease opened now gets (`Lease.deadline`): min(opened + runtime, next cutoff)."""
+    by_runtime = runtime_ends_at(opened_at, config)
     cutoff = next_cutoff(opened_at, config)
     return min(by_runtime, cutoff) if cutoff else by_runtime
+
+
+def cutoff_at(now: datetime, config: Config, lease: Lease) -> datetime | None:
+    """The daily cutoff that ends the open lease: the first after its opening (after now, if the opening is in
+    the future: clock skew), by the daily_cutoff in force; None without one."""
+    return next_cutoff(min(lease.opened_at, now), config)
+
+
+def lease_ends_at(now: datetime, config: Config, lease: Lease) -> datetime:
+    """When the open lease ends at the latest: its deadline as opened, or sooner when runtime_seconds or
+    daily_cutoff changed since."""
+    return min(t for t in (lease.deadline, runtime_ends_at(lease.opened_at, config), cutoff_at(now, config, lease))
+               if t is not None)
+
+
+def idle_ends_at(now: datetime, config: Config, last_active: datetime) -> datetime | None:
+    """When the idle rule ends the lease if nothing more happens: the last sign of use (`last_active_at`) plus
+    the idle timeout in force at `now`; None when idle stop is off."""
+    idle_timeout = idle_timeout_at(now, config)
+    return last_active + timedelta(seconds=idle_timeout) if idle_timeout else None
 
 
 def start_refusal(now: datetime, config: Config, record: PodRecord, spend_today_usd: float,
@@ -267,11 +312,12 @@ def plan(
 
     adopted = bool(config.pod.pod_id)  # made outside rpm: resumed and stopped, never created nor terminated
 
-    def end_pod(limit: str, reason: str, action: str) -> None:
-        """Close the lease and end the pod (stop or terminate), once."""
+    def end_pod(limit: Limit, reason: str, action: str) -> None:
+        """Close the lease and end the pod (stop or terminate, as `action` says for this limit), once."""
+        lease_end = ActionKind.STOP if action == "stop" else ActionKind.TERMINATE
         if lease is not None:
-            actions.append(Action(ActionKind.CLOSE_LEASE, reason, limit=limit))
-        kind = ActionKind.STOP if action == "stop" or adopted else ActionKind.TERMINATE
+            actions.append(Action(ActionKind.CLOSE_LEASE, reason, limit=limit, lease_end=lease_end))
+        kind = ActionKind.STOP if lease_end is ActionKind.STOP or adopted else ActionKind.TERMINATE
         if (kind is ActionKind.STOP and not adopted and limit in TERMINATING_LIMITS and pod_exists
                 and pod is not None and pod.locked and pod.status in ACTIVE_STATUSES):
             # A locked pod refuses stop and would bill on: a limit that ends billing ends it the other way.
@@ -301,42 +347,43 @@ def plan(
     # and refuse starts for the rest of the day.
     cap, account_cap = config.limits.max_daily_spend_usd, config.account.max_daily_spend_usd
     if cap and observed.spend_today_usd >= cap and (lease is not None or pod_exists):
-        end_pod("spend_cap", f"spend cap reached: {usd(observed.spend_today_usd)} of {usd(cap)} today",
+        end_pod(Limit.SPEND_CAP, f"spend cap reached: {usd(observed.spend_today_usd)} of {usd(cap)} today",
                 "terminate")
         return _finish(actions, now, config, record, observed, options, activity)
     if (account_cap and observed.account_spend_today_usd >= account_cap
             and (lease is not None or pod_exists)):
-        end_pod("spend_cap", f"account spend cap reached: {usd(observed.account_spend_today_usd)} of "
+        end_pod(Limit.SPEND_CAP, f"account spend cap reached: {usd(observed.account_spend_today_usd)} of "
                 f"{usd(account_cap)} today across all pods", "terminate")
         return _finish(actions, now, config, record, observed, options, activity)
 
     if lease is not None:
         # 2. Daily cutoff: a lease open when the cutoff passed ends, however late this run happens.
-        cutoff_at = next_cutoff(min(lease.opened_at, now), config)
-        if cutoff_at is not None and now >= cutoff_at:
-            local = cutoff_at.astimezone(config.zone).strftime("%H:%M")
-            end_pod("cutoff", f"daily cutoff {local} passed", config.limits.cutoff_action)
+        cutoff = cutoff_at(now, config, lease)
+        if cutoff is not None and now >= cutoff:
+            local = cutoff.astimezone(config.zone).strftime("%H:%M")
+            end_pod(Limit.CUTOFF, f"daily cutoff {local} passed", config.limits.cutoff_action)
             return _finish(actions, now, config, record, observed, options, activity)
-        # 3. Runtime limit: the lease deadline (or the current runtime_seconds, if it was lowered).
-        by_runtime = lease.opened_at + timedelta(seconds=config.limits.runtime_seconds)
-        if now >= lease.deadline or now >= by_runtime:
-            end_pod("runtime", f"runtime limit {config.limits.runtime_seconds} s reached",
+        # 3. Runtime limit: the lease deadline (or the current runtime_seconds, if it was lowered; the cutoff, its
+        # other part, was checked above).
+        if now >= lease_ends_at(now, config, lease):
+            end_pod(Limit.RUNTIME, f"runtime limit {config.limits.runtime_seconds} s reached",
                     config.limits.cutoff_action)
             return _finish(actions, now, config, record, observed, options, activity)
         # 4. Idle: no proxied request (and no GPU work, when reported) for idle_timeout_seconds (inside a
         # warm_hours window, warm_idle_timeout_seconds).
-        idle_timeout = idle_timeout_at(now, config)
-        if idle_timeout and observed.pod_observed and (pod is None or pod.status in IDLE_CHECKED_STATUSES):
-            idle_seconds = (now - last_active_at(now, lease, activity)).total_seconds()
-            if idle_seconds >= idle_timeout:
-                key = "warm_idle_timeout_seconds" if warm_window_at(now, config) else "idle_timeout_seconds"
-                end_pod("idle", f"idle for {int(idle_seconds)} s ({key} {idle_timeout})",
-                        config.limits.idle_action)
-                return _finish(actions, now, config, record, observed, options, activity)
+        last_active = last_active_at(now, lease, activity)
+        idle_end = idle_ends_at(now, config, last_active)
+        if (idle_end is not None and now >= idle_end and observed.pod_observed
+                and (pod is None or pod.status in IDLE_CHECKED_STATUSES)):
+            idle_seconds = (now - last_active).total_seconds()
+            key = "warm_idle_timeout_seconds" if warm_window_at(now, config) else "idle_timeout_seconds"
+            end_pod(Limit.IDLE, f"idle for {int(idle_seconds)} s ({key} {idle_timeout_at(now, config)})",
+                    config.limits.idle_action)
+            return _finish(actions, now, config, record, observed, options, activity)
         # 5. Recovery while the lease is open and the limits allow.
         if observed.pod_observed and adopted and not pod_exists:
             actions.append(Action(ActionKind.CLOSE_LEASE, f"adopted pod {config.pod.pod_id} no longer exists at "
-                                  "RunPod", limit="gone"))
+                                  "RunPod", limit=Limit.GONE, lease_end=ActionKind.TERMINATE))
             actions.append(Action(ActionKind.ALARM, f"adopted pod {config.pod.pod_id} no longer exists at RunPod; "
                                   "rpm never creates one in its place (fix [pods] pod_id)", pod_id=config.pod.pod_id))
         elif observed.pod_observed and adopted and pod is not None and pod.status == PodStatus.ERROR:
@@ -508,11 +555,6 @@ def limit_view(now: datetime, config: Config, record: PodRecord, activity: Activ
     lease = record.lease
     if lease is None:
         return LimitView()
-    runtime_end = lease.opened_at + timedelta(seconds=config.limits.runtime_seconds)
-    cutoff = next_cutoff(min(lease.opened_at, now), config)
-    idle_end = None
-    idle_timeout = idle_timeout_at(now, config)
-    if idle_timeout:
-        idle_end = last_active_at(now, lease, activity) + timedelta(seconds=idle_timeout)
-    deadline = min(t for t in (lease.deadline, runtime_end, cutoff) if t is not None)
-    return LimitView(deadline=deadline, runtime_ends_at=runtime_end, cutoff_at=cutoff, idle_ends_at=idle_end)
+    return LimitView(deadline=lease_ends_at(now, config, lease),
+                     runtime_ends_at=runtime_ends_at(lease.opened_at, config), cutoff_at=cutoff_at(now, config, lease),
+                     idle_ends_at=idle_ends_at(now, config, last_active_at(now, lease, activity)))

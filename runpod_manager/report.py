@@ -292,8 +292,10 @@ class Report:
 
 
 def run_report(config: Config, paths: Paths, *, since_text: str, pod: str | None, html: Path | None,
+               render_html: Callable[[Report, tzinfo | None], str] | None = None,
                now: datetime | None = None) -> Report:
-    """`rpm report`: read the logs and state, call billing once (when there is a key), write --html."""
+    """`rpm report`: read the logs and state, call billing once (when there is a key), write --html with
+    `render_html` (`report_html.render_html`, passed in: that module reads this one's types)."""
     from runpod_manager.state import StateStore
 
     until = now or datetime.now(UTC)
@@ -315,8 +317,8 @@ def run_report(config: Config, paths: Paths, *, since_text: str, pod: str | None
                           zone_name=config.limits.timezone, pods=[config.pod.name], only_pod=pod,
                           state_rates=rates, state_pod_ids=ids, billing=billing)
     if html is not None:
-        from runpod_manager.report_html import render_html
-
+        if render_html is None:
+            raise TypeError("run_report: html needs render_html")
         try:
             html.write_text(render_html(report, config.zone), encoding="utf-8")
         except OSError as exc:

@@ -443,12 +443,16 @@ class _World:
         if lease is None:
             return warm if self.status in (None, _STOPPED) else self.trace.start  # nothing may run
         limits = self.config.limits
-        moment = min(lease.deadline.timestamp(), lease.opened_at.timestamp() + limits.runtime_seconds, warm)
+        now = _dt(self.now)
+        moment = min(policy.lease_ends_at(now, self.config, lease).timestamp(), warm)
         if self.status == _RUNNING:
-            idle_timeout = policy.idle_timeout_at(_dt(self.now), self.config)
-            if idle_timeout:
-                moment = min(moment, max(lease.opened_at.timestamp(), self.last_end) + idle_timeout)
-            window = policy.warm_window_at(_dt(self.now), self.config) if self.config.warm_windows else None
+            # Idle since as the planner will see it once the requests in flight have ended (the simulator knows).
+            known = max(self.now, self.last_end)
+            idle_end = policy.idle_ends_at(now, self.config, policy.last_active_at(_dt(known), lease,
+                                                                                   self.activity(known)))
+            if idle_end is not None:
+                moment = min(moment, idle_end.timestamp())
+            window = policy.warm_window_at(now, self.config) if self.config.warm_windows else None
             if window is not None:  # the idle timeout shortens when the window ends
                 moment = min(moment, window[1].timestamp())
             cap = limits.max_daily_spend_usd
@@ -533,13 +537,12 @@ class _World:
         return changed
 
     def apply(self, action: Action, now: float) -> str:
-        kind, record, limits = action.kind, self.record, self.config.limits
+        kind, record = action.kind, self.record
         if kind == ActionKind.CLOSE_LEASE:
             record.lease, record.last_lease_end_reason = None, action.reason
-            if action.limit == "spend_cap":
+            if action.limit is policy.Limit.SPEND_CAP:
                 record.spend_cap_day = policy.local_day(_dt(now), self.config.zone).isoformat()
-            record.lease_end_action = {"idle": limits.idle_action, "cutoff": limits.cutoff_action,
-                                       "runtime": limits.cutoff_action}.get(action.limit or "", "terminate")
+            record.lease_end_action = (action.lease_end or ActionKind.TERMINATE).value  # as Lifecycle: the plan's
             return "changed"
         if kind == ActionKind.RESUME and self.status == _STOPPED:
             if self.streams.refusal.random() < self.model.refused_resume_rate:

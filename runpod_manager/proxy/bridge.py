@@ -121,6 +121,7 @@ def _view(member: Lifecycle, record: PodRecord | None) -> PodView:
         spend_today_usd=spend.today_usd(record, policy.local_day(now, config.zone)),
         max_daily_spend_usd=config.limits.max_daily_spend_usd,
         deadline=limits.deadline,
-        limits={"runtime": limits.runtime_ends_at, "cutoff": limits.cutoff_at, "idle": limits.idle_ends_at},
+        limits={policy.Limit.RUNTIME: limits.runtime_ends_at, policy.Limit.CUTOFF: limits.cutoff_at,
+                policy.Limit.IDLE: limits.idle_ends_at},
         last_action=record.last_action, last_reason=record.last_reason,
     )

@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from runpod_manager import control
+from runpod_manager import control, policy
 from runpod_manager.config import Config
 from runpod_manager.errors import (
     ApiError,
@@ -41,7 +41,7 @@ from runpod_manager.errors import (
 from runpod_manager.events import EventLog
 from runpod_manager.lifecycle import Lifecycle
 from runpod_manager.paths import Paths, resolve_paths
-from runpod_manager.policy import Action, ActionKind
+from runpod_manager.policy import Action, ActionKind, Limit, Plan
 from runpod_manager.proxy.bridge import LifecycleProxyController
 from runpod_manager.proxy.controller import UpstreamTarget
 from runpod_manager.runpod.models import PodSpec, PodStatus
@@ -631,6 +631,19 @@ def test_a_limit_that_is_due_ends_the_pod_through_reconcile(
     rig.fake.reset_history()
     rig.lifecycle.reconcile()
     assert rig.fake.mutations() == []  # the next pass finds nothing to do
+
+
+def test_the_lease_end_saved_is_the_plans_decision_not_the_configs(tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    # The planner decides how a lease's end treats its pod (the CLOSE_LEASE's lease_end); the executor records
+    # it and never maps the limit to [limits] itself (the simulator does the same: test_simulate).
+    rig = make_lifecycle(tmp_path, idle_timeout_seconds=900, idle_action="stop")
+    rig.started()
+    decided = Action(ActionKind.CLOSE_LEASE, "idle for 900 s", limit=Limit.IDLE, lease_end=ActionKind.TERMINATE)
+    monkeypatch.setattr(policy, "plan", lambda *_args: Plan((decided,)))
+    rig.lifecycle.reconcile()
+    record = rig.saved()
+    assert record.lease is None and record.lease_end_action == "terminate"
 
 
 def test_the_spend_cap_terminates_on_the_estimate_and_refuses_a_start_the_same_day(tmp_path: Path) -> None:

@@ -20,16 +20,24 @@ from runpod_manager import spend
 from runpod_manager.config import Config
 from runpod_manager.policy import (
     ENDS,
+    IDLE_CHECKED_STATUSES,
     STARTS,
     ActionKind,
     Activity,
+    Limit,
     Observation,
     Options,
     Plan,
+    cutoff_at,
+    idle_ends_at,
+    last_active_at,
     lease_deadline,
+    lease_ends_at,
+    limit_view,
     local_day,
     next_cutoff,
     plan,
+    runtime_ends_at,
     start_refusal,
 )
 from runpod_manager.runpod.models import Pod, PodStatus
@@ -309,6 +317,43 @@ def test_future_activity_never_makes_a_lease_idle(given_inputs: Inputs) -> None:
         return
     limits = [a.limit for a in given_inputs.plan().actions if a.kind is ActionKind.CLOSE_LEASE]
     assert "idle" not in limits
+
+
+@SETTINGS
+@given(inputs(lease_open=True))
+def test_the_planner_ends_a_lease_exactly_at_the_deadlines_status_shows(given_inputs: Inputs) -> None:
+    """The rules and `limit_view` (rpm status, the dashboard) use one derivation of each deadline: the lease is
+    closed by cutoff or runtime iff its end (`lease_ends_at`) has come, else by idle iff `idle_ends_at` has."""
+    now, config, lease = given_inputs.now, given_inputs.config, given_inputs.record.lease
+    assert lease is not None
+    if spend_cap_reached(given_inputs):
+        return
+    view = limit_view(now, config, given_inputs.record, given_inputs.activity)
+    assert view.deadline == lease_ends_at(now, config, lease)
+    assert (view.runtime_ends_at, view.cutoff_at) == (runtime_ends_at(lease.opened_at, config),
+                                                      cutoff_at(now, config, lease))
+    idle_end = idle_ends_at(now, config, last_active_at(now, lease, given_inputs.activity))
+    assert view.idle_ends_at == idle_end
+    observed = given_inputs.observed
+    pod = observed.pod if observed.pod_observed else None
+    idle_checked = observed.pod_observed and (pod is None or pod.status in IDLE_CHECKED_STATUSES)
+    expected = ([Limit.CUTOFF, Limit.RUNTIME] if now >= lease_ends_at(now, config, lease)
+                else [Limit.IDLE] if idle_end is not None and now >= idle_end and idle_checked else [])
+    closing = [a.limit for a in given_inputs.plan().actions if a.kind is ActionKind.CLOSE_LEASE]
+    assert closing == [] if not expected else (len(closing) == 1 and closing[0] in expected), given_inputs
+
+
+@SETTINGS
+@given(inputs())
+def test_a_closing_lease_carries_how_its_pod_ends_as_the_config_says_for_that_limit(given_inputs: Inputs) -> None:
+    limits = given_inputs.config.limits
+    by_limit = {Limit.SPEND_CAP: "terminate", Limit.CUTOFF: limits.cutoff_action,
+                Limit.RUNTIME: limits.cutoff_action, Limit.IDLE: limits.idle_action, Limit.GONE: "terminate"}
+    for action in given_inputs.plan().actions:
+        if action.kind is ActionKind.CLOSE_LEASE:
+            assert action.limit is not None and action.lease_end is not None, action
+            assert action.lease_end in (ActionKind.STOP, ActionKind.TERMINATE)
+            assert action.lease_end.value == by_limit[action.limit], action
 
 
 # ------------------------------------------------------------------------------------ time arithmetic

@@ -22,11 +22,14 @@ from runpod_manager.cli import app
 from runpod_manager.config import Config, LimitsConfig, ProxyConfig
 from runpod_manager.errors import UsageError
 from runpod_manager.paths import resolve_paths
+from runpod_manager.policy import Action, ActionKind, Limit
 from runpod_manager.requestlog import RequestLog
 from runpod_manager.simulate import (
     BootTime,
+    PolicyResult,
     RunPodModel,
     Trace,
+    _World,  # the replay's engine: the actions it applies are checked against the plan
     oracle,
     profile_trace,
     recommend,
@@ -36,6 +39,7 @@ from runpod_manager.simulate import (
     trace_from_log,
     with_idle,
 )
+from runpod_manager.state import Lease
 
 T = datetime(2026, 1, 5, tzinfo=UTC).timestamp()
 DAY = 86400.0
@@ -180,6 +184,49 @@ def test_a_planner_that_never_stops_keeps_the_pod_running(monkeypatch: pytest.Mo
     monkeypatch.setattr(policy, "plan", never_idle)
     result = run(trace((1000, 2)))
     assert result.gpu_seconds == DAY - 1000  # billed to the end of the window: the sim decided nothing itself
+
+
+def test_the_simulator_applies_the_plans_actions_and_no_decision_of_its_own(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every action the replay applies is one the planner returned, in its order; how a lease's end treats the
+    pod is the plan's (the CLOSE_LEASE's lease_end), for each limit."""
+    planned: list[Action] = []
+    applied: list[tuple[Action, str | None]] = []
+    real_plan, real_apply = policy.plan, _World.apply
+
+    def spy(*args: Any) -> Any:
+        result = real_plan(*args)
+        planned.extend(result.actions)
+        return result
+
+    def apply(world: _World, action: Action, now: float) -> str:
+        outcome = real_apply(world, action, now)
+        applied.append((action, world.record.lease_end_action))
+        return outcome
+
+    monkeypatch.setattr(policy, "plan", spy)
+    monkeypatch.setattr(_World, "apply", apply)
+    requests = trace((1000, 2), (5000, 2), (20000, 2), (30000, 2), (50000, 2))
+    for config in (limits(idle_action="stop"), limits(idle_action="terminate"),
+                   limits(idle_timeout_seconds=0, runtime_seconds=1800, cutoff_action="stop"),
+                   limits(idle_timeout_seconds=0, daily_cutoff="03:00", cutoff_action="terminate"),
+                   limits(idle_timeout_seconds=0, max_daily_spend_usd=2.0)):
+        planned.clear()
+        applied.clear()
+        run(requests, config)
+        assert [action for action, _ in applied] == planned
+        closes = [(action, recorded) for action, recorded in applied if action.kind is ActionKind.CLOSE_LEASE]
+        assert closes, config.limits
+        for action, recorded in closes:
+            assert action.lease_end is not None and recorded == action.lease_end.value
+
+
+def test_the_simulator_records_the_lease_end_the_plan_carries_not_the_configs() -> None:
+    world = _World(trace(), limits(idle_action="stop"), MODEL, pass_interval=5.0,
+                   result=PolicyResult("rpm", ""))
+    world.record.lease = Lease(opened_at=datetime.fromtimestamp(T, UTC),
+                               deadline=datetime.fromtimestamp(T + DAY, UTC), opened_by="wake")
+    world.apply(Action(ActionKind.CLOSE_LEASE, "idle", limit=Limit.IDLE, lease_end=ActionKind.TERMINATE), T + 900)
+    assert world.record.lease is None and world.record.lease_end_action == "terminate"
 
 
 # ------------------------------------------------------------------------------------------- profiles
