@@ -60,6 +60,7 @@ from runpod_manager.proxy.auth import (
 )
 from runpod_manager.proxy.cache import CachedResponse, CacheStats, ResponseCache, cache_key, is_cacheable
 from runpod_manager.proxy.controller import PodView, ProxyController, UpstreamTarget
+from runpod_manager.proxy.errors import ProxyError, json_response
 from runpod_manager.proxy.forward import (
     FIM_MISSING_MESSAGE,
     JOB_ID_HEADER,
@@ -70,7 +71,6 @@ from runpod_manager.proxy.forward import (
     NO_BODY,
     SSE_DONE,
     ConnectionBudget,
-    ProxyError,
     RequestFacts,
     StreamOutcome,
     Upstream,
@@ -80,7 +80,6 @@ from runpod_manager.proxy.forward import (
     forwarded_for,
     inspect_json_body,
     is_json_content_type,
-    json_response,
     normalize_upstream_error,
     relay_events,
     upstream_request_headers,

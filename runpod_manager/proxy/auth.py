@@ -21,7 +21,8 @@ from aiohttp import web
 
 from runpod_manager.errors import RpmError
 from runpod_manager.keys import KeyWatcher, Principal
-from runpod_manager.proxy.forward import ProxyError, inspect_json_body, is_json_content_type
+from runpod_manager.proxy.errors import ProxyError
+from runpod_manager.proxy.forward import inspect_json_body, is_json_content_type
 from runpod_manager.proxy.routing import PodRoute
 
 log = logging.getLogger("runpod_manager.proxy")

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from aiohttp import web
 
 from runpod_manager.config import ProxyConfig
-from runpod_manager.proxy.forward import ProxyError
+from runpod_manager.proxy.errors import ProxyError
 
 _OWN_NAMES = ("127.0.0.1", "localhost", "[::1]")
 _WILDCARDS = ("0.0.0.0", "::", "")  # noqa: S104 - compared, not bound

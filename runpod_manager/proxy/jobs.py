@@ -60,17 +60,14 @@ from multidict import CIMultiDict
 from runpod_manager.keys import Principal
 from runpod_manager.paths import ensure_private_dir, private_sqlite_files
 from runpod_manager.proxy.auth import PRINCIPAL
+from runpod_manager.proxy.errors import ProxyError, disk_full_error, is_disk_full, json_response
 from runpod_manager.proxy.forward import (
     FORWARDED_FOR_HEADER,
     HOP_BY_HOP,
     JOB_ID_HEADER,
     JOB_OWNER_HEADER,
     JOB_TOKEN_HEADER,
-    ProxyError,
-    disk_full_error,
     forwarded_for,
-    is_disk_full,
-    json_response,
     write_fully,
 )
 

@@ -39,7 +39,7 @@ from runpod_manager.events import redact
 from runpod_manager.keys import Principal
 from runpod_manager.proxy.app import STATE, ProxyState, _pod_entry, key_report
 from runpod_manager.proxy.auth import PRINCIPAL, PUBLIC_PATHS
-from runpod_manager.proxy.forward import ProxyError, json_response
+from runpod_manager.proxy.errors import ProxyError, json_response
 
 PREFIX = "/rpm/v1"
 OPENAPI_PATH, DOCS_PATH = sorted(PUBLIC_PATHS, reverse=True)  # /rpm/v1/openapi.json, /rpm/v1/docs

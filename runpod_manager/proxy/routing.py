@@ -40,7 +40,8 @@ from urllib.parse import unquote
 
 from runpod_manager.config import Config, PodConfig, replica_name
 from runpod_manager.errors import ConfigError
-from runpod_manager.proxy.forward import ProxyError, served_model_names
+from runpod_manager.proxy.errors import ProxyError
+from runpod_manager.proxy.forward import served_model_names
 
 RUNTIME_LORA_VARIABLE = "VLLM_ALLOW_RUNTIME_LORA_UPDATING"
 

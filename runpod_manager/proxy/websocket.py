@@ -32,7 +32,8 @@ from aiohttp import WSMsgType, web
 from yarl import URL
 
 from runpod_manager.proxy.controller import PodView, UpstreamTarget
-from runpod_manager.proxy.forward import FORWARDED_FOR_HEADER, JOB_OWNER_HEADER, JOB_TOKEN_HEADER, ProxyError
+from runpod_manager.proxy.errors import ProxyError
+from runpod_manager.proxy.forward import FORWARDED_FOR_HEADER, JOB_OWNER_HEADER, JOB_TOKEN_HEADER
 from runpod_manager.proxy.wake import WakeGate
 
 log = logging.getLogger("runpod_manager.proxy")

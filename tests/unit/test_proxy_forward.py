@@ -11,8 +11,8 @@ import pytest
 
 from runpod_manager.config import ProxyConfig
 from runpod_manager.errors import ApiError, ConfigError, LimitRefused, LockBusy, NotReady, RpmError
+from runpod_manager.proxy.errors import ProxyError
 from runpod_manager.proxy.forward import (
-    ProxyError,
     SSESplitter,
     apply_fim_template,
     client_response_headers,
