@@ -149,6 +149,7 @@ class Routes:
 
 
 PODS_PATH_PREFIX = "/pods/"
+MODELS_PATH = "/v1/models"  # answered by the proxy itself (proxy/models.py)
 _DECODE_ROUNDS = 3  # %252e%252e is `..` to a server that decodes twice
 
 

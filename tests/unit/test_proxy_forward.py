@@ -11,6 +11,7 @@ import pytest
 
 from runpod_manager.config import ProxyConfig
 from runpod_manager.errors import ApiError, ConfigError, LimitRefused, LockBusy, NotReady, RpmError
+from runpod_manager.proxy.bind import build_ssl_context, check_bind
 from runpod_manager.proxy.errors import ProxyError
 from runpod_manager.proxy.forward import (
     SSESplitter,
@@ -24,8 +25,8 @@ from runpod_manager.proxy.forward import (
     served_model_names,
     upstream_request_headers,
 )
+from runpod_manager.proxy.hosts import is_loopback_host
 from runpod_manager.proxy.passthrough import service_request_headers
-from runpod_manager.proxy.server import build_ssl_context, check_bind, is_loopback_host
 from runpod_manager.proxy.wake import wake_error
 from runpod_manager.proxy.websocket import forwarded_headers
 
