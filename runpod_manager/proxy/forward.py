@@ -16,7 +16,6 @@ import contextlib
 import json
 import os
 import re
-import shlex
 import time
 from collections import deque
 from collections.abc import Callable, Iterable
@@ -179,61 +178,6 @@ def inspect_json_body(body: bytes) -> RequestFacts:
     if not isinstance(document, dict):
         raise ProxyError(400, "the request body must be a JSON object", code="invalid_json")
     return RequestFacts(document=document, stream=document.get("stream") is True)
-
-
-def served_model_names(model: str, args: str, extra_args: str) -> tuple[str, ...] | None:
-    """The model names the pod's vLLM answers to, in vLLM's order; None when the config cannot say.
-
-    vLLM's rule: the names given to `--served-model-name` (the last use wins), else `--model`; LoRA
-    adapters named by `--lora-modules` too. Full custom `[pod] args` that name no model (another
-    server, a script) give None: the proxy then cannot tell an unknown name from a known one.
-    """
-    custom = bool(args)
-    try:
-        words = shlex.split(args.replace("{model}", model)) if custom else ["--model", model, *shlex.split(extra_args)]
-    except ValueError:  # unbalanced quotes: the pod would not start either; do not guess
-        return None if custom else (model,)
-    served: list[str] = []
-    adapters: list[str] = []
-    named: str | None = None
-    index = 0
-    while index < len(words):
-        flag, has_value, value = words[index].partition("=")
-        if flag in ("--served-model-name", "--lora-modules"):
-            values = [value] if has_value else []
-            while not has_value and index + 1 < len(words) and not words[index + 1].startswith("-"):
-                index += 1
-                values.append(words[index])
-            if flag == "--served-model-name":
-                served = values
-            else:
-                adapters = [_lora_name(item) for item in values]
-        elif flag == "--model":
-            if has_value:
-                named = value
-            elif index + 1 < len(words):
-                index += 1
-                named = words[index]
-        elif flag == "serve" and index + 1 < len(words) and not words[index + 1].startswith("-"):
-            index += 1
-            named = words[index]  # `vllm serve <model>`
-        index += 1
-    names = served or ([named] if named is not None else [])
-    if not names:
-        return None
-    return tuple(dict.fromkeys(names + [name for name in adapters if name]))
-
-
-def _lora_name(item: str) -> str:
-    # `name=path`, or the JSON form `{"name": "...", "path": "..."}`
-    if item.startswith("{"):
-        try:
-            document = json.loads(item)
-        except ValueError:
-            return ""
-        name = document.get("name") if isinstance(document, dict) else None
-        return name if isinstance(name, str) else ""
-    return item.partition("=")[0]
 
 
 def apply_fim_template(document: dict[str, Any], template: str) -> bytes:

@@ -11,6 +11,7 @@ import pytest
 
 from runpod_manager.config import ProxyConfig
 from runpod_manager.errors import ApiError, ConfigError, LimitRefused, LockBusy, NotReady, RpmError
+from runpod_manager.model_names import served_model_names
 from runpod_manager.proxy.bind import build_ssl_context, check_bind
 from runpod_manager.proxy.errors import ProxyError
 from runpod_manager.proxy.forward import (
@@ -22,7 +23,6 @@ from runpod_manager.proxy.forward import (
     is_error_event,
     is_json_content_type,
     normalize_upstream_error,
-    served_model_names,
     upstream_request_headers,
 )
 from runpod_manager.proxy.hosts import is_loopback_host
