@@ -41,9 +41,9 @@ from runpod_manager.paths import Paths
 from runpod_manager.proxy import manage
 from runpod_manager.proxy.auth import watch_keys
 from runpod_manager.proxy.controller import ProxyController
-from runpod_manager.proxy.forward import Upstream
-from runpod_manager.proxy.jobs import JOBS, JobRunner, JobStore
+from runpod_manager.proxy.jobs import JOBS, JobRunner
 from runpod_manager.proxy.jobs import add_routes as add_job_routes
+from runpod_manager.proxy.jobstore import JobStore
 from runpod_manager.proxy.limits import USAGE_FLUSH_SECONDS
 from runpod_manager.proxy.middleware import add_cors_headers, make_middleware
 from runpod_manager.proxy.ops import handle_dashboard, handle_debug_cache, handle_health, handle_metrics, handle_ready
@@ -52,6 +52,7 @@ from runpod_manager.proxy.routing import PODS_PATH_PREFIX, PodRoute
 from runpod_manager.proxy.services import handle_listen_port, handle_pods_path
 from runpod_manager.proxy.state import LISTEN_ROUTE, STATE, ProxyState
 from runpod_manager.proxy.targets import job_body_limit, job_pod
+from runpod_manager.proxy.upstream import Upstream
 from runpod_manager.proxy.v1 import handle_v1
 
 log = logging.getLogger("runpod_manager.proxy")

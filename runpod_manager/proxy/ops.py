@@ -20,7 +20,7 @@ from runpod_manager.proxy import dashboard
 from runpod_manager.proxy.auth import PRINCIPAL
 from runpod_manager.proxy.cache import CacheStats
 from runpod_manager.proxy.errors import json_response
-from runpod_manager.proxy.jobs import PodJobs
+from runpod_manager.proxy.jobstore import PodJobs
 from runpod_manager.proxy.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from runpod_manager.proxy.process import proxy_url
 from runpod_manager.proxy.state import STATE, ProxyState

@@ -18,17 +18,15 @@ from runpod_manager.proxy.errors import ProxyError
 from runpod_manager.proxy.forward import (
     SSE_DONE,
     RequestFacts,
-    StreamOutcome,
-    UpstreamUnreachable,
     client_response_headers,
     forwarded_for,
     is_json_content_type,
     normalize_upstream_error,
-    relay_events,
     upstream_request_headers,
 )
 from runpod_manager.proxy.routing import MODELS_PATH
 from runpod_manager.proxy.state import Exchange, ProxyState
+from runpod_manager.proxy.upstream import StreamOutcome, UpstreamUnreachable, relay_events
 from runpod_manager.proxy.wake import PodGroup, WakeGate
 from runpod_manager.requestlog import USAGE_TAIL_BYTES
 

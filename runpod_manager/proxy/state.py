@@ -23,12 +23,13 @@ from runpod_manager.paths import Paths
 from runpod_manager.proxy import websocket
 from runpod_manager.proxy.cache import CacheStats, ResponseCache
 from runpod_manager.proxy.controller import PodView, ProxyController, UpstreamTarget
-from runpod_manager.proxy.forward import ConnectionBudget, RequestFacts, Upstream
+from runpod_manager.proxy.forward import RequestFacts
 from runpod_manager.proxy.jobs import JobRunner
 from runpod_manager.proxy.limits import Admission, AnswerTimes, KeyLimiter, ShareMeter
 from runpod_manager.proxy.metrics import ProxyMetrics
 from runpod_manager.proxy.passthrough import PassThrough, WakeSpool
 from runpod_manager.proxy.routing import PodRoute, build_routes
+from runpod_manager.proxy.upstream import ConnectionBudget, Upstream
 from runpod_manager.proxy.wake import PodGroup, WakeGate
 from runpod_manager.requestlog import RequestLog
 
@@ -141,7 +142,7 @@ class ProxyState:
         self.serve_meters = {name: ShareMeter() for name in self.gates}
         self.wait_meters = {group.name: ShareMeter() for group in self.groups}
         self.answer_times = {group.name: AnswerTimes() for group in self.groups}  # a key's expected wait and cost
-        # Each pod's own upstream connections (forward.ConnectionBudget): one pod's sockets never starve another.
+        # Each pod's own upstream connections (upstream.ConnectionBudget): one pod's sockets never starve another.
         self.connections = {gate.name: connection_budget(config, group.name)
                             for group in self.groups for gate in group.gates}
         self.cache: ResponseCache | None = None

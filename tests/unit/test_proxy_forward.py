@@ -301,7 +301,7 @@ def test_the_default_hold_lets_default_sdk_retries_span_a_ten_minute_wake() -> N
 
 
 def test_a_pods_connection_budget_refuses_sockets_at_once_and_lets_requests_wait_their_turn() -> None:
-    from runpod_manager.proxy.forward import ConnectionBudget
+    from runpod_manager.proxy.upstream import ConnectionBudget
 
     async def scenario() -> None:
         budget = ConnectionBudget(2, "[pods.comfy] max_connections")
