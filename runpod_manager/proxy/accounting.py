@@ -7,12 +7,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Mapping
 from typing import Any
 
 from aiohttp import web
 
 from runpod_manager.keys import Principal
 from runpod_manager.proxy.auth import PRINCIPAL, PUBLIC_PATHS, check_scope
+from runpod_manager.proxy.controller import PodView
 from runpod_manager.proxy.errors import ProxyError
 from runpod_manager.proxy.limits import estimate_tokens
 from runpod_manager.proxy.metrics import RecentRequest
@@ -98,18 +100,19 @@ def _log_request(state: ProxyState, request: web.Request, exchange: Exchange, st
                   "" if exchange.error_code is None else f" error={exchange.error_code}")
 
 
-async def read_body(request: web.Request, state: ProxyState) -> bytes:
+async def read_body(request: web.Request, max_bytes: int, timeout_seconds: float) -> bytes:
+    """The client's whole body ([proxy] max_body_bytes, body_read_timeout_seconds); its wait is the client's."""
     length = request.content_length
-    if length is not None and length > state.config.proxy.max_body_bytes:
-        raise web.HTTPRequestEntityTooLarge(max_size=state.config.proxy.max_body_bytes, actual_size=length)
+    if length is not None and length > max_bytes:
+        raise web.HTTPRequestEntityTooLarge(max_size=max_bytes, actual_size=length)
     if request.content.is_eof():  # the whole body came with the headers: nothing to time out
         return await request.read()
     waiting_since = time.perf_counter()
     try:
-        async with asyncio.timeout(state.body_read_timeout_seconds):
+        async with asyncio.timeout(timeout_seconds):
             return await request.read()
     except TimeoutError:
-        raise ProxyError(408, f"the request body did not arrive within {state.body_read_timeout_seconds:g} s",
+        raise ProxyError(408, f"the request body did not arrive within {timeout_seconds:g} s",
                          code="request_timeout", should_retry=False) from None
     finally:  # waiting for the client's bytes is not the proxy's time
         request[EXCHANGE].client_wait_seconds += time.perf_counter() - waiting_since
@@ -133,10 +136,10 @@ async def admit_key(state: ProxyState, exchange: Exchange, principal: Principal,
         tokens=0 if limits.tokens_per_minute is None or model is None else estimate_tokens(
             document, state.config.keys.default_max_tokens_estimate),
         cost_usd=0.0 if limits.daily_budget_usd is None or answer_seconds is None else (
-            pod_rate(state, state.group_by_route[pod]) / 3600 * answer_seconds))
+            pod_rate(state.views, state.group_by_route[pod]) / 3600 * answer_seconds))
     exchange.principal = principal  # its end (concurrency, tokens, cost) is counted in finish
 
 
-def pod_rate(state: ProxyState, group: PodGroup) -> float:
+def pod_rate(views: Mapping[str, PodView], group: PodGroup) -> float:
     """The $/h a wake of the group costs: its pods' as last seen (a replica not created yet: the others')."""
-    return max((state.views[gate.name].cost_per_hour for gate in group.gates), default=0.0)
+    return max((views[gate.name].cost_per_hour for gate in group.gates), default=0.0)

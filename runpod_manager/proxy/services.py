@@ -62,7 +62,7 @@ async def _service_target(request: web.Request, state: ProxyState, exchange: Exc
     finally:
         ended = time.perf_counter()
         exchange.wake_wait_seconds += ended - waiting_since
-        exchange.cost_usd += pod_rate(state, group) / 3600 * wait_meter.leave(ended, joined)
+        exchange.cost_usd += pod_rate(state.views, group) / 3600 * wait_meter.leave(ended, joined)
 
 
 async def serve_service(request: web.Request, state: ProxyState, service: ServiceRoute) -> web.StreamResponse:
@@ -112,7 +112,8 @@ async def _admit_routed(request: web.Request, state: ProxyState, exchange: Excha
         return None
     try:
         check_scope(principal, route, None)  # the pod first: a body is read only for a pod the key may use
-        body = await read_body(request, state) if request.body_exists else b""
+        body = (await read_body(request, state.config.proxy.max_body_bytes, state.body_read_timeout_seconds)
+                if request.body_exists else b"")
         model = routed_model(principal, route, body, request.headers.get("Content-Type", ""))
     except ProxyError as exc:
         if exc.status == 403:

@@ -59,7 +59,7 @@ async def _handle_v1(request: web.Request, state: ProxyState) -> web.StreamRespo
     body: bytes | None = None
     facts: RequestFacts = NO_BODY
     if method in BODY_METHODS:
-        body = await read_body(request, state)
+        body = await read_body(request, state.config.proxy.max_body_bytes, state.body_read_timeout_seconds)
         content_type = request.headers.get("Content-Type", "")
         if body and is_json_content_type(content_type):
             facts = inspect_json_body(body)
@@ -69,7 +69,7 @@ async def _handle_v1(request: web.Request, state: ProxyState) -> web.StreamRespo
             raise ProxyError(415, f"{path} takes a JSON body: send Content-Type: application/json "
                              f"(got {content_type or 'none'!r})", code="unsupported_media_type")
     elif request.body_exists:
-        body = await read_body(request, state)
+        body = await read_body(request, state.config.proxy.max_body_bytes, state.body_read_timeout_seconds)
     exchange.facts = facts  # as the client sent it (the request log names the model it asked for)
     group = target_group(state, request.path, facts)
     principal = request.get(PRINCIPAL)
@@ -171,7 +171,7 @@ async def _wait_and_forward(request: web.Request, state: ProxyState, exchange: E
         finally:  # whatever the outcome (served, timed out, client gone), the wait was the wake's
             ended = time.perf_counter()
             exchange.wake_wait_seconds += ended - waiting_since
-            exchange.cost_usd += pod_rate(state, group) / 3600 * wait_meter.leave(ended, joined)
+            exchange.cost_usd += pod_rate(state.views, group) / 3600 * wait_meter.leave(ended, joined)
     exchange.pod = gate.name
     connections = state.connections[gate.name]
     await connections.take()  # 503 when the pod's connections stay full
