@@ -30,7 +30,7 @@ import contextlib
 import logging
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 
 import aiohttp
 from aiohttp import web
@@ -190,6 +190,13 @@ async def _on_cleanup(app: web.Application) -> None:
     state.jobs.shut()
 
 
+async def _context(app: web.Application) -> AsyncIterator[None]:
+    """The application's context: what _on_startup makes, _on_cleanup ends once the requests have."""
+    await _on_startup(app)
+    yield
+    await _on_cleanup(app)
+
+
 async def start_jobs(app: web.Application, base_url: str) -> None:
     """Start running queued jobs, now that the proxy listens at `base_url` (server.serve calls it)."""
     await app[STATE].jobs.start(base_url)
@@ -244,9 +251,8 @@ def build_app(
     app.router.add_get("/debug/cache", handle_debug_cache)
     manage.add_routes(app)
     add_job_routes(app)
-    app.on_startup.append(_on_startup)
+    app.cleanup_ctx.append(_context)  # start-up, then (after on_shutdown and the grace period) cleanup
     app.on_shutdown.append(_on_shutdown)
-    app.on_cleanup.append(_on_cleanup)
     return app
 
 
