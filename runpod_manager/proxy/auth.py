@@ -1,6 +1,6 @@
 """Who a request is: its Bearer key resolved to a keys.Principal, and the scope checks that use it.
 
-The middleware (app.py) calls `authenticate` for every protected path when any key exists (the store's, or
+The middleware (middleware.py) calls `authenticate` for every protected path when any key exists (the store's, or
 `[proxy] api_keys`) and stores the Principal at `request[PRINCIPAL]`; handlers read it there (the
 management API checks `principal.is_admin`). When no key exists at all (a loopback proxy for one developer)
 nothing is stored: `request.get(PRINCIPAL)` is None and every scope is open.

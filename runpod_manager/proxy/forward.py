@@ -1,5 +1,6 @@
-"""Pass-through to the pod: header hygiene, request inspection, OpenAI-shaped errors, retries before the
-first byte, and the event-by-event SSE relay with cancellation.
+"""Forwarding to the pod, the pure half: header hygiene, request inspection, the FIM rewrite, upstream errors
+normalised to the OpenAI shape (errors.py), SSE splitting. Retries before the first byte and the event-by-event
+relay with cancellation are upstream.py's.
 
 The pure helpers (`upstream_request_headers`, `client_response_headers`, `inspect_json_body`,
 `apply_fim_template`, `normalize_upstream_error`, `SSESplitter`) carry no state and are unit-tested

@@ -7,7 +7,7 @@ Who may do what is the request's key (proxy/auth.py puts its Principal on the re
 - user keys: the pods they may use, and their own usage; anything else is a 403 in the OpenAI error shape;
 - no key when keys exist: 401 (the middleware, before any handler).
 - No key exists at all (a one-person proxy, which `proxy.bind.check_bind` keeps on loopback): the caller is
-  the machine's user and may do everything. Web pages may not: `app._cross_origin` refuses every POST under
+  the machine's user and may do everything. Web pages may not: `middleware._cross_origin` refuses every POST under
   /rpm/ that a page caused, whatever `cors_allow_origins` says, so no page can start or terminate a pod.
 
 Starts and stops go through the ProxyController (a worker thread; the event loop never calls RunPod). A start

@@ -171,7 +171,7 @@ class ProxyState:
         self.wake_spool.sweep()
         self.sockets = websocket.SocketRegistry()
         # Page origins that are the proxy's own (its port) or a listen port's: a service's page served there
-        # may call its own routes (checked per app in _cross_origin).
+        # may call its own routes (checked per app in middleware._cross_origin).
         self.own_origins = origins_of(config, proxy.port)
         self._watch()
 
