@@ -13,7 +13,14 @@ from runpod_manager.proxy.auth import check_scope, reads_routed_model, routed_mo
 from runpod_manager.proxy.errors import ProxyError
 from runpod_manager.proxy.forward import JSON_ROUTES, NO_BODY, RequestFacts, inspect_json_body, is_json_content_type
 from runpod_manager.proxy.passthrough import ServiceRoute
-from runpod_manager.proxy.routing import PODS_PATH_PREFIX, PathNotRouted, PathTarget, PodRoute, check_service_path
+from runpod_manager.proxy.routing import (
+    PODS_PATH_PREFIX,
+    PathNotRouted,
+    PathTarget,
+    PodRoute,
+    Routes,
+    check_service_path,
+)
 from runpod_manager.proxy.state import ProxyState
 from runpod_manager.proxy.wake import PodGroup
 
@@ -31,7 +38,7 @@ def model_of(facts: RequestFacts, route: PodRoute) -> str:
 def target_group(state: ProxyState, path: str, facts: RequestFacts) -> PodGroup:
     """The configured pod a routed request goes to: `/pods/<name>/…` by its name, anything else by the body's
     model (`route_by_model`). The one resolution the handlers and the jobs' queues (jobs.py) share."""
-    target = path_target(state, path)
+    target = path_target(state.routes, path)
     if target is None:
         return route_by_model(state, facts)
     return state.group_by_route[target.route.name]
@@ -39,7 +46,7 @@ def target_group(state: ProxyState, path: str, facts: RequestFacts) -> PodGroup:
 
 def job_body_limit(state: ProxyState, path: str) -> int:
     """The largest body a job to `path` may carry: the same as a direct request's to that route."""
-    target = path_target(state, path)  # 404 for a pod that is not here, before any of the body is read
+    target = path_target(state.routes, path)  # 404 for a pod that is not here, before any of the body is read
     if target is None:
         return state.config.proxy.max_body_bytes
     return state.body_limits[target.route.name]
@@ -51,7 +58,7 @@ def job_pod(state: ProxyState, method: str, path: str, read_body: Callable[[], b
     key's scopes included (checked as on the request's own route), so no job its key may not make is stored."""
     if method not in BODY_METHODS and path in JSON_ROUTES:
         raise web.HTTPMethodNotAllowed(method, ["POST"])
-    target = path_target(state, path)
+    target = path_target(state.routes, path)
     if target is None:  # /v1: by the body's model
         body = read_body()
         facts = inspect_json_body(body) if body and is_json_content_type(content_type) else NO_BODY
@@ -112,15 +119,16 @@ def service_route(state: ProxyState, route: PodRoute, port: int, raw_path: str, 
     return ServiceRoute(state.group_by_route[route.name], port, raw_path, prefix, state.body_limits[route.name])
 
 
-def path_target(state: ProxyState, path: str) -> PathTarget | None:
+def path_target(routes: Routes, path: str) -> PathTarget | None:
     """`/pods/<name>[:<port>]/<path>` → its pod and port (None: not a /pods/ path); 404 naming the pods for a
     name (or port) not here. Used by the pass-through and by target_group (the jobs' queues) alike."""
     try:
-        return state.routes.pod_for_path(path)
+        return routes.pod_for_path(path)
     except PathNotRouted as exc:
-        route = state.routes.route_named(exc.name)
+        route = routes.route_named(exc.name)
         if route is None:
-            raise ProxyError(404, f"no pod named {exc.name!r} here: the pods are {', '.join(state.group_by_route)} "
+            pods = ", ".join(known.name for known in routes.routes)
+            raise ProxyError(404, f"no pod named {exc.name!r} here: the pods are {pods} "
                              "(/pods/<name>/<path>)", code="pod_not_found", should_retry=False) from None
         raise ProxyError(404, f"pod {route.name!r} has no port {exc.port!r}: its ports are "
                          f"{', '.join(map(str, route.ports))} (port, extra_ports)", code="pod_port_not_found",
@@ -129,7 +137,7 @@ def path_target(state: ProxyState, path: str) -> PathTarget | None:
 
 def resolve_pods_path(state: ProxyState, request: web.Request) -> ServiceRoute:
     """A /pods/ request → where it goes (path_target), with the exact path to send and its body limit."""
-    target = path_target(state, request.path)
+    target = path_target(state.routes, request.path)
     if target is None:  # only mounted under /pods/
         raise web.HTTPNotFound()
     segment = request.path[len(PODS_PATH_PREFIX):].partition("/")[0]
