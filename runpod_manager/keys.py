@@ -461,9 +461,9 @@ def save_usage(path: Path, days: Mapping[str, Mapping[str, KeyUsage]]) -> None:
 
 def known_scopes(config: Config) -> tuple[tuple[str, ...], tuple[str, ...]]:
     """The names --pods and --models may use: the config's pods, and every model name it routes."""
-    from runpod_manager.proxy.routing import build_routes
+    from runpod_manager.model_names import config_model_names
 
-    return tuple(pod.name for pod in config.all_pods), build_routes(config).model_names
+    return tuple(pod.name for pod in config.all_pods), config_model_names(config)
 
 
 def usage_day(epoch_seconds: float, zone: tzinfo | None) -> str:

@@ -1,6 +1,6 @@
 """Who a request is: its Bearer key resolved to a keys.Principal, and the scope checks that use it.
 
-The middleware (app.py) calls `authenticate` for every protected path when any key exists (the store's, or
+The middleware (middleware.py) calls `authenticate` for every protected path when any key exists (the store's, or
 `[proxy] api_keys`) and stores the Principal at `request[PRINCIPAL]`; handlers read it there (the
 management API checks `principal.is_admin`). When no key exists at all (a loopback proxy for one developer)
 nothing is stored: `request.get(PRINCIPAL)` is None and every scope is open.
@@ -21,7 +21,8 @@ from aiohttp import web
 
 from runpod_manager.errors import RpmError
 from runpod_manager.keys import KeyWatcher, Principal
-from runpod_manager.proxy.forward import ProxyError, inspect_json_body, is_json_content_type
+from runpod_manager.proxy.errors import ProxyError
+from runpod_manager.proxy.forward import inspect_json_body, is_json_content_type
 from runpod_manager.proxy.routing import PodRoute
 
 log = logging.getLogger("runpod_manager.proxy")

@@ -21,7 +21,7 @@ import re
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 
-from runpod_manager.proxy.forward import ProxyError
+from runpod_manager.proxy.errors import ProxyError
 
 log = logging.getLogger("runpod_manager.proxy")
 

@@ -1,9 +1,10 @@
-"""Pass-through to the pod: header hygiene, request inspection, OpenAI-shaped errors, retries before the
-first byte, and the event-by-event SSE relay with cancellation.
+"""Forwarding to the pod, the pure half: header hygiene, request inspection, the FIM rewrite, upstream errors
+normalised to the OpenAI shape (errors.py), SSE splitting. Retries before the first byte and the event-by-event
+relay with cancellation are upstream.py's.
 
 The pure helpers (`upstream_request_headers`, `client_response_headers`, `inspect_json_body`,
 `apply_fim_template`, `normalize_upstream_error`, `SSESplitter`) carry no state and are unit-tested
-directly; `Upstream` and `relay_events` do the I/O.
+directly; `Upstream` and `relay_events` (upstream.py) do the I/O.
 
 Bodies are forwarded as the client sent them: a body is parsed only to read `model`, `stream`,
 `temperature`, `n` and `suffix`, and re-serialised only when the `suffix` rewrite changes it.
@@ -11,151 +12,81 @@ Bodies are forwarded as the client sent them: a body is parsed only to read `mod
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import errno
 import json
 import os
 import re
-import shlex
-import time
-from collections import deque
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
-import aiohttp
 from aiohttp import web
 from multidict import CIMultiDict
-from yarl import URL
 
-from runpod_manager import display
-from runpod_manager.proxy.controller import UpstreamTarget
+from runpod_manager.proxy.errors import ProxyError, error_type_for_status, openai_error_document
 
 # RFC 9110 §7.6.1 hop-by-hop headers; they describe one connection, never the end-to-end message.
 HOP_BY_HOP = frozenset({
     "connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "proxy-connection",
     "te", "trailer", "trailers", "transfer-encoding", "upgrade",
 })
+
+
 # Recomputed by aiohttp (host, content-length), replaced by us (authorization, accept-encoding), handled by
 # our own server (expect) or meant for the proxy only (x-rpm-cache, and a job replay's token: jobs.py).
 JOB_TOKEN_HEADER = "X-RPM-Job-Token"  # noqa: S105 - a header name, not a secret
+
+
 # With the token: the name of the key that submitted the job, whose scopes and limits its replay gets.
 JOB_OWNER_HEADER = "X-RPM-Job-Owner"
+
+
 # A job's id: its 202's and its result's header; with the token, the job a replay runs (marked sent by the
 # proxy just before the replay's request leaves toward the pod: jobs.JobRunner.sending).
 JOB_ID_HEADER = "X-RPM-Job-Id"
+
+
 FORWARDED_FOR_HEADER = "X-Forwarded-For"
+
+
 # Request headers never passed on as the client sent them, on /v1 or the pass-through (passthrough.py);
 # X-Forwarded-For is set anew (`forwarded_for`).
 PROXY_ONLY_REQUEST_HEADERS = frozenset({"host", "expect", "x-rpm-cache", JOB_TOKEN_HEADER.lower(),
                                         JOB_OWNER_HEADER.lower(), JOB_ID_HEADER.lower(),
                                         FORWARDED_FOR_HEADER.lower()})
+
+
 # Set by the middleware on a job's replay whose token it verified (jobs.py): its X-Forwarded-For is the
 # proxy's own, written when the job was submitted.
 JOB_REPLAY = web.RequestKey("rpm_job_replay", bool)
+
+
 _REQUEST_DROP = HOP_BY_HOP | PROXY_ONLY_REQUEST_HEADERS | {"content-length", "authorization", "accept-encoding"}
+
+
 # The body may be re-framed (chunked) or was decompressed by the client session; our server sets its own
 # date/server.
 _RESPONSE_DROP = HOP_BY_HOP | {"content-length", "content-encoding", "date", "server"}
 
+
 # Retried before the first byte: the pod's proxy answers 502 until vLLM listens, 524 after 100 s silent.
 RETRYABLE_STATUSES = frozenset({502, 503, 504, 524})
+
+
 # Routes whose POST body must be a JSON object (vLLM rejects anything else; we say why, earlier).
 JSON_ROUTES = frozenset({"/v1/chat/completions", "/v1/completions", "/v1/embeddings"})
 
+
 SSE_DONE = b"data: [DONE]\n\n"
+
+
 # Most of an event we hold while waiting for its terminator before passing it on anyway (non-SSE bytes).
 _MAX_PENDING_EVENT_BYTES = 1024 * 1024
+
+
 _EVENT_END = re.compile(rb"\r\n\r\n|\n\n|\r\r")
+
+
 _FIM_FIELDS = re.compile(r"\{prefix\}|\{suffix\}")
-
-_TYPE_BY_STATUS = {
-    400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
-    404: "not_found_error", 405: "invalid_request_error", 408: "timeout_error", 409: "conflict_error",
-    413: "invalid_request_error", 415: "invalid_request_error", 422: "invalid_request_error",
-    429: "rate_limit_error",
-}
-
-
-def error_type_for_status(status: int) -> str:
-    """The OpenAI `error.type` that best names an HTTP status."""
-    return _TYPE_BY_STATUS.get(status, "server_error" if status >= 500 else "invalid_request_error")
-
-
-def openai_error_document(message: str, *, error_type: str, code: str | int | None,
-                          param: str | None = None) -> dict[str, Any]:
-    return {"error": {"message": message, "type": error_type, "param": param, "code": code}}
-
-
-class ProxyError(Exception):
-    """An answer the proxy gives itself, always in the OpenAI error shape.
-
-    `retry_after_seconds` sets Retry-After (and retry-after-ms, which the openai SDK prefers);
-    `should_retry` sets x-should-retry, which the SDK obeys over its own status rules.
-    """
-
-    def __init__(
-        self,
-        status: int,
-        message: str,
-        *,
-        code: str,
-        error_type: str | None = None,
-        param: str | None = None,
-        retry_after_seconds: float | None = None,
-        should_retry: bool | None = None,
-    ) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
-        self.code = code
-        self.error_type = error_type or error_type_for_status(status)
-        self.param = param
-        self.retry_after_seconds = retry_after_seconds
-        self.should_retry = should_retry
-
-    def document(self) -> dict[str, Any]:
-        return openai_error_document(self.message, error_type=self.error_type, code=self.code,
-                                     param=self.param)
-
-    def headers(self) -> dict[str, str]:
-        headers: dict[str, str] = {}
-        if self.retry_after_seconds is not None:
-            # Retry-After is whole seconds by RFC; retry-after-ms keeps sub-second precision for the SDK.
-            headers["Retry-After"] = str(max(1, round(self.retry_after_seconds + 0.4999)))
-            headers["retry-after-ms"] = str(int(self.retry_after_seconds * 1000))
-        if self.should_retry is not None:
-            headers["x-should-retry"] = "true" if self.should_retry else "false"
-        if self.status == 401:
-            headers["WWW-Authenticate"] = "Bearer"
-        return headers
-
-    def response(self, extra_headers: Mapping[str, str] | None = None) -> web.Response:
-        headers = self.headers()
-        if extra_headers:
-            headers.update(extra_headers)
-        return web.Response(status=self.status, body=json.dumps(self.document()).encode(),
-                            content_type="application/json", headers=headers)
-
-    def sse_event(self) -> bytes:
-        """The error as a stream event, for streams whose 200 status already went out."""
-        return b"data: " + json.dumps(self.document()).encode() + b"\n\n"
-
-
-# A write that failed for want of room: a full disk, a quota, a file-size limit (RLIMIT_FSIZE).
-DISK_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
-
-
-def is_disk_full(exc: BaseException) -> bool:
-    return isinstance(exc, OSError) and exc.errno in DISK_FULL_ERRNOS
-
-
-def disk_full_error(directory: Path, what: str) -> ProxyError:
-    """507 for a write the disk had no room for; nothing of it was kept (the caller removed what it wrote)."""
-    return ProxyError(507, f"the disk holding {directory} is full: {what} could not be stored and nothing of it "
-                      "was kept; free space there, then retry", code="insufficient_storage", should_retry=False)
 
 
 def write_fully(fd: int, data: bytes | memoryview) -> None:
@@ -163,11 +94,6 @@ def write_fully(fd: int, data: bytes | memoryview) -> None:
     view = memoryview(data)
     while view:
         view = view[os.write(fd, view):]
-
-
-def json_response(document: Any, status: int = 200) -> web.Response:
-    """A JSON answer of the proxy's own (its routes under /rpm/v1, /health, the jobs')."""
-    return web.Response(status=status, body=json.dumps(document).encode(), content_type="application/json")
 
 
 def forwardable_headers(headers: Iterable[tuple[str, str]], drop: frozenset[str]) -> CIMultiDict[str]:
@@ -271,61 +197,6 @@ def inspect_json_body(body: bytes) -> RequestFacts:
     if not isinstance(document, dict):
         raise ProxyError(400, "the request body must be a JSON object", code="invalid_json")
     return RequestFacts(document=document, stream=document.get("stream") is True)
-
-
-def served_model_names(model: str, args: str, extra_args: str) -> tuple[str, ...] | None:
-    """The model names the pod's vLLM answers to, in vLLM's order; None when the config cannot say.
-
-    vLLM's rule: the names given to `--served-model-name` (the last use wins), else `--model`; LoRA
-    adapters named by `--lora-modules` too. Full custom `[pod] args` that name no model (another
-    server, a script) give None: the proxy then cannot tell an unknown name from a known one.
-    """
-    custom = bool(args)
-    try:
-        words = shlex.split(args.replace("{model}", model)) if custom else ["--model", model, *shlex.split(extra_args)]
-    except ValueError:  # unbalanced quotes: the pod would not start either; do not guess
-        return None if custom else (model,)
-    served: list[str] = []
-    adapters: list[str] = []
-    named: str | None = None
-    index = 0
-    while index < len(words):
-        flag, has_value, value = words[index].partition("=")
-        if flag in ("--served-model-name", "--lora-modules"):
-            values = [value] if has_value else []
-            while not has_value and index + 1 < len(words) and not words[index + 1].startswith("-"):
-                index += 1
-                values.append(words[index])
-            if flag == "--served-model-name":
-                served = values
-            else:
-                adapters = [_lora_name(item) for item in values]
-        elif flag == "--model":
-            if has_value:
-                named = value
-            elif index + 1 < len(words):
-                index += 1
-                named = words[index]
-        elif flag == "serve" and index + 1 < len(words) and not words[index + 1].startswith("-"):
-            index += 1
-            named = words[index]  # `vllm serve <model>`
-        index += 1
-    names = served or ([named] if named is not None else [])
-    if not names:
-        return None
-    return tuple(dict.fromkeys(names + [name for name in adapters if name]))
-
-
-def _lora_name(item: str) -> str:
-    # `name=path`, or the JSON form `{"name": "...", "path": "..."}`
-    if item.startswith("{"):
-        try:
-            document = json.loads(item)
-        except ValueError:
-            return ""
-        name = document.get("name") if isinstance(document, dict) else None
-        return name if isinstance(name, str) else ""
-    return item.partition("=")[0]
 
 
 def apply_fim_template(document: dict[str, Any], template: str) -> bytes:
@@ -460,254 +331,3 @@ def is_done_event(event: bytes) -> bool:
 def is_error_event(event: bytes) -> bool:
     # vLLM reports failures mid-stream as `data: {"error": …}`; chunks start with {"id": …}.
     return b'"error"' in event[:48]
-
-
-# ------------------------------------------------------------------------------------------- upstream
-
-
-class UpstreamUnreachable(ProxyError):
-    """Connection errors (or 502s) outlasted the retries: the pod is not serving."""
-
-
-@dataclass(slots=True)
-class UpstreamReply:
-    """An upstream response whose headers arrived, with what it took to get it."""
-
-    response: aiohttp.ClientResponse
-    attempts: int
-    upstream_wait_seconds: float  # time spent waiting on the pod so far (connect, headers, retry delays)
-    ttfb_seconds: float  # last attempt: request sent → status line and headers received
-
-
-@dataclass(slots=True)
-class StreamOutcome:
-    """How a relayed event stream ended."""
-
-    events: list[bytes] | None  # kept for the cache when asked for and the stream stayed cacheable
-    event_count: int = 0
-    bytes_sent: int = 0
-    saw_done: bool = False
-    saw_error: bool = False
-    upstream_broken: bool = False
-    client_gone: bool = False
-    upstream_wait_seconds: float = 0.0
-    first_event_at: float | None = None  # perf_counter() when the first event went to the client
-    last_data_event: bytes | None = None  # the last event before [DONE]: `usage` with include_usage
-
-    @property
-    def cacheable(self) -> bool:
-        return (self.events is not None and self.saw_done and not self.saw_error
-                and not self.upstream_broken and not self.client_gone)
-
-
-@dataclass
-class Upstream:
-    """Sends requests to the pod over one shared ClientSession, retrying only before the first byte."""
-
-    session: aiohttp.ClientSession
-    max_retries: int
-    retry_delay_seconds: float
-
-    @staticmethod
-    def url_for(target: UpstreamTarget, raw_path: str) -> URL:
-        # raw_path keeps the client's percent-encoding and query string exactly; encoded=True stops yarl
-        # from requoting it.
-        return URL(target.base_url + raw_path, encoded=True)
-
-    async def open(
-        self,
-        target: UpstreamTarget,
-        method: str,
-        raw_path: str,
-        headers: CIMultiDict[str],
-        body: bytes | None,
-        *,
-        on_retry: Callable[[int, str], None] | None = None,
-        max_retries: int | None = None,
-    ) -> UpstreamReply:
-        """Send the request; retry connection errors and 502/503/504/524 up to max_retries times (the
-        session's, unless the call gives its own).
-
-        Returns the last response (even a retryable status once retries ran out). Raises
-        UpstreamUnreachable when every attempt failed to connect. Nothing has reached the client yet
-        when this runs, so a retry can never duplicate or corrupt output.
-        """
-        url = self.url_for(target, raw_path)
-        retries = self.max_retries if max_retries is None else max_retries
-        attempt = 0
-        waited = 0.0
-        last_failure = ""
-        while True:
-            started = time.perf_counter()
-            try:
-                response = await self.session.request(
-                    method, url, headers=headers, data=body, allow_redirects=False)
-            except (TimeoutError, aiohttp.ClientConnectionError) as exc:
-                waited += time.perf_counter() - started
-                last_failure = _describe_connection_error(exc)
-            else:
-                ttfb = time.perf_counter() - started
-                waited += ttfb
-                if response.status not in RETRYABLE_STATUSES or attempt >= retries:
-                    return UpstreamReply(response, attempt + 1, waited, ttfb)
-                last_failure = f"HTTP {response.status}"
-                response.close()  # its body is an error page; do not keep the connection for it
-            if attempt >= retries:
-                raise UpstreamUnreachable(
-                    502,
-                    f"the pod at {display.url(target.base_url)} could not be reached after {attempt + 1} attempt(s) "
-                    f"({last_failure}); the next request will check the pod again and wake it if needed",
-                    code="upstream_unreachable", retry_after_seconds=max(self.retry_delay_seconds, 1.0),
-                    should_retry=True)
-            attempt += 1
-            if on_retry is not None:
-                on_retry(attempt, last_failure)
-            delay_started = time.perf_counter()
-            await asyncio.sleep(self.retry_delay_seconds)
-            waited += time.perf_counter() - delay_started
-
-
-CONNECTION_WAIT_SECONDS = 30.0  # how long a request waits for a connection of its pod's budget, then 503
-
-
-class ConnectionBudget:
-    """One pod's upstream connections (each replica its own): `[pods.<name>] max_connections`.
-
-    The session's pool has no overall limit: a shared one (512) let the sockets of one pod starve every
-    other pod's requests (issue #20). Each pod's requests in flight and open WebSockets count here instead.
-    A WebSocket over the budget is refused at once (`take_now`, 503: a socket is held for minutes or hours,
-    so waiting for one to close helps nobody); a request waits its turn, first come first served, up to
-    CONNECTION_WAIT_SECONDS (`take`, then 503). A freed connection is handed to the oldest waiter.
-    """
-
-    __slots__ = ("_waiters", "limit", "open", "setting")
-
-    def __init__(self, limit: int, setting: str) -> None:
-        self.limit = limit
-        self.setting = setting  # e.g. "[pods.comfy] max_connections", for the refusal
-        self.open = 0
-        self._waiters: deque[asyncio.Future[None]] = deque()
-
-    def _full(self, what: str) -> ProxyError:
-        return ProxyError(503, f"{what}: the pod has {self.open} connections open, its {self.setting} = "
-                          f"{self.limit}; retry when some close, or raise the setting",
-                          code="pod_connections_full", retry_after_seconds=1.0, should_retry=True)
-
-    def take_now(self) -> None:
-        """A WebSocket's connection, or ProxyError 503 at once."""
-        if self.open >= self.limit or self._waiters:
-            raise self._full("the WebSocket was refused")
-        self.open += 1
-
-    async def take(self, wait_seconds: float = CONNECTION_WAIT_SECONDS) -> None:
-        """A request's connection, waiting up to `wait_seconds` for one; ProxyError 503 past that."""
-        if self.open < self.limit and not self._waiters:
-            self.open += 1
-            return
-        turn: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._waiters.append(turn)
-        try:
-            async with asyncio.timeout(wait_seconds):
-                await turn
-        except TimeoutError:
-            if not (turn.done() and not turn.cancelled()):  # handed one at the last moment: keep it
-                raise self._full(f"no connection freed within {wait_seconds:g} s") from None
-        except BaseException:  # the client left while it waited: a connection handed to it is passed on
-            if turn.done() and not turn.cancelled():
-                self.give()
-            raise
-        finally:
-            if not turn.done():
-                turn.cancel()
-            with contextlib.suppress(ValueError):
-                self._waiters.remove(turn)
-
-    def give(self) -> None:
-        """A connection of the budget closed (or its request ended): the oldest waiter gets it."""
-        while self._waiters:
-            turn = self._waiters.popleft()
-            if not turn.done():
-                turn.set_result(None)  # handed over: `open` stays as it is
-                return
-        self.open -= 1
-
-
-def _describe_connection_error(exc: BaseException) -> str:
-    if isinstance(exc, asyncio.TimeoutError):
-        return "timed out"
-    # aiohttp's messages name host and port, never headers, so they carry no key.
-    text = str(exc) or type(exc).__name__
-    return f"{type(exc).__name__}: {text}"
-
-
-_USAGE_ONLY = re.compile(rb'^data: \{.*"choices"\s*:\s*\[\s*\].*"usage"\s*:\s*\{', re.DOTALL)
-
-
-async def relay_events(
-    upstream: aiohttp.ClientResponse,
-    client: web.StreamResponse,
-    outcome: StreamOutcome,
-    *,
-    max_kept_bytes: int,
-    on_event: Callable[[], None] | None = None,
-    hide_usage_only: bool = False,
-) -> StreamOutcome:
-    """Copy server-sent events from the pod to the client, each written as soon as it is complete.
-
-    Stops at once when the client goes away (the caller closes the upstream connection, which is what
-    makes vLLM abort the generation). A stream the pod breaks off ends with an OpenAI-shaped error event
-    and `[DONE]`, so clients report an error instead of a silently short answer. `outcome` (events kept
-    when its `events` is a list) is filled as the stream goes, so a cancelled relay still tells the
-    caller how long it waited on the pod. With `hide_usage_only` (the proxy asked for the usage the client
-    did not), the usage-only event (`"choices": []`) is read but not sent, nor kept for the cache.
-    """
-    splitter = SSESplitter()
-    kept_bytes = 0
-    content = upstream.content
-    try:
-        while True:
-            wait_started = time.perf_counter()
-            try:
-                chunk = await content.readany()
-            except (TimeoutError, aiohttp.ClientPayloadError, aiohttp.ClientConnectionError) as exc:
-                outcome.upstream_broken = True
-                await client.write(ProxyError(
-                    502, f"the pod's stream broke off ({_describe_connection_error(exc)})",
-                    code="upstream_stream_broken").sse_event() + SSE_DONE)
-                return outcome
-            finally:  # also when cancelled (the client left): the time between events is the pod's
-                outcome.upstream_wait_seconds += time.perf_counter() - wait_started
-            if not chunk:
-                break
-            for event in splitter.feed(chunk):
-                if hide_usage_only and _USAGE_ONLY.search(event) is not None:
-                    outcome.last_data_event = event  # the tokens are counted, the client sees nothing
-                    continue
-                await client.write(event)
-                if not outcome.event_count:
-                    outcome.first_event_at = time.perf_counter()
-                outcome.event_count += 1
-                outcome.bytes_sent += len(event)
-                if on_event is not None:
-                    on_event()
-                if is_done_event(event):
-                    outcome.saw_done = True
-                elif is_error_event(event):
-                    outcome.saw_error = True
-                else:
-                    outcome.last_data_event = event
-                if outcome.events is not None:
-                    kept_bytes += len(event)
-                    if kept_bytes > max_kept_bytes:
-                        outcome.events = None  # too big to cache; stop holding it in memory
-                    else:
-                        outcome.events.append(event)
-        rest = splitter.flush()
-        if rest:
-            await client.write(rest)
-            outcome.bytes_sent += len(rest)
-            if outcome.events is not None:
-                outcome.events.append(rest)
-    except ConnectionResetError:  # the client went away (aiohttp raises it on writes to a closed socket)
-        outcome.client_gone = True
-    return outcome

@@ -7,7 +7,7 @@ so a port bound on loopback answers only Host values that name this machine: 127
 [::1] (and the bound address) with the port the request arrived on, plus `[proxy] allowed_hosts` (a reverse
 proxy's public name, say). Anything else gets 421 naming that setting, before anything else happens.
 
-A bind beyond loopback needs keys (server.check_bind), and a rebinding page has none, so Host is checked
+A bind beyond loopback needs keys (bind.check_bind), and a rebinding page has none, so Host is checked
 there only when `allowed_hosts` is set. `"*"` in allowed_hosts turns the check off.
 
 The hot path is one frozenset lookup of the Host as sent: the own names with the configured port, and the
@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from aiohttp import web
 
 from runpod_manager.config import ProxyConfig
-from runpod_manager.proxy.forward import ProxyError
+from runpod_manager.proxy.errors import ProxyError
 
 _OWN_NAMES = ("127.0.0.1", "localhost", "[::1]")
 _WILDCARDS = ("0.0.0.0", "::", "")  # noqa: S104 - compared, not bound

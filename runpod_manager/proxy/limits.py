@@ -52,7 +52,7 @@ from limits.strategies import FixedWindowRateLimiter
 from runpod_manager.display import usd
 from runpod_manager.keys import KeyUsage, Principal, load_usage, save_usage, usage_day
 from runpod_manager.policy import local_day_start
-from runpod_manager.proxy.forward import ProxyError
+from runpod_manager.proxy.errors import ProxyError
 
 USAGE_FLUSH_SECONDS = 1.0
 CHARS_PER_TOKEN = 4  # a cheap prompt estimate: English text averages ~4 characters a token

@@ -6,8 +6,8 @@ Who may do what is the request's key (proxy/auth.py puts its Principal on the re
   NAME`; adopted pods are never terminated: 409), list the keys with their usage today, read the event log;
 - user keys: the pods they may use, and their own usage; anything else is a 403 in the OpenAI error shape;
 - no key when keys exist: 401 (the middleware, before any handler).
-- No key exists at all (a one-person proxy, which `proxy.server.check_bind` keeps on loopback): the caller is
-  the machine's user and may do everything. Web pages may not: `app._cross_origin` refuses every POST under
+- No key exists at all (a one-person proxy, which `proxy.bind.check_bind` keeps on loopback): the caller is
+  the machine's user and may do everything. Web pages may not: `middleware._cross_origin` refuses every POST under
   /rpm/ that a page caused, whatever `cors_allow_origins` says, so no page can start or terminate a pod.
 
 Starts and stops go through the ProxyController (a worker thread; the event loop never calls RunPod). A start
@@ -37,9 +37,10 @@ from runpod_manager import __version__, keys
 from runpod_manager.errors import ApiError, LimitRefused, LockBusy, NotOwned, PodLocked, RpmError, StopRefused
 from runpod_manager.events import redact
 from runpod_manager.keys import Principal
-from runpod_manager.proxy.app import STATE, ProxyState, _pod_entry, key_report
 from runpod_manager.proxy.auth import PRINCIPAL, PUBLIC_PATHS
-from runpod_manager.proxy.forward import ProxyError, json_response
+from runpod_manager.proxy.errors import ProxyError, json_response
+from runpod_manager.proxy.ops import key_report, pod_entry
+from runpod_manager.proxy.state import STATE, ProxyState
 
 PREFIX = "/rpm/v1"
 OPENAPI_PATH, DOCS_PATH = sorted(PUBLIC_PATHS, reverse=True)  # /rpm/v1/openapi.json, /rpm/v1/docs
@@ -139,7 +140,7 @@ async def list_pods(request: web.Request) -> web.Response:
     state = request.app[STATE]
     principal = _principal(request)
     await state.fresh_views()
-    return json_response({"pods": [_pod_entry(state, name) for name in state.gates
+    return json_response({"pods": [pod_entry(state, name) for name in state.gates
                            if _may_see(principal, state.group_of[name].name)]})
 
 
@@ -155,7 +156,7 @@ async def get_pod(request: web.Request) -> web.Response:
         raise ProxyError(403, f"the key {principal.name!r} may not use pod {group!r}", code="pod_not_allowed",
                          error_type="permission_error", param="name", should_retry=False)
     await state.fresh_views()
-    return json_response(_pod_entry(state, name))
+    return json_response(pod_entry(state, name))
 
 
 def _control_error(exc: RpmError, name: str) -> ProxyError:
@@ -197,7 +198,7 @@ async def start_pod(request: web.Request) -> web.Response:
             gate.set_target(target)
         else:  # the readiness wait, as a request's wake does it: the pod joins the routing when it answers
             gate.start_wake(asyncio.get_running_loop(), None if principal is None else principal.name)
-    entry = _pod_entry(state, name)
+    entry = pod_entry(state, name)
     return json_response({"action": "start", "pod": entry}, 200 if entry["ready"] else 202)
 
 
@@ -210,7 +211,7 @@ async def _end(request: web.Request, *, terminate: bool) -> web.Response:
     state.group_of[name].note_stopped(gate)  # a wake in progress ends; a request from now on wakes it again
     if gate.target is not None:  # nothing more is sent there
         gate.forget(gate.target.pod_id)
-    return json_response({"action": "terminate" if terminate else "stop", "pod": _pod_entry(state, name)})
+    return json_response({"action": "terminate" if terminate else "stop", "pod": pod_entry(state, name)})
 
 
 @managed("stop a pod", admin=True)

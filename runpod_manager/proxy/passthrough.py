@@ -43,15 +43,14 @@ from yarl import URL
 
 from runpod_manager.paths import ensure_private_dir
 from runpod_manager.proxy.controller import UpstreamTarget
+from runpod_manager.proxy.errors import ProxyError, is_disk_full
 from runpod_manager.proxy.forward import (
     FORWARDED_FOR_HEADER,
     HOP_BY_HOP,
     PROXY_ONLY_REQUEST_HEADERS,
     RETRYABLE_STATUSES,
-    ProxyError,
     forwardable_headers,
     forwarded_for,
-    is_disk_full,
 )
 from runpod_manager.proxy.process import pid_exists
 from runpod_manager.proxy.routing import PodRoute

@@ -191,7 +191,7 @@ def claim_port(config: Config, paths: Paths) -> int | None:
     None when the port is free. Raises ConfigError when the bind is not permitted (beyond loopback without
     client keys, TLS files that do not load) or when another program holds the port.
     """
-    from runpod_manager.proxy.server import build_ssl_context, check_bind, has_team_keys
+    from runpod_manager.proxy.bind import build_ssl_context, check_bind, has_team_keys
 
     check_bind(config.proxy, team_keys=has_team_keys(paths))
     build_ssl_context(config.proxy)

@@ -6,7 +6,7 @@ config.replica_name). Replicas are copies of one spec, so they share the route's
 
 The names a route answers to:
 - the names its model server serves, read from `model`/`args`/`extra_args` the way vLLM reads them
-  (forward.served_model_names: `--served-model-name`, else `--model`, plus `--lora-modules` adapters);
+  (model_names.served_model_names: `--served-model-name`, else `--model`, plus `--lora-modules` adapters);
 - its `aliases`, which only the proxy knows: a request for an alias goes to the pod with `model`
   rewritten to the pod's own first name (`upstream_model`), because vLLM answers only to what it serves.
 
@@ -39,8 +39,8 @@ from types import MappingProxyType
 from urllib.parse import unquote
 
 from runpod_manager.config import Config, PodConfig, replica_name
-from runpod_manager.errors import ConfigError
-from runpod_manager.proxy.forward import ProxyError, served_model_names
+from runpod_manager.model_names import check_unique_names, known_names, served_model_names
+from runpod_manager.proxy.errors import ProxyError
 
 RUNTIME_LORA_VARIABLE = "VLLM_ALLOW_RUNTIME_LORA_UPDATING"
 
@@ -80,7 +80,7 @@ class PodRoute:
     @property
     def names(self) -> tuple[str, ...]:
         """Every name the config knows this route by, served names first (the order /v1/models lists)."""
-        return tuple(dict.fromkeys([*(self.served or (self.model,)), *self.aliases]))
+        return known_names(self.served, self.model, self.aliases)
 
 
 @dataclass(frozen=True)
@@ -148,6 +148,7 @@ class Routes:
 
 
 PODS_PATH_PREFIX = "/pods/"
+MODELS_PATH = "/v1/models"  # answered by the proxy itself (proxy/models.py)
 _DECODE_ROUNDS = 3  # %252e%252e is `..` to a server that decodes twice
 
 
@@ -211,17 +212,12 @@ def route_of(pod: PodConfig) -> PodRoute:
 def build_routes(config: Config) -> Routes:
     """The routes of every configured pod. Raises ConfigError when two pods would answer to one name."""
     routes = tuple(route_of(pod) for pod in config.all_pods)
-    by_model: dict[str, PodRoute] = {}
     model_routes = [route for route in routes if route.kind != "http"]
+    check_unique_names(((route.name, route.names) for route in model_routes), config.source)
+    by_model: dict[str, PodRoute] = {}
     for route in model_routes:
         for name in route.names:
-            other = by_model.setdefault(name, route)
-            if other is not route:
-                raise ConfigError(
-                    f"{config.source or 'the config'}: pods {other.name!r} and {route.name!r} both answer to the "
-                    f"model name {name!r} (model, --served-model-name in args/extra_args, or aliases): a request "
-                    "for it could not be routed",
-                    hint="give one of them another name; copies of one pod are `replicas`")
+            by_model.setdefault(name, route)
     open_routes = [route for route in model_routes if route.open]
     return Routes(
         routes=routes,

@@ -39,7 +39,7 @@ from collections.abc import Awaitable, Callable, Mapping
 
 from runpod_manager.errors import ApiError, LeaseClosed, LimitRefused, LockBusy, NotReady, RpmError
 from runpod_manager.proxy.controller import PodView, ProxyController, UpstreamTarget
-from runpod_manager.proxy.forward import ProxyError
+from runpod_manager.proxy.errors import ProxyError
 from runpod_manager.proxy.metrics import ProxyMetrics
 from runpod_manager.proxy.routing import PodRoute
 

@@ -32,7 +32,8 @@ from aiohttp import WSMsgType, web
 from yarl import URL
 
 from runpod_manager.proxy.controller import PodView, UpstreamTarget
-from runpod_manager.proxy.forward import FORWARDED_FOR_HEADER, PROXY_ONLY_REQUEST_HEADERS, ProxyError
+from runpod_manager.proxy.errors import ProxyError
+from runpod_manager.proxy.forward import FORWARDED_FOR_HEADER, PROXY_ONLY_REQUEST_HEADERS
 from runpod_manager.proxy.wake import WakeGate
 
 log = logging.getLogger("runpod_manager.proxy")

@@ -20,7 +20,7 @@ import requests
 
 from runpod_manager.config import PodConfig
 from runpod_manager.paths import Paths, resolve_paths
-from runpod_manager.proxy.jobs import INTERRUPTED
+from runpod_manager.proxy.jobstore import INTERRUPTED
 from runpod_manager.proxy.manage import openapi_document
 from tests.support.openapi_client import CheckedClient
 from tests.support.proxy_fakes import (

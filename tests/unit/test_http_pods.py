@@ -15,7 +15,7 @@ from runpod_manager.config import DEFAULT_HTTP_MAX_BODY_BYTES, Config, build_con
 from runpod_manager.errors import ConfigError
 from runpod_manager.podspec import build_spec
 from runpod_manager.ports import probe_pod
-from runpod_manager.proxy.forward import ProxyError
+from runpod_manager.proxy.errors import ProxyError
 from runpod_manager.proxy.passthrough import rewrite_location, service_request_headers, service_response_headers
 from runpod_manager.proxy.routing import PathNotRouted, build_routes
 from runpod_manager.proxy.websocket import check_upgrade

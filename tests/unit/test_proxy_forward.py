@@ -11,8 +11,10 @@ import pytest
 
 from runpod_manager.config import ProxyConfig
 from runpod_manager.errors import ApiError, ConfigError, LimitRefused, LockBusy, NotReady, RpmError
+from runpod_manager.model_names import served_model_names
+from runpod_manager.proxy.bind import build_ssl_context, check_bind
+from runpod_manager.proxy.errors import ProxyError
 from runpod_manager.proxy.forward import (
-    ProxyError,
     SSESplitter,
     apply_fim_template,
     client_response_headers,
@@ -21,11 +23,10 @@ from runpod_manager.proxy.forward import (
     is_error_event,
     is_json_content_type,
     normalize_upstream_error,
-    served_model_names,
     upstream_request_headers,
 )
+from runpod_manager.proxy.hosts import is_loopback_host
 from runpod_manager.proxy.passthrough import service_request_headers
-from runpod_manager.proxy.server import build_ssl_context, check_bind, is_loopback_host
 from runpod_manager.proxy.wake import wake_error
 from runpod_manager.proxy.websocket import forwarded_headers
 
@@ -300,7 +301,7 @@ def test_the_default_hold_lets_default_sdk_retries_span_a_ten_minute_wake() -> N
 
 
 def test_a_pods_connection_budget_refuses_sockets_at_once_and_lets_requests_wait_their_turn() -> None:
-    from runpod_manager.proxy.forward import ConnectionBudget
+    from runpod_manager.proxy.upstream import ConnectionBudget
 
     async def scenario() -> None:
         budget = ConnectionBudget(2, "[pods.comfy] max_connections")

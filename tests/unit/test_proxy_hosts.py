@@ -6,7 +6,7 @@ import pytest
 from aiohttp.test_utils import make_mocked_request
 
 from runpod_manager.config import ProxyConfig
-from runpod_manager.proxy.forward import ProxyError
+from runpod_manager.proxy.errors import ProxyError
 from runpod_manager.proxy.hosts import HostCheck, host_check, split_host
 
 

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from runpod_manager.proxy.jobs import (
+from runpod_manager.proxy.jobs import wants_async
+from runpod_manager.proxy.jobstore import (
     DB_FILENAME,
     INTERRUPTED,
     JobsFull,
@@ -20,7 +21,6 @@ from runpod_manager.proxy.jobs import (
     is_job_id,
     new_job_id,
     stored_headers,
-    wants_async,
 )
 from tests.support.clock import Clock
 

@@ -13,8 +13,10 @@ import pytest
 from runpod_manager.config import Config, build_config
 from runpod_manager.errors import ConfigError
 from runpod_manager.paths import resolve_paths
-from runpod_manager.proxy.app import ProxyState, _pod_entry
+from runpod_manager.proxy.app import build_app
+from runpod_manager.proxy.ops import pod_entry as _pod_entry
 from runpod_manager.proxy.routing import build_routes
+from runpod_manager.proxy.state import STATE
 from tests.support.proxy_fakes import FakeController, FakePod
 
 
@@ -122,10 +124,10 @@ def test_the_readme_example_routes_as_the_readme_says(tmp_path: Path) -> None:
     assert routes.route_for("my-org/my-model") is mine and routes.default is None
     # The sample /rpm/v1/pods/<name> answer has exactly the fields the proxy sends.
     documented = json.loads(_fenced(section, "json"))
-    state = ProxyState(config, FakeController(pods={name: FakePod() for name in routes.pod_names}),
-                       resolve_paths({"RPM_HOME": str(tmp_path)}), keepalive_interval_seconds=5,
-                       body_read_timeout_seconds=5, queue_full_retry_after_seconds=5, wake_retry_after_seconds=1,
-                       cache_clock=lambda: 0.0)
+    state = build_app(config, FakeController(pods={name: FakePod() for name in routes.pod_names}),
+                      paths=resolve_paths({"RPM_HOME": str(tmp_path)}), keepalive_interval_seconds=5,
+                      body_read_timeout_seconds=5, queue_full_retry_after_seconds=5, wake_retry_after_seconds=1,
+                      cache_clock=lambda: 0.0)[STATE]
     entry = _pod_entry(state, "coder")
     assert set(documented) == set(entry)
     assert documented["models"] == entry["models"] == ["Qwen/Qwen2.5-Coder-1.5B-Instruct", "autocomplete"]

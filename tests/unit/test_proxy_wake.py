@@ -13,7 +13,7 @@ import pytest
 from runpod_manager.config import PodConfig
 from runpod_manager.errors import LeaseClosed, LimitRefused
 from runpod_manager.proxy.controller import PodView, UpstreamTarget
-from runpod_manager.proxy.forward import ProxyError
+from runpod_manager.proxy.errors import ProxyError
 from runpod_manager.proxy.routing import route_of
 from runpod_manager.proxy.wake import PodGroup
 from tests.support.proxy_fakes import FakeController, FakePod
