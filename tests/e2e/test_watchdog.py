@@ -12,6 +12,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from tests.support.clock import WallClockFile
 from tests.support.rpm import Rpm, wait_until
 
 pytestmark = pytest.mark.e2e
@@ -58,13 +59,14 @@ def test_runtime_limit_fires(rpm: Rpm) -> None:
     assert refused_again["lease"] is None and "runtime limit" in refused_again["last_lease_end_reason"]
 
 
-def test_daily_cutoff_fires(rpm: Rpm) -> None:
-    cutoff = (datetime.now(UTC) + timedelta(seconds=3)).strftime("%H:%M:%S")
+def test_daily_cutoff_fires(rpm: Rpm, wall_clock: WallClockFile) -> None:
+    # On the subprocesses' test clock (no sleep: a slow `rpm start` cannot let the cutoff pass before it).
+    cutoff = (wall_clock.now + timedelta(minutes=10)).strftime("%H:%M:%S")
     rpm.write_config(daily_cutoff=cutoff, timezone="UTC")
     pod_id = _start(rpm)
     deadline = rpm.record()["lease"]["deadline"]
     assert deadline.endswith(f"{cutoff}Z")  # min(opened + runtime, next cutoff)
-    _wait_past_deadline(rpm)
+    wall_clock.advance(10 * 60 + 1)
     data = rpm.json("watchdog")["data"]
     kinds = [(a["kind"], a["pod_id"]) for a in data["applied"]]
     assert ("terminate", pod_id) in kinds and ("close_lease", None) in kinds
