@@ -8,7 +8,7 @@ import signal
 import subprocess
 import time
 from concurrent.futures import ThreadPoolExecutor
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 
 import pytest
 
@@ -26,10 +26,10 @@ def _start(rpm: Rpm) -> str:
     return str(rpm.json("start", "--no-proxy")["data"]["pod"]["id"])
 
 
-def _wait_past_deadline(rpm: Rpm) -> None:
+def _pass_the_deadline(rpm: Rpm, wall_clock: WallClockFile) -> None:
+    """Move the subprocesses' test clock a second past the lease's deadline (no sleep, no race with a slow start)."""
     deadline = datetime.fromisoformat(rpm.record()["lease"]["deadline"].replace("Z", "+00:00"))
-    remaining = (deadline - datetime.now(UTC)).total_seconds()
-    time.sleep(max(0.0, remaining) + 0.2)
+    wall_clock.set(deadline + timedelta(seconds=1))
 
 
 def test_nothing_to_do_is_silent_and_costs_one_call(rpm: Rpm) -> None:
@@ -44,10 +44,10 @@ def test_nothing_to_do_is_silent_and_costs_one_call(rpm: Rpm) -> None:
     assert "state: pod" in verbose.stdout and "lease open" in verbose.stdout
 
 
-def test_runtime_limit_fires(rpm: Rpm) -> None:
+def test_runtime_limit_fires(rpm: Rpm, wall_clock: WallClockFile) -> None:
     rpm.write_config(runtime_seconds=2)
     pod_id = _start(rpm)
-    _wait_past_deadline(rpm)
+    _pass_the_deadline(rpm, wall_clock)
     result = rpm.run("watchdog")
     assert result.returncode == 0, result.stderr
     assert f"terminate {pod_id}: runtime limit 2 s reached ✓" in result.stdout
@@ -74,10 +74,10 @@ def test_daily_cutoff_fires(rpm: Rpm, wall_clock: WallClockFile) -> None:
     assert _live(rpm) == []
 
 
-def test_idle_stop_then_wake_by_start(rpm: Rpm) -> None:
+def test_idle_stop_then_wake_by_start(rpm: Rpm, wall_clock: WallClockFile) -> None:
     rpm.write_config(idle_timeout_seconds=1, idle_action="stop")
     pod_id = _start(rpm)
-    time.sleep(1.3)
+    wall_clock.advance(1.3)
     result = rpm.run("watchdog")
     assert f"stop {pod_id}: idle for" in result.stdout
     [pod] = _live(rpm)
@@ -139,10 +139,10 @@ def test_crash_between_create_and_save_is_adopted(rpm: Rpm) -> None:
     assert rpm.sandbox.calls().get("createPod") == 1
 
 
-def test_ten_watchdogs_at_once_exactly_one_acts(rpm: Rpm) -> None:
+def test_ten_watchdogs_at_once_exactly_one_acts(rpm: Rpm, wall_clock: WallClockFile) -> None:
     rpm.write_config(runtime_seconds=2)
     _start(rpm)
-    _wait_past_deadline(rpm)
+    _pass_the_deadline(rpm, wall_clock)
     before = rpm.sandbox.calls().get("deletePod", 0)
     with ThreadPoolExecutor(max_workers=10) as pool:
         results = list(pool.map(lambda _: rpm.run("watchdog", "--json"), range(10)))
@@ -154,10 +154,10 @@ def test_ten_watchdogs_at_once_exactly_one_acts(rpm: Rpm) -> None:
     assert _live(rpm) == []
 
 
-def test_limit_enforced_despite_flaky_api(rpm: Rpm) -> None:
+def test_limit_enforced_despite_flaky_api(rpm: Rpm, wall_clock: WallClockFile) -> None:
     rpm.write_config(runtime_seconds=2)
     _start(rpm)
-    _wait_past_deadline(rpm)
+    _pass_the_deadline(rpm, wall_clock)
     rpm.sandbox.control("faults", {"error_rate": 0.3, "rate_limit": 3, "retry_after_seconds": 1})
     passes = 0
     while _live(rpm) and passes < 6:
@@ -200,10 +200,10 @@ def test_pod_guard_removes_the_pod_with_no_rpm_running(rpm: Rpm) -> None:
     assert _live(rpm) == []
 
 
-def test_dry_run_changes_nothing(rpm: Rpm) -> None:
+def test_dry_run_changes_nothing(rpm: Rpm, wall_clock: WallClockFile) -> None:
     rpm.write_config(runtime_seconds=2)
     pod_id = _start(rpm)
-    _wait_past_deadline(rpm)
+    _pass_the_deadline(rpm, wall_clock)
     before = {k: v for k, v in rpm.sandbox.calls().items() if k not in {"getPod", "listPods"}}
     dry = rpm.run("watchdog", "--dry-run")
     assert f"terminate {pod_id}: runtime limit" in dry.stdout
@@ -215,10 +215,10 @@ def test_dry_run_changes_nothing(rpm: Rpm) -> None:
     assert _live(rpm) == []
 
 
-def test_a_limit_that_cannot_be_enforced_is_an_alarm(rpm: Rpm) -> None:
+def test_a_limit_that_cannot_be_enforced_is_an_alarm(rpm: Rpm, wall_clock: WallClockFile) -> None:
     rpm.write_config(runtime_seconds=2, api_max_retries=0)
     pod_id = _start(rpm)
-    _wait_past_deadline(rpm)
+    _pass_the_deadline(rpm, wall_clock)
     rpm.sandbox.control("faults", {"error_rate": 1.0})
     failed = rpm.run("watchdog")
     # cron mails only on a non-zero exit: this is the one case that must reach the owner.
