@@ -25,6 +25,7 @@ def isolated_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return home
 
 
+@pytest.hookimpl(tryfirst=True)  # before `-m` deselects by these markers
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """The tiers, by place, so a new file cannot drift out of them: everything under tests/e2e/ is `e2e` and
     `slow` (real subprocesses), as is `mypy --strict`; `pytest -m "not slow"` is the inner loop's fast tier."""
