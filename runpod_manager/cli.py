@@ -106,9 +106,11 @@ def _lifecycle(config_path: Path | None) -> Lifecycle:
     from runpod_manager.config import load_config
     from runpod_manager.lifecycle import Lifecycle
     from runpod_manager.paths import resolve_paths
+    from runpod_manager.ports import wall_clock
 
     paths = resolve_paths()
-    return Lifecycle(load_config(config_path, paths=paths), paths)
+    config = load_config(config_path, paths=paths)
+    return Lifecycle(config, paths, clock=wall_clock(config))
 
 
 def _version_callback(value: bool) -> None:

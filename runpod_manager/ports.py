@@ -7,10 +7,14 @@ real one, `tests/support/fake_runpod.FakeRunPod` the in-memory one) and to the b
 
 from __future__ import annotations
 
+import ipaddress
+import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Protocol
+from urllib.parse import urlsplit
 
 import requests
 
@@ -59,6 +63,36 @@ def probe_pod(pod: PodConfig, pod_url: str, upstream_key: str | None) -> bool:
 
 def utc_now() -> datetime:
     return datetime.now(UTC)
+
+
+TEST_CLOCK_VARIABLE = "RPM_TEST_CLOCK_FILE"
+
+
+def wall_clock(config: Config, environ: Mapping[str, str] | None = None) -> Callable[[], datetime]:
+    """The control plane's clock for a process: `utc_now`, or, for the test suite only, the instant (ISO 8601
+    with an offset) written in the file RPM_TEST_CLOCK_FILE names, read at every call, so an e2e test moves
+    the time of its `rpm` and proxy subprocesses by rewriting the file instead of sleeping past a limit.
+    Honoured only while the RunPod API is on this machine (the emulator): a stray variable can never hold a
+    real pod's limits back."""
+    path = (os.environ if environ is None else environ).get(TEST_CLOCK_VARIABLE)
+    if not path or not _is_loopback(config.api.base_url):
+        return utc_now
+    return lambda: _instant_in(Path(path))
+
+
+def _is_loopback(url: str) -> bool:
+    host = urlsplit(url).hostname or ""
+    try:
+        return host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _instant_in(path: Path) -> datetime:
+    moment = datetime.fromisoformat(path.read_text(encoding="utf-8").strip())
+    if moment.tzinfo is None:
+        raise ValueError(f"{TEST_CLOCK_VARIABLE}: {path} must hold an instant with its UTC offset")
+    return moment.astimezone(UTC)
 
 
 def runpod_client(config: Config) -> RunPodPort:

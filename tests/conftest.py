@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 _LEAKY_ENV_PREFIXES = ("RPM_", "RUNPOD_", "XDG_")
+_E2E = Path(__file__).resolve().parent / "e2e"
 
 
 @pytest.fixture(autouse=True)
@@ -24,10 +25,30 @@ def isolated_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return home
 
 
+@pytest.hookimpl(tryfirst=True)  # before `-m` deselects by these markers
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """The tiers, by place, so a new file cannot drift out of them: everything under tests/e2e/ is `e2e` and
+    `slow` (real subprocesses), as is `mypy --strict`; `pytest -m "not slow"` is the inner loop's fast tier."""
+    from tests.support import early
+
+    for item in items:
+        if item.path.is_relative_to(_E2E):
+            item.add_marker(pytest.mark.e2e)
+            item.add_marker(pytest.mark.slow)
+        elif item.nodeid == early.MYPY_TEST:
+            item.add_marker(pytest.mark.slow)
+    early.schedule_first(config, items)
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    from tests.support import early
+
+    early.compile_package(session.config)
+
+
 def pytest_collection_finish(session: pytest.Session) -> None:
     from tests.support import early
 
-    early.compile_package()
     early.start(session)
 
 

@@ -97,3 +97,20 @@ def test_the_readmes_simulation_is_what_the_command_prints() -> None:
     for row in rows:
         assert row in section, row
     assert "set [limits] idle_timeout_seconds = 120" in result.stdout.replace("\n", " ")
+
+
+def test_ci_runs_exactly_the_readmes_test_command_and_the_suite_runs_in_parallel() -> None:
+    """One test command: the README's is the one `.ci/run` runs, and the parallelism it relies on lives in
+    pytest's config (pytest-xdist from the test extra), so neither spells it again."""
+    import tomllib
+
+    root = Path(__file__).resolve().parents[1]
+    readme = README.read_text(encoding="utf-8")
+    block = readme[readme.index("Run the test suite"):]
+    start = block.index("```sh\n") + len("```sh\n")
+    command = block[start:block.index("\n```", start)]
+    assert command.endswith("python -m pytest"), command
+    assert command in (root / ".ci" / "run").read_text(encoding="utf-8").splitlines()
+    project = tomllib.loads((root / "pyproject.toml").read_text(encoding="utf-8"))
+    assert any(dep.startswith("pytest-xdist") for dep in project["project"]["optional-dependencies"]["test"])
+    assert "-n " in project["tool"]["pytest"]["ini_options"]["addopts"]

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.clock import WallClockFile
 from tests.support.proxy_fakes import FakeUpstream
 from tests.support.rpm import Rpm, Sandbox, run_sandbox
 
@@ -50,6 +51,19 @@ def rpm(sandbox: Sandbox, isolated_home: Path, tmp_path: Path) -> Iterator[Rpm]:
 
     if find_proxies(resolve_paths(cli.env()), scan=True):
         cli.run("shutdown", timeout=30)
+
+
+@pytest.fixture
+def wall_clock(rpm: Rpm, tmp_path: Path) -> WallClockFile:
+    """The test's `rpm` subprocesses (and the proxies they start) read the time from this file, frozen at
+    the real time (to the second) when the test began, until the test moves it: limits pass without sleeps."""
+    from datetime import UTC, datetime
+
+    from runpod_manager.ports import TEST_CLOCK_VARIABLE
+
+    clock = WallClockFile(tmp_path / "wall-clock", datetime.now(UTC).replace(microsecond=0))
+    rpm.extra_env[TEST_CLOCK_VARIABLE] = str(clock.path)
+    return clock
 
 
 @pytest.fixture(scope="module")

@@ -24,6 +24,7 @@ import aiohttp
 import pytest
 import requests
 
+from tests.support.clock import WallClockFile
 from tests.support.proxy_fakes import free_port
 from tests.support.rpm import Rpm, fast_config, wait_until
 
@@ -193,15 +194,19 @@ def test_websocket_echo_progress_and_the_listen_port_next_to_an_llm_pod(rpm: Rpm
     assert "answers without any key" in human and "([pods.<name>] headers sends one)" in human
 
 
-def test_a_limit_closes_open_sockets_with_1001(rpm: Rpm, ports: tuple[int, int]) -> None:
+def test_a_limit_closes_open_sockets_with_1001(rpm: Rpm, ports: tuple[int, int], wall_clock: WallClockFile) -> None:
     proxy_port, listen_port = ports
-    # A runtime limit: the lease ends while progress frames flow (activity never extends a limit).
-    write(rpm, proxy_port, listen_port, runtime=3)
+    # A runtime limit: the lease ends while progress frames flow (activity never extends a limit). The proxy
+    # runs on the test clock, moved past the limit once the socket is open: no race with the handshake.
+    write(rpm, proxy_port, listen_port, runtime=600)
     _start(rpm, "comfy")
 
     async def busy_socket() -> tuple[Any, ...]:
         async with aiohttp.ClientSession() as session, session.ws_connect(
                 f"ws://127.0.0.1:{proxy_port}/pods/comfy/ws") as ws:
+            first = await ws.receive(timeout=TIMEOUT)
+            assert first.type == aiohttp.WSMsgType.TEXT, (first.type, first.data, first.extra)
+            wall_clock.advance(601)
             while True:
                 message = await ws.receive(timeout=TIMEOUT)
                 if message.type != aiohttp.WSMsgType.TEXT:

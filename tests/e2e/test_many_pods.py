@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from tests.support.clock import WallClockFile
 from tests.support.rpm import Rpm, fast_config, wait_until
 
 pytestmark = pytest.mark.e2e
@@ -110,13 +111,13 @@ def _own_pod(rpm: Rpm, name: str = "my-console-pod") -> str:
     return pod_id
 
 
-def test_an_adopted_pod_is_resumed_stopped_idle_and_never_terminated(rpm: Rpm) -> None:
+def test_an_adopted_pod_is_resumed_stopped_idle_and_never_terminated(rpm: Rpm, wall_clock: WallClockFile) -> None:
     pod_id = _own_pod(rpm)
     write(rpm, {"mine": {"model": "org/mine", "pod_id": pod_id}}, idle=1)
     started = rpm.json("start", "--no-proxy")["data"]
     assert started["resumed"] is True and started["pod"]["id"] == pod_id and started["ready"] is True
     assert len(rpm.sandbox.pods()) == 1  # nothing was created
-    time.sleep(1.2)
+    wall_clock.advance(1.2)  # past idle_timeout_seconds on the subprocesses' test clock
     assert rpm.run("watchdog").returncode == 0
     assert live(rpm) == {"my-console-pod": "EXITED"}
     rpm.json("start", "--no-proxy")
@@ -134,13 +135,13 @@ def test_an_adopted_id_that_does_not_exist_is_a_clear_error_not_a_create(rpm: Rp
     assert rpm.sandbox.pods() == [] and records(rpm).get("mine", {}).get("lease") is None
 
 
-def test_one_pods_failure_never_blocks_the_others_enforcement(rpm: Rpm) -> None:
+def test_one_pods_failure_never_blocks_the_others_enforcement(rpm: Rpm, wall_clock: WallClockFile) -> None:
     pod_id = _own_pod(rpm)
     write(rpm, {"mine": {"model": "org/mine", "pod_id": pod_id, "limits": {"idle_timeout_seconds": 3600}},
                 "other": {}}, idle=1)
     rpm.json("start", "--no-proxy")
     rpm.sandbox.api("DELETE", f"/v2/pods/{pod_id}")  # the adopted pod disappears behind rpm's back
-    time.sleep(1.2)
+    wall_clock.advance(1.2)  # past idle_timeout_seconds on the subprocesses' test clock
     result = rpm.run("watchdog")
     assert result.returncode == 1, (result.stdout, result.stderr)  # the alarm for the adopted pod
     assert "no longer exists" in result.stdout

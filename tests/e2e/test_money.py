@@ -7,10 +7,11 @@ and counted in state afterwards.
 from __future__ import annotations
 
 import time
-from datetime import UTC, datetime
+from datetime import datetime, timedelta
 
 import pytest
 
+from tests.support.clock import WallClockFile
 from tests.support.rpm import Rpm
 
 pytestmark = pytest.mark.e2e
@@ -31,9 +32,10 @@ def _lock(rpm: Rpm, pod_id: str) -> None:
     assert "stop" not in answer.json()["actions"]
 
 
-def _wait_past_deadline(rpm: Rpm) -> None:
+def _pass_the_deadline(rpm: Rpm, wall_clock: WallClockFile) -> None:
+    """Move the subprocesses' test clock a second past the lease's deadline (no sleep, no race with a slow start)."""
     deadline = datetime.fromisoformat(rpm.record()["lease"]["deadline"].replace("Z", "+00:00"))
-    time.sleep(max(0.0, (deadline - datetime.now(UTC)).total_seconds()) + 0.2)
+    wall_clock.set(deadline + timedelta(seconds=1))
 
 
 # --- 1. a locked pod is never reported stopped while it bills ---------------------------------------------
@@ -74,12 +76,13 @@ def test_a_locked_pod_is_reported_locked_not_stopped_and_its_spend_keeps_countin
     assert _status_of(rpm, pod_id) == "gone"
 
 
-def test_a_runtime_limit_terminates_a_locked_owned_pod_instead_of_stopping_it_and_says_so(rpm: Rpm) -> None:
+def test_a_runtime_limit_terminates_a_locked_owned_pod_instead_of_stopping_it_and_says_so(
+        rpm: Rpm, wall_clock: WallClockFile) -> None:
     rpm.extra_env["RPM_LIMITS_CUTOFF_ACTION"] = "stop"
     rpm.write_config(runtime_seconds=2)
     pod_id = _start(rpm)
     _lock(rpm, pod_id)
-    _wait_past_deadline(rpm)
+    _pass_the_deadline(rpm, wall_clock)
 
     watchdog = rpm.run("watchdog")
 

@@ -8,10 +8,11 @@ import signal
 import subprocess
 import time
 from concurrent.futures import ThreadPoolExecutor
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 
 import pytest
 
+from tests.support.clock import WallClockFile
 from tests.support.rpm import Rpm, wait_until
 
 pytestmark = pytest.mark.e2e
@@ -25,10 +26,10 @@ def _start(rpm: Rpm) -> str:
     return str(rpm.json("start", "--no-proxy")["data"]["pod"]["id"])
 
 
-def _wait_past_deadline(rpm: Rpm) -> None:
+def _pass_the_deadline(rpm: Rpm, wall_clock: WallClockFile) -> None:
+    """Move the subprocesses' test clock a second past the lease's deadline (no sleep, no race with a slow start)."""
     deadline = datetime.fromisoformat(rpm.record()["lease"]["deadline"].replace("Z", "+00:00"))
-    remaining = (deadline - datetime.now(UTC)).total_seconds()
-    time.sleep(max(0.0, remaining) + 0.2)
+    wall_clock.set(deadline + timedelta(seconds=1))
 
 
 def test_nothing_to_do_is_silent_and_costs_one_call(rpm: Rpm) -> None:
@@ -43,10 +44,10 @@ def test_nothing_to_do_is_silent_and_costs_one_call(rpm: Rpm) -> None:
     assert "state: pod" in verbose.stdout and "lease open" in verbose.stdout
 
 
-def test_runtime_limit_fires(rpm: Rpm) -> None:
+def test_runtime_limit_fires(rpm: Rpm, wall_clock: WallClockFile) -> None:
     rpm.write_config(runtime_seconds=2)
     pod_id = _start(rpm)
-    _wait_past_deadline(rpm)
+    _pass_the_deadline(rpm, wall_clock)
     result = rpm.run("watchdog")
     assert result.returncode == 0, result.stderr
     assert f"terminate {pod_id}: runtime limit 2 s reached ✓" in result.stdout
@@ -58,13 +59,14 @@ def test_runtime_limit_fires(rpm: Rpm) -> None:
     assert refused_again["lease"] is None and "runtime limit" in refused_again["last_lease_end_reason"]
 
 
-def test_daily_cutoff_fires(rpm: Rpm) -> None:
-    cutoff = (datetime.now(UTC) + timedelta(seconds=3)).strftime("%H:%M:%S")
+def test_daily_cutoff_fires(rpm: Rpm, wall_clock: WallClockFile) -> None:
+    # On the subprocesses' test clock (no sleep: a slow `rpm start` cannot let the cutoff pass before it).
+    cutoff = (wall_clock.now + timedelta(minutes=10)).strftime("%H:%M:%S")
     rpm.write_config(daily_cutoff=cutoff, timezone="UTC")
     pod_id = _start(rpm)
     deadline = rpm.record()["lease"]["deadline"]
     assert deadline.endswith(f"{cutoff}Z")  # min(opened + runtime, next cutoff)
-    _wait_past_deadline(rpm)
+    wall_clock.advance(10 * 60 + 1)
     data = rpm.json("watchdog")["data"]
     kinds = [(a["kind"], a["pod_id"]) for a in data["applied"]]
     assert ("terminate", pod_id) in kinds and ("close_lease", None) in kinds
@@ -72,10 +74,10 @@ def test_daily_cutoff_fires(rpm: Rpm) -> None:
     assert _live(rpm) == []
 
 
-def test_idle_stop_then_wake_by_start(rpm: Rpm) -> None:
+def test_idle_stop_then_wake_by_start(rpm: Rpm, wall_clock: WallClockFile) -> None:
     rpm.write_config(idle_timeout_seconds=1, idle_action="stop")
     pod_id = _start(rpm)
-    time.sleep(1.3)
+    wall_clock.advance(1.3)
     result = rpm.run("watchdog")
     assert f"stop {pod_id}: idle for" in result.stdout
     [pod] = _live(rpm)
@@ -137,10 +139,10 @@ def test_crash_between_create_and_save_is_adopted(rpm: Rpm) -> None:
     assert rpm.sandbox.calls().get("createPod") == 1
 
 
-def test_ten_watchdogs_at_once_exactly_one_acts(rpm: Rpm) -> None:
+def test_ten_watchdogs_at_once_exactly_one_acts(rpm: Rpm, wall_clock: WallClockFile) -> None:
     rpm.write_config(runtime_seconds=2)
     _start(rpm)
-    _wait_past_deadline(rpm)
+    _pass_the_deadline(rpm, wall_clock)
     before = rpm.sandbox.calls().get("deletePod", 0)
     with ThreadPoolExecutor(max_workers=10) as pool:
         results = list(pool.map(lambda _: rpm.run("watchdog", "--json"), range(10)))
@@ -152,10 +154,10 @@ def test_ten_watchdogs_at_once_exactly_one_acts(rpm: Rpm) -> None:
     assert _live(rpm) == []
 
 
-def test_limit_enforced_despite_flaky_api(rpm: Rpm) -> None:
+def test_limit_enforced_despite_flaky_api(rpm: Rpm, wall_clock: WallClockFile) -> None:
     rpm.write_config(runtime_seconds=2)
     _start(rpm)
-    _wait_past_deadline(rpm)
+    _pass_the_deadline(rpm, wall_clock)
     rpm.sandbox.control("faults", {"error_rate": 0.3, "rate_limit": 3, "retry_after_seconds": 1})
     passes = 0
     while _live(rpm) and passes < 6:
@@ -198,10 +200,10 @@ def test_pod_guard_removes_the_pod_with_no_rpm_running(rpm: Rpm) -> None:
     assert _live(rpm) == []
 
 
-def test_dry_run_changes_nothing(rpm: Rpm) -> None:
+def test_dry_run_changes_nothing(rpm: Rpm, wall_clock: WallClockFile) -> None:
     rpm.write_config(runtime_seconds=2)
     pod_id = _start(rpm)
-    _wait_past_deadline(rpm)
+    _pass_the_deadline(rpm, wall_clock)
     before = {k: v for k, v in rpm.sandbox.calls().items() if k not in {"getPod", "listPods"}}
     dry = rpm.run("watchdog", "--dry-run")
     assert f"terminate {pod_id}: runtime limit" in dry.stdout
@@ -213,10 +215,10 @@ def test_dry_run_changes_nothing(rpm: Rpm) -> None:
     assert _live(rpm) == []
 
 
-def test_a_limit_that_cannot_be_enforced_is_an_alarm(rpm: Rpm) -> None:
+def test_a_limit_that_cannot_be_enforced_is_an_alarm(rpm: Rpm, wall_clock: WallClockFile) -> None:
     rpm.write_config(runtime_seconds=2, api_max_retries=0)
     pod_id = _start(rpm)
-    _wait_past_deadline(rpm)
+    _pass_the_deadline(rpm, wall_clock)
     rpm.sandbox.control("faults", {"error_rate": 1.0})
     failed = rpm.run("watchdog")
     # cron mails only on a non-zero exit: this is the one case that must reach the owner.

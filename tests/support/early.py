@@ -31,18 +31,36 @@ def _spawn() -> subprocess.Popen[str]:
                             stderr=subprocess.STDOUT, text=True, cwd=ROOT)
 
 
-def compile_package() -> None:
+def _is_xdist_worker(config: pytest.Config) -> bool:
+    return hasattr(config, "workerinput")
+
+
+def compile_package(config: pytest.Config) -> None:
     """Write runpod_manager's bytecode once when the environment forbids Python to (PYTHONDONTWRITEBYTECODE):
     otherwise each of the suite's hundreds of `rpm` and sandbox subprocesses compiles the package again.
-    Without that variable the first subprocess writes the same files, so this changes nothing there."""
-    if sys.dont_write_bytecode:
+    Without that variable the first subprocess writes the same files, so this changes nothing there. Under
+    pytest-xdist the controller does it, before its workers run anything."""
+    if sys.dont_write_bytecode and not _is_xdist_worker(config):
         compileall.compile_dir(ROOT / "runpod_manager", quiet=1)
+
+
+def schedule_first(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Under pytest-xdist, move the mypy test's file to the front of the collection (every worker collects
+    the same order, so they agree): the first worker starts mypy at once and it runs beside the other files,
+    where last it would add its whole time to the run's end. A serial run keeps its order (`start` below)."""
+    if not _is_xdist_worker(config):
+        return
+    mypy_file = MYPY_TEST.partition("::")[0]
+    first = [item for item in items if item.nodeid.partition("::")[0] == mypy_file]
+    if first:
+        items[:] = first + [item for item in items if item not in first]
 
 
 def start(session: pytest.Session) -> None:
     """Start mypy in the background when the run includes its test (not for a run of other tests). Under
-    pytest-xdist every worker collects every test, so there the test starts mypy itself when it runs."""
-    if hasattr(session.config, "workerinput"):
+    pytest-xdist every worker collects every test and no worker knows which one will run it, so there the
+    test starts mypy itself when it runs (`schedule_first` makes that the start of the run): once."""
+    if _is_xdist_worker(session.config):
         return
     if any(item.nodeid == MYPY_TEST for item in session.items) and _find_mypy() is not None:
         session.config.stash[_MYPY] = _spawn()
