@@ -1,5 +1,6 @@
 """The package's import graph and the proxy's layout (issue #21): no import cycle anywhere; the proxy in small
-modules along its own seams, and no import into it from the layers below. Computed from the source, imports inside functions included."""
+modules along its own seams, and no import into it from the layers below. Computed from the source, imports
+inside functions included."""
 
 from __future__ import annotations
 
