@@ -69,9 +69,9 @@ def run_service(port: int) -> None:
 def run_rpm_proxy(port: int, service: str) -> None:
     import logging
 
+    from runpod_manager.backends.base import UpstreamTarget
     from runpod_manager.config import CacheConfig, Config, PodConfig, ProxyConfig
     from runpod_manager.paths import resolve_paths
-    from runpod_manager.proxy.controller import UpstreamTarget
     from runpod_manager.proxy.server import configure_proxy_logging, run_proxy
 
     target = UpstreamTarget("pod-bench", service, None)

@@ -43,7 +43,8 @@ from typing import TYPE_CHECKING, Any
 import aiohttp
 
 if TYPE_CHECKING:
-    from runpod_manager.proxy.controller import PodView, UpstreamTarget
+    from runpod_manager.backends.base import UpstreamTarget
+    from runpod_manager.proxy.controller import PodView
 
 HERE = Path(__file__).resolve().parent
 MODEL = "bench/model"
@@ -146,9 +147,9 @@ def run_rpm_proxy(port: int, upstream: str, cache_dir: str, gateway: bool = Fals
     request is routed by its model), the keys in RPM_HOME (auth, scopes and per-key limits on every request)."""
     import logging
 
+    from runpod_manager.backends.base import UpstreamTarget
     from runpod_manager.config import CacheConfig, Config, PodConfig, ProxyConfig
     from runpod_manager.paths import resolve_paths
-    from runpod_manager.proxy.controller import UpstreamTarget
     from runpod_manager.proxy.server import configure_proxy_logging, run_proxy
 
     use_uvloop = os.environ.get("RPM_BENCH_ASYNCIO_LOOP") != "1"  # the A/B of uvloop in one run

@@ -34,11 +34,10 @@ ListingT = TypeVar("ListingT")
 
 
 @dataclass(frozen=True)
-class Upstream:
+class UpstreamTarget:
     """Where the proxy sends a ready entry's requests: the instance's base URL (no trailing slash) and the key
     its server was started with. `instance_id` is what RunPod calls it (a pod id; an endpoint id next)."""
 
-    entry: str
     instance_id: str
     base_url: str
     key: str | None = field(default=None, repr=False)
@@ -93,5 +92,5 @@ class Backend(Protocol[ListingT]):
     def spend_today(self, state: State, now: datetime) -> float:
         """What the entry spent on the local day of `now`, from its ledger in state (no call)."""
 
-    def upstreams(self, record: PodRecord) -> tuple[Upstream, ...]:
+    def upstreams(self, record: PodRecord) -> tuple[UpstreamTarget, ...]:
         """Where the proxy may send the entry's requests now: empty unless a lease is open and it is ready."""

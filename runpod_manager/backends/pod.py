@@ -16,7 +16,7 @@ from runpod_manager.ports import Listing
 from runpod_manager.runpod.models import PodStatus
 from runpod_manager.state import PodRecord, State
 
-from .base import Upstream
+from .base import UpstreamTarget
 
 
 class PodBackend:
@@ -77,10 +77,10 @@ class PodBackend:
     def spend_today(self, state: State, now: datetime) -> float:
         return spend.today_usd(state.record(self.name), policy.local_day(now, self.config.zone))
 
-    def upstreams(self, record: PodRecord) -> tuple[Upstream, ...]:
+    def upstreams(self, record: PodRecord) -> tuple[UpstreamTarget, ...]:
         if record.lease is None or not record.ready or record.pod_id is None:
             return ()
-        return (Upstream(self.name, record.pod_id, self.lifecycle.pod_url(record.pod_id), record.upstream_key),)
+        return (UpstreamTarget(record.pod_id, self.lifecycle.pod_url(record.pod_id), record.upstream_key),)
 
 
 def pod_backend(lead: Lifecycle, config: Config | None = None) -> PodBackend:

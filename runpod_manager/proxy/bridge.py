@@ -14,9 +14,10 @@ from collections.abc import Mapping
 from datetime import datetime
 
 from runpod_manager import control, policy, spend
+from runpod_manager.backends.base import UpstreamTarget
 from runpod_manager.errors import ConfigError, NotOwned, NotReady
 from runpod_manager.lifecycle import Lifecycle
-from runpod_manager.proxy.controller import PodView, UpstreamTarget
+from runpod_manager.proxy.controller import PodView
 from runpod_manager.state import PodRecord
 
 
@@ -40,9 +41,11 @@ class LifecycleProxyController:
             raise ConfigError(f"no pod named {pod!r} in this proxy's config") from None
 
     def current_target(self, pod: str) -> UpstreamTarget | None:
-        member = self._member(pod)
+        self._member(pod)
         record = self._store.load().pods.get(pod)
-        return _target(member, record)
+        # The entry's backend says where its requests go (empty unless a lease is open and it is ready).
+        targets = () if record is None else self._fleet.backends[pod].upstreams(record)
+        return targets[0] if targets else None
 
     def wake(self, pod: str) -> UpstreamTarget:
         member = self._member(pod)
@@ -102,10 +105,6 @@ class LifecycleProxyController:
                 record.ready_pod_id = None
 
 
-def _target(member: Lifecycle, record: PodRecord | None) -> UpstreamTarget | None:
-    if record is None or record.lease is None or not record.ready or record.pod_id is None:
-        return None
-    return UpstreamTarget(record.pod_id, member.pod_url(record.pod_id), record.upstream_key)
 
 
 def _view(member: Lifecycle, record: PodRecord | None) -> PodView:

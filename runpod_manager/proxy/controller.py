@@ -16,14 +16,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
 
-
-@dataclass(frozen=True)
-class UpstreamTarget:
-    """Where to send a request: the pod URL (no trailing slash) and the key vLLM was started with."""
-
-    pod_id: str
-    base_url: str
-    upstream_key: str | None = field(default=None, repr=False)
+from runpod_manager.backends.base import UpstreamTarget
 
 
 @dataclass(frozen=True)

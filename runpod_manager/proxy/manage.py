@@ -210,7 +210,7 @@ async def _end(request: web.Request, *, terminate: bool) -> web.Response:
     await _control(state, name, lambda: state.controller.stop(name, terminate=terminate))
     state.group_of[name].note_stopped(gate)  # a wake in progress ends; a request from now on wakes it again
     if gate.target is not None:  # nothing more is sent there
-        gate.forget(gate.target.pod_id)
+        gate.forget(gate.target.instance_id)
     return json_response({"action": "terminate" if terminate else "stop", "pod": pod_entry(state, name)})
 
 

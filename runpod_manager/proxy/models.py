@@ -72,7 +72,7 @@ async def _ask_models(request: web.Request, state: ProxyState, group: PodGroup) 
     if chosen is None or upstream is None:
         return False
     gate, target = chosen
-    headers = upstream_request_headers(request.headers.items(), target.upstream_key,
+    headers = upstream_request_headers(request.headers.items(), target.key,
                                        forwarded=forwarded_for(request, trust=state.config.proxy.trust_forwarded))
     try:
         async with asyncio.timeout(MODELS_ASK_TIMEOUT_SECONDS):

@@ -87,7 +87,7 @@ async def handle_ready(request: web.Request) -> web.Response:
     ready: dict[str, str | None] = {}
     for group in state.groups:
         chosen = group.pick() or await group.refresh()
-        ready[group.name] = None if chosen is None else chosen[1].pod_id
+        ready[group.name] = None if chosen is None else chosen[1].instance_id
     wake_words = "wakes it" if state.config.proxy.wake_on_request else "fails until `rpm start`"
     if len(ready) == 1:
         [pod_id] = ready.values()

@@ -41,8 +41,8 @@ from aiohttp import web
 from multidict import CIMultiDict
 from yarl import URL
 
+from runpod_manager.backends.base import UpstreamTarget
 from runpod_manager.paths import ensure_private_dir
-from runpod_manager.proxy.controller import UpstreamTarget
 from runpod_manager.proxy.errors import ProxyError, is_disk_full
 from runpod_manager.proxy.forward import (
     FORWARDED_FOR_HEADER,
@@ -316,7 +316,7 @@ def pod_port_url(target: UpstreamTarget, route: PodRoute, port: int, template: s
     """The pod URL of one of its ports (the target's own URL for the main port)."""
     if port == route.ports[0]:
         return target.base_url
-    return template.format(pod_id=target.pod_id, port=port).rstrip("/")
+    return template.format(pod_id=target.instance_id, port=port).rstrip("/")
 
 
 @dataclass
@@ -342,7 +342,7 @@ class PassThrough:
         headers = service_request_headers(
             request.headers.items(), keep_authorization=self.keep_client_authorization() and route.kind == "http",
             added=self.added_headers.get(route.name, {}),
-            upstream_key=target.upstream_key if route.kind != "http" else None,
+            upstream_key=target.key if route.kind != "http" else None,
             forwarded=forwarded_for(request, trust=self.trust_forwarded))
         url = URL(base_url + service.raw_path, encoded=True)
         method = request.method

@@ -11,9 +11,9 @@ import time
 import aiohttp
 from aiohttp import web
 
+from runpod_manager.backends.base import UpstreamTarget
 from runpod_manager.proxy.auth import key_name
 from runpod_manager.proxy.cache import CachedResponse
-from runpod_manager.proxy.controller import UpstreamTarget
 from runpod_manager.proxy.errors import ProxyError
 from runpod_manager.proxy.forward import (
     SSE_DONE,
@@ -141,8 +141,8 @@ async def forward_to(
     if upstream is None:  # only between shutdown and cleanup
         raise ProxyError(503, "the proxy is shutting down", code="shutting_down", should_retry=True)
     metrics = state.metrics
-    exchange.pod_id = target.pod_id
-    headers = upstream_request_headers(request.headers.items(), target.upstream_key,
+    exchange.pod_id = target.instance_id
+    headers = upstream_request_headers(request.headers.items(), target.key,
                                        forwarded=forwarded_for(request, trust=state.config.proxy.trust_forwarded))
     opened_at = time.perf_counter()
     try:

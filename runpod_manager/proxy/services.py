@@ -10,11 +10,11 @@ import time
 from aiohttp import web
 from yarl import URL
 
+from runpod_manager.backends.base import UpstreamTarget
 from runpod_manager.keys import Principal
 from runpod_manager.proxy import passthrough, websocket
 from runpod_manager.proxy.accounting import admit_key, pod_rate, read_body
 from runpod_manager.proxy.auth import PRINCIPAL, check_scope, key_name, reads_routed_model, routed_model
-from runpod_manager.proxy.controller import UpstreamTarget
 from runpod_manager.proxy.errors import ProxyError
 from runpod_manager.proxy.forward import forwarded_for
 from runpod_manager.proxy.jobs import REPLAYED_JOB
@@ -129,7 +129,7 @@ async def _pass_service(request: web.Request, state: ProxyState, exchange: Excha
     group = service.group
     for attempt in (1, 2):
         gate, target = await _service_target(request, state, exchange, service, hold=True)
-        exchange.pod, exchange.pod_id = gate.name, target.pod_id
+        exchange.pod, exchange.pod_id = gate.name, target.instance_id
         body: RequestBody | SpooledBody | HeldBody | None = spooled
         if has_body and spooled is None:
             body = RequestBody(request, service.max_body_bytes, state.body_read_timeout_seconds)
@@ -185,13 +185,13 @@ async def _serve_websocket(request: web.Request, state: ProxyState, exchange: Ex
     if session is None:
         raise ProxyError(503, "the proxy is shutting down", code="shutting_down", should_retry=True)
     gate, target = await _service_target(request, state, exchange, service, hold=False)
-    exchange.pod, exchange.pod_id = gate.name, target.pod_id
+    exchange.pod, exchange.pod_id = gate.name, target.instance_id
     route = service.route
     base_url = passthrough.pod_port_url(target, route, service.port, state.config.api.pod_url_template)
     url = URL(base_url + service.raw_path, encoded=True)
     added = dict(state.pod_headers.get(route.name, {}))
-    if route.kind != "http" and target.upstream_key:
-        added["Authorization"] = f"Bearer {target.upstream_key}"
+    if route.kind != "http" and target.key:
+        added["Authorization"] = f"Bearer {target.key}"
     headers = websocket.forwarded_headers(request.headers, added,
                                           keep_authorization=not state.keys.index.required and route.kind == "http",
                                           forwarded=forwarded_for(request, trust=state.config.proxy.trust_forwarded))

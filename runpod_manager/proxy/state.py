@@ -15,6 +15,7 @@ from pathlib import Path
 import aiohttp
 from aiohttp import web
 
+from runpod_manager.backends.base import UpstreamTarget
 from runpod_manager.config import Config
 from runpod_manager.errors import RpmError
 from runpod_manager.events import EventLog
@@ -22,7 +23,7 @@ from runpod_manager.keys import KeyWatcher, Principal
 from runpod_manager.paths import Paths
 from runpod_manager.proxy import websocket
 from runpod_manager.proxy.cache import CacheStats, ResponseCache
-from runpod_manager.proxy.controller import PodView, ProxyController, UpstreamTarget
+from runpod_manager.proxy.controller import PodView, ProxyController
 from runpod_manager.proxy.forward import RequestFacts
 from runpod_manager.proxy.jobs import JobRunner
 from runpod_manager.proxy.limits import Admission, AnswerTimes, KeyLimiter, ShareMeter
@@ -280,11 +281,11 @@ class ProxyState:
         return targets
 
     async def mark_unreachable(self, gate: WakeGate, target: UpstreamTarget) -> None:
-        gate.forget(target.pod_id)
+        gate.forget(target.instance_id)
         try:
-            await asyncio.to_thread(self.controller.mark_unreachable, gate.name, target.pod_id)
+            await asyncio.to_thread(self.controller.mark_unreachable, gate.name, target.instance_id)
         except Exception as exc:
-            log.warning("could not mark pod %s (%s) unreachable: %s", gate.name, target.pod_id, exc)
+            log.warning("could not mark pod %s (%s) unreachable: %s", gate.name, target.instance_id, exc)
 
 
 STATE = web.AppKey("rpm_proxy_state", ProxyState)

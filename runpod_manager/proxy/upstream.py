@@ -18,7 +18,7 @@ from multidict import CIMultiDict
 from yarl import URL
 
 from runpod_manager import display
-from runpod_manager.proxy.controller import UpstreamTarget
+from runpod_manager.backends.base import UpstreamTarget
 from runpod_manager.proxy.errors import ProxyError
 from runpod_manager.proxy.forward import RETRYABLE_STATUSES, SSE_DONE, SSESplitter, is_done_event, is_error_event
 

@@ -37,8 +37,9 @@ import threading
 import time
 from collections.abc import Awaitable, Callable, Mapping
 
+from runpod_manager.backends.base import UpstreamTarget
 from runpod_manager.errors import ApiError, LeaseClosed, LimitRefused, LockBusy, NotReady, RpmError
-from runpod_manager.proxy.controller import PodView, ProxyController, UpstreamTarget
+from runpod_manager.proxy.controller import PodView, ProxyController
 from runpod_manager.proxy.errors import ProxyError
 from runpod_manager.proxy.metrics import ProxyMetrics
 from runpod_manager.proxy.routing import PodRoute
@@ -108,7 +109,7 @@ class WakeGate:
 
     def forget(self, pod_id: str) -> None:
         """The pod stopped answering: the next request goes through the slow path (and wakes)."""
-        if self.target is not None and self.target.pod_id == pod_id:
+        if self.target is not None and self.target.instance_id == pod_id:
             self.target = None
 
     def start_wake(self, loop: asyncio.AbstractEventLoop, woken_by: str | None = None) -> None:
@@ -137,7 +138,7 @@ class WakeGate:
                 self.last_wake_error = None
                 self.last_wake_span = (started, ended)
                 outcome = "ok"
-                log.info("pod %s (%s) ready after %.1f s", name, target.pod_id, duration)
+                log.info("pod %s (%s) ready after %.1f s", name, target.instance_id, duration)
             else:
                 outcome = "limit_refused" if isinstance(error, LimitRefused) else "failed"
                 self.last_wake_error = str(error) if isinstance(error, RpmError) else type(error).__name__

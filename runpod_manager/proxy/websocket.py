@@ -31,7 +31,8 @@ import aiohttp
 from aiohttp import WSMsgType, web
 from yarl import URL
 
-from runpod_manager.proxy.controller import PodView, UpstreamTarget
+from runpod_manager.backends.base import UpstreamTarget
+from runpod_manager.proxy.controller import PodView
 from runpod_manager.proxy.errors import ProxyError
 from runpod_manager.proxy.forward import FORWARDED_FOR_HEADER, PROXY_ONLY_REQUEST_HEADERS
 from runpod_manager.proxy.wake import WakeGate
@@ -111,7 +112,7 @@ class SocketRegistry:
         for name, sockets in self._open.items():
             target = gates[name].target if name in gates else None
             for client, pod_id in list(sockets.items()):
-                if target is None or target.pod_id != pod_id:
+                if target is None or target.instance_id != pod_id:
                     view = views.get(name)
                     why = (view.last_reason if view is not None and view.last_reason else "the pod stopped")
                     closing.append(self._close(client, f"pod {name} stopped: {why}"))
@@ -157,7 +158,7 @@ async def pipe(request: web.Request, upstream: aiohttp.ClientWebSocketResponse, 
     except BaseException:
         await upstream.close()
         raise
-    registry.add(gate.name, target.pod_id, client)
+    registry.add(gate.name, target.instance_id, client)
     try:
         to_pod = asyncio.create_task(_copy(client, upstream, gate, always_activity=True))
         to_client = asyncio.create_task(_copy(upstream, client, gate, always_activity=service_activity))

@@ -21,7 +21,7 @@ import pytest
 
 from runpod_manager import control, policy
 from runpod_manager.backends import registry
-from runpod_manager.backends.base import Backend, Upstream
+from runpod_manager.backends.base import Backend, UpstreamTarget
 from runpod_manager.config import build_config
 from runpod_manager.lifecycle import Lifecycle
 from runpod_manager.outcomes import PassOutcome
@@ -178,7 +178,7 @@ def started(h: Harness, entry: str = "llm") -> str:
     return instance
 
 
-def upstreams(h: Harness, entry: str = "llm") -> tuple[Upstream, ...]:
+def upstreams(h: Harness, entry: str = "llm") -> tuple[UpstreamTarget, ...]:
     return h.backends[entry].upstreams(h.store.load().record(entry))
 
 
@@ -200,7 +200,7 @@ def test_from_nothing_to_ready_and_an_upstream_target(make: Callable[..., Harnes
     assert confirm_ready(h, "llm") and backend.ready(h.store.load().record("llm"))
     (target,) = upstreams(h)
     record = h.store.load().record("llm")
-    assert (target.entry, target.instance_id, target.key) == ("llm", record.pod_id, record.upstream_key)
+    assert (target.instance_id, target.key) == (record.pod_id, record.upstream_key)
     assert target.base_url.startswith(("http://", "https://")) and not target.base_url.endswith("/")
     assert kinds(one_pass(h, check_ready=True)["llm"]) == []  # ready under its lease: a quiet pass
 

@@ -29,10 +29,11 @@ import pytest
 import requests
 from aiohttp import web
 
+from runpod_manager.backends.base import UpstreamTarget
 from runpod_manager.errors import ConfigError, LimitRefused, RpmError
 from runpod_manager.paths import Paths, resolve_paths
 from runpod_manager.proxy.app import build_app
-from runpod_manager.proxy.controller import PodView, UpstreamTarget
+from runpod_manager.proxy.controller import PodView
 from runpod_manager.proxy.server import run_proxy
 from runpod_manager.proxy.state import STATE
 from tests.support.proxy_fakes import (

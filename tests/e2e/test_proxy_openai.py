@@ -18,9 +18,9 @@ import openai
 import pytest
 import requests
 
+from runpod_manager.backends.base import UpstreamTarget
 from runpod_manager.errors import RpmError
 from runpod_manager.paths import Paths
-from runpod_manager.proxy.controller import UpstreamTarget
 from tests.support.proxy_fakes import FakeController, ProxyThread, make_config, running_proxy, wait_until
 from tests.support.rpm import Sandbox, run_sandbox
 

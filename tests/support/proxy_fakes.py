@@ -34,10 +34,11 @@ from typing import Any
 
 from aiohttp import web
 
+from runpod_manager.backends.base import UpstreamTarget
 from runpod_manager.config import CacheConfig, Config, PodConfig, ProxyConfig
 from runpod_manager.errors import RpmError
 from runpod_manager.paths import Paths
-from runpod_manager.proxy.controller import PodView, UpstreamTarget
+from runpod_manager.proxy.controller import PodView
 
 UPSTREAM_KEY = "upstream-secret-key-4f9a1c"
 MODEL = "fake/model"
@@ -309,7 +310,7 @@ class FakeUpstream:
             self._loop.call_soon_threadsafe(releases.release)
 
     def target(self, pod_id: str = "pod-fake") -> UpstreamTarget:
-        return UpstreamTarget(pod_id=pod_id, base_url=self.url, upstream_key=self.expected_key)
+        return UpstreamTarget(instance_id=pod_id, base_url=self.url, key=self.expected_key)
 
     def paths_seen(self) -> list[str]:
         with self._lock:

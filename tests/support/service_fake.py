@@ -19,7 +19,7 @@ from typing import Any
 
 from aiohttp import WSMsgType, web
 
-from runpod_manager.proxy.controller import UpstreamTarget
+from runpod_manager.backends.base import UpstreamTarget
 
 PAGE = b"<!doctype html><title>svc</title><script>fetch('/prompt', {method: 'POST', body: '{}'})</script>"
 

@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 
 from runpod_manager import control, policy
+from runpod_manager.backends.base import UpstreamTarget
 from runpod_manager.config import Config
 from runpod_manager.errors import (
     ApiError,
@@ -43,7 +44,6 @@ from runpod_manager.lifecycle import Lifecycle
 from runpod_manager.paths import Paths, resolve_paths
 from runpod_manager.policy import Action, ActionKind, Limit, Plan
 from runpod_manager.proxy.bridge import LifecycleProxyController
-from runpod_manager.proxy.controller import UpstreamTarget
 from runpod_manager.runpod.models import PodSpec, PodStatus
 from runpod_manager.state import Lease, PodRecord, State, StateStore
 from runpod_manager.status import build_status

@@ -10,9 +10,10 @@ from typing import Any
 
 import pytest
 
+from runpod_manager.backends.base import UpstreamTarget
 from runpod_manager.config import PodConfig
 from runpod_manager.errors import LeaseClosed, LimitRefused
-from runpod_manager.proxy.controller import PodView, UpstreamTarget
+from runpod_manager.proxy.controller import PodView
 from runpod_manager.proxy.errors import ProxyError
 from runpod_manager.proxy.routing import route_of
 from runpod_manager.proxy.wake import PodGroup
