@@ -48,15 +48,16 @@ class LifecycleProxyController:
         return targets[0] if targets else None
 
     def wake(self, pod: str) -> UpstreamTarget:
-        member = self._member(pod)
+        self._member(pod)  # ConfigError for a pod not in the config
         with self._wake_locks[pod]:
             target = self.current_target(pod)
             if target is not None:
                 return target
             record = control.start(self._waker(pod), wait=True, opened_by="wake", wait_seconds=None).record
-            if record.pod_id is None:
+            targets = self._fleet.backends[pod].upstreams(record)
+            if not targets:
                 raise NotReady(f"pod {pod} did not start")
-            return UpstreamTarget(record.pod_id, member.pod_url(record.pod_id), record.upstream_key)
+            return targets[0]
 
     def _waker(self, pod: str) -> Lifecycle:
         with self._wakers_lock:
