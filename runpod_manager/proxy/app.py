@@ -209,8 +209,8 @@ def _job_runner(state: ProxyState, queue_full_retry_after_seconds: float) -> Job
         JobStore(state.paths.jobs_dir, max_count=proxy.jobs_max_count, max_bytes=proxy.jobs_max_bytes,
                  ttl_seconds=proxy.jobs_result_ttl_seconds),
         concurrency=proxy.jobs_concurrency, body_limit=lambda path: job_body_limit(state, path),
-        resolve=lambda method, path, read_body, content_type, principal: job_pod(
-            state, method, path, read_body, content_type, principal),
+        resolve=lambda method, path, raw_path, read_body, content_type, principal: job_pod(
+            state, method, path, raw_path, read_body, content_type, principal),
         pod_waking=state.pod_waking, full_retry_after_seconds=queue_full_retry_after_seconds,
         trust_forwarded=proxy.trust_forwarded)
 

@@ -119,10 +119,11 @@ def wants_async(prefer_values: Iterable[str]) -> bool:
 
 # ------------------------------------------------------------------------------------------ the runner
 
-# Routing's answer for a job: (method, path, a reader of the spooled body, called only when routing or the
-# key's model scope needs it, its Content-Type, the submitting key) → the configured pod's name; raises
-# ProxyError as a direct request would be answered, a scope the key lacks included.
-Resolver = Callable[[str, str, Callable[[], bytes], str, Principal | None], str]
+# Routing's answer for a job: (method, path, the path as sent (raw, with its query: what the replay sends), a
+# reader of the spooled body, called only when routing or the key's model scope needs it, its Content-Type, the
+# submitting key) → the configured pod's name; raises ProxyError as a direct request would be answered, a scope
+# the key lacks and a path the pass-through refuses included.
+Resolver = Callable[[str, str, str, Callable[[], bytes], str, Principal | None], str]
 
 
 class JobRunner:
@@ -228,7 +229,7 @@ class JobRunner:
         try:
             received = await self._spool(request, body_path, limit)
             # The body is read for /v1's model and a scoped key's (within [proxy] max_body_bytes: a model pod's).
-            pod = self._resolve(request.method, request.path, body_path.read_bytes,
+            pod = self._resolve(request.method, request.path, request.raw_path, body_path.read_bytes,
                                 request.headers.get("Content-Type", ""), principal)
             job = store.add(job_id, pod=pod, method=request.method, path=request.raw_path,
                             headers=stored_headers(request.headers.items(),

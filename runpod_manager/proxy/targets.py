@@ -52,10 +52,11 @@ def job_body_limit(state: ProxyState, path: str) -> int:
     return state.body_limits[target.route.name]
 
 
-def job_pod(state: ProxyState, method: str, path: str, read_body: Callable[[], bytes], content_type: str,
-            principal: Principal | None) -> str:
+def job_pod(state: ProxyState, method: str, path: str, raw_path: str, read_body: Callable[[], bytes],
+            content_type: str, principal: Principal | None) -> str:
     """The queue a job joins (jobs.Resolver): its target's name, or the ProxyError the request would get, its
-    key's scopes included (checked as on the request's own route), so no job its key may not make is stored."""
+    key's scopes included (checked as on the request's own route) and a `..` path to a pod refused as the
+    pass-through refuses it, so no job is stored that its replay could not send."""
     if method not in BODY_METHODS and path in JSON_ROUTES:
         raise web.HTTPMethodNotAllowed(method, ["POST"])
     target = path_target(state.routes, path)
@@ -65,6 +66,7 @@ def job_pod(state: ProxyState, method: str, path: str, read_body: Callable[[], b
         group = target_group(state, path, facts)
         check_scope(principal, group.route, model_of(facts, group.route))
         return group.name
+    check_service_path(raw_path)
     route = target.route
     model = None
     if principal is not None and reads_routed_model(principal, route):

@@ -210,3 +210,20 @@ def test_dot_dot_segments_are_never_forwarded_to_a_pod(upstream: FakeUpstream, p
         # A dot inside a name is not a segment of its own.
         assert requests.get(f"{proxy.url}/pods/default/v1/models.json..x", timeout=READ_TIMEOUT).status_code != 400
     assert [r.path_qs for r in upstream.requests] == ["/v1/models.json..x"]
+
+
+def test_a_job_with_a_dot_dot_path_is_refused_at_submit(upstream: FakeUpstream, paths: Paths) -> None:
+    # Its replay would be refused (400) before reaching the pod; the job must not be accepted (202) at all.
+    controller = FakeController(pods={"default": FakePod(upstream.target())})
+    with running_proxy(make_config(), controller, paths) as proxy:
+        port = proxy.ready.port if proxy.ready else 0
+        for path in DOT_DOT_PATHS:
+            connection = http.client.HTTPConnection("127.0.0.1", port, timeout=READ_TIMEOUT)
+            connection.request("POST", path, body=b"{}", headers={"Prefer": "respond-async",
+                                                                  "Content-Type": "application/json"})
+            answer = connection.getresponse()
+            body = answer.read()
+            connection.close()
+            assert answer.status == 400, (path, answer.status, body)
+            assert json.loads(body)["error"]["code"] == "invalid_path"
+    assert upstream.requests == []
