@@ -265,6 +265,16 @@ def _check_record_types(values: dict[str, Any]) -> None:
                                                 high=LATEST.timestamp())
 
 
+_INSTALL_ID_FIELD = re.compile(rb'"install_id"\s*:\s*"([a-z2-7]{8})"')
+
+
+def salvaged_install_id(raw: bytes) -> str | None:
+    """The install id a corrupt state file still shows (its first), or None. A new id would make this install's
+    pods on RunPod another install's, which no sweep of it would ever end."""
+    found = _INSTALL_ID_FIELD.search(raw)
+    return None if found is None else found.group(1).decode("ascii")
+
+
 def new_install_id() -> str:
     """A fresh install id (see the module docstring); made once per state directory."""
     return base64.b32encode(secrets.token_bytes(5)).decode("ascii").lower()
@@ -456,9 +466,15 @@ class StateStore:
                              f"up to {STATE_VERSION})", hint="upgrade rpm; the file was left as it is") from None
         except (ValueError, UnicodeDecodeError, RecursionError) as exc:  # Recursion: `[[[[…` thousands deep
             aside = self._move_aside(path)
+            kept = salvaged_install_id(raw)
             self.notices.append(f"{path} was corrupt ({_short(exc)}); moved aside to {aside.name}, "
-                                f"starting from an empty state")
-            return State()
+                                f"starting from an empty state" + (f" with its install id {kept}" if kept else ""))
+            if kept is None:
+                return State()
+            fresh = State(install_id=kept)
+            with contextlib.suppress(OSError, StateError):  # written now, so the next load keeps it too
+                self.save(fresh)
+            return fresh
 
     def save(self, state: State) -> None:
         """Write the state atomically, 0600. Refuses (StateError, the file left as it was) a state that the next

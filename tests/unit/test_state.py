@@ -488,6 +488,19 @@ def test_a_corrupt_file_is_moved_aside_byte_for_byte_and_reported(store: StateSt
     assert "\n" not in notice and len(notice) < 400
 
 
+def test_a_corrupt_file_keeps_its_install_id(store: StateStore, paths: Paths) -> None:
+    # The install id names this install's pods on RunPod: a new one would make them another install's, never
+    # swept again. Kept when the corrupt bytes still show it (the first match; a truncated file usually does).
+    put(paths, b'{"install_id": "abcd2345", "version": 3, "pods": {"main": {"pod_id": "p1"')
+    state = store.load()
+    assert (state.pods, state.install_id) == ({}, "abcd2345")
+    (notice,) = store.notices
+    assert notice.endswith("starting from an empty state with its install id abcd2345")
+    with store.transaction() as saved:
+        saved.record("main")
+    assert store.load().install_id == "abcd2345"
+
+
 def test_a_corrupt_file_is_never_replaced_in_place(store: StateStore, paths: Paths) -> None:
     content = put(paths, b'{"version": 2, "pods": {"main": {"pod_id": "p1"')
     with store.transaction() as state:
