@@ -26,6 +26,7 @@ from runpod_manager.config import Config
 from runpod_manager.errors import (
     ApiError,
     AuthError,
+    BootFailed,
     ConfigError,
     Interrupted,
     LimitRefused,
@@ -246,14 +247,17 @@ def _after_failed_wait(lc: Lifecycle, error: RpmError) -> str | None:
         pod, observed = None, False
         with contextlib.suppress(ApiError):
             pod, observed = lc.get_or_none(pod_id), True
-        keeper = enforcer(lc) if pod is not None and pod.status in policy.ACTIVE_STATUSES else None
+        # A pod that kept failing at boot is given up whatever enforces limits: an enforcer would recover it
+        # (create again) under the lease of a start that gave up. One merely slow to be ready may stay.
+        coming_up = pod is not None and pod.status in policy.ACTIVE_STATUSES and not isinstance(error, BootFailed)
+        keeper = enforcer(lc) if coming_up else None
         if keeper is not None:
             still = f"pod {pod_id} is still coming up under its lease; {keeper} enforces its limits"
         else:
             ends = _end_lease(lc, state, record, f"start failed: {error.message}",
                               action=lc.config.limits.idle_action, prefetched=(pod,) if observed else None)
             still = _ended_words(pod_id, ends, record)
-            if pod is not None and pod.status in policy.ACTIVE_STATUSES:
+            if coming_up:  # ended only because nothing would enforce its limits: say so
                 still += f" ({NOTHING_ENFORCES})"
     return still
 

@@ -104,6 +104,12 @@ class PodLocked(StopRefused):
     """The pod is locked (RunPod's `locked`: a locked pod cannot be stopped or reset) while it runs."""
 
 
+class BootFailed(NotReady):
+    """The pod kept failing while it started (ERROR, gone) past `max_startup_attempts`: a start that gives up on it
+    closes its lease whatever would enforce limits afterwards, or that enforcer would go on recovering (creating)
+    for a start that gave up."""
+
+
 class LeaseClosed(NotReady):
     """The lease was closed (a stop, a shutdown, a limit) while a start waited for the pod to be ready: the
     wait ends, but nothing failed; a new start opens a new lease."""

@@ -22,6 +22,7 @@ from runpod_manager import create, podspec, policy, spend
 from runpod_manager.config import Config
 from runpod_manager.errors import (
     ApiError,
+    BootFailed,
     Conflict,
     LeaseClosed,
     LockBusy,
@@ -413,7 +414,7 @@ class Lifecycle:
             if pod is None or pod.status in (PodStatus.ERROR, PodStatus.TERMINATED, PodStatus.EXITED):
                 recoveries += 1
                 if recoveries > startup.max_startup_attempts:
-                    raise NotReady(f"pod {record.pod_id} failed {recoveries - 1} times while starting",
+                    raise BootFailed(f"pod {record.pod_id} failed {recoveries - 1} times while starting",
                                    hint="see `rpm status` and the event log")
                 if progress:
                     progress(Progress(record.pod_id, pod.status.value if pod else "gone", elapsed, attempt,

@@ -24,6 +24,7 @@ from runpod_manager.errors import (
     ApiError,
     ApiUnavailable,
     AuthError,
+    BootFailed,
     Conflict,
     ExitCode,
     InsufficientBalance,
@@ -313,6 +314,24 @@ def test_a_model_server_that_never_answers_keeps_its_lease_while_the_watchdog_en
     assert record.lease is not None and record.pod_id is not None and not record.ready
     assert rig.fake.status_of(record.pod_id) == PodStatus.RUNNING
     assert rig.fake.mutations() == [("create", record.pod_name)]
+
+
+def test_a_start_given_up_on_boot_failures_closes_its_lease_even_while_something_enforces(tmp_path: Path) -> None:
+    # An enforcer (here cron's watchdog; in the e2e test a running proxy) recovers a failed pod by creating another
+    # under the open lease: the pod seen when the start gives up may be that replacement, coming up. The start
+    # gave up, so its lease closes and that pod is ended; a pod merely slow to answer may stay (test above).
+    rig = make_lifecycle(tmp_path, fake=FakeRunPod(create_status=PodStatus.PROVISIONING))
+    control.start(rig.lifecycle, wait=False)
+    replacement = rig.saved().pod_id
+    assert replacement is not None and rig.fake.status_of(replacement) == PodStatus.PROVISIONING
+    control.note_watchdog_pass(rig.paths, rig.clock())
+
+    error = control.failed_wait(rig.lifecycle, BootFailed("pod p0 failed 3 times while starting"))
+
+    assert error.hint is not None and f"the lease is closed and pod {replacement} was" in error.hint
+    assert "nothing would enforce" not in error.hint  # something would: it was ended because the start gave up
+    assert rig.saved().lease is None
+    assert rig.fake.status_of(replacement) in (PodStatus.EXITED, PodStatus.TERMINATED)
 
 
 @pytest.mark.parametrize("watchdog_minutes_ago", [None, 11])
