@@ -259,6 +259,7 @@ async def _relay_stream(
     try:
         await client.write_eof()
     except ConnectionResetError:
-        exchange.client_gone = True
-        exchange.error_code = "client_gone"
+        if not outcome.saw_done:  # a client that closed after [DONE] had the whole answer: a 200, not a 499
+            exchange.client_gone = True
+            exchange.error_code = "client_gone"
     return client, not outcome.upstream_broken

@@ -269,5 +269,5 @@ async def relay_events(
             if outcome.events is not None:
                 outcome.events.append(rest)
     except ConnectionResetError:  # the client went away (aiohttp raises it on writes to a closed socket)
-        outcome.client_gone = True
+        outcome.client_gone = not outcome.saw_done  # after [DONE] it had the whole answer (the SDKs close then)
     return outcome

@@ -27,6 +27,7 @@ from runpod_manager.proxy.forward import (
 )
 from runpod_manager.proxy.hosts import is_loopback_host
 from runpod_manager.proxy.passthrough import service_request_headers
+from runpod_manager.proxy.upstream import StreamOutcome, relay_events
 from runpod_manager.proxy.wake import wake_error
 from runpod_manager.proxy.websocket import forwarded_headers
 
@@ -338,3 +339,34 @@ def test_a_socket_handshake_never_passes_on_the_proxys_own_request_headers() -> 
     incoming = {"X-RPM-Job-Id": "job-1", "X-RPM-Job-Token": "t", "X-RPM-Job-Owner": "o", "X-RPM-Cache": "off",
                 "Cookie": "a=b"}
     assert forwarded_headers(incoming, {}, keep_authorization=False) == {"Cookie": "a=b"}
+
+
+class _Content:
+    def __init__(self, chunks: list[bytes]) -> None:
+        self.chunks = chunks
+
+    async def readany(self) -> bytes:
+        return self.chunks.pop(0) if self.chunks else b""
+
+
+class _LeavingClient:
+    """A client that closes its connection once it has read `[DONE]`, as the openai SDK does."""
+
+    def __init__(self) -> None:
+        self.got: list[bytes] = []
+
+    async def write(self, data: bytes) -> None:
+        if any(b"[DONE]" in chunk for chunk in self.got):
+            raise ConnectionResetError("Cannot write to closing transport")
+        self.got.append(data)
+
+
+def test_a_client_that_leaves_after_done_had_the_whole_answer_and_is_not_gone() -> None:
+    # A 499 in the request log for a stream the SDK read to its end: it closed after [DONE], before the last
+    # bytes (here a trailing partial event) were written.
+    upstream = type("Upstream", (), {"content": _Content([b"data: {\"a\":1}\n\n", b"data: [DONE]\n\n", b"x"])})()
+    client = _LeavingClient()
+    outcome = asyncio.run(relay_events(upstream, client, StreamOutcome(events=None),  # type: ignore[arg-type]
+                                       max_kept_bytes=1024))
+    assert outcome.saw_done and not outcome.client_gone
+    assert client.got == [b"data: {\"a\":1}\n\n", b"data: [DONE]\n\n"]
