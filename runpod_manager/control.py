@@ -242,8 +242,14 @@ def _after_failed_wait(lc: Lifecycle, error: RpmError) -> str | None:
     with lc.transaction(lc.config.startup.lock_wait_seconds) as state:
         record = state.record(lc.name)
         pod_id = record.pod_id
-        if record.lease is None or pod_id is None:
+        if record.lease is None:
             return None  # a limit or a shutdown closed it; that pass ended the pod and its message said so
+        if pod_id is None:  # between a failed pod and its replacement: no enforcer may create for this start
+            _end_lease(lc, state, record, f"start failed: {error.message}", action=lc.config.limits.idle_action)
+            if record.intent is not None:  # a create may still land: the pass that finds it terminates it
+                return ("the lease is closed; a pod being created is terminated by the next `rpm watchdog` or "
+                        "`rpm shutdown`")
+            return "the lease is closed and no pod of this start runs"
         pod, observed = None, False
         with contextlib.suppress(ApiError):
             pod, observed = lc.get_or_none(pod_id), True

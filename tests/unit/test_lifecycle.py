@@ -334,6 +334,20 @@ def test_a_start_given_up_on_boot_failures_closes_its_lease_even_while_something
     assert rig.fake.status_of(replacement) in (PodStatus.EXITED, PodStatus.TERMINATED)
 
 
+def test_a_start_given_up_between_a_failed_pod_and_its_replacement_closes_its_lease(tmp_path: Path) -> None:
+    # The enforcer's pass ended the failed pod and its replacement is not created yet: no pod id, the lease
+    # open. Left open, that enforcer creates again for a start that gave up.
+    rig = make_lifecycle(tmp_path)
+    control.start(rig.lifecycle, wait=False)
+    with rig.lifecycle.transaction(None) as state:
+        state.record(rig.lifecycle.name).pod_id = None
+
+    error = control.failed_wait(rig.lifecycle, BootFailed("pod p0 failed 3 times while starting"))
+
+    assert rig.saved().lease is None
+    assert error.hint is not None and "lease is closed" in error.hint
+
+
 @pytest.mark.parametrize("watchdog_minutes_ago", [None, 11])
 def test_a_start_not_ready_in_time_with_nothing_enforcing_stops_its_pod(
     tmp_path: Path, watchdog_minutes_ago: int | None,
