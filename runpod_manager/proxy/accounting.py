@@ -16,11 +16,12 @@ from runpod_manager.keys import Principal
 from runpod_manager.proxy.auth import PRINCIPAL, PUBLIC_PATHS, check_scope
 from runpod_manager.proxy.controller import PodView
 from runpod_manager.proxy.errors import ProxyError
+from runpod_manager.proxy.jobs import REPLAYED_JOB
 from runpod_manager.proxy.limits import estimate_tokens
 from runpod_manager.proxy.metrics import RecentRequest
 from runpod_manager.proxy.routing import PodRoute
 from runpod_manager.proxy.state import EXCHANGE, Exchange, ProxyState
-from runpod_manager.proxy.wake import PodGroup
+from runpod_manager.proxy.wake import PodGroup, WakeGate
 from runpod_manager.requestlog import usage_tokens
 
 log = logging.getLogger("runpod_manager.proxy")
@@ -143,3 +144,24 @@ async def admit_key(state: ProxyState, exchange: Exchange, principal: Principal,
 def pod_rate(views: Mapping[str, PodView], group: PodGroup) -> float:
     """The $/h a wake of the group costs: its pods' as last seen (a replica not created yet: the others')."""
     return max((views[gate.name].cost_per_hour for gate in group.gates), default=0.0)
+
+
+async def begin_serving(state: ProxyState, request: web.Request, group: PodGroup, gate: WakeGate) -> float:
+    """A request about to leave for `gate`'s pod (/v1 and the pass-through alike): it takes one of the pod's
+    connections (503 when they stay full), a job's replay is marked sent before a byte leaves (a restart must
+    not send it again), it is in flight for idle stop, and it joins the pod's serve-cost meter. Returns the
+    meter's join mark for `end_serving`."""
+    await state.connections[gate.name].take()
+    if (job_id := request.get(REPLAYED_JOB)) is not None:
+        state.jobs.sending(job_id)
+    group.begin(gate)
+    return state.serve_meters[gate.name].join(time.perf_counter())
+
+
+def end_serving(state: ProxyState, exchange: Exchange, group: PodGroup, gate: WakeGate, joined: float) -> None:
+    """The end of what `begin_serving` began: the connection given back, no longer in flight, and the request's
+    share of the pod's time while it was served added to its cost."""
+    state.connections[gate.name].give()
+    group.end(gate)
+    served = state.serve_meters[gate.name].leave(time.perf_counter(), joined)
+    exchange.cost_usd += state.views[gate.name].cost_per_hour / 3600 * served

@@ -13,11 +13,10 @@ from yarl import URL
 from runpod_manager.backends.base import UpstreamTarget
 from runpod_manager.keys import Principal
 from runpod_manager.proxy import passthrough, websocket
-from runpod_manager.proxy.accounting import admit_key, pod_rate, read_body
+from runpod_manager.proxy.accounting import admit_key, begin_serving, end_serving, pod_rate, read_body
 from runpod_manager.proxy.auth import PRINCIPAL, check_scope, key_name, reads_routed_model, routed_model
 from runpod_manager.proxy.errors import ProxyError
 from runpod_manager.proxy.forward import forwarded_for
-from runpod_manager.proxy.jobs import REPLAYED_JOB
 from runpod_manager.proxy.passthrough import HeldBody, PassThrough, RequestBody, ServiceRoute, SpooledBody
 from runpod_manager.proxy.relay import pod_went_away
 from runpod_manager.proxy.routing import PODS_PATH_PREFIX
@@ -133,13 +132,7 @@ async def _pass_service(request: web.Request, state: ProxyState, exchange: Excha
         body: RequestBody | SpooledBody | HeldBody | None = spooled
         if has_body and spooled is None:
             body = RequestBody(request, service.max_body_bytes, state.body_read_timeout_seconds)
-        connections = state.connections[gate.name]
-        await connections.take()  # 503 when the pod's connections stay full
-        if (job_id := request.get(REPLAYED_JOB)) is not None:
-            state.jobs.sending(job_id)  # before a byte leaves: a restart must not send it again
-        group.begin(gate)
-        meter = state.serve_meters[gate.name]
-        joined = meter.join(time.perf_counter())
+        joined = await begin_serving(state, request, group, gate)
         try:
             opened_at = time.perf_counter()
             try:
@@ -172,10 +165,7 @@ async def _pass_service(request: web.Request, state: ProxyState, exchange: Excha
             finally:
                 upstream.close()
         finally:
-            connections.give()
-            group.end(gate)
-            exchange.cost_usd += (state.views[gate.name].cost_per_hour / 3600
-                                  * meter.leave(time.perf_counter(), joined))
+            end_serving(state, exchange, group, gate, joined)
     raise AssertionError("unreachable")  # the loop returns or raises
 
 

@@ -11,7 +11,7 @@ import time
 from aiohttp import web
 
 from runpod_manager.keys import Principal
-from runpod_manager.proxy.accounting import admit_key, pod_rate, read_body
+from runpod_manager.proxy.accounting import admit_key, begin_serving, end_serving, pod_rate, read_body
 from runpod_manager.proxy.auth import PRINCIPAL, key_name
 from runpod_manager.proxy.cache import cache_key, is_cacheable
 from runpod_manager.proxy.errors import ProxyError
@@ -24,7 +24,6 @@ from runpod_manager.proxy.forward import (
     inspect_json_body,
     is_json_content_type,
 )
-from runpod_manager.proxy.jobs import REPLAYED_JOB
 from runpod_manager.proxy.models import handle_models, local_model
 from runpod_manager.proxy.relay import PodWentAway, forward_to, serve_hit, wait_streaming
 from runpod_manager.proxy.routing import MODELS_PATH
@@ -173,17 +172,9 @@ async def _wait_and_forward(request: web.Request, state: ProxyState, exchange: E
             exchange.wake_wait_seconds += ended - waiting_since
             exchange.cost_usd += pod_rate(state.views, group) / 3600 * wait_meter.leave(ended, joined)
     exchange.pod = gate.name
-    connections = state.connections[gate.name]
-    await connections.take()  # 503 when the pod's connections stay full
-    if (job_id := request.get(REPLAYED_JOB)) is not None:
-        state.jobs.sending(job_id)  # before a byte leaves: a restart must not send it again
-    group.begin(gate)
-    meter = state.serve_meters[gate.name]
-    joined = meter.join(time.perf_counter())
+    joined = await begin_serving(state, request, group, gate)
     try:
         return await forward_to(request, state, exchange, gate, target, body, facts, key, committed,
                               rewake=rewake and committed is None)
     finally:
-        connections.give()
-        group.end(gate)
-        exchange.cost_usd += state.views[gate.name].cost_per_hour / 3600 * meter.leave(time.perf_counter(), joined)
+        end_serving(state, exchange, group, gate, joined)
